@@ -1,0 +1,139 @@
+/*
+ * core.h - error codes, byte buffers, checked read cursors, logging.
+ *
+ * Everything here is protocol-agnostic and used by every module.
+ */
+#ifndef SLUICE_CORE_H
+#define SLUICE_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes: 0 ok, negative error, SL_AGAIN (positive) = need more bytes. */
+#define SL_OK       0
+#define SL_AGAIN    1
+#define SL_ENOMEM   (-1)
+#define SL_EPROTO   (-2)  /* peer violated the protocol */
+#define SL_ETOOBIG  (-3)  /* message or value over a hard limit */
+#define SL_EPOLICY  (-4)  /* refused by policy */
+#define SL_EIO      (-5)  /* I/O or store failure */
+#define SL_EINVAL   (-6)  /* bad argument or bad configuration */
+#define SL_EAUTH    (-7)  /* authentication failed (bad token, bad password) */
+#define SL_ENOENT   (-8)  /* not found */
+#define SL_ENOKEY   (-9)  /* signing key id unknown: a JWKS refresh may help */
+#define SL_EEXPIRED (-10) /* token expired or not yet valid */
+#define SL_ECORRUPT (-11) /* stored data failed an integrity check */
+#define SL_ESTATE   (-12) /* operation not valid in the current state */
+#define SL_ETIMEOUT (-13)
+
+/* Returns a static string describing an SL_E* code. */
+const char *sl_strerror(int err);
+
+/* ---------------------------------------------------------------- buffers */
+
+/*
+ * A growable byte buffer with a hard maximum: sl_buf_reserve() refuses to
+ * grow past max with SL_ETOOBIG instead of growing without bound.
+ * Bytes [off, len) are unread; [0, off) were consumed.
+ */
+struct sl_buf {
+	uint8_t *data;
+	size_t off;
+	size_t len;
+	size_t cap;
+	size_t max;
+};
+
+void sl_buf_init(struct sl_buf *b, size_t max);
+void sl_buf_fini(struct sl_buf *b);
+/* Make room for n more bytes after len. */
+int sl_buf_reserve(struct sl_buf *b, size_t n);
+int sl_buf_append(struct sl_buf *b, const void *p, size_t n);
+int sl_buf_append_u8(struct sl_buf *b, uint8_t v);
+int sl_buf_append_u16be(struct sl_buf *b, uint16_t v);
+int sl_buf_append_u32be(struct sl_buf *b, uint32_t v);
+/* Appends s including its terminating NUL. */
+int sl_buf_append_cstr(struct sl_buf *b, const char *s);
+/* Mark n unread bytes consumed; compacts when everything was read. */
+void sl_buf_consume(struct sl_buf *b, size_t n);
+/* Move unread bytes to the front. */
+void sl_buf_compact(struct sl_buf *b);
+static inline size_t
+sl_buf_unread(const struct sl_buf *b)
+{
+	return b->len - b->off;
+}
+static inline uint8_t *
+sl_buf_head(const struct sl_buf *b)
+{
+	return b->data + b->off;
+}
+
+/* ------------------------------------------------------- checked cursor */
+
+/*
+ * A read cursor over borrowed bytes. Every getter fails with SL_EPROTO on a
+ * short read and leaves the cursor where it was.
+ */
+struct sl_rd {
+	const uint8_t *p;
+	size_t len;
+	size_t pos;
+};
+
+static inline void
+sl_rd_init(struct sl_rd *r, const void *p, size_t len)
+{
+	r->p = (const uint8_t *)p;
+	r->len = len;
+	r->pos = 0;
+}
+static inline size_t
+sl_rd_left(const struct sl_rd *r)
+{
+	return r->len - r->pos;
+}
+int sl_rd_u8(struct sl_rd *r, uint8_t *out);
+int sl_rd_u16be(struct sl_rd *r, uint16_t *out);
+int sl_rd_u32be(struct sl_rd *r, uint32_t *out);
+int sl_rd_i32be(struct sl_rd *r, int32_t *out);
+/* Borrow n bytes. */
+int sl_rd_bytes(struct sl_rd *r, size_t n, const uint8_t **out);
+/* Borrow a NUL-terminated string (the NUL must lie inside the cursor). */
+int sl_rd_cstr(struct sl_rd *r, const char **out, size_t *outlen);
+
+/* ---------------------------------------------------------------- logging */
+
+enum sl_log_level { SL_LOG_DEBUG, SL_LOG_INFO, SL_LOG_WARN, SL_LOG_ERROR };
+
+void sl_log_set_level(enum sl_log_level lvl);
+/* Never pass secrets or unmasked row values to the logger. */
+void sl_log(enum sl_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define sl_debug(...) sl_log(SL_LOG_DEBUG, __VA_ARGS__)
+#define sl_info(...)  sl_log(SL_LOG_INFO, __VA_ARGS__)
+#define sl_warn(...)  sl_log(SL_LOG_WARN, __VA_ARGS__)
+#define sl_error(...) sl_log(SL_LOG_ERROR, __VA_ARGS__)
+
+/* ---------------------------------------------------------------- misc */
+
+/* Wall clock in microseconds since the epoch; monotonic clock in microseconds. */
+int64_t sl_now_us(void);
+int64_t sl_mono_us(void);
+/* Parses "300s", "5m", "1h", "250ms", "2d" or a bare number of seconds into
+ * milliseconds. Returns 0 or SL_EINVAL. */
+int sl_parse_duration_ms(const char *s, int64_t *out_ms);
+/* Lower-case hex of n bytes into out (2n+1 bytes). */
+void sl_hex(const uint8_t *in, size_t n, char *out);
+/* Constant-time comparison. */
+int sl_memeq_ct(const void *a, const void *b, size_t n);
+/* Reads a whole file (max bytes) into a NUL-terminated heap string; returns owned. */
+int sl_read_file(const char *path, size_t max, char **out, size_t *outlen);
+/* Fills buf with cryptographically random bytes. */
+int sl_random(void *buf, size_t n);
+/* Simple glob: '*' matches any run except '/', '**' any run including '/', '?' one byte. */
+int sl_glob_match(const char *pat, const char *s);
+/* Same, case-insensitive ASCII, where '*' also crosses '/'. */
+int sl_glob_match_ci(const char *pat, const char *s);
+
+#endif

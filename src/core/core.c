@@ -1,0 +1,435 @@
+/*
+ * core.c - error strings, byte buffers, the checked read cursor and small
+ * helpers shared by every module.
+ */
+#include "sluice/core.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+const char *
+sl_strerror(int err)
+{
+	switch (err) {
+	case SL_OK:
+		return "ok";
+	case SL_AGAIN:
+		return "need more data";
+	case SL_ENOMEM:
+		return "out of memory";
+	case SL_EPROTO:
+		return "protocol violation";
+	case SL_ETOOBIG:
+		return "message too large";
+	case SL_EPOLICY:
+		return "refused by policy";
+	case SL_EIO:
+		return "I/O error";
+	case SL_EINVAL:
+		return "invalid argument";
+	case SL_EAUTH:
+		return "authentication failed";
+	case SL_ENOENT:
+		return "not found";
+	case SL_ENOKEY:
+		return "unknown signing key";
+	case SL_EEXPIRED:
+		return "expired or not yet valid";
+	case SL_ECORRUPT:
+		return "integrity check failed";
+	case SL_ESTATE:
+		return "invalid state";
+	case SL_ETIMEOUT:
+		return "timed out";
+	}
+	return "unknown error";
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+void
+sl_buf_init(struct sl_buf *b, size_t max)
+{
+	memset(b, 0, sizeof(*b));
+	b->max = max;
+}
+
+void
+sl_buf_fini(struct sl_buf *b)
+{
+	free(b->data);
+	memset(b, 0, sizeof(*b));
+}
+
+void
+sl_buf_compact(struct sl_buf *b)
+{
+	if (b->off == 0)
+		return;
+	if (b->off < b->len)
+		memmove(b->data, b->data + b->off, b->len - b->off);
+	b->len -= b->off;
+	b->off = 0;
+}
+
+int
+sl_buf_reserve(struct sl_buf *b, size_t n)
+{
+	size_t need, ncap;
+	uint8_t *p;
+
+	if (b->cap - b->len >= n)
+		return 0;
+	/* Reclaim consumed space before growing. */
+	if (b->off > 0) {
+		sl_buf_compact(b);
+		if (b->cap - b->len >= n)
+			return 0;
+	}
+	need = b->len + n;
+	if (need < b->len || (b->max != 0 && need > b->max))
+		return SL_ETOOBIG;
+	ncap = b->cap ? b->cap : 256;
+	while (ncap < need)
+		ncap *= 2;
+	if (b->max != 0 && ncap > b->max)
+		ncap = b->max;
+	p = realloc(b->data, ncap);
+	if (p == NULL)
+		return SL_ENOMEM;
+	b->data = p;
+	b->cap = ncap;
+	return 0;
+}
+
+int
+sl_buf_append(struct sl_buf *b, const void *p, size_t n)
+{
+	int r;
+
+	if (n == 0)
+		return 0;
+	if ((r = sl_buf_reserve(b, n)) != 0)
+		return r;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+int
+sl_buf_append_u8(struct sl_buf *b, uint8_t v)
+{
+	return sl_buf_append(b, &v, 1);
+}
+
+int
+sl_buf_append_u16be(struct sl_buf *b, uint16_t v)
+{
+	uint8_t x[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+
+	return sl_buf_append(b, x, 2);
+}
+
+int
+sl_buf_append_u32be(struct sl_buf *b, uint32_t v)
+{
+	uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+
+	return sl_buf_append(b, x, 4);
+}
+
+int
+sl_buf_append_cstr(struct sl_buf *b, const char *s)
+{
+	return sl_buf_append(b, s, strlen(s) + 1);
+}
+
+void
+sl_buf_consume(struct sl_buf *b, size_t n)
+{
+	b->off += n;
+	if (b->off >= b->len)
+		b->off = b->len = 0;
+}
+
+/* ------------------------------------------------------- checked cursor */
+
+int
+sl_rd_u8(struct sl_rd *r, uint8_t *out)
+{
+	if (sl_rd_left(r) < 1)
+		return SL_EPROTO;
+	*out = r->p[r->pos++];
+	return 0;
+}
+
+int
+sl_rd_u16be(struct sl_rd *r, uint16_t *out)
+{
+	if (sl_rd_left(r) < 2)
+		return SL_EPROTO;
+	*out = (uint16_t)((r->p[r->pos] << 8) | r->p[r->pos + 1]);
+	r->pos += 2;
+	return 0;
+}
+
+int
+sl_rd_u32be(struct sl_rd *r, uint32_t *out)
+{
+	const uint8_t *p = r->p + r->pos;
+
+	if (sl_rd_left(r) < 4)
+		return SL_EPROTO;
+	*out = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+	r->pos += 4;
+	return 0;
+}
+
+int
+sl_rd_i32be(struct sl_rd *r, int32_t *out)
+{
+	uint32_t v;
+	int rc;
+
+	if ((rc = sl_rd_u32be(r, &v)) != 0)
+		return rc;
+	*out = (int32_t)v;
+	return 0;
+}
+
+int
+sl_rd_bytes(struct sl_rd *r, size_t n, const uint8_t **out)
+{
+	if (sl_rd_left(r) < n)
+		return SL_EPROTO;
+	*out = r->p + r->pos;
+	r->pos += n;
+	return 0;
+}
+
+int
+sl_rd_cstr(struct sl_rd *r, const char **out, size_t *outlen)
+{
+	const uint8_t *s = r->p + r->pos;
+	const uint8_t *nul = memchr(s, 0, sl_rd_left(r));
+
+	if (nul == NULL)
+		return SL_EPROTO;
+	*out = (const char *)s;
+	if (outlen != NULL)
+		*outlen = (size_t)(nul - s);
+	r->pos += (size_t)(nul - s) + 1;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- logging */
+
+static enum sl_log_level log_level = SL_LOG_INFO;
+
+void
+sl_log_set_level(enum sl_log_level lvl)
+{
+	log_level = lvl;
+}
+
+void
+sl_log(enum sl_log_level lvl, const char *fmt, ...)
+{
+	static const char *names[] = {"debug", "info", "warn", "error"};
+	char line[2048];
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+	int n;
+
+	if (lvl < log_level)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ sluice[%d] %s: ",
+		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		     ts.tv_nsec / 1000000, (int)getpid(), names[lvl]);
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	n = (int)strlen(line);
+	line[n++] = '\n';
+	/* One write() per line keeps lines from several threads whole. */
+	if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+		/* nowhere left to report it */
+	}
+}
+
+/* ---------------------------------------------------------------- misc */
+
+int64_t
+sl_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t
+sl_mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int
+sl_parse_duration_ms(const char *s, int64_t *out_ms)
+{
+	char *end;
+	double v;
+	double mult;
+
+	if (s == NULL || *s == '\0')
+		return SL_EINVAL;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || end == s || v < 0)
+		return SL_EINVAL;
+	if (*end == '\0' || strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "m") == 0)
+		mult = 60 * 1000.0;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600 * 1000.0;
+	else if (strcmp(end, "d") == 0)
+		mult = 86400 * 1000.0;
+	else
+		return SL_EINVAL;
+	if (v * mult > 9.0e15)
+		return SL_EINVAL;
+	*out_ms = (int64_t)(v * mult);
+	return 0;
+}
+
+void
+sl_hex(const uint8_t *in, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+int
+sl_memeq_ct(const void *a, const void *b, size_t n)
+{
+	return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+int
+sl_read_file(const char *path, size_t max, char **out, size_t *outlen)
+{
+	struct stat st;
+	char *buf;
+	size_t got = 0;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? SL_ENOENT : SL_EIO;
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return SL_EIO;
+	}
+	if ((size_t)st.st_size > max) {
+		close(fd);
+		return SL_ETOOBIG;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL) {
+		close(fd);
+		return SL_ENOMEM;
+	}
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	buf[got] = '\0';
+	*out = buf;
+	if (outlen != NULL)
+		*outlen = got;
+	return 0;
+}
+
+int
+sl_random(void *buf, size_t n)
+{
+	return RAND_bytes(buf, (int)n) == 1 ? 0 : SL_EIO;
+}
+
+static int
+glob_rec(const char *p, const char *s, int ci, int star_crosses_slash, int depth)
+{
+	if (depth > 64)
+		return 0;
+	while (*p) {
+		if (p[0] == '*') {
+			int dbl = p[1] == '*';
+			const char *rest = p + (dbl ? 2 : 1);
+			int cross = dbl || star_crosses_slash;
+
+			for (const char *t = s;; t++) {
+				if (glob_rec(rest, t, ci, star_crosses_slash, depth + 1))
+					return 1;
+				if (*t == '\0' || (!cross && *t == '/'))
+					return 0;
+			}
+		}
+		if (*s == '\0')
+			return 0;
+		if (*p != '?') {
+			unsigned char a = (unsigned char)*p, b = (unsigned char)*s;
+
+			if (ci) {
+				a = (unsigned char)tolower(a);
+				b = (unsigned char)tolower(b);
+			}
+			if (a != b)
+				return 0;
+		}
+		p++;
+		s++;
+	}
+	return *s == '\0';
+}
+
+int
+sl_glob_match(const char *pat, const char *s)
+{
+	return glob_rec(pat, s, 0, 0, 0);
+}
+
+int
+sl_glob_match_ci(const char *pat, const char *s)
+{
+	return glob_rec(pat, s, 1, 1, 0);
+}
