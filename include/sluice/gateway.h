@@ -1,0 +1,173 @@
+/*
+ * gateway.h - the running gateway: shared state (config, identity, policy,
+ * audit, review, masking), worker threads with one libuv loop each, and the
+ * pipeline every protocol adapter goes through.
+ *
+ * Adapters never call policy, review or audit directly: they describe a
+ * request to the pipeline (sl_pl_*) and act on the decision it returns.
+ */
+#ifndef SLUICE_GATEWAY_H
+#define SLUICE_GATEWAY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <uv.h>
+
+#include "sluice/config.h"
+#include "sluice/identity.h"
+#include "sluice/net.h"
+#include "sluice/policy.h"
+#include "sluice/sqlclass.h"
+
+struct sl_audit;
+struct sl_review_mgr;
+struct sl_admin;
+struct sl_mask_db;
+struct sl_mask_plan;
+struct sl_mask_scratch;
+struct sl_gw;
+
+/* Work posted to a worker loop from another thread (audit writer, review
+ * thread, thread pool). fn runs on the worker's loop thread. */
+struct sl_completion {
+	struct sl_completion *next;
+	struct sl_worker *w;             /* loop to run fn on (set by whoever arms it) */
+	void (*fn)(struct sl_completion *c);
+	void *arg;
+	int status;
+	uint64_t value;
+	int state;
+	char text[256];
+};
+
+struct sl_worker {
+	unsigned id;
+	struct sl_gw *gw;
+	uv_loop_t loop;
+	uv_thread_t thread;
+	uv_async_t async;
+	pthread_mutex_t mu;
+	struct sl_completion *head, *tail;
+	uv_tcp_t pg_listener;
+	int pg_listening;
+	struct sl_sql_cache *sqlcache;
+	struct sl_mask_scratch *mscratch;
+	int stopping;
+	uv_timer_t drain_timer;
+	void *sessions_stop; /* the stop message once stopping */
+	int cut;             /* sessions were terminated at the drain deadline */
+	atomic_int done;     /* the loop has returned */
+	unsigned nsessions;
+	void *sessions; /* protocol adapters' intrusive list heads */
+};
+
+struct sl_mask_binding {
+	const struct sl_cfg_policy_mask *cfg;
+	struct sl_mask_plan *plan;
+};
+
+struct sl_gw {
+	struct sl_config *cfg;
+	struct sl_idp *idp;
+	struct sl_policy_set *policy;
+	struct sl_audit *audit;
+	struct sl_review_mgr *review;
+	struct sl_admin *admin;
+	struct sl_mask_db *maskdb;
+	struct sl_mask_binding *masks;
+	size_t nmasks;
+	struct sl_worker *workers;
+	unsigned nworkers;
+	SSL_CTX *pg_tls;           /* server side, NULL if no tls_cert */
+	SSL_CTX *up_tls;           /* client side for upstreams */
+	struct sockaddr_storage pg_addr;
+	int pg_loopback;
+	size_t max_message;
+	int64_t leeway_s;
+	char node[64];
+	atomic_uint_fast64_t next_session;
+	atomic_int stopping;
+	/* cancel-key map: our (pid, key) -> upstream */
+	pthread_mutex_t cancel_mu;
+	void *cancel_map;
+};
+
+/* Posts c to w's loop (thread-safe). */
+void sl_worker_post(struct sl_worker *w, struct sl_completion *c);
+
+/* Runs the gateway until SIGTERM/SIGINT: starts listeners on every worker,
+ * the admin API and the review manager; on a signal stops accepting, drains
+ * sessions (up to shutdown_timeout), flushes the audit trail. Returns 0 on a
+ * clean stop. */
+int sl_gateway_run(struct sl_config *cfg);
+
+/* ------------------------------------------------------------ pipeline */
+
+/* Protocol-neutral view of one client session. */
+struct sl_pl_session {
+	char id[40];
+	const char *protocol;              /* "postgres", "http", "ssh" */
+	const struct sl_cfg_connection *conn;
+	struct sl_identity ident;          /* valid once authenticated */
+	int authenticated;
+	char client_addr[64];
+	char trace_id[33];                 /* session-level trace context (application_name) */
+	char span_id[17];
+	int64_t opened_us;
+};
+
+/* A request as the pipeline sees it. */
+struct sl_pl_request {
+	enum sl_proto proto;
+	const char *text;                  /* statement / request line (may hold sensitive literals: never logged raw) */
+	size_t textlen;
+	const struct sl_sql_class *sql;
+	const char *http_method, *http_path, *ssh_command;
+	const char *trace_id, *span_id;   /* per-request trace context, else the session's */
+	const uint8_t *params;             /* exact parameter bytes, for review binding */
+	size_t params_len;
+	uint64_t seq;                      /* per-session request number */
+};
+
+void sl_pl_session_init(struct sl_gw *gw, struct sl_pl_session *s, const char *protocol);
+void sl_pl_session_fini(struct sl_pl_session *s);
+
+/* Verifies a bearer token. Never blocks: returns SL_ENOKEY when a JWKS
+ * refresh (sl_pl_refresh_keys, blocking, thread pool) might help. */
+int sl_pl_authenticate(struct sl_gw *gw, struct sl_pl_session *s, const char *token, size_t len,
+		       char *err, size_t errlen);
+void sl_pl_refresh_keys(struct sl_gw *gw, const char *token, size_t len);
+/* Audits a refused login (reason is client-safe text). */
+void sl_pl_auth_failed(struct sl_gw *gw, struct sl_pl_session *s, const char *user,
+		       const char *reason);
+void sl_pl_session_opened(struct sl_gw *gw, struct sl_pl_session *s, json_t *details);
+void sl_pl_session_closed(struct sl_gw *gw, struct sl_pl_session *s, const char *why);
+
+/* SL_EEXPIRED once the session's token has expired (plus leeway), else 0. */
+int sl_pl_check_expiry(struct sl_gw *gw, struct sl_pl_session *s);
+/* Decides a request. Fills d. Checks token expiry too (SL_EEXPIRED). */
+int sl_pl_decide(struct sl_gw *gw, struct sl_pl_session *s, const struct sl_pl_request *r,
+		 struct sl_decision *d);
+/* Appends the request's audit record. With c != NULL in strict mode returns 1
+ * and c->fn runs later on w's loop once the record is durable (c->status < 0:
+ * not durable, refuse the request); otherwise returns 0 without waiting (c is
+ * not used). Returns < 0 if the record could not even be queued (refuse).
+ * c is caller-owned and must stay alive until c->fn ran. */
+int sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
+		 const struct sl_pl_request *r, const struct sl_decision *d,
+		 struct sl_completion *c);
+/* Result of a request (never waited for). error_msg must already be masked. */
+void sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char *trace_id,
+		  int64_t duration_us, int64_t rows, const char *tag, const char *sqlstate,
+		  const char *error_msg, json_t *mask_stats);
+/* Extracts a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>") from text: a
+ * sqlcommenter comment traceparent='...' or a bare traceparent value.
+ * Returns 1 and fills trace_id/span_id when found. */
+int sl_pl_trace_from_text(const char *text, size_t len, char trace_id[33], char span_id[17]);
+
+/* Masking plan for a decision (NULL = nothing to mask). */
+const struct sl_mask_plan *sl_pl_mask_plan(struct sl_gw *gw, const struct sl_decision *d);
+
+#endif

@@ -1,0 +1,2079 @@
+/*
+ * session.c - PostgreSQL client session: startup, JWT login, upstream login
+ * with the vaulted credential, and the relay with statement policy.
+ *
+ * Blocking a statement never fakes the server's state: the statement is
+ * replaced, on the way upstream, by one that fails to parse and carries a
+ * nonce ("SLUICE_BLOCKED_<nonce>"). The server then behaves exactly as for
+ * any failed statement (aborts the transaction block, skips to Sync in the
+ * extended protocol, keeps message order in pipelines), and the relay
+ * rewrites that one ErrorResponse into SQLSTATE 42501 with the rule's
+ * message.
+ */
+#include "sluice/pg_session.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sluice/pg_auth.h"
+#include "sluice/pg_codec.h"
+
+/* Session states. */
+enum pg_state {
+	PG_ST_STARTUP, /* waiting for StartupMessage / SSLRequest / CancelRequest */
+	PG_ST_TLS,     /* TLS handshake with the client in progress */
+	PG_ST_AUTH,    /* asked for a password (the JWT); waiting for 'p' */
+	PG_ST_VERIFY,  /* JWKS refresh running on the thread pool */
+	PG_ST_UPCONN,  /* resolving / connecting / TLS to the upstream */
+	PG_ST_UPAUTH,  /* logging in upstream */
+	PG_ST_UPINIT,  /* upstream said AuthenticationOk; relaying S/K until Z */
+	PG_ST_READY,   /* relaying */
+	PG_ST_CLOSING, /* both sides being closed; freed when handles and async work are done */
+};
+
+static const char *const state_names[] = {"startup", "tls",    "auth",  "verify", "upconn",
+					  "upauth",  "upinit", "ready", "closing"};
+
+/* Entries of the in-flight queue: what the server still owes an answer for. */
+enum ent_kind { ENT_QUERY = 'Q', ENT_EXEC = 'E', ENT_SYNC = 'S', ENT_FUNC = 'F' };
+
+struct entry {
+	uint8_t kind;
+	uint8_t blocked;
+	uint8_t failed;
+	uint64_t seq;
+	int64_t start_us;
+	int64_t rows;
+	char tag[48];
+	char sqlstate[6];
+	char trace_id[33];
+};
+
+/* A statement prepared through the protocol (Parse) or SQL PREPARE. */
+struct stmt {
+	unsigned refs;
+	char *name;
+	char *sql;
+	size_t sqllen;
+	uint32_t kinds;
+	struct stmt *next;
+};
+
+struct portal {
+	char *name;
+	struct stmt *st;
+	struct portal *next;
+};
+
+struct blocked_msg {
+	char nonce[24];
+	char message[256];
+	struct blocked_msg *next;
+};
+
+#define MAX_INFLIGHT 100000
+
+struct pg_session {
+	struct pg_session *next, *prev;
+	struct sl_worker *w;
+	struct sl_gw *gw;
+	struct sl_pl_session pl;
+	enum pg_state state;
+	struct sl_stream cli, up;
+	struct sl_buf cin, uin;
+	unsigned cli_open : 1, up_open : 1, up_inited : 1, tls : 1, hold : 1, barrier : 1,
+		terminating : 1, freeing : 1, in_process : 1;
+	unsigned pending; /* async work that still points at this session */
+	/* startup */
+	char *client_user, *client_db;
+	char **fwd_keys, **fwd_vals;
+	size_t nfwd;
+	struct sl_pg_upauth *upauth;
+	struct sockaddr_storage up_addr;
+	uv_getaddrinfo_t gai;
+	uint32_t our_pid, our_key, up_pid, up_key;
+	char *password; /* the vaulted upstream password while logging in */
+	/* relay state */
+	char txstatus;
+	int scs_on;
+	int enc_safe;
+	struct entry *ents;
+	size_t ents_head, ents_len, ents_cap;
+	struct stmt *stmts;
+	struct portal *portals;
+	struct blocked_msg *blocked;
+	uint64_t reqseq;
+	/* held client message (strict audit / barrier) */
+	struct sl_completion comp;
+	size_t held_len;
+	int held_action;
+	char held_nonce[24];
+	char held_message[256];
+	uv_work_t work;
+	char *verify_token;
+	size_t verify_len;
+};
+
+static struct pg_session *sessions_of(struct sl_worker *w);
+static void process_client(struct pg_session *s);
+static void process_upstream(struct pg_session *s);
+static void session_close(struct pg_session *s, const char *why);
+static void maybe_free(struct pg_session *s);
+
+/* ------------------------------------------------------------ helpers */
+
+static void
+set_state(struct pg_session *s, enum pg_state st)
+{
+	/* Allowed moves only go forward, except that any state may close. */
+	if (st != PG_ST_CLOSING && st < s->state && !(s->state == PG_ST_VERIFY && st == PG_ST_AUTH)) {
+		sl_error("pg session %s: invalid state change %s -> %s", s->pl.id,
+			 state_names[s->state], state_names[st]);
+		abort();
+	}
+	s->state = st;
+}
+
+static void
+cli_send(struct pg_session *s, const void *p, size_t n)
+{
+	if (!s->cli_open || s->cli.closing)
+		return;
+	if (sl_stream_queue(&s->cli, p, n) != 0)
+		session_close(s, "client output failed");
+}
+
+static void
+up_send(struct pg_session *s, const void *p, size_t n)
+{
+	if (!s->up_open || s->up.closing)
+		return;
+	if (sl_stream_queue(&s->up, p, n) != 0)
+		session_close(s, "upstream output failed");
+}
+
+/* Sends an error to the client; FATAL closes the session after flushing. */
+static void
+cli_error(struct pg_session *s, const char *severity, const char *sqlstate, const char *msg,
+	  const char *detail)
+{
+	struct sl_buf b;
+
+	sl_buf_init(&b, 0);
+	if (sl_pg_put_error(&b, severity, sqlstate, msg, detail, NULL) == 0)
+		cli_send(s, b.data, b.len);
+	sl_buf_fini(&b);
+	if (s->cli_open)
+		sl_stream_flush(&s->cli);
+}
+
+static void
+fatal(struct pg_session *s, const char *sqlstate, const char *msg)
+{
+	cli_error(s, "FATAL", sqlstate, msg, NULL);
+	session_close(s, msg);
+}
+
+static struct entry *
+ent_head(struct pg_session *s)
+{
+	return s->ents_len ? &s->ents[s->ents_head % s->ents_cap] : NULL;
+}
+
+static struct entry *
+ent_push(struct pg_session *s, uint8_t kind)
+{
+	struct entry *e;
+
+	if (s->ents_len == s->ents_cap) {
+		size_t ncap = s->ents_cap ? s->ents_cap * 2 : 16;
+		struct entry *n;
+
+		if (s->ents_cap >= MAX_INFLIGHT)
+			return NULL;
+		n = calloc(ncap, sizeof(*n));
+		if (n == NULL)
+			return NULL;
+		for (size_t i = 0; i < s->ents_len; i++)
+			n[i] = s->ents[(s->ents_head + i) % s->ents_cap];
+		free(s->ents);
+		s->ents = n;
+		s->ents_cap = ncap;
+		s->ents_head = 0;
+	}
+	e = &s->ents[(s->ents_head + s->ents_len) % s->ents_cap];
+	memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->start_us = sl_mono_us();
+	s->ents_len++;
+	return e;
+}
+
+static struct entry *
+ent_last(struct pg_session *s)
+{
+	return s->ents_len ? &s->ents[(s->ents_head + s->ents_len - 1) % s->ents_cap] : NULL;
+}
+
+static void
+ent_pop(struct pg_session *s)
+{
+	if (s->ents_len == 0)
+		return;
+	s->ents_head = (s->ents_head + 1) % s->ents_cap;
+	s->ents_len--;
+}
+
+/* Whether everything forwarded so far ends at a point where the server will
+ * answer without more client input (Query or Sync last). */
+static int
+ents_synced(struct pg_session *s)
+{
+	struct entry *last;
+
+	if (s->ents_len == 0)
+		return 1;
+	last = &s->ents[(s->ents_head + s->ents_len - 1) % s->ents_cap];
+	return last->kind == ENT_QUERY || last->kind == ENT_SYNC || last->kind == ENT_FUNC;
+}
+
+static void
+ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const char *errmsg)
+{
+	if (e->blocked)
+		return;
+	sl_pl_result(s->gw, &s->pl, e->seq, e->trace_id[0] ? e->trace_id : NULL,
+		     sl_mono_us() - e->start_us, e->rows, e->tag[0] ? e->tag : NULL, sqlstate,
+		     errmsg, NULL);
+}
+
+static struct stmt *
+stmt_find(struct pg_session *s, const char *name)
+{
+	for (struct stmt *t = s->stmts; t; t = t->next)
+		if (strcmp(t->name, name) == 0)
+			return t;
+	return NULL;
+}
+
+static void
+stmt_unref(struct stmt *t)
+{
+	if (t == NULL || --t->refs > 0)
+		return;
+	free(t->name);
+	free(t->sql);
+	free(t);
+}
+
+static void
+stmt_remove(struct pg_session *s, const char *name)
+{
+	for (struct stmt **pp = &s->stmts; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->name, name) == 0) {
+			struct stmt *t = *pp;
+
+			*pp = t->next;
+			stmt_unref(t);
+			return;
+		}
+	}
+}
+
+static int
+stmt_add(struct pg_session *s, const char *name, const char *sql, size_t len, uint32_t kinds)
+{
+	struct stmt *t = calloc(1, sizeof(*t));
+
+	if (t == NULL)
+		return SL_ENOMEM;
+	t->refs = 1;
+	t->name = strdup(name);
+	t->sql = malloc(len + 1);
+	if (t->name == NULL || t->sql == NULL) {
+		free(t->name);
+		free(t->sql);
+		free(t);
+		return SL_ENOMEM;
+	}
+	memcpy(t->sql, sql, len);
+	t->sql[len] = '\0';
+	t->sqllen = len;
+	t->kinds = kinds;
+	stmt_remove(s, name);
+	t->next = s->stmts;
+	s->stmts = t;
+	return 0;
+}
+
+static struct portal *
+portal_find(struct pg_session *s, const char *name)
+{
+	for (struct portal *p = s->portals; p; p = p->next)
+		if (strcmp(p->name, name) == 0)
+			return p;
+	return NULL;
+}
+
+static void
+portal_remove(struct pg_session *s, const char *name)
+{
+	for (struct portal **pp = &s->portals; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->name, name) == 0) {
+			struct portal *p = *pp;
+
+			*pp = p->next;
+			stmt_unref(p->st);
+			free(p->name);
+			free(p);
+			return;
+		}
+	}
+}
+
+static void
+blocked_clear(struct pg_session *s)
+{
+	while (s->blocked) {
+		struct blocked_msg *b = s->blocked;
+
+		s->blocked = b->next;
+		free(b);
+	}
+}
+
+/* ------------------------------------------------------------ cancel map */
+
+struct cancel_ent {
+	uint32_t pid, key;
+	uint32_t up_pid, up_key;
+	struct sockaddr_storage addr;
+	struct cancel_ent *next;
+};
+
+static void
+cancel_register(struct pg_session *s)
+{
+	struct sl_gw *gw = s->gw;
+	struct cancel_ent *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return;
+	c->pid = s->our_pid;
+	c->key = s->our_key;
+	c->up_pid = s->up_pid;
+	c->up_key = s->up_key;
+	c->addr = s->up_addr;
+	pthread_mutex_lock(&gw->cancel_mu);
+	c->next = gw->cancel_map;
+	gw->cancel_map = c;
+	pthread_mutex_unlock(&gw->cancel_mu);
+}
+
+static void
+cancel_unregister(struct pg_session *s)
+{
+	struct sl_gw *gw = s->gw;
+
+	pthread_mutex_lock(&gw->cancel_mu);
+	for (struct cancel_ent **pp = (struct cancel_ent **)&gw->cancel_map; *pp;
+	     pp = &(*pp)->next) {
+		if ((*pp)->pid == s->our_pid && (*pp)->key == s->our_key) {
+			struct cancel_ent *c = *pp;
+
+			*pp = c->next;
+			free(c);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&gw->cancel_mu);
+}
+
+struct cancel_conn {
+	uv_tcp_t tcp;
+	uv_connect_t creq;
+	uv_write_t wreq;
+	uint8_t pkt[16];
+};
+
+static void
+cancel_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void
+cancel_written(uv_write_t *req, int status)
+{
+	struct cancel_conn *cc = req->data;
+
+	uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
+}
+
+static void
+cancel_connected(uv_connect_t *req, int status)
+{
+	struct cancel_conn *cc = req->data;
+	uv_buf_t b = uv_buf_init((char *)cc->pkt, sizeof(cc->pkt));
+
+	if (status != 0 || uv_write(&cc->wreq, (uv_stream_t *)&cc->tcp, &b, 1, cancel_written) != 0)
+		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
+}
+
+/* Forwards a CancelRequest for our (pid, key) to the matching upstream. */
+static void
+cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
+{
+	struct sl_gw *gw = w->gw;
+	struct cancel_conn *cc;
+	struct sockaddr_storage addr;
+	uint32_t up_pid = 0, up_key = 0;
+	int found = 0;
+	struct sl_buf b;
+
+	pthread_mutex_lock(&gw->cancel_mu);
+	for (struct cancel_ent *c = gw->cancel_map; c; c = c->next) {
+		if (c->pid == pid && sl_memeq_ct(&c->key, &key, sizeof(key))) {
+			up_pid = c->up_pid;
+			up_key = c->up_key;
+			addr = c->addr;
+			found = 1;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&gw->cancel_mu);
+	if (!found)
+		return;
+	cc = calloc(1, sizeof(*cc));
+	if (cc == NULL)
+		return;
+	sl_buf_init(&b, 0);
+	sl_pg_put_cancel(&b, up_pid, up_key);
+	memcpy(cc->pkt, b.data, sizeof(cc->pkt));
+	sl_buf_fini(&b);
+	uv_tcp_init(&w->loop, &cc->tcp);
+	cc->tcp.data = cc;
+	cc->creq.data = cc;
+	cc->wreq.data = cc;
+	if (uv_tcp_connect(&cc->creq, &cc->tcp, (struct sockaddr *)&addr, cancel_connected) != 0)
+		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void
+session_free(struct pg_session *s)
+{
+	struct sl_worker *w = s->w;
+
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->nsessions--;
+	cancel_unregister(s);
+	sl_buf_fini(&s->cin);
+	sl_buf_fini(&s->uin);
+	free(s->client_user);
+	free(s->client_db);
+	for (size_t i = 0; i < s->nfwd; i++) {
+		free(s->fwd_keys[i]);
+		free(s->fwd_vals[i]);
+	}
+	free(s->fwd_keys);
+	free(s->fwd_vals);
+	sl_pg_upauth_free(s->upauth);
+	if (s->password) {
+		OPENSSL_cleanse(s->password, strlen(s->password));
+		free(s->password);
+	}
+	if (s->verify_token) {
+		OPENSSL_cleanse(s->verify_token, s->verify_len);
+		free(s->verify_token);
+	}
+	free(s->ents);
+	while (s->stmts) {
+		struct stmt *t = s->stmts;
+
+		s->stmts = t->next;
+		stmt_unref(t);
+	}
+	while (s->portals)
+		portal_remove(s, s->portals->name);
+	blocked_clear(s);
+	sl_pl_session_fini(&s->pl);
+	free(s);
+}
+
+static void
+maybe_free(struct pg_session *s)
+{
+	if (s->state != PG_ST_CLOSING || s->cli_open || s->up_open || s->pending > 0 ||
+	    s->in_process || s->freeing)
+		return;
+	s->freeing = 1;
+	session_free(s);
+}
+
+static void
+session_close(struct pg_session *s, const char *why)
+{
+	if (s->state == PG_ST_CLOSING)
+		return;
+	if (s->pl.authenticated)
+		sl_pl_session_closed(s->gw, &s->pl, why);
+	sl_debug("pg session %s closing: %s", s->pl.id, why);
+	set_state(s, PG_ST_CLOSING);
+	if (s->cli_open) {
+		sl_stream_flush(&s->cli);
+		sl_stream_close(&s->cli);
+	}
+	if (s->up_open) {
+		if (s->up_inited && !s->up.closing && s->up.tls == s->up.tls_ready) {
+			uint8_t x[5] = {'X', 0, 0, 0, 4};
+
+			sl_stream_queue(&s->up, x, sizeof(x));
+			sl_stream_flush(&s->up);
+		}
+		sl_stream_close(&s->up);
+	}
+	maybe_free(s);
+}
+
+static void
+cli_closed(struct sl_stream *st)
+{
+	struct pg_session *s = st->owner;
+
+	s->cli_open = 0;
+	maybe_free(s);
+}
+
+static void
+up_closed(struct sl_stream *st)
+{
+	struct pg_session *s = st->owner;
+
+	s->up_open = 0;
+	maybe_free(s);
+}
+
+/* ------------------------------------------------------------ upstream login */
+
+static void up_connect_cb(struct sl_stream *st, int status);
+static void up_tls_cb(struct sl_stream *st, int status);
+static void up_read_cb(struct sl_stream *st, size_t n);
+static void up_eof_cb(struct sl_stream *st, int err);
+static void up_drain_cb(struct sl_stream *st);
+
+static const struct sl_stream_ops up_ops = {
+	.on_read = up_read_cb,
+	.on_eof = up_eof_cb,
+	.on_drain = up_drain_cb,
+	.on_tls = up_tls_cb,
+	.on_connect = up_connect_cb,
+	.on_close = up_closed,
+};
+
+static int
+load_password(struct pg_session *s)
+{
+	const struct sl_cfg_connection *c = s->pl.conn;
+	const char *v = NULL;
+	char *file = NULL;
+	size_t len;
+
+	if (c->password_env != NULL) {
+		v = getenv(c->password_env);
+		if (v == NULL)
+			return SL_ENOENT;
+		s->password = strdup(v);
+	} else if (c->password_file != NULL) {
+		if (sl_read_file(c->password_file, 4096, &file, &len) != 0)
+			return SL_ENOENT;
+		while (len > 0 && (file[len - 1] == '\n' || file[len - 1] == '\r'))
+			file[--len] = '\0';
+		s->password = file;
+	} else {
+		s->password = strdup("");
+	}
+	return s->password ? 0 : SL_ENOMEM;
+}
+
+static void
+send_upstream_startup(struct pg_session *s)
+{
+	const struct sl_cfg_connection *c = s->pl.conn;
+	const char *keys[SL_PG_MAX_PARAMS + 4], *vals[SL_PG_MAX_PARAMS + 4];
+	size_t n = 0;
+	struct sl_buf b;
+	uint8_t nonce[24];
+
+	keys[n] = "user";
+	vals[n++] = c->user ? c->user : c->name;
+	keys[n] = "database";
+	vals[n++] = c->database ? c->database : (s->client_db ? s->client_db : c->name);
+	for (size_t i = 0; i < s->nfwd && n < SL_PG_MAX_PARAMS; i++) {
+		keys[n] = s->fwd_keys[i];
+		vals[n++] = s->fwd_vals[i];
+	}
+	sl_random(nonce, sizeof(nonce));
+	if (load_password(s) != 0) {
+		fatal(s, "08006", "sluice: the upstream credential for this connection is not available");
+		return;
+	}
+	if (sl_pg_upauth_new(vals[0], s->password, nonce, sizeof(nonce), &s->upauth) != 0) {
+		fatal(s, "53200", "sluice: out of memory");
+		return;
+	}
+	sl_buf_init(&b, 0);
+	sl_pg_put_startup(&b, keys, vals, n);
+	up_send(s, b.data, b.len);
+	sl_buf_fini(&b);
+	sl_stream_flush(&s->up);
+	set_state(s, PG_ST_UPAUTH);
+}
+
+static void
+up_tls_cb(struct sl_stream *st, int status)
+{
+	struct pg_session *s = st->owner;
+
+	if (status != 0) {
+		fatal(s, "08006", "sluice: TLS handshake with the upstream server failed");
+		return;
+	}
+	send_upstream_startup(s);
+}
+
+static void
+up_connect_cb(struct sl_stream *st, int status)
+{
+	struct pg_session *s = st->owner;
+	const struct sl_cfg_connection *c = s->pl.conn;
+	struct sl_buf b;
+
+	if (s->state == PG_ST_CLOSING)
+		return;
+	if (status != 0) {
+		fatal(s, "08006", "sluice: could not connect to the upstream server");
+		return;
+	}
+	if (sl_stream_read_start(&s->up) != 0) {
+		fatal(s, "08006", "sluice: upstream read failed");
+		return;
+	}
+	if (c->tls != NULL && strcmp(c->tls, "disable") != 0) {
+		sl_buf_init(&b, 0);
+		sl_pg_put_ssl_request(&b);
+		up_send(s, b.data, b.len);
+		sl_buf_fini(&b);
+		sl_stream_flush(&s->up);
+		return; /* answer handled in up_read_cb (UPCONN state) */
+	}
+	send_upstream_startup(s);
+}
+
+static void
+gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct pg_session *s = req->data;
+
+	s->pending--;
+	if (s->state == PG_ST_CLOSING) {
+		if (res)
+			uv_freeaddrinfo(res);
+		maybe_free(s);
+		return;
+	}
+	if (status != 0 || res == NULL) {
+		if (res)
+			uv_freeaddrinfo(res);
+		fatal(s, "08006", "sluice: could not resolve the upstream server");
+		return;
+	}
+	memcpy(&s->up_addr, res->ai_addr, res->ai_addrlen);
+	uv_freeaddrinfo(res);
+	if (sl_stream_connect(&s->up, (struct sockaddr *)&s->up_addr) != 0)
+		fatal(s, "08006", "sluice: could not connect to the upstream server");
+}
+
+static void
+start_upstream(struct pg_session *s)
+{
+	char host[256];
+	int port;
+	struct addrinfo hints;
+	char port_s[16];
+
+	set_state(s, PG_ST_UPCONN);
+	if (sl_stream_init(&s->up, &s->w->loop, &up_ops, s, &s->uin) != 0) {
+		fatal(s, "08006", "sluice: could not create the upstream connection");
+		return;
+	}
+	s->up_open = 1;
+	if (sl_net_parse_addr(s->pl.conn->target, &s->up_addr) == 0) {
+		if (sl_stream_connect(&s->up, (struct sockaddr *)&s->up_addr) != 0)
+			fatal(s, "08006", "sluice: could not connect to the upstream server");
+		return;
+	}
+	if (sl_net_split(s->pl.conn->target, host, sizeof(host), &port) != 0) {
+		fatal(s, "08006", "sluice: bad upstream address");
+		return;
+	}
+	snprintf(port_s, sizeof(port_s), "%d", port);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	s->gai.data = s;
+	if (uv_getaddrinfo(&s->w->loop, &s->gai, gai_cb, host, port_s, &hints) != 0) {
+		fatal(s, "08006", "sluice: could not resolve the upstream server");
+		return;
+	}
+	s->pending++;
+}
+
+/* Handles upstream messages during login. Returns 0 to continue. */
+static int
+upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
+{
+	char err[256] = "";
+	struct sl_buf out;
+	int r;
+
+	if (s->state == PG_ST_UPAUTH) {
+		sl_buf_init(&out, 0);
+		r = sl_pg_upauth_feed(s->upauth, msg, len, &out, err, sizeof(err));
+		if (out.len > 0)
+			up_send(s, out.data, out.len);
+		sl_buf_fini(&out);
+		sl_stream_flush(&s->up);
+		if (r == SL_PG_UPAUTH_DONE) {
+			struct sl_buf b;
+
+			sl_pg_upauth_free(s->upauth);
+			s->upauth = NULL;
+			OPENSSL_cleanse(s->password, strlen(s->password));
+			free(s->password);
+			s->password = NULL;
+			s->up_inited = 1;
+			set_state(s, PG_ST_UPINIT);
+			sl_buf_init(&b, 0);
+			sl_pg_put_auth(&b, 0, NULL, 0);
+			cli_send(s, b.data, b.len);
+			sl_buf_fini(&b);
+			return 0;
+		}
+		if (r < 0) {
+			/* The upstream's refusal is about sluice's credential:
+			 * never echo it, it may name the upstream user. */
+			sl_warn("pg session %s: upstream login failed: %s", s->pl.id,
+				r == SL_EAUTH ? "credential refused" : sl_strerror(r));
+			fatal(s, "08006",
+			      "sluice: login to the upstream server failed (see gateway log)");
+			return -1;
+		}
+		return 0;
+	}
+	/* PG_ST_UPINIT: ParameterStatus, BackendKeyData, notices, then ReadyForQuery. */
+	switch (type) {
+	case 'K':
+		if (sl_pg_parse_backend_key(msg, len, &s->up_pid, &s->up_key) != 0) {
+			fatal(s, "08P01", "sluice: bad BackendKeyData from upstream");
+			return -1;
+		}
+		return 0;
+	case 'E':
+		fatal(s, "08006", "sluice: the upstream server refused the session");
+		return -1;
+	case 'Z': {
+		struct sl_buf b;
+		json_t *details;
+
+		sl_random(&s->our_pid, sizeof(s->our_pid));
+		sl_random(&s->our_key, sizeof(s->our_key));
+		s->our_pid &= 0x7fffffff;
+		cancel_register(s);
+		sl_buf_init(&b, 0);
+		sl_pg_put_backend_key(&b, s->our_pid, s->our_key);
+		cli_send(s, b.data, b.len);
+		sl_buf_fini(&b);
+		if (len >= 6)
+			s->txstatus = (char)msg[5];
+		cli_send(s, msg, len);
+		details = json_object();
+		json_object_set_new(details, "database",
+				    json_string(s->client_db ? s->client_db : ""));
+		json_object_set_new(details, "user", json_string(s->client_user ? s->client_user : ""));
+		{
+			json_t *params = json_object();
+
+			for (size_t i = 0; i < s->nfwd; i++)
+				json_object_set_new(params, s->fwd_keys[i],
+						    json_string(s->fwd_vals[i]));
+			json_object_set_new(details, "startup_parameters", params);
+		}
+		json_object_set_new(details, "tls", json_boolean(s->tls));
+		sl_pl_session_opened(s->gw, &s->pl, details);
+		set_state(s, PG_ST_READY);
+		return 0;
+	}
+	default:
+		return 1; /* relay */
+	}
+}
+
+/* ------------------------------------------------------------ relay: server -> client */
+
+static void
+track_param(struct pg_session *s, const char *name, const char *value)
+{
+	if (strcasecmp(name, "standard_conforming_strings") == 0) {
+		s->scs_on = strcasecmp(value, "on") == 0;
+	} else if (strcasecmp(name, "client_encoding") == 0) {
+		/* Client-only encodings can hide a quote or backslash in the
+		 * second byte of a character; the parser here assumes UTF-8. */
+		static const char *const unsafe[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
+						     "UHC",  "GB18030",        "JOHAB"};
+		s->enc_safe = 1;
+		for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++)
+			if (strcasecmp(value, unsafe[i]) == 0)
+				s->enc_safe = 0;
+	} else if (strcasecmp(name, "application_name") == 0) {
+		char t[33], sp[17];
+
+		if (sl_pl_trace_from_text(value, strlen(value), t, sp)) {
+			memcpy(s->pl.trace_id, t, sizeof(t));
+			memcpy(s->pl.span_id, sp, sizeof(sp));
+		}
+	}
+}
+
+/* Returns the blocked message to show if this ErrorResponse is the answer to
+ * one of our substituted statements. */
+static const char *
+blocked_rewrite(struct pg_session *s, const uint8_t *msg, size_t len)
+{
+	struct sl_pg_error_fields f;
+
+	if (s->blocked == NULL || sl_pg_parse_error(msg, len, &f) != 0 || f.message == NULL)
+		return NULL;
+	if (strstr(f.message, "SLUICE_BLOCKED_") == NULL)
+		return NULL;
+	for (struct blocked_msg *b = s->blocked; b; b = b->next)
+		if (strstr(f.message, b->nonce) != NULL)
+			return b->message;
+	return NULL;
+}
+
+static void
+on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
+{
+	struct sl_pg_error_fields f;
+	const char *rew = blocked_rewrite(s, msg, len);
+	struct entry *e;
+
+	memset(&f, 0, sizeof(f));
+	sl_pg_parse_error(msg, len, &f);
+	if (rew != NULL) {
+		struct sl_buf b;
+
+		sl_buf_init(&b, 0);
+		sl_pg_put_error(&b, "ERROR", "42501", rew, NULL,
+				"sluice blocked this statement by policy");
+		cli_send(s, b.data, b.len);
+		sl_buf_fini(&b);
+	} else {
+		cli_send(s, msg, len);
+	}
+	e = ent_head(s);
+	if (e == NULL)
+		return;
+	if (e->kind == ENT_QUERY || e->kind == ENT_FUNC) {
+		e->failed = 1;
+		if (f.sqlstate)
+			snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", f.sqlstate);
+		if (!e->blocked)
+			ent_finish(s, e, f.sqlstate, f.message);
+		e->blocked = 1; /* reported; nothing more at Z */
+		return;
+	}
+	/* Extended protocol: the server skips to Sync. The failing message
+	 * may be the head Execute, or a Parse/Bind before it. */
+	while ((e = ent_head(s)) != NULL && e->kind == ENT_EXEC) {
+		ent_finish(s, e, f.sqlstate, e == ent_head(s) ? f.message : "not executed");
+		ent_pop(s);
+	}
+}
+
+static void
+on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
+{
+	struct entry *e;
+
+	if (len >= 6)
+		s->txstatus = (char)msg[5];
+	/* Pop up to and including the Query / Sync / FunctionCall this answers. */
+	while ((e = ent_head(s)) != NULL) {
+		uint8_t k = e->kind;
+
+		if (k == ENT_QUERY || k == ENT_FUNC)
+			ent_finish(s, e, NULL, NULL);
+		ent_pop(s);
+		if (k != ENT_EXEC)
+			break;
+	}
+	blocked_clear(s);
+	cli_send(s, msg, len);
+}
+
+static void
+on_command_complete(struct pg_session *s, const uint8_t *msg, size_t len)
+{
+	struct entry *e = ent_head(s);
+	const char *tag = NULL;
+	int64_t rows = -1;
+
+	cli_send(s, msg, len);
+	if (e == NULL)
+		return;
+	if (msg[0] == 'C' && sl_pg_parse_command_complete(msg, len, &tag, &rows) == 0 && tag) {
+		snprintf(e->tag, sizeof(e->tag), "%s", tag);
+		if (rows >= 0)
+			e->rows = e->kind == ENT_QUERY ? e->rows + rows : rows;
+	}
+	if (e->kind == ENT_EXEC) {
+		ent_finish(s, e, NULL, NULL);
+		ent_pop(s);
+	}
+}
+
+static void
+process_upstream(struct pg_session *s)
+{
+	struct sl_buf *in = &s->uin;
+
+	while (s->state != PG_ST_CLOSING) {
+		uint8_t type;
+		size_t total;
+		const uint8_t *msg;
+		int r;
+
+		if (s->state == PG_ST_UPCONN) {
+			/* Answer to our SSLRequest: one byte. */
+			uint8_t c;
+
+			if (sl_buf_unread(in) == 0)
+				break;
+			c = *sl_buf_head(in);
+			sl_buf_consume(in, 1);
+			if (c != 'S' || sl_buf_unread(in) != 0 || s->gw->up_tls == NULL) {
+				fatal(s, "08006", "sluice: the upstream server refused TLS");
+				return;
+			}
+			if (sl_stream_tls_client(&s->up, s->gw->up_tls, NULL) != 0)
+				fatal(s, "08006", "sluice: TLS to the upstream server failed");
+			return;
+		}
+		r = sl_pg_frame(sl_buf_head(in), sl_buf_unread(in), s->gw->max_message, &type,
+				&total);
+		if (r == SL_AGAIN)
+			break;
+		if (r != 0) {
+			fatal(s, "08P01",
+			      r == SL_ETOOBIG
+				      ? "sluice: upstream message exceeds gateway.max_message_bytes"
+				      : "sluice: protocol violation from the upstream server");
+			return;
+		}
+		msg = sl_buf_head(in);
+		if (s->state == PG_ST_UPAUTH || s->state == PG_ST_UPINIT) {
+			r = upstream_login_msg(s, type, msg, total);
+			if (r < 0)
+				return;
+			if (r == 1) {
+				if (type == 'S') {
+					const char *k, *v;
+
+					if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
+						track_param(s, k, v);
+				}
+				cli_send(s, msg, total);
+			}
+			sl_buf_consume(in, total);
+			if (s->state == PG_ST_READY) {
+				sl_stream_flush(&s->cli);
+				sl_stream_read_start(&s->cli);
+				process_client(s);
+			}
+			continue;
+		}
+		switch (type) {
+		case 'D': {
+			/* Fast path: forward a run of DataRows in one copy. */
+			size_t run = total;
+			struct entry *e = ent_head(s);
+			int64_t nrows = 1;
+
+			for (;;) {
+				uint8_t t2;
+				size_t tot2;
+
+				if (sl_pg_frame(msg + run, sl_buf_unread(in) - run,
+						s->gw->max_message, &t2, &tot2) != 0 ||
+				    t2 != 'D')
+					break;
+				run += tot2;
+				nrows++;
+			}
+			(void)e;
+			cli_send(s, msg, run);
+			sl_buf_consume(in, run);
+			continue;
+		}
+		case 'E':
+			on_server_error(s, msg, total);
+			break;
+		case 'Z':
+			on_ready(s, msg, total);
+			break;
+		case 'C':
+		case 'I':
+			on_command_complete(s, msg, total);
+			break;
+		case 's': {
+			struct entry *e = ent_head(s);
+
+			cli_send(s, msg, total);
+			if (e && e->kind == ENT_EXEC) {
+				snprintf(e->tag, sizeof(e->tag), "PORTAL SUSPENDED");
+				ent_finish(s, e, NULL, NULL);
+				ent_pop(s);
+			}
+			break;
+		}
+		case 'S': {
+			const char *k, *v;
+
+			if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
+				track_param(s, k, v);
+			cli_send(s, msg, total);
+			break;
+		}
+		case 'K':
+			/* A new BackendKeyData mid-session is not expected. */
+			break;
+		default:
+			cli_send(s, msg, total);
+			break;
+		}
+		sl_buf_consume(in, total);
+	}
+	if (s->state == PG_ST_CLOSING)
+		return;
+	if (s->cli_open)
+		sl_stream_flush(&s->cli);
+	/* Backpressure: a slow client stops us reading the server. */
+	if (sl_stream_backlog(&s->cli) >= SL_STREAM_HIGH_WATER)
+		sl_stream_read_stop(&s->up);
+	/* A barrier (exact lexing needs settled settings) lifts once idle. */
+	if (s->barrier && s->ents_len == 0) {
+		s->barrier = 0;
+		s->hold = 0;
+		process_client(s);
+	}
+}
+
+static void
+up_read_cb(struct sl_stream *st, size_t n)
+{
+	struct pg_session *s = st->owner;
+
+	s->in_process = 1;
+	process_upstream(s);
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+static void
+up_eof_cb(struct sl_stream *st, int err)
+{
+	struct pg_session *s = st->owner;
+
+	if (s->state == PG_ST_CLOSING)
+		return;
+	if (s->state == PG_ST_READY)
+		fatal(s, "08006", "sluice: the upstream server closed the connection");
+	else
+		fatal(s, "08006", "sluice: the upstream server closed the connection during login");
+}
+
+static void
+up_drain_cb(struct sl_stream *st)
+{
+	struct pg_session *s = st->owner;
+
+	/* Upstream caught up: read the client again. */
+	if (s->state == PG_ST_READY && !s->hold)
+		sl_stream_read_start(&s->cli);
+}
+
+static void
+cli_drain_cb(struct sl_stream *st)
+{
+	struct pg_session *s = st->owner;
+
+	if (s->up_open && s->state == PG_ST_READY)
+		sl_stream_read_start(&s->up);
+}
+
+/* ------------------------------------------------------------ relay: client -> server */
+
+enum held_action { HELD_FORWARD = 1, HELD_SUBST_QUERY, HELD_SUBST_PARSE };
+
+static void
+make_nonce(char *out, size_t len)
+{
+	uint8_t r[8];
+
+	sl_random(r, sizeof(r));
+	snprintf(out, len, "%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5],
+		 r[6], r[7]);
+}
+
+/* Sends the failing stand-in for a blocked statement and remembers how to
+ * rewrite the server's answer. */
+static void
+substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char *message)
+{
+	struct blocked_msg *b = calloc(1, sizeof(*b));
+	char sql[64];
+	struct sl_buf out;
+
+	if (b == NULL) {
+		fatal(s, "53200", "sluice: out of memory");
+		return;
+	}
+	make_nonce(b->nonce, sizeof(b->nonce));
+	snprintf(b->message, sizeof(b->message), "%s", message);
+	b->next = s->blocked;
+	s->blocked = b;
+	snprintf(sql, sizeof(sql), "SLUICE_BLOCKED_%s", b->nonce);
+	sl_buf_init(&out, 0);
+	if (type == 'P') {
+		sl_pg_put_parse(&out, stmt_name, sql, NULL, 0);
+	} else if (type == 'E') {
+		/* Execute of a portal that cannot exist: the server answers
+		 * with an error naming it, inside the current batch. */
+		sl_buf_append_u8(&out, 'E');
+		sl_buf_append_u32be(&out, (uint32_t)(4 + strlen(sql) + 1 + 4));
+		sl_buf_append_cstr(&out, sql);
+		sl_buf_append_u32be(&out, 0);
+	} else {
+		sl_pg_put_query(&out, sql);
+	}
+	up_send(s, out.data, out.len);
+	sl_buf_fini(&out);
+}
+
+static void
+audit_done(struct sl_completion *c)
+{
+	struct pg_session *s = c->arg;
+	const uint8_t *msg = sl_buf_head(&s->cin);
+
+	s->pending--;
+	if (s->state == PG_ST_CLOSING) {
+		maybe_free(s);
+		return;
+	}
+	if (c->status < 0) {
+		/* Fail closed: not durable, not forwarded. */
+		struct entry *e = ent_last(s);
+
+		if (e != NULL)
+			e->blocked = 1;
+		substitute(s, msg[0], "", "sluice: the audit trail is unavailable, request refused");
+	} else {
+		up_send(s, msg, s->held_len);
+	}
+	sl_buf_consume(&s->cin, s->held_len);
+	s->hold = 0;
+	s->in_process = 1;
+	sl_stream_flush(&s->up);
+	process_client(s);
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+/* Whether a statement needs the server's current lexing settings. */
+static int
+needs_exact_lexing(const char *sql, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)sql[i];
+
+		if (ch == '\\' || ch >= 0x80)
+			return 1;
+	}
+	return 0;
+}
+
+/* Returns 0 to proceed, 1 to hold (barrier), or a block message in *why. */
+static int
+lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why)
+{
+	*why = NULL;
+	if (!needs_exact_lexing(sql, len))
+		return 0;
+	if (s->ents_len > 0) {
+		if (!ents_synced(s)) {
+			*why = "sluice: a statement with backslashes or non-ASCII bytes cannot follow "
+			       "unsynchronised statements in a pipeline; send Sync first";
+			return 0;
+		}
+		return 1;
+	}
+	if (!s->scs_on)
+		*why = "sluice: standard_conforming_strings must be on for statements with "
+		       "backslashes";
+	else if (!s->enc_safe)
+		*why = "sluice: this client_encoding is not supported for statements with "
+		       "non-ASCII bytes";
+	return 0;
+}
+
+/*
+ * Decides one statement. On allow returns 0 with *out_kinds set; on block
+ * returns 1 with msg filled. Audits the request: for an allowed request in
+ * strict mode the caller must wait (returns 2 with the completion armed).
+ */
+static int
+decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
+       const char *trace, const char *span, struct entry *e, char *msg, size_t msglen,
+       int *waiting)
+{
+	struct sl_pl_request r;
+	struct sl_decision d;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	r.proto = SL_PROTO_PG;
+	r.text = sql;
+	r.textlen = len;
+	r.sql = cls;
+	r.trace_id = trace;
+	r.span_id = span;
+	r.seq = ++s->reqseq;
+	e->seq = r.seq;
+	rc = sl_pl_decide(s->gw, &s->pl, &r, &d);
+	if (rc == SL_EEXPIRED) {
+		snprintf(msg, msglen, "token expired");
+		return -1;
+	}
+	if (rc != 0) {
+		d.action = SL_ACT_BLOCK;
+		d.message = "sluice: policy evaluation failed";
+	}
+	if (d.action == SL_ACT_REVIEW) {
+		/* Review holds arrive with the review issue; until then a review
+		 * rule refuses (fail closed) with a message saying so. */
+		d.action = SL_ACT_BLOCK;
+		snprintf(d.reason, sizeof(d.reason), "%s",
+			 "statement requires approval (review), which is not available here");
+		d.message = d.reason;
+	}
+	*waiting = 0;
+	if (d.action == SL_ACT_BLOCK) {
+		snprintf(msg, msglen, "%s", d.message ? d.message : "blocked by policy");
+		e->blocked = 1;
+		sl_pl_record(s->gw, s->w, &s->pl, &r, &d, NULL);
+		return 1;
+	}
+	s->comp.fn = audit_done;
+	s->comp.arg = s;
+	rc = sl_pl_record(s->gw, s->w, &s->pl, &r, &d, &s->comp);
+	if (rc == 1) {
+		s->pending++;
+		*waiting = 1;
+		return 0;
+	}
+	if (rc < 0) {
+		snprintf(msg, msglen, "sluice: the audit trail is unavailable, request refused");
+		e->blocked = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Classifies with the worker's cache and folds in what EXECUTE names. */
+static int
+classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class *tmp,
+	 const struct sl_sql_class **out)
+{
+	const struct sl_sql_class *c;
+
+	if (sl_sql_cache_classify(s->w->sqlcache, sql, len, &c) != 0)
+		return SL_ENOMEM;
+	*out = c;
+	if (c->nexecuted == 0)
+		return 0;
+	*tmp = *c;
+	for (size_t i = 0; i < c->nexecuted; i++) {
+		struct stmt *t = stmt_find(s, c->executed[i]);
+
+		/* Unknown name: it was never allowed here, so refuse. */
+		tmp->kinds |= t ? t->kinds : SL_SQL_UNPARSEABLE;
+	}
+	*out = tmp;
+	return 0;
+}
+
+static void
+remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char *sql, size_t len)
+{
+	for (size_t i = 0; i < c->nprepared; i++)
+		stmt_add(s, c->prepared[i], sql, len, c->prepared_kinds[i]);
+}
+
+/* Returns 0 consumed, 1 hold (message stays in cin). */
+static int
+handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	const char *sql, *why;
+	size_t len;
+	const struct sl_sql_class *c;
+	struct sl_sql_class tmp;
+	char trace[33] = "", span[17] = "", bmsg[256];
+	struct entry *e;
+	int waiting, r;
+
+	if (sl_pg_parse_query(msg, total, &sql, &len) != 0) {
+		fatal(s, "08P01", "sluice: malformed Query message");
+		return -1;
+	}
+	r = lexing_guard(s, sql, len, &why);
+	if (r == 1) {
+		s->barrier = 1;
+		return 1;
+	}
+	e = ent_push(s, ENT_QUERY);
+	if (e == NULL) {
+		fatal(s, "54000", "sluice: too many statements in flight");
+		return -1;
+	}
+	if (sl_pl_trace_from_text(sql, len, trace, span))
+		memcpy(e->trace_id, trace, sizeof(trace));
+	if (why != NULL) {
+		struct sl_sql_class un;
+
+		memset(&un, 0, sizeof(un));
+		un.kinds = SL_SQL_UNPARSEABLE;
+		e->blocked = 1;
+		e->seq = ++s->reqseq;
+		{
+			struct sl_pl_request rq = {.proto = SL_PROTO_PG, .text = sql, .textlen = len,
+						   .sql = &un, .seq = e->seq, .trace_id = trace[0] ? trace : NULL};
+			struct sl_decision d = {.action = SL_ACT_BLOCK, .message = why};
+
+			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+		}
+		substitute(s, 'Q', "", why);
+		return 0;
+	}
+	if (classify(s, sql, len, &tmp, &c) != 0) {
+		fatal(s, "53200", "sluice: out of memory");
+		return -1;
+	}
+	r = decide(s, sql, len, c, trace[0] ? trace : NULL, span[0] ? span : NULL, e, bmsg,
+		   sizeof(bmsg), &waiting);
+	if (r < 0) {
+		fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
+		return -1;
+	}
+	if (r == 1) {
+		substitute(s, 'Q', "", bmsg);
+		return 0;
+	}
+	remember_prepared(s, c, sql, len);
+	if (waiting) {
+		s->held_len = total;
+		return 1;
+	}
+	up_send(s, msg, total);
+	return 0;
+}
+
+static int
+handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	struct sl_pg_parse_msg p;
+	const char *why;
+	const struct sl_sql_class *c;
+	struct sl_sql_class tmp;
+	int r;
+
+	if (sl_pg_parse_parse(msg, total, &p) != 0) {
+		fatal(s, "08P01", "sluice: malformed Parse message");
+		return -1;
+	}
+	r = lexing_guard(s, p.sql, p.sqllen, &why);
+	if (r == 1) {
+		s->barrier = 1;
+		return 1;
+	}
+	if (why == NULL && classify(s, p.sql, p.sqllen, &tmp, &c) != 0) {
+		fatal(s, "53200", "sluice: out of memory");
+		return -1;
+	}
+	if (why == NULL) {
+		/* Decide now so a forbidden statement never reaches the server;
+		 * the request itself is audited at Execute. */
+		struct sl_pl_request rq;
+		struct sl_decision d;
+		char trace[33] = "", span[17] = "";
+
+		memset(&rq, 0, sizeof(rq));
+		rq.proto = SL_PROTO_PG;
+		rq.text = p.sql;
+		rq.textlen = p.sqllen;
+		rq.sql = c;
+		if (sl_pl_trace_from_text(p.sql, p.sqllen, trace, span)) {
+			rq.trace_id = trace;
+			rq.span_id = span;
+		}
+		r = sl_pl_decide(s->gw, &s->pl, &rq, &d);
+		if (r == SL_EEXPIRED) {
+			fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
+			return -1;
+		}
+		if (r != 0 || d.action != SL_ACT_ALLOW) {
+			char bmsg[256];
+
+			if (r == 0 && d.action == SL_ACT_REVIEW)
+				snprintf(bmsg, sizeof(bmsg), "%s",
+					 "statement requires approval (review), which is not "
+					 "available here");
+			else
+				snprintf(bmsg, sizeof(bmsg), "%s",
+					 r == 0 && d.message ? d.message : "blocked by policy");
+			rq.seq = ++s->reqseq;
+			d.action = SL_ACT_BLOCK;
+			d.message = bmsg;
+			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+			stmt_remove(s, p.stmt);
+			substitute(s, 'P', p.stmt, bmsg);
+			return 0;
+		}
+		if (stmt_add(s, p.stmt, p.sql, p.sqllen, c->kinds) != 0) {
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
+		remember_prepared(s, c, p.sql, p.sqllen);
+		up_send(s, msg, total);
+		return 0;
+	}
+	{
+		struct sl_sql_class un;
+		struct sl_pl_request rq;
+		struct sl_decision d = {.action = SL_ACT_BLOCK, .message = why};
+
+		memset(&un, 0, sizeof(un));
+		un.kinds = SL_SQL_UNPARSEABLE;
+		memset(&rq, 0, sizeof(rq));
+		rq.proto = SL_PROTO_PG;
+		rq.text = p.sql;
+		rq.textlen = p.sqllen;
+		rq.sql = &un;
+		rq.seq = ++s->reqseq;
+		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+		stmt_remove(s, p.stmt);
+		substitute(s, 'P', p.stmt, why);
+	}
+	return 0;
+}
+
+static int
+handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	struct sl_pg_bind_msg b;
+	struct portal *p;
+	struct stmt *st;
+
+	if (sl_pg_parse_bind(msg, total, &b) != 0) {
+		fatal(s, "08P01", "sluice: malformed Bind message");
+		return -1;
+	}
+	portal_remove(s, b.portal);
+	st = stmt_find(s, b.stmt);
+	if (st != NULL) {
+		p = calloc(1, sizeof(*p));
+		if (p == NULL || (p->name = strdup(b.portal)) == NULL) {
+			free(p);
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
+		st->refs++;
+		p->st = st;
+		p->next = s->portals;
+		s->portals = p;
+	}
+	up_send(s, msg, total);
+	return 0;
+}
+
+static int
+handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	const char *portal;
+	uint32_t maxrows;
+	struct portal *p;
+	struct entry *e;
+	struct sl_pl_request rq;
+	struct sl_decision d;
+	struct sl_sql_class cls;
+	char trace[33] = "", span[17] = "";
+	int r;
+
+	if (sl_pg_parse_execute(msg, total, &portal, &maxrows) != 0) {
+		fatal(s, "08P01", "sluice: malformed Execute message");
+		return -1;
+	}
+	e = ent_push(s, ENT_EXEC);
+	if (e == NULL) {
+		fatal(s, "54000", "sluice: too many statements in flight");
+		return -1;
+	}
+	p = portal_find(s, portal);
+	memset(&rq, 0, sizeof(rq));
+	memset(&cls, 0, sizeof(cls));
+	memset(&d, 0, sizeof(d));
+	rq.proto = SL_PROTO_PG;
+	rq.sql = &cls;
+	if (p != NULL) {
+		rq.text = p->st->sql;
+		rq.textlen = p->st->sqllen;
+		cls.kinds = p->st->kinds;
+		if (sl_pl_trace_from_text(p->st->sql, p->st->sqllen, trace, span)) {
+			rq.trace_id = trace;
+			rq.span_id = span;
+			memcpy(e->trace_id, trace, sizeof(trace));
+		}
+	} else {
+		/* A cursor declared in SQL (already decided when declared), or
+		 * a portal the server does not have: it answers that itself. */
+		rq.text = portal;
+		rq.textlen = strlen(portal);
+	}
+	rq.seq = ++s->reqseq;
+	e->seq = rq.seq;
+	d.action = SL_ACT_ALLOW;
+	d.message = NULL;
+	if (sl_pl_check_expiry(s->gw, &s->pl) != 0) {
+		fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
+		return -1;
+	}
+	s->comp.fn = audit_done;
+	s->comp.arg = s;
+	r = sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, &s->comp);
+	if (r == 1) {
+		s->pending++;
+		s->held_len = total;
+		return 1;
+	}
+	if (r < 0) {
+		fatal(s, "58000", "sluice: the audit trail is unavailable, request refused");
+		return -1;
+	}
+	up_send(s, msg, total);
+	return 0;
+}
+
+static void
+process_client(struct pg_session *s)
+{
+	struct sl_buf *in = &s->cin;
+
+	while (s->state == PG_ST_READY && !s->hold) {
+		uint8_t type;
+		size_t total;
+		const uint8_t *msg;
+		int r;
+
+		r = sl_pg_frame(sl_buf_head(in), sl_buf_unread(in), s->gw->max_message, &type,
+				&total);
+		if (r == SL_AGAIN)
+			break;
+		if (r != 0) {
+			fatal(s, r == SL_ETOOBIG ? "54000" : "08P01",
+			      r == SL_ETOOBIG ? "sluice: message exceeds gateway.max_message_bytes"
+					      : "sluice: invalid message length");
+			return;
+		}
+		msg = sl_buf_head(in);
+		r = 0;
+		switch (type) {
+		case 'Q':
+			r = handle_query(s, msg, total);
+			break;
+		case 'P':
+			r = handle_parse(s, msg, total);
+			break;
+		case 'B':
+			r = handle_bind(s, msg, total);
+			break;
+		case 'E':
+			r = handle_execute(s, msg, total);
+			break;
+		case 'S':
+			if (ent_push(s, ENT_SYNC) == NULL) {
+				fatal(s, "54000", "sluice: too many statements in flight");
+				return;
+			}
+			up_send(s, msg, total);
+			break;
+		case 'C': {
+			char kind;
+			const char *name;
+
+			if (sl_pg_parse_describe_close(msg, total, &kind, &name) != 0) {
+				fatal(s, "08P01", "sluice: malformed Close message");
+				return;
+			}
+			if (kind == 'S')
+				stmt_remove(s, name);
+			else
+				portal_remove(s, name);
+			up_send(s, msg, total);
+			break;
+		}
+		case 'D': {
+			char kind;
+			const char *name;
+
+			if (sl_pg_parse_describe_close(msg, total, &kind, &name) != 0) {
+				fatal(s, "08P01", "sluice: malformed Describe message");
+				return;
+			}
+			up_send(s, msg, total);
+			break;
+		}
+		case 'H': /* Flush */
+		case 'd': /* CopyData */
+		case 'c': /* CopyDone */
+		case 'f': /* CopyFail */
+			up_send(s, msg, total);
+			break;
+		case 'F': {
+			/* Fastpath function calls bypass SQL: refuse them. */
+			struct entry *e = ent_push(s, ENT_FUNC);
+
+			if (e == NULL) {
+				fatal(s, "54000", "sluice: too many statements in flight");
+				return;
+			}
+			e->blocked = 1;
+			substitute(s, 'Q', "", "sluice: fastpath function calls are not allowed");
+			break;
+		}
+		case 'X':
+			s->terminating = 1;
+			sl_buf_consume(in, total);
+			session_close(s, "client terminated");
+			return;
+		default:
+			fatal(s, "08P01", "sluice: unknown message type from client");
+			return;
+		}
+		if (r < 0)
+			return;
+		if (r == 1) {
+			s->hold = 1;
+			break;
+		}
+		sl_buf_consume(in, total);
+	}
+	if (s->state == PG_ST_CLOSING)
+		return;
+	if (s->up_open)
+		sl_stream_flush(&s->up);
+	if (s->hold || sl_stream_backlog(&s->up) >= SL_STREAM_HIGH_WATER)
+		sl_stream_read_stop(&s->cli);
+	else if (s->state == PG_ST_READY)
+		sl_stream_read_start(&s->cli);
+}
+
+/* ------------------------------------------------------------ client login */
+
+static void cli_tls_cb(struct sl_stream *st, int status);
+static void cli_read_cb(struct sl_stream *st, size_t n);
+static void cli_eof_cb(struct sl_stream *st, int err);
+
+static const struct sl_stream_ops cli_ops = {
+	.on_read = cli_read_cb,
+	.on_eof = cli_eof_cb,
+	.on_drain = cli_drain_cb,
+	.on_tls = cli_tls_cb,
+	.on_close = cli_closed,
+};
+
+static void
+cli_tls_cb(struct sl_stream *st, int status)
+{
+	struct pg_session *s = st->owner;
+
+	if (status != 0) {
+		session_close(s, "client TLS handshake failed");
+		return;
+	}
+	s->tls = 1;
+	set_state(s, PG_ST_STARTUP);
+}
+
+static int
+param_forwardable(const char *k)
+{
+	static const char *const refused[] = {"options", "replication", "role",
+					      "session_authorization", "user", "database"};
+
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		if (strcasecmp(k, refused[i]) == 0)
+			return 0;
+	if (strncmp(k, "_pq_.", 5) == 0)
+		return 0;
+	for (const char *p = k; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.')
+			return 0;
+	return 1;
+}
+
+static void
+handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	struct sl_pg_startup st;
+	const char *user, *db, *name = NULL;
+	const struct sl_cfg_connection *conn = NULL;
+	struct sl_buf b;
+
+	if (sl_pg_parse_startup(msg, total, &st) != 0) {
+		fatal(s, "08P01", "sluice: invalid startup packet");
+		return;
+	}
+	if (st.code == SL_PG_SSL_REQUEST || st.code == SL_PG_GSSENC_REQUEST) {
+		uint8_t answer = 'N';
+
+		if (sl_buf_unread(&s->cin) != total) {
+			fatal(s, "08P01", "sluice: data after SSLRequest");
+			return;
+		}
+		if (st.code == SL_PG_SSL_REQUEST && s->gw->pg_tls != NULL && !s->tls)
+			answer = 'S';
+		cli_send(s, &answer, 1);
+		sl_stream_flush(&s->cli);
+		sl_buf_consume(&s->cin, total);
+		if (answer == 'S') {
+			set_state(s, PG_ST_TLS);
+			if (sl_stream_tls_server(&s->cli, s->gw->pg_tls) != 0)
+				session_close(s, "TLS setup failed");
+		}
+		return;
+	}
+	if (st.code == SL_PG_CANCEL_REQUEST) {
+		cancel_forward(s->w, st.cancel_pid, st.cancel_key);
+		sl_buf_consume(&s->cin, total);
+		session_close(s, "cancel request");
+		return;
+	}
+	user = sl_pg_startup_get(&st, "user");
+	db = sl_pg_startup_get(&st, "database");
+	if (user == NULL || *user == '\0') {
+		fatal(s, "28000", "sluice: no user name given; log in as the connection name");
+		return;
+	}
+	if (sl_config_connection(s->gw->cfg, user) != NULL)
+		name = user;
+	else if (db != NULL && sl_config_connection(s->gw->cfg, db) != NULL)
+		name = db;
+	if (name != NULL)
+		conn = sl_config_connection(s->gw->cfg, name);
+	if (conn == NULL || strcmp(conn->type, "postgres") != 0) {
+		fatal(s, "3D000",
+		      "sluice: unknown connection; log in with user or database = a configured "
+		      "postgres connection name");
+		return;
+	}
+	{
+		const char *repl = sl_pg_startup_get(&st, "replication");
+
+		if (repl != NULL && strcasecmp(repl, "false") != 0 && strcasecmp(repl, "0") != 0 &&
+		    strcasecmp(repl, "off") != 0 && strcasecmp(repl, "no") != 0) {
+			fatal(s, "28000", "sluice: replication connections are not allowed");
+			return;
+		}
+	}
+	if (sl_pg_startup_get(&st, "options") != NULL) {
+		fatal(s, "28000", "sluice: the \"options\" startup parameter is not allowed");
+		return;
+	}
+	s->pl.conn = conn;
+	s->client_user = strdup(user);
+	s->client_db = db && strcmp(db, name) != 0 ? strdup(db) : NULL;
+	s->fwd_keys = calloc(st.nparams + 1, sizeof(char *));
+	s->fwd_vals = calloc(st.nparams + 1, sizeof(char *));
+	if (s->client_user == NULL || s->fwd_keys == NULL || s->fwd_vals == NULL) {
+		fatal(s, "53200", "sluice: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < st.nparams; i++) {
+		if (!param_forwardable(st.keys[i]))
+			continue;
+		s->fwd_keys[s->nfwd] = strdup(st.keys[i]);
+		s->fwd_vals[s->nfwd] = strdup(st.vals[i]);
+		s->nfwd++;
+		if (strcasecmp(st.keys[i], "application_name") == 0)
+			track_param(s, "application_name", st.vals[i]);
+	}
+	sl_buf_consume(&s->cin, total);
+	/* The JWT travels as a cleartext password: only over TLS, loopback,
+	 * or where the operator explicitly allowed it. */
+	if (!s->tls && !s->gw->pg_loopback && !s->gw->cfg->gateway.postgres.allow_cleartext) {
+		fatal(s, "28000", "sluice: TLS is required (sslmode=require) to send a token");
+		return;
+	}
+	sl_buf_init(&b, 0);
+	sl_pg_put_auth(&b, 3, NULL, 0);
+	cli_send(s, b.data, b.len);
+	sl_buf_fini(&b);
+	sl_stream_flush(&s->cli);
+	set_state(s, PG_ST_AUTH);
+}
+
+static void auth_with_token(struct pg_session *s, const char *tok, size_t len, int retried);
+
+static void
+refresh_work(uv_work_t *req)
+{
+	struct pg_session *s = req->data;
+
+	sl_pl_refresh_keys(s->gw, s->verify_token, s->verify_len);
+}
+
+static void
+refresh_done(uv_work_t *req, int status)
+{
+	struct pg_session *s = req->data;
+
+	s->pending--;
+	if (s->state == PG_ST_CLOSING) {
+		maybe_free(s);
+		return;
+	}
+	set_state(s, PG_ST_AUTH);
+	auth_with_token(s, s->verify_token, s->verify_len, 1);
+	maybe_free(s);
+}
+
+static void
+auth_with_token(struct pg_session *s, const char *tok, size_t len, int retried)
+{
+	char err[160] = "", msg[256];
+	int r;
+
+	r = sl_pl_authenticate(s->gw, &s->pl, tok, len, err, sizeof(err));
+	if (r == SL_ENOKEY && !retried) {
+		s->verify_token = malloc(len + 1);
+		if (s->verify_token == NULL) {
+			fatal(s, "53200", "sluice: out of memory");
+			return;
+		}
+		memcpy(s->verify_token, tok, len);
+		s->verify_token[len] = '\0';
+		s->verify_len = len;
+		s->work.data = s;
+		set_state(s, PG_ST_VERIFY);
+		if (uv_queue_work(&s->w->loop, &s->work, refresh_work, refresh_done) == 0) {
+			s->pending++;
+			return;
+		}
+		set_state(s, PG_ST_AUTH);
+	}
+	if (r != 0) {
+		snprintf(msg, sizeof(msg), "sluice: token authentication failed: %s",
+			 err[0] ? err : sl_strerror(r));
+		sl_pl_auth_failed(s->gw, &s->pl, s->client_user, err[0] ? err : sl_strerror(r));
+		fatal(s, "28P01", msg);
+		return;
+	}
+	start_upstream(s);
+}
+
+static void
+handle_password(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	const char *pw;
+	size_t pwlen;
+
+	if (msg[0] != 'p' || sl_pg_parse_password(msg, total, &pw, &pwlen) != 0) {
+		fatal(s, "08P01", "sluice: expected a password message");
+		return;
+	}
+	sl_stream_read_stop(&s->cli);
+	auth_with_token(s, pw, pwlen, 0);
+	if (s->state != PG_ST_CLOSING)
+		sl_buf_consume(&s->cin, total);
+}
+
+static void
+cli_read_cb(struct sl_stream *st, size_t n)
+{
+	struct pg_session *s = st->owner;
+	uint8_t type;
+	size_t total;
+	int r;
+
+	s->in_process = 1;
+	switch (s->state) {
+	case PG_ST_STARTUP:
+		r = sl_pg_frame_startup(sl_buf_head(&s->cin), sl_buf_unread(&s->cin), &total);
+		if (r == SL_AGAIN)
+			break;
+		if (r != 0) {
+			fatal(s, "08P01", "sluice: invalid startup packet length");
+			break;
+		}
+		handle_startup(s, sl_buf_head(&s->cin), total);
+		break;
+	case PG_ST_AUTH:
+		r = sl_pg_frame(sl_buf_head(&s->cin), sl_buf_unread(&s->cin), 16384, &type, &total);
+		if (r == SL_AGAIN)
+			break;
+		if (r != 0) {
+			fatal(s, "08P01", "sluice: invalid password message");
+			break;
+		}
+		handle_password(s, sl_buf_head(&s->cin), total);
+		break;
+	case PG_ST_READY:
+		process_client(s);
+		break;
+	default:
+		/* Input while logging in upstream waits; bounded by the buffer max. */
+		sl_stream_read_stop(&s->cli);
+		break;
+	}
+	if (s->cli_open && s->state != PG_ST_CLOSING)
+		sl_stream_flush(&s->cli);
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+static void
+cli_eof_cb(struct sl_stream *st, int err)
+{
+	struct pg_session *s = st->owner;
+
+	s->in_process = 1;
+	session_close(s, err == 0 ? "client disconnected" : "client connection error");
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+static void
+on_accept(uv_stream_t *server, int status)
+{
+	struct sl_worker *w = server->data;
+	struct pg_session *s;
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	if (status != 0 || w->stopping)
+		return;
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return;
+	s->w = w;
+	s->gw = w->gw;
+	s->state = PG_ST_STARTUP;
+	s->scs_on = 1;
+	s->enc_safe = 1;
+	s->txstatus = 'I';
+	sl_buf_init(&s->cin, s->gw->max_message + (128u << 10));
+	sl_buf_init(&s->uin, s->gw->max_message + (128u << 10));
+	sl_pl_session_init(s->gw, &s->pl, "postgres");
+	if (sl_stream_init(&s->cli, &w->loop, &cli_ops, s, &s->cin) != 0) {
+		sl_pl_session_fini(&s->pl);
+		free(s);
+		return;
+	}
+	s->cli_open = 1;
+	s->next = w->sessions;
+	if (s->next)
+		s->next->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+	if (uv_accept(server, (uv_stream_t *)&s->cli.tcp) != 0) {
+		session_close(s, "accept failed");
+		return;
+	}
+	if (uv_tcp_getpeername(&s->cli.tcp, (struct sockaddr *)&ss, &len) == 0)
+		sl_net_addr_str((struct sockaddr *)&ss, s->pl.client_addr,
+				sizeof(s->pl.client_addr));
+	sl_stream_read_start(&s->cli);
+}
+
+static struct pg_session *
+sessions_of(struct sl_worker *w)
+{
+	return w->sessions;
+}
+
+int
+sl_pg_listen(struct sl_worker *w)
+{
+	int r;
+
+	r = sl_net_listen(&w->loop, &w->pg_listener, (struct sockaddr *)&w->gw->pg_addr, 511,
+			  on_accept);
+	if (r != 0)
+		return r;
+	w->pg_listener.data = w;
+	w->pg_listening = 1;
+	return 0;
+}
+
+static void
+listener_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+void
+sl_pg_stop_listening(struct sl_worker *w)
+{
+	if (!w->pg_listening)
+		return;
+	w->pg_listening = 0;
+	uv_close((uv_handle_t *)&w->pg_listener, listener_closed);
+}
+
+unsigned
+sl_pg_sessions(struct sl_worker *w)
+{
+	return w->nsessions;
+}
+
+void
+sl_pg_terminate_all(struct sl_worker *w)
+{
+	struct pg_session *s = sessions_of(w), *next;
+
+	for (; s; s = next) {
+		next = s->next;
+		if (s->state == PG_ST_CLOSING)
+			continue;
+		fatal(s, "57P01", "sluice: the gateway is shutting down");
+	}
+}

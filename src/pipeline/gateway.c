@@ -1,0 +1,321 @@
+/*
+ * gateway.c - start-up, worker threads (one libuv loop each), signal
+ * handling and clean shutdown of `sluice serve`.
+ */
+#include "sluice/gateway.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "sluice/audit.h"
+#include "sluice/pg_session.h"
+
+void
+sl_worker_post(struct sl_worker *w, struct sl_completion *c)
+{
+	c->next = NULL;
+	pthread_mutex_lock(&w->mu);
+	if (w->tail)
+		w->tail->next = c;
+	else
+		w->head = c;
+	w->tail = c;
+	pthread_mutex_unlock(&w->mu);
+	uv_async_send(&w->async);
+}
+
+static void
+async_cb(uv_async_t *h)
+{
+	struct sl_worker *w = h->data;
+	struct sl_completion *c;
+
+	pthread_mutex_lock(&w->mu);
+	c = w->head;
+	w->head = w->tail = NULL;
+	pthread_mutex_unlock(&w->mu);
+	while (c) {
+		struct sl_completion *next = c->next;
+
+		c->fn(c);
+		c = next;
+	}
+}
+
+static void
+handle_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+struct stop_msg {
+	struct sl_completion c;
+	int64_t deadline_us;
+};
+
+/* Runs every 50 ms once stopping: finishes when no session is left, cuts the
+ * remaining sessions at the drain deadline or on a second signal. */
+static void
+drain_tick(uv_timer_t *t)
+{
+	struct sl_worker *w = t->data;
+	struct stop_msg *m = (struct stop_msg *)w->sessions_stop;
+
+	if (sl_pg_sessions(w) == 0) {
+		uv_timer_stop(&w->drain_timer);
+		uv_close((uv_handle_t *)&w->drain_timer, handle_closed);
+		uv_close((uv_handle_t *)&w->async, handle_closed);
+		return;
+	}
+	if (!w->cut && (sl_mono_us() >= m->deadline_us || atomic_load(&w->gw->stopping) > 1)) {
+		w->cut = 1;
+		sl_pg_terminate_all(w);
+	}
+}
+
+static void
+worker_stop(struct sl_completion *c)
+{
+	struct sl_worker *w = c->w;
+
+	w->stopping = 1;
+	w->sessions_stop = c;
+	sl_pg_stop_listening(w);
+	w->drain_timer.data = w;
+	uv_timer_start(&w->drain_timer, drain_tick, 0, 50);
+}
+
+static void
+worker_main(void *arg)
+{
+	struct sl_worker *w = arg;
+
+	uv_run(&w->loop, UV_RUN_DEFAULT);
+	atomic_store(&w->done, 1);
+}
+
+static int
+worker_init(struct sl_gw *gw, struct sl_worker *w, unsigned id, char *err, size_t errlen)
+{
+	memset(w, 0, sizeof(*w));
+	w->id = id;
+	w->gw = gw;
+	pthread_mutex_init(&w->mu, NULL);
+	if (uv_loop_init(&w->loop) != 0)
+		goto fail;
+	if (uv_async_init(&w->loop, &w->async, async_cb) != 0)
+		goto fail;
+	w->async.data = w;
+	uv_timer_init(&w->loop, &w->drain_timer);
+	w->sqlcache = sl_sql_cache_new(4096);
+	if (w->sqlcache == NULL)
+		goto fail;
+	if (gw->cfg->gateway.postgres.listen != NULL && sl_pg_listen(w) != 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", gw->cfg->gateway.postgres.listen,
+			 strerror(errno));
+		return SL_EIO;
+	}
+	return 0;
+fail:
+	snprintf(err, errlen, "worker %u: initialisation failed", id);
+	return SL_ENOMEM;
+}
+
+static SSL_CTX *
+server_tls(const char *cert, const char *key, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL)
+		return NULL;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1) {
+		snprintf(err, errlen, "cannot load TLS certificate %s / key %s", cert, key);
+		SSL_CTX_free(ctx);
+		ERR_clear_error();
+		return NULL;
+	}
+	return ctx;
+}
+
+static int
+mkdir_p(const char *path)
+{
+	char tmp[4096];
+
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			mkdir(tmp, 0700);
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+		return SL_EIO;
+	return 0;
+}
+
+static enum sl_log_level
+level_of(const char *s)
+{
+	if (s == NULL)
+		return SL_LOG_INFO;
+	if (strcmp(s, "debug") == 0)
+		return SL_LOG_DEBUG;
+	if (strcmp(s, "warn") == 0)
+		return SL_LOG_WARN;
+	if (strcmp(s, "error") == 0)
+		return SL_LOG_ERROR;
+	return SL_LOG_INFO;
+}
+
+int
+sl_gateway_run(struct sl_config *cfg)
+{
+	struct sl_gw *gw;
+	char err[512] = "";
+	sigset_t set;
+	int sig = 0, rc = 1;
+	int64_t drain_ms = 10000, leeway_ms = 60000;
+
+	sl_log_set_level(level_of(cfg->gateway.log_level));
+	signal(SIGPIPE, SIG_IGN);
+	gw = calloc(1, sizeof(*gw));
+	if (gw == NULL)
+		return 1;
+	gw->cfg = cfg;
+	pthread_mutex_init(&gw->cancel_mu, NULL);
+	gw->max_message = cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes
+							 : 16u << 20;
+	if (cfg->gateway.shutdown_timeout)
+		sl_parse_duration_ms(cfg->gateway.shutdown_timeout, &drain_ms);
+	if (cfg->identity.issuers_count > 0 && cfg->identity.issuers[0].leeway)
+		sl_parse_duration_ms(cfg->identity.issuers[0].leeway, &leeway_ms);
+	gw->leeway_s = leeway_ms / 1000;
+	if (gethostname(gw->node, sizeof(gw->node) - 1) != 0)
+		snprintf(gw->node, sizeof(gw->node), "sluice");
+	if (mkdir_p(cfg->gateway.data_dir) != 0) {
+		sl_error("cannot create data_dir %s", cfg->gateway.data_dir);
+		goto out;
+	}
+	if (sl_idp_new(&cfg->identity, cfg->gateway.data_dir, &gw->idp, err, sizeof(err)) != 0) {
+		sl_error("identity: %s", err);
+		goto out;
+	}
+	if (sl_policy_compile(cfg, &gw->policy, err, sizeof(err)) != 0) {
+		sl_error("policy: %s", err);
+		goto out;
+	}
+	if (sl_audit_open(cfg, &gw->audit, err, sizeof(err)) != 0) {
+		sl_error("audit: %s", err);
+		goto out;
+	}
+	if (cfg->gateway.postgres.listen != NULL) {
+		if (sl_net_parse_addr(cfg->gateway.postgres.listen, &gw->pg_addr) != 0 &&
+		    sl_net_resolve(cfg->gateway.postgres.listen, &gw->pg_addr) != 0) {
+			sl_error("gateway.postgres.listen: bad address %s",
+				 cfg->gateway.postgres.listen);
+			goto out;
+		}
+		gw->pg_loopback = sl_net_is_loopback((struct sockaddr *)&gw->pg_addr);
+		if (cfg->gateway.postgres.tls_cert != NULL) {
+			gw->pg_tls = server_tls(cfg->gateway.postgres.tls_cert,
+						cfg->gateway.postgres.tls_key, err, sizeof(err));
+			if (gw->pg_tls == NULL) {
+				sl_error("gateway.postgres: %s", err);
+				goto out;
+			}
+		}
+	}
+	gw->up_tls = SSL_CTX_new(TLS_client_method());
+	if (gw->up_tls != NULL) {
+		SSL_CTX_set_min_proto_version(gw->up_tls, TLS1_2_VERSION);
+		SSL_CTX_set_verify(gw->up_tls, SSL_VERIFY_NONE, NULL);
+	}
+
+	/* Workers inherit a mask without the shutdown signals; this thread
+	 * waits for them. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	gw->nworkers = cfg->gateway.workers ? cfg->gateway.workers : 2;
+	gw->workers = calloc(gw->nworkers, sizeof(*gw->workers));
+	if (gw->workers == NULL)
+		goto out;
+	for (unsigned i = 0; i < gw->nworkers; i++) {
+		if (worker_init(gw, &gw->workers[i], i, err, sizeof(err)) != 0) {
+			sl_error("%s", err);
+			gw->nworkers = i;
+			goto stop;
+		}
+	}
+	for (unsigned i = 0; i < gw->nworkers; i++)
+		uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
+	sl_info("sluice serving: postgres %s, %u workers, audit %s (%s)",
+		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,
+		cfg->audit.store, cfg->audit.mode);
+	sigwait(&set, &sig);
+	sl_info("signal %d: draining sessions (up to %lld ms)", sig, (long long)drain_ms);
+	rc = 0;
+stop:
+	atomic_store(&gw->stopping, 1);
+	{
+		struct stop_msg *msgs = calloc(gw->nworkers ? gw->nworkers : 1, sizeof(*msgs));
+		int64_t deadline = sl_mono_us() + drain_ms * 1000;
+
+		for (unsigned i = 0; i < gw->nworkers; i++) {
+			if (msgs == NULL)
+				abort(); /* cannot stop workers without it */
+			msgs[i].c.w = &gw->workers[i];
+			msgs[i].c.fn = worker_stop;
+			msgs[i].deadline_us = deadline;
+			sl_worker_post(&gw->workers[i], &msgs[i].c);
+		}
+		/* A second signal cuts the drain short. */
+		if (sig != 0 && gw->nworkers > 0) {
+			struct timespec ts = {0, 100 * 1000000L};
+			siginfo_t si;
+			int alive = 1;
+
+			while (alive) {
+				if (sigtimedwait(&set, &si, &ts) > 0)
+					atomic_store(&gw->stopping, 2);
+				alive = 0;
+				for (unsigned i = 0; i < gw->nworkers; i++)
+					if (!atomic_load(&gw->workers[i].done))
+						alive = 1;
+			}
+		}
+		for (unsigned i = 0; i < gw->nworkers; i++) {
+			uv_thread_join(&gw->workers[i].thread);
+			uv_loop_close(&gw->workers[i].loop);
+			sl_sql_cache_free(gw->workers[i].sqlcache);
+		}
+		free(msgs);
+	}
+out:
+	sl_audit_close(gw->audit);
+	sl_policy_free(gw->policy);
+	sl_idp_free(gw->idp);
+	if (gw->pg_tls)
+		SSL_CTX_free(gw->pg_tls);
+	if (gw->up_tls)
+		SSL_CTX_free(gw->up_tls);
+	free(gw->workers);
+	free(gw);
+	if (rc == 0)
+		sl_info("sluice stopped cleanly");
+	return rc;
+}
