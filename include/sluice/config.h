@@ -8,6 +8,7 @@
 #define SLUICE_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct sl_cfg_listener {
@@ -187,5 +188,11 @@ int sl_config_load_data(const char *name, const char *yaml, size_t len, struct s
 			char *err, size_t errlen);
 void sl_config_free(struct sl_config *cfg);
 const struct sl_cfg_connection *sl_config_connection(const struct sl_config *cfg, const char *name);
+
+/* The embedded default (demo gateway on loopback, dev issuer), used when no
+ * --config is given and ./sluice.yaml does not exist. */
+extern const char sl_config_default_yaml[];
+/* sl_config_load* apply environment overrides: SLUICE_DATA_DIR,
+ * SLUICE_PG_LISTEN and SLUICE_ADMIN_LISTEN replace the matching keys. */
 
 #endif

@@ -1,0 +1,68 @@
+/*
+ * identity.h - OIDC JWT verification against JWKS (RS256, ES256, EdDSA with
+ * the algorithm pinned to the key), claim mapping, a verified-token cache,
+ * and the dev issuer used by the quick start and the tests.
+ */
+#ifndef SLUICE_IDENTITY_H
+#define SLUICE_IDENTITY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/config.h"
+
+struct sl_identity {
+	char *subject;         /* owned */
+	char *issuer;          /* owned */
+	char **groups;         /* owned */
+	size_t ngroups;
+	int64_t exp;           /* seconds since the epoch */
+	char token_sha256[65]; /* hex SHA-256 of the raw token: for audit, never the token */
+};
+
+void sl_identity_fini(struct sl_identity *id);
+int sl_identity_copy(struct sl_identity *dst, const struct sl_identity *src);
+/* 1 if id is in group. */
+int sl_identity_in_group(const struct sl_identity *id, const char *group);
+
+#define SL_DEV_ISSUER   "sluice-dev"
+#define SL_DEV_AUDIENCE "sluice"
+#define SL_JWT_MAX      16384
+
+/* Thread-safe identity provider. With no issuers configured it trusts the dev
+ * issuer (issuer "sluice-dev", audience "sluice", JWKS <data_dir>/dev-jwks.json). */
+struct sl_idp;
+int sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_idp **out,
+	       char *err, size_t errlen);
+void sl_idp_free(struct sl_idp *idp);
+/* Verifies a token at time now (seconds). Never does network I/O. Fills *out
+ * (caller fini's) on success. Returns SL_EAUTH (malformed, signature, alg,
+ * iss/aud, missing claims), SL_EEXPIRED (exp/nbf) or SL_ENOKEY (kid unknown:
+ * sl_idp_refresh off-loop may help). err gets a client-safe reason. */
+int sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
+		  struct sl_identity *out, char *err, size_t errlen);
+/* Blocking (libcurl): refetches the JWKS of the token's issuer (all remote
+ * issuers if token is NULL). Rate-limited to once per 30 s per issuer.
+ * Returns 0, SL_ESTATE (rate-limited / nothing to fetch) or SL_EIO. */
+int sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len);
+
+/* Dev issuer: creates <data_dir>/dev-issuer.key (Ed25519, 0600) and
+ * <data_dir>/dev-jwks.json unless they exist (or force). */
+int sl_devissuer_init(const char *data_dir, int force, char *err, size_t errlen);
+struct sl_mint_opts {
+	const char *sub;
+	const char **groups;
+	size_t ngroups;
+	const char *iss;          /* default "sluice-dev" */
+	const char *aud;          /* default "sluice" */
+	int64_t ttl_s;            /* may be negative: already expired */
+	int64_t nbf_offset_s;     /* 0 = no nbf */
+	const char *extra_claims_json;
+};
+int sl_devissuer_mint(const char *data_dir, const struct sl_mint_opts *o, char **out_token,
+		      char *err, size_t errlen);
+/* `sluice token init [--force]` / `sluice token mint --sub S [--groups a,b]
+ * [--ttl 1h] [--aud A] [--iss I] [--claims JSON]`. argv[0] = subcommand. */
+int sl_token_cli(int argc, char **argv, const struct sl_config *cfg);
+
+#endif

@@ -1,0 +1,532 @@
+/*
+ * verify.c - record hashing shared with the writer; chain verification,
+ * export and tail; the `sluice audit` command.
+ */
+#include "sluice/audit.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "audit_internal.h"
+#include "sluice/core.h"
+
+static const char *
+col(sqlite3_stmt *st, int i)
+{
+	const char *s = (const char *)sqlite3_column_text(st, i);
+
+	return s ? s : "";
+}
+
+void
+sl_audit_row_from_stmt(sqlite3_stmt *st, struct sl_audit_row *row)
+{
+	row->seq = (uint64_t)sqlite3_column_int64(st, 0);
+	row->ts = sqlite3_column_int64(st, 1);
+	row->node = col(st, 2);
+	row->type = col(st, 3);
+	row->session = col(st, 4);
+	row->trace_id = col(st, 5);
+	row->span_id = col(st, 6);
+	row->data = col(st, 7);
+	row->prev_hash = col(st, 8);
+	row->hash = col(st, 9);
+}
+
+static void
+put_u64(EVP_MD_CTX *md, uint64_t v)
+{
+	uint8_t b[8];
+
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (56 - 8 * i));
+	EVP_DigestUpdate(md, b, 8);
+}
+
+static void
+put_str(EVP_MD_CTX *md, const char *s)
+{
+	size_t n = strlen(s);
+
+	put_u64(md, n);
+	EVP_DigestUpdate(md, s, n);
+}
+
+static int
+unhex(const char *h, uint8_t out[32])
+{
+	if (strlen(h) != 64)
+		return -1;
+	for (int i = 0; i < 32; i++) {
+		unsigned v;
+
+		if (sscanf(h + 2 * i, "%2x", &v) != 1)
+			return -1;
+		out[i] = (uint8_t)v;
+	}
+	return 0;
+}
+
+void
+sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	uint8_t prev[32];
+	unsigned int n = 32;
+
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	if (unhex(row->prev_hash, prev) == 0)
+		EVP_DigestUpdate(md, prev, 32);
+	else
+		put_str(md, row->prev_hash);
+	put_u64(md, row->seq);
+	put_u64(md, (uint64_t)row->ts);
+	put_str(md, row->node);
+	put_str(md, row->type);
+	put_str(md, row->session);
+	put_str(md, row->trace_id);
+	put_str(md, row->span_id);
+	put_str(md, row->data);
+	EVP_DigestFinal_ex(md, out, &n);
+	EVP_MD_CTX_free(md);
+}
+
+int
+sl_audit_checkpoint_msg(const char *node, uint64_t seq, const char *hashhex, int64_t ts, char *buf,
+			size_t len)
+{
+	return snprintf(buf, len, "sluice-audit-checkpoint\n%s\n%llu\n%s\n%lld", node,
+			(unsigned long long)seq, hashhex, (long long)ts);
+}
+
+static int
+check_sig(EVP_PKEY *pub, const char *node, uint64_t seq, const char *hash, int64_t ts,
+	  const char *sig64)
+{
+	char msg[256];
+	uint8_t sig[128];
+	int n = sl_audit_checkpoint_msg(node, seq, hash, ts, msg, sizeof(msg));
+	int sl = (int)strlen(sig64), dl, ok;
+	EVP_MD_CTX *md;
+
+	if (sl == 0 || sl > 120 || sl % 4 != 0)
+		return 0;
+	dl = EVP_DecodeBlock(sig, (const unsigned char *)sig64, sl);
+	if (dl < 64)
+		return 0;
+	md = EVP_MD_CTX_new();
+	ok = md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, pub) == 1 &&
+	     EVP_DigestVerify(md, sig, 64, (const uint8_t *)msg, (size_t)n) == 1;
+	EVP_MD_CTX_free(md);
+	return ok;
+}
+
+/* Verifies one checkpoint against the records. */
+static int
+check_checkpoint(sqlite3 *db, EVP_PKEY *pub, const char *node, uint64_t seq, const char *hash,
+		 int64_t ts, const char *sig, uint64_t last_seq, const char *where, char *msg,
+		 size_t msglen)
+{
+	sqlite3_stmt *st;
+	int r = 0;
+
+	if (pub != NULL && !check_sig(pub, node, seq, hash, ts, sig)) {
+		snprintf(msg, msglen, "%s checkpoint at seq %llu: bad signature (forged or edited?)",
+			 where, (unsigned long long)seq);
+		return SL_ECORRUPT;
+	}
+	if (seq > last_seq) {
+		snprintf(msg, msglen,
+			 "chain truncated: %s checkpoint at seq %llu but the last record is %llu",
+			 where, (unsigned long long)seq, (unsigned long long)last_seq);
+		return SL_ECORRUPT;
+	}
+	if (sqlite3_prepare_v2(db, "SELECT hash FROM records WHERE seq = ?", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return SL_EIO;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+	if (sqlite3_step(st) != SQLITE_ROW || strcmp(col(st, 0), hash) != 0) {
+		snprintf(msg, msglen, "%s checkpoint at seq %llu does not match record %llu",
+			 where, (unsigned long long)seq, (unsigned long long)seq);
+		r = SL_ECORRUPT;
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+static int
+verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, uint64_t last_seq, unsigned *ncp,
+	       char *msg, size_t msglen)
+{
+	char sidecar[4200], line[1024];
+	FILE *f;
+	int r = 0;
+
+	snprintf(sidecar, sizeof(sidecar), "%s.checkpoints", path);
+	f = fopen(sidecar, "r");
+	if (f == NULL)
+		return 0;
+	while (r == 0 && fgets(line, sizeof(line), f) != NULL) {
+		json_t *o = json_loads(line, 0, NULL);
+		const char *node, *hash, *sig;
+		json_int_t seq, ts;
+
+		if (o == NULL || json_unpack(o, "{s:s, s:I, s:s, s:I, s:s}", "node", &node, "seq",
+					     &seq, "hash", &hash, "ts", &ts, "sig", &sig) != 0) {
+			snprintf(msg, msglen, "checkpoint file %s: malformed line", sidecar);
+			r = SL_ECORRUPT;
+		} else {
+			r = check_checkpoint(db, pub, node, (uint64_t)seq, hash, ts, sig, last_seq,
+					     "sidecar", msg, msglen);
+			(*ncp)++;
+		}
+		json_decref(o);
+	}
+	fclose(f);
+	return r;
+}
+
+int
+sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg, size_t msglen,
+		      uint64_t *nrecords)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	EVP_PKEY *pub = NULL;
+	uint8_t prev[32] = {0};
+	char prevhex[65], hex[65];
+	uint64_t expect = 1, n = 0;
+	unsigned ncp = 0;
+	int r = 0, step;
+
+	if (nrecords)
+		*nrecords = 0;
+	if (access(store_path, R_OK) != 0) {
+		snprintf(msg, msglen, "cannot read audit store %s", store_path);
+		return SL_EIO;
+	}
+	if (pubkey_path != NULL) {
+		FILE *f = fopen(pubkey_path, "r");
+
+		if (f == NULL || (pub = PEM_read_PUBKEY(f, NULL, NULL, NULL)) == NULL) {
+			if (f)
+				fclose(f);
+			snprintf(msg, msglen, "cannot read public key %s", pubkey_path);
+			return SL_EIO;
+		}
+		fclose(f);
+	}
+	if (sqlite3_open_v2(store_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db,
+			       "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+			       "prev_hash, hash FROM records ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK) {
+		snprintf(msg, msglen, "cannot read audit store %s: %s", store_path,
+			 db ? sqlite3_errmsg(db) : "open failed");
+		r = SL_EIO;
+		goto out;
+	}
+	sl_hex(prev, 32, prevhex);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		struct sl_audit_row row;
+		uint8_t h[32];
+
+		sl_audit_row_from_stmt(st, &row);
+		if (row.seq != expect) {
+			if (row.seq > expect)
+				snprintf(msg, msglen, "record seq %llu missing (deleted?)",
+					 (unsigned long long)expect);
+			else
+				snprintf(msg, msglen, "records out of order at seq %llu",
+					 (unsigned long long)row.seq);
+			r = SL_ECORRUPT;
+			goto out;
+		}
+		sl_audit_hash_row(&row, h);
+		sl_hex(h, 32, hex);
+		if (strcmp(row.prev_hash, prevhex) != 0) {
+			snprintf(msg, msglen,
+				 "record seq %llu: previous-hash link broken (reordered, replaced or "
+				 "an earlier record deleted?)",
+				 (unsigned long long)row.seq);
+			r = SL_ECORRUPT;
+			goto out;
+		}
+		if (strcmp(hex, row.hash) != 0) {
+			snprintf(msg, msglen, "record seq %llu: hash mismatch (edited?)",
+				 (unsigned long long)row.seq);
+			r = SL_ECORRUPT;
+			goto out;
+		}
+		memcpy(prevhex, hex, sizeof(hex));
+		expect++;
+		n++;
+	}
+	if (step != SQLITE_DONE) {
+		snprintf(msg, msglen, "cannot read audit store: %s", sqlite3_errmsg(db));
+		r = SL_EIO;
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT node, seq, hash, ts, sig FROM checkpoints ORDER BY id",
+			       -1, &st, NULL) == SQLITE_OK) {
+		while (r == 0 && sqlite3_step(st) == SQLITE_ROW) {
+			r = check_checkpoint(db, pub, col(st, 0), (uint64_t)sqlite3_column_int64(st, 1),
+					     col(st, 2), sqlite3_column_int64(st, 3), col(st, 4), n,
+					     "stored", msg, msglen);
+			ncp++;
+		}
+		if (r != 0)
+			goto out;
+	}
+	if ((r = verify_sidecar(db, pub, store_path, n, &ncp, msg, msglen)) != 0)
+		goto out;
+	snprintf(msg, msglen, "ok: %llu records, %u checkpoints verified%s, head %s",
+		 (unsigned long long)n, ncp, pub ? " with signatures" : "", n ? prevhex : "-");
+	if (nrecords)
+		*nrecords = n;
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+/* ------------------------------------------------------------ export/tail */
+
+static json_t *
+row_json(const struct sl_audit_row *row)
+{
+	json_t *o = json_object();
+	json_t *d = json_loads(row->data, 0, NULL);
+
+	json_object_set_new(o, "seq", json_integer((json_int_t)row->seq));
+	json_object_set_new(o, "ts", json_integer(row->ts));
+	json_object_set_new(o, "node", json_string(row->node));
+	json_object_set_new(o, "type", json_string(row->type));
+	json_object_set_new(o, "session", json_string(row->session));
+	json_object_set_new(o, "trace_id", json_string(row->trace_id));
+	json_object_set_new(o, "span_id", json_string(row->span_id));
+	json_object_set_new(o, "data", d ? d : json_string(row->data));
+	json_object_set_new(o, "prev_hash", json_string(row->prev_hash));
+	json_object_set_new(o, "hash", json_string(row->hash));
+	return o;
+}
+
+static int
+export_jsonl(const char *path, const char *session, const char *trace, FILE *out)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int r = 0;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db,
+			       "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+			       "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+			       "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK) {
+		fprintf(stderr, "sluice: cannot read %s\n", path);
+		r = 1;
+		goto out;
+	}
+	if (session)
+		sqlite3_bind_text(st, 1, session, -1, SQLITE_STATIC);
+	if (trace)
+		sqlite3_bind_text(st, 2, trace, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct sl_audit_row row;
+		json_t *o;
+		char *s;
+
+		sl_audit_row_from_stmt(st, &row);
+		o = row_json(&row);
+		s = json_dumps(o, JSON_COMPACT);
+		if (s)
+			fprintf(out, "%s\n", s);
+		free(s);
+		json_decref(o);
+	}
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return r;
+}
+
+static void
+print_line(const struct sl_audit_row *row, FILE *out)
+{
+	json_t *d = json_loads(row->data, 0, NULL);
+	time_t t = (time_t)(row->ts / 1000000);
+	struct tm tm;
+	char when[32];
+	const char *subject = NULL, *decision = NULL, *text = NULL, *kind = NULL, *reason = NULL;
+
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	if (d) {
+		json_t *id = json_object_get(d, "identity");
+
+		subject = json_string_value(json_object_get(d, "subject"));
+		if (subject == NULL && id)
+			subject = json_string_value(json_object_get(id, "subject"));
+		decision = json_string_value(json_object_get(d, "decision"));
+		text = json_string_value(json_object_get(d, "text"));
+		kind = json_string_value(json_object_get(d, "kind"));
+		reason = json_string_value(json_object_get(d, "reason"));
+		if (reason == NULL)
+			reason = json_string_value(json_object_get(d, "error"));
+	}
+	fprintf(out, "%6llu %s %-13s %-16s %-10s", (unsigned long long)row->seq, when, row->type,
+		row->session, subject ? subject : "-");
+	if (decision)
+		fprintf(out, " %-6s", decision);
+	if (kind)
+		fprintf(out, " [%s]", kind);
+	if (text)
+		fprintf(out, " %.100s%s", text, strlen(text) > 100 ? "..." : "");
+	if (reason)
+		fprintf(out, " (%s)", reason);
+	if (row->trace_id[0])
+		fprintf(out, " trace=%s", row->trace_id);
+	fputc('\n', out);
+	json_decref(d);
+}
+
+static int
+tail(const char *path, long n, int follow, FILE *out)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	uint64_t after = 0;
+	int r = 0;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+		fprintf(stderr, "sluice: cannot read %s\n", path);
+		return 1;
+	}
+	sqlite3_busy_timeout(db, 2000);
+	if (sqlite3_prepare_v2(db, "SELECT max(seq) FROM records", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		int64_t m = sqlite3_column_int64(st, 0);
+
+		after = m > n ? (uint64_t)(m - n) : 0;
+	}
+	sqlite3_finalize(st);
+	if (sqlite3_prepare_v2(db,
+			       "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+			       "prev_hash, hash FROM records WHERE seq > ? ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK) {
+		r = 1;
+		goto out;
+	}
+	for (;;) {
+		sqlite3_reset(st);
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			struct sl_audit_row row;
+
+			sl_audit_row_from_stmt(st, &row);
+			print_line(&row, out);
+			after = row.seq;
+		}
+		fflush(out);
+		if (!follow)
+			break;
+		usleep(300 * 1000);
+	}
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return r;
+}
+
+int
+sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
+{
+	const char *store = cfg->audit.store, *pubkey = NULL, *session = NULL, *trace = NULL;
+	const char *format = "jsonl", *output = NULL;
+	char defpub[4200], msg[512];
+	long n = 20;
+	int follow = 0, rc;
+	char *path;
+	FILE *out = stdout;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
+			store = argv[++i];
+		else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc)
+			pubkey = argv[++i];
+		else if (strcmp(argv[i], "--session") == 0 && i + 1 < argc)
+			session = argv[++i];
+		else if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc)
+			trace = argv[++i];
+		else if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
+			format = argv[++i];
+		else if (strcmp(argv[i], "--output") == 0 && i + 1 < argc)
+			output = argv[++i];
+		else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
+			n = atol(argv[++i]);
+		else if (strcmp(argv[i], "--follow") == 0 || strcmp(argv[i], "-f") == 0)
+			follow = 1;
+		else {
+			fprintf(stderr, "sluice audit: unknown argument %s\n", argv[i]);
+			return 2;
+		}
+	}
+	path = sl_audit_store_path(store);
+	if (path == NULL) {
+		fprintf(stderr, "sluice audit: unsupported store %s\n", store ? store : "(none)");
+		return 2;
+	}
+	if (strcmp(argv[0], "verify") == 0) {
+		uint64_t nrec;
+
+		if (pubkey == NULL) {
+			snprintf(defpub, sizeof(defpub), "%s/audit-signing.pub",
+				 cfg->gateway.data_dir);
+			if (access(defpub, R_OK) == 0)
+				pubkey = defpub;
+		}
+		rc = sl_audit_verify_store(path, pubkey, msg, sizeof(msg), &nrec);
+		if (rc == 0)
+			printf("%s\n", msg);
+		else
+			fprintf(stderr, "audit verify FAILED: %s\n", msg);
+		free(path);
+		return rc == 0 ? 0 : 1;
+	}
+	if (strcmp(argv[0], "export") == 0) {
+		if (strcmp(format, "jsonl") != 0) {
+			fprintf(stderr, "sluice audit export: only --format jsonl is supported\n");
+			free(path);
+			return 2;
+		}
+		if (output != NULL && (out = fopen(output, "w")) == NULL) {
+			fprintf(stderr, "sluice audit export: cannot write %s\n", output);
+			free(path);
+			return 1;
+		}
+		rc = export_jsonl(path, session, trace, out);
+		if (out != stdout)
+			fclose(out);
+		free(path);
+		return rc;
+	}
+	if (strcmp(argv[0], "tail") == 0) {
+		rc = tail(path, n, follow, stdout);
+		free(path);
+		return rc;
+	}
+	free(path);
+	fprintf(stderr, "sluice audit: unknown subcommand %s (verify, tail, export)\n", argv[0]);
+	return 2;
+}

@@ -1,0 +1,57 @@
+/*
+ * identity_internal.h - key sets and issuers shared by jwt.c and idp.c.
+ */
+#ifndef SLUICE_IDENTITY_INTERNAL_H
+#define SLUICE_IDENTITY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "sluice/identity.h"
+
+struct sl_jwk {
+	EVP_PKEY *pkey;
+	char alg[8];  /* the one algorithm this key verifies */
+	char kid[128];
+};
+
+struct sl_keyset {
+	struct sl_jwk *keys;
+	size_t n;
+};
+
+struct sl_issuer {
+	char *issuer, *audience, *jwks_file, *jwks_uri, *ca_file;
+	char *groups_claim, *subject_claim;
+	int64_t leeway_s;
+	struct sl_keyset *keys; /* swapped under idp->lock */
+	int64_t last_fetch_us;
+};
+
+struct cache_slot {
+	uint8_t hash[32];
+	int used;
+	struct sl_identity id;
+};
+
+struct sl_idp {
+	pthread_rwlock_t lock;
+	struct sl_issuer *issuers;
+	size_t nissuers;
+	pthread_mutex_t cache_mu;
+	struct cache_slot *cache;
+	size_t ncache;
+	pthread_mutex_t fetch_mu;
+};
+
+int sl_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outmax, size_t *outlen);
+void sl_b64url_encode(const uint8_t *in, size_t n, char *out);
+int sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out);
+void sl_keyset_free(struct sl_keyset *ks);
+const struct sl_issuer *sl_idp_issuer(struct sl_idp *idp, const char *iss);
+int sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t now,
+		       struct sl_identity *out, char *err, size_t errlen);
+
+#endif

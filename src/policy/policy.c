@@ -1,0 +1,383 @@
+/*
+ * policy.c - compiles `policies:` into rule tables and evaluates requests.
+ * Pure: no clocks, sockets or logging.
+ */
+#include "sluice/policy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "sluice/core.h"
+
+struct crule {
+	const struct sl_cfg_rule *cfg;
+	enum sl_action action;
+	uint32_t kinds;     /* 0 = any kind (rule without sql:) */
+	int has_sql;
+	char name[160];
+	int64_t timeout_ms, grant_for_ms;
+	unsigned min_approvals;
+};
+
+struct cpolicy {
+	const struct sl_cfg_policy *cfg;
+	int default_allow;
+	struct crule *rules;
+	size_t nrules;
+};
+
+struct sl_policy_set {
+	struct cpolicy *pols;
+	size_t npols;
+};
+
+static int
+parse_action(const char *s, enum sl_action *a)
+{
+	if (s == NULL)
+		return SL_EINVAL;
+	if (strcmp(s, "allow") == 0)
+		*a = SL_ACT_ALLOW;
+	else if (strcmp(s, "block") == 0 || strcmp(s, "deny") == 0)
+		*a = SL_ACT_BLOCK;
+	else if (strcmp(s, "review") == 0)
+		*a = SL_ACT_REVIEW;
+	else
+		return SL_EINVAL;
+	return 0;
+}
+
+int
+sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err,
+		  size_t errlen)
+{
+	struct sl_policy_set *ps;
+
+	*out = NULL;
+	ps = calloc(1, sizeof(*ps));
+	if (ps == NULL)
+		return SL_ENOMEM;
+	ps->pols = calloc(cfg->policies_count + 1, sizeof(*ps->pols));
+	if (ps->pols == NULL) {
+		free(ps);
+		return SL_ENOMEM;
+	}
+	for (unsigned i = 0; i < cfg->policies_count; i++) {
+		const struct sl_cfg_policy *p = &cfg->policies[i];
+		struct cpolicy *cp = &ps->pols[ps->npols++];
+		const char *pname = p->name ? p->name : "";
+
+		cp->cfg = p;
+		cp->default_allow = p->default_action && strcmp(p->default_action, "allow") == 0;
+		for (unsigned j = 0; j < p->connections_count; j++) {
+			if (sl_config_connection(cfg, p->connections[j]) == NULL) {
+				snprintf(err, errlen, "policies[%u] (%s): unknown connection \"%s\"", i,
+					 pname, p->connections[j]);
+				goto fail;
+			}
+		}
+		cp->rules = calloc(p->rules_count + 1, sizeof(*cp->rules));
+		if (cp->rules == NULL)
+			goto nomem;
+		for (unsigned j = 0; j < p->rules_count; j++) {
+			const struct sl_cfg_rule *r = &p->rules[j];
+			struct crule *cr = &cp->rules[cp->nrules++];
+
+			cr->cfg = r;
+			if (r->name)
+				snprintf(cr->name, sizeof(cr->name), "%s", r->name);
+			else
+				snprintf(cr->name, sizeof(cr->name), "%s#%u", pname, j + 1);
+			if (parse_action(r->action, &cr->action) != 0) {
+				snprintf(err, errlen,
+					 "policies[%u].rules[%u]: unknown action \"%s\" (allow, block, "
+					 "review)",
+					 i, j, r->action ? r->action : "");
+				goto fail;
+			}
+			for (unsigned k = 0; k < r->sql_count; k++) {
+				uint32_t b = sl_sql_kind_from_name(r->sql[k]);
+
+				if (b == 0 || b == SL_SQL_UNPARSEABLE) {
+					snprintf(err, errlen,
+						 "policies[%u].rules[%u]: unknown sql kind \"%s\"", i, j,
+						 r->sql[k]);
+					goto fail;
+				}
+				cr->kinds |= b;
+			}
+			cr->has_sql = r->sql_count > 0;
+			if (cr->action == SL_ACT_REVIEW && r->approvers_count == 0) {
+				snprintf(err, errlen, "policies[%u].rules[%u]: review needs approvers",
+					 i, j);
+				goto fail;
+			}
+			cr->timeout_ms = 5 * 60 * 1000;
+			if (r->timeout && sl_parse_duration_ms(r->timeout, &cr->timeout_ms) != 0) {
+				snprintf(err, errlen, "policies[%u].rules[%u]: bad timeout \"%s\"", i, j,
+					 r->timeout);
+				goto fail;
+			}
+			if (r->grant_for &&
+			    sl_parse_duration_ms(r->grant_for, &cr->grant_for_ms) != 0) {
+				snprintf(err, errlen, "policies[%u].rules[%u]: bad grant_for \"%s\"", i,
+					 j, r->grant_for);
+				goto fail;
+			}
+			cr->min_approvals = r->min_approvals ? r->min_approvals : 1;
+			if (r->http && r->http->path == NULL && r->http->method == NULL) {
+				snprintf(err, errlen, "policies[%u].rules[%u]: http needs method or path",
+					 i, j);
+				goto fail;
+			}
+		}
+	}
+	*out = ps;
+	return 0;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	sl_policy_free(ps);
+	return SL_EINVAL;
+}
+
+void
+sl_policy_free(struct sl_policy_set *ps)
+{
+	if (ps == NULL)
+		return;
+	for (size_t i = 0; i < ps->npols; i++)
+		free(ps->pols[i].rules);
+	free(ps->pols);
+	free(ps);
+}
+
+static int
+policy_applies(const struct cpolicy *cp, const char *subject, const char *const *groups,
+	       size_t ngroups, const char *connection)
+{
+	const struct sl_cfg_policy *p = cp->cfg;
+	int any = p->match.groups_count == 0 && p->match.subjects_count == 0;
+
+	for (unsigned i = 0; i < p->match.groups_count && !any; i++)
+		for (size_t g = 0; g < ngroups; g++)
+			if (strcmp(p->match.groups[i], groups[g]) == 0)
+				any = 1;
+	for (unsigned i = 0; i < p->match.subjects_count && !any; i++)
+		if (subject && strcmp(p->match.subjects[i], subject) == 0)
+			any = 1;
+	if (!any)
+		return 0;
+	if (p->connections_count == 0)
+		return 1;
+	for (unsigned i = 0; i < p->connections_count; i++)
+		if (connection && strcmp(p->connections[i], connection) == 0)
+			return 1;
+	return 0;
+}
+
+/* Table names match "t" against "t" or "s.t", and "s.t" exactly. */
+static int
+table_matches(const char *pat, const char *t)
+{
+	const char *dot;
+
+	if (strcasecmp(pat, t) == 0 || sl_glob_match_ci(pat, t))
+		return 1;
+	dot = strchr(t, '.');
+	return dot && strchr(pat, '.') == NULL && strcasecmp(pat, dot + 1) == 0;
+}
+
+/* Whether the rule's non-kind conditions hold. */
+static int
+conditions_hold(const struct crule *cr, const struct sl_request *req)
+{
+	const struct sl_cfg_rule *r = cr->cfg;
+
+	switch (req->proto) {
+	case SL_PROTO_PG:
+		if (r->http || r->ssh || req->sql == NULL)
+			return 0;
+		if (!cr->has_sql && r->functions_count == 0 && r->tables_count == 0)
+			return 0; /* rule is for another protocol or empty */
+		if (r->functions_count > 0) {
+			int hit = 0;
+
+			for (unsigned i = 0; i < r->functions_count && !hit; i++)
+				for (size_t f = 0; f < req->sql->nfunctions && !hit; f++)
+					if (strcasecmp(r->functions[i], req->sql->functions[f]) == 0)
+						hit = 1;
+			if (!hit)
+				return 0;
+		}
+		if (r->tables_count > 0) {
+			int hit = 0;
+
+			for (unsigned i = 0; i < r->tables_count && !hit; i++)
+				for (size_t t = 0; t < req->sql->ntables && !hit; t++)
+					if (table_matches(r->tables[i], req->sql->tables[t]))
+						hit = 1;
+			if (!hit)
+				return 0;
+		}
+		return 1;
+	case SL_PROTO_HTTP:
+		if (r->http == NULL || cr->has_sql || r->ssh)
+			return 0;
+		if (r->http->method && strcmp(r->http->method, "*") != 0 &&
+		    (req->http_method == NULL || strcasecmp(r->http->method, req->http_method) != 0))
+			return 0;
+		if (r->http->path && (req->http_path == NULL ||
+				      !sl_glob_match(r->http->path, req->http_path)))
+			return 0;
+		return 1;
+	case SL_PROTO_SSH:
+		if (r->ssh == NULL || cr->has_sql || r->http)
+			return 0;
+		return r->ssh->command && req->ssh_command &&
+		       sl_glob_match_ci(r->ssh->command, req->ssh_command);
+	}
+	return 0;
+}
+
+static void
+fill(struct sl_decision *d, const struct cpolicy *cp, const struct crule *cr)
+{
+	d->policy = cp->cfg->name;
+	d->rule = cr->name;
+	d->message = cr->cfg->message;
+	if (cr->action == SL_ACT_REVIEW) {
+		d->approvers = (const char *const *)cr->cfg->approvers;
+		d->napprovers = cr->cfg->approvers_count;
+		d->min_approvals = cr->min_approvals;
+		d->timeout_ms = cr->timeout_ms;
+		d->grant_for_ms = cr->grant_for_ms;
+	}
+}
+
+/* Kinds that refine another: allowing the base allows them, unless a block
+ * rule names them (a DELETE without WHERE is still a delete). */
+static uint32_t
+refine(uint32_t k)
+{
+	if (k & SL_SQL_UPDATE)
+		k |= SL_SQL_UPDATE_ALL;
+	if (k & SL_SQL_DELETE)
+		k |= SL_SQL_DELETE_ALL;
+	if (k & SL_SQL_DDL)
+		k |= SL_SQL_DROP;
+	return k;
+}
+
+int
+sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char *const *groups,
+		 size_t ngroups, const struct sl_request *req, struct sl_decision *d)
+{
+	uint32_t kinds = 0, covered = 0, by_allow = 0;
+	const struct cpolicy *review_pol = NULL;
+	const struct crule *review_rule = NULL;
+	int default_allow = 0, any_policy = 0;
+	char kbuf[200];
+
+	memset(d, 0, sizeof(*d));
+	d->action = SL_ACT_BLOCK;
+	if (req->proto == SL_PROTO_PG) {
+		if (req->sql == NULL)
+			return SL_EINVAL;
+		kinds = req->sql->kinds;
+		if (kinds & SL_SQL_UNPARSEABLE) {
+			d->message = "statement could not be parsed; sluice refuses what it cannot "
+				     "classify";
+			return 0;
+		}
+		if (req->sql->nstatements == 0 && kinds == 0) {
+			d->action = SL_ACT_ALLOW;
+			return 0;
+		}
+		/* EXECUTE/PREPARE carry their statement's kinds; the marker
+		 * kinds themselves need no rule. */
+		kinds &= ~(SL_SQL_PREPARE | SL_SQL_EXECUTE);
+		if (kinds == 0)
+			kinds = SL_SQL_UTILITY;
+	}
+	/* Pass 1: blocks, and what allow/review rules cover. */
+	for (size_t i = 0; i < ps->npols; i++) {
+		const struct cpolicy *cp = &ps->pols[i];
+
+		if (!policy_applies(cp, subject, groups, ngroups, req->connection))
+			continue;
+		any_policy = 1;
+		if (cp->default_allow)
+			default_allow = 1;
+		if (cp->cfg->mask && d->mask == NULL && !cp->cfg->mask->exempt)
+			d->mask = cp->cfg->mask;
+		if (cp->cfg->mask && cp->cfg->mask->exempt)
+			d->mask_exempt = 1;
+		for (size_t j = 0; j < cp->nrules; j++) {
+			const struct crule *cr = &cp->rules[j];
+			uint32_t hit;
+
+			if (!conditions_hold(cr, req))
+				continue;
+			hit = req->proto == SL_PROTO_PG ? (cr->has_sql ? cr->kinds & kinds : kinds)
+							: 1;
+			if (hit == 0)
+				continue;
+			if (cr->action == SL_ACT_BLOCK) {
+				fill(d, cp, cr);
+				d->action = SL_ACT_BLOCK;
+				if (d->message == NULL) {
+					sl_sql_kinds_str(hit, kbuf, sizeof(kbuf));
+					snprintf(d->reason, sizeof(d->reason),
+						 req->proto == SL_PROTO_PG
+							 ? "statement kind %s is not allowed"
+							 : "request is not allowed",
+						 kbuf);
+					d->message = d->reason;
+				}
+				return 0;
+			}
+			if (req->proto != SL_PROTO_PG)
+				hit = 1;
+			covered |= hit;
+			if (cr->action == SL_ACT_ALLOW)
+				by_allow |= hit;
+			else if (review_rule == NULL) {
+				review_pol = cp;
+				review_rule = cr;
+			}
+		}
+	}
+	if (req->proto != SL_PROTO_PG)
+		kinds = 1;
+	covered = refine(covered);
+	by_allow = refine(by_allow);
+	if ((covered & kinds) == kinds || default_allow) {
+		uint32_t need_review = kinds & ~by_allow;
+
+		if (need_review != 0 && review_rule != NULL && (covered & need_review)) {
+			fill(d, review_pol, review_rule);
+			d->action = SL_ACT_REVIEW;
+			return 0;
+		}
+		d->action = SL_ACT_ALLOW;
+		d->message = NULL;
+		return 0;
+	}
+	d->action = SL_ACT_BLOCK;
+	if (!any_policy) {
+		snprintf(d->reason, sizeof(d->reason),
+			 "no policy grants %s access to connection %s", subject ? subject : "you",
+			 req->connection ? req->connection : "?");
+	} else if (req->proto == SL_PROTO_PG) {
+		sl_sql_kinds_str(kinds & ~covered, kbuf, sizeof(kbuf));
+		snprintf(d->reason, sizeof(d->reason), "statement kind %s is not allowed (default deny)",
+			 kbuf);
+	} else {
+		snprintf(d->reason, sizeof(d->reason), "request is not allowed (default deny)");
+	}
+	d->message = d->reason;
+	return 0;
+}

@@ -1,0 +1,812 @@
+/*
+ * sqlclass.c - statement classification. libpg_query parses the text (JSON
+ * output); a recursive-descent walker over that JSON text, without building
+ * a DOM, collects the kinds of every node, function calls, relations,
+ * PREPARE/EXECUTE names and SET parameters.
+ */
+#include "sluice/sqlclass.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pg_query.h>
+
+#include "sluice/core.h"
+
+#define MAX_DEPTH 1000
+#define MAX_LIST  256
+
+static const struct {
+	const char *name;
+	uint32_t bit;
+} kind_names[] = {
+	{"select", SL_SQL_SELECT},	     {"insert", SL_SQL_INSERT},
+	{"update", SL_SQL_UPDATE},	     {"delete", SL_SQL_DELETE},
+	{"merge", SL_SQL_MERGE},	     {"update_all", SL_SQL_UPDATE_ALL},
+	{"delete_all", SL_SQL_DELETE_ALL},   {"ddl", SL_SQL_DDL},
+	{"drop", SL_SQL_DROP},		     {"truncate", SL_SQL_TRUNCATE},
+	{"grant", SL_SQL_GRANT},	     {"copy_from", SL_SQL_COPY_FROM},
+	{"copy_to", SL_SQL_COPY_TO},	     {"copy_program", SL_SQL_COPY_PROGRAM},
+	{"alter_system", SL_SQL_ALTER_SYSTEM}, {"do", SL_SQL_DO},
+	{"call", SL_SQL_CALL},		     {"set", SL_SQL_SET},
+	{"transaction", SL_SQL_TRANSACTION}, {"utility", SL_SQL_UTILITY},
+	{"prepare", SL_SQL_PREPARE},	     {"execute", SL_SQL_EXECUTE},
+	{"unparseable", SL_SQL_UNPARSEABLE},
+};
+
+uint32_t
+sl_sql_kind_from_name(const char *name)
+{
+	for (size_t i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++)
+		if (strcmp(kind_names[i].name, name) == 0)
+			return kind_names[i].bit;
+	return 0;
+}
+
+void
+sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	if (len == 0)
+		return;
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++) {
+		if (!(kinds & kind_names[i].bit))
+			continue;
+		o += (size_t)snprintf(buf + o, o < len ? len - o : 0, "%s%s", o ? "," : "",
+				      kind_names[i].name);
+		if (o >= len) {
+			buf[len - 1] = '\0';
+			return;
+		}
+	}
+}
+
+/* ------------------------------------------------------------ JSON walker */
+
+struct walker {
+	const char *p, *end;
+	int depth;
+	int bad;
+	struct sl_sql_class *c;
+	char *collect;    /* FuncCall name being assembled */
+	size_t collect_len;
+};
+
+static int
+add_str(char ***arr, size_t *n, const char *s)
+{
+	char **na;
+
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp((*arr)[i], s) == 0)
+			return 0;
+	if (*n >= MAX_LIST)
+		return 0;
+	na = realloc(*arr, (*n + 1) * sizeof(char *));
+	if (na == NULL)
+		return SL_ENOMEM;
+	*arr = na;
+	na[*n] = strdup(s);
+	if (na[*n] == NULL)
+		return SL_ENOMEM;
+	(*n)++;
+	return 0;
+}
+
+static void
+ws(struct walker *w)
+{
+	while (w->p < w->end && (*w->p == ' ' || *w->p == '\n' || *w->p == '\t' || *w->p == '\r'))
+		w->p++;
+}
+
+/* Reads a JSON string into buf (unescaped, truncated to len-1). */
+static int
+read_string(struct walker *w, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	if (w->p >= w->end || *w->p != '"')
+		return -1;
+	w->p++;
+	while (w->p < w->end && *w->p != '"') {
+		char ch = *w->p++;
+
+		if (ch == '\\') {
+			if (w->p >= w->end)
+				return -1;
+			ch = *w->p++;
+			switch (ch) {
+			case 'n':
+				ch = '\n';
+				break;
+			case 't':
+				ch = '\t';
+				break;
+			case 'r':
+				ch = '\r';
+				break;
+			case 'b':
+				ch = '\b';
+				break;
+			case 'f':
+				ch = '\f';
+				break;
+			case 'u': {
+				unsigned v = 0;
+
+				if (w->end - w->p < 4)
+					return -1;
+				for (int i = 0; i < 4; i++) {
+					char h = w->p[i];
+
+					v <<= 4;
+					if (h >= '0' && h <= '9')
+						v |= (unsigned)(h - '0');
+					else if (h >= 'a' && h <= 'f')
+						v |= (unsigned)(h - 'a' + 10);
+					else if (h >= 'A' && h <= 'F')
+						v |= (unsigned)(h - 'A' + 10);
+					else
+						return -1;
+				}
+				w->p += 4;
+				/* Names with non-ASCII code points keep a marker; they
+				 * never equal an ASCII rule name. */
+				ch = v < 0x80 ? (char)v : '?';
+				break;
+			}
+			default:
+				break;
+			}
+		}
+		if (buf != NULL && o + 1 < len)
+			buf[o++] = ch;
+	}
+	if (w->p >= w->end)
+		return -1;
+	w->p++;
+	if (buf != NULL && len > 0)
+		buf[o] = '\0';
+	return 0;
+}
+
+static uint32_t walk_value(struct walker *w, const char *key, const char *node);
+
+static uint32_t
+stmt_kind(const char *n)
+{
+	static const struct {
+		const char *n;
+		uint32_t k;
+	} map[] = {
+		{"SelectStmt", SL_SQL_SELECT},
+		{"InsertStmt", SL_SQL_INSERT},
+		{"UpdateStmt", SL_SQL_UPDATE},
+		{"DeleteStmt", SL_SQL_DELETE},
+		{"MergeStmt", SL_SQL_MERGE},
+		{"TruncateStmt", SL_SQL_TRUNCATE},
+		{"AlterSystemStmt", SL_SQL_ALTER_SYSTEM},
+		{"DoStmt", SL_SQL_DO},
+		{"CreateFunctionStmt", SL_SQL_DDL},
+		{"CallStmt", SL_SQL_CALL},
+		{"VariableSetStmt", SL_SQL_SET},
+		{"TransactionStmt", SL_SQL_TRANSACTION},
+		{"GrantStmt", SL_SQL_GRANT},
+		{"GrantRoleStmt", SL_SQL_GRANT},
+		{"CreateRoleStmt", SL_SQL_GRANT | SL_SQL_DDL},
+		{"AlterRoleStmt", SL_SQL_GRANT | SL_SQL_DDL},
+		{"AlterRoleSetStmt", SL_SQL_GRANT | SL_SQL_DDL},
+		{"DropRoleStmt", SL_SQL_GRANT | SL_SQL_DDL | SL_SQL_DROP},
+		{"AlterDefaultPrivilegesStmt", SL_SQL_GRANT | SL_SQL_DDL},
+		{"ReassignOwnedStmt", SL_SQL_GRANT | SL_SQL_DDL},
+		{"DropOwnedStmt", SL_SQL_GRANT | SL_SQL_DDL | SL_SQL_DROP},
+		{"PrepareStmt", SL_SQL_PREPARE},
+		{"ExecuteStmt", SL_SQL_EXECUTE},
+		{"CreateTableAsStmt", SL_SQL_DDL},
+		{"RefreshMatViewStmt", SL_SQL_DDL},
+		{"CommentStmt", SL_SQL_DDL},
+		{"RenameStmt", SL_SQL_DDL},
+		{"IndexStmt", SL_SQL_DDL},
+		{"ViewStmt", SL_SQL_DDL},
+		{"RuleStmt", SL_SQL_DDL},
+		{"DefineStmt", SL_SQL_DDL},
+		{"SecLabelStmt", SL_SQL_DDL},
+		{"CompositeTypeStmt", SL_SQL_DDL},
+		{"DropdbStmt", SL_SQL_DDL | SL_SQL_DROP},
+		{"CreatedbStmt", SL_SQL_DDL},
+		{"LoadStmt", SL_SQL_UTILITY | SL_SQL_DO},
+	};
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(map[i].n, n) == 0)
+			return map[i].k;
+	if (strncmp(n, "Drop", 4) == 0)
+		return SL_SQL_DROP | SL_SQL_DDL;
+	if (strncmp(n, "Create", 6) == 0 || strncmp(n, "Alter", 5) == 0 ||
+	    strncmp(n, "Import", 6) == 0)
+		return SL_SQL_DDL;
+	return SL_SQL_UTILITY;
+}
+
+static int
+is_node_name(const char *k)
+{
+	return k[0] >= 'A' && k[0] <= 'Z';
+}
+
+static int
+ends_with(const char *s, const char *suf)
+{
+	size_t a = strlen(s), b = strlen(suf);
+
+	return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* Walks an object. node: the node type this object is the body of (or NULL). */
+static uint32_t
+walk_object(struct walker *w, const char *node)
+{
+	uint32_t k = 0;
+	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
+	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
+	int first = 1;
+
+	w->p++; /* '{' */
+	for (;;) {
+		char key[128];
+
+		ws(w);
+		if (w->p >= w->end) {
+			w->bad = 1;
+			return k;
+		}
+		if (*w->p == '}') {
+			w->p++;
+			break;
+		}
+		if (!first) {
+			if (*w->p != ',') {
+				w->bad = 1;
+				return k;
+			}
+			w->p++;
+			ws(w);
+		}
+		first = 0;
+		if (read_string(w, key, sizeof(key)) != 0) {
+			w->bad = 1;
+			return k;
+		}
+		ws(w);
+		if (w->p >= w->end || *w->p != ':') {
+			w->bad = 1;
+			return k;
+		}
+		w->p++;
+		ws(w);
+		if (w->p < w->end && *w->p == '"' &&
+		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
+		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 || strcmp(key, "str") == 0 ||
+		     strcmp(key, "kind") == 0)) {
+			char *dst = strcmp(key, "relname") == 0	   ? relname
+				    : strcmp(key, "schemaname") == 0 ? schemaname
+				    : strcmp(key, "kind") == 0	   ? kindval
+								   : name;
+			size_t dl = strcmp(key, "kind") == 0 ? sizeof(kindval) : sizeof(name);
+
+			if (read_string(w, dst, dl) != 0) {
+				w->bad = 1;
+				return k;
+			}
+			continue;
+		}
+		if (strcmp(key, "whereClause") == 0)
+			has_where = 1;
+		if (strcmp(key, "intoClause") == 0)
+			has_into = 1;
+		if (strcmp(key, "relation") == 0)
+			has_relation = 1;
+		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
+			is_from = 1;
+		if (strcmp(key, "is_program") == 0 && w->end - w->p >= 4 &&
+		    memcmp(w->p, "true", 4) == 0)
+			is_program = 1;
+		if (node != NULL && strcmp(node, "PrepareStmt") == 0 && strcmp(key, "query") == 0) {
+			uint32_t inner = walk_value(w, key, NULL);
+			size_t i = w->c->nprepared;
+
+			k |= inner;
+			if (name[0] && add_str(&w->c->prepared, &w->c->nprepared, name) == 0 &&
+			    w->c->nprepared > i) {
+				uint32_t *pk = realloc(w->c->prepared_kinds,
+						       w->c->nprepared * sizeof(uint32_t));
+
+				if (pk == NULL) {
+					w->bad = 1;
+					return k;
+				}
+				w->c->prepared_kinds = pk;
+				pk[i] = inner;
+			}
+			continue;
+		}
+		if (node != NULL && strcmp(node, "FuncCall") == 0 && strcmp(key, "funcname") == 0) {
+			char fname[512] = "";
+
+			w->collect = fname;
+			w->collect_len = sizeof(fname);
+			k |= walk_value(w, key, NULL);
+			w->collect = NULL;
+			if (fname[0]) {
+				const char *dot = strrchr(fname, '.');
+
+				for (char *q = fname; *q; q++)
+					*q = (char)tolower((unsigned char)*q);
+				add_str(&w->c->functions, &w->c->nfunctions, fname);
+				if (dot)
+					add_str(&w->c->functions, &w->c->nfunctions, dot + 1);
+			}
+			continue;
+		}
+		if (is_node_name(key))
+			k |= walk_value(w, key, key);
+		else
+			k |= walk_value(w, key, NULL);
+		if (w->bad)
+			return k;
+	}
+	if (relname[0]) {
+		char t[520];
+
+		if (schemaname[0])
+			snprintf(t, sizeof(t), "%s.%s", schemaname, relname);
+		else
+			snprintf(t, sizeof(t), "%s", relname);
+		add_str(&w->c->tables, &w->c->ntables, t);
+	}
+	if (node == NULL)
+		return k;
+	if (strcmp(node, "String") == 0 && w->collect != NULL && name[0]) {
+		size_t l = strlen(w->collect);
+
+		snprintf(w->collect + l, w->collect_len - l, "%s%s", l ? "." : "", name);
+		return k;
+	}
+	if (!ends_with(node, "Stmt"))
+		return k;
+	k |= stmt_kind(node);
+	if (strcmp(node, "UpdateStmt") == 0 && !has_where)
+		k |= SL_SQL_UPDATE_ALL;
+	if (strcmp(node, "DeleteStmt") == 0 && !has_where)
+		k |= SL_SQL_DELETE_ALL;
+	if (strcmp(node, "SelectStmt") == 0 && has_into)
+		k |= SL_SQL_DDL;
+	if (strcmp(node, "CopyStmt") == 0) {
+		k &= ~SL_SQL_UTILITY;
+		k |= is_from ? SL_SQL_COPY_FROM : SL_SQL_COPY_TO;
+		if (is_program)
+			k |= SL_SQL_COPY_PROGRAM;
+		(void)has_relation;
+	}
+	if (strcmp(node, "ExecuteStmt") == 0 && name[0])
+		add_str(&w->c->executed, &w->c->nexecuted, name);
+	if (strcmp(node, "VariableSetStmt") == 0) {
+		char lname[256];
+		size_t i;
+
+		for (i = 0; name[i] && i + 1 < sizeof(lname); i++)
+			lname[i] = (char)tolower((unsigned char)name[i]);
+		lname[i] = '\0';
+		if (strcmp(kindval, "VAR_RESET_ALL") == 0)
+			add_str(&w->c->set_params, &w->c->nset_params, "all");
+		else if (lname[0])
+			add_str(&w->c->set_params, &w->c->nset_params, lname);
+		/* SET ROLE / SESSION AUTHORIZATION change privileges. */
+		if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
+			k |= SL_SQL_GRANT;
+	}
+	return k;
+}
+
+static uint32_t
+walk_array(struct walker *w, const char *key)
+{
+	uint32_t k = 0;
+	int first = 1;
+
+	w->p++; /* '[' */
+	for (;;) {
+		ws(w);
+		if (w->p >= w->end) {
+			w->bad = 1;
+			return k;
+		}
+		if (*w->p == ']') {
+			w->p++;
+			return k;
+		}
+		if (!first) {
+			if (*w->p != ',') {
+				w->bad = 1;
+				return k;
+			}
+			w->p++;
+			ws(w);
+		}
+		first = 0;
+		k |= walk_value(w, key, NULL);
+		if (w->bad)
+			return k;
+	}
+}
+
+static uint32_t
+walk_value(struct walker *w, const char *key, const char *node)
+{
+	uint32_t k = 0;
+
+	ws(w);
+	if (w->p >= w->end) {
+		w->bad = 1;
+		return 0;
+	}
+	if (++w->depth > MAX_DEPTH) {
+		w->bad = 1;
+		return 0;
+	}
+	switch (*w->p) {
+	case '{':
+		k = walk_object(w, node);
+		break;
+	case '[':
+		k = walk_array(w, key);
+		break;
+	case '"':
+		if (read_string(w, NULL, 0) != 0)
+			w->bad = 1;
+		break;
+	default:
+		while (w->p < w->end && *w->p != ',' && *w->p != '}' && *w->p != ']')
+			w->p++;
+		break;
+	}
+	w->depth--;
+	return k;
+}
+
+int
+sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
+{
+	PgQueryParseResult res;
+	struct walker w;
+	char *text;
+
+	memset(out, 0, sizeof(*out));
+	if (len > SL_SQL_MAX_TEXT) {
+		out->kinds = SL_SQL_UNPARSEABLE;
+		out->error = strdup("statement too long to classify");
+		return 0;
+	}
+	if (memchr(sql, '\0', len) != NULL) {
+		out->kinds = SL_SQL_UNPARSEABLE;
+		out->error = strdup("statement contains a NUL byte");
+		return 0;
+	}
+	text = malloc(len + 1);
+	if (text == NULL)
+		return SL_ENOMEM;
+	memcpy(text, sql, len);
+	text[len] = '\0';
+	res = pg_query_parse(text);
+	free(text);
+	if (res.error != NULL) {
+		out->kinds = SL_SQL_UNPARSEABLE;
+		out->error = strdup(res.error->message ? res.error->message : "syntax error");
+		pg_query_free_parse_result(res);
+		return 0;
+	}
+	memset(&w, 0, sizeof(w));
+	w.c = out;
+	w.p = res.parse_tree;
+	w.end = res.parse_tree + strlen(res.parse_tree);
+	{
+		/* Count statements: each "stmt": key at the top level. */
+		const char *s = res.parse_tree;
+
+		while ((s = strstr(s, "{\"stmt\":")) != NULL) {
+			out->nstatements++;
+			s += 8;
+		}
+	}
+	out->kinds = walk_value(&w, NULL, NULL);
+	if (w.bad) {
+		out->kinds |= SL_SQL_UNPARSEABLE;
+		if (out->error == NULL)
+			out->error = strdup("statement too complex to classify");
+	}
+	pg_query_free_parse_result(res);
+	return 0;
+}
+
+static void
+free_list(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+void
+sl_sql_class_fini(struct sl_sql_class *c)
+{
+	free_list(c->functions, c->nfunctions);
+	free_list(c->tables, c->ntables);
+	free_list(c->prepared, c->nprepared);
+	free(c->prepared_kinds);
+	free_list(c->executed, c->nexecuted);
+	free_list(c->set_params, c->nset_params);
+	free(c->error);
+	memset(c, 0, sizeof(*c));
+}
+
+/* ------------------------------------------------------------ shape cache */
+
+static int
+ident_char(unsigned char ch)
+{
+	return isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80;
+}
+
+int
+sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
+{
+	char *o = malloc(2 * len + 1); /* '1' becomes '?i' */
+	size_t i = 0, n = 0;
+	int folded = 0;
+
+	if (o == NULL)
+		return SL_ENOMEM;
+	while (i < len) {
+		unsigned char ch = (unsigned char)sql[i];
+
+		if (ch == '\\' || ch >= 0x80 || ch == '\0')
+			goto exact;
+		if (ch == '-' && i + 1 < len && sql[i + 1] == '-') {
+			while (i < len && sql[i] != '\n') {
+				if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
+					goto exact;
+				o[n++] = sql[i++];
+			}
+			continue;
+		}
+		if (ch == '/' && i + 1 < len && sql[i + 1] == '*') {
+			o[n++] = sql[i++];
+			o[n++] = sql[i++];
+			for (;;) {
+				if (i >= len)
+					goto exact; /* unterminated */
+				if (sql[i] == '/' && i + 1 < len && sql[i + 1] == '*')
+					goto exact; /* nested */
+				if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
+					goto exact;
+				if (sql[i] == '*' && i + 1 < len && sql[i + 1] == '/') {
+					o[n++] = sql[i++];
+					o[n++] = sql[i++];
+					break;
+				}
+				o[n++] = sql[i++];
+			}
+			continue;
+		}
+		if (ch == '"') {
+			o[n++] = sql[i++];
+			while (i < len && sql[i] != '"')
+				o[n++] = sql[i++];
+			if (i >= len)
+				goto exact;
+			o[n++] = sql[i++];
+			continue;
+		}
+		if (ch == '$') {
+			/* $1 parameters are fine; anything else may open a
+			 * dollar quote. */
+			if (i + 1 < len && isdigit((unsigned char)sql[i + 1]) &&
+			    !(n > 0 && ident_char((unsigned char)o[n - 1]))) {
+				o[n++] = sql[i++];
+				while (i < len && isdigit((unsigned char)sql[i]))
+					o[n++] = sql[i++];
+				if (i < len && ident_char((unsigned char)sql[i]))
+					goto exact;
+				continue;
+			}
+			if (n > 0 && ident_char((unsigned char)o[n - 1])) {
+				o[n++] = sql[i++]; /* inside an identifier */
+				continue;
+			}
+			goto exact;
+		}
+		if (ch == '\'') {
+			if (n > 0 && ident_char((unsigned char)o[n - 1]))
+				goto exact; /* E'', B'', X'', U&'' ... */
+			if (n > 0 && o[n - 1] == '&')
+				goto exact;
+			i++;
+			for (;;) {
+				if (i >= len)
+					goto exact;
+				if (sql[i] == '\'') {
+					if (i + 1 < len && sql[i + 1] == '\'') {
+						i += 2;
+						continue;
+					}
+					i++;
+					break;
+				}
+				i++;
+			}
+			/* 'a' 'b' with a newline between is one literal: keep
+			 * the exact text rather than reason about it. */
+			if (i < len && (sql[i] == '\'' || sql[i] == '\n' || sql[i] == '\r'))
+				goto exact;
+			o[n++] = '?';
+			o[n++] = 's';
+			folded = 1;
+			continue;
+		}
+		if (isdigit(ch) || (ch == '.' && i + 1 < len && isdigit((unsigned char)sql[i + 1]))) {
+			if (n > 0 && (ident_char((unsigned char)o[n - 1]) || o[n - 1] == '.')) {
+				/* Digits inside an identifier (t1) or after a dot. */
+				o[n++] = sql[i++];
+				continue;
+			}
+			size_t start = i;
+			int isfloat = 0;
+
+			while (i < len && isdigit((unsigned char)sql[i]))
+				i++;
+			if (i - start > 9)
+				isfloat = 1; /* the lexer makes big integers FCONST */
+			if (i < len && sql[i] == '.') {
+				isfloat = 1;
+				i++;
+				while (i < len && isdigit((unsigned char)sql[i]))
+					i++;
+			}
+			if (i < len && (sql[i] == 'e' || sql[i] == 'E')) {
+				size_t j = i + 1;
+
+				if (j < len && (sql[j] == '+' || sql[j] == '-'))
+					j++;
+				if (j >= len || !isdigit((unsigned char)sql[j]))
+					goto exact;
+				i = j;
+				isfloat = 1;
+				while (i < len && isdigit((unsigned char)sql[i]))
+					i++;
+			}
+			if (i < len && (ident_char((unsigned char)sql[i]) || sql[i] == '.'))
+				goto exact;
+			o[n++] = '?';
+			o[n++] = isfloat ? 'f' : 'i';
+			folded = 1;
+			continue;
+		}
+		o[n++] = (char)ch;
+		i++;
+	}
+	o[n] = '\0';
+	*out = o;
+	*outlen = n;
+	return folded;
+exact:
+	memcpy(o, sql, len);
+	o[len] = '\0';
+	*out = o;
+	*outlen = len;
+	return 0;
+}
+
+struct cache_ent {
+	char *key;
+	size_t keylen;
+	uint64_t hash;
+	uint8_t exact;
+	struct sl_sql_class cls;
+};
+
+struct sl_sql_cache {
+	struct cache_ent *slots;
+	size_t nslots;
+	struct sl_sql_class scratch;
+};
+
+struct sl_sql_cache *
+sl_sql_cache_new(size_t capacity)
+{
+	struct sl_sql_cache *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	c->nslots = capacity ? capacity : 1024;
+	c->slots = calloc(c->nslots, sizeof(*c->slots));
+	if (c->slots == NULL) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void
+sl_sql_cache_free(struct sl_sql_cache *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < c->nslots; i++) {
+		free(c->slots[i].key);
+		sl_sql_class_fini(&c->slots[i].cls);
+	}
+	sl_sql_class_fini(&c->scratch);
+	free(c->slots);
+	free(c);
+}
+
+static uint64_t
+fnv1a(const char *p, size_t n, int exact)
+{
+	uint64_t h = exact ? 0xcbf29ce484222325ull : 0x84222325cbf29ce4ull;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+int
+sl_sql_cache_classify(struct sl_sql_cache *c, const char *sql, size_t len,
+		      const struct sl_sql_class **out)
+{
+	char *key;
+	size_t keylen;
+	int folded, r;
+	uint64_t h;
+	struct cache_ent *e;
+
+	if (len > 16384) {
+		/* Huge texts are rare and would crowd the cache. */
+		sl_sql_class_fini(&c->scratch);
+		r = sl_sql_classify(sql, len, &c->scratch);
+		*out = &c->scratch;
+		return r;
+	}
+	folded = sl_sql_shape(sql, len, &key, &keylen);
+	if (folded < 0)
+		return folded;
+	h = fnv1a(key, keylen, !folded);
+	e = &c->slots[h % c->nslots];
+	if (e->key != NULL && e->hash == h && e->keylen == keylen && e->exact == !folded &&
+	    memcmp(e->key, key, keylen) == 0) {
+		free(key);
+		*out = &e->cls;
+		return 0;
+	}
+	free(e->key);
+	sl_sql_class_fini(&e->cls);
+	e->key = NULL;
+	r = sl_sql_classify(sql, len, &e->cls);
+	if (r != 0) {
+		free(key);
+		return r;
+	}
+	e->key = key;
+	e->keylen = keylen;
+	e->hash = h;
+	e->exact = (uint8_t)!folded;
+	*out = &e->cls;
+	return 0;
+}
