@@ -28,8 +28,11 @@ int sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err,
 typedef void (*sl_audit_done_fn)(void *arg, int status, uint64_t seq);
 
 /* Queues a record. Takes ownership of data (a JSON object, may be NULL).
- * Thread-safe. Returns 0 if queued, SL_EIO if the store failed or the queue
- * is full (the caller refuses the request: fail closed). */
+ * Thread-safe. Returns 0 if queued (done will be called), SL_AUDIT_DURABLE
+ * if the record was committed right away by this thread (group-commit
+ * leader; done is NOT called), SL_EIO if the store failed or the queue is
+ * full (the caller refuses the request: fail closed). */
+#define SL_AUDIT_DURABLE 2
 int sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 		    const char *trace_id, const char *span_id, json_t *data, sl_audit_done_fn done,
 		    void *arg);

@@ -64,12 +64,16 @@ unhex(const char *h, uint8_t out[32])
 {
 	if (strlen(h) != 64)
 		return -1;
-	for (int i = 0; i < 32; i++) {
-		unsigned v;
+	for (int i = 0; i < 64; i++) {
+		char c = h[i];
+		int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 
-		if (sscanf(h + 2 * i, "%2x", &v) != 1)
+		if (v < 0)
 			return -1;
-		out[i] = (uint8_t)v;
+		if (i % 2 == 0)
+			out[i / 2] = (uint8_t)(v << 4);
+		else
+			out[i / 2] |= (uint8_t)v;
 	}
 	return 0;
 }

@@ -2018,6 +2018,7 @@ on_accept(uv_stream_t *server, int status)
 		session_close(s, "accept failed");
 		return;
 	}
+	uv_tcp_nodelay(&s->cli.tcp, 1);
 	if (uv_tcp_getpeername(&s->cli.tcp, (struct sockaddr *)&ss, &len) == 0)
 		sl_net_addr_str((struct sockaddr *)&ss, s->pl.client_addr,
 				sizeof(s->pl.client_addr));

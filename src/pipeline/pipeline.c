@@ -223,6 +223,8 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	if (strict) {
 		c->w = w;
 		rc = sl_audit_append(gw->audit, "request", s->id, trace, span, o, record_durable, c);
+		if (rc == SL_AUDIT_DURABLE)
+			return 0;
 		return rc == 0 ? 1 : SL_EIO;
 	}
 	rc = sl_audit_append(gw->audit, "request", s->id, trace, span, o, NULL, NULL);
