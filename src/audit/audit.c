@@ -478,9 +478,9 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 	a->tail = r;
 	a->queued++;
 	if (done == NULL) {
-		/* Nobody waits: let records gather; the writer drains them
-		 * with the next waited record or within a millisecond. */
-		if (a->queued >= 256)
+		/* Nobody waits: let records gather; the writer wakes on the
+		 * first and drains them within 5 ms (or at 256). */
+		if (a->queued == 1 || a->queued >= 256)
 			pthread_cond_signal(&a->cv);
 		pthread_mutex_unlock(&a->mu);
 		return 0;

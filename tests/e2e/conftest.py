@@ -1,0 +1,263 @@
+"""End-to-end fixtures: a real PostgreSQL 15 cluster and sluice gateways, each
+in a temp dir on free loopback ports, stopped by PID."""
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
+PGBIN = "/usr/lib/postgresql/15/bin"
+APP_PASSWORD = "app-Secret-pw-7f3a9"  # the vaulted upstream credential
+MD5_PASSWORD = "md5-Secret-pw-11"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc=None, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s" % proc.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port %d not ready" % port)
+
+
+def as_postgres():
+    if os.getuid() != 0:
+        return None
+    pw = pwd.getpwnam("postgres")
+
+    def demote():
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    return demote
+
+
+class Cluster:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="sluice-pg-")
+        os.chmod(self.dir, 0o755)
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.port = free_port()
+        self.data = os.path.join(self.dir, "data")
+        subprocess.run([PGBIN + "/initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
+                        "--no-sync"], check=True, stdout=subprocess.DEVNULL,
+                       preexec_fn=as_postgres())
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write("listen_addresses='127.0.0.1'\nport=%d\nunix_socket_directories='%s'\n"
+                    "password_encryption='scram-sha-256'\nfsync=off\nmax_connections=200\n"
+                    % (self.port, self.dir))
+        with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\n"
+                    "host all postgres 127.0.0.1/32 trust\n"
+                    "host all trustuser 127.0.0.1/32 trust\n"
+                    "host all md5user 127.0.0.1/32 md5\n"
+                    "host all all 127.0.0.1/32 scram-sha-256\n")
+        self.proc = subprocess.Popen([PGBIN + "/postgres", "-D", self.data],
+                                     stdout=subprocess.DEVNULL, stderr=open(
+                                         os.path.join(self.dir, "log"), "w"),
+                                     preexec_fn=as_postgres())
+        wait_port(self.port, self.proc)
+        time.sleep(0.2)
+        self.psql("postgres", "CREATE ROLE app LOGIN PASSWORD '%s'" % APP_PASSWORD)
+        self.psql("postgres", "SET password_encryption='md5'; "
+                  "CREATE ROLE md5user LOGIN PASSWORD '%s'" % MD5_PASSWORD)
+        self.psql("postgres", "CREATE ROLE trustuser LOGIN")
+        self.psql("postgres", "CREATE DATABASE orders OWNER app")
+        self.psql("orders", """
+            CREATE TABLE customers (id int primary key, name text, email text, ssn text,
+                                    card_number text, api_token text);
+            INSERT INTO customers VALUES
+              (1, 'Ada', 'ada@example.com', '123-45-6789', '4111 1111 1111 1111', 'tok_live_abc'),
+              (2, 'Bob', 'bob@example.com', '234-56-7890', '5500-0000-0000-0004', 'tok_live_def');
+            CREATE TABLE orders (id serial primary key, customer int, amount numeric);
+            INSERT INTO orders (customer, amount) SELECT g % 2 + 1, g FROM generate_series(1, 100) g;
+            ALTER TABLE customers OWNER TO app; ALTER TABLE orders OWNER TO app;
+            GRANT ALL ON SCHEMA public TO app, md5user, trustuser;
+            GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, trustuser;
+        """)
+
+    def psql(self, db, sql):
+        return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
+                               "-p", str(self.port), "-U", "postgres", "-d", db, "-c", sql],
+                              check=True, capture_output=True, text=True).stdout
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+DEFAULT_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [drop, truncate, alter_system, copy_program], message: "destructive statements are not allowed" }
+      - { action: block, functions: [pg_read_file, pg_terminate_backend], message: "dangerous function" }
+      - { action: allow, sql: [select, insert, update, delete, set, transaction, copy_from, copy_to, utility] }
+  - name: dba
+    match: { groups: [dba] }
+    default: allow
+"""
+
+
+class Gateway:
+    def __init__(self, pg, policies=DEFAULT_POLICIES, extra="", connections=None, mode="strict",
+                 env=None):
+        self.dir = tempfile.mkdtemp(prefix="sluice-gw-")
+        self.port = free_port()
+        self.data = os.path.join(self.dir, "var")
+        self.config = os.path.join(self.dir, "sluice.yaml")
+        if connections is None:
+            connections = """
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+  - name: orders_md5
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: md5user
+    password_env: TEST_MD5_PW
+  - name: orders_trust
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: trustuser
+""" % (pg.port, pg.port, pg.port)
+        with open(self.config, "w") as f:
+            f.write("""gateway:
+  data_dir: %s
+  workers: 2
+  log_level: info
+  shutdown_timeout: 5s
+  postgres: { listen: "127.0.0.1:%d" }
+audit:
+  store: sqlite:%s/audit.db
+  mode: %s
+  checkpoint_every: 50
+%s
+%s
+%s
+""" % (self.data, self.port, self.data, mode, connections, policies, extra))
+        self.run("token", "init")
+        e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
+        if env:
+            e.update(env)
+        self.log = open(os.path.join(self.dir, "sluice.log"), "w+")
+        self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config], env=e,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+
+    def run(self, *args, check=True):
+        r = subprocess.run([SLUICE, "--config", self.config] + list(args), capture_output=True,
+                           text=True)
+        if check and r.returncode != 0:
+            raise RuntimeError("sluice %s failed (%d): %s" % (args, r.returncode, r.stderr))
+        return r
+
+    def mint(self, sub="agent-1", groups="ai-agents", ttl="1h", aud=None, iss=None):
+        args = ["token", "mint", "--sub", sub, "--groups", groups, "--ttl", ttl]
+        if aud:
+            args += ["--aud", aud]
+        if iss:
+            args += ["--iss", iss]
+        return self.run(*args).stdout.strip()
+
+    def dsn(self, conn="orders", token=None, **kw):
+        d = dict(host="127.0.0.1", port=self.port, user=conn, dbname=conn,
+                 password=token or self.mint(), sslmode="disable")
+        d.update(kw)
+        return d
+
+    def connect(self, conn="orders", token=None, **kw):
+        import psycopg2
+        return psycopg2.connect(**self.dsn(conn, token, **kw))
+
+    def export(self, session=None):
+        args = ["audit", "export", "--format", "jsonl"]
+        if session:
+            args += ["--session", session]
+        out = self.run(*args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def verify(self):
+        return self.run("audit", "verify", check=False)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def logtext(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def cleanup(self):
+        self.stop()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def gateway_factory(pg):
+    made = []
+
+    def make(**kw):
+        g = Gateway(pg, **kw)
+        made.append(g)
+        return g
+    yield make
+    for g in made:
+        rc = g.stop()
+        log = g.logtext()
+        g.cleanup()
+        assert rc == 0, "sluice exited with %s:\n%s" % (rc, log[-3000:])
+        assert "ERROR: AddressSanitizer" not in log and "runtime error" not in log, log[-3000:]
+
+
+@pytest.fixture
+def gw(gateway_factory):
+    return gateway_factory()

@@ -1,0 +1,453 @@
+"""The PostgreSQL path end to end: real clients through sluice to a real
+PostgreSQL 15, policy, identity refusals, audit and abuse."""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from conftest import APP_PASSWORD, MD5_PASSWORD
+import pgwire
+
+
+def run_psql(gw, sql, token=None, conn="orders"):
+    env = dict(os.environ, PGPASSWORD=token or gw.mint(), PGSSLMODE="disable")
+    return subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(gw.port), "-U", conn,
+                           "-d", conn, "-At", "-c", sql], env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+# ------------------------------------------------------------------ clients
+
+def test_psql_select_and_block(gw):
+    r = run_psql(gw, "SELECT count(*) FROM orders")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "100"
+    r = run_psql(gw, "DROP TABLE orders")
+    assert r.returncode != 0
+    assert "destructive statements are not allowed" in r.stderr
+
+
+def test_psycopg2_extended_copy_notify_tx(gw):
+    c = gw.connect()
+    cur = c.cursor()
+    cur.execute("SELECT name FROM customers WHERE id = %s", (2,))
+    assert cur.fetchone() == ("Bob",)
+    # COPY both directions
+    import io
+    buf = io.StringIO()
+    cur.copy_expert("COPY (SELECT id, amount FROM orders WHERE id <= 3 ORDER BY id) TO STDOUT", buf)
+    assert buf.getvalue().splitlines() == ["1\t1", "2\t2", "3\t3"]
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmpcopy (a int, b text)") if False else None
+    cur.copy_expert("COPY orders (customer, amount) FROM STDIN",
+                    io.StringIO("1\t1000\n2\t2000\n"))
+    cur.execute("SELECT count(*) FROM orders WHERE amount >= 1000")
+    assert cur.fetchone()[0] >= 2
+    c.rollback()
+    # transactions
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 77777)")
+    c.rollback()
+    cur.execute("SELECT count(*) FROM orders WHERE amount = 77777")
+    assert cur.fetchone()[0] == 0
+    c.commit()
+    # server-side cursor
+    named = c.cursor(name="big")
+    named.execute("SELECT g FROM generate_series(1, 5000) g")
+    assert len(named.fetchmany(1000)) == 1000
+    assert sum(1 for _ in named) == 4000
+    named.close()
+    c.commit()
+    # LISTEN/NOTIFY through the gateway
+    c.autocommit = True
+    cur.execute("LISTEN chan")
+    c2 = gw.connect()
+    c2.autocommit = True
+    c2.cursor().execute("NOTIFY chan, 'hello'")
+    deadline = time.time() + 5
+    while not c.notifies and time.time() < deadline:
+        c.poll()
+        time.sleep(0.05)
+    assert c.notifies and c.notifies[0].payload == "hello"
+    c.close()
+    c2.close()
+
+
+@pytest.mark.parametrize("conn,pw", [("orders_md5", MD5_PASSWORD), ("orders_trust", None)])
+def test_upstream_md5_and_trust(gw, conn, pw):
+    c = gw.connect(conn)
+    cur = c.cursor()
+    cur.execute("SELECT current_user")
+    assert cur.fetchone()[0] in ("md5user", "trustuser")
+    c.close()
+
+
+def test_client_never_sees_upstream_password(gw):
+    cn = pgwire.Conn(gw.port)
+    msgs = cn.login("orders", gw.mint())
+    raw = b"".join(t + b for t, b in msgs)
+    cn.send(pgwire.query("SELECT current_setting('application_name'), 1/0"))
+    raw += b"".join(t + b for t, b in cn.until_ready())
+    cn.close()
+    assert APP_PASSWORD.encode() not in raw
+    assert b"app" != b""  # the upstream user is not secret, the password is
+    # and it is in no audit record either
+    assert APP_PASSWORD not in json.dumps(gw.export())
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench(gw, pg, mode):
+    pg.psql("postgres", "DROP DATABASE IF EXISTS bench") if False else None
+    env = dict(os.environ, PGPASSWORD=APP_PASSWORD)
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port),
+                    "-U", "app", "orders"], env=env, check=True, capture_output=True)
+    env = dict(os.environ, PGPASSWORD=gw.mint(), PGSSLMODE="disable")
+    r = subprocess.run(["pgbench", "-n", "-T", "3", "-c", "4", "-j", "2", "-M", mode, "-h",
+                        "127.0.0.1", "-p", str(gw.port), "-U", "orders", "orders"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "number of failed transactions: 0" in r.stdout
+    tps = float(r.stdout.split("tps = ")[1].split()[0])
+    assert tps > 50
+
+
+# ------------------------------------------------------------------ identity
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def forge(header, payload, sig=b""):
+    return "%s.%s.%s" % (b64u(json.dumps(header).encode()), b64u(json.dumps(payload).encode()),
+                         b64u(sig))
+
+
+def claims(**kw):
+    now = int(time.time())
+    c = {"iss": "sluice-dev", "aud": "sluice", "sub": "mallory", "groups": ["dba"],
+         "iat": now, "exp": now + 600}
+    c.update(kw)
+    return c
+
+
+def bad_tokens(gw):
+    jwks = json.load(open(os.path.join(gw.data, "dev-jwks.json")))
+    kid = jwks["keys"][0]["kid"]
+    pub_raw = base64.urlsafe_b64decode(jwks["keys"][0]["x"] + "==")
+    tokens = {
+        "expired": gw.mint(ttl="-2h"),
+        "wrong audience": gw.mint(aud="someone-else"),
+        "wrong issuer": gw.mint(iss="https://evil.example"),
+        "alg none": forge({"alg": "none", "kid": kid}, claims()),
+        "malformed": "not-a-token",
+        "garbage segments": "aaa.bbb.ccc",
+    }
+    for name, secret in (("hs256 with public key", pub_raw),
+                         ("hs256 with jwks json", json.dumps(jwks).encode())):
+        h = {"alg": "HS256", "kid": kid, "typ": "JWT"}
+        signing = "%s.%s" % (b64u(json.dumps(h).encode()), b64u(json.dumps(claims()).encode()))
+        sig = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
+        tokens[name] = signing + "." + b64u(sig)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    other = Ed25519PrivateKey.generate()
+    for name, k in (("unknown key id", "nope"), ("known kid, wrong key", kid)):
+        h = {"alg": "EdDSA", "kid": k}
+        signing = "%s.%s" % (b64u(json.dumps(h).encode()), b64u(json.dumps(claims()).encode()))
+        tokens[name] = signing + "." + b64u(other.sign(signing.encode()))
+    good = gw.mint(groups="dba")
+    head, body, sig = good.split(".")
+    tampered = json.loads(base64.urlsafe_b64decode(body + "=="))
+    tampered["sub"] = "root"
+    tokens["tampered payload"] = "%s.%s.%s" % (head, b64u(json.dumps(tampered).encode()), sig)
+    return tokens
+
+
+def test_bad_tokens_refused_and_audited(gw):
+    for name, tok in bad_tokens(gw).items():
+        with pytest.raises(psycopg2.OperationalError) as ei:
+            gw.connect(token=tok)
+        msg = str(ei.value)
+        assert "token authentication failed" in msg, (name, msg)
+        cn = pgwire.Conn(gw.port)
+        errs = pgwire.errors(cn.login("orders", tok))
+        cn.close()
+        assert errs and errs[0]["C"] in ("28P01", "28000"), (name, errs)
+        assert errs[0]["S"] == "FATAL"
+    time.sleep(0.3)
+    fails = [r for r in gw.export() if r["type"] == "auth_failure"]
+    assert len(fails) >= 2 * len(bad_tokens(gw)) - 2
+    reasons = {r["data"]["reason"] for r in fails}
+    assert "token expired" in reasons and "audience mismatch" in reasons
+    assert "algorithm not allowed" in reasons
+
+
+def test_unknown_connection_and_startup_params(gw):
+    cn = pgwire.Conn(gw.port)
+    errs = pgwire.errors(cn.login("nosuchconn", gw.mint()))
+    assert errs[0]["C"] == "3D000"
+    cn = pgwire.Conn(gw.port)
+    cn.send(pgwire.startup("orders", "orders", {"replication": "database"}))
+    t, body = cn.read_msg()
+    assert t == b"E" and pgwire.fields(body)["C"] == "28000"
+
+
+# ------------------------------------------------------------------ policy
+
+BLOCKED = [
+    "DROP TABLE orders",
+    "drop table orders",
+    "SELECT 1; DROP TABLE orders",
+    "select 1;/* hi */DrOp/**/TABLE orders",
+    "WITH x AS (SELECT 1) SELECT * FROM x; TRUNCATE orders",
+    "TRUNCATE orders",
+    "ALTER SYSTEM SET work_mem = '1MB'",
+    "COPY orders FROM PROGRAM 'id'",
+    "COPY (SELECT 1) TO PROGRAM 'cat > /tmp/x'",
+    "-- comment\nDROP TABLE orders",
+    "PREPARE p AS DELETE FROM orders; EXECUTE p",
+    "EXPLAIN ANALYZE DROP TABLE orders",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_catalog.pg_read_file('/etc/passwd')",
+    "DO $$ BEGIN EXECUTE 'DROP TABLE orders'; END $$",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "SELEC 1",
+    "EXECUTE never_prepared",
+]
+
+
+@pytest.mark.parametrize("sql", BLOCKED)
+def test_blocked_simple_protocol_session_survives(gw, sql):
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute(sql)
+    assert ei.value.pgcode == "42501", (sql, ei.value.pgcode, str(ei.value))
+    cur.execute("SELECT count(*) FROM orders")
+    assert cur.fetchone()[0] >= 100
+    c.close()
+    c = gw.connect(token=gw.mint(groups="dba"))
+    c.cursor().execute("SELECT to_regclass('orders') IS NOT NULL")
+    c.close()
+
+
+def test_blocked_via_parse_then_session_usable(gw):
+    cn = pgwire.Conn(gw.port)
+    cn.login("orders", gw.mint())
+    cn.send(pgwire.parse("s1", "DROP TABLE orders") + pgwire.bind("", "s1") +
+            pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    errs = pgwire.errors(got)
+    assert errs and errs[0]["C"] == "42501" and "destructive" in errs[0]["M"]
+    assert got[-1][0] == b"Z"
+    # an allowed statement in the same session, same pipeline style
+    cn.send(pgwire.parse("", "SELECT count(*) FROM orders") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert not pgwire.errors(got)
+    rows = [b for t, b in got if t == b"D"]
+    assert rows
+    cn.close()
+
+
+def test_block_aborts_transaction_like_a_real_error(gw):
+    c = gw.connect()
+    cur = c.cursor()
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 424242)")
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("TRUNCATE orders")
+    assert ei.value.pgcode == "42501"
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT 1")
+    assert ei.value.pgcode == "25P02"
+    c.rollback()
+    cur.execute("SELECT count(*) FROM orders WHERE amount = 424242")
+    assert cur.fetchone()[0] == 0
+    c.close()
+
+
+def test_extended_params_blocked_and_allowed(gw):
+    c = gw.connect()
+    cur = c.cursor()
+    cur.execute("SELECT %s::int + 1", (41,))
+    assert cur.fetchone()[0] == 42
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT pg_terminate_backend(%s)", (1,))
+    assert ei.value.pgcode == "42501"
+    c.close()
+
+
+def test_default_deny_without_policy(gw):
+    c = gw.connect(token=gw.mint(groups="nobody"))
+    with pytest.raises(psycopg2.Error) as ei:
+        c.cursor().execute("SELECT 1")
+    assert ei.value.pgcode == "42501"
+    assert "no policy grants" in str(ei.value)
+
+
+def test_lexing_settings_are_tracked(gw):
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SET standard_conforming_strings = off")
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT 'a\\'; DROP TABLE orders; --'")
+    assert ei.value.pgcode == "42501"
+    cur.execute("SET standard_conforming_strings = on")
+    cur.execute("SELECT 'a\\b'")
+    assert cur.fetchone()[0] == "a\\b"
+    c.close()
+
+
+# ------------------------------------------------------------------ audit
+
+def test_audit_records_trace_and_verify(gw):
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    c = gw.connect(application_name="00-%s-00f067aa0ba902b7-01" % "1" * 1 if False else "agent")
+    cur = c.cursor()
+    cur.execute("SELECT id FROM customers /*traceparent='00-%s-00f067aa0ba902b7-01'*/" % trace)
+    c.commit()
+    c.close()
+    c = gw.connect(application_name="00-%s-1111111111111111-01" % ("a" * 32))
+    c.cursor().execute("SELECT 1")
+    c.close()
+    time.sleep(0.3)
+    recs = gw.export()
+    reqs = [r for r in recs if r["type"] == "request" and r["trace_id"] == trace]
+    assert reqs and reqs[0]["data"]["decision"] == "allow"
+    assert reqs[0]["span_id"] == "00f067aa0ba902b7"
+    assert any(r["trace_id"] == "a" * 32 for r in recs if r["type"] == "request")
+    assert any(r["type"] == "session_open" for r in recs)
+    res = [r for r in recs if r["type"] == "result" and r["trace_id"] == trace]
+    assert res and res[0]["data"]["tag"] == "SELECT 2" and res[0]["data"]["rows"] == 2
+    v = gw.verify()
+    assert v.returncode == 0, v.stderr
+
+
+def tamper(gw, sql):
+    db = sqlite3.connect(os.path.join(gw.data, "audit.db"))
+    db.executescript(sql)
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("edit,expect", [
+    ("UPDATE records SET data = replace(data, 'SELECT', 'select') WHERE seq = 5", "seq 5"),
+    ("UPDATE records SET ts = ts + 1 WHERE seq = 4", "seq 4"),
+    ("DELETE FROM records WHERE seq = 6", "seq 6"),
+    ("UPDATE records SET seq = -1 WHERE seq = 5; UPDATE records SET seq = 5 WHERE seq = 6;"
+     "UPDATE records SET seq = 6 WHERE seq = -1", "seq 5"),
+    ("UPDATE records SET hash = '00' || substr(hash, 3) WHERE seq = 3", "seq 3"),
+])
+def test_audit_tamper_detected(gateway_factory, edit, expect):
+    gw = gateway_factory()
+    c = gw.connect()
+    cur = c.cursor()
+    for i in range(5):
+        cur.execute("SELECT %d FROM orders LIMIT 1" % i)
+    c.commit()
+    c.close()
+    assert gw.stop() == 0
+    assert gw.verify().returncode == 0
+    tamper(gw, edit)
+    v = gw.verify()
+    assert v.returncode == 1
+    assert expect in v.stderr, v.stderr
+
+
+def test_audit_truncated_tail_detected(gateway_factory):
+    gw = gateway_factory()
+    c = gw.connect()
+    for i in range(3):
+        c.cursor().execute("SELECT 1")
+    c.close()
+    assert gw.stop() == 0
+    db = sqlite3.connect(os.path.join(gw.data, "audit.db"))
+    last = db.execute("SELECT max(seq) FROM records").fetchone()[0]
+    db.close()
+    tamper(gw, "DELETE FROM records WHERE seq >= %d; DELETE FROM checkpoints;" % (last - 1))
+    v = gw.verify()
+    assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
+
+
+# ------------------------------------------------------------------ abuse
+
+ABUSE = [
+    b"\x00\x00\x00\x04",                      # startup length < 8
+    b"\x00\x00\x00\x08\x00\x00\x00\x00",      # unknown protocol code
+    b"\x7f\xff\xff\xff" + b"x" * 100,           # huge startup length
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",     # wrong protocol
+    pgwire.startup("orders", "orders")[:-1] + b"x",  # missing final NUL
+]
+
+
+@pytest.mark.parametrize("payload", ABUSE)
+def test_abuse_startup(gw, payload):
+    cn = pgwire.Conn(gw.port)
+    cn.send(payload)
+    assert cn.closed()
+    assert run_psql(gw, "SELECT 1").stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("payload", [
+    pgwire.msg(b"Q", b"SELECT 1"),                     # no NUL terminator
+    b"Q\x00\x00\x00\x02",                              # length < 4
+    b"Q\x7f\xff\xff\xff" + b"A" * 1000,                # 2 GB message header
+    pgwire.msg(b"?", b"junk"),                         # unknown type
+    pgwire.msg(b"B", b"\0\0\x00\x00\x00\x05"),         # Bind claiming 5 params, none given
+    pgwire.msg(b"P", b"s\0SELECT 1\0\xff\xff"),        # Parse with 65535 param types, none given
+])
+def test_abuse_messages(gw, payload):
+    cn = pgwire.Conn(gw.port)
+    assert cn.login("orders", gw.mint())[-1][0] == b"Z"
+    cn.send(payload)
+    got = []
+    while True:
+        m = cn.read_msg()
+        if m is None:
+            break
+        got.append(m)
+    errs = pgwire.errors(got)
+    assert errs and errs[0]["S"] == "FATAL" and errs[0]["C"] in ("08P01", "54000")
+    assert run_psql(gw, "SELECT 1").stdout.strip() == "1"
+
+
+def test_truncated_message_then_close(gw):
+    cn = pgwire.Conn(gw.port)
+    cn.login("orders", gw.mint())
+    cn.send(pgwire.query("SELECT 1")[:6])
+    cn.close()
+    time.sleep(0.2)
+    assert run_psql(gw, "SELECT 1").stdout.strip() == "1"
+
+
+def test_cancel_request(gw):
+    c = gw.connect()
+    cur = c.cursor()
+    t = threading.Timer(0.5, c.cancel)
+    t.start()
+    start = time.time()
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT pg_sleep(10)")
+    assert ei.value.pgcode == "57014"
+    assert time.time() - start < 5
+    c.rollback()
+    cur.execute("SELECT 1")
+    c.close()
+
+
+def test_sigterm_clean_and_chain_verifies(gateway_factory):
+    gw = gateway_factory()
+    c = gw.connect()
+    c.cursor().execute("SELECT 1")
+    c.commit()
+    assert gw.stop() == 0
+    v = gw.verify()
+    assert v.returncode == 0, v.stderr
+    assert any(r["type"] == "session_close" for r in gw.export())
