@@ -1,0 +1,28 @@
+/* Fuzz target: SQL classification; the shape cache must agree with a direct
+ * classification on every input (a disagreement is a policy bypass). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sluice/sqlclass.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static struct sl_sql_cache *cache;
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct sl_sql_class direct;
+	const struct sl_sql_class *cached;
+
+	if (cache == NULL)
+		cache = sl_sql_cache_new(64);
+	if (sl_sql_classify((const char *)data, size, &direct) != 0)
+		return 0;
+	if (sl_sql_cache_classify(cache, (const char *)data, size, &cached) == 0 &&
+	    cached->kinds != direct.kinds)
+		abort();
+	sl_sql_class_fini(&direct);
+	return 0;
+}
