@@ -254,6 +254,7 @@ walk_object(struct walker *w, const char *node)
 	uint32_t k = 0;
 	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
+	int has_values = 0, has_from = 0;
 	int first = 1;
 
 	w->p++; /* '{' */
@@ -309,6 +310,10 @@ walk_object(struct walker *w, const char *node)
 			has_where = 1;
 		if (strcmp(key, "intoClause") == 0)
 			has_into = 1;
+		if (strcmp(key, "valuesLists") == 0)
+			has_values = 1;
+		if (strcmp(key, "fromClause") == 0)
+			has_from = 1;
 		if (strcmp(key, "relation") == 0)
 			has_relation = 1;
 		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
@@ -379,7 +384,9 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (!ends_with(node, "Stmt"))
 		return k;
-	k |= stmt_kind(node);
+	/* A bare VALUES list (INSERT ... VALUES) reads nothing. */
+	if (!(strcmp(node, "SelectStmt") == 0 && has_values && !has_from))
+		k |= stmt_kind(node);
 	if (strcmp(node, "UpdateStmt") == 0 && !has_where)
 		k |= SL_SQL_UPDATE_ALL;
 	if (strcmp(node, "DeleteStmt") == 0 && !has_where)
@@ -637,7 +644,7 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 				goto exact;
 			i++;
 			for (;;) {
-				if (i >= len)
+				if (i >= len || (unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
 					goto exact;
 				if (sql[i] == '\'') {
 					if (i + 1 < len && sql[i + 1] == '\'') {

@@ -1,0 +1,296 @@
+/* Unit tests for SQL classification and the policy engine, driven by
+ * tests/fixtures/sql/cases.txt ("expected kinds | sql" per line). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "sluice/config.h"
+#include "sluice/policy.h"
+#include "sluice/sqlclass.h"
+
+static void
+test_fixture_cases(void **state)
+{
+	char path[4096], line[8192];
+	FILE *f;
+	int n = 0, bad = 0;
+
+	snprintf(path, sizeof(path), "%s/sql/cases.txt", SL_FIXTURES);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *bar = strstr(line, " | "), *sql, want[8192], got[512];
+		struct sl_sql_class c;
+		size_t l;
+
+		if (line[0] == '#' || bar == NULL)
+			continue;
+		*bar = '\0';
+		sql = bar + 3;
+		l = strlen(sql);
+		while (l > 0 && (sql[l - 1] == '\n' || sql[l - 1] == '\r'))
+			sql[--l] = '\0';
+		/* "\n" in the fixture is a newline in the statement */
+		for (char *p = sql; (p = strstr(p, "\\n")) != NULL;) {
+			*p = '\n';
+			memmove(p + 1, p + 2, strlen(p + 2) + 1);
+		}
+		snprintf(want, sizeof(want), "%s", line);
+		assert_int_equal(sl_sql_classify(sql, strlen(sql), &c), 0);
+		sl_sql_kinds_str(c.kinds, got, sizeof(got));
+		if (strcmp(want, got) != 0) {
+			fprintf(stderr, "MISMATCH: %s\n  want %s\n  got  %s\n", sql, want, got);
+			bad++;
+		}
+		sl_sql_class_fini(&c);
+		n++;
+	}
+	fclose(f);
+	assert_true(n > 30);
+	assert_int_equal(bad, 0);
+}
+
+static void
+test_functions_tables_names(void **state)
+{
+	struct sl_sql_class c;
+	const char *q = "WITH d AS (DELETE FROM s.t WHERE x = 1 RETURNING *) "
+			"SELECT pg_catalog.pg_read_file('x'), \"MyFn\"() FROM d, u; "
+			"PREPARE p AS UPDATE t SET a = 1; EXECUTE q; SET Standard_Conforming_Strings = off";
+
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.nstatements, 4);
+	{
+		int rf = 0, bare = 0, my = 0;
+
+		for (size_t i = 0; i < c.nfunctions; i++) {
+			rf |= strcmp(c.functions[i], "pg_catalog.pg_read_file") == 0;
+			bare |= strcmp(c.functions[i], "pg_read_file") == 0;
+			my |= strcmp(c.functions[i], "myfn") == 0;
+		}
+		assert_true(rf && bare && my);
+	}
+	{
+		int st = 0, u = 0;
+
+		for (size_t i = 0; i < c.ntables; i++) {
+			st |= strcmp(c.tables[i], "s.t") == 0;
+			u |= strcmp(c.tables[i], "u") == 0;
+		}
+		assert_true(st && u);
+	}
+	assert_int_equal(c.nprepared, 1);
+	assert_string_equal(c.prepared[0], "p");
+	assert_true(c.prepared_kinds[0] & SL_SQL_UPDATE_ALL);
+	assert_int_equal(c.nexecuted, 1);
+	assert_string_equal(c.executed[0], "q");
+	assert_int_equal(c.nset_params, 1);
+	assert_string_equal(c.set_params[0], "standard_conforming_strings");
+	sl_sql_class_fini(&c);
+}
+
+static void
+test_shape(void **state)
+{
+	char *a, *b;
+	size_t al, bl;
+
+	const char *q1 = "SELECT * FROM t WHERE a = 1 AND b = 'x'";
+	const char *q2 = "SELECT * FROM t WHERE a = 99 AND b = 'yy'";
+
+	assert_int_equal(sl_sql_shape(q1, strlen(q1), &a, &al), 1);
+	assert_int_equal(sl_sql_shape(q2, strlen(q2), &b, &bl), 1);
+	assert_string_equal(a, b);
+	free(a);
+	free(b);
+	/* identifiers with digits are not literals */
+	sl_sql_shape("SELECT t1.c2 FROM t1", 20, &a, &al);
+	assert_string_equal(a, "SELECT t1.c2 FROM t1");
+	free(a);
+	/* ints and strings do not share a shape */
+	sl_sql_shape("FETCH 5 FROM c", 14, &a, &al);
+	sl_sql_shape("FETCH '5' FROM c", 16, &b, &bl);
+	assert_string_not_equal(a, b);
+	free(a);
+	free(b);
+	/* cases the lexer refuses to fold */
+	{
+		const char *exact[] = {"SELECT E'\\''", "SELECT $$x$$",
+				       "SELECT /* /* */ */ 1", "SELECT 1abc", "SELECT U&'d'",
+				       "SELECT 'a'\n'b'",
+				       "SELECT 'caf\xc3\xa9'", "SELECT x'1f'"};
+
+		for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+			assert_int_equal(sl_sql_shape(exact[i], strlen(exact[i]), &a, &al), 0);
+			assert_string_equal(a, exact[i]);
+			free(a);
+		}
+	}
+}
+
+/* Differential: the cache must agree with direct classification. */
+static void
+test_cache_differential(void **state)
+{
+	static const char *tmpl[] = {
+		"SELECT %d FROM t", "DELETE FROM t WHERE id = %d", "SELECT '%d'; DROP TABLE t",
+		"UPDATE t SET a = %d", "SELECT %d; -- DROP TABLE x", "select %d /* ; drop table x */",
+		"SELECT 'it''s %d'; TRUNCATE t", "SELECT %d.5e3 FROM t", "EXECUTE p(%d)",
+		"SELECT \"%d\" FROM t", "SELECT 1 -%d", "COPY t FROM PROGRAM '%d'",
+	};
+	struct sl_sql_cache *cache = sl_sql_cache_new(8);
+
+	for (int round = 0; round < 3; round++) {
+		for (size_t i = 0; i < sizeof(tmpl) / sizeof(tmpl[0]); i++) {
+			char q[256];
+			struct sl_sql_class d;
+			const struct sl_sql_class *c;
+
+			snprintf(q, sizeof(q), tmpl[i], round * 7 + (int)i);
+			assert_int_equal(sl_sql_classify(q, strlen(q), &d), 0);
+			assert_int_equal(sl_sql_cache_classify(cache, q, strlen(q), &c), 0);
+			assert_int_equal(c->kinds, d.kinds);
+			sl_sql_class_fini(&d);
+		}
+	}
+	sl_sql_cache_free(cache);
+}
+
+static const char policy_yaml[] =
+	"connections:\n"
+	"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+	"  - { name: other, type: postgres, target: '127.0.0.1:5433' }\n"
+	"policies:\n"
+	"  - name: agents\n"
+	"    match: { groups: [ai-agents] }\n"
+	"    connections: [orders]\n"
+	"    rules:\n"
+	"      - { action: block, sql: [drop, truncate], message: no }\n"
+	"      - { action: block, functions: [pg_read_file] }\n"
+	"      - { action: block, sql: [delete_all] }\n"
+	"      - { action: review, sql: [delete, update], approvers: [dba] }\n"
+	"      - { action: allow, sql: [select, insert] }\n"
+	"      - { action: allow, sql: [update], tables: [scratch] }\n"
+	"  - name: alice\n"
+	"    match: { subjects: [alice] }\n"
+	"    default: allow\n";
+
+static enum sl_action
+decide(struct sl_policy_set *ps, const char *sub, const char *group, const char *conn,
+       const char *sql, struct sl_decision *d)
+{
+	struct sl_sql_class c;
+	struct sl_request r = {.proto = SL_PROTO_PG, .connection = conn, .sql = &c};
+	const char *groups[1] = {group};
+
+	sl_sql_classify(sql, strlen(sql), &c);
+	assert_int_equal(sl_policy_decide(ps, sub, groups, group ? 1 : 0, &r, d), 0);
+	sl_sql_class_fini(&c);
+	return d->action;
+}
+
+static void
+test_policy_semantics(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	assert_int_equal(sl_config_load_data("t", policy_yaml, strlen(policy_yaml), &cfg, err,
+					     sizeof(err)),
+			 0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "SELECT 1", &d), SL_ACT_ALLOW);
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "DROP TABLE t", &d), SL_ACT_BLOCK);
+	assert_string_equal(d.message, "no");
+	assert_string_equal(d.rule, "agents#1");
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "SELECT pg_read_file('x')", &d),
+			 SL_ACT_BLOCK);
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "DELETE FROM t", &d), SL_ACT_BLOCK);
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "DELETE FROM t WHERE id=1", &d),
+			 SL_ACT_REVIEW);
+	assert_int_equal(d.napprovers, 1);
+	assert_string_equal(d.approvers[0], "dba");
+	assert_int_equal(d.min_approvals, 1);
+	assert_int_equal(d.timeout_ms, 300000);
+	/* a DELETE hidden in a CTE makes the SELECT a delete */
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders",
+				"WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x",
+				&d),
+			 SL_ACT_REVIEW);
+	/* tables condition: update on scratch is allowed outright */
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "UPDATE scratch SET a=1 WHERE b=2",
+				&d),
+			 SL_ACT_ALLOW);
+	/* uncovered kind: default deny */
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "CREATE TABLE x (a int)", &d),
+			 SL_ACT_BLOCK);
+	assert_non_null(strstr(d.message, "ddl"));
+	/* wrong connection: no applicable policy */
+	assert_int_equal(decide(ps, "a", "ai-agents", "other", "SELECT 1", &d), SL_ACT_BLOCK);
+	assert_non_null(strstr(d.message, "no policy"));
+	/* subject match with default allow, but unparseable is always blocked */
+	assert_int_equal(decide(ps, "alice", NULL, "other", "CREATE TABLE x (a int)", &d),
+			 SL_ACT_ALLOW);
+	assert_int_equal(decide(ps, "alice", NULL, "other", "SELEC 1", &d), SL_ACT_BLOCK);
+	/* empty query */
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "", &d), SL_ACT_ALLOW);
+	/* HTTP requests never match SQL rules */
+	{
+		struct sl_request r = {.proto = SL_PROTO_HTTP, .connection = "orders",
+				       .http_method = "GET", .http_path = "/x"};
+		const char *g[1] = {"ai-agents"};
+
+		sl_policy_decide(ps, "a", g, 1, &r, &d);
+		assert_int_equal(d.action, SL_ACT_BLOCK);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
+static void
+test_policy_compile_errors(void **state)
+{
+	static const char *bad[] = {
+		"policies:\n  - name: p\n    rules: [{action: alow, sql: [select]}]\n",
+		"policies:\n  - name: p\n    rules: [{action: allow, sql: [selects]}]\n",
+		"policies:\n  - name: p\n    rules: [{action: review, sql: [delete]}]\n",
+		"policies:\n  - name: p\n    connections: [nope]\n    rules: []\n",
+	};
+	static const char *want[] = {"unknown action", "unknown sql kind", "approvers",
+				     "unknown connection"};
+
+	for (size_t i = 0; i < 4; i++) {
+		struct sl_config *cfg;
+		struct sl_policy_set *ps = NULL;
+		char err[512];
+
+		assert_int_equal(sl_config_load_data("t", bad[i], strlen(bad[i]), &cfg, err,
+						     sizeof(err)),
+				 0);
+		assert_int_not_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+		assert_non_null(strstr(err, want[i]));
+		sl_config_free(cfg);
+	}
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fixture_cases),
+		cmocka_unit_test(test_functions_tables_names),
+		cmocka_unit_test(test_shape),
+		cmocka_unit_test(test_cache_differential),
+		cmocka_unit_test(test_policy_semantics),
+		cmocka_unit_test(test_policy_compile_errors),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
