@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "sluice/config.h"
+#include "sluice/core.h"
 
 struct sl_audit;
 

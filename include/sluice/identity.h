@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "sluice/config.h"
+#include "sluice/core.h"
 
 struct sl_identity {
 	char *subject;         /* owned */

@@ -578,6 +578,8 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 
 	if (o == NULL)
 		return SL_ENOMEM;
+	if (memchr(sql, '\0', len) != NULL)
+		goto exact;
 	while (i < len) {
 		unsigned char ch = (unsigned char)sql[i];
 

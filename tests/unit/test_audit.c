@@ -1,0 +1,217 @@
+/* Unit tests for the audit chain: concurrent appends, verification, tamper
+ * detection of every kind, reopening, checkpoint forgery, store failure. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "sluice/audit.h"
+#include "sluice/config.h"
+
+static char dir[64];
+static char db[128], pub[128];
+
+static struct sl_config *
+config(void)
+{
+	char yaml[512], err[512];
+	struct sl_config *cfg;
+
+	snprintf(yaml, sizeof(yaml),
+		 "gateway: { data_dir: %s }\naudit: { store: 'sqlite:%s', checkpoint_every: 10 }\n",
+		 dir, db);
+	assert_int_equal(sl_config_load_data("t", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
+	return cfg;
+}
+
+struct waiter {
+	pthread_mutex_t mu;
+	int done, status;
+};
+
+static void
+done_cb(void *arg, int status, uint64_t seq)
+{
+	struct waiter *w = arg;
+
+	pthread_mutex_lock(&w->mu);
+	w->done++;
+	if (status != 0)
+		w->status = status;
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void *
+appender(void *arg)
+{
+	struct sl_audit *a = arg;
+
+	for (int i = 0; i < 500; i++) {
+		json_t *d = json_pack("{s:i, s:s}", "i", i, "text", "SELECT 1");
+
+		while (sl_audit_append(a, "request", "s1", "trace", "span", d, NULL, NULL) != 0) {
+			d = json_pack("{s:i}", "i", i);
+			usleep(100);
+		}
+	}
+	return NULL;
+}
+
+static void
+write_records(int n)
+{
+	struct sl_config *cfg = config();
+	struct sl_audit *a;
+	char err[256];
+	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	int r;
+
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < n; i++) {
+		r = sl_audit_append(a, "request", i % 2 ? "s1" : "s2", "", "",
+				    json_pack("{s:i}", "n", i), done_cb, &w);
+		assert_true(r == 0 || r == SL_AUDIT_DURABLE);
+		if (r == SL_AUDIT_DURABLE)
+			done_cb(&w, 0, 0);
+	}
+	sl_audit_close(a);
+	assert_int_equal(w.done, n);
+	assert_int_equal(w.status, 0);
+	sl_config_free(cfg);
+}
+
+static void
+fresh(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/sluice-audit-test.XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(db, sizeof(db), "%s/audit.db", dir);
+	snprintf(pub, sizeof(pub), "%s/audit-signing.pub", dir);
+}
+
+static void
+sql(const char *q)
+{
+	sqlite3 *h;
+
+	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(h, q, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(h);
+}
+
+static int
+verify(char *msg, size_t len)
+{
+	uint64_t n;
+
+	return sl_audit_verify_store(db, pub, msg, len, &n);
+}
+
+static void
+test_concurrent_and_reopen(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	pthread_t t[4];
+	char err[256], msg[512];
+	uint64_t n;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, appender, a);
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	sl_audit_close(a);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_int_equal(n, 2000);
+	/* reopening resumes the chain */
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_append(a, "x", "s", NULL, NULL, NULL, NULL, NULL);
+	sl_audit_close(a);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_int_equal(n, 2001);
+	sl_config_free(cfg);
+}
+
+static void
+check_tamper(const char *edit, const char *expect)
+{
+	char msg[512];
+
+	fresh();
+	write_records(30);
+	assert_int_equal(verify(msg, sizeof(msg)), 0);
+	sql(edit);
+	assert_int_equal(verify(msg, sizeof(msg)), SL_ECORRUPT);
+	if (strstr(msg, expect) == NULL)
+		fail_msg("tamper \"%s\": got \"%s\", want \"%s\"", edit, msg, expect);
+}
+
+static void
+test_tamper(void **state)
+{
+	check_tamper("UPDATE records SET data = '{\"n\":99}' WHERE seq = 7", "seq 7");
+	check_tamper("UPDATE records SET type = 'x' WHERE seq = 3", "seq 3");
+	check_tamper("UPDATE records SET session = 'zz' WHERE seq = 12", "seq 12");
+	check_tamper("UPDATE records SET ts = ts + 1 WHERE seq = 1", "seq 1");
+	check_tamper("UPDATE records SET hash = prev_hash WHERE seq = 9", "seq 9");
+	check_tamper("DELETE FROM records WHERE seq = 15", "seq 15 missing");
+	check_tamper("UPDATE records SET seq = 1000 WHERE seq = 5; UPDATE records SET seq = 5 WHERE "
+		     "seq = 6; UPDATE records SET seq = 6 WHERE seq = 1000",
+		     "seq 5");
+	/* tail truncation is caught by the signed checkpoints (every 10 here) */
+	check_tamper("DELETE FROM records WHERE seq > 25", "truncated");
+	/* forging a checkpoint without the key */
+	check_tamper("UPDATE checkpoints SET ts = ts + 1", "signature");
+}
+
+static void
+test_store_failure_fails_closed(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[256];
+	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	int r;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	/* Another connection takes the write lock for longer than the busy
+	 * timeout: commits fail and the waiter must hear about it. */
+	{
+		sqlite3 *h;
+
+		assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+		assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
+		for (int i = 0; i < 100 && r == 0 && w.done == 0; i++)
+			usleep(100000);
+		sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
+		sqlite3_close(h);
+	}
+	assert_true(r == SL_EIO || (r == 0 && w.status < 0));
+	sl_audit_close(a);
+	sl_config_free(cfg);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_concurrent_and_reopen),
+		cmocka_unit_test(test_tamper),
+		cmocka_unit_test(test_store_failure_fails_closed),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
