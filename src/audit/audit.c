@@ -456,8 +456,9 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 	r->session = xstrdup(session_id);
 	r->trace = xstrdup(trace_id);
 	r->span = xstrdup(span_id);
-	r->data = json_dumps(data ? data : json_object(), JSON_COMPACT | JSON_SORT_KEYS |
-								  JSON_ENSURE_ASCII);
+	if (data == NULL)
+		data = json_object();
+	r->data = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
 	json_decref(data);
 	r->done = done;
 	r->arg = arg;

@@ -272,10 +272,16 @@ test_refused(void **state)
 				&id, err),
 			 SL_EAUTH);
 	/* right kid, wrong key */
-	assert_int_equal(verify(sign("EdDSA", "d1", claims("https://idp.test", "sluice", NOW + 60),
-				     EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), NULL, 0),
-				&id, err),
-			 SL_EAUTH);
+	{
+		EVP_PKEY *other = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+
+		assert_int_equal(verify(sign("EdDSA", "d1",
+					     claims("https://idp.test", "sluice", NOW + 60), other,
+					     NULL, 0),
+					&id, err),
+				 SL_EAUTH);
+		EVP_PKEY_free(other);
+	}
 	assert_int_equal(verify(sign("EdDSA", "zz", claims("https://idp.test", "sluice", NOW + 60),
 				     ed, NULL, 0),
 				&id, err),
