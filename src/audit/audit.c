@@ -40,6 +40,7 @@ struct sl_audit {
 	sqlite3 *db;
 	sqlite3_stmt *ins;
 	sqlite3_stmt *ins_cp;
+	sqlite3_stmt *begin, *commit, *rollback;
 	EVP_PKEY *key;
 	pthread_t thread;
 	pthread_mutex_t mu;
@@ -248,7 +249,8 @@ write_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 	struct rec *r;
 
 	memcpy(last0, a->last, 32);
-	if (sqlite3_exec(a->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+	sqlite3_reset(a->begin);
+	if (sqlite3_step(a->begin) != SQLITE_DONE)
 		return SL_EIO;
 	for (r = batch; r; r = r->next) {
 		struct sl_audit_row row;
@@ -289,11 +291,13 @@ write_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 	     (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us)) &&
 	    checkpoint(a) != 0)
 		goto fail;
-	if (sqlite3_exec(a->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+	sqlite3_reset(a->commit);
+	if (sqlite3_step(a->commit) != SQLITE_DONE)
 		goto fail;
 	return 0;
 fail:
-	sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_reset(a->rollback);
+	sqlite3_step(a->rollback);
 	a->seq = seq0;
 	memcpy(a->last, last0, 32);
 	return SL_EIO;
@@ -310,11 +314,12 @@ writer_main(void *arg)
 		int stop, rc, waited = 0;
 		uint64_t first;
 
-		/* Idle: sleep up to a second (checkpoint interval check).
-		 * Records nobody waits for: gather them for up to 5 ms. */
+		/* Wake every 50 ms: records nobody waits for are written then
+		 * (unless a group-commit leader took them), and the checkpoint
+		 * interval is checked. */
 		while ((a->head == NULL || (a->queued < 256 && !waited)) && !a->stop) {
 			struct timespec ts;
-			long add_ns = a->head ? 5 * 1000000L : 999 * 1000000L;
+			long add_ns = 50 * 1000000L;
 
 			if (a->head != NULL)
 				waited = 1;
@@ -417,7 +422,10 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 			       -1, &a->ins, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(a->db,
 			       "INSERT INTO checkpoints (node, seq, hash, ts, sig) VALUES (?,?,?,?,?)",
-			       -1, &a->ins_cp, NULL) != SQLITE_OK) {
+			       -1, &a->ins_cp, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(a->db, "BEGIN IMMEDIATE", -1, &a->begin, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(a->db, "COMMIT", -1, &a->commit, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(a->db, "ROLLBACK", -1, &a->rollback, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "cannot prepare statements on %s", a->path);
 		goto fail;
 	}
@@ -432,6 +440,9 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 fail:
 	sqlite3_finalize(a->ins);
 	sqlite3_finalize(a->ins_cp);
+	sqlite3_finalize(a->begin);
+	sqlite3_finalize(a->commit);
+	sqlite3_finalize(a->rollback);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
 	free(a->path);
@@ -479,9 +490,9 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 	a->tail = r;
 	a->queued++;
 	if (done == NULL) {
-		/* Nobody waits: let records gather; the writer wakes on the
-		 * first and drains them within 5 ms (or at 256). */
-		if (a->queued == 1 || a->queued >= 256)
+		/* Nobody waits: let records gather. The next group-commit
+		 * leader takes them, else the writer within 50 ms (or at 256). */
+		if (a->queued >= 256)
 			pthread_cond_signal(&a->cv);
 		pthread_mutex_unlock(&a->mu);
 		return 0;
@@ -548,6 +559,9 @@ sl_audit_close(struct sl_audit *a)
 	pthread_join(a->thread, NULL);
 	sqlite3_finalize(a->ins);
 	sqlite3_finalize(a->ins_cp);
+	sqlite3_finalize(a->begin);
+	sqlite3_finalize(a->commit);
+	sqlite3_finalize(a->rollback);
 	sqlite3_exec(a->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
