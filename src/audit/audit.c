@@ -30,6 +30,11 @@ struct rec {
 	char *data;
 	sl_audit_done_fn done;
 	void *arg;
+	/* assigned when journaled */
+	uint64_t seq;
+	int64_t ts;
+	char prev[65], hash[65];
+	uint8_t hbin[32];
 };
 
 struct sl_audit {
@@ -45,7 +50,15 @@ struct sl_audit {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	pthread_mutex_t wmu; /* held while writing: the writer thread or an inline leader */
+	pthread_mutex_t wmu; /* chain head + journal: the writer thread or an inline leader */
+	pthread_mutex_t imu; /* SQLite connection */
+	struct rec *ihead, *itail; /* journaled, not yet in SQLite (under mu) */
+	size_t ingest;
+	char *jpath;
+	int jfd;
+	off_t jsize;
+	uint64_t stored_seq;
+	uint8_t stored_hash[32];
 	struct rec *head, *tail;
 	size_t queued;
 	int stop;
@@ -190,8 +203,8 @@ resume_chain(struct sl_audit *a, char *err, size_t errlen)
 	return r;
 }
 
-/* Signs (node, seq, hash, ts) and stores the checkpoint in the same
- * transaction as the records it covers, plus a line in the sidecar file. */
+/* Signs (node, seq, hash, ts) of the last stored record and stores the
+ * checkpoint in the same transaction, plus a line in the sidecar file. */
 static int
 checkpoint(struct sl_audit *a)
 {
@@ -202,10 +215,10 @@ checkpoint(struct sl_audit *a)
 	EVP_MD_CTX *md;
 	int n, r = SL_EIO;
 
-	if (a->seq == 0 || a->seq == a->last_cp_seq)
+	if (a->stored_seq == 0 || a->stored_seq == a->last_cp_seq)
 		return 0;
-	sl_hex(a->last, 32, hex);
-	n = sl_audit_checkpoint_msg(a->node, a->seq, hex, ts, msg, sizeof(msg));
+	sl_hex(a->stored_hash, 32, hex);
+	n = sl_audit_checkpoint_msg(a->node, a->stored_seq, hex, ts, msg, sizeof(msg));
 	md = EVP_MD_CTX_new();
 	if (md == NULL || EVP_DigestSignInit(md, NULL, NULL, NULL, a->key) != 1 ||
 	    EVP_DigestSign(md, sig, &siglen, (const uint8_t *)msg, (size_t)n) != 1)
@@ -213,7 +226,7 @@ checkpoint(struct sl_audit *a)
 	EVP_EncodeBlock((unsigned char *)sig64, sig, (int)siglen);
 	sqlite3_reset(a->ins_cp);
 	sqlite3_bind_text(a->ins_cp, 1, a->node, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(a->ins_cp, 2, (sqlite3_int64)a->seq);
+	sqlite3_bind_int64(a->ins_cp, 2, (sqlite3_int64)a->stored_seq);
 	sqlite3_bind_text(a->ins_cp, 3, hex, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(a->ins_cp, 4, ts);
 	sqlite3_bind_text(a->ins_cp, 5, sig64, -1, SQLITE_STATIC);
@@ -226,11 +239,12 @@ checkpoint(struct sl_audit *a)
 			fprintf(f,
 				"{\"node\":\"%s\",\"seq\":%llu,\"hash\":\"%s\",\"ts\":%lld,"
 				"\"sig\":\"%s\"}\n",
-				a->node, (unsigned long long)a->seq, hex, (long long)ts, sig64);
+				a->node, (unsigned long long)a->stored_seq, hex, (long long)ts,
+				sig64);
 			fclose(f);
 		}
 	}
-	a->last_cp_seq = a->seq;
+	a->last_cp_seq = a->stored_seq;
 	a->last_cp_us = sl_mono_us();
 	a->since_cp = 0;
 	r = 0;
@@ -239,52 +253,35 @@ out:
 	return r;
 }
 
-/* Writes one batch. Returns 0 or SL_EIO (the batch is rolled back and the
- * chain state restored). */
+/* Inserts records whose seq and hash are already assigned, in one
+ * transaction (with a checkpoint when due). Called with imu held. */
 static int
-write_batch(struct sl_audit *a, struct rec *batch, int force_cp)
+store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 {
-	uint64_t seq0 = a->seq;
-	uint8_t last0[32];
+	uint64_t seq0 = a->stored_seq, cp0 = a->since_cp;
+	uint8_t h0[32];
 	struct rec *r;
 
-	memcpy(last0, a->last, 32);
+	memcpy(h0, a->stored_hash, 32);
 	sqlite3_reset(a->begin);
 	if (sqlite3_step(a->begin) != SQLITE_DONE)
 		return SL_EIO;
 	for (r = batch; r; r = r->next) {
-		struct sl_audit_row row;
-		char prevhex[65], hex[65];
-		uint8_t h[32];
-
-		memset(&row, 0, sizeof(row));
-		row.seq = a->seq + 1;
-		row.ts = sl_now_us();
-		row.node = a->node;
-		row.type = r->type;
-		row.session = r->session ? r->session : "";
-		row.trace_id = r->trace ? r->trace : "";
-		row.span_id = r->span ? r->span : "";
-		row.data = r->data;
-		sl_hex(a->last, 32, prevhex);
-		row.prev_hash = prevhex;
-		sl_audit_hash_row(&row, h);
-		sl_hex(h, 32, hex);
 		sqlite3_reset(a->ins);
-		sqlite3_bind_int64(a->ins, 1, (sqlite3_int64)row.seq);
-		sqlite3_bind_int64(a->ins, 2, row.ts);
-		sqlite3_bind_text(a->ins, 3, row.node, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 4, row.type, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 5, row.session, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 6, row.trace_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 7, row.span_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 8, row.data, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 9, prevhex, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_text(a->ins, 10, hex, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(a->ins, 1, (sqlite3_int64)r->seq);
+		sqlite3_bind_int64(a->ins, 2, r->ts);
+		sqlite3_bind_text(a->ins, 3, a->node, -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 4, r->type, -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 5, r->session ? r->session : "", -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 6, r->trace ? r->trace : "", -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 7, r->span ? r->span : "", -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 8, r->data, -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 9, r->prev, -1, SQLITE_STATIC);
+		sqlite3_bind_text(a->ins, 10, r->hash, -1, SQLITE_STATIC);
 		if (sqlite3_step(a->ins) != SQLITE_DONE)
 			goto fail;
-		a->seq = row.seq;
-		memcpy(a->last, h, 32);
+		a->stored_seq = r->seq;
+		memcpy(a->stored_hash, r->hbin, 32);
 		a->since_cp++;
 	}
 	if ((force_cp || a->since_cp >= a->cp_every ||
@@ -298,9 +295,237 @@ write_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 fail:
 	sqlite3_reset(a->rollback);
 	sqlite3_step(a->rollback);
-	a->seq = seq0;
-	memcpy(a->last, last0, 32);
+	a->stored_seq = seq0;
+	a->since_cp = cp0;
+	memcpy(a->stored_hash, h0, 32);
 	return SL_EIO;
+}
+
+/* Appends s as a JSON string (ids and types here, but escape anyway). */
+static int
+put_jstr(struct sl_buf *b, const char *s)
+{
+	int r = sl_buf_append_u8(b, '"');
+
+	for (; *s && r == 0; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			r = sl_buf_append_u8(b, '\\');
+			r = r ? r : sl_buf_append_u8(b, c);
+		} else if (c < 0x20 || c >= 0x7f) {
+			char u[8];
+
+			snprintf(u, sizeof(u), "\\u%04x", c);
+			r = sl_buf_append(b, u, 6);
+		} else {
+			r = sl_buf_append_u8(b, c);
+		}
+	}
+	return r ? r : sl_buf_append_u8(b, '"');
+}
+
+static int
+put_line(struct sl_buf *b, const struct rec *r, const char *node)
+{
+	char num[64];
+	int rc;
+
+	snprintf(num, sizeof(num), "{\"seq\":%llu,\"ts\":%lld,\"node\":", (unsigned long long)r->seq,
+		 (long long)r->ts);
+	rc = sl_buf_append(b, num, strlen(num));
+	rc = rc ? rc : put_jstr(b, node);
+	rc = rc ? rc : sl_buf_append(b, ",\"type\":", 8);
+	rc = rc ? rc : put_jstr(b, r->type);
+	rc = rc ? rc : sl_buf_append(b, ",\"session\":", 11);
+	rc = rc ? rc : put_jstr(b, r->session ? r->session : "");
+	rc = rc ? rc : sl_buf_append(b, ",\"trace_id\":", 12);
+	rc = rc ? rc : put_jstr(b, r->trace ? r->trace : "");
+	rc = rc ? rc : sl_buf_append(b, ",\"span_id\":", 11);
+	rc = rc ? rc : put_jstr(b, r->span ? r->span : "");
+	rc = rc ? rc : sl_buf_append(b, ",\"prev_hash\":\"", 14);
+	rc = rc ? rc : sl_buf_append(b, r->prev, 64);
+	rc = rc ? rc : sl_buf_append(b, "\",\"hash\":\"", 10);
+	rc = rc ? rc : sl_buf_append(b, r->hash, 64);
+	rc = rc ? rc : sl_buf_append(b, "\",\"data\":", 9);
+	rc = rc ? rc : sl_buf_append(b, r->data, strlen(r->data));
+	rc = rc ? rc : sl_buf_append(b, "}\n", 2);
+	return rc;
+}
+
+/* Assigns seq/prev/hash to a batch and appends it to the journal with one
+ * write(): from then on the records are durable (as durable as a committed
+ * SQLite WAL transaction with synchronous=NORMAL). Called with wmu held.
+ * On failure the chain head is restored. */
+static int
+journal_batch(struct sl_audit *a, struct rec *batch)
+{
+	uint64_t seq0 = a->seq;
+	uint8_t last0[32];
+	struct sl_buf out;
+	struct rec *r;
+	int rc = 0;
+
+	memcpy(last0, a->last, 32);
+	sl_buf_init(&out, 0);
+	for (r = batch; r && rc == 0; r = r->next) {
+		struct sl_audit_row row;
+
+		r->seq = a->seq + 1;
+		r->ts = sl_now_us();
+		sl_hex(a->last, 32, r->prev);
+		memset(&row, 0, sizeof(row));
+		row.seq = r->seq;
+		row.ts = r->ts;
+		row.node = a->node;
+		row.type = r->type;
+		row.session = r->session ? r->session : "";
+		row.trace_id = r->trace ? r->trace : "";
+		row.span_id = r->span ? r->span : "";
+		row.data = r->data;
+		row.prev_hash = r->prev;
+		sl_audit_hash_row(&row, r->hbin);
+		sl_hex(r->hbin, 32, r->hash);
+		/* One line per record; data (already canonical JSON) goes last,
+		 * verbatim, so recovery gets back the exact bytes. */
+		if (put_line(&out, r, a->node) != 0)
+			rc = SL_ENOMEM;
+		a->seq = r->seq;
+		memcpy(a->last, r->hbin, 32);
+	}
+	for (size_t off = 0; rc == 0 && off < out.len;) {
+		ssize_t n = write(a->jfd, out.data + off, out.len - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = SL_EIO;
+			/* Cut a partial line so the journal stays parseable. */
+			if (off > 0 && ftruncate(a->jfd, a->jsize) != 0)
+				a->failed = 1;
+			break;
+		}
+		off += (size_t)n;
+	}
+	sl_buf_fini(&out);
+	if (rc != 0) {
+		a->seq = seq0;
+		memcpy(a->last, last0, 32);
+		return rc;
+	}
+	a->jsize = lseek(a->jfd, 0, SEEK_END);
+	return 0;
+}
+
+/* Takes the queue, journals it (wmu held by the caller) and hands it to the
+ * ingest list. Returns the batch (still owned by the caller for callbacks
+ * through *batch_out) or NULL. */
+static int
+journal_queue(struct sl_audit *a, struct rec **batch_out)
+{
+	struct rec *batch;
+	int rc;
+
+	pthread_mutex_lock(&a->mu);
+	batch = a->head;
+	a->head = a->tail = NULL;
+	a->queued = 0;
+	pthread_mutex_unlock(&a->mu);
+	*batch_out = batch;
+	if (batch == NULL)
+		return 0;
+	rc = journal_batch(a, batch);
+	if (rc != 0)
+		sl_error("audit: cannot write the journal %s", a->jpath);
+	return rc;
+}
+
+/* Calls completions; moves journaled records to the ingest list, frees failed
+ * ones. self: a record whose completion the caller reports itself. */
+static void
+complete(struct sl_audit *a, struct rec *batch, int rc, struct rec *self)
+{
+	struct rec *r, *next, *ih = NULL, *it = NULL;
+	size_t n = 0;
+
+	for (r = batch; r; r = next) {
+		next = r->next;
+		if (r != self && r->done)
+			r->done(r->arg, rc, rc == 0 ? r->seq : 0);
+		r->done = NULL;
+		if (rc != 0) {
+			rec_free(r);
+			continue;
+		}
+		r->next = NULL;
+		if (it)
+			it->next = r;
+		else
+			ih = r;
+		it = r;
+		n++;
+	}
+	if (ih == NULL)
+		return;
+	pthread_mutex_lock(&a->mu);
+	if (a->itail)
+		a->itail->next = ih;
+	else
+		a->ihead = ih;
+	a->itail = it;
+	a->ingest += n;
+	if (a->ingest >= 4096)
+		pthread_cond_signal(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* Moves the ingest list into SQLite; truncates the journal once everything
+ * journaled is stored. */
+static void
+ingest(struct sl_audit *a, int force_cp)
+{
+	struct rec *batch, *r, *next;
+	int rc;
+
+	pthread_mutex_lock(&a->mu);
+	batch = a->ihead;
+	a->ihead = a->itail = NULL;
+	a->ingest = 0;
+	pthread_mutex_unlock(&a->mu);
+	pthread_mutex_lock(&a->imu);
+	rc = batch || force_cp ? store_batch(a, batch, force_cp) : 0;
+	pthread_mutex_unlock(&a->imu);
+	if (rc != 0) {
+		/* Keep them (they are in the journal) and refuse new requests
+		 * until the store takes writes again: fail closed. */
+		if (!a->failed)
+			sl_error("audit: cannot write to %s: %s", a->path, sqlite3_errmsg(a->db));
+		a->failed = 1;
+		if (batch) {
+			struct rec *last = batch;
+
+			while (last->next)
+				last = last->next;
+			pthread_mutex_lock(&a->mu);
+			last->next = a->ihead;
+			a->ihead = batch;
+			if (a->itail == NULL)
+				a->itail = last;
+			pthread_mutex_unlock(&a->mu);
+		}
+		return;
+	}
+	a->failed = 0;
+	for (r = batch; r; r = next) {
+		next = r->next;
+		rec_free(r);
+	}
+	pthread_mutex_lock(&a->wmu);
+	if (a->seq == a->stored_seq && a->jsize > 0) {
+		if (ftruncate(a->jfd, 0) == 0)
+			a->jsize = 0;
+	}
+	pthread_mutex_unlock(&a->wmu);
 }
 
 static void *
@@ -308,66 +533,146 @@ writer_main(void *arg)
 {
 	struct sl_audit *a = arg;
 
-	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		struct rec *batch, *r, *next;
-		int stop, rc, waited = 0;
-		uint64_t first;
+		struct rec *batch;
+		struct timespec ts;
+		int stop, rc;
 
-		/* Wake every 50 ms: records nobody waits for are written then
-		 * (unless a group-commit leader took them), and the checkpoint
-		 * interval is checked. */
-		while ((a->head == NULL || (a->queued < 256 && !waited)) && !a->stop) {
-			struct timespec ts;
-			long add_ns = 50 * 1000000L;
-
-			if (a->head != NULL)
-				waited = 1;
+		pthread_mutex_lock(&a->mu);
+		if (a->head == NULL && !a->stop && a->ingest < 4096) {
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += add_ns;
+			ts.tv_nsec += 50 * 1000000L;
 			if (ts.tv_nsec >= 1000000000L) {
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000L;
 			}
 			pthread_cond_timedwait(&a->cv, &a->mu, &ts);
-			if (a->head == NULL && !a->stop && a->since_cp > 0 &&
-			    sl_mono_us() - a->last_cp_us >= a->cp_interval_us) {
-				pthread_mutex_unlock(&a->mu);
-				pthread_mutex_lock(&a->wmu);
-				write_batch(a, NULL, 1);
-				pthread_mutex_unlock(&a->wmu);
-				pthread_mutex_lock(&a->mu);
-			}
 		}
 		stop = a->stop;
 		pthread_mutex_unlock(&a->mu);
 		pthread_mutex_lock(&a->wmu);
-		pthread_mutex_lock(&a->mu);
-		batch = a->head;
-		a->head = a->tail = NULL;
-		a->queued = 0;
-		pthread_mutex_unlock(&a->mu);
-		first = a->seq + 1;
-		rc = batch ? write_batch(a, batch, stop) : 0;
+		rc = journal_queue(a, &batch);
 		pthread_mutex_unlock(&a->wmu);
-		if (rc != 0)
-			sl_error("audit: cannot write to %s: %s", a->path, sqlite3_errmsg(a->db));
-		for (r = batch; r; r = next) {
-			next = r->next;
-			if (r->done)
-				r->done(r->arg, rc, rc == 0 ? first++ : 0);
-			rec_free(r);
+		complete(a, batch, rc, NULL);
+		ingest(a, 0);
+		if (stop) {
+			pthread_mutex_lock(&a->mu);
+			stop = a->head == NULL && a->ihead == NULL;
+			pthread_mutex_unlock(&a->mu);
+			if (stop || a->failed)
+				break;
 		}
-		(void)first;
-		pthread_mutex_lock(&a->mu);
-		if (batch)
-			a->failed = rc != 0;
-		if (stop && a->head == NULL)
-			break;
 	}
-	pthread_mutex_unlock(&a->mu);
-	write_batch(a, NULL, 1);
+	if (!a->failed)
+		ingest(a, 1);
 	return NULL;
+}
+
+/* Replays journal lines the store does not have yet (after a crash). */
+static int
+recover_journal(struct sl_audit *a, char *err, size_t errlen)
+{
+	FILE *f = fopen(a->jpath, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int rc = 0, replayed = 0;
+
+	if (f == NULL)
+		return 0;
+	while (rc == 0 && (n = getline(&line, &cap, f)) > 0) {
+		json_t *o;
+		struct rec *r;
+		const char *type, *session, *trace, *span, *data, *prev, *hash;
+		json_int_t seq, ts;
+		struct sl_audit_row row;
+		uint8_t h[32];
+		char hex[65], lasthex[65];
+
+		if (line[n - 1] != '\n')
+			break; /* torn last line: that request was never forwarded */
+		line[--n] = '\0';
+		/* data is the verbatim tail: ,"data":<json>} */
+		{
+			char *d = strstr(line, ",\"data\":");
+
+			if (d == NULL || n < 2 || line[n - 1] != '}') {
+				o = NULL;
+			} else {
+				line[n - 1] = '\0';
+				data = d + 8;
+				d[0] = '}';
+				d[1] = '\0';
+				o = json_loads(line, 0, NULL);
+			}
+		}
+		if (o == NULL || json_unpack(o, "{s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "seq",
+					     &seq, "ts", &ts, "type", &type, "session", &session,
+					     "trace_id", &trace, "span_id", &span, "prev_hash", &prev,
+					     "hash", &hash) != 0) {
+			json_decref(o);
+			snprintf(err, errlen, "audit journal %s is corrupt", a->jpath);
+			rc = SL_ECORRUPT;
+			break;
+		}
+		if ((uint64_t)seq <= a->seq) {
+			json_decref(o);
+			continue;
+		}
+		memset(&row, 0, sizeof(row));
+		row.seq = (uint64_t)seq;
+		row.ts = ts;
+		row.node = a->node;
+		row.type = type;
+		row.session = session;
+		row.trace_id = trace;
+		row.span_id = span;
+		row.data = data;
+		row.prev_hash = prev;
+		sl_audit_hash_row(&row, h);
+		sl_hex(h, 32, hex);
+		sl_hex(a->last, 32, lasthex);
+		if ((uint64_t)seq != a->seq + 1 || strcmp(prev, lasthex) != 0 ||
+		    strcmp(hex, hash) != 0) {
+			json_decref(o);
+			snprintf(err, errlen, "audit journal %s does not continue the chain at seq %lld",
+				 a->jpath, (long long)seq);
+			rc = SL_ECORRUPT;
+			break;
+		}
+		r = calloc(1, sizeof(*r));
+		if (r == NULL) {
+			json_decref(o);
+			rc = SL_ENOMEM;
+			break;
+		}
+		r->type = strdup(type);
+		r->session = strdup(session);
+		r->trace = strdup(trace);
+		r->span = strdup(span);
+		r->data = strdup(data);
+		r->seq = (uint64_t)seq;
+		r->ts = ts;
+		memcpy(r->prev, prev, 65);
+		memcpy(r->hash, hex, 65);
+		memcpy(r->hbin, h, 32);
+		json_decref(o);
+		a->seq = r->seq;
+		memcpy(a->last, h, 32);
+		if (store_batch(a, r, 0) != 0) {
+			rec_free(r);
+			snprintf(err, errlen, "cannot replay the audit journal into %s", a->path);
+			rc = SL_EIO;
+			break;
+		}
+		rec_free(r);
+		replayed++;
+	}
+	free(line);
+	fclose(f);
+	if (replayed > 0)
+		sl_warn("audit: replayed %d journaled records into %s", replayed, a->path);
+	return rc;
 }
 
 int
@@ -388,8 +693,11 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		free(a);
 		return SL_EINVAL;
 	}
-	if (asprintf(&a->sidecar, "%s.checkpoints", a->path) < 0) {
+	a->jfd = -1;
+	if (asprintf(&a->sidecar, "%s.checkpoints", a->path) < 0 ||
+	    asprintf(&a->jpath, "%s.journal", a->path) < 0) {
 		free(a->path);
+		free(a->sidecar);
 		free(a);
 		return SL_ENOMEM;
 	}
@@ -403,6 +711,7 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		snprintf(a->node, sizeof(a->node), "sluice");
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_mutex_init(&a->wmu, NULL);
+	pthread_mutex_init(&a->imu, NULL);
 	pthread_cond_init(&a->cv, NULL);
 	if (load_or_create_key(cfg->gateway.data_dir, &a->key, err, errlen) != 0)
 		goto fail;
@@ -431,6 +740,16 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	}
 	if ((r = resume_chain(a, err, errlen)) != 0)
 		goto fail;
+	a->stored_seq = a->seq;
+	memcpy(a->stored_hash, a->last, 32);
+	if ((r = recover_journal(a, err, errlen)) != 0)
+		goto fail;
+	a->jfd = open(a->jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (a->jfd < 0 || ftruncate(a->jfd, 0) != 0) {
+		snprintf(err, errlen, "cannot open the audit journal %s", a->jpath);
+		r = SL_EIO;
+		goto fail;
+	}
 	if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
 		r = SL_EIO;
 		goto fail;
@@ -445,8 +764,11 @@ fail:
 	sqlite3_finalize(a->rollback);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
+	if (a->jfd >= 0)
+		close(a->jfd);
 	free(a->path);
 	free(a->sidecar);
+	free(a->jpath);
 	free(a);
 	return r ? r : SL_EIO;
 }
@@ -469,7 +791,7 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 	r->span = xstrdup(span_id);
 	if (data == NULL)
 		data = json_object();
-	r->data = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	r->data = json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(data);
 	r->done = done;
 	r->arg = arg;
@@ -478,7 +800,9 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 		return SL_ENOMEM;
 	}
 	pthread_mutex_lock(&a->mu);
-	if (a->queued >= QUEUE_MAX || a->stop) {
+	if (a->queued >= QUEUE_MAX || a->stop || (done != NULL && a->failed)) {
+		/* Full queue, stopping, or a store that refuses writes: the
+		 * caller refuses the request (fail closed). */
 		pthread_mutex_unlock(&a->mu);
 		rec_free(r);
 		return SL_EIO;
@@ -499,40 +823,20 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 	}
 	pthread_mutex_unlock(&a->mu);
 	/* Group commit, leader style: if no one is writing, this thread
-	 * commits the whole queue now (no thread hop); otherwise the current
-	 * writer's next batch takes the record. */
+	 * journals the whole queue now with one write() (no thread hop);
+	 * otherwise the writer thread takes the record. */
 	if (pthread_mutex_trylock(&a->wmu) == 0) {
-		struct rec *batch, *x, *next;
-		uint64_t first;
-		int rc, self_done = 0;
+		struct rec *batch, *x;
+		int rc, mine = 0;
 
-		pthread_mutex_lock(&a->mu);
-		batch = a->head;
-		a->head = a->tail = NULL;
-		a->queued = 0;
-		pthread_mutex_unlock(&a->mu);
-		first = a->seq + 1;
-		rc = batch ? write_batch(a, batch, 0) : 0;
+		rc = journal_queue(a, &batch);
 		pthread_mutex_unlock(&a->wmu);
-		for (x = batch; x; x = next) {
-			next = x->next;
-			if (x == r) {
-				self_done = 1;
-				if (rc == 0)
-					first++;
-			} else if (x->done) {
-				x->done(x->arg, rc, rc == 0 ? first++ : 0);
-			} else if (rc == 0) {
-				first++;
-			}
-			rec_free(x);
-		}
-		if (!self_done) {
-			/* The writer thread took it first; it reports as usual. */
-			return 0;
-		}
-		if (rc != 0)
-			sl_error("audit: cannot write to %s", a->path);
+		for (x = batch; x; x = x->next)
+			if (x == r)
+				mine = 1;
+		complete(a, batch, rc, mine ? r : NULL);
+		if (!mine)
+			return 0; /* the writer took it first and reports as usual */
 		return rc == 0 ? SL_AUDIT_DURABLE : SL_EIO;
 	}
 	pthread_mutex_lock(&a->mu);
@@ -565,7 +869,18 @@ sl_audit_close(struct sl_audit *a)
 	sqlite3_exec(a->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
+	if (a->jfd >= 0)
+		close(a->jfd);
+	while (a->ihead) {
+		/* Not stored (store down at shutdown): they stay in the
+		 * journal and are replayed at the next start. */
+		struct rec *n = a->ihead->next;
+
+		rec_free(a->ihead);
+		a->ihead = n;
+	}
 	free(a->path);
 	free(a->sidecar);
+	free(a->jpath);
 	free(a);
 }
