@@ -38,6 +38,17 @@ int sl_audit_append(struct sl_audit *a, const char *type, const char *session_id
 		    const char *trace_id, const char *span_id, json_t *data, sl_audit_done_fn done,
 		    void *arg);
 
+/* Same, with data already serialised as one compact JSON object (len bytes,
+ * copied). Hot paths use this to skip building a JSON tree. */
+int sl_audit_append_raw(struct sl_audit *a, const char *type, const char *session_id,
+			const char *trace_id, const char *span_id, const char *json, size_t len,
+			sl_audit_done_fn done, void *arg);
+
+/* Appends s (len bytes) to b as a JSON string literal: quotes, backslashes
+ * and control characters escaped; bytes that are not valid UTF-8 become
+ * \u00XX so the record stays valid JSON. */
+int sl_json_put_str(struct sl_buf *b, const char *s, size_t len);
+
 /* 1 if audit.mode is strict (the default). */
 int sl_audit_strict(const struct sl_audit *a);
 

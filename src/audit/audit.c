@@ -773,6 +773,8 @@ fail:
 	return r ? r : SL_EIO;
 }
 
+static int enqueue(struct sl_audit *a, struct rec *r, sl_audit_done_fn done);
+
 int
 sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 		const char *trace_id, const char *span_id, json_t *data, sl_audit_done_fn done,
@@ -799,6 +801,109 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
 		rec_free(r);
 		return SL_ENOMEM;
 	}
+	return enqueue(a, r, done);
+}
+
+int
+sl_audit_append_raw(struct sl_audit *a, const char *type, const char *session_id,
+		    const char *trace_id, const char *span_id, const char *json, size_t len,
+		    sl_audit_done_fn done, void *arg)
+{
+	struct rec *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return SL_ENOMEM;
+	r->type = xstrdup(type);
+	r->session = xstrdup(session_id);
+	r->trace = xstrdup(trace_id);
+	r->span = xstrdup(span_id);
+	r->data = malloc(len + 1);
+	r->done = done;
+	r->arg = arg;
+	if (r->type == NULL || r->data == NULL) {
+		rec_free(r);
+		return SL_ENOMEM;
+	}
+	memcpy(r->data, json, len);
+	r->data[len] = '\0';
+	return enqueue(a, r, done);
+}
+
+int
+sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s, *end = p + len;
+	int rc;
+
+	if ((rc = sl_buf_reserve(b, len + 2)) != 0)
+		return rc;
+	b->data[b->len++] = '"';
+	while (p < end) {
+		unsigned char c = *p;
+		size_t n = 1;
+
+		if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+			/* plain run */
+			const unsigned char *q = p;
+
+			while (q < end && *q >= 0x20 && *q < 0x7f && *q != '"' && *q != '\\')
+				q++;
+			if ((rc = sl_buf_append(b, p, (size_t)(q - p))) != 0)
+				return rc;
+			p = q;
+			continue;
+		}
+		if (c >= 0x80) {
+			/* Copy a valid UTF-8 sequence as is. */
+			if ((c & 0xe0) == 0xc0 && c >= 0xc2)
+				n = 2;
+			else if ((c & 0xf0) == 0xe0)
+				n = 3;
+			else if ((c & 0xf8) == 0xf0 && c <= 0xf4)
+				n = 4;
+			else
+				n = 0;
+			if (n > 0 && (size_t)(end - p) >= n) {
+				size_t i;
+
+				for (i = 1; i < n && (p[i] & 0xc0) == 0x80; i++)
+					;
+				if (i == n && !(n == 3 && c == 0xe0 && p[1] < 0xa0) &&
+				    !(n == 3 && c == 0xed && p[1] >= 0xa0) &&
+				    !(n == 4 && c == 0xf0 && p[1] < 0x90) &&
+				    !(n == 4 && c == 0xf4 && p[1] >= 0x90)) {
+					if ((rc = sl_buf_append(b, p, n)) != 0)
+						return rc;
+					p += n;
+					continue;
+				}
+			}
+		}
+		{
+			char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+
+			if (c == '"' || c == '\\') {
+				esc[1] = (char)c;
+				rc = sl_buf_append(b, esc, 2);
+			} else if (c == '\n') {
+				rc = sl_buf_append(b, "\\n", 2);
+			} else if (c == '\t') {
+				rc = sl_buf_append(b, "\\t", 2);
+			} else {
+				rc = sl_buf_append(b, esc, 6);
+			}
+			if (rc != 0)
+				return rc;
+			p++;
+		}
+	}
+	return sl_buf_append_u8(b, '"');
+}
+
+static int
+enqueue(struct sl_audit *a, struct rec *r, sl_audit_done_fn done)
+{
 	pthread_mutex_lock(&a->mu);
 	if (a->queued >= QUEUE_MAX || a->stop || (done != NULL && a->failed)) {
 		/* Full queue, stopping, or a store that refuses writes: the

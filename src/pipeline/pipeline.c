@@ -169,65 +169,121 @@ record_durable(void *arg, int status, uint64_t seq)
 	sl_worker_post(c->w, c);
 }
 
-static json_t *
-strlist(char **v, size_t n)
+/* Small JSON writer for the per-statement records (the hot path): key and
+ * value appended to an object being built in b. */
+static void
+jkey(struct sl_buf *b, const char *k)
 {
-	json_t *a = json_array();
+	if (b->len > 1)
+		sl_buf_append_u8(b, ',');
+	sl_json_put_str(b, k, strlen(k));
+	sl_buf_append_u8(b, ':');
+}
 
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(a, json_string(v[i]));
-	return a;
+static void
+jstr(struct sl_buf *b, const char *k, const char *v, size_t n)
+{
+	jkey(b, k);
+	sl_json_put_str(b, v, n);
+}
+
+static void
+jcstr(struct sl_buf *b, const char *k, const char *v)
+{
+	jstr(b, k, v ? v : "", v ? strlen(v) : 0);
+}
+
+static void
+jint(struct sl_buf *b, const char *k, long long v)
+{
+	char num[24];
+	int n = snprintf(num, sizeof(num), "%lld", v);
+
+	jkey(b, k);
+	sl_buf_append(b, num, (size_t)n);
+}
+
+static void
+jlist(struct sl_buf *b, const char *k, char **v, size_t n)
+{
+	jkey(b, k);
+	sl_buf_append_u8(b, '[');
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			sl_buf_append_u8(b, ',');
+		sl_json_put_str(b, v[i], strlen(v[i]));
+	}
+	sl_buf_append_u8(b, ']');
+}
+
+static void
+jbegin(struct sl_buf *b)
+{
+	sl_buf_init(b, 0);
+	sl_buf_append_u8(b, '{');
+}
+
+static int
+jend(struct sl_buf *b)
+{
+	return sl_buf_append_u8(b, '}');
 }
 
 int
 sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	     const struct sl_pl_request *r, const struct sl_decision *d, struct sl_completion *c)
 {
-	json_t *o = json_object();
 	const char *trace = r->trace_id ? r->trace_id : trace_or_null(s->trace_id);
 	const char *span = r->trace_id ? r->span_id : trace_or_null(s->span_id);
 	int strict = c != NULL && sl_audit_strict(gw->audit);
+	struct sl_buf b;
 	int rc;
 
-	json_object_set_new(o, "seq", json_integer((json_int_t)r->seq));
-	json_object_set_new(o, "subject", json_string(s->ident.subject ? s->ident.subject : ""));
-	json_object_set_new(o, "connection", json_string(s->conn ? s->conn->name : ""));
-	json_object_set_new(o, "protocol", json_string(s->protocol));
-	json_object_set_new(o, "text", json_stringn(r->text ? r->text : "", r->textlen));
+	jbegin(&b);
+	jint(&b, "seq", (long long)r->seq);
+	jcstr(&b, "subject", s->ident.subject);
+	jcstr(&b, "connection", s->conn ? s->conn->name : "");
+	jcstr(&b, "protocol", s->protocol);
+	jstr(&b, "text", r->text ? r->text : "", r->text ? r->textlen : 0);
 	if (r->sql != NULL) {
 		char kinds[512];
 
 		sl_sql_kinds_str(r->sql->kinds, kinds, sizeof(kinds));
-		json_object_set_new(o, "kind", json_string(kinds));
+		jcstr(&b, "kind", kinds);
 		if (r->sql->ntables)
-			json_object_set_new(o, "tables", strlist(r->sql->tables, r->sql->ntables));
+			jlist(&b, "tables", r->sql->tables, r->sql->ntables);
 		if (r->sql->nfunctions)
-			json_object_set_new(o, "functions",
-					    strlist(r->sql->functions, r->sql->nfunctions));
+			jlist(&b, "functions", r->sql->functions, r->sql->nfunctions);
 	}
 	if (r->http_method)
-		json_object_set_new(o, "method", json_string(r->http_method));
+		jcstr(&b, "method", r->http_method);
 	if (r->http_path)
-		json_object_set_new(o, "path", json_string(r->http_path));
+		jcstr(&b, "path", r->http_path);
 	if (r->ssh_command)
-		json_object_set_new(o, "command", json_string(r->ssh_command));
-	json_object_set_new(o, "decision", json_string(action_name(d->action)));
+		jcstr(&b, "command", r->ssh_command);
+	jcstr(&b, "decision", action_name(d->action));
 	if (d->policy)
-		json_object_set_new(o, "policy", json_string(d->policy));
+		jcstr(&b, "policy", d->policy);
 	if (d->rule)
-		json_object_set_new(o, "rule", json_string(d->rule));
+		jcstr(&b, "rule", d->rule);
 	if (d->action != SL_ACT_ALLOW && d->message)
-		json_object_set_new(o, "message", json_string(d->message));
-	if (!json_is_string(json_object_get(o, "text")))
-		json_object_set_new(o, "text", json_string("<invalid utf-8>"));
+		jcstr(&b, "message", d->message);
+	if (jend(&b) != 0) {
+		sl_buf_fini(&b);
+		return SL_ENOMEM;
+	}
 	if (strict) {
 		c->w = w;
-		rc = sl_audit_append(gw->audit, "request", s->id, trace, span, o, record_durable, c);
+		rc = sl_audit_append_raw(gw->audit, "request", s->id, trace, span,
+					 (const char *)b.data, b.len, record_durable, c);
+		sl_buf_fini(&b);
 		if (rc == SL_AUDIT_DURABLE)
 			return 0;
 		return rc == 0 ? 1 : SL_EIO;
 	}
-	rc = sl_audit_append(gw->audit, "request", s->id, trace, span, o, NULL, NULL);
+	rc = sl_audit_append_raw(gw->audit, "request", s->id, trace, span, (const char *)b.data,
+				 b.len, NULL, NULL);
+	sl_buf_fini(&b);
 	return rc == 0 ? 0 : SL_EIO;
 }
 
@@ -236,26 +292,35 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 	     int64_t duration_us, int64_t rows, const char *tag, const char *sqlstate,
 	     const char *error_msg, json_t *mask_stats)
 {
-	json_t *o = json_object();
+	struct sl_buf b;
 
-	json_object_set_new(o, "seq", json_integer((json_int_t)seq));
-	json_object_set_new(o, "duration_us", json_integer((json_int_t)duration_us));
+	jbegin(&b);
+	jint(&b, "seq", (long long)seq);
+	jint(&b, "duration_us", (long long)duration_us);
 	if (rows >= 0)
-		json_object_set_new(o, "rows", json_integer((json_int_t)rows));
+		jint(&b, "rows", (long long)rows);
 	if (tag)
-		json_object_set_new(o, "tag", json_string(tag));
+		jcstr(&b, "tag", tag);
 	if (sqlstate)
-		json_object_set_new(o, "sqlstate", json_string(sqlstate));
-	if (error_msg) {
-		json_t *m = json_string(error_msg);
+		jcstr(&b, "sqlstate", sqlstate);
+	if (error_msg)
+		jcstr(&b, "error", error_msg);
+	if (mask_stats) {
+		char *m = json_dumps(mask_stats, JSON_COMPACT | JSON_ENSURE_ASCII);
 
-		json_object_set_new(o, "error", m ? m : json_string("<invalid utf-8>"));
+		if (m) {
+			jkey(&b, "masked");
+			sl_buf_append(&b, m, strlen(m));
+			free(m);
+		}
+		json_decref(mask_stats);
 	}
-	if (mask_stats)
-		json_object_set_new(o, "masked", mask_stats);
-	sl_audit_append(gw->audit, "result", s->id,
-			trace_id ? trace_id : trace_or_null(s->trace_id),
-			trace_id ? NULL : trace_or_null(s->span_id), o, NULL, NULL);
+	if (jend(&b) == 0)
+		sl_audit_append_raw(gw->audit, "result", s->id,
+				    trace_id ? trace_id : trace_or_null(s->trace_id),
+				    trace_id ? NULL : trace_or_null(s->span_id), (const char *)b.data,
+				    b.len, NULL, NULL);
+	sl_buf_fini(&b);
 }
 
 static int
