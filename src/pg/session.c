@@ -128,7 +128,8 @@ static void
 set_state(struct pg_session *s, enum pg_state st)
 {
 	/* Allowed moves only go forward, except that any state may close. */
-	if (st != PG_ST_CLOSING && st < s->state && !(s->state == PG_ST_VERIFY && st == PG_ST_AUTH)) {
+	if (st != PG_ST_CLOSING && st < s->state && !(s->state == PG_ST_VERIFY && st == PG_ST_AUTH) &&
+	    !(s->state == PG_ST_TLS && st == PG_ST_STARTUP)) {
 		sl_error("pg session %s: invalid state change %s -> %s", s->pl.id,
 			 state_names[s->state], state_names[st]);
 		abort();

@@ -40,6 +40,15 @@ def wait_port(port, proc=None, timeout=15):
     raise RuntimeError("port %d not ready" % port)
 
 
+def make_cert(d, name):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", os.path.join(d, name + ".key"),
+                    "-out", os.path.join(d, name + ".crt")], check=True,
+                   capture_output=True)
+    os.chmod(os.path.join(d, name + ".key"), 0o600)
+    return os.path.join(d, name + ".crt"), os.path.join(d, name + ".key")
+
+
 def as_postgres():
     if os.getuid() != 0:
         return None
@@ -63,15 +72,23 @@ class Cluster:
         subprocess.run([PGBIN + "/initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                         "--no-sync"], check=True, stdout=subprocess.DEVNULL,
                        preexec_fn=as_postgres())
+        make_cert(self.data, "pg")
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for f in ("pg.crt", "pg.key"):
+                os.chown(os.path.join(self.data, f), pw.pw_uid, pw.pw_gid)
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("listen_addresses='127.0.0.1'\nport=%d\nunix_socket_directories='%s'\n"
                     "password_encryption='scram-sha-256'\nfsync=off\nmax_connections=200\n"
+                    "ssl=on\nssl_cert_file='pg.crt'\nssl_key_file='pg.key'\n"
                     % (self.port, self.dir))
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
             f.write("local all all trust\n"
                     "host all postgres 127.0.0.1/32 trust\n"
                     "host all trustuser 127.0.0.1/32 trust\n"
                     "host all md5user 127.0.0.1/32 md5\n"
+                    "hostssl all tlsuser 127.0.0.1/32 scram-sha-256\n"
+                    "hostnossl all tlsuser 127.0.0.1/32 reject\n"
                     "host all all 127.0.0.1/32 scram-sha-256\n")
         self.proc = subprocess.Popen([PGBIN + "/postgres", "-D", self.data],
                                      stdout=subprocess.DEVNULL, stderr=open(
@@ -83,6 +100,7 @@ class Cluster:
         self.psql("postgres", "SET password_encryption='md5'; "
                   "CREATE ROLE md5user LOGIN PASSWORD '%s'" % MD5_PASSWORD)
         self.psql("postgres", "CREATE ROLE trustuser LOGIN")
+        self.psql("postgres", "CREATE ROLE tlsuser LOGIN PASSWORD '%s'" % APP_PASSWORD)
         self.psql("postgres", "CREATE DATABASE orders OWNER app")
         self.psql("orders", """
             CREATE TABLE customers (id int primary key, name text, email text, ssn text,
@@ -94,7 +112,7 @@ class Cluster:
             INSERT INTO orders (customer, amount) SELECT g % 2 + 1, g FROM generate_series(1, 100) g;
             ALTER TABLE customers OWNER TO app; ALTER TABLE orders OWNER TO app;
             GRANT ALL ON SCHEMA public TO app, md5user, trustuser;
-            GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, trustuser;
+            GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, trustuser, tlsuser;
         """)
 
     def psql(self, db, sql):
@@ -135,8 +153,12 @@ policies:
 
 class Gateway:
     def __init__(self, pg, policies=DEFAULT_POLICIES, extra="", connections=None, mode="strict",
-                 env=None):
+                 env=None, tls=False):
         self.dir = tempfile.mkdtemp(prefix="sluice-gw-")
+        listen_extra = ""
+        if tls:
+            crt, key = make_cert(self.dir, "gw")
+            listen_extra = ", tls_cert: %s, tls_key: %s" % (crt, key)
         self.port = free_port()
         self.data = os.path.join(self.dir, "var")
         self.config = os.path.join(self.dir, "sluice.yaml")
@@ -160,14 +182,21 @@ connections:
     target: 127.0.0.1:%d
     database: orders
     user: trustuser
-""" % (pg.port, pg.port, pg.port)
+  - name: orders_tls
+    type: postgres
+    target: localhost:%d
+    database: orders
+    user: tlsuser
+    password_env: TEST_APP_PW
+    tls: require
+""" % (pg.port, pg.port, pg.port, pg.port)
         with open(self.config, "w") as f:
             f.write("""gateway:
   data_dir: %s
   workers: 2
   log_level: info
   shutdown_timeout: 5s
-  postgres: { listen: "127.0.0.1:%d" }
+  postgres: { listen: "127.0.0.1:%d"%s }
 audit:
   store: sqlite:%s/audit.db
   mode: %s
@@ -175,7 +204,7 @@ audit:
 %s
 %s
 %s
-""" % (self.data, self.port, self.data, mode, connections, policies, extra))
+""" % (self.data, self.port, listen_extra, self.data, mode, connections, policies, extra))
         self.run("token", "init")
         e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
         if env:

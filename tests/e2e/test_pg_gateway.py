@@ -451,3 +451,33 @@ def test_sigterm_clean_and_chain_verifies(gateway_factory):
     v = gw.verify()
     assert v.returncode == 0, v.stderr
     assert any(r["type"] == "session_close" for r in gw.export())
+
+
+# ------------------------------------------------------------------ TLS
+
+def test_client_tls_and_upstream_tls(gateway_factory):
+    gw = gateway_factory(tls=True)
+    c = gw.connect(sslmode="require")
+    cur = c.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchone()[0] == 1
+    c.close()
+    # upstream TLS: the role is only allowed over hostssl
+    c = gw.connect("orders_tls", sslmode="require")
+    cur = c.cursor()
+    cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert cur.fetchone()[0] is True
+    cur.execute("SELECT current_user")
+    assert cur.fetchone()[0] == "tlsuser"
+    c.close()
+    recs = [r for r in gw.export() if r["type"] == "session_open"]
+    assert any(r["data"]["tls"] for r in recs)
+
+
+def test_tls_refused_when_not_configured(gw):
+    with pytest.raises(psycopg2.OperationalError) as ei:
+        gw.connect(sslmode="require")
+    assert "SSL" in str(ei.value) or "ssl" in str(ei.value)
+    # and plain still works
+    c = gw.connect()
+    c.close()
