@@ -240,6 +240,10 @@ audit:
         return psycopg2.connect(**self.dsn(conn, token, **kw))
 
     def export(self, session=None):
+        # Records nobody waits for reach the store within the writer's
+        # 50 ms tick; give it a few.
+        if self.proc.poll() is None:
+            time.sleep(0.25)
         args = ["audit", "export", "--format", "jsonl"]
         if session:
             args += ["--session", session]
