@@ -78,6 +78,7 @@ struct sl_gw {
 	struct sl_mask_db *maskdb;
 	struct sl_mask_binding *masks;
 	size_t nmasks;
+	struct sl_mask_plan *audit_plan; /* every detector: statement text in audit records */
 	struct sl_worker *workers;
 	unsigned nworkers;
 	SSL_CTX *pg_tls;           /* server side, NULL if no tls_cert */
@@ -113,6 +114,7 @@ struct sl_pl_session {
 	struct sl_identity ident;          /* valid once authenticated */
 	int authenticated;
 	char client_addr[64];
+	struct sl_mask_scratch *scratch;   /* the worker's, for masking what is recorded */
 	char trace_id[33];                 /* session-level trace context (application_name) */
 	char span_id[17];
 	int64_t opened_us;
@@ -169,5 +171,13 @@ int sl_pl_trace_from_text(const char *text, size_t len, char trace_id[33], char 
 
 /* Masking plan for a decision (NULL = nothing to mask). */
 const struct sl_mask_plan *sl_pl_mask_plan(struct sl_gw *gw, const struct sl_decision *d);
+/* Masking plan for an authenticated session (NULL = none); *exempt = 1 when
+ * the caller's policy exempts it (recorded in the audit trail). */
+const struct sl_mask_plan *sl_pl_session_mask(struct sl_gw *gw, struct sl_pl_session *s,
+					      int *exempt);
+/* Builds masking state at start-up: detector database, per-policy plans,
+ * the audit plan, the hash key. */
+int sl_pl_mask_init(struct sl_gw *gw, char *err, size_t errlen);
+void sl_pl_mask_fini(struct sl_gw *gw);
 
 #endif

@@ -23,4 +23,11 @@ int sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, c
 void sl_policy_free(struct sl_policy_set *ps);
 int sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char *const *groups, size_t ngroups, const struct sl_request *req, struct sl_decision *out);
 
+/* The masking section that applies to a caller on a connection: the first
+ * applicable policy with a mask; *exempt = 1 if an applicable policy says
+ * mask.exempt (its members see raw values). */
+void sl_policy_mask_for(const struct sl_policy_set *ps, const char *subject,
+			const char *const *groups, size_t ngroups, const char *connection,
+			const struct sl_cfg_policy_mask **mask, int *exempt);
+
 #endif

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sluice/mask.h"
 #include "sluice/pg_auth.h"
 #include "sluice/pg_codec.h"
 
@@ -114,13 +115,34 @@ struct pg_session {
 	uv_work_t work;
 	char *verify_token;
 	size_t verify_len;
+	/* masking */
+	const struct sl_mask_plan *mplan;
+	int mask_exempt;
+	struct colinfo *cols;
+	uint16_t ncols;
+	uint32_t *offs;
+	int32_t *lens;
+	struct sl_mask_stats mstats;
+	int mstats_any;
+	struct sl_buf mout, mval;
 };
+
+/* What to do with a result column. */
+struct colinfo {
+	int8_t rule;    /* column rule applies: style in .style */
+	int8_t style;
+	int8_t textlike; /* bytes are text: masked in place; else a hit means NULL */
+	int8_t scan;     /* run the detectors */
+};
+
+#define PG_MAX_COLUMNS 1664
 
 static struct pg_session *sessions_of(struct sl_worker *w);
 static void process_client(struct pg_session *s);
 static void process_upstream(struct pg_session *s);
 static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
+static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -240,6 +262,27 @@ ents_synced(struct pg_session *s)
 	return last->kind == ENT_QUERY || last->kind == ENT_SYNC || last->kind == ENT_FUNC;
 }
 
+static json_t *
+take_mask_stats(struct pg_session *s)
+{
+	json_t *o;
+
+	if (!s->mstats_any)
+		return NULL;
+	o = json_object();
+	for (unsigned i = 0; i < SL_MASK_MAX_DETECTORS; i++) {
+		const char *n = sl_mask_detector_name(s->gw->maskdb, i);
+
+		if (n && s->mstats.hits[i])
+			json_object_set_new(o, n, json_integer(s->mstats.hits[i]));
+	}
+	if (s->mstats.columns)
+		json_object_set_new(o, "columns", json_integer(s->mstats.columns));
+	memset(&s->mstats, 0, sizeof(s->mstats));
+	s->mstats_any = 0;
+	return o;
+}
+
 static void
 ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const char *errmsg)
 {
@@ -247,7 +290,7 @@ ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const ch
 		return;
 	sl_pl_result(s->gw, &s->pl, e->seq, e->trace_id[0] ? e->trace_id : NULL,
 		     sl_mono_us() - e->start_us, e->rows, e->tag[0] ? e->tag : NULL, sqlstate,
-		     errmsg, NULL);
+		     errmsg, take_mask_stats(s));
 }
 
 static struct stmt *
@@ -506,6 +549,11 @@ session_free(struct pg_session *s)
 	while (s->portals)
 		portal_remove(s, s->portals->name);
 	blocked_clear(s);
+	free(s->cols);
+	free(s->offs);
+	free(s->lens);
+	sl_buf_fini(&s->mout);
+	sl_buf_fini(&s->mval);
 	sl_pl_session_fini(&s->pl);
 	free(s);
 }
@@ -818,6 +866,11 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 			json_object_set_new(details, "startup_parameters", params);
 		}
 		json_object_set_new(details, "tls", json_boolean(s->tls));
+		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
+		json_object_set_new(details, "masking",
+				    json_string(s->mask_exempt ? "exempt"
+						: s->mplan ? "on"
+							   : "off"));
 		sl_pl_session_opened(s->gw, &s->pl, details);
 		set_state(s, PG_ST_READY);
 		return 0;
@@ -887,6 +940,9 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 				"sluice blocked this statement by policy");
 		cli_send(s, b.data, b.len);
 		sl_buf_fini(&b);
+	} else if (s->mplan != NULL) {
+		/* DETAIL often echoes row values: Key (ssn)=(...) already exists. */
+		mask_message(s, (uint8_t *)msg, len);
 	} else {
 		cli_send(s, msg, len);
 	}
@@ -952,6 +1008,258 @@ on_command_complete(struct pg_session *s, const uint8_t *msg, size_t len)
 	}
 }
 
+
+/* ------------------------------------------------------------ masking */
+
+static int
+is_textlike(uint32_t oid, uint16_t format)
+{
+	switch (oid) {
+	case 25:   /* text */
+	case 1043: /* varchar */
+	case 1042: /* bpchar */
+	case 19:   /* name */
+	case 18:   /* char */
+	case 705:  /* unknown */
+		return 1;
+	case 114: /* json */
+	case 142: /* xml */
+		return format == 0;
+	default:
+		return 0;
+	}
+}
+
+static void
+on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
+{
+	struct sl_pg_field *f;
+	uint16_t n = 0;
+
+	s->ncols = 0;
+	if (s->mplan == NULL)
+		return;
+	f = malloc(PG_MAX_COLUMNS * sizeof(*f));
+	if (s->cols == NULL)
+		s->cols = calloc(PG_MAX_COLUMNS, sizeof(*s->cols));
+	if (f == NULL || s->cols == NULL ||
+	    sl_pg_parse_row_desc(msg, total, f, PG_MAX_COLUMNS, &n) != 0) {
+		free(f);
+		/* Unknown shape: every column gets the detectors, none is text. */
+		s->ncols = 0;
+		return;
+	}
+	for (uint16_t i = 0; i < n; i++) {
+		enum sl_mask_style st;
+		struct colinfo *c = &s->cols[i];
+
+		memset(c, 0, sizeof(*c));
+		c->textlike = (int8_t)is_textlike(f[i].type_oid, f[i].format);
+		if (sl_mask_plan_column(s->mplan, f[i].name, &st)) {
+			c->rule = 1;
+			c->style = (int8_t)st;
+		}
+		/* Binary non-text values are not scanned (an int8 card number in
+		 * binary format is not found by detectors; column rules apply). */
+		c->scan = c->textlike || f[i].format == 0;
+	}
+	s->ncols = n;
+	free(f);
+}
+
+struct colact {
+	uint8_t act; /* 0 keep, 1 null, 2 replaced */
+	uint32_t roff, rlen;
+};
+
+/* Masks one DataRow and sends it (rebuilt when a length changed). Returns
+ * 0, or -1 after closing the session. */
+static int
+mask_row(struct pg_session *s, uint8_t *msg, size_t total)
+{
+	static __thread struct colact acts[PG_MAX_COLUMNS];
+	uint16_t n;
+	int rebuild = 0;
+
+	if (s->offs == NULL) {
+		s->offs = calloc(PG_MAX_COLUMNS, sizeof(*s->offs));
+		s->lens = calloc(PG_MAX_COLUMNS, sizeof(*s->lens));
+		if (s->offs == NULL || s->lens == NULL) {
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
+	}
+	if (sl_pg_parse_data_row(msg, total, PG_MAX_COLUMNS, &n, s->offs, s->lens) != 0) {
+		fatal(s, "08P01", "sluice: malformed DataRow from the upstream server");
+		return -1;
+	}
+	s->mval.len = 0;
+	for (uint16_t i = 0; i < n; i++) {
+		struct colinfo ci = {0, 0, 0, 1};
+		uint8_t *v = msg + s->offs[i];
+		size_t len = s->lens[i] < 0 ? 0 : (size_t)s->lens[i];
+		size_t before = s->mval.len;
+		int r = SL_MASK_UNCHANGED;
+
+		acts[i].act = 0;
+		if (s->lens[i] < 0)
+			continue;
+		if (i < s->ncols)
+			ci = s->cols[i];
+		if (ci.rule) {
+			r = ci.textlike ? sl_mask_column(s->mplan, (enum sl_mask_style)ci.style, v, len,
+							 &s->mval)
+					: SL_MASK_TO_NULL;
+			s->mstats.columns++;
+			s->mstats_any = 1;
+		} else if (ci.scan) {
+			struct sl_mask_stats st = {0};
+
+			r = sl_mask_value(s->mplan, s->w->mscratch, v, len, &s->mval, &st);
+			if (r != SL_MASK_UNCHANGED) {
+				for (unsigned d = 0; d < SL_MASK_MAX_DETECTORS; d++)
+					s->mstats.hits[d] += st.hits[d];
+				s->mstats_any = 1;
+				if (!ci.textlike)
+					r = SL_MASK_TO_NULL; /* type-safe: never a mangled number */
+			}
+		}
+		if (r < 0)
+			r = SL_MASK_TO_NULL; /* cannot mask: withhold (fail closed) */
+		if (r == SL_MASK_TO_NULL) {
+			acts[i].act = 1;
+			rebuild = 1;
+		} else if (r == SL_MASK_REPLACED) {
+			acts[i].act = 2;
+			acts[i].roff = (uint32_t)before;
+			acts[i].rlen = (uint32_t)(s->mval.len - before);
+			rebuild = 1;
+		}
+	}
+	if (!rebuild) {
+		cli_send(s, msg, total);
+		return 0;
+	}
+	s->mout.len = 0;
+	s->mout.off = 0;
+	sl_buf_append_u8(&s->mout, 'D');
+	sl_buf_append_u32be(&s->mout, 0);
+	sl_buf_append_u16be(&s->mout, n);
+	for (uint16_t i = 0; i < n; i++) {
+		if (s->lens[i] < 0 || acts[i].act == 1) {
+			sl_buf_append_u32be(&s->mout, 0xffffffffu);
+		} else if (acts[i].act == 2) {
+			sl_buf_append_u32be(&s->mout, acts[i].rlen);
+			sl_buf_append(&s->mout, s->mval.data + acts[i].roff, acts[i].rlen);
+		} else {
+			sl_buf_append_u32be(&s->mout, (uint32_t)s->lens[i]);
+			sl_buf_append(&s->mout, msg + s->offs[i], (size_t)s->lens[i]);
+		}
+	}
+	{
+		uint32_t l = (uint32_t)(s->mout.len - 1);
+
+		s->mout.data[1] = (uint8_t)(l >> 24);
+		s->mout.data[2] = (uint8_t)(l >> 16);
+		s->mout.data[3] = (uint8_t)(l >> 8);
+		s->mout.data[4] = (uint8_t)l;
+	}
+	cli_send(s, s->mout.data, s->mout.len);
+	return 0;
+}
+
+/* Masks a free-text value (CopyData line, notification payload, error
+ * field) into s->mval; returns a pointer/length to send. Values that would
+ * become NULL are starred out instead, keeping tabs and newlines. */
+static void
+mask_text(struct pg_session *s, uint8_t *v, size_t len, const uint8_t **out, size_t *outlen)
+{
+	struct sl_mask_stats st = {0};
+	int r;
+
+	s->mval.len = 0;
+	r = sl_mask_value(s->mplan, s->w->mscratch, v, len, &s->mval, &st);
+	if (r != SL_MASK_UNCHANGED) {
+		for (unsigned d = 0; d < SL_MASK_MAX_DETECTORS; d++)
+			s->mstats.hits[d] += st.hits[d];
+		s->mstats_any = 1;
+	}
+	if (r == SL_MASK_REPLACED) {
+		*out = s->mval.data;
+		*outlen = s->mval.len;
+		return;
+	}
+	if (r < 0 || r == SL_MASK_TO_NULL) {
+		for (size_t i = 0; i < len; i++)
+			if (v[i] != '\t' && v[i] != '\n')
+				v[i] = '*';
+	}
+	*out = v;
+	*outlen = len;
+}
+
+/* CopyData ('d'), NotificationResponse ('A'), Error/Notice ('E'/'N'). */
+static void
+mask_message(struct pg_session *s, uint8_t *msg, size_t total)
+{
+	struct sl_buf *o = &s->mout;
+	const uint8_t *mv;
+	size_t ml;
+
+	o->len = 0;
+	o->off = 0;
+	sl_buf_append_u8(o, msg[0]);
+	sl_buf_append_u32be(o, 0);
+	if (msg[0] == 'd') {
+		mask_text(s, msg + 5, total - 5, &mv, &ml);
+		sl_buf_append(o, mv, ml);
+	} else if (msg[0] == 'A') {
+		uint32_t pid;
+		const char *chan, *payload;
+
+		if (sl_pg_parse_notification(msg, total, &pid, &chan, &payload) != 0) {
+			cli_send(s, msg, total);
+			return;
+		}
+		sl_buf_append_u32be(o, pid);
+		sl_buf_append_cstr(o, chan);
+		mask_text(s, (uint8_t *)payload, strlen(payload), &mv, &ml);
+		sl_buf_append(o, mv, ml);
+		sl_buf_append_u8(o, 0);
+	} else {
+		/* Error/Notice: every field but severity, code and location. */
+		struct sl_rd r;
+		uint8_t code;
+
+		sl_rd_init(&r, msg + 5, total - 5);
+		while (sl_rd_u8(&r, &code) == 0 && code != 0) {
+			const char *v;
+			size_t vl;
+
+			if (sl_rd_cstr(&r, &v, &vl) != 0)
+				break;
+			sl_buf_append_u8(o, code);
+			if (strchr("SVCPpFLR", code) != NULL) {
+				sl_buf_append(o, v, vl);
+			} else {
+				mask_text(s, (uint8_t *)v, vl, &mv, &ml);
+				sl_buf_append(o, mv, ml);
+			}
+			sl_buf_append_u8(o, 0);
+		}
+		sl_buf_append_u8(o, 0);
+	}
+	{
+		uint32_t l = (uint32_t)(o->len - 1);
+
+		o->data[1] = (uint8_t)(l >> 24);
+		o->data[2] = (uint8_t)(l >> 16);
+		o->data[3] = (uint8_t)(l >> 8);
+		o->data[4] = (uint8_t)l;
+	}
+	cli_send(s, o->data, o->len);
+}
+
 static void
 process_upstream(struct pg_session *s)
 {
@@ -1011,6 +1319,22 @@ process_upstream(struct pg_session *s)
 				process_client(s);
 			}
 			continue;
+		}
+		if (s->mplan != NULL) {
+			/* Masking: values are rewritten before anything is relayed. */
+			if (type == 'D') {
+				if (mask_row(s, (uint8_t *)msg, total) != 0)
+					return;
+				sl_buf_consume(in, total);
+				continue;
+			}
+			if (type == 'T')
+				on_row_desc(s, msg, total);
+			if (type == 'd' || type == 'A' || type == 'N') {
+				mask_message(s, (uint8_t *)msg, total);
+				sl_buf_consume(in, total);
+				continue;
+			}
 		}
 		switch (type) {
 		case 'D': {
@@ -2004,6 +2328,9 @@ on_accept(uv_stream_t *server, int status)
 	sl_buf_init(&s->cin, s->gw->max_message + (128u << 10));
 	sl_buf_init(&s->uin, s->gw->max_message + (128u << 10));
 	sl_pl_session_init(s->gw, &s->pl, "postgres");
+	s->pl.scratch = w->mscratch;
+	sl_buf_init(&s->mout, 0);
+	sl_buf_init(&s->mval, 0);
 	if (sl_stream_init(&s->cli, &w->loop, &cli_ops, s, &s->cin) != 0) {
 		sl_pl_session_fini(&s->pl);
 		free(s);

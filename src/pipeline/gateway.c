@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 
 #include "sluice/audit.h"
+#include "sluice/mask.h"
 #include "sluice/pg_session.h"
 
 void
@@ -115,7 +116,7 @@ worker_init(struct sl_gw *gw, struct sl_worker *w, unsigned id, char *err, size_
 	w->async.data = w;
 	uv_timer_init(&w->loop, &w->drain_timer);
 	w->sqlcache = sl_sql_cache_new(4096);
-	if (w->sqlcache == NULL)
+	if (w->sqlcache == NULL || sl_mask_scratch_new(gw->maskdb, &w->mscratch) != 0)
 		goto fail;
 	if (gw->cfg->gateway.postgres.listen != NULL && sl_pg_listen(w) != 0) {
 		snprintf(err, errlen, "cannot listen on %s: %s", gw->cfg->gateway.postgres.listen,
@@ -216,6 +217,10 @@ sl_gateway_run(struct sl_config *cfg)
 		sl_error("policy: %s", err);
 		goto out;
 	}
+	if (sl_pl_mask_init(gw, err, sizeof(err)) != 0) {
+		sl_error("mask: %s", err);
+		goto out;
+	}
 	if (sl_audit_open(cfg, &gw->audit, err, sizeof(err)) != 0) {
 		sl_error("audit: %s", err);
 		goto out;
@@ -302,12 +307,14 @@ stop:
 			uv_thread_join(&gw->workers[i].thread);
 			uv_loop_close(&gw->workers[i].loop);
 			sl_sql_cache_free(gw->workers[i].sqlcache);
+			sl_mask_scratch_free(gw->workers[i].mscratch);
 		}
 		free(msgs);
 	}
 out:
 	sl_audit_close(gw->audit);
 	sl_policy_free(gw->policy);
+	sl_pl_mask_fini(gw);
 	sl_idp_free(gw->idp);
 	if (gw->pg_tls)
 		SSL_CTX_free(gw->pg_tls);

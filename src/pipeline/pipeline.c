@@ -5,11 +5,16 @@
 #include "sluice/gateway.h"
 
 #include <ctype.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sluice/audit.h"
+#include "sluice/mask.h"
+#include <fcntl.h>
+#include <unistd.h>
 
 static const char *
 action_name(enum sl_action a)
@@ -303,8 +308,25 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 		jcstr(&b, "tag", tag);
 	if (sqlstate)
 		jcstr(&b, "sqlstate", sqlstate);
-	if (error_msg)
-		jcstr(&b, "error", error_msg);
+	if (error_msg) {
+		/* Error texts echo values ("invalid input syntax ...: \"123-45-6789\""). */
+		struct sl_buf t, alt;
+		int mr = SL_MASK_UNCHANGED;
+
+		sl_buf_init(&t, 0);
+		sl_buf_init(&alt, 0);
+		if (sl_buf_append(&t, error_msg, strlen(error_msg)) == 0 && s->scratch &&
+		    gw->audit_plan)
+			mr = sl_mask_value(gw->audit_plan, s->scratch, t.data, t.len, &alt, NULL);
+		if (mr == SL_MASK_REPLACED)
+			jstr(&b, "error", (const char *)alt.data, alt.len);
+		else if (mr < 0 || mr == SL_MASK_TO_NULL)
+			jcstr(&b, "error", "<withheld: could not be masked>");
+		else
+			jstr(&b, "error", t.len ? (const char *)t.data : "", t.len);
+		sl_buf_fini(&t);
+		sl_buf_fini(&alt);
+	}
 	if (mask_stats) {
 		char *m = json_dumps(mask_stats, JSON_COMPACT | JSON_ENSURE_ASCII);
 
@@ -394,4 +416,117 @@ sl_pl_mask_plan(struct sl_gw *gw, const struct sl_decision *d)
 		if (gw->masks[i].cfg == d->mask)
 			return gw->masks[i].plan;
 	return NULL;
+}
+
+const struct sl_mask_plan *
+sl_pl_session_mask(struct sl_gw *gw, struct sl_pl_session *s, int *exempt)
+{
+	const struct sl_cfg_policy_mask *m;
+	struct sl_decision d;
+
+	sl_policy_mask_for(gw->policy, s->ident.subject, (const char *const *)s->ident.groups,
+			   s->ident.ngroups, s->conn ? s->conn->name : "", &m, exempt);
+	if (*exempt || m == NULL)
+		return NULL;
+	memset(&d, 0, sizeof(d));
+	d.mask = m;
+	return sl_pl_mask_plan(gw, &d);
+}
+
+/* The key of the "hash" style: mask.hash_key_env / hash_key_file, else a
+ * random key kept in <data_dir>/mask-hash.key (0600), so tokens are stable
+ * across restarts and unguessable. */
+static int
+hash_key(struct sl_gw *gw, uint8_t key[32], size_t *keylen, char *err, size_t errlen)
+{
+	const struct sl_cfg_mask *m = &gw->cfg->mask;
+	char path[4096], *data = NULL;
+	size_t len = 0;
+
+	if (m->hash_key_env != NULL) {
+		const char *v = getenv(m->hash_key_env);
+
+		if (v == NULL || *v == '\0') {
+			snprintf(err, errlen, "mask.hash_key_env: %s is not set", m->hash_key_env);
+			return SL_EINVAL;
+		}
+		SHA256((const uint8_t *)v, strlen(v), key);
+		*keylen = 32;
+		return 0;
+	}
+	snprintf(path, sizeof(path), "%s", m->hash_key_file ? m->hash_key_file : "");
+	if (m->hash_key_file == NULL)
+		snprintf(path, sizeof(path), "%s/mask-hash.key", gw->cfg->gateway.data_dir);
+	if (sl_read_file(path, 4096, &data, &len) == 0 && len >= 16) {
+		SHA256((const uint8_t *)data, len, key);
+		OPENSSL_cleanse(data, len);
+		free(data);
+		*keylen = 32;
+		return 0;
+	}
+	free(data);
+	if (m->hash_key_file != NULL) {
+		snprintf(err, errlen, "mask.hash_key_file %s: cannot read (16+ bytes needed)", path);
+		return SL_EINVAL;
+	}
+	{
+		uint8_t raw[32];
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+
+		if (fd < 0 || sl_random(raw, sizeof(raw)) != 0 ||
+		    write(fd, raw, sizeof(raw)) != (ssize_t)sizeof(raw)) {
+			if (fd >= 0)
+				close(fd);
+			snprintf(err, errlen, "cannot create %s", path);
+			return SL_EIO;
+		}
+		close(fd);
+		SHA256(raw, sizeof(raw), key);
+		*keylen = 32;
+	}
+	return 0;
+}
+
+int
+sl_pl_mask_init(struct sl_gw *gw, char *err, size_t errlen)
+{
+	uint8_t key[32];
+	size_t keylen = 0;
+	int r;
+
+	if ((r = sl_mask_db_new(&gw->cfg->mask, &gw->maskdb, err, errlen)) != 0)
+		return r;
+	if ((r = hash_key(gw, key, &keylen, err, errlen)) != 0)
+		return r;
+	if ((r = sl_mask_plan_all(gw->maskdb, key, keylen, &gw->audit_plan)) != 0)
+		return r;
+	gw->masks = calloc(gw->cfg->policies_count + 1, sizeof(*gw->masks));
+	if (gw->masks == NULL)
+		return SL_ENOMEM;
+	for (unsigned i = 0; i < gw->cfg->policies_count; i++) {
+		const struct sl_cfg_policy_mask *pm = gw->cfg->policies[i].mask;
+		char e2[256];
+
+		if (pm == NULL || pm->exempt)
+			continue;
+		if (sl_mask_plan_new(gw->maskdb, pm, key, keylen, &gw->masks[gw->nmasks].plan, e2,
+				     sizeof(e2)) != 0) {
+			snprintf(err, errlen, "policies[%u] (%s): %s", i,
+				 gw->cfg->policies[i].name ? gw->cfg->policies[i].name : "", e2);
+			return SL_EINVAL;
+		}
+		gw->masks[gw->nmasks++].cfg = pm;
+	}
+	OPENSSL_cleanse(key, sizeof(key));
+	return 0;
+}
+
+void
+sl_pl_mask_fini(struct sl_gw *gw)
+{
+	for (size_t i = 0; i < gw->nmasks; i++)
+		sl_mask_plan_free(gw->masks[i].plan);
+	free(gw->masks);
+	sl_mask_plan_free(gw->audit_plan);
+	sl_mask_db_free(gw->maskdb);
 }

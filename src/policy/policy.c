@@ -381,3 +381,23 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 	d->message = d->reason;
 	return 0;
 }
+
+void
+sl_policy_mask_for(const struct sl_policy_set *ps, const char *subject,
+		   const char *const *groups, size_t ngroups, const char *connection,
+		   const struct sl_cfg_policy_mask **mask, int *exempt)
+{
+	*mask = NULL;
+	*exempt = 0;
+	for (size_t i = 0; i < ps->npols; i++) {
+		const struct cpolicy *cp = &ps->pols[i];
+
+		if (cp->cfg->mask == NULL ||
+		    !policy_applies(cp, subject, groups, ngroups, connection))
+			continue;
+		if (cp->cfg->mask->exempt)
+			*exempt = 1;
+		else if (*mask == NULL)
+			*mask = cp->cfg->mask;
+	}
+}
