@@ -676,13 +676,21 @@ sl_mask_column(const struct sl_mask_plan *p, enum sl_mask_style style, uint8_t *
 	char tok[24];
 
 	switch (style) {
-	case SL_MASK_PARTIAL:
-		/* Keep the last 4 characters of long values, nothing of short ones. */
-		if (len > 8)
-			star(val, len - 4);
-		else
-			star(val, len);
+	case SL_MASK_PARTIAL: {
+		/* Keep the format (separators, '@', '.') and the last 4 letters
+		 * or digits of values that have more than 8; star the rest. */
+		size_t alnum = 0, seen = 0;
+
+		for (size_t i = 0; i < len; i++)
+			alnum += isalnum(val[i]) != 0;
+		for (size_t i = len; i-- > 0;) {
+			if (!isalnum(val[i]))
+				continue;
+			if (alnum <= 8 || seen++ >= 4)
+				val[i] = '*';
+		}
 		return SL_MASK_IN_PLACE;
+	}
 	case SL_MASK_FULL:
 		star(val, len);
 		return SL_MASK_IN_PLACE;

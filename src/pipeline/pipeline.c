@@ -249,7 +249,27 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	jcstr(&b, "subject", s->ident.subject);
 	jcstr(&b, "connection", s->conn ? s->conn->name : "");
 	jcstr(&b, "protocol", s->protocol);
-	jstr(&b, "text", r->text ? r->text : "", r->text ? r->textlen : 0);
+	{
+		/* Statement text goes through every detector before it is
+		 * stored: literals can be card numbers or passwords. */
+		struct sl_buf t, alt;
+		int mr = SL_MASK_UNCHANGED;
+
+		sl_buf_init(&t, 0);
+		sl_buf_init(&alt, 0);
+		if (r->text != NULL && r->textlen > 0 &&
+		    sl_buf_append(&t, r->text, r->textlen) == 0 && w != NULL &&
+		    w->mscratch != NULL && gw->audit_plan != NULL)
+			mr = sl_mask_value(gw->audit_plan, w->mscratch, t.data, t.len, &alt, NULL);
+		if (mr == SL_MASK_REPLACED)
+			jstr(&b, "text", (const char *)alt.data, alt.len);
+		else if (mr < 0 || mr == SL_MASK_TO_NULL)
+			jcstr(&b, "text", "<withheld: could not be masked>");
+		else
+			jstr(&b, "text", t.len ? (const char *)t.data : "", t.len);
+		sl_buf_fini(&t);
+		sl_buf_fini(&alt);
+	}
 	if (r->sql != NULL) {
 		char kinds[512];
 
