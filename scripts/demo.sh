@@ -91,7 +91,10 @@ say "what happened"
 cat <<TXT
 - The agent logged in to sluice with its own short-lived token; sluice logged in to
   PostgreSQL itself with the vaulted password (SCRAM-SHA-256). The agent never had it.
-- Its SELECTs ran. Its DROP TABLE was refused before it reached the database, with a
+- Its SELECTs ran, but the SSNs, card numbers and e-mail addresses it read were masked in
+  transit (***-**-6789, **** **** **** 1111, a**@example.com) and the api_token column was
+  masked by name: the raw values never reached the agent.
+- Its DROP TABLE was refused before it reached the database, with a
   PostgreSQL error (SQLSTATE 42501), and the session kept working.
 - Every statement, decision and result is in a hash-chained, signed audit trail, tagged
   with the agent's trace id $TRACE, and 'sluice audit verify' proves it untouched.

@@ -29,11 +29,12 @@ struct det {
 
 /* Hyperscan has no lookaround: boundaries and checksums are checked in code. */
 static const struct det builtin[SL_DET_BUILTIN] = {
-	[SL_DET_SSN] = {"ssn", "\\d{3}[- ]\\d{2}[- ]\\d{4}", 0},
-	[SL_DET_CARD] = {"credit_card", "\\d(?:[ -]?\\d){12,18}", 0},
-	[SL_DET_EMAIL] = {"email",
-			  "[A-Za-z0-9._%+\\-]+@[A-Za-z0-9\\-]+(?:\\.[A-Za-z0-9\\-]+)*\\.[A-Za-z]{2,24}",
-			  0},
+	/* ssn, credit_card, iban and phone: digit scanner in code (numbers are
+	 * everywhere in result data; a regex engine pays for every digit) */
+	[SL_DET_SSN] = {"ssn", NULL, 0},
+	[SL_DET_CARD] = {"credit_card", NULL, 0},
+	/* anchored on '@'; the local part is extended backwards in code */
+	[SL_DET_EMAIL] = {"email", "@[A-Za-z0-9\\-]+(?:\\.[A-Za-z0-9\\-]+)*\\.[A-Za-z]{2,24}", 0},
 	[SL_DET_AWS] = {"aws_access_key", "(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", 0},
 	[SL_DET_JWT] = {"jwt", "eyJ[A-Za-z0-9_\\-]{4,}\\.eyJ[A-Za-z0-9_\\-]{4,}\\.[A-Za-z0-9_\\-]{8,}", 0},
 	[SL_DET_PEM] = {"private_key", "-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----", 0},
@@ -42,8 +43,8 @@ static const struct det builtin[SL_DET_BUILTIN] = {
 			   "(?:auth|access|api|refresh)[_\\-]?token|token)[\"']?\\s*[:=]\\s*"
 			   "[\"']?[^\\s\"',;&]{3,}|authorization:\\s*bearer\\s+[A-Za-z0-9._~+/=\\-]{8,}",
 			   HS_FLAG_CASELESS},
-	[SL_DET_IBAN] = {"iban", "[A-Z]{2}\\d{2}(?: ?[A-Z0-9]){11,30}", 0},
-	[SL_DET_PHONE] = {"phone", "\\+[1-9]\\d{6,14}", 0},
+	[SL_DET_IBAN] = {"iban", NULL, 0},
+	[SL_DET_PHONE] = {"phone", NULL, 0},
 };
 
 struct sl_mask_db {
@@ -104,11 +105,16 @@ sl_mask_db_new(const struct sl_cfg_mask *cfg, struct sl_mask_db **out, char *err
 	db = calloc(1, sizeof(*db));
 	if (db == NULL)
 		return SL_ENOMEM;
+	unsigned nre = 0;
+
 	for (unsigned i = 0; i < SL_DET_BUILTIN; i++) {
-		exprs[n] = builtin[i].re;
-		flags[n] = builtin[i].flags | HS_FLAG_SOM_LEFTMOST;
-		ids[n] = n;
 		db->names[n] = strdup(builtin[i].name);
+		if (builtin[i].re != NULL) {
+			exprs[nre] = builtin[i].re;
+			flags[nre] = builtin[i].flags | HS_FLAG_SOM_LEFTMOST;
+			ids[nre] = n;
+			nre++;
+		}
 		n++;
 	}
 	for (unsigned i = 0; cfg != NULL && i < cfg->patterns_count; i++) {
@@ -117,17 +123,18 @@ sl_mask_db_new(const struct sl_cfg_mask *cfg, struct sl_mask_db **out, char *err
 				 SL_MASK_MAX_DETECTORS - SL_DET_BUILTIN);
 			goto fail;
 		}
-		exprs[n] = cfg->patterns[i].regex;
-		flags[n] = HS_FLAG_SOM_LEFTMOST;
-		ids[n] = n;
+		exprs[nre] = cfg->patterns[i].regex;
+		flags[nre] = HS_FLAG_SOM_LEFTMOST;
+		ids[nre] = n;
+		nre++;
 		db->names[n] = strdup(cfg->patterns[i].name);
 		n++;
 	}
 	db->ndet = n;
-	if (hs_compile_multi(exprs, flags, ids, n, HS_MODE_BLOCK, NULL, &db->hs, &ce) !=
+	if (hs_compile_multi(exprs, flags, ids, nre, HS_MODE_BLOCK, NULL, &db->hs, &ce) !=
 	    HS_SUCCESS) {
 		snprintf(err, errlen, "mask pattern %s: %s",
-			 ce && ce->expression >= 0 ? db->names[ce->expression] : "?",
+			 ce && ce->expression >= 0 ? db->names[ids[ce->expression]] : "?",
 			 ce ? ce->message : "compile error");
 		hs_free_compile_error(ce);
 		goto fail;
@@ -392,11 +399,10 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 	case SL_DET_SSN: {
 		int area = (m[0] - '0') * 100 + (m[1] - '0') * 10 + (m[2] - '0');
 
-		if (m[3] != m[6])
-			return 0;
 		if (area == 0 || area == 666 || area >= 900 || (m[4] == '0' && m[5] == '0') ||
 		    memcmp(m + 7, "0000", 4) == 0)
 			return 0;
+		return 1;
 		if ((c->from && (alnum_at(v, len, before) ||
 				 ((v[before] == '-' || v[before] == ' ') && before && digit_at(v, len, before - 1)))) ||
 		    alnum_at(v, len, c->to) ||
@@ -420,6 +426,19 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 		    ((c->to + 1 < len) && (v[c->to] == '-' || v[c->to] == ' ') && digit_at(v, len, c->to + 1) && sep))
 			return 0;
 		return sl_mask_luhn(m, n);
+	}
+	case SL_DET_EMAIL: {
+		/* Extend the start over the local part; need at least one char. */
+		size_t st = c->from;
+
+		while (st > 0 && (isalnum(v[st - 1]) || strchr("._%+-'", v[st - 1]) != NULL))
+			st--;
+		while (st < c->from && (v[st] == '.' || v[st] == '\''))
+			st++;
+		if (st == c->from)
+			return 0;
+		c->from = (uint32_t)st;
+		return !alnum_at(v, len, c->to);
 	}
 	case SL_DET_AWS:
 	case SL_DET_PHONE:
@@ -470,6 +489,151 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 	}
 	default:
 		return 1;
+	}
+}
+
+
+/* ------------------------------------------------------------ digit scanner */
+
+/* The scanner looks at every byte: plain comparisons, not <ctype.h> calls. */
+#define DIG(c)	 ((unsigned)((c) - '0') < 10u)
+#define UPPER(c) ((unsigned)((c) - 'A') < 26u)
+#define ALPHA(c) (UPPER(c) || (unsigned)((c) - 'a') < 26u)
+#define ALNUM(c) (DIG(c) || ALPHA(c))
+
+static void
+add_cand(struct sl_mask_scratch *s, uint32_t id, size_t from, size_t to)
+{
+	if (s->n >= MAX_CAND) {
+		s->overflow = 1;
+		return;
+	}
+	s->c[s->n].id = id;
+	s->c[s->n].from = (uint32_t)from;
+	s->c[s->n].to = (uint32_t)to;
+	s->n++;
+}
+
+#define MAX_GROUPS 24
+
+/* Finds SSNs, card numbers, E.164 phone numbers and IBANs. A token is a run
+ * of digit groups joined by single '-' or ' '; SSNs and cards are looked
+ * for among its consecutive groups, with the same separator throughout and a
+ * different one (or none) at both ends, so a value inside a longer number is
+ * never taken. */
+static void
+scan_digits(const struct sl_mask_plan *p, struct sl_mask_scratch *s, const uint8_t *v, size_t len)
+{
+	int want_ssn = p->enabled & (1u << SL_DET_SSN), want_card = p->enabled & (1u << SL_DET_CARD);
+	int want_phone = p->enabled & (1u << SL_DET_PHONE), want_iban = p->enabled & (1u << SL_DET_IBAN);
+	size_t i = 0;
+
+	while (i < len) {
+		uint8_t c = v[i];
+
+		/* skip what cannot start anything */
+		if (!DIG(c) && c != '+' && !(want_iban && UPPER(c))) {
+			i++;
+			continue;
+		}
+
+		if (want_iban && c >= 'A' && c <= 'Z' && i + 4 < len && v[i + 1] >= 'A' &&
+		    v[i + 1] <= 'Z' && DIG(v[i + 2]) && DIG(v[i + 3]) &&
+		    (i == 0 || !ALNUM(v[i - 1]))) {
+			/* [A-Z]{2}\d{2} then [A-Z0-9] with optional single spaces */
+			size_t j = i + 4, chars = 4, best = 0;
+
+			while (j < len && chars < 34) {
+				if (UPPER(v[j]) || DIG(v[j])) {
+					j++;
+					chars++;
+					if (chars >= 15 && (j >= len || !ALNUM(v[j])) &&
+					    sl_mask_iban_ok((const char *)v + i, j - i))
+						best = j;
+				} else if (v[j] == ' ' && j + 1 < len && (UPPER(v[j + 1]) || DIG(v[j + 1]))) {
+					j++;
+				} else {
+					break;
+				}
+			}
+			if (best) {
+				add_cand(s, SL_DET_IBAN, i, best);
+				i = best;
+				continue;
+			}
+		}
+		if (c == '+' && want_phone && i + 1 < len && v[i + 1] >= '1' && v[i + 1] <= '9' &&
+		    (i == 0 || !ALNUM(v[i - 1]))) {
+			size_t j = i + 1;
+
+			while (j < len && DIG(v[j]))
+				j++;
+			if (j - i - 1 >= 7 && j - i - 1 <= 15 && (j >= len || !ALNUM(v[j])))
+				add_cand(s, SL_DET_PHONE, i, j);
+			i = j;
+			continue;
+		}
+		if (!DIG(c) || (i > 0 && ALNUM(v[i - 1]))) {
+			i++;
+			continue;
+		}
+		{
+			size_t gs[MAX_GROUPS], ge[MAX_GROUPS];
+			uint8_t sep[MAX_GROUPS]; /* separator after group g */
+			size_t ng = 0, j = i;
+
+			for (;;) {
+				size_t st = j;
+
+				while (j < len && DIG(v[j]))
+					j++;
+				if (ng < MAX_GROUPS) {
+					gs[ng] = st;
+					ge[ng] = j;
+					sep[ng] = 0;
+					ng++;
+				}
+				if (j + 1 < len && (v[j] == '-' || v[j] == ' ') && DIG(v[j + 1]) &&
+				    ng < MAX_GROUPS) {
+					sep[ng - 1] = v[j];
+					j++;
+					continue;
+				}
+				break;
+			}
+			if (j < len && ALPHA(v[j])) {
+				/* digits glued to letters: an identifier, not a number */
+				i = j;
+				continue;
+			}
+			for (size_t a = 0; a < ng; a++) {
+				uint8_t before = a > 0 ? sep[a - 1] : 0;
+				size_t digits = 0;
+
+				/* SSN: groups 3-2-4 with one separator */
+				if (want_ssn && a + 2 < ng && ge[a] - gs[a] == 3 &&
+				    ge[a + 1] - gs[a + 1] == 2 && ge[a + 2] - gs[a + 2] == 4 &&
+				    sep[a] && sep[a] == sep[a + 1] && before != sep[a] &&
+				    sep[a + 2] != sep[a])
+					add_cand(s, SL_DET_SSN, gs[a], ge[a + 2]);
+				if (!want_card)
+					continue;
+				/* cards: consecutive groups, one separator, 13-19 digits */
+				for (size_t b = a; b < ng; b++) {
+					digits += ge[b] - gs[b];
+					if (digits > 19)
+						break;
+					if (b > a && sep[b - 1] != sep[a])
+						break;
+					if (digits >= 13 && (a == 0 || sep[a - 1] != (b > a ? sep[a] : sep[a - 1] + 1)) &&
+					    (sep[b] == 0 || b == a || sep[b] != sep[a]) &&
+					    (b > a || (a == 0 || before == 0) ) &&
+					    sl_mask_luhn((const char *)v + gs[a], ge[b] - gs[a]))
+						add_cand(s, SL_DET_CARD, gs[a], ge[b]);
+				}
+			}
+			i = j;
+		}
 	}
 }
 
@@ -583,6 +747,8 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		    HS_SUCCESS &&
 	    !s->overflow)
 		return SL_EIO;
+	if (!s->overflow)
+		scan_digits(p, s, val, len);
 	if (s->overflow) {
 		/* Too many candidates to reason about: mask it all. */
 		star(val, len);
