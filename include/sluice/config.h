@@ -28,6 +28,7 @@ struct sl_cfg_gateway {
 	struct sl_cfg_listener ssh;
 	unsigned max_message_bytes;      /* hard cap on one protocol message; default 16 MiB */
 	char *shutdown_timeout;          /* drain time on SIGTERM; default "10s" */
+	char *login_timeout;             /* startup + authentication must finish within; default "15s" */
 };
 
 struct sl_cfg_issuer {

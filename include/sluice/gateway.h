@@ -87,6 +87,7 @@ struct sl_gw {
 	int pg_loopback;
 	size_t max_message;
 	int64_t leeway_s;
+	int64_t login_timeout_ms;
 	char node[64];
 	atomic_uint_fast64_t next_session;
 	atomic_int stopping;

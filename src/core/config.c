@@ -44,6 +44,7 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	CYAML_FIELD_MAPPING("ssh", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, ssh, listener_fields),
 	UINT("max_message_bytes", struct sl_cfg_gateway, max_message_bytes),
 	STR("shutdown_timeout", struct sl_cfg_gateway, shutdown_timeout),
+	STR("login_timeout", struct sl_cfg_gateway, login_timeout),
 	CYAML_FIELD_END,
 };
 
@@ -339,6 +340,8 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		FAIL("gateway.workers: at most 64");
 	if ((r = check_duration("gateway.shutdown_timeout", c->gateway.shutdown_timeout, err,
 				errlen)) != 0 ||
+	    (r = check_duration("gateway.login_timeout", c->gateway.login_timeout, err, errlen)) !=
+		    0 ||
 	    (r = check_duration("audit.checkpoint_interval", c->audit.checkpoint_interval, err,
 				errlen)) != 0)
 		return r;
@@ -417,6 +420,7 @@ fill_defaults(struct sl_config *c)
 	r |= set_default(&c->gateway.data_dir, "./var");
 	r |= set_default(&c->gateway.log_level, "info");
 	r |= set_default(&c->gateway.shutdown_timeout, "10s");
+	r |= set_default(&c->gateway.login_timeout, "15s");
 	if (c->gateway.workers == 0) {
 		n = sysconf(_SC_NPROCESSORS_ONLN);
 		c->gateway.workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;

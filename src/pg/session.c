@@ -125,6 +125,8 @@ struct pg_session {
 	struct sl_mask_stats mstats;
 	int mstats_any;
 	struct sl_buf mout, mval;
+	uv_timer_t login_timer; /* startup + login must finish in time (slow clients hold sockets) */
+	unsigned timer_open : 1;
 };
 
 /* What to do with a result column. */
@@ -143,6 +145,7 @@ static void process_upstream(struct pg_session *s);
 static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
+static void stop_login_timer(struct pg_session *s);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -562,10 +565,41 @@ static void
 maybe_free(struct pg_session *s)
 {
 	if (s->state != PG_ST_CLOSING || s->cli_open || s->up_open || s->pending > 0 ||
-	    s->in_process || s->freeing)
+	    s->in_process || s->freeing || s->timer_open)
 		return;
 	s->freeing = 1;
 	session_free(s);
+}
+
+static void
+timer_closed(uv_handle_t *h)
+{
+	struct pg_session *s = h->data;
+
+	s->timer_open = 0;
+	maybe_free(s);
+}
+
+static void
+stop_login_timer(struct pg_session *s)
+{
+	if (s->timer_open && !uv_is_closing((uv_handle_t *)&s->login_timer))
+		uv_close((uv_handle_t *)&s->login_timer, timer_closed);
+}
+
+static void
+login_timeout(uv_timer_t *t)
+{
+	struct pg_session *s = t->data;
+
+	if (s->state == PG_ST_READY || s->state == PG_ST_CLOSING)
+		return;
+	s->in_process = 1;
+	if (s->pl.authenticated || s->state >= PG_ST_AUTH)
+		sl_pl_auth_failed(s->gw, &s->pl, s->client_user, "login timed out");
+	fatal(s, "08006", "sluice: login timed out");
+	s->in_process = 0;
+	maybe_free(s);
 }
 
 static void
@@ -577,6 +611,7 @@ session_close(struct pg_session *s, const char *why)
 		sl_pl_session_closed(s->gw, &s->pl, why);
 	sl_debug("pg session %s closing: %s", s->pl.id, why);
 	set_state(s, PG_ST_CLOSING);
+	stop_login_timer(s);
 	if (s->cli_open) {
 		sl_stream_flush(&s->cli);
 		sl_stream_close(&s->cli);
@@ -873,6 +908,7 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 							   : "off"));
 		sl_pl_session_opened(s->gw, &s->pl, details);
 		set_state(s, PG_ST_READY);
+		stop_login_timer(s);
 		return 0;
 	}
 	default:
@@ -2347,6 +2383,11 @@ on_accept(uv_stream_t *server, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->cli.tcp, 1);
+	if (uv_timer_init(&w->loop, &s->login_timer) == 0) {
+		s->login_timer.data = s;
+		s->timer_open = 1;
+		uv_timer_start(&s->login_timer, login_timeout, (uint64_t)s->gw->login_timeout_ms, 0);
+	}
 	if (uv_tcp_getpeername(&s->cli.tcp, (struct sockaddr *)&ss, &len) == 0)
 		sl_net_addr_str((struct sockaddr *)&ss, s->pl.client_addr,
 				sizeof(s->pl.client_addr));

@@ -200,6 +200,9 @@ sl_gateway_run(struct sl_config *cfg)
 							 : 16u << 20;
 	if (cfg->gateway.shutdown_timeout)
 		sl_parse_duration_ms(cfg->gateway.shutdown_timeout, &drain_ms);
+	gw->login_timeout_ms = 15000;
+	if (cfg->gateway.login_timeout)
+		sl_parse_duration_ms(cfg->gateway.login_timeout, &gw->login_timeout_ms);
 	if (cfg->identity.issuers_count > 0 && cfg->identity.issuers[0].leeway)
 		sl_parse_duration_ms(cfg->identity.issuers[0].leeway, &leeway_ms);
 	gw->leeway_s = leeway_ms / 1000;

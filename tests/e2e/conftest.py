@@ -153,7 +153,7 @@ policies:
 
 class Gateway:
     def __init__(self, pg, policies=DEFAULT_POLICIES, extra="", connections=None, mode="strict",
-                 env=None, tls=False):
+                 env=None, tls=False, login_timeout="15s"):
         self.dir = tempfile.mkdtemp(prefix="sluice-gw-")
         listen_extra = ""
         if tls:
@@ -196,6 +196,7 @@ connections:
   workers: 2
   log_level: info
   shutdown_timeout: 5s
+  login_timeout: %s
   postgres: { listen: "127.0.0.1:%d"%s }
 audit:
   store: sqlite:%s/audit.db
@@ -204,7 +205,8 @@ audit:
 %s
 %s
 %s
-""" % (self.data, self.port, listen_extra, self.data, mode, connections, policies, extra))
+""" % (self.data, login_timeout, self.port, listen_extra, self.data, mode, connections, policies,
+       extra))
         self.run("token", "init")
         e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
         if env:

@@ -481,3 +481,28 @@ def test_tls_refused_when_not_configured(gw):
     # and plain still works
     c = gw.connect()
     c.close()
+
+
+def test_login_timeout_closes_idle_and_half_logged_in_clients(gateway_factory):
+    gw = gateway_factory(login_timeout="1s")
+    idle = pgwire.Conn(gw.port)                 # says nothing at all
+    half = pgwire.Conn(gw.port)
+    half.send(pgwire.startup("orders", "orders"))
+    t, body = half.read_msg()                   # asked for the token, never sends it
+    assert t == b"R"
+    start = time.time()
+    assert idle.closed(timeout=5)
+    got = []
+    while True:
+        m = half.read_msg()
+        if m is None:
+            break
+        got.append(m)
+    assert pgwire.errors(got)[0]["M"] == "sluice: login timed out"
+    assert time.time() - start < 4
+    # a normal session is not affected by the login timeout
+    c = gw.connect()
+    cur = c.cursor()
+    time.sleep(1.5)
+    cur.execute("SELECT 1")
+    c.close()
