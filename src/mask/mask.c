@@ -48,7 +48,8 @@ static const struct det builtin[SL_DET_BUILTIN] = {
 };
 
 struct sl_mask_db {
-	hs_database_t *hs;
+	hs_database_t *hs;        /* built-in detectors, no start-of-match tracking (fast) */
+	hs_database_t *hs_custom; /* custom patterns, leftmost start of match; may be NULL */
 	unsigned ndet;
 	char *names[SL_MASK_MAX_DETECTORS];
 };
@@ -105,13 +106,17 @@ sl_mask_db_new(const struct sl_cfg_mask *cfg, struct sl_mask_db **out, char *err
 	db = calloc(1, sizeof(*db));
 	if (db == NULL)
 		return SL_ENOMEM;
-	unsigned nre = 0;
+	unsigned nre = 0, nc = 0;
+	const char *cexprs[SL_MASK_MAX_DETECTORS];
+	unsigned cflags[SL_MASK_MAX_DETECTORS], cids[SL_MASK_MAX_DETECTORS];
 
+	/* Built-ins without SOM: their starts are recovered in code from the
+	 * match end (SOM tracking made the scan ~4x slower). */
 	for (unsigned i = 0; i < SL_DET_BUILTIN; i++) {
 		db->names[n] = strdup(builtin[i].name);
 		if (builtin[i].re != NULL) {
 			exprs[nre] = builtin[i].re;
-			flags[nre] = builtin[i].flags | HS_FLAG_SOM_LEFTMOST;
+			flags[nre] = builtin[i].flags;
 			ids[nre] = n;
 			nre++;
 		}
@@ -123,10 +128,10 @@ sl_mask_db_new(const struct sl_cfg_mask *cfg, struct sl_mask_db **out, char *err
 				 SL_MASK_MAX_DETECTORS - SL_DET_BUILTIN);
 			goto fail;
 		}
-		exprs[nre] = cfg->patterns[i].regex;
-		flags[nre] = HS_FLAG_SOM_LEFTMOST;
-		ids[nre] = n;
-		nre++;
+		cexprs[nc] = cfg->patterns[i].regex;
+		cflags[nc] = HS_FLAG_SOM_LEFTMOST;
+		cids[nc] = n;
+		nc++;
 		db->names[n] = strdup(cfg->patterns[i].name);
 		n++;
 	}
@@ -135,6 +140,14 @@ sl_mask_db_new(const struct sl_cfg_mask *cfg, struct sl_mask_db **out, char *err
 	    HS_SUCCESS) {
 		snprintf(err, errlen, "mask pattern %s: %s",
 			 ce && ce->expression >= 0 ? db->names[ids[ce->expression]] : "?",
+			 ce ? ce->message : "compile error");
+		hs_free_compile_error(ce);
+		goto fail;
+	}
+	if (nc > 0 && hs_compile_multi(cexprs, cflags, cids, nc, HS_MODE_BLOCK, NULL,
+				       &db->hs_custom, &ce) != HS_SUCCESS) {
+		snprintf(err, errlen, "mask.patterns %s: %s",
+			 ce && ce->expression >= 0 ? db->names[cids[ce->expression]] : "?",
 			 ce ? ce->message : "compile error");
 		hs_free_compile_error(ce);
 		goto fail;
@@ -152,6 +165,7 @@ sl_mask_db_free(struct sl_mask_db *db)
 	if (db == NULL)
 		return;
 	hs_free_database(db->hs);
+	hs_free_database(db->hs_custom);
 	for (unsigned i = 0; i < SL_MASK_MAX_DETECTORS; i++)
 		free(db->names[i]);
 	free(db);
@@ -287,7 +301,8 @@ sl_mask_scratch_new(const struct sl_mask_db *db, struct sl_mask_scratch **out)
 	if (s == NULL)
 		return SL_ENOMEM;
 	s->c = calloc(MAX_CAND, sizeof(*s->c));
-	if (s->c == NULL || hs_alloc_scratch(db->hs, &s->hs) != HS_SUCCESS) {
+	if (s->c == NULL || hs_alloc_scratch(db->hs, &s->hs) != HS_SUCCESS ||
+	    (db->hs_custom != NULL && hs_alloc_scratch(db->hs_custom, &s->hs) != HS_SUCCESS)) {
 		sl_mask_scratch_free(s);
 		return SL_ENOMEM;
 	}
@@ -428,8 +443,15 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 		return sl_mask_luhn(m, n);
 	}
 	case SL_DET_EMAIL: {
-		/* Extend the start over the local part; need at least one char. */
-		size_t st = c->from;
+		/* The match starts at its '@'; extend over the local part (at
+		 * least one character). */
+		const uint8_t *at = memrchr(v, '@', c->to);
+		size_t st;
+
+		if (at == NULL)
+			return 0;
+		c->from = (uint32_t)(at - v);
+		st = c->from;
 
 		while (st > 0 && (isalnum(v[st - 1]) || strchr("._%+-'", v[st - 1]) != NULL))
 			st--;
@@ -441,6 +463,27 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 		return !alnum_at(v, len, c->to);
 	}
 	case SL_DET_AWS:
+		if (c->to < 20)
+			return 0;
+		c->from = c->to - 20;
+		before = c->from ? c->from - 1 : (size_t)-1;
+		if ((c->from && alnum_at(v, len, before)) || alnum_at(v, len, c->to))
+			return 0;
+		return 1;
+	case SL_DET_JWT: {
+		/* Walk back over the token's characters to its "eyJ". */
+		size_t st = c->to;
+		const uint8_t *h;
+
+		while (st > 0 && (isalnum(v[st - 1]) || v[st - 1] == '_' || v[st - 1] == '-' ||
+				  v[st - 1] == '.'))
+			st--;
+		h = memmem(v + st, c->to - st, "eyJ", 3);
+		if (h == NULL)
+			return 0;
+		c->from = (uint32_t)(h - v);
+		return !(c->to < len && (isalnum(v[c->to]) || v[c->to] == '_' || v[c->to] == '-'));
+	}
 	case SL_DET_PHONE:
 	case SL_DET_IBAN:
 		if ((c->from && alnum_at(v, len, before)) || alnum_at(v, len, c->to))
@@ -451,7 +494,15 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 	case SL_DET_PEM: {
 		/* Mask from BEGIN to the end of the matching END line; with no
 		 * END in the value, to the end of the value (fail closed). */
-		const uint8_t *e = memmem(v + c->to, len - c->to, "-----END ", 9);
+		const uint8_t *e;
+		size_t lo = c->to > 80 ? c->to - 80 : 0, b = c->to;
+
+		while (b > lo && !(b - lo >= 11 && memcmp(v + b - 11, "-----BEGIN ", 11) == 0))
+			b--;
+		if (b <= lo)
+			return 0;
+		c->from = (uint32_t)(b - 11);
+		e = memmem(v + c->to, len - c->to, "-----END ", 9);
 
 		if (e == NULL) {
 			c->to = (uint32_t)len;
@@ -463,28 +514,32 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 		return 1;
 	}
 	case SL_DET_SECRET: {
-		/* Keep the key, mask the value: skip to after [:=] / "bearer". */
-		size_t i = 0;
+		/* Keep the key, mask the value. The match ends inside the value;
+		 * walk back over value characters, then decide where the value
+		 * starts: right there after "[:=] " or "bearer ", else after the
+		 * first ':' or '=' (keys never contain one). */
+		size_t t = c->to, k, q;
 
-		if (n > 14 && strncasecmp(m, "authorization:", 14) == 0) {
-			i = 14;
-			while (i < n && isspace((unsigned char)m[i]))
-				i++;
-			i += 6; /* bearer */
-			while (i < n && isspace((unsigned char)m[i]))
-				i++;
-		} else {
-			while (i < n && m[i] != ':' && m[i] != '=')
-				i++;
-			i++;
-			while (i < n && (isspace((unsigned char)m[i]) || m[i] == '"' || m[i] == '\''))
-				i++;
+		while (t > 0 && !isspace(v[t - 1]) && strchr("\"',;&", v[t - 1]) == NULL)
+			t--;
+		q = t;
+		while (q > 0 && (isspace(v[q - 1]) || v[q - 1] == '"' || v[q - 1] == '\''))
+			q--;
+		if ((q > 0 && (v[q - 1] == ':' || v[q - 1] == '=')) ||
+		    (q >= 6 && strncasecmp((const char *)v + q - 6, "bearer", 6) == 0)) {
+			c->from = (uint32_t)t;
+			return c->to > c->from;
 		}
-		if (i >= n)
+		for (k = t; k < c->to && v[k] != ':' && v[k] != '='; k++)
+			;
+		if (k >= c->to)
 			return 0;
-		if (c->from && isalnum(v[before]) && isalpha((unsigned char)m[0]))
-			return 0; /* "mytoken=" inside a longer word is still a token, but "notpassword" is not */
-		c->from += (uint32_t)i;
+		k++;
+		while (k < c->to && (isspace(v[k]) || v[k] == '"' || v[k] == '\''))
+			k++;
+		if (k >= c->to)
+			return 0;
+		c->from = (uint32_t)k;
 		return 1;
 	}
 	default:
@@ -744,6 +799,11 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 	s->n = 0;
 	s->overflow = 0;
 	if (hs_scan(p->db->hs, (const char *)val, (unsigned)len, 0, s->hs, on_match, s) !=
+		    HS_SUCCESS &&
+	    !s->overflow)
+		return SL_EIO;
+	if (p->db->hs_custom != NULL && !s->overflow &&
+	    hs_scan(p->db->hs_custom, (const char *)val, (unsigned)len, 0, s->hs, on_match, s) !=
 		    HS_SUCCESS &&
 	    !s->overflow)
 		return SL_EIO;
