@@ -785,6 +785,37 @@ hash_token(const struct sl_mask_plan *p, const uint8_t *v, size_t n, char out[24
 	return 0;
 }
 
+/* Literal prefilter: every built-in regex detector needs one of these bytes
+ * or strings, and memchr/memmem run at memory speed; most result values
+ * contain none and skip the regex scan. */
+static int
+regex_needed(const struct sl_mask_plan *p, const uint8_t *v, size_t len)
+{
+	uint32_t want = p->enabled;
+
+	if ((want & (1u << SL_DET_EMAIL)) && memchr(v, '@', len))
+		return 1;
+	if ((want & (1u << SL_DET_SECRET)) && (memchr(v, '=', len) || memchr(v, ':', len)))
+		return 1;
+	if ((want & (1u << SL_DET_JWT)) && memmem(v, len, "eyJ", 3))
+		return 1;
+	if ((want & (1u << SL_DET_PEM)) && memmem(v, len, "-----BEGIN ", 11))
+		return 1;
+	if (want & (1u << SL_DET_AWS)) {
+		static const char *const pre[] = {"AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA"};
+		const uint8_t *a = v, *end = v + len;
+
+		/* every prefix starts with 'A' */
+		while ((a = memchr(a, 'A', (size_t)(end - a))) != NULL && end - a >= 4) {
+			for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++)
+				if (memcmp(a, pre[i], 4) == 0)
+					return 1;
+			a++;
+		}
+	}
+	return 0;
+}
+
 int
 sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
 	      struct sl_buf *out, struct sl_mask_stats *st)
@@ -798,7 +829,8 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		return SL_ETOOBIG;
 	s->n = 0;
 	s->overflow = 0;
-	if (hs_scan(p->db->hs, (const char *)val, (unsigned)len, 0, s->hs, on_match, s) !=
+	if (regex_needed(p, val, len) &&
+	    hs_scan(p->db->hs, (const char *)val, (unsigned)len, 0, s->hs, on_match, s) !=
 		    HS_SUCCESS &&
 	    !s->overflow)
 		return SL_EIO;
