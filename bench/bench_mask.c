@@ -52,11 +52,13 @@ main(void)
 	char err[256];
 	size_t len = 8u << 20, n = 0;
 	char *real = malloc(len + 256), *digits = malloc(len + 256);
-	static const char *words[] = {"Ada", "Lovelace", "order", "shipped", "2024-01-15",
-				      "pending", "Berlin", "42.50", "EUR", "notes:", "ok"};
+	static const char *words[] = {"Ada",	    "Lovelace", "order",  "shipped",
+				      "2024-01-15", "pending",	"Berlin", "42.50",
+				      "EUR",	    "notes:",	"ok"};
 
 	if (sl_mask_db_new(NULL, &db, err, sizeof(err)) != 0 ||
-	    sl_mask_plan_all(db, (const uint8_t *)"k", 1, &p) != 0 || sl_mask_scratch_new(db, &s) != 0)
+	    sl_mask_plan_all(db, (const uint8_t *)"k", 1, &p) != 0 ||
+	    sl_mask_scratch_new(db, &s) != 0)
 		return 1;
 	srand(1);
 	/* realistic: names, dates, amounts, ids; one row in 20 carries PII */
@@ -64,11 +66,13 @@ main(void)
 		int r = rand() % 20;
 
 		if (r == 0)
-			n += (size_t)sprintf(real + n, "customer%05d@example.com ", rand() % 100000);
+			n += (size_t)sprintf(real + n, "customer%05d@example.com ",
+					     rand() % 100000);
 		else if (r == 1)
 			n += (size_t)sprintf(real + n, "ssn 123-45-%04d ", 1000 + rand() % 8999);
 		else
-			n += (size_t)sprintf(real + n, "%s %d ", words[rand() % 11], rand() % 100000);
+			n += (size_t)sprintf(real + n, "%s %d ", words[rand() % 11],
+					     rand() % 100000);
 	}
 	n = 0;
 	while (n < len)

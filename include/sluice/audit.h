@@ -58,8 +58,8 @@ void sl_audit_close(struct sl_audit *a);
 /* Verifies the chain in the SQLite file at store_path with the public key at
  * pubkey_path (NULL: no signature check). Writes a one-line verdict to msg.
  * Returns 0 or SL_ECORRUPT (or SL_EIO if the store cannot be read). */
-int sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg,
-			  size_t msglen, uint64_t *nrecords);
+int sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg, size_t msglen,
+			  uint64_t *nrecords);
 
 /* `sluice audit verify|tail|export` (argv[0] is the subcommand). */
 int sl_audit_cli(int argc, char **argv, const struct sl_config *cfg);

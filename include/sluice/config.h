@@ -12,34 +12,35 @@
 #include <stdint.h>
 
 struct sl_cfg_listener {
-	char *listen;          /* "host:port"; NULL = disabled */
-	char *tls_cert;        /* PEM file; with tls_key enables TLS (SSLRequest for PG) */
+	char *listen;	/* "host:port"; NULL = disabled */
+	char *tls_cert; /* PEM file; with tls_key enables TLS (SSLRequest for PG) */
 	char *tls_key;
-	bool allow_cleartext;  /* allow JWT-as-password over non-TLS on a non-loopback address */
+	bool allow_cleartext; /* allow JWT-as-password over non-TLS on a non-loopback address */
 };
 
 struct sl_cfg_gateway {
-	char *data_dir;                  /* default "./var" */
-	unsigned workers;                /* worker threads; default = number of CPUs */
-	char *log_level;                 /* debug|info|warn|error; default info */
+	char *data_dir;	  /* default "./var" */
+	unsigned workers; /* worker threads; default = number of CPUs */
+	char *log_level;  /* debug|info|warn|error; default info */
 	struct sl_cfg_listener admin;
 	struct sl_cfg_listener postgres;
 	struct sl_cfg_listener http;
 	struct sl_cfg_listener ssh;
-	unsigned max_message_bytes;      /* hard cap on one protocol message; default 16 MiB */
-	char *shutdown_timeout;          /* drain time on SIGTERM; default "10s" */
-	char *login_timeout;             /* startup + authentication must finish within; default "15s" */
+	unsigned max_message_bytes; /* hard cap on one protocol message; default 16 MiB */
+	char *shutdown_timeout;	    /* drain time on SIGTERM; default "10s" */
+	char *login_timeout;	    /* startup + authentication must finish within; default "15s" */
 };
 
 struct sl_cfg_issuer {
-	char *issuer;           /* required: exact "iss" */
-	char *audience;         /* required: must appear in "aud" (string or array) */
-	char *jwks_file;        /* one of jwks_file, jwks_uri; neither = OIDC discovery from issuer */
+	char *issuer;	 /* required: exact "iss" */
+	char *audience;	 /* required: must appear in "aud" (string or array) */
+	char *jwks_file; /* one of jwks_file, jwks_uri; neither = OIDC discovery from issuer */
 	char *jwks_uri;
-	char *groups_claim;     /* default "groups"; dotted path ("realm_access.roles") or a URL-like name */
-	char *subject_claim;    /* default "sub" */
-	char *leeway;           /* clock skew for exp/nbf; default "60s" */
-	char *ca_file;          /* CA bundle for jwks_uri/discovery over https */
+	char *groups_claim;  /* default "groups"; dotted path ("realm_access.roles") or a URL-like
+				name */
+	char *subject_claim; /* default "sub" */
+	char *leeway;	     /* clock skew for exp/nbf; default "60s" */
+	char *ca_file;	     /* CA bundle for jwks_uri/discovery over https */
 };
 
 struct sl_cfg_identity {
@@ -48,11 +49,12 @@ struct sl_cfg_identity {
 };
 
 struct sl_cfg_audit {
-	char *store;            /* "sqlite:PATH" (default "sqlite:<data_dir>/audit.db") or "postgresql://..." */
-	char *mode;             /* "strict" (default) or "async" */
-	unsigned checkpoint_every;   /* records between signed checkpoints; default 1000 */
-	char *checkpoint_interval;   /* and at least this often; default "60s" */
-	bool log_results;            /* store masked result rows (replay); default false */
+	char *store; /* "sqlite:PATH" (default "sqlite:<data_dir>/audit.db") or "postgresql://..."
+		      */
+	char *mode;  /* "strict" (default) or "async" */
+	unsigned checkpoint_every; /* records between signed checkpoints; default 1000 */
+	char *checkpoint_interval; /* and at least this often; default "60s" */
+	bool log_results;	   /* store masked result rows (replay); default false */
 };
 
 struct sl_cfg_header {
@@ -62,18 +64,18 @@ struct sl_cfg_header {
 };
 
 struct sl_cfg_connection {
-	char *name;             /* required; PG: login user or database */
-	char *type;             /* postgres | http | ssh */
-	char *target;           /* host:port or URL */
+	char *name;   /* required; PG: login user or database */
+	char *type;   /* postgres | http | ssh */
+	char *target; /* host:port or URL */
 	char *database;
 	char *user;
 	char *password_env;
 	char *password_file;
-	char *tls;              /* upstream TLS: disable (default) | require | verify-full */
-	char *ca_file;          /* for verify-full */
+	char *tls;     /* upstream TLS: disable (default) | require | verify-full */
+	char *ca_file; /* for verify-full */
 	struct sl_cfg_header *inject_header; /* http */
-	char *private_key_file; /* ssh */
-	char *host_key;         /* ssh: expected upstream host key (known_hosts line) */
+	char *private_key_file;		     /* ssh */
+	char *host_key; /* ssh: expected upstream host key (known_hosts line) */
 };
 
 struct sl_cfg_match {
@@ -84,58 +86,59 @@ struct sl_cfg_match {
 };
 
 struct sl_cfg_http_rule {
-	char *method;           /* "GET", "*" or NULL = any */
-	char *path;             /* glob, "**" crosses "/" */
+	char *method; /* "GET", "*" or NULL = any */
+	char *path;   /* glob, "**" crosses "/" */
 };
 
 struct sl_cfg_ssh_rule {
-	char *command;          /* glob over the command line */
+	char *command; /* glob over the command line */
 };
 
 struct sl_cfg_rule {
-	char *name;             /* optional; default "<policy>#<index>" */
-	char *action;           /* allow | block | review */
-	char **sql;             /* statement kinds (DESIGN.md vocabulary) */
+	char *name;   /* optional; default "<policy>#<index>" */
+	char *action; /* allow | block | review */
+	char **sql;   /* statement kinds (DESIGN.md vocabulary) */
 	unsigned sql_count;
-	char **functions;       /* function names called anywhere in the statement */
+	char **functions; /* function names called anywhere in the statement */
 	unsigned functions_count;
-	char **tables;          /* relations touched: "table" or "schema.table" */
+	char **tables; /* relations touched: "table" or "schema.table" */
 	unsigned tables_count;
 	struct sl_cfg_http_rule *http;
 	struct sl_cfg_ssh_rule *ssh;
-	char *message;          /* shown to the client when blocked */
-	char **approvers;       /* review: groups that may approve */
+	char *message;	  /* shown to the client when blocked */
+	char **approvers; /* review: groups that may approve */
 	unsigned approvers_count;
 	unsigned min_approvals; /* review: default 1 */
-	char *timeout;          /* review: default "5m" */
-	char *grant_for;        /* review: once approved, allow the same identity+connection+rule for this long */
+	char *timeout;		/* review: default "5m" */
+	char *grant_for; /* review: once approved, allow the same identity+connection+rule for this
+			    long */
 };
 
 struct sl_cfg_style {
-	char *detector;         /* one of detector / column */
+	char *detector; /* one of detector / column */
 	char *column;
-	char *style;            /* partial | full | null | hash */
+	char *style; /* partial | full | null | hash */
 };
 
 struct sl_cfg_policy_mask {
-	char **columns;         /* globs over result column names */
+	char **columns; /* globs over result column names */
 	unsigned columns_count;
 	char **json_keys;
 	unsigned json_keys_count;
-	char **detectors;       /* built-in or custom detector names */
+	char **detectors; /* built-in or custom detector names */
 	unsigned detectors_count;
 	struct sl_cfg_style *styles;
 	unsigned styles_count;
-	char *style;            /* default style; default "partial" */
-	bool exempt;            /* this policy's members see raw values (audited) */
+	char *style; /* default style; default "partial" */
+	bool exempt; /* this policy's members see raw values (audited) */
 };
 
 struct sl_cfg_policy {
 	char *name;
 	struct sl_cfg_match match;
-	char **connections;     /* connection names; empty = all */
+	char **connections; /* connection names; empty = all */
 	unsigned connections_count;
-	char *default_action;   /* YAML key "default": deny (default) | allow */
+	char *default_action; /* YAML key "default": deny (default) | allow */
 	struct sl_cfg_rule *rules;
 	unsigned rules_count;
 	struct sl_cfg_policy_mask *mask;
@@ -147,17 +150,17 @@ struct sl_cfg_pattern {
 };
 
 struct sl_cfg_mask {
-	struct sl_cfg_pattern *patterns;  /* custom detectors */
+	struct sl_cfg_pattern *patterns; /* custom detectors */
 	unsigned patterns_count;
-	char *hash_key_env;               /* key for the "hash" style; else a random per-data_dir key */
+	char *hash_key_env; /* key for the "hash" style; else a random per-data_dir key */
 	char *hash_key_file;
 };
 
 struct sl_cfg_webhook {
 	char *url;
-	char *format;           /* "json" (default) or "slack" (adds a "text" field) */
-	char *timeout;          /* default "5s" */
-	unsigned retries;       /* default 3 */
+	char *format;	  /* "json" (default) or "slack" (adds a "text" field) */
+	char *timeout;	  /* default "5s" */
+	unsigned retries; /* default 3 */
 };
 
 struct sl_cfg_review {
@@ -166,7 +169,7 @@ struct sl_cfg_review {
 };
 
 struct sl_config {
-	char *path;             /* file it was loaded from (not a YAML key) */
+	char *path; /* file it was loaded from (not a YAML key) */
 	struct sl_cfg_gateway gateway;
 	struct sl_cfg_identity identity;
 	struct sl_cfg_audit audit;

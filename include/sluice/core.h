@@ -11,13 +11,13 @@
 #include <stdint.h>
 
 /* Error codes: 0 ok, negative error, SL_AGAIN (positive) = need more bytes. */
-#define SL_OK       0
+#define SL_OK	    0
 #define SL_AGAIN    1
 #define SL_ENOMEM   (-1)
 #define SL_EPROTO   (-2)  /* peer violated the protocol */
 #define SL_ETOOBIG  (-3)  /* message or value over a hard limit */
 #define SL_EPOLICY  (-4)  /* refused by policy */
-#define SL_EIO      (-5)  /* I/O or store failure */
+#define SL_EIO	    (-5)  /* I/O or store failure */
 #define SL_EINVAL   (-6)  /* bad argument or bad configuration */
 #define SL_EAUTH    (-7)  /* authentication failed (bad token, bad password) */
 #define SL_ENOENT   (-8)  /* not found */

@@ -33,7 +33,7 @@ struct sl_gw;
  * thread, thread pool). fn runs on the worker's loop thread. */
 struct sl_completion {
 	struct sl_completion *next;
-	struct sl_worker *w;             /* loop to run fn on (set by whoever arms it) */
+	struct sl_worker *w; /* loop to run fn on (set by whoever arms it) */
 	void (*fn)(struct sl_completion *c);
 	void *arg;
 	int status;
@@ -57,7 +57,7 @@ struct sl_worker {
 	int stopping;
 	uv_timer_t drain_timer;
 	void *sessions_stop; /* the stop message once stopping */
-	int cut;             /* sessions were terminated at the drain deadline */
+	int cut;	     /* sessions were terminated at the drain deadline */
 	atomic_int done;     /* the loop has returned */
 	unsigned nsessions;
 	void *sessions; /* protocol adapters' intrusive list heads */
@@ -81,8 +81,8 @@ struct sl_gw {
 	struct sl_mask_plan *audit_plan; /* every detector: statement text in audit records */
 	struct sl_worker *workers;
 	unsigned nworkers;
-	SSL_CTX *pg_tls;           /* server side, NULL if no tls_cert */
-	SSL_CTX *up_tls;           /* client side for upstreams */
+	SSL_CTX *pg_tls; /* server side, NULL if no tls_cert */
+	SSL_CTX *up_tls; /* client side for upstreams */
 	struct sockaddr_storage pg_addr;
 	int pg_loopback;
 	size_t max_message;
@@ -110,13 +110,13 @@ int sl_gateway_run(struct sl_config *cfg);
 /* Protocol-neutral view of one client session. */
 struct sl_pl_session {
 	char id[40];
-	const char *protocol;              /* "postgres", "http", "ssh" */
+	const char *protocol; /* "postgres", "http", "ssh" */
 	const struct sl_cfg_connection *conn;
-	struct sl_identity ident;          /* valid once authenticated */
+	struct sl_identity ident; /* valid once authenticated */
 	int authenticated;
 	char client_addr[64];
-	struct sl_mask_scratch *scratch;   /* the worker's, for masking what is recorded */
-	char trace_id[33];                 /* session-level trace context (application_name) */
+	struct sl_mask_scratch *scratch; /* the worker's, for masking what is recorded */
+	char trace_id[33];		 /* session-level trace context (application_name) */
 	char span_id[17];
 	int64_t opened_us;
 };
@@ -124,14 +124,15 @@ struct sl_pl_session {
 /* A request as the pipeline sees it. */
 struct sl_pl_request {
 	enum sl_proto proto;
-	const char *text;                  /* statement / request line (may hold sensitive literals: never logged raw) */
+	const char *
+		text; /* statement / request line (may hold sensitive literals: never logged raw) */
 	size_t textlen;
 	const struct sl_sql_class *sql;
 	const char *http_method, *http_path, *ssh_command;
-	const char *trace_id, *span_id;   /* per-request trace context, else the session's */
-	const uint8_t *params;             /* exact parameter bytes, for review binding */
+	const char *trace_id, *span_id; /* per-request trace context, else the session's */
+	const uint8_t *params;		/* exact parameter bytes, for review binding */
 	size_t params_len;
-	uint64_t seq;                      /* per-session request number */
+	uint64_t seq; /* per-session request number */
 };
 
 void sl_pl_session_init(struct sl_gw *gw, struct sl_pl_session *s, const char *protocol);

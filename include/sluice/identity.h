@@ -13,11 +13,11 @@
 #include "sluice/core.h"
 
 struct sl_identity {
-	char *subject;         /* owned */
-	char *issuer;          /* owned */
-	char **groups;         /* owned */
+	char *subject; /* owned */
+	char *issuer;  /* owned */
+	char **groups; /* owned */
 	size_t ngroups;
-	int64_t exp;           /* seconds since the epoch */
+	int64_t exp;	       /* seconds since the epoch */
 	char token_sha256[65]; /* hex SHA-256 of the raw token: for audit, never the token */
 };
 
@@ -26,9 +26,9 @@ int sl_identity_copy(struct sl_identity *dst, const struct sl_identity *src);
 /* 1 if id is in group. */
 int sl_identity_in_group(const struct sl_identity *id, const char *group);
 
-#define SL_DEV_ISSUER   "sluice-dev"
+#define SL_DEV_ISSUER	"sluice-dev"
 #define SL_DEV_AUDIENCE "sluice"
-#define SL_JWT_MAX      16384
+#define SL_JWT_MAX	16384
 
 /* Thread-safe identity provider. With no issuers configured it trusts the dev
  * issuer (issuer "sluice-dev", audience "sluice", JWKS <data_dir>/dev-jwks.json). */
@@ -54,10 +54,10 @@ struct sl_mint_opts {
 	const char *sub;
 	const char **groups;
 	size_t ngroups;
-	const char *iss;          /* default "sluice-dev" */
-	const char *aud;          /* default "sluice" */
-	int64_t ttl_s;            /* may be negative: already expired */
-	int64_t nbf_offset_s;     /* 0 = no nbf */
+	const char *iss;      /* default "sluice-dev" */
+	const char *aud;      /* default "sluice" */
+	int64_t ttl_s;	      /* may be negative: already expired */
+	int64_t nbf_offset_s; /* 0 = no nbf */
 	const char *extra_claims_json;
 };
 int sl_devissuer_mint(const char *data_dir, const struct sl_mint_opts *o, char **out_token,

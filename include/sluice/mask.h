@@ -71,7 +71,8 @@ enum sl_mask_result {
 int sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
 		  struct sl_buf *out, struct sl_mask_stats *st);
 /* Column rule: returns 1 and the style if name matches the plan's column globs. */
-int sl_mask_plan_column(const struct sl_mask_plan *p, const char *colname, enum sl_mask_style *style);
+int sl_mask_plan_column(const struct sl_mask_plan *p, const char *colname,
+			enum sl_mask_style *style);
 /* Masks a whole column value with style (partial keeps the last 4 characters). */
 int sl_mask_column(const struct sl_mask_plan *p, enum sl_mask_style style, uint8_t *val, size_t len,
 		   struct sl_buf *out);

@@ -41,13 +41,13 @@ struct sl_stream {
 	uv_connect_t creq;
 	const struct sl_stream_ops *ops;
 	void *owner;
-	struct sl_buf *in;       /* owner's input buffer (plaintext) */
-	struct sl_buf out;       /* plaintext (or ciphertext after TLS) waiting to be written */
-	size_t queued;           /* bytes handed to uv_write and not yet completed */
+	struct sl_buf *in; /* owner's input buffer (plaintext) */
+	struct sl_buf out; /* plaintext (or ciphertext after TLS) waiting to be written */
+	size_t queued;	   /* bytes handed to uv_write and not yet completed */
 	SSL *ssl;
 	BIO *rbio, *wbio;
-	uint8_t *tlsbuf;         /* ciphertext read scratch */
-	unsigned tls : 1;        /* TLS active (handshaking or established) */
+	uint8_t *tlsbuf;  /* ciphertext read scratch */
+	unsigned tls : 1; /* TLS active (handshaking or established) */
 	unsigned tls_ready : 1;
 	unsigned reading : 1;
 	unsigned high : 1;

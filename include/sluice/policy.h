@@ -16,12 +16,33 @@
 #include "sluice/sqlclass.h"
 enum sl_action { SL_ACT_ALLOW = 0, SL_ACT_BLOCK = 1, SL_ACT_REVIEW = 2 };
 enum sl_proto { SL_PROTO_PG = 1, SL_PROTO_HTTP = 2, SL_PROTO_SSH = 3 };
-struct sl_request { enum sl_proto proto; const char *connection; const struct sl_sql_class *sql; const char *http_method, *http_path; const char *ssh_command; };
-struct sl_decision { enum sl_action action; const char *policy; const char *rule; const char *message; const char *const *approvers; size_t napprovers; unsigned min_approvals; int64_t timeout_ms; int64_t grant_for_ms; const struct sl_cfg_policy_mask *mask; int mask_exempt; char reason[256]; };
+struct sl_request {
+	enum sl_proto proto;
+	const char *connection;
+	const struct sl_sql_class *sql;
+	const char *http_method, *http_path;
+	const char *ssh_command;
+};
+struct sl_decision {
+	enum sl_action action;
+	const char *policy;
+	const char *rule;
+	const char *message;
+	const char *const *approvers;
+	size_t napprovers;
+	unsigned min_approvals;
+	int64_t timeout_ms;
+	int64_t grant_for_ms;
+	const struct sl_cfg_policy_mask *mask;
+	int mask_exempt;
+	char reason[256];
+};
 struct sl_policy_set;
-int sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err, size_t errlen);
+int sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err,
+		      size_t errlen);
 void sl_policy_free(struct sl_policy_set *ps);
-int sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char *const *groups, size_t ngroups, const struct sl_request *req, struct sl_decision *out);
+int sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char *const *groups,
+		     size_t ngroups, const struct sl_request *req, struct sl_decision *out);
 
 /* The masking section that applies to a caller on a connection: the first
  * applicable policy with a mask; *exempt = 1 if an applicable policy says

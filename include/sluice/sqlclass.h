@@ -41,20 +41,20 @@ uint32_t sl_sql_kind_from_name(const char *name);
 void sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len);
 
 struct sl_sql_class {
-	uint32_t kinds;       /* union over every statement and subtree */
+	uint32_t kinds; /* union over every statement and subtree */
 	unsigned nstatements;
-	char **functions;     /* lowercased; qualified calls appear both as "schema.f" and "f" */
+	char **functions; /* lowercased; qualified calls appear both as "schema.f" and "f" */
 	size_t nfunctions;
-	char **tables;        /* "schema.table" or "table", as the parser normalised them */
+	char **tables; /* "schema.table" or "table", as the parser normalised them */
 	size_t ntables;
-	char **prepared;      /* names PREPAREd by this text ... */
+	char **prepared;	  /* names PREPAREd by this text ... */
 	uint32_t *prepared_kinds; /* ... and the kinds of their bodies */
 	size_t nprepared;
-	char **executed;      /* names EXECUTEd */
+	char **executed; /* names EXECUTEd */
 	size_t nexecuted;
-	char **set_params;    /* parameters SET/RESET, lowercased; "all" for RESET ALL */
+	char **set_params; /* parameters SET/RESET, lowercased; "all" for RESET ALL */
 	size_t nset_params;
-	char *error;          /* parse error, or NULL */
+	char *error; /* parse error, or NULL */
 };
 
 #define SL_SQL_MAX_TEXT (1u << 20)

@@ -50,8 +50,8 @@ struct sl_audit {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	pthread_mutex_t wmu; /* chain head + journal: the writer thread or an inline leader */
-	pthread_mutex_t imu; /* SQLite connection */
+	pthread_mutex_t wmu;	   /* chain head + journal: the writer thread or an inline leader */
+	pthread_mutex_t imu;	   /* SQLite connection */
 	struct rec *ihead, *itail; /* journaled, not yet in SQLite (under mu) */
 	size_t ingest;
 	char *jpath;
@@ -124,7 +124,8 @@ load_or_create_key(const char *dir, EVP_PKEY **out, char *err, size_t errlen)
 		EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
 		int fd;
 
-		if (ctx == NULL || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_keygen(ctx, &k) != 1) {
+		if (ctx == NULL || EVP_PKEY_keygen_init(ctx) != 1 ||
+		    EVP_PKEY_keygen(ctx, &k) != 1) {
 			EVP_PKEY_CTX_free(ctx);
 			snprintf(err, errlen, "cannot generate the audit signing key");
 			return SL_EIO;
@@ -193,9 +194,8 @@ resume_chain(struct sl_audit *a, char *err, size_t errlen)
 		memcpy(a->last, h, 32);
 	}
 	sqlite3_finalize(st);
-	if (r == 0 &&
-	    sqlite3_prepare_v2(a->db, "SELECT max(seq) FROM checkpoints", -1, &st, NULL) ==
-		    SQLITE_OK) {
+	if (r == 0 && sqlite3_prepare_v2(a->db, "SELECT max(seq) FROM checkpoints", -1, &st,
+					 NULL) == SQLITE_OK) {
 		if (sqlite3_step(st) == SQLITE_ROW)
 			a->last_cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
 		sqlite3_finalize(st);
@@ -331,7 +331,8 @@ put_line(struct sl_buf *b, const struct rec *r, const char *node)
 	char num[64];
 	int rc;
 
-	snprintf(num, sizeof(num), "{\"seq\":%llu,\"ts\":%lld,\"node\":", (unsigned long long)r->seq,
+	snprintf(num, sizeof(num),
+		 "{\"seq\":%llu,\"ts\":%lld,\"node\":", (unsigned long long)r->seq,
 		 (long long)r->ts);
 	rc = sl_buf_append(b, num, strlen(num));
 	rc = rc ? rc : put_jstr(b, node);
@@ -606,10 +607,10 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 				o = json_loads(line, 0, NULL);
 			}
 		}
-		if (o == NULL || json_unpack(o, "{s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "seq",
-					     &seq, "ts", &ts, "type", &type, "session", &session,
-					     "trace_id", &trace, "span_id", &span, "prev_hash", &prev,
-					     "hash", &hash) != 0) {
+		if (o == NULL ||
+		    json_unpack(o, "{s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "seq", &seq, "ts",
+				&ts, "type", &type, "session", &session, "trace_id", &trace,
+				"span_id", &span, "prev_hash", &prev, "hash", &hash) != 0) {
 			json_decref(o);
 			snprintf(err, errlen, "audit journal %s is corrupt", a->jpath);
 			rc = SL_ECORRUPT;
@@ -635,7 +636,8 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 		if ((uint64_t)seq != a->seq + 1 || strcmp(prev, lasthex) != 0 ||
 		    strcmp(hex, hash) != 0) {
 			json_decref(o);
-			snprintf(err, errlen, "audit journal %s does not continue the chain at seq %lld",
+			snprintf(err, errlen,
+				 "audit journal %s does not continue the chain at seq %lld",
 				 a->jpath, (long long)seq);
 			rc = SL_ECORRUPT;
 			break;
@@ -729,9 +731,9 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 			       "INSERT INTO records (seq, ts, node, type, session, trace_id, "
 			       "span_id, data, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
 			       -1, &a->ins, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(a->db,
-			       "INSERT INTO checkpoints (node, seq, hash, ts, sig) VALUES (?,?,?,?,?)",
-			       -1, &a->ins_cp, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(
+		    a->db, "INSERT INTO checkpoints (node, seq, hash, ts, sig) VALUES (?,?,?,?,?)",
+		    -1, &a->ins_cp, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(a->db, "BEGIN IMMEDIATE", -1, &a->begin, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(a->db, "COMMIT", -1, &a->commit, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(a->db, "ROLLBACK", -1, &a->rollback, NULL) != SQLITE_OK) {
@@ -776,9 +778,8 @@ fail:
 static int enqueue(struct sl_audit *a, struct rec *r, sl_audit_done_fn done);
 
 int
-sl_audit_append(struct sl_audit *a, const char *type, const char *session_id,
-		const char *trace_id, const char *span_id, json_t *data, sl_audit_done_fn done,
-		void *arg)
+sl_audit_append(struct sl_audit *a, const char *type, const char *session_id, const char *trace_id,
+		const char *span_id, json_t *data, sl_audit_done_fn done, void *arg)
 {
 	struct rec *r;
 

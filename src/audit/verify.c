@@ -79,8 +79,8 @@ unhex(const char *h, uint8_t out[32])
 void
 sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
 {
-	const char *f[7] = {row->node, row->type, row->session, row->trace_id, row->span_id,
-			    row->data, row->prev_hash};
+	const char *f[7] = {row->node,	  row->type, row->session,  row->trace_id,
+			    row->span_id, row->data, row->prev_hash};
 	size_t l[7], total = 32 + 16 + 8, o = 0;
 	uint8_t stack[2048], *b = stack;
 
@@ -147,8 +147,9 @@ check_checkpoint(sqlite3 *db, EVP_PKEY *pub, const char *node, uint64_t seq, con
 	int r = 0;
 
 	if (pub != NULL && !check_sig(pub, node, seq, hash, ts, sig)) {
-		snprintf(msg, msglen, "%s checkpoint at seq %llu: bad signature (forged or edited?)",
-			 where, (unsigned long long)seq);
+		snprintf(msg, msglen,
+			 "%s checkpoint at seq %llu: bad signature (forged or edited?)", where,
+			 (unsigned long long)seq);
 		return SL_ECORRUPT;
 	}
 	if (seq > last_seq) {
@@ -162,8 +163,8 @@ check_checkpoint(sqlite3 *db, EVP_PKEY *pub, const char *node, uint64_t seq, con
 		return SL_EIO;
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
 	if (sqlite3_step(st) != SQLITE_ROW || strcmp(col(st, 0), hash) != 0) {
-		snprintf(msg, msglen, "%s checkpoint at seq %llu does not match record %llu",
-			 where, (unsigned long long)seq, (unsigned long long)seq);
+		snprintf(msg, msglen, "%s checkpoint at seq %llu does not match record %llu", where,
+			 (unsigned long long)seq, (unsigned long long)seq);
 		r = SL_ECORRUPT;
 	}
 	sqlite3_finalize(st);
@@ -262,7 +263,8 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 		sl_hex(h, 32, hex);
 		if (strcmp(row.prev_hash, prevhex) != 0) {
 			snprintf(msg, msglen,
-				 "record seq %llu: previous-hash link broken (reordered, replaced or "
+				 "record seq %llu: previous-hash link broken (reordered, replaced "
+				 "or "
 				 "an earlier record deleted?)",
 				 (unsigned long long)row.seq);
 			r = SL_ECORRUPT;
@@ -288,9 +290,10 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 	if (sqlite3_prepare_v2(db, "SELECT node, seq, hash, ts, sig FROM checkpoints ORDER BY id",
 			       -1, &st, NULL) == SQLITE_OK) {
 		while (r == 0 && sqlite3_step(st) == SQLITE_ROW) {
-			r = check_checkpoint(db, pub, col(st, 0), (uint64_t)sqlite3_column_int64(st, 1),
-					     col(st, 2), sqlite3_column_int64(st, 3), col(st, 4), n,
-					     "stored", msg, msglen);
+			r = check_checkpoint(db, pub, col(st, 0),
+					     (uint64_t)sqlite3_column_int64(st, 1), col(st, 2),
+					     sqlite3_column_int64(st, 3), col(st, 4), n, "stored",
+					     msg, msglen);
 			ncp++;
 		}
 		if (r != 0)
@@ -338,11 +341,12 @@ export_jsonl(const char *path, const char *session, const char *trace, FILE *out
 	int r = 0;
 
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db,
-			       "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
-			       "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
-			       "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
-			       -1, &st, NULL) != SQLITE_OK) {
+	    sqlite3_prepare_v2(
+		    db,
+		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
+		    -1, &st, NULL) != SQLITE_OK) {
 		fprintf(stderr, "sluice: cannot read %s\n", path);
 		r = 1;
 		goto out;

@@ -20,8 +20,10 @@ usage(FILE *f)
 		"usage: sluice <command> [--config FILE] ...\n"
 		"  serve                                  run the gateway\n"
 		"  config check [FILE]                    validate a configuration\n"
-		"  config default                         print the embedded default configuration\n"
-		"  token init [--force]                   create the dev issuer's key pair and JWKS\n"
+		"  config default                         print the embedded default "
+		"configuration\n"
+		"  token init [--force]                   create the dev issuer's key pair and "
+		"JWKS\n"
 		"  token mint --sub S [--groups a,b] [--ttl 1h] [--aud A] [--iss I]\n"
 		"  audit verify|tail|export ...           check, follow, export the audit trail\n"
 		"  review list|show|approve|deny|wait ... approvals over the admin API\n"
@@ -166,7 +168,7 @@ cmd_policy(int argc, char **argv, const struct sl_config *cfg)
 		printf("function: %s\n", cls.functions[i]);
 	if (cls.error)
 		printf("error:    %s\n", cls.error);
-	printf("decision: %s\n", d.action == SL_ACT_ALLOW   ? "allow"
+	printf("decision: %s\n", d.action == SL_ACT_ALLOW    ? "allow"
 				 : d.action == SL_ACT_REVIEW ? "review"
 							     : "block");
 	printf("policy:   %s\nrule:     %s\n", d.policy ? d.policy : "-", d.rule ? d.rule : "-");

@@ -17,10 +17,14 @@
 
 #define CONFIG_MAX (4u << 20)
 
-#define STR(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, 0, CYAML_UNLIMITED)
+#define STR(key, st, m)                                                                            \
+	CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, 0,            \
+			       CYAML_UNLIMITED)
 #define UINT(key, st, m) CYAML_FIELD_UINT(key, CYAML_FLAG_OPTIONAL, st, m)
 #define BOOL(key, st, m) CYAML_FIELD_BOOL(key, CYAML_FLAG_OPTIONAL, st, m)
-#define STRSEQ(key, st, m) CYAML_FIELD_SEQUENCE(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, &string_entry, 0, CYAML_UNLIMITED)
+#define STRSEQ(key, st, m)                                                                         \
+	CYAML_FIELD_SEQUENCE(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, &string_entry,  \
+			     0, CYAML_UNLIMITED)
 
 static const cyaml_schema_value_t string_entry = {
 	CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED),
@@ -38,10 +42,14 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	STR("data_dir", struct sl_cfg_gateway, data_dir),
 	UINT("workers", struct sl_cfg_gateway, workers),
 	STR("log_level", struct sl_cfg_gateway, log_level),
-	CYAML_FIELD_MAPPING("admin", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, admin, listener_fields),
-	CYAML_FIELD_MAPPING("postgres", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, postgres, listener_fields),
-	CYAML_FIELD_MAPPING("http", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, http, listener_fields),
-	CYAML_FIELD_MAPPING("ssh", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, ssh, listener_fields),
+	CYAML_FIELD_MAPPING("admin", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, admin,
+			    listener_fields),
+	CYAML_FIELD_MAPPING("postgres", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, postgres,
+			    listener_fields),
+	CYAML_FIELD_MAPPING("http", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, http,
+			    listener_fields),
+	CYAML_FIELD_MAPPING("ssh", CYAML_FLAG_OPTIONAL, struct sl_cfg_gateway, ssh,
+			    listener_fields),
 	UINT("max_message_bytes", struct sl_cfg_gateway, max_message_bytes),
 	STR("shutdown_timeout", struct sl_cfg_gateway, shutdown_timeout),
 	STR("login_timeout", struct sl_cfg_gateway, login_timeout),
@@ -130,8 +138,8 @@ static const cyaml_schema_field_t rule_fields[] = {
 	STRSEQ("sql", struct sl_cfg_rule, sql),
 	STRSEQ("functions", struct sl_cfg_rule, functions),
 	STRSEQ("tables", struct sl_cfg_rule, tables),
-	CYAML_FIELD_MAPPING_PTR("http", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct sl_cfg_rule,
-				http, http_rule_fields),
+	CYAML_FIELD_MAPPING_PTR("http", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+				struct sl_cfg_rule, http, http_rule_fields),
 	CYAML_FIELD_MAPPING_PTR("ssh", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct sl_cfg_rule,
 				ssh, ssh_rule_fields),
 	STR("message", struct sl_cfg_rule, message),
@@ -170,11 +178,12 @@ static const cyaml_schema_field_t policy_mask_fields[] = {
 
 static const cyaml_schema_field_t policy_fields[] = {
 	STR("name", struct sl_cfg_policy, name),
-	CYAML_FIELD_MAPPING("match", CYAML_FLAG_OPTIONAL, struct sl_cfg_policy, match, match_fields),
+	CYAML_FIELD_MAPPING("match", CYAML_FLAG_OPTIONAL, struct sl_cfg_policy, match,
+			    match_fields),
 	STRSEQ("connections", struct sl_cfg_policy, connections),
 	STR("default", struct sl_cfg_policy, default_action),
-	CYAML_FIELD_SEQUENCE("rules", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct sl_cfg_policy,
-			     rules, &rule_entry, 0, CYAML_UNLIMITED),
+	CYAML_FIELD_SEQUENCE("rules", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+			     struct sl_cfg_policy, rules, &rule_entry, 0, CYAML_UNLIMITED),
 	CYAML_FIELD_MAPPING_PTR("mask", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
 				struct sl_cfg_policy, mask, policy_mask_fields),
 	CYAML_FIELD_END,
@@ -221,7 +230,8 @@ static const cyaml_schema_field_t review_fields[] = {
 };
 
 static const cyaml_schema_field_t top_fields[] = {
-	CYAML_FIELD_MAPPING("gateway", CYAML_FLAG_OPTIONAL, struct sl_config, gateway, gateway_fields),
+	CYAML_FIELD_MAPPING("gateway", CYAML_FLAG_OPTIONAL, struct sl_config, gateway,
+			    gateway_fields),
 	CYAML_FIELD_MAPPING("identity", CYAML_FLAG_OPTIONAL, struct sl_config, identity,
 			    identity_fields),
 	CYAML_FIELD_MAPPING("audit", CYAML_FLAG_OPTIONAL, struct sl_config, audit, audit_fields),
@@ -313,8 +323,7 @@ check_listener(const char *what, const struct sl_cfg_listener *l, char *err, siz
 	if (l->listen != NULL) {
 		colon = strrchr(l->listen, ':');
 		if (colon == NULL || colon == l->listen || colon[1] == '\0' ||
-		    strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
-		    atoi(colon + 1) > 65535)
+		    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
 			FAIL("gateway.%s.listen: \"%s\" is not host:port", what, l->listen);
 	}
 	if ((l->tls_cert == NULL) != (l->tls_key == NULL))
@@ -333,8 +342,8 @@ validate(struct sl_config *c, char *err, size_t errlen)
 	    (r = check_listener("ssh", &c->gateway.ssh, err, errlen)) != 0)
 		return r;
 	if (c->gateway.log_level != NULL && strcmp(c->gateway.log_level, "debug") != 0 &&
-	    strcmp(c->gateway.log_level, "info") != 0 && strcmp(c->gateway.log_level, "warn") != 0 &&
-	    strcmp(c->gateway.log_level, "error") != 0)
+	    strcmp(c->gateway.log_level, "info") != 0 &&
+	    strcmp(c->gateway.log_level, "warn") != 0 && strcmp(c->gateway.log_level, "error") != 0)
 		FAIL("gateway.log_level must be debug, info, warn or error");
 	if (c->gateway.workers > 64)
 		FAIL("gateway.workers: at most 64");
@@ -355,7 +364,8 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		if (is->issuer == NULL || is->audience == NULL)
 			FAIL("identity.issuers[%u]: issuer and audience are required", i);
 		if (is->jwks_file != NULL && is->jwks_uri != NULL)
-			FAIL("identity.issuers[%u]: jwks_file and jwks_uri are mutually exclusive", i);
+			FAIL("identity.issuers[%u]: jwks_file and jwks_uri are mutually exclusive",
+			     i);
 		snprintf(what, sizeof(what), "identity.issuers[%u].leeway", i);
 		if ((r = check_duration(what, is->leeway, err, errlen)) != 0)
 			return r;
@@ -365,9 +375,11 @@ validate(struct sl_config *c, char *err, size_t errlen)
 
 		if (cn->name == NULL || cn->name[0] == '\0')
 			FAIL("connections[%u]: name is required", i);
-		if (cn->type == NULL || (strcmp(cn->type, "postgres") != 0 &&
-					 strcmp(cn->type, "http") != 0 && strcmp(cn->type, "ssh") != 0))
-			FAIL("connections[%u] (%s): type must be postgres, http or ssh", i, cn->name);
+		if (cn->type == NULL ||
+		    (strcmp(cn->type, "postgres") != 0 && strcmp(cn->type, "http") != 0 &&
+		     strcmp(cn->type, "ssh") != 0))
+			FAIL("connections[%u] (%s): type must be postgres, http or ssh", i,
+			     cn->name);
 		if (cn->target == NULL)
 			FAIL("connections[%u] (%s): target is required", i, cn->name);
 		if (cn->password_env != NULL && cn->password_file != NULL)
@@ -563,7 +575,8 @@ const char sl_config_default_yaml[] =
 	"      columns: [ssn, \"*password*\", \"*token*\", card_number]\n"
 	"      detectors: [ssn, credit_card, email, aws_access_key, jwt, private_key,"
 	" secret_assignment, iban, phone]\n"
-	"      styles: [{ column: \"*token*\", style: full }, { column: \"*password*\", style: full }]\n"
+	"      styles: [{ column: \"*token*\", style: full }, { column: \"*password*\", style: "
+	"full }]\n"
 	"  - name: dba\n"
 	"    match: { groups: [dba] }\n"
 	"    default: allow\n"

@@ -13,7 +13,7 @@
 
 struct sl_jwk {
 	EVP_PKEY *pkey;
-	char alg[8];  /* the one algorithm this key verifies */
+	char alg[8]; /* the one algorithm this key verifies */
 	char kid[128];
 };
 

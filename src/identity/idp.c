@@ -121,8 +121,7 @@ fetch_keys(struct sl_issuer *is, struct sl_keyset **out)
 		body = NULL;
 		u = json_string_value(json_object_get(j, "jwks_uri"));
 		/* The discovery document must be about this issuer. */
-		if (u == NULL ||
-		    json_string_value(json_object_get(j, "issuer")) == NULL ||
+		if (u == NULL || json_string_value(json_object_get(j, "issuer")) == NULL ||
 		    strcmp(json_string_value(json_object_get(j, "issuer")), is->issuer) != 0) {
 			json_decref(j);
 			return SL_EIO;
@@ -316,7 +315,8 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 		uint8_t buf[SL_JWT_MAX];
 		size_t bl;
 
-		if (d2 && sl_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof(buf), &bl) == 0)
+		if (d2 &&
+		    sl_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof(buf), &bl) == 0)
 			pl = json_loadb((const char *)buf, bl, 0, NULL);
 		want = json_string_value(json_object_get(pl, "iss"));
 		if (want == NULL) {
@@ -434,7 +434,8 @@ sl_devissuer_mint(const char *data_dir, const struct sl_mint_opts *o, char **out
 	snprintf(kpath, sizeof(kpath), "%s/dev-issuer.key", data_dir);
 	f = fopen(kpath, "r");
 	if (f == NULL) {
-		snprintf(err, errlen, "no dev issuer in %s: run `sluice token init` first", data_dir);
+		snprintf(err, errlen, "no dev issuer in %s: run `sluice token init` first",
+			 data_dir);
 		return SL_ENOENT;
 	}
 	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
@@ -555,8 +556,8 @@ sl_token_cli(int argc, char **argv, const struct sl_config *cfg)
 				free(gcopy);
 				gcopy = strdup(v);
 				o.ngroups = 0;
-				for (char *s = NULL, *t = strtok_r(gcopy, ",", &s); t && o.ngroups < 64;
-				     t = strtok_r(NULL, ",", &s))
+				for (char *s = NULL, *t = strtok_r(gcopy, ",", &s);
+				     t && o.ngroups < 64; t = strtok_r(NULL, ",", &s))
 					groups[o.ngroups++] = t;
 			} else if (strcmp(argv[i], "--ttl") == 0) {
 				int neg = v[0] == '-';

@@ -23,9 +23,9 @@
 #include "identity_internal.h"
 #include "sluice/core.h"
 
-#define MAX_GROUPS     256
-#define MAX_GROUP_LEN  256
-#define CACHE_SLOTS    4096
+#define MAX_GROUPS    256
+#define MAX_GROUP_LEN 256
+#define CACHE_SLOTS   4096
 
 void
 sl_identity_fini(struct sl_identity *id)
@@ -116,7 +116,8 @@ sl_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outmax, size_t *
 void
 sl_b64url_encode(const uint8_t *in, size_t n, char *out)
 {
-	static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	static const char tbl[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	size_t o = 0, i;
 
 	for (i = 0; i + 2 < n; i += 3) {
@@ -165,7 +166,8 @@ jwk_rsa(json_t *jwk)
 	EVP_PKEY_CTX *ctx = NULL;
 	EVP_PKEY *k = NULL;
 
-	if (b64_field(jwk, "n", n, sizeof(n), &nl) != 0 || b64_field(jwk, "e", e, sizeof(e), &el) != 0)
+	if (b64_field(jwk, "n", n, sizeof(n), &nl) != 0 ||
+	    b64_field(jwk, "e", e, sizeof(e), &el) != 0)
 		return NULL;
 	if (nl < 256) /* RSA keys under 2048 bits are refused */
 		return NULL;
@@ -202,13 +204,14 @@ jwk_ec(json_t *jwk)
 
 	if (crv == NULL || strcmp(crv, "P-256") != 0)
 		return NULL;
-	if (b64_field(jwk, "x", x, sizeof(x), &xl) != 0 || b64_field(jwk, "y", y, sizeof(y), &yl) != 0 ||
-	    xl != 32 || yl != 32)
+	if (b64_field(jwk, "x", x, sizeof(x), &xl) != 0 ||
+	    b64_field(jwk, "y", y, sizeof(y), &yl) != 0 || xl != 32 || yl != 32)
 		return NULL;
 	pub[0] = 4;
 	memcpy(pub + 1, x, 32);
 	memcpy(pub + 33, y, 32);
-	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)"prime256v1", 0);
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
+						     (char *)"prime256v1", 0);
 	params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pub, sizeof(pub));
 	params[2] = OSSL_PARAM_construct_end();
 	ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
@@ -261,7 +264,8 @@ sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 		return SL_EINVAL;
 	}
 	ks = calloc(1, sizeof(*ks));
-	if (ks == NULL || (ks->keys = calloc(json_array_size(keys) + 1, sizeof(*ks->keys))) == NULL) {
+	if (ks == NULL ||
+	    (ks->keys = calloc(json_array_size(keys) + 1, sizeof(*ks->keys))) == NULL) {
 		free(ks);
 		json_decref(root);
 		return SL_ENOMEM;
@@ -309,8 +313,7 @@ sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 /* ------------------------------------------------------------ verification */
 
 static int
-verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_t *sig,
-	   size_t slen)
+verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_t *sig, size_t slen)
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	int ok = 0;
@@ -332,7 +335,8 @@ verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_
 		if (es != NULL && r != NULL && s != NULL && ECDSA_SIG_set0(es, r, s) == 1) {
 			r = s = NULL;
 			dl = i2d_ECDSA_SIG(es, &der);
-			ok = dl > 0 && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&
+			ok = dl > 0 &&
+			     EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&
 			     EVP_DigestVerify(md, der, (size_t)dl, msg, mlen) == 1;
 		}
 		BN_free(r);
@@ -382,15 +386,14 @@ aud_ok(json_t *aud, const char *want)
 		return strcmp(json_string_value(aud), want) == 0;
 	if (!json_is_array(aud))
 		return 0;
-	json_array_foreach(aud, i, v)
-		if (json_is_string(v) && strcmp(json_string_value(v), want) == 0)
-			return 1;
+	json_array_foreach(aud, i, v) if (json_is_string(v) &&
+					  strcmp(json_string_value(v), want) == 0) return 1;
 	return 0;
 }
 
 #define FAIL(code, msg)                                                                            \
 	do {                                                                                       \
-		snprintf(err, errlen, "%s", msg);                                                 \
+		snprintf(err, errlen, "%s", msg);                                                  \
 		r = code;                                                                          \
 		goto out;                                                                          \
 	} while (0)
@@ -424,8 +427,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 		FAIL(SL_EAUTH, "token has critical header parameters");
 	alg = json_string_value(json_object_get(hdr, "alg"));
 	kid = json_string_value(json_object_get(hdr, "kid"));
-	if (alg == NULL || (strcmp(alg, "RS256") != 0 && strcmp(alg, "ES256") != 0 &&
-			    strcmp(alg, "EdDSA") != 0))
+	if (alg == NULL ||
+	    (strcmp(alg, "RS256") != 0 && strcmp(alg, "ES256") != 0 && strcmp(alg, "EdDSA") != 0))
 		FAIL(SL_EAUTH, "algorithm not allowed");
 	iss = json_string_value(json_object_get(pl, "iss"));
 	if (iss == NULL)
@@ -433,7 +436,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	is = sl_idp_issuer(idp, iss);
 	if (is == NULL)
 		FAIL(SL_EAUTH, "issuer not trusted");
-	if (sl_b64url_decode(d2 + 1, len - (size_t)(d2 + 1 - token), sig, sizeof(sig), &siglen) != 0)
+	if (sl_b64url_decode(d2 + 1, len - (size_t)(d2 + 1 - token), sig, sizeof(sig), &siglen) !=
+	    0)
 		FAIL(SL_EAUTH, "malformed signature");
 	pthread_rwlock_rdlock(&idp->lock);
 	{
@@ -448,7 +452,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 		}
 		if (key == NULL) {
 			pthread_rwlock_unlock(&idp->lock);
-			FAIL(kid ? SL_ENOKEY : SL_EAUTH, kid ? "signing key unknown" : "no signing key");
+			FAIL(kid ? SL_ENOKEY : SL_EAUTH,
+			     kid ? "signing key unknown" : "no signing key");
 		}
 		if (kid == NULL && candidates > 1) {
 			pthread_rwlock_unlock(&idp->lock);
@@ -496,7 +501,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 
 		if (json_array_size(v) > MAX_GROUPS)
 			FAIL(SL_EAUTH, "too many groups in token");
-		json_array_foreach(v, i, g) {
+		json_array_foreach(v, i, g)
+		{
 			if (!json_is_string(g) || json_string_length(g) > MAX_GROUP_LEN)
 				continue;
 			out->groups[out->ngroups] = strdup(json_string_value(g));

@@ -36,19 +36,21 @@ static const struct det builtin[SL_DET_BUILTIN] = {
 	/* anchored on '@'; the local part is extended backwards in code */
 	[SL_DET_EMAIL] = {"email", "@[A-Za-z0-9\\-]+(?:\\.[A-Za-z0-9\\-]+)*\\.[A-Za-z]{2,24}", 0},
 	[SL_DET_AWS] = {"aws_access_key", "(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", 0},
-	[SL_DET_JWT] = {"jwt", "eyJ[A-Za-z0-9_\\-]{4,}\\.eyJ[A-Za-z0-9_\\-]{4,}\\.[A-Za-z0-9_\\-]{8,}", 0},
+	[SL_DET_JWT] = {"jwt",
+			"eyJ[A-Za-z0-9_\\-]{4,}\\.eyJ[A-Za-z0-9_\\-]{4,}\\.[A-Za-z0-9_\\-]{8,}", 0},
 	[SL_DET_PEM] = {"private_key", "-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----", 0},
-	[SL_DET_SECRET] = {"secret_assignment",
-			   "(?:pass(?:word|wd)?|pwd|secret|api[_\\-]?key|access[_\\-]?key|"
-			   "(?:auth|access|api|refresh)[_\\-]?token|token)[\"']?\\s*[:=]\\s*"
-			   "[\"']?[^\\s\"',;&]{3,}|authorization:\\s*bearer\\s+[A-Za-z0-9._~+/=\\-]{8,}",
-			   HS_FLAG_CASELESS},
+	[SL_DET_SECRET] =
+		{"secret_assignment",
+		 "(?:pass(?:word|wd)?|pwd|secret|api[_\\-]?key|access[_\\-]?key|"
+		 "(?:auth|access|api|refresh)[_\\-]?token|token)[\"']?\\s*[:=]\\s*"
+		 "[\"']?[^\\s\"',;&]{3,}|authorization:\\s*bearer\\s+[A-Za-z0-9._~+/=\\-]{8,}",
+		 HS_FLAG_CASELESS},
 	[SL_DET_IBAN] = {"iban", NULL, 0},
 	[SL_DET_PHONE] = {"phone", NULL, 0},
 };
 
 struct sl_mask_db {
-	hs_database_t *hs;        /* built-in detectors, no start-of-match tracking (fast) */
+	hs_database_t *hs;	  /* built-in detectors, no start-of-match tracking (fast) */
 	hs_database_t *hs_custom; /* custom patterns, leftmost start of match; may be NULL */
 	unsigned ndet;
 	char *names[SL_MASK_MAX_DETECTORS];
@@ -418,8 +420,9 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 		    memcmp(m + 7, "0000", 4) == 0)
 			return 0;
 		return 1;
-		if ((c->from && (alnum_at(v, len, before) ||
-				 ((v[before] == '-' || v[before] == ' ') && before && digit_at(v, len, before - 1)))) ||
+		if ((c->from &&
+		     (alnum_at(v, len, before) || ((v[before] == '-' || v[before] == ' ') &&
+						   before && digit_at(v, len, before - 1)))) ||
 		    alnum_at(v, len, c->to) ||
 		    ((c->to < len && (v[c->to] == '-')) && digit_at(v, len, c->to + 1)))
 			return 0;
@@ -435,10 +438,12 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 				sep = m[i];
 			}
 		}
-		if ((c->from && (alnum_at(v, len, before) ||
-				 ((v[before] == '-' || v[before] == ' ') && before && digit_at(v, len, before - 1)))) ||
+		if ((c->from &&
+		     (alnum_at(v, len, before) || ((v[before] == '-' || v[before] == ' ') &&
+						   before && digit_at(v, len, before - 1)))) ||
 		    alnum_at(v, len, c->to) ||
-		    ((c->to + 1 < len) && (v[c->to] == '-' || v[c->to] == ' ') && digit_at(v, len, c->to + 1) && sep))
+		    ((c->to + 1 < len) && (v[c->to] == '-' || v[c->to] == ' ') &&
+		     digit_at(v, len, c->to + 1) && sep))
 			return 0;
 		return sl_mask_luhn(m, n);
 	}
@@ -547,7 +552,6 @@ validate(const uint8_t *v, size_t len, struct cand *c)
 	}
 }
 
-
 /* ------------------------------------------------------------ digit scanner */
 
 /* The scanner looks at every byte: plain comparisons, not <ctype.h> calls. */
@@ -579,8 +583,10 @@ add_cand(struct sl_mask_scratch *s, uint32_t id, size_t from, size_t to)
 static void
 scan_digits(const struct sl_mask_plan *p, struct sl_mask_scratch *s, const uint8_t *v, size_t len)
 {
-	int want_ssn = p->enabled & (1u << SL_DET_SSN), want_card = p->enabled & (1u << SL_DET_CARD);
-	int want_phone = p->enabled & (1u << SL_DET_PHONE), want_iban = p->enabled & (1u << SL_DET_IBAN);
+	int want_ssn = p->enabled & (1u << SL_DET_SSN),
+	    want_card = p->enabled & (1u << SL_DET_CARD);
+	int want_phone = p->enabled & (1u << SL_DET_PHONE),
+	    want_iban = p->enabled & (1u << SL_DET_IBAN);
 	size_t i = 0;
 
 	while (i < len) {
@@ -605,7 +611,8 @@ scan_digits(const struct sl_mask_plan *p, struct sl_mask_scratch *s, const uint8
 					if (chars >= 15 && (j >= len || !ALNUM(v[j])) &&
 					    sl_mask_iban_ok((const char *)v + i, j - i))
 						best = j;
-				} else if (v[j] == ' ' && j + 1 < len && (UPPER(v[j + 1]) || DIG(v[j + 1]))) {
+				} else if (v[j] == ' ' && j + 1 < len &&
+					   (UPPER(v[j + 1]) || DIG(v[j + 1]))) {
 					j++;
 				} else {
 					break;
@@ -680,9 +687,11 @@ scan_digits(const struct sl_mask_plan *p, struct sl_mask_scratch *s, const uint8
 						break;
 					if (b > a && sep[b - 1] != sep[a])
 						break;
-					if (digits >= 13 && (a == 0 || sep[a - 1] != (b > a ? sep[a] : sep[a - 1] + 1)) &&
+					if (digits >= 13 &&
+					    (a == 0 ||
+					     sep[a - 1] != (b > a ? sep[a] : sep[a - 1] + 1)) &&
 					    (sep[b] == 0 || b == a || sep[b] != sep[a]) &&
-					    (b > a || (a == 0 || before == 0) ) &&
+					    (b > a || (a == 0 || before == 0)) &&
 					    sl_mask_luhn((const char *)v + gs[a], ge[b] - gs[a]))
 						add_cand(s, SL_DET_CARD, gs[a], ge[b]);
 				}
@@ -875,8 +884,8 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 	s->n = w;
 	for (size_t i = 0; i < s->n; i++) {
 		struct cand *c = &s->c[i];
-		enum sl_mask_style style = c->id < SL_MASK_MAX_DETECTORS ? p->det_style[c->id]
-									: SL_MASK_FULL;
+		enum sl_mask_style style =
+			c->id < SL_MASK_MAX_DETECTORS ? p->det_style[c->id] : SL_MASK_FULL;
 
 		if (st && c->id < SL_MASK_MAX_DETECTORS)
 			st->hits[c->id]++;
@@ -906,8 +915,8 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 
 		for (size_t i = 0; i < s->n; i++) {
 			struct cand *c = &s->c[i];
-			enum sl_mask_style style = c->id < SL_MASK_MAX_DETECTORS ? p->det_style[c->id]
-										: SL_MASK_FULL;
+			enum sl_mask_style style =
+				c->id < SL_MASK_MAX_DETECTORS ? p->det_style[c->id] : SL_MASK_FULL;
 			char tok[24];
 
 			if (sl_buf_append(out, val + pos, c->from - pos) != 0)

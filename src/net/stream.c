@@ -16,8 +16,8 @@
 
 #include <openssl/err.h>
 
-#define READ_CHUNK  (64u << 10)
-#define OUT_MAX     (64u << 20)
+#define READ_CHUNK (64u << 10)
+#define OUT_MAX	   (64u << 20)
 
 struct wreq {
 	uv_write_t req;

@@ -324,8 +324,8 @@ sl_pg_upauth_feed(struct sl_pg_upauth *a, const uint8_t *msg, size_t len, struct
 			return SL_EPROTO;
 		return scram_final(a, extra, extralen, err, errlen);
 	default:
-		snprintf(err, errlen, "server asked for an authentication method sluice refuses (%u)",
-			 code);
+		snprintf(err, errlen,
+			 "server asked for an authentication method sluice refuses (%u)", code);
 		return SL_EPOLICY;
 	}
 }

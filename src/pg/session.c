@@ -34,7 +34,7 @@ enum pg_state {
 	PG_ST_CLOSING, /* both sides being closed; freed when handles and async work are done */
 };
 
-static const char *const state_names[] = {"startup", "tls",    "auth",  "verify", "upconn",
+static const char *const state_names[] = {"startup", "tls",    "auth",	"verify", "upconn",
 					  "upauth",  "upinit", "ready", "closing"};
 
 /* Entries of the in-flight queue: what the server still owes an answer for. */
@@ -125,16 +125,17 @@ struct pg_session {
 	struct sl_mask_stats mstats;
 	int mstats_any;
 	struct sl_buf mout, mval;
-	uv_timer_t login_timer; /* startup + login must finish in time (slow clients hold sockets) */
+	uv_timer_t
+		login_timer; /* startup + login must finish in time (slow clients hold sockets) */
 	unsigned timer_open : 1;
 };
 
 /* What to do with a result column. */
 struct colinfo {
-	int8_t rule;    /* column rule applies: style in .style */
+	int8_t rule; /* column rule applies: style in .style */
 	int8_t style;
 	int8_t textlike; /* bytes are text: masked in place; else a hit means NULL */
-	int8_t scan;     /* run the detectors */
+	int8_t scan;	 /* run the detectors */
 };
 
 #define PG_MAX_COLUMNS 1664
@@ -153,7 +154,8 @@ static void
 set_state(struct pg_session *s, enum pg_state st)
 {
 	/* Allowed moves only go forward, except that any state may close. */
-	if (st != PG_ST_CLOSING && st < s->state && !(s->state == PG_ST_VERIFY && st == PG_ST_AUTH) &&
+	if (st != PG_ST_CLOSING && st < s->state &&
+	    !(s->state == PG_ST_VERIFY && st == PG_ST_AUTH) &&
 	    !(s->state == PG_ST_TLS && st == PG_ST_STARTUP)) {
 		sl_error("pg session %s: invalid state change %s -> %s", s->pl.id,
 			 state_names[s->state], state_names[st]);
@@ -707,7 +709,8 @@ send_upstream_startup(struct pg_session *s)
 	}
 	sl_random(nonce, sizeof(nonce));
 	if (load_password(s) != 0) {
-		fatal(s, "08006", "sluice: the upstream credential for this connection is not available");
+		fatal(s, "08006",
+		      "sluice: the upstream credential for this connection is not available");
 		return;
 	}
 	if (sl_pg_upauth_new(vals[0], s->password, nonce, sizeof(nonce), &s->upauth) != 0) {
@@ -891,7 +894,8 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 		details = json_object();
 		json_object_set_new(details, "database",
 				    json_string(s->client_db ? s->client_db : ""));
-		json_object_set_new(details, "user", json_string(s->client_user ? s->client_user : ""));
+		json_object_set_new(details, "user",
+				    json_string(s->client_user ? s->client_user : ""));
 		{
 			json_t *params = json_object();
 
@@ -904,8 +908,8 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
 		json_object_set_new(details, "masking",
 				    json_string(s->mask_exempt ? "exempt"
-						: s->mplan ? "on"
-							   : "off"));
+						: s->mplan     ? "on"
+							       : "off"));
 		sl_pl_session_opened(s->gw, &s->pl, details);
 		set_state(s, PG_ST_READY);
 		stop_login_timer(s);
@@ -927,7 +931,7 @@ track_param(struct pg_session *s, const char *name, const char *value)
 		/* Client-only encodings can hide a quote or backslash in the
 		 * second byte of a character; the parser here assumes UTF-8. */
 		static const char *const unsafe[] = {"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK",
-						     "UHC",  "GB18030",        "JOHAB"};
+						     "UHC",  "GB18030",	       "JOHAB"};
 		s->enc_safe = 1;
 		for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++)
 			if (strcasecmp(value, unsafe[i]) == 0)
@@ -1044,7 +1048,6 @@ on_command_complete(struct pg_session *s, const uint8_t *msg, size_t len)
 	}
 }
 
-
 /* ------------------------------------------------------------ masking */
 
 static int
@@ -1143,8 +1146,8 @@ mask_row(struct pg_session *s, uint8_t *msg, size_t total)
 		if (i < s->ncols)
 			ci = s->cols[i];
 		if (ci.rule) {
-			r = ci.textlike ? sl_mask_column(s->mplan, (enum sl_mask_style)ci.style, v, len,
-							 &s->mval)
+			r = ci.textlike ? sl_mask_column(s->mplan, (enum sl_mask_style)ci.style, v,
+							 len, &s->mval)
 					: SL_MASK_TO_NULL;
 			s->mstats.columns++;
 			s->mstats_any = 1;
@@ -1557,7 +1560,8 @@ audit_done(struct sl_completion *c)
 
 		if (e != NULL)
 			e->blocked = 1;
-		substitute(s, msg[0], "", "sluice: the audit trail is unavailable, request refused");
+		substitute(s, msg[0], "",
+			   "sluice: the audit trail is unavailable, request refused");
 	} else {
 		up_send(s, msg, s->held_len);
 	}
@@ -1592,7 +1596,8 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
 		return 0;
 	if (s->ents_len > 0) {
 		if (!ents_synced(s)) {
-			*why = "sluice: a statement with backslashes or non-ASCII bytes cannot follow "
+			*why = "sluice: a statement with backslashes or non-ASCII bytes cannot "
+			       "follow "
 			       "unsynchronised statements in a pipeline; send Sync first";
 			return 0;
 		}
@@ -1614,8 +1619,7 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
  */
 static int
 decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
-       const char *trace, const char *span, struct entry *e, char *msg, size_t msglen,
-       int *waiting)
+       const char *trace, const char *span, struct entry *e, char *msg, size_t msglen, int *waiting)
 {
 	struct sl_pl_request r;
 	struct sl_decision d;
@@ -1736,8 +1740,12 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		e->blocked = 1;
 		e->seq = ++s->reqseq;
 		{
-			struct sl_pl_request rq = {.proto = SL_PROTO_PG, .text = sql, .textlen = len,
-						   .sql = &un, .seq = e->seq, .trace_id = trace[0] ? trace : NULL};
+			struct sl_pl_request rq = {.proto = SL_PROTO_PG,
+						   .text = sql,
+						   .textlen = len,
+						   .sql = &un,
+						   .seq = e->seq,
+						   .trace_id = trace[0] ? trace : NULL};
 			struct sl_decision d = {.action = SL_ACT_BLOCK, .message = why};
 
 			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
@@ -2097,8 +2105,8 @@ cli_tls_cb(struct sl_stream *st, int status)
 static int
 param_forwardable(const char *k)
 {
-	static const char *const refused[] = {"options", "replication", "role",
-					      "session_authorization", "user", "database"};
+	static const char *const refused[] = {
+		"options", "replication", "role", "session_authorization", "user", "database"};
 
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
 		if (strcasecmp(k, refused[i]) == 0)
@@ -2386,7 +2394,8 @@ on_accept(uv_stream_t *server, int status)
 	if (uv_timer_init(&w->loop, &s->login_timer) == 0) {
 		s->login_timer.data = s;
 		s->timer_open = 1;
-		uv_timer_start(&s->login_timer, login_timeout, (uint64_t)s->gw->login_timeout_ms, 0);
+		uv_timer_start(&s->login_timer, login_timeout, (uint64_t)s->gw->login_timeout_ms,
+			       0);
 	}
 	if (uv_tcp_getpeername(&s->cli.tcp, (struct sockaddr *)&ss, &len) == 0)
 		sl_net_addr_str((struct sockaddr *)&ss, s->pl.client_addr,

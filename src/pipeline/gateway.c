@@ -196,8 +196,8 @@ sl_gateway_run(struct sl_config *cfg)
 		return 1;
 	gw->cfg = cfg;
 	pthread_mutex_init(&gw->cancel_mu, NULL);
-	gw->max_message = cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes
-							 : 16u << 20;
+	gw->max_message =
+		cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes : 16u << 20;
 	if (cfg->gateway.shutdown_timeout)
 		sl_parse_duration_ms(cfg->gateway.shutdown_timeout, &drain_ms);
 	gw->login_timeout_ms = 15000;

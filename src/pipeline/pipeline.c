@@ -360,8 +360,8 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 	if (jend(&b) == 0)
 		sl_audit_append_raw(gw->audit, "result", s->id,
 				    trace_id ? trace_id : trace_or_null(s->trace_id),
-				    trace_id ? NULL : trace_or_null(s->span_id), (const char *)b.data,
-				    b.len, NULL, NULL);
+				    trace_id ? NULL : trace_or_null(s->span_id),
+				    (const char *)b.data, b.len, NULL, NULL);
 	sl_buf_fini(&b);
 }
 
@@ -486,7 +486,8 @@ hash_key(struct sl_gw *gw, uint8_t key[32], size_t *keylen, char *err, size_t er
 	}
 	free(data);
 	if (m->hash_key_file != NULL) {
-		snprintf(err, errlen, "mask.hash_key_file %s: cannot read (16+ bytes needed)", path);
+		snprintf(err, errlen, "mask.hash_key_file %s: cannot read (16+ bytes needed)",
+			 path);
 		return SL_EINVAL;
 	}
 	{

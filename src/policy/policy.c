@@ -14,7 +14,7 @@
 struct crule {
 	const struct sl_cfg_rule *cfg;
 	enum sl_action action;
-	uint32_t kinds;     /* 0 = any kind (rule without sql:) */
+	uint32_t kinds; /* 0 = any kind (rule without sql:) */
 	int has_sql;
 	char name[160];
 	int64_t timeout_ms, grant_for_ms;
@@ -50,8 +50,7 @@ parse_action(const char *s, enum sl_action *a)
 }
 
 int
-sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err,
-		  size_t errlen)
+sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err, size_t errlen)
 {
 	struct sl_policy_set *ps;
 
@@ -73,8 +72,9 @@ sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char 
 		cp->default_allow = p->default_action && strcmp(p->default_action, "allow") == 0;
 		for (unsigned j = 0; j < p->connections_count; j++) {
 			if (sl_config_connection(cfg, p->connections[j]) == NULL) {
-				snprintf(err, errlen, "policies[%u] (%s): unknown connection \"%s\"", i,
-					 pname, p->connections[j]);
+				snprintf(err, errlen,
+					 "policies[%u] (%s): unknown connection \"%s\"", i, pname,
+					 p->connections[j]);
 				goto fail;
 			}
 		}
@@ -92,7 +92,8 @@ sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char 
 				snprintf(cr->name, sizeof(cr->name), "%s#%u", pname, j + 1);
 			if (parse_action(r->action, &cr->action) != 0) {
 				snprintf(err, errlen,
-					 "policies[%u].rules[%u]: unknown action \"%s\" (allow, block, "
+					 "policies[%u].rules[%u]: unknown action \"%s\" (allow, "
+					 "block, "
 					 "review)",
 					 i, j, r->action ? r->action : "");
 				goto fail;
@@ -102,34 +103,35 @@ sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char 
 
 				if (b == 0 || b == SL_SQL_UNPARSEABLE) {
 					snprintf(err, errlen,
-						 "policies[%u].rules[%u]: unknown sql kind \"%s\"", i, j,
-						 r->sql[k]);
+						 "policies[%u].rules[%u]: unknown sql kind \"%s\"",
+						 i, j, r->sql[k]);
 					goto fail;
 				}
 				cr->kinds |= b;
 			}
 			cr->has_sql = r->sql_count > 0;
 			if (cr->action == SL_ACT_REVIEW && r->approvers_count == 0) {
-				snprintf(err, errlen, "policies[%u].rules[%u]: review needs approvers",
-					 i, j);
+				snprintf(err, errlen,
+					 "policies[%u].rules[%u]: review needs approvers", i, j);
 				goto fail;
 			}
 			cr->timeout_ms = 5 * 60 * 1000;
 			if (r->timeout && sl_parse_duration_ms(r->timeout, &cr->timeout_ms) != 0) {
-				snprintf(err, errlen, "policies[%u].rules[%u]: bad timeout \"%s\"", i, j,
-					 r->timeout);
+				snprintf(err, errlen, "policies[%u].rules[%u]: bad timeout \"%s\"",
+					 i, j, r->timeout);
 				goto fail;
 			}
 			if (r->grant_for &&
 			    sl_parse_duration_ms(r->grant_for, &cr->grant_for_ms) != 0) {
-				snprintf(err, errlen, "policies[%u].rules[%u]: bad grant_for \"%s\"", i,
-					 j, r->grant_for);
+				snprintf(err, errlen,
+					 "policies[%u].rules[%u]: bad grant_for \"%s\"", i, j,
+					 r->grant_for);
 				goto fail;
 			}
 			cr->min_approvals = r->min_approvals ? r->min_approvals : 1;
 			if (r->http && r->http->path == NULL && r->http->method == NULL) {
-				snprintf(err, errlen, "policies[%u].rules[%u]: http needs method or path",
-					 i, j);
+				snprintf(err, errlen,
+					 "policies[%u].rules[%u]: http needs method or path", i, j);
 				goto fail;
 			}
 		}
@@ -207,7 +209,8 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 
 			for (unsigned i = 0; i < r->functions_count && !hit; i++)
 				for (size_t f = 0; f < req->sql->nfunctions && !hit; f++)
-					if (strcasecmp(r->functions[i], req->sql->functions[f]) == 0)
+					if (strcasecmp(r->functions[i], req->sql->functions[f]) ==
+					    0)
 						hit = 1;
 			if (!hit)
 				return 0;
@@ -227,10 +230,11 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 		if (r->http == NULL || cr->has_sql || r->ssh)
 			return 0;
 		if (r->http->method && strcmp(r->http->method, "*") != 0 &&
-		    (req->http_method == NULL || strcasecmp(r->http->method, req->http_method) != 0))
+		    (req->http_method == NULL ||
+		     strcasecmp(r->http->method, req->http_method) != 0))
 			return 0;
-		if (r->http->path && (req->http_path == NULL ||
-				      !sl_glob_match(r->http->path, req->http_path)))
+		if (r->http->path &&
+		    (req->http_path == NULL || !sl_glob_match(r->http->path, req->http_path)))
 			return 0;
 		return 1;
 	case SL_PROTO_SSH:
@@ -373,8 +377,8 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 			 req->connection ? req->connection : "?");
 	} else if (req->proto == SL_PROTO_PG) {
 		sl_sql_kinds_str(kinds & ~covered, kbuf, sizeof(kbuf));
-		snprintf(d->reason, sizeof(d->reason), "statement kind %s is not allowed (default deny)",
-			 kbuf);
+		snprintf(d->reason, sizeof(d->reason),
+			 "statement kind %s is not allowed (default deny)", kbuf);
 	} else {
 		snprintf(d->reason, sizeof(d->reason), "request is not allowed (default deny)");
 	}
@@ -383,9 +387,9 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 }
 
 void
-sl_policy_mask_for(const struct sl_policy_set *ps, const char *subject,
-		   const char *const *groups, size_t ngroups, const char *connection,
-		   const struct sl_cfg_policy_mask **mask, int *exempt)
+sl_policy_mask_for(const struct sl_policy_set *ps, const char *subject, const char *const *groups,
+		   size_t ngroups, const char *connection, const struct sl_cfg_policy_mask **mask,
+		   int *exempt)
 {
 	*mask = NULL;
 	*exempt = 0;

@@ -22,17 +22,28 @@ static const struct {
 	const char *name;
 	uint32_t bit;
 } kind_names[] = {
-	{"select", SL_SQL_SELECT},	     {"insert", SL_SQL_INSERT},
-	{"update", SL_SQL_UPDATE},	     {"delete", SL_SQL_DELETE},
-	{"merge", SL_SQL_MERGE},	     {"update_all", SL_SQL_UPDATE_ALL},
-	{"delete_all", SL_SQL_DELETE_ALL},   {"ddl", SL_SQL_DDL},
-	{"drop", SL_SQL_DROP},		     {"truncate", SL_SQL_TRUNCATE},
-	{"grant", SL_SQL_GRANT},	     {"copy_from", SL_SQL_COPY_FROM},
-	{"copy_to", SL_SQL_COPY_TO},	     {"copy_program", SL_SQL_COPY_PROGRAM},
-	{"alter_system", SL_SQL_ALTER_SYSTEM}, {"do", SL_SQL_DO},
-	{"call", SL_SQL_CALL},		     {"set", SL_SQL_SET},
-	{"transaction", SL_SQL_TRANSACTION}, {"utility", SL_SQL_UTILITY},
-	{"prepare", SL_SQL_PREPARE},	     {"execute", SL_SQL_EXECUTE},
+	{"select", SL_SQL_SELECT},
+	{"insert", SL_SQL_INSERT},
+	{"update", SL_SQL_UPDATE},
+	{"delete", SL_SQL_DELETE},
+	{"merge", SL_SQL_MERGE},
+	{"update_all", SL_SQL_UPDATE_ALL},
+	{"delete_all", SL_SQL_DELETE_ALL},
+	{"ddl", SL_SQL_DDL},
+	{"drop", SL_SQL_DROP},
+	{"truncate", SL_SQL_TRUNCATE},
+	{"grant", SL_SQL_GRANT},
+	{"copy_from", SL_SQL_COPY_FROM},
+	{"copy_to", SL_SQL_COPY_TO},
+	{"copy_program", SL_SQL_COPY_PROGRAM},
+	{"alter_system", SL_SQL_ALTER_SYSTEM},
+	{"do", SL_SQL_DO},
+	{"call", SL_SQL_CALL},
+	{"set", SL_SQL_SET},
+	{"transaction", SL_SQL_TRANSACTION},
+	{"utility", SL_SQL_UTILITY},
+	{"prepare", SL_SQL_PREPARE},
+	{"execute", SL_SQL_EXECUTE},
 	{"unparseable", SL_SQL_UNPARSEABLE},
 };
 
@@ -72,7 +83,7 @@ struct walker {
 	int depth;
 	int bad;
 	struct sl_sql_class *c;
-	char *collect;    /* FuncCall name being assembled */
+	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
 };
 
@@ -292,12 +303,12 @@ walk_object(struct walker *w, const char *node)
 		ws(w);
 		if (w->p < w->end && *w->p == '"' &&
 		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
-		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 || strcmp(key, "str") == 0 ||
-		     strcmp(key, "kind") == 0)) {
-			char *dst = strcmp(key, "relname") == 0	   ? relname
+		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
+		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0)) {
+			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
-				    : strcmp(key, "kind") == 0	   ? kindval
-								   : name;
+				    : strcmp(key, "kind") == 0	     ? kindval
+								     : name;
 			size_t dl = strcmp(key, "kind") == 0 ? sizeof(kindval) : sizeof(name);
 
 			if (read_string(w, dst, dl) != 0) {
@@ -316,7 +327,8 @@ walk_object(struct walker *w, const char *node)
 			has_from = 1;
 		if (strcmp(key, "relation") == 0)
 			has_relation = 1;
-		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
+		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 &&
+		    memcmp(w->p, "true", 4) == 0)
 			is_from = 1;
 		if (strcmp(key, "is_program") == 0 && w->end - w->p >= 4 &&
 		    memcmp(w->p, "true", 4) == 0)
@@ -667,7 +679,8 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 			folded = 1;
 			continue;
 		}
-		if (isdigit(ch) || (ch == '.' && i + 1 < len && isdigit((unsigned char)sql[i + 1]))) {
+		if (isdigit(ch) ||
+		    (ch == '.' && i + 1 < len && isdigit((unsigned char)sql[i + 1]))) {
 			if (n > 0 && (ident_char((unsigned char)o[n - 1]) || o[n - 1] == '.')) {
 				/* Digits inside an identifier (t1) or after a dot. */
 				o[n++] = sql[i++];

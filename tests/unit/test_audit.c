@@ -166,9 +166,10 @@ test_tamper(void **state)
 	check_tamper("UPDATE records SET ts = ts + 1 WHERE seq = 1", "seq 1");
 	check_tamper("UPDATE records SET hash = prev_hash WHERE seq = 9", "seq 9");
 	check_tamper("DELETE FROM records WHERE seq = 15", "seq 15 missing");
-	check_tamper("UPDATE records SET seq = 1000 WHERE seq = 5; UPDATE records SET seq = 5 WHERE "
-		     "seq = 6; UPDATE records SET seq = 6 WHERE seq = 1000",
-		     "seq 5");
+	check_tamper(
+		"UPDATE records SET seq = 1000 WHERE seq = 5; UPDATE records SET seq = 5 WHERE "
+		"seq = 6; UPDATE records SET seq = 6 WHERE seq = 1000",
+		"seq 5");
 	/* tail truncation is caught by the signed checkpoints (every 10 here) */
 	check_tamper("DELETE FROM records WHERE seq > 25", "truncated");
 	/* forging a checkpoint without the key */

@@ -19,9 +19,8 @@ expect_error(const char *yaml, const char *needle)
 	struct sl_config *cfg = NULL;
 	char err[1024] = "";
 
-	assert_int_not_equal(sl_config_load_data("cfg.yaml", yaml, strlen(yaml), &cfg, err,
-						 sizeof(err)),
-			     0);
+	assert_int_not_equal(
+		sl_config_load_data("cfg.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
 	assert_null(cfg);
 	if (strstr(err, needle) == NULL)
 		fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
@@ -53,7 +52,8 @@ test_embedded_default_and_example(void **state)
 	char err[512], path[4096];
 
 	assert_int_equal(sl_config_load_data("default", sl_config_default_yaml,
-					     strlen(sl_config_default_yaml), &cfg, err, sizeof(err)),
+					     strlen(sl_config_default_yaml), &cfg, err,
+					     sizeof(err)),
 			 0);
 	assert_non_null(sl_config_connection(cfg, "demo"));
 	assert_null(sl_config_connection(cfg, "nope"));

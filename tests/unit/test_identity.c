@@ -94,7 +94,8 @@ sign(const char *alg, const char *kid, json_t *claims, EVP_PKEY *k, const uint8_
 	} else if (k != NULL) {
 		EVP_MD_CTX *md = EVP_MD_CTX_new();
 
-		EVP_DigestSignInit(md, NULL, EVP_PKEY_get_id(k) == EVP_PKEY_ED25519 ? NULL : EVP_sha256(),
+		EVP_DigestSignInit(md, NULL,
+				   EVP_PKEY_get_id(k) == EVP_PKEY_ED25519 ? NULL : EVP_sha256(),
 				   NULL, k);
 		EVP_DigestSign(md, sig, &siglen, (uint8_t *)input, strlen(input));
 		EVP_MD_CTX_free(md);
@@ -215,8 +216,8 @@ test_valid(void **state)
 				&id, err),
 			 0);
 	sl_identity_fini(&id);
-	assert_int_equal(verify(sign("EdDSA", "d1", claims("https://other.test", "sluice", NOW + 60),
-				     ed, NULL, 0),
+	assert_int_equal(verify(sign("EdDSA", "d1",
+				     claims("https://other.test", "sluice", NOW + 60), ed, NULL, 0),
 				&id, err),
 			 0);
 	assert_int_equal(id.ngroups, 1);
@@ -240,10 +241,11 @@ test_refused(void **state)
 	uint8_t pubder[1024], *p = pubder;
 	int publen = i2d_PUBKEY(rsa, &p);
 
-	assert_int_equal(verify(sign("RS256", "r1", claims("https://idp.test", "sluice", NOW - 3600),
-				     rsa, NULL, 0),
-				&id, err),
-			 SL_EEXPIRED);
+	assert_int_equal(
+		verify(sign("RS256", "r1", claims("https://idp.test", "sluice", NOW - 3600), rsa,
+			    NULL, 0),
+		       &id, err),
+		SL_EEXPIRED);
 	assert_int_equal(verify(sign("RS256", "r1", claims("https://idp.test", "nope", NOW + 60),
 				     rsa, NULL, 0),
 				&id, err),
@@ -275,11 +277,11 @@ test_refused(void **state)
 	{
 		EVP_PKEY *other = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
 
-		assert_int_equal(verify(sign("EdDSA", "d1",
-					     claims("https://idp.test", "sluice", NOW + 60), other,
-					     NULL, 0),
-					&id, err),
-				 SL_EAUTH);
+		assert_int_equal(
+			verify(sign("EdDSA", "d1", claims("https://idp.test", "sluice", NOW + 60),
+				    other, NULL, 0),
+			       &id, err),
+			SL_EAUTH);
 		EVP_PKEY_free(other);
 	}
 	assert_int_equal(verify(sign("EdDSA", "zz", claims("https://idp.test", "sluice", NOW + 60),
@@ -291,14 +293,16 @@ test_refused(void **state)
 		json_t *c = claims("https://idp.test", "sluice", NOW + 600);
 
 		json_object_set_new(c, "nbf", json_integer(NOW + 300));
-		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), SL_EEXPIRED);
+		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err),
+				 SL_EEXPIRED);
 		c = claims("https://idp.test", "sluice", NOW + 600);
 		json_object_del(c, "exp");
 		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), SL_EAUTH);
 	}
 	/* tampered payload */
 	{
-		char *t = sign("EdDSA", "d1", claims("https://idp.test", "sluice", NOW + 60), ed, NULL, 0);
+		char *t = sign("EdDSA", "d1", claims("https://idp.test", "sluice", NOW + 60), ed,
+			       NULL, 0);
 		char *dot = strchr(t, '.');
 
 		dot[3] = dot[3] == 'A' ? 'B' : 'A';
@@ -306,8 +310,8 @@ test_refused(void **state)
 	}
 	/* garbage */
 	{
-		const char *g[] = {"", "a", "a.b", "a.b.c.d", "....", "eyJhbGciOiJFZERTQSJ9..",
-				   "!!!.???.***"};
+		const char *g[] = {
+			"", "a", "a.b", "a.b.c.d", "....", "eyJhbGciOiJFZERTQSJ9..", "!!!.???.***"};
 
 		for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
 			assert_int_equal(sl_idp_verify(idp, g[i], strlen(g[i]), NOW, &id, err, 256),
@@ -318,7 +322,8 @@ test_refused(void **state)
 
 		memset(big, 'a', 39999);
 		big[39999] = 0;
-		assert_int_equal(sl_idp_verify(idp, big, strlen(big), NOW, &id, err, 256), SL_EAUTH);
+		assert_int_equal(sl_idp_verify(idp, big, strlen(big), NOW, &id, err, 256),
+				 SL_EAUTH);
 		free(big);
 	}
 }
@@ -338,18 +343,20 @@ test_dev_issuer(void **state)
 	assert_int_equal(sl_devissuer_init(d, 0, err, sizeof(err)), 0);
 	assert_int_equal(sl_idp_new(&none, d, &dev, err, sizeof(err)), 0);
 	assert_int_equal(sl_devissuer_mint(d, &o, &tok, err, sizeof(err)), 0);
-	assert_int_equal(sl_idp_verify(dev, tok, strlen(tok), time(NULL), &id, err, sizeof(err)), 0);
+	assert_int_equal(sl_idp_verify(dev, tok, strlen(tok), time(NULL), &id, err, sizeof(err)),
+			 0);
 	assert_string_equal(id.subject, "agent-1");
 	assert_int_equal(id.ngroups, 2);
 	sl_identity_fini(&id);
 	/* cached path gives the same answer */
-	assert_int_equal(sl_idp_verify(dev, tok, strlen(tok), time(NULL), &id, err, sizeof(err)), 0);
+	assert_int_equal(sl_idp_verify(dev, tok, strlen(tok), time(NULL), &id, err, sizeof(err)),
+			 0);
 	assert_string_equal(id.subject, "agent-1");
 	sl_identity_fini(&id);
 	/* ...and still honours expiry */
-	assert_int_equal(sl_idp_verify(dev, tok, strlen(tok), time(NULL) + 4000, &id, err,
-				       sizeof(err)),
-			 SL_EEXPIRED);
+	assert_int_equal(
+		sl_idp_verify(dev, tok, strlen(tok), time(NULL) + 4000, &id, err, sizeof(err)),
+		SL_EEXPIRED);
 	free(tok);
 	o.aud = "other";
 	sl_devissuer_mint(d, &o, &tok, err, sizeof(err));

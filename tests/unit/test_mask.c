@@ -22,16 +22,15 @@ static int
 setup(void **state)
 {
 	char err[256];
-	char *dets[] = {"ssn", "credit_card", "email", "aws_access_key", "jwt", "private_key",
-			"secret_assignment", "iban", "phone"};
+	char *dets[] = {"ssn",	       "credit_card",	    "email", "aws_access_key", "jwt",
+			"private_key", "secret_assignment", "iban",  "phone"};
 	struct sl_cfg_policy_mask pm = {0};
 
 	pm.detectors = dets;
 	pm.detectors_count = 9;
 	assert_int_equal(sl_mask_db_new(NULL, &db, err, sizeof(err)), 0);
-	assert_int_equal(sl_mask_plan_new(db, &pm, (const uint8_t *)"key", 3, &plan, err,
-					  sizeof(err)),
-			 0);
+	assert_int_equal(
+		sl_mask_plan_new(db, &pm, (const uint8_t *)"key", 3, &plan, err, sizeof(err)), 0);
 	assert_int_equal(sl_mask_scratch_new(db, &scr), 0);
 	return 0;
 }
@@ -79,8 +78,8 @@ test_corpus_positives(void **state)
 	char path[4096], line[1024];
 	FILE *f;
 	int n = 0;
-	static const char *ctx[][2] = {{"", ""}, {"x ", " y"}, {"(", ")"}, {"'", "'"},
-				       {"value: ", "\n"}, {"\t", "\t"}};
+	static const char *ctx[][2] = {{"", ""},   {"x ", " y"},      {"(", ")"},
+				       {"'", "'"}, {"value: ", "\n"}, {"\t", "\t"}};
 
 	snprintf(path, sizeof(path), "%s/pii/positives.txt", SL_FIXTURES);
 	f = fopen(path, "r");
@@ -108,10 +107,11 @@ test_corpus_positives(void **state)
 			snprintf(buf, sizeof(buf), "%s%s%s", ctx[c][0], val, ctx[c][1]);
 			r = mask(buf, strlen(buf), &st);
 			if (r != SL_MASK_IN_PLACE || strstr(buf, val) != NULL || st.hits[det] == 0)
-				fail_msg("%s: \"%s\" in \"%s%s%s\" not masked (r=%d) -> \"%s\"", line,
-					 val, ctx[c][0], val, ctx[c][1], r, buf);
+				fail_msg("%s: \"%s\" in \"%s%s%s\" not masked (r=%d) -> \"%s\"",
+					 line, val, ctx[c][0], val, ctx[c][1], r, buf);
 			/* length preserving, context untouched */
-			assert_int_equal(strlen(buf), strlen(ctx[c][0]) + strlen(val) + strlen(ctx[c][1]));
+			assert_int_equal(strlen(buf),
+					 strlen(ctx[c][0]) + strlen(val) + strlen(ctx[c][1]));
 			assert_memory_equal(buf, ctx[c][0], strlen(ctx[c][0]));
 		}
 		n++;

@@ -144,7 +144,8 @@ test_bind_and_rows(void **state)
 
 		b.len = 0;
 		msg(&b, 'D', row, sizeof(row));
-		assert_int_equal(sl_pg_parse_data_row(b.data, b.len, 8, &nc, offs, lens), SL_EPROTO);
+		assert_int_equal(sl_pg_parse_data_row(b.data, b.len, 8, &nc, offs, lens),
+				 SL_EPROTO);
 		row[1] = 1;
 		b.len = 0;
 		msg(&b, 'D', row, sizeof(row));

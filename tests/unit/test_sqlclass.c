@@ -60,9 +60,10 @@ static void
 test_functions_tables_names(void **state)
 {
 	struct sl_sql_class c;
-	const char *q = "WITH d AS (DELETE FROM s.t WHERE x = 1 RETURNING *) "
-			"SELECT pg_catalog.pg_read_file('x'), \"MyFn\"() FROM d, u; "
-			"PREPARE p AS UPDATE t SET a = 1; EXECUTE q; SET Standard_Conforming_Strings = off";
+	const char *q =
+		"WITH d AS (DELETE FROM s.t WHERE x = 1 RETURNING *) "
+		"SELECT pg_catalog.pg_read_file('x'), \"MyFn\"() FROM d, u; "
+		"PREPARE p AS UPDATE t SET a = 1; EXECUTE q; SET Standard_Conforming_Strings = off";
 
 	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
 	assert_int_equal(c.nstatements, 4);
@@ -121,10 +122,9 @@ test_shape(void **state)
 	free(b);
 	/* cases the lexer refuses to fold */
 	{
-		const char *exact[] = {"SELECT E'\\''", "SELECT $$x$$",
-				       "SELECT /* /* */ */ 1", "SELECT 1abc", "SELECT U&'d'",
-				       "SELECT 'a'\n'b'",
-				       "SELECT 'caf\xc3\xa9'", "SELECT x'1f'"};
+		const char *exact[] = {
+			"SELECT E'\\''", "SELECT $$x$$",    "SELECT /* /* */ */ 1", "SELECT 1abc",
+			"SELECT U&'d'",	 "SELECT 'a'\n'b'", "SELECT 'caf\xc3\xa9'", "SELECT x'1f'"};
 
 		for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
 			assert_int_equal(sl_sql_shape(exact[i], strlen(exact[i]), &a, &al), 0);
@@ -139,10 +139,18 @@ static void
 test_cache_differential(void **state)
 {
 	static const char *tmpl[] = {
-		"SELECT %d FROM t", "DELETE FROM t WHERE id = %d", "SELECT '%d'; DROP TABLE t",
-		"UPDATE t SET a = %d", "SELECT %d; -- DROP TABLE x", "select %d /* ; drop table x */",
-		"SELECT 'it''s %d'; TRUNCATE t", "SELECT %d.5e3 FROM t", "EXECUTE p(%d)",
-		"SELECT \"%d\" FROM t", "SELECT 1 -%d", "COPY t FROM PROGRAM '%d'",
+		"SELECT %d FROM t",
+		"DELETE FROM t WHERE id = %d",
+		"SELECT '%d'; DROP TABLE t",
+		"UPDATE t SET a = %d",
+		"SELECT %d; -- DROP TABLE x",
+		"select %d /* ; drop table x */",
+		"SELECT 'it''s %d'; TRUNCATE t",
+		"SELECT %d.5e3 FROM t",
+		"EXECUTE p(%d)",
+		"SELECT \"%d\" FROM t",
+		"SELECT 1 -%d",
+		"COPY t FROM PROGRAM '%d'",
 	};
 	struct sl_sql_cache *cache = sl_sql_cache_new(8);
 
@@ -203,9 +211,9 @@ test_policy_semantics(void **state)
 	struct sl_decision d;
 	char err[512];
 
-	assert_int_equal(sl_config_load_data("t", policy_yaml, strlen(policy_yaml), &cfg, err,
-					     sizeof(err)),
-			 0);
+	assert_int_equal(
+		sl_config_load_data("t", policy_yaml, strlen(policy_yaml), &cfg, err, sizeof(err)),
+		0);
 	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "SELECT 1", &d), SL_ACT_ALLOW);
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "DROP TABLE t", &d), SL_ACT_BLOCK);
@@ -221,14 +229,14 @@ test_policy_semantics(void **state)
 	assert_int_equal(d.min_approvals, 1);
 	assert_int_equal(d.timeout_ms, 300000);
 	/* a DELETE hidden in a CTE makes the SELECT a delete */
-	assert_int_equal(decide(ps, "a", "ai-agents", "orders",
-				"WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x",
-				&d),
-			 SL_ACT_REVIEW);
+	assert_int_equal(
+		decide(ps, "a", "ai-agents", "orders",
+		       "WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x", &d),
+		SL_ACT_REVIEW);
 	/* tables condition: update on scratch is allowed outright */
-	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "UPDATE scratch SET a=1 WHERE b=2",
-				&d),
-			 SL_ACT_ALLOW);
+	assert_int_equal(
+		decide(ps, "a", "ai-agents", "orders", "UPDATE scratch SET a=1 WHERE b=2", &d),
+		SL_ACT_ALLOW);
 	/* uncovered kind: default deny */
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "CREATE TABLE x (a int)", &d),
 			 SL_ACT_BLOCK);
@@ -244,8 +252,10 @@ test_policy_semantics(void **state)
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "", &d), SL_ACT_ALLOW);
 	/* HTTP requests never match SQL rules */
 	{
-		struct sl_request r = {.proto = SL_PROTO_HTTP, .connection = "orders",
-				       .http_method = "GET", .http_path = "/x"};
+		struct sl_request r = {.proto = SL_PROTO_HTTP,
+				       .connection = "orders",
+				       .http_method = "GET",
+				       .http_path = "/x"};
 		const char *g[1] = {"ai-agents"};
 
 		sl_policy_decide(ps, "a", g, 1, &r, &d);
@@ -272,9 +282,9 @@ test_policy_compile_errors(void **state)
 		struct sl_policy_set *ps = NULL;
 		char err[512];
 
-		assert_int_equal(sl_config_load_data("t", bad[i], strlen(bad[i]), &cfg, err,
-						     sizeof(err)),
-				 0);
+		assert_int_equal(
+			sl_config_load_data("t", bad[i], strlen(bad[i]), &cfg, err, sizeof(err)),
+			0);
 		assert_int_not_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
 		assert_non_null(strstr(err, want[i]));
 		sl_config_free(cfg);
