@@ -331,7 +331,10 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 
 		if (is->jwks_file != NULL || (want && strcmp(want, is->issuer) != 0))
 			continue;
-		if (is->keys != NULL && sl_mono_us() - is->last_fetch_us < REFRESH_EVERY)
+		/* Rate limit: an unknown kid can be sprayed by anyone; an empty
+		 * key set (IdP was down or had none at start) is always retried. */
+		if (is->keys != NULL && is->keys->n > 0 &&
+		    sl_mono_us() - is->last_fetch_us < REFRESH_EVERY)
 			continue;
 		is->last_fetch_us = sl_mono_us();
 		if (fetch_keys(is, &ks) != 0) {

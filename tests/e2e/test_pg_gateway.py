@@ -506,3 +506,54 @@ def test_login_timeout_closes_idle_and_half_logged_in_clients(gateway_factory):
     time.sleep(1.5)
     cur.execute("SELECT 1")
     c.close()
+
+
+# ------------------------------------------------------------------ OIDC discovery / jwks_uri
+
+def test_oidc_discovery_and_jwks_refetch(gateway_factory, tmp_path):
+    import http.server
+    import shutil
+    import threading
+
+    served = {"jwks": b'{"keys": []}', "hits": 0}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/.well-known/openid-configuration":
+                body = json.dumps({"issuer": issuer, "jwks_uri": issuer + "/jwks.json"}).encode()
+            elif self.path == "/jwks.json":
+                served["hits"] += 1
+                body = served["jwks"]
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    issuer = "http://127.0.0.1:%d" % srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        extra = "identity:\n  issuers:\n    - issuer: %s\n      audience: sluice\n" % issuer
+        gw = gateway_factory(extra=extra)
+        # The gateway started while the IdP served no keys: the token's kid is
+        # unknown, sluice refetches (discovery -> jwks_uri) and then accepts.
+        served["jwks"] = open(os.path.join(gw.data, "dev-jwks.json"), "rb").read()
+        tok = gw.mint(iss=issuer)
+        c = gw.connect(token=tok)
+        c.cursor().execute("SELECT 1")
+        c.close()
+        assert served["hits"] >= 2
+        # tokens from the dev issuer are not trusted by this configuration
+        with pytest.raises(psycopg2.OperationalError) as ei:
+            gw.connect(token=gw.mint())
+        assert "issuer not trusted" in str(ei.value)
+    finally:
+        srv.shutdown()
