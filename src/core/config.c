@@ -390,6 +390,11 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		    strcmp(cn->tls, "require") != 0 && strcmp(cn->tls, "verify-full") != 0)
 			FAIL("connections[%u] (%s): tls must be disable, require or verify-full", i,
 			     cn->name);
+		if (cn->tls != NULL && strcmp(cn->tls, "verify-full") == 0)
+			FAIL("connections[%u] (%s): tls: verify-full is not supported yet "
+			     "(certificate "
+			     "verification of upstreams is not implemented); use require",
+			     i, cn->name);
 		if (strcmp(cn->type, "postgres") == 0 && strchr(cn->target, ':') == NULL)
 			FAIL("connections[%u] (%s): target must be host:port", i, cn->name);
 		for (unsigned j = 0; j < i; j++)

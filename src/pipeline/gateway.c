@@ -245,6 +245,13 @@ sl_gateway_run(struct sl_config *cfg)
 			}
 		}
 	}
+	if (cfg->gateway.admin.listen || cfg->gateway.http.listen || cfg->gateway.ssh.listen)
+		sl_warn("gateway.admin/http/ssh listeners are configured but not implemented yet; "
+			"only the PostgreSQL listener runs");
+	for (unsigned i = 0; i < cfg->connections_count; i++)
+		if (strcmp(cfg->connections[i].type, "postgres") != 0)
+			sl_warn("connection %s: type %s has no adapter yet; clients cannot use it",
+				cfg->connections[i].name, cfg->connections[i].type);
 	gw->up_tls = SSL_CTX_new(TLS_client_method());
 	if (gw->up_tls != NULL) {
 		SSL_CTX_set_min_proto_version(gw->up_tls, TLS1_2_VERSION);
