@@ -1024,6 +1024,11 @@ on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
 			break;
 	}
 	blocked_clear(s);
+	/* A RowDescription describes rows up to the next ReadyForQuery. A
+	 * client that executes a prepared statement without Describe (JDBC
+	 * caches descriptions) gets no column rules, only detectors, with
+	 * hits in unknown columns turned into NULL: never a stale column map. */
+	s->ncols = 0;
 	cli_send(s, msg, len);
 }
 
