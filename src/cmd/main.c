@@ -11,6 +11,7 @@
 #include "sluice/gateway.h"
 #include "sluice/identity.h"
 #include "sluice/policy.h"
+#include "sluice/review.h"
 #include "sluice/sqlclass.h"
 
 static void
@@ -216,6 +217,8 @@ main(int argc, char **argv)
 		rc = sl_token_cli(argc - 1, argv + 1, cfg);
 	else if (strcmp(argv[0], "audit") == 0 && argc >= 2)
 		rc = sl_audit_cli(argc - 1, argv + 1, cfg);
+	else if (strcmp(argv[0], "review") == 0 && argc >= 2)
+		rc = sl_review_cli(argc - 1, argv + 1, cfg);
 	else if (strcmp(argv[0], "policy") == 0)
 		rc = cmd_policy(argc, argv, cfg);
 	else {

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "sluice/mask.h"
+#include "sluice/review.h"
 #include "sluice/pg_auth.h"
 #include "sluice/pg_codec.h"
 
@@ -127,6 +128,11 @@ struct pg_session {
 	struct sl_buf mout, mval;
 	uv_timer_t
 		login_timer; /* startup + login must finish in time (slow clients hold sockets) */
+	/* a statement held for approval */
+	char review_id[40];
+	struct sl_completion rcomp;
+	struct sl_decision rdec;
+	char rtrace[33], rspan[17];
 	unsigned timer_open : 1;
 };
 
@@ -147,6 +153,12 @@ static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
 static void stop_login_timer(struct pg_session *s);
+static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
+			   const struct sl_sql_class *cls, const struct sl_decision *d,
+			   const char *trace, const char *span);
+static void substitute(struct pg_session *s, uint8_t type, const char *stmt_name,
+		       const char *message);
+static void audit_done(struct sl_completion *c);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -614,6 +626,8 @@ session_close(struct pg_session *s, const char *why)
 	sl_debug("pg session %s closing: %s", s->pl.id, why);
 	set_state(s, PG_ST_CLOSING);
 	stop_login_timer(s);
+	if (s->review_id[0] && s->gw->review)
+		sl_review_cancel(s->gw->review, s->review_id); /* its callback still runs */
 	if (s->cli_open) {
 		sl_stream_flush(&s->cli);
 		sl_stream_close(&s->cli);
@@ -1579,6 +1593,152 @@ audit_done(struct sl_completion *c)
 	maybe_free(s);
 }
 
+/* ------------------------------------------------------------ review holds */
+
+static void
+review_done_loop(struct sl_completion *c)
+{
+	struct pg_session *s = c->arg;
+	enum sl_review_state st = (enum sl_review_state)c->state;
+	struct sl_pl_request r;
+	struct entry *e = ent_last(s);
+	const uint8_t *msg = sl_buf_head(&s->cin);
+	const char *sql;
+	size_t len;
+
+	s->pending--;
+	s->review_id[0] = '\0';
+	if (s->state == PG_ST_CLOSING) {
+		maybe_free(s);
+		return;
+	}
+	memset(&r, 0, sizeof(r));
+	r.proto = SL_PROTO_PG;
+	r.seq = e ? e->seq : ++s->reqseq;
+	r.trace_id = s->rtrace[0] ? s->rtrace : NULL;
+	r.span_id = s->rspan[0] ? s->rspan : NULL;
+	if (sl_pg_parse_query(msg, s->held_len, &sql, &len) == 0) {
+		r.text = sql;
+		r.textlen = len;
+	}
+	s->in_process = 1;
+	if (st == SL_REV_APPROVED) {
+		int rc;
+
+		/* Exactly the bytes that were held are forwarded: the message
+		 * never left the input buffer. */
+		s->rdec.action = SL_ACT_ALLOW;
+		s->comp.fn = audit_done;
+		s->comp.arg = s;
+		rc = sl_pl_record(s->gw, s->w, &s->pl, &r, &s->rdec, &s->comp);
+		if (rc == 1) {
+			s->pending++; /* audit_done forwards and resumes */
+			s->in_process = 0;
+			return;
+		}
+		if (rc < 0) {
+			if (e)
+				e->blocked = 1;
+			substitute(s, 'Q', "",
+				   "sluice: the audit trail is unavailable, request refused");
+		} else {
+			up_send(s, msg, s->held_len);
+		}
+	} else {
+		char m[300];
+
+		snprintf(m, sizeof(m), "sluice: %s",
+			 st == SL_REV_EXPIRED  ? "approval timed out"
+			 : st == SL_REV_DENIED ? c->text
+					       : "approval cancelled");
+		if (st == SL_REV_DENIED && strncmp(c->text, "denied", 6) != 0)
+			snprintf(m, sizeof(m), "sluice: approval denied: %s", c->text);
+		if (e)
+			e->blocked = 1;
+		s->rdec.action = SL_ACT_BLOCK;
+		s->rdec.message = m;
+		sl_pl_record(s->gw, s->w, &s->pl, &r, &s->rdec, NULL);
+		substitute(s, 'Q', "", m);
+	}
+	sl_buf_consume(&s->cin, s->held_len);
+	s->hold = 0;
+	sl_stream_flush(&s->up);
+	process_client(s);
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+/* Runs on the review or admin thread (or this one, on cancel). */
+static void
+review_done(void *arg, enum sl_review_state st, const char *reason)
+{
+	struct pg_session *s = arg;
+
+	s->rcomp.state = (int)st;
+	snprintf(s->rcomp.text, sizeof(s->rcomp.text), "%s", reason ? reason : "");
+	s->rcomp.fn = review_done_loop;
+	s->rcomp.arg = s;
+	sl_worker_post(s->w, &s->rcomp);
+}
+
+/* Submits a held simple-protocol statement for approval. 0 = held. */
+static int
+hold_for_review(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
+		const struct sl_decision *d, const char *trace, const char *span)
+{
+	struct sl_review_req q;
+	struct sl_buf t, alt;
+	char kinds[256];
+	int r, mr = SL_MASK_UNCHANGED;
+
+	if (s->gw->review == NULL)
+		return SL_ESTATE;
+	sl_buf_init(&t, 0);
+	sl_buf_init(&alt, 0);
+	if (sl_buf_append(&t, sql, len) != 0 || sl_buf_append_u8(&t, 0) != 0) {
+		sl_buf_fini(&t);
+		return SL_ENOMEM;
+	}
+	/* approvers see literals masked; the hash binds the exact bytes */
+	if (s->gw->audit_plan)
+		mr = sl_mask_value(s->gw->audit_plan, s->w->mscratch, t.data, len, &alt, NULL);
+	if (mr == SL_MASK_REPLACED)
+		sl_buf_append_u8(&alt, 0);
+	sl_sql_kinds_str(cls->kinds, kinds, sizeof(kinds));
+	memset(&q, 0, sizeof(q));
+	q.session_id = s->pl.id;
+	q.subject = s->pl.ident.subject;
+	q.groups = (const char *const *)s->pl.ident.groups;
+	q.ngroups = s->pl.ident.ngroups;
+	q.connection = s->pl.conn->name;
+	q.protocol = "postgres";
+	q.text = mr == SL_MASK_REPLACED ? (const char *)alt.data : (const char *)t.data;
+	q.bytes = (const uint8_t *)sql;
+	q.nbytes = len;
+	q.policy = d->policy;
+	q.rule = d->rule;
+	q.trace_id = trace ? trace : s->pl.trace_id;
+	q.kinds = kinds;
+	q.approvers = d->approvers;
+	q.napprovers = d->napprovers;
+	q.min_approvals = d->min_approvals;
+	q.timeout_ms = d->timeout_ms;
+	s->rdec = *d;
+	if (d->message == d->reason)
+		s->rdec.message = s->rdec.reason;
+	snprintf(s->rtrace, sizeof(s->rtrace), "%s", trace ? trace : "");
+	snprintf(s->rspan, sizeof(s->rspan), "%s", span ? span : "");
+	s->pending++; /* the callback always runs */
+	r = sl_review_submit(s->gw->review, &q, review_done, s, s->review_id);
+	if (r != 0) {
+		s->pending--;
+		s->review_id[0] = '\0';
+	}
+	sl_buf_fini(&t);
+	sl_buf_fini(&alt);
+	return r;
+}
+
 /* Whether a statement needs the server's current lexing settings. */
 static int
 needs_exact_lexing(const char *sql, size_t len)
@@ -1649,11 +1809,15 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 		d.message = "sluice: policy evaluation failed";
 	}
 	if (d.action == SL_ACT_REVIEW) {
-		/* Review holds arrive with the review issue; until then a review
-		 * rule refuses (fail closed) with a message saying so. */
+		int hr = hold_for_review(s, sql, len, cls, &d, trace, span);
+
+		if (hr == 0) {
+			*waiting = 1;
+			return 0;
+		}
 		d.action = SL_ACT_BLOCK;
 		snprintf(d.reason, sizeof(d.reason), "%s",
-			 "statement requires approval (review), which is not available here");
+			 "statement requires approval, and the approval queue refused it");
 		d.message = d.reason;
 	}
 	*waiting = 0;
@@ -1829,8 +1993,8 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 
 			if (r == 0 && d.action == SL_ACT_REVIEW)
 				snprintf(bmsg, sizeof(bmsg), "%s",
-					 "statement requires approval (review), which is not "
-					 "available here");
+					 "statement requires approval, which is only supported "
+					 "over the simple query protocol yet");
 			else
 				snprintf(bmsg, sizeof(bmsg), "%s",
 					 r == 0 && d.message ? d.message : "blocked by policy");
@@ -2074,7 +2238,10 @@ process_client(struct pg_session *s)
 		return;
 	if (s->up_open)
 		sl_stream_flush(&s->up);
-	if (s->hold || sl_stream_backlog(&s->up) >= SL_STREAM_HIGH_WATER)
+	/* While a message is held, keep reading (bounded) so that a client
+	 * that goes away is noticed and its review cancelled. */
+	if ((s->hold && sl_buf_unread(&s->cin) > (1u << 20)) ||
+	    sl_stream_backlog(&s->up) >= SL_STREAM_HIGH_WATER)
 		sl_stream_read_stop(&s->cli);
 	else if (s->state == PG_ST_READY)
 		sl_stream_read_start(&s->cli);

@@ -16,6 +16,7 @@
 
 #include "sluice/audit.h"
 #include "sluice/mask.h"
+#include "sluice/review.h"
 #include "sluice/pg_session.h"
 
 void
@@ -228,6 +229,14 @@ sl_gateway_run(struct sl_config *cfg)
 		sl_error("audit: %s", err);
 		goto out;
 	}
+	if (sl_review_mgr_new(gw->audit, &gw->review) != 0) {
+		sl_error("review: cannot start the review queue");
+		goto out;
+	}
+	if (sl_admin_start(cfg, gw->idp, gw->review, &gw->admin, err, sizeof(err)) != 0) {
+		sl_error("admin: %s", err);
+		goto out;
+	}
 	if (cfg->gateway.postgres.listen != NULL) {
 		if (sl_net_parse_addr(cfg->gateway.postgres.listen, &gw->pg_addr) != 0 &&
 		    sl_net_resolve(cfg->gateway.postgres.listen, &gw->pg_addr) != 0) {
@@ -245,9 +254,8 @@ sl_gateway_run(struct sl_config *cfg)
 			}
 		}
 	}
-	if (cfg->gateway.admin.listen || cfg->gateway.http.listen || cfg->gateway.ssh.listen)
-		sl_warn("gateway.admin/http/ssh listeners are configured but not implemented yet; "
-			"only the PostgreSQL listener runs");
+	if (cfg->gateway.http.listen || cfg->gateway.ssh.listen)
+		sl_warn("gateway.http/ssh listeners are configured but not implemented yet");
 	for (unsigned i = 0; i < cfg->connections_count; i++)
 		if (strcmp(cfg->connections[i].type, "postgres") != 0)
 			sl_warn("connection %s: type %s has no adapter yet; clients cannot use it",
@@ -322,6 +330,10 @@ stop:
 		free(msgs);
 	}
 out:
+	/* Sessions cancelled their reviews when they closed; nothing pending
+	 * can call back into a stopped worker. */
+	sl_admin_stop(gw->admin);
+	sl_review_mgr_free(gw->review);
 	sl_audit_close(gw->audit);
 	sl_policy_free(gw->policy);
 	sl_pl_mask_fini(gw);

@@ -160,6 +160,7 @@ class Gateway:
             crt, key = make_cert(self.dir, "gw")
             listen_extra = ", tls_cert: %s, tls_key: %s" % (crt, key)
         self.port = free_port()
+        self.admin_port = free_port()
         self.data = os.path.join(self.dir, "var")
         self.config = os.path.join(self.dir, "sluice.yaml")
         if connections is None:
@@ -198,6 +199,7 @@ connections:
   shutdown_timeout: 5s
   login_timeout: %s
   postgres: { listen: "127.0.0.1:%d"%s }
+  admin: { listen: "127.0.0.1:%d" }
 audit:
   store: sqlite:%s/audit.db
   mode: %s
@@ -205,8 +207,8 @@ audit:
 %s
 %s
 %s
-""" % (self.data, login_timeout, self.port, listen_extra, self.data, mode, connections, policies,
-       extra))
+""" % (self.data, login_timeout, self.port, listen_extra, self.admin_port, self.data, mode,
+       connections, policies, extra))
         self.run("token", "init")
         e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
         if env:

@@ -197,7 +197,7 @@ test_store_failure_fails_closed_and_journal_replays(void **state)
 	 * (fail closed) once the writer has seen it. */
 	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
-	for (int i = 0; i < 200; i++) {
+	for (int i = 0; i < 600; i++) {
 		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
 		if (r == SL_EIO)
 			break;

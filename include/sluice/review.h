@@ -1,0 +1,75 @@
+/*
+ * review.h - just-in-time approval: held requests, approvals with quorum,
+ * timeouts, and the admin API / CLI that decide them. Protocol-agnostic: an
+ * adapter submits a request it holds and is called back once it is decided.
+ */
+#ifndef SLUICE_REVIEW_H
+#define SLUICE_REVIEW_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/config.h"
+#include "sluice/core.h"
+#include "sluice/identity.h"
+
+struct sl_audit;
+struct sl_idp;
+
+enum sl_review_state {
+	SL_REV_PENDING = 0,
+	SL_REV_APPROVED,
+	SL_REV_DENIED,
+	SL_REV_EXPIRED,
+	SL_REV_CANCELLED,
+};
+
+struct sl_review_req {
+	const char *session_id, *subject;
+	const char *const *groups;
+	size_t ngroups;
+	const char *connection, *protocol;
+	const char *text;     /* exact statement shown to approvers (masked by the caller) */
+	const uint8_t *bytes; /* exact bytes that will be forwarded if approved */
+	size_t nbytes;
+	const char *policy, *rule, *trace_id, *kinds;
+	const char *const *approvers;
+	size_t napprovers;
+	unsigned min_approvals;
+	int64_t timeout_ms;
+};
+
+/* Called exactly once per submit that returned 0 (approved, denied, expired,
+ * cancelled or manager shutdown), from the review thread or the admin
+ * thread, never from inside submit. */
+typedef void (*sl_review_done_fn)(void *arg, enum sl_review_state st, const char *reason);
+
+struct sl_review_mgr;
+int sl_review_mgr_new(struct sl_audit *audit, struct sl_review_mgr **out);
+/* Pending reviews are cancelled (callbacks run) before it returns. */
+void sl_review_mgr_free(struct sl_review_mgr *m);
+/* Returns 0 (pending; id filled), or < 0 (refuse: fail closed). */
+int sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *r, sl_review_done_fn done,
+		     void *arg, char id[40]);
+/* The client went away: the review ends as cancelled (callback still runs). */
+void sl_review_cancel(struct sl_review_mgr *m, const char *id);
+/* An approver's vote. 0 ok; SL_ENOENT no such review; SL_ESTATE already
+ * decided; SL_EPOLICY self-approval, not an approver, or voted already;
+ * SL_EINVAL expect_hash does not match. why gets a client-safe reason. */
+int sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
+		     const struct sl_identity *who, const char *reason, const char *expect_hash,
+		     char *why, size_t whylen);
+json_t *sl_review_list_json(struct sl_review_mgr *m, const char *status);
+json_t *sl_review_get_json(struct sl_review_mgr *m, const char *id);
+
+/* The admin API (HTTP/JSON on gateway.admin.listen), its own thread. */
+struct sl_admin;
+int sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review_mgr *m,
+		   struct sl_admin **out, char *err, size_t errlen);
+void sl_admin_stop(struct sl_admin *a);
+
+/* `sluice review list|show|approve|deny|wait`. */
+int sl_review_cli(int argc, char **argv, const struct sl_config *cfg);
+
+#endif

@@ -1,0 +1,424 @@
+/*
+ * admin.c - the admin API: HTTP/1.1 + JSON on gateway.admin.listen, on a
+ * thread of its own (never a data-path loop). Requests are parsed with
+ * llhttp, one request per connection, with size limits and a read timeout.
+ * Every call is authenticated with the caller's own OIDC bearer token,
+ * checked by the same identity code as the data path.
+ *
+ *   GET  /healthz
+ *   GET  /api/reviews[?status=pending]
+ *   GET  /api/reviews/{id}
+ *   POST /api/reviews/{id}/approve   {"reason": "...", "expect_hash": "..."}
+ *   POST /api/reviews/{id}/deny      {"reason": "..."}
+ */
+#include "sluice/review.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <llhttp.h>
+
+#include "sluice/identity.h"
+#include "sluice/net.h"
+
+#define MAX_HEADERS_BYTES (16u << 10)
+#define MAX_BODY	  (64u << 10)
+
+struct sl_admin {
+	int fd;
+	int stop_pipe[2];
+	pthread_t thread;
+	struct sl_idp *idp;
+	struct sl_review_mgr *m;
+};
+
+struct req {
+	char url[1024];
+	size_t urllen;
+	char hfield[64];
+	size_t hflen;
+	char auth[SL_JWT_MAX + 64];
+	size_t authlen;
+	int in_auth;
+	struct sl_buf body;
+	size_t header_bytes;
+	int too_big, url_too_long, done;
+};
+
+static int
+on_url(llhttp_t *p, const char *at, size_t n)
+{
+	struct req *r = p->data;
+
+	if (r->urllen + n >= sizeof(r->url)) {
+		r->url_too_long = 1;
+		return HPE_USER;
+	}
+	memcpy(r->url + r->urllen, at, n);
+	r->urllen += n;
+	r->url[r->urllen] = '\0';
+	return 0;
+}
+
+static int
+on_hfield(llhttp_t *p, const char *at, size_t n)
+{
+	struct req *r = p->data;
+
+	r->header_bytes += n;
+	if (r->in_auth) {
+		r->in_auth = 0;
+		r->hflen = 0;
+	}
+	if (r->hflen + n < sizeof(r->hfield)) {
+		memcpy(r->hfield + r->hflen, at, n);
+		r->hflen += n;
+		r->hfield[r->hflen] = '\0';
+	}
+	return r->header_bytes > MAX_HEADERS_BYTES ? HPE_USER : 0;
+}
+
+static int
+on_hvalue(llhttp_t *p, const char *at, size_t n)
+{
+	struct req *r = p->data;
+
+	r->header_bytes += n;
+	if (strcasecmp(r->hfield, "authorization") == 0) {
+		r->in_auth = 1;
+		if (r->authlen + n < sizeof(r->auth)) {
+			memcpy(r->auth + r->authlen, at, n);
+			r->authlen += n;
+			r->auth[r->authlen] = '\0';
+		} else {
+			r->too_big = 1;
+		}
+	}
+	return r->header_bytes > MAX_HEADERS_BYTES ? HPE_USER : 0;
+}
+
+static int
+on_hvalue_done(llhttp_t *p)
+{
+	struct req *r = p->data;
+
+	r->hflen = 0;
+	r->hfield[0] = '\0';
+	return 0;
+}
+
+static int
+on_body(llhttp_t *p, const char *at, size_t n)
+{
+	struct req *r = p->data;
+
+	if (sl_buf_append(&r->body, at, n) != 0) {
+		r->too_big = 1;
+		return HPE_USER;
+	}
+	return 0;
+}
+
+static int
+on_done(llhttp_t *p)
+{
+	((struct req *)p->data)->done = 1;
+	return HPE_PAUSED;
+}
+
+static void
+reply(int fd, int code, json_t *body)
+{
+	static const struct {
+		int code;
+		const char *text;
+	} texts[] = {{200, "OK"},
+		     {400, "Bad Request"},
+		     {401, "Unauthorized"},
+		     {403, "Forbidden"},
+		     {404, "Not Found"},
+		     {405, "Method Not Allowed"},
+		     {409, "Conflict"},
+		     {413, "Payload Too Large"},
+		     {431, "Request Header Fields Too Large"},
+		     {500, "Internal Server Error"}};
+	const char *t = "Error";
+	char head[256], *s;
+	size_t n;
+	int hl;
+
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+		if (texts[i].code == code)
+			t = texts[i].text;
+	s = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	n = s ? strlen(s) : 0;
+	hl = snprintf(head, sizeof(head),
+		      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+		      "Connection: close\r\n%s\r\n",
+		      code, t, n + 1, code == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
+	if (write(fd, head, (size_t)hl) < 0 || (s && write(fd, s, n) < 0) ||
+	    write(fd, "\n", 1) < 0) {
+		/* the client went away */
+	}
+	free(s);
+}
+
+static json_t *
+error_json(const char *msg)
+{
+	return json_pack("{s:s}", "error", msg);
+}
+
+static void
+handle(struct sl_admin *a, int fd, struct req *r, const char *method)
+{
+	struct sl_identity who;
+	char err[256] = "", id[64], *q;
+	const char *tok;
+	int rc;
+
+	if (strcmp(r->url, "/healthz") == 0) {
+		reply(fd, 200, json_pack("{s:s}", "status", "ok"));
+		return;
+	}
+	if (strncmp(r->url, "/api/", 5) != 0) {
+		reply(fd, 404, error_json("not found"));
+		return;
+	}
+	if (r->authlen < 8 || strncasecmp(r->auth, "Bearer ", 7) != 0) {
+		reply(fd, 401, error_json("a bearer token is required"));
+		return;
+	}
+	tok = r->auth + 7;
+	while (*tok == ' ')
+		tok++;
+	rc = sl_idp_verify(a->idp, tok, strlen(tok), sl_now_us() / 1000000, &who, err, sizeof(err));
+	if (rc == SL_ENOKEY && sl_idp_refresh(a->idp, tok, strlen(tok)) == 0)
+		rc = sl_idp_verify(a->idp, tok, strlen(tok), sl_now_us() / 1000000, &who, err,
+				   sizeof(err));
+	if (rc != 0) {
+		char m[300];
+
+		snprintf(m, sizeof(m), "token refused: %s", err[0] ? err : sl_strerror(rc));
+		reply(fd, 401, error_json(m));
+		return;
+	}
+	q = strchr(r->url, '?');
+	if (q)
+		*q++ = '\0';
+	if (strcmp(r->url, "/api/reviews") == 0) {
+		const char *status = NULL;
+
+		if (strcmp(method, "GET") != 0) {
+			reply(fd, 405, error_json("use GET"));
+			goto out;
+		}
+		if (q && strncmp(q, "status=", 7) == 0)
+			status = q + 7;
+		reply(fd, 200, json_pack("{s:o}", "reviews", sl_review_list_json(a->m, status)));
+		goto out;
+	}
+	if (strncmp(r->url, "/api/reviews/", 13) == 0) {
+		const char *rest = r->url + 13, *slash = strchr(rest, '/');
+		size_t idlen = slash ? (size_t)(slash - rest) : strlen(rest);
+
+		if (idlen == 0 || idlen >= sizeof(id)) {
+			reply(fd, 404, error_json("no such review"));
+			goto out;
+		}
+		memcpy(id, rest, idlen);
+		id[idlen] = '\0';
+		if (slash == NULL) {
+			json_t *o = sl_review_get_json(a->m, id);
+
+			reply(fd, o ? 200 : 404, o ? o : error_json("no such review"));
+			goto out;
+		}
+		if (strcmp(slash, "/approve") == 0 || strcmp(slash, "/deny") == 0) {
+			json_t *b = NULL;
+			const char *reason = NULL, *expect = NULL;
+			char why[256] = "";
+
+			if (strcmp(method, "POST") != 0) {
+				reply(fd, 405, error_json("use POST"));
+				goto out;
+			}
+			if (r->body.len > 0) {
+				b = json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
+				if (!json_is_object(b)) {
+					json_decref(b);
+					reply(fd, 400, error_json("body must be a JSON object"));
+					goto out;
+				}
+				reason = json_string_value(json_object_get(b, "reason"));
+				expect = json_string_value(json_object_get(b, "expect_hash"));
+			}
+			rc = sl_review_decide(a->m, id, strcmp(slash, "/approve") == 0, &who,
+					      reason, expect, why, sizeof(why));
+			json_decref(b);
+			if (rc == 0) {
+				json_t *o = sl_review_get_json(a->m, id);
+
+				reply(fd, 200, o ? o : json_object());
+			} else {
+				reply(fd,
+				      rc == SL_ENOENT	? 404
+				      : rc == SL_ESTATE ? 409
+				      : rc == SL_EINVAL ? 409
+							: 403,
+				      error_json(why));
+			}
+			goto out;
+		}
+	}
+	reply(fd, 404, error_json("not found"));
+out:
+	sl_identity_fini(&who);
+}
+
+static void
+serve_conn(struct sl_admin *a, int fd)
+{
+	llhttp_t p;
+	llhttp_settings_t st;
+	struct req *r = calloc(1, sizeof(*r));
+	char buf[8192];
+	struct timeval tv = {5, 0};
+
+	if (r == NULL)
+		return;
+	sl_buf_init(&r->body, MAX_BODY);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	llhttp_settings_init(&st);
+	st.on_url = on_url;
+	st.on_header_field = on_hfield;
+	st.on_header_value = on_hvalue;
+	st.on_header_value_complete = on_hvalue_done;
+	st.on_body = on_body;
+	st.on_message_complete = on_done;
+	llhttp_init(&p, HTTP_REQUEST, &st);
+	p.data = r;
+	while (!r->done) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		llhttp_errno_t e;
+
+		if (n <= 0)
+			goto out;
+		e = llhttp_execute(&p, buf, (size_t)n);
+		if (r->done)
+			break;
+		if (e != HPE_OK) {
+			if (r->too_big && r->body.len >= MAX_BODY - 1)
+				reply(fd, 413, error_json("body too large"));
+			else if (r->header_bytes > MAX_HEADERS_BYTES || r->too_big ||
+				 r->url_too_long)
+				reply(fd, 431, error_json("headers too large"));
+			else
+				reply(fd, 400, error_json("malformed HTTP request"));
+			goto out;
+		}
+	}
+	if (r->too_big)
+		reply(fd, r->body.len >= MAX_BODY ? 413 : 431, error_json("request too large"));
+	else
+		handle(a, fd, r, llhttp_method_name((llhttp_method_t)llhttp_get_method(&p)));
+out:
+	OPENSSL_cleanse(r->auth, sizeof(r->auth));
+	sl_buf_fini(&r->body);
+	free(r);
+}
+
+static void *
+admin_main(void *arg)
+{
+	struct sl_admin *a = arg;
+
+	for (;;) {
+		struct pollfd pf[2] = {{a->fd, POLLIN, 0}, {a->stop_pipe[0], POLLIN, 0}};
+		int c;
+
+		if (poll(pf, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pf[1].revents)
+			break;
+		c = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		serve_conn(a, c);
+		close(c);
+	}
+	return NULL;
+}
+
+int
+sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review_mgr *m,
+	       struct sl_admin **out, char *err, size_t errlen)
+{
+	struct sl_admin *a;
+	struct sockaddr_storage ss;
+	int one = 1;
+
+	*out = NULL;
+	if (cfg->gateway.admin.listen == NULL)
+		return 0;
+	if (sl_net_resolve(cfg->gateway.admin.listen, &ss) != 0) {
+		snprintf(err, errlen, "gateway.admin.listen: bad address %s",
+			 cfg->gateway.admin.listen);
+		return SL_EINVAL;
+	}
+	a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return SL_ENOMEM;
+	a->idp = idp;
+	a->m = m;
+	a->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (a->fd < 0 || pipe2(a->stop_pipe, O_CLOEXEC) != 0) {
+		free(a);
+		return SL_EIO;
+	}
+	setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(a->fd, (struct sockaddr *)&ss,
+		 ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+					  : sizeof(struct sockaddr_in)) != 0 ||
+	    listen(a->fd, 64) != 0 || pthread_create(&a->thread, NULL, admin_main, a) != 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", cfg->gateway.admin.listen,
+			 strerror(errno));
+		close(a->fd);
+		close(a->stop_pipe[0]);
+		close(a->stop_pipe[1]);
+		free(a);
+		return SL_EIO;
+	}
+	*out = a;
+	return 0;
+}
+
+void
+sl_admin_stop(struct sl_admin *a)
+{
+	if (a == NULL)
+		return;
+	if (write(a->stop_pipe[1], "x", 1) < 0) {
+		/* the thread also exits when the socket closes */
+	}
+	pthread_join(a->thread, NULL);
+	close(a->fd);
+	close(a->stop_pipe[0]);
+	close(a->stop_pipe[1]);
+	free(a);
+}

@@ -1,0 +1,474 @@
+/*
+ * review.c - the review queue: held requests bound to their exact bytes,
+ * votes with quorum, self-approval and non-approver refusal, timeouts on a
+ * thread of their own, every state change in the audit trail.
+ */
+#include "sluice/review.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "sluice/audit.h"
+
+#define MAX_PENDING 10000
+#define MAX_DECIDED 1000
+#define MAX_VOTES   16
+
+struct review {
+	struct review *next;
+	char id[40];
+	char hash[65];
+	enum sl_review_state st;
+	char *session, *subject, *connection, *protocol, *text, *policy, *rule, *trace, *kinds;
+	char **approvers;
+	size_t napprovers;
+	unsigned min_approvals;
+	char *voters[MAX_VOTES];
+	size_t nvotes;
+	int64_t created_us, expires_us, decided_us;
+	char *decided_by, *reason;
+	sl_review_done_fn done;
+	void *arg;
+};
+
+struct sl_review_mgr {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t thread;
+	int stop;
+	struct review *pending, *decided;
+	size_t npending, ndecided;
+	struct sl_audit *audit;
+};
+
+static const char *const state_names[] = {"pending", "approved", "denied", "expired", "cancelled"};
+
+static char *
+dup(const char *s)
+{
+	return strdup(s ? s : "");
+}
+
+static void
+review_free(struct review *r)
+{
+	free(r->session);
+	free(r->subject);
+	free(r->connection);
+	free(r->protocol);
+	free(r->text);
+	free(r->policy);
+	free(r->rule);
+	free(r->trace);
+	free(r->kinds);
+	for (size_t i = 0; i < r->napprovers; i++)
+		free(r->approvers[i]);
+	free(r->approvers);
+	for (size_t i = 0; i < r->nvotes; i++)
+		free(r->voters[i]);
+	free(r->decided_by);
+	free(r->reason);
+	free(r);
+}
+
+static json_t *
+review_json(const struct review *r)
+{
+	json_t *o = json_object(), *a = json_array(), *v = json_array();
+
+	for (size_t i = 0; i < r->napprovers; i++)
+		json_array_append_new(a, json_string(r->approvers[i]));
+	for (size_t i = 0; i < r->nvotes; i++)
+		json_array_append_new(v, json_string(r->voters[i]));
+	json_object_set_new(o, "id", json_string(r->id));
+	json_object_set_new(o, "status", json_string(state_names[r->st]));
+	json_object_set_new(o, "request_hash", json_string(r->hash));
+	json_object_set_new(o, "subject", json_string(r->subject));
+	json_object_set_new(o, "session", json_string(r->session));
+	json_object_set_new(o, "connection", json_string(r->connection));
+	json_object_set_new(o, "protocol", json_string(r->protocol));
+	{
+		json_t *t = json_string(r->text);
+
+		json_object_set_new(o, "text", t ? t : json_string("<not valid UTF-8>"));
+	}
+	json_object_set_new(o, "kind", json_string(r->kinds));
+	json_object_set_new(o, "policy", json_string(r->policy));
+	json_object_set_new(o, "rule", json_string(r->rule));
+	json_object_set_new(o, "approvers", a);
+	json_object_set_new(o, "min_approvals", json_integer(r->min_approvals));
+	json_object_set_new(o, "approvals", v);
+	json_object_set_new(o, "created_us", json_integer(r->created_us));
+	json_object_set_new(o, "expires_us", json_integer(r->expires_us));
+	if (r->decided_us)
+		json_object_set_new(o, "decided_us", json_integer(r->decided_us));
+	if (r->decided_by)
+		json_object_set_new(o, "decided_by", json_string(r->decided_by));
+	if (r->reason)
+		json_object_set_new(o, "reason", json_string(r->reason));
+	if (r->trace && r->trace[0])
+		json_object_set_new(o, "trace_id", json_string(r->trace));
+	return o;
+}
+
+static void
+audit_event(struct sl_review_mgr *m, const char *type, const struct review *r, json_t *extra)
+{
+	json_t *d = review_json(r);
+
+	if (extra)
+		json_object_update(d, extra);
+	json_decref(extra);
+	if (sl_audit_append(m->audit, type, r->session, r->trace[0] ? r->trace : NULL, NULL, d,
+			    NULL, NULL) != 0)
+		sl_error("review %s: could not record %s in the audit trail", r->id, type);
+}
+
+/* Moves r (unlinked from pending) to the decided list; caller holds mu. */
+static void
+retire(struct sl_review_mgr *m, struct review *r)
+{
+	r->next = m->decided;
+	m->decided = r;
+	if (++m->ndecided > MAX_DECIDED) {
+		struct review **pp = &m->decided;
+		size_t n = 0;
+
+		while (*pp && n < MAX_DECIDED) {
+			pp = &(*pp)->next;
+			n++;
+		}
+		while (*pp) {
+			struct review *x = *pp;
+
+			*pp = x->next;
+			review_free(x);
+			m->ndecided--;
+		}
+	}
+}
+
+static struct review *
+unlink_pending(struct sl_review_mgr *m, const char *id)
+{
+	for (struct review **pp = &m->pending; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->id, id) == 0) {
+			struct review *r = *pp;
+
+			*pp = r->next;
+			m->npending--;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+/* Ends r (already unlinked) with st, records it and calls back. mu must NOT
+ * be held: the callback and the audit append run outside it. */
+static void
+finish(struct sl_review_mgr *m, struct review *r, enum sl_review_state st, const char *by,
+       const char *reason)
+{
+	static const char *const ev[] = {"", "review_approved", "review_denied", "review_expired",
+					 "review_cancelled"};
+	sl_review_done_fn done = r->done;
+	void *arg = r->arg;
+
+	r->st = st;
+	r->decided_us = sl_now_us();
+	free(r->decided_by);
+	r->decided_by = by ? strdup(by) : NULL;
+	free(r->reason);
+	r->reason = strdup(reason ? reason : "");
+	audit_event(m, ev[st], r, NULL);
+	r->done = NULL;
+	pthread_mutex_lock(&m->mu);
+	retire(m, r);
+	pthread_mutex_unlock(&m->mu);
+	if (done)
+		done(arg, st, reason ? reason : "");
+}
+
+static void *
+timer_main(void *arg)
+{
+	struct sl_review_mgr *m = arg;
+
+	pthread_mutex_lock(&m->mu);
+	while (!m->stop) {
+		int64_t now = sl_now_us(), next = now + 1000000;
+		struct review *r;
+
+		for (r = m->pending; r; r = r->next) {
+			if (r->expires_us <= now)
+				break;
+			if (r->expires_us < next)
+				next = r->expires_us;
+		}
+		if (r != NULL) {
+			unlink_pending(m, r->id);
+			pthread_mutex_unlock(&m->mu);
+			finish(m, r, SL_REV_EXPIRED, NULL, "approval timed out");
+			pthread_mutex_lock(&m->mu);
+			continue;
+		}
+		{
+			struct timespec ts;
+
+			ts.tv_sec = (time_t)(next / 1000000);
+			ts.tv_nsec = (long)(next % 1000000) * 1000;
+			pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&m->mu);
+	return NULL;
+}
+
+int
+sl_review_mgr_new(struct sl_audit *audit, struct sl_review_mgr **out)
+{
+	struct sl_review_mgr *m = calloc(1, sizeof(*m));
+
+	if (m == NULL)
+		return SL_ENOMEM;
+	m->audit = audit;
+	pthread_mutex_init(&m->mu, NULL);
+	pthread_cond_init(&m->cv, NULL);
+	if (pthread_create(&m->thread, NULL, timer_main, m) != 0) {
+		free(m);
+		return SL_EIO;
+	}
+	*out = m;
+	return 0;
+}
+
+void
+sl_review_mgr_free(struct sl_review_mgr *m)
+{
+	if (m == NULL)
+		return;
+	pthread_mutex_lock(&m->mu);
+	m->stop = 1;
+	pthread_cond_signal(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+	pthread_join(m->thread, NULL);
+	for (;;) {
+		struct review *r;
+
+		pthread_mutex_lock(&m->mu);
+		r = m->pending;
+		if (r)
+			unlink_pending(m, r->id);
+		pthread_mutex_unlock(&m->mu);
+		if (r == NULL)
+			break;
+		finish(m, r, SL_REV_CANCELLED, NULL, "gateway shutting down");
+	}
+	while (m->decided) {
+		struct review *r = m->decided;
+
+		m->decided = r->next;
+		review_free(r);
+	}
+	free(m);
+}
+
+/* The request hash binds the review to exactly what will be forwarded. */
+static void
+request_hash(const struct sl_review_req *q, char out[65])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	uint8_t h[32];
+	unsigned int hl = 32;
+	const char *parts[] = {q->subject, q->connection, q->session_id};
+
+	memset(h, 0, sizeof(h));
+	if (c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1) {
+		for (size_t i = 0; i < 3; i++) {
+			uint64_t n = parts[i] ? strlen(parts[i]) : 0;
+
+			EVP_DigestUpdate(c, &n, sizeof(n));
+			if (n)
+				EVP_DigestUpdate(c, parts[i], n);
+		}
+		{
+			uint64_t n = q->nbytes;
+
+			EVP_DigestUpdate(c, &n, sizeof(n));
+			EVP_DigestUpdate(c, q->bytes, q->nbytes);
+		}
+		EVP_DigestFinal_ex(c, h, &hl);
+	}
+	EVP_MD_CTX_free(c);
+	sl_hex(h, 32, out);
+}
+
+int
+sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *q, sl_review_done_fn done,
+		 void *arg, char id[40])
+{
+	struct review *r = calloc(1, sizeof(*r));
+	uint8_t rnd[16];
+
+	if (r == NULL)
+		return SL_ENOMEM;
+	sl_random(rnd, sizeof(rnd));
+	sl_hex(rnd, sizeof(rnd), r->id);
+	request_hash(q, r->hash);
+	r->session = dup(q->session_id);
+	r->subject = dup(q->subject);
+	r->connection = dup(q->connection);
+	r->protocol = dup(q->protocol);
+	r->text = dup(q->text);
+	r->policy = dup(q->policy);
+	r->rule = dup(q->rule);
+	r->trace = dup(q->trace_id);
+	r->kinds = dup(q->kinds);
+	r->approvers = calloc(q->napprovers + 1, sizeof(char *));
+	if (r->approvers == NULL) {
+		review_free(r);
+		return SL_ENOMEM;
+	}
+	for (size_t i = 0; i < q->napprovers; i++)
+		r->approvers[r->napprovers++] = strdup(q->approvers[i]);
+	r->min_approvals = q->min_approvals ? q->min_approvals : 1;
+	if (r->min_approvals > MAX_VOTES)
+		r->min_approvals = MAX_VOTES;
+	r->created_us = sl_now_us();
+	r->expires_us = r->created_us + (q->timeout_ms > 0 ? q->timeout_ms : 300000) * 1000;
+	r->done = done;
+	r->arg = arg;
+	pthread_mutex_lock(&m->mu);
+	if (m->npending >= MAX_PENDING || m->stop) {
+		pthread_mutex_unlock(&m->mu);
+		review_free(r);
+		return SL_ETOOBIG;
+	}
+	r->next = m->pending;
+	m->pending = r;
+	m->npending++;
+	memcpy(id, r->id, sizeof(r->id));
+	audit_event(m, "review_created", r, NULL);
+	pthread_cond_signal(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+	sl_info("review %s: %s on %s waits for %u approval(s) from %s", r->id, r->subject,
+		r->connection, r->min_approvals, r->napprovers ? r->approvers[0] : "?");
+	return 0;
+}
+
+void
+sl_review_cancel(struct sl_review_mgr *m, const char *id)
+{
+	struct review *r;
+
+	pthread_mutex_lock(&m->mu);
+	r = unlink_pending(m, id);
+	pthread_mutex_unlock(&m->mu);
+	if (r)
+		finish(m, r, SL_REV_CANCELLED, NULL, "client disconnected");
+}
+
+int
+sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
+		 const struct sl_identity *who, const char *reason, const char *expect_hash,
+		 char *why, size_t whylen)
+{
+	struct review *r;
+	int in_group = 0;
+
+	pthread_mutex_lock(&m->mu);
+	for (r = m->pending; r; r = r->next)
+		if (strcmp(r->id, id) == 0)
+			break;
+	if (r == NULL) {
+		int decided = 0;
+
+		for (struct review *d = m->decided; d; d = d->next)
+			if (strcmp(d->id, id) == 0)
+				decided = 1;
+		pthread_mutex_unlock(&m->mu);
+		snprintf(why, whylen, decided ? "review already decided" : "no such review");
+		return decided ? SL_ESTATE : SL_ENOENT;
+	}
+	if (strcmp(who->subject, r->subject) == 0) {
+		pthread_mutex_unlock(&m->mu);
+		snprintf(why, whylen, "the requester cannot decide their own request");
+		return SL_EPOLICY;
+	}
+	for (size_t i = 0; i < r->napprovers; i++)
+		if (sl_identity_in_group(who, r->approvers[i]))
+			in_group = 1;
+	if (!in_group) {
+		pthread_mutex_unlock(&m->mu);
+		snprintf(why, whylen, "not a member of an approver group for this rule");
+		return SL_EPOLICY;
+	}
+	if (expect_hash != NULL && strcmp(expect_hash, r->hash) != 0) {
+		pthread_mutex_unlock(&m->mu);
+		snprintf(why, whylen, "request hash does not match the held request");
+		return SL_EINVAL;
+	}
+	for (size_t i = 0; i < r->nvotes; i++) {
+		if (strcmp(r->voters[i], who->subject) == 0) {
+			pthread_mutex_unlock(&m->mu);
+			snprintf(why, whylen, "already voted on this review");
+			return SL_EPOLICY;
+		}
+	}
+	if (!approve) {
+		unlink_pending(m, id);
+		pthread_mutex_unlock(&m->mu);
+		finish(m, r, SL_REV_DENIED, who->subject,
+		       reason && *reason ? reason : "denied by an approver");
+		return 0;
+	}
+	r->voters[r->nvotes++] = strdup(who->subject);
+	{
+		json_t *x = json_pack("{s:s, s:s}", "approver", who->subject, "vote_reason",
+				      reason ? reason : "");
+
+		audit_event(m, "review_approval", r, x);
+	}
+	if (r->nvotes < r->min_approvals) {
+		pthread_mutex_unlock(&m->mu);
+		return 0;
+	}
+	unlink_pending(m, id);
+	pthread_mutex_unlock(&m->mu);
+	finish(m, r, SL_REV_APPROVED, who->subject, reason && *reason ? reason : "approved");
+	return 0;
+}
+
+json_t *
+sl_review_list_json(struct sl_review_mgr *m, const char *status)
+{
+	json_t *a = json_array();
+
+	pthread_mutex_lock(&m->mu);
+	for (int pass = 0; pass < 2; pass++) {
+		for (struct review *r = pass ? m->decided : m->pending; r; r = r->next)
+			if (status == NULL || strcmp(status, state_names[r->st]) == 0)
+				json_array_append_new(a, review_json(r));
+	}
+	pthread_mutex_unlock(&m->mu);
+	return a;
+}
+
+json_t *
+sl_review_get_json(struct sl_review_mgr *m, const char *id)
+{
+	json_t *o = NULL;
+
+	pthread_mutex_lock(&m->mu);
+	for (int pass = 0; pass < 2 && o == NULL; pass++)
+		for (struct review *r = pass ? m->decided : m->pending; r && o == NULL; r = r->next)
+			if (strcmp(r->id, id) == 0)
+				o = review_json(r);
+	pthread_mutex_unlock(&m->mu);
+	return o;
+}

@@ -1,0 +1,176 @@
+"""Just-in-time approval through the PostgreSQL path and the admin API/CLI."""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+import requests
+
+from conftest import SLUICE
+
+REVIEW_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [drop, truncate] }
+      - { action: review, sql: [delete], approvers: [dba], timeout: 3s, name: deletes }
+      - { action: review, sql: [update], approvers: [dba], min_approvals: 2, timeout: 30s, name: updates }
+      - { action: allow, sql: [select, insert, set, transaction] }
+"""
+
+
+@pytest.fixture
+def rgw(gateway_factory):
+    return gateway_factory(policies=REVIEW_POLICIES)
+
+
+def api(gw, token, method, path, body=None):
+    r = requests.request(method, "http://127.0.0.1:%d%s" % (gw.admin_port, path),
+                         headers={"Authorization": "Bearer " + token} if token else {},
+                         json=body, timeout=10)
+    return r.status_code, r.json()
+
+
+def pending(gw, token, n=1, timeout=5):
+    end = time.time() + timeout
+    while time.time() < end:
+        code, body = api(gw, token, "GET", "/api/reviews?status=pending")
+        assert code == 200, body
+        if len(body["reviews"]) >= n:
+            return body["reviews"]
+        time.sleep(0.05)
+    raise AssertionError("no pending review")
+
+
+def run_held(gw, sql, token=None):
+    """Runs sql in a thread; returns (thread, result dict)."""
+    res = {}
+    c = gw.connect(token=token)
+    c.autocommit = True
+
+    def go():
+        try:
+            cur = c.cursor()
+            cur.execute(sql)
+            res["rowcount"] = cur.rowcount
+            cur.execute("SELECT 1")  # the session stays usable
+            res["after"] = cur.fetchone()[0]
+        except psycopg2.Error as e:
+            res["error"] = e
+            try:
+                c.cursor().execute("SELECT 1")
+                res["after"] = 1
+            except psycopg2.Error as e2:
+                res["after_error"] = e2
+        finally:
+            c.close()
+    t = threading.Thread(target=go)
+    t.start()
+    return t, res
+
+
+def cli(gw, token, *args):
+    env = dict(os.environ, SLUICE_TOKEN=token)
+    return subprocess.run([SLUICE, "--config", gw.config, "review"] + list(args), env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_held_approved_denied_selfapproval_nonapprover(rgw, pg):
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (9001, 1, 1), (9002, 1, 2)")
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    t, res = run_held(rgw, "DELETE FROM orders WHERE id = 9001", token=agent)
+    rev = pending(rgw, dba)[0]
+    assert rev["subject"] == "agent-1" and "DELETE FROM orders" in rev["text"]
+    assert rev["kind"].startswith("delete") and len(rev["request_hash"]) == 64
+    assert t.is_alive()  # held in flight
+    # no token / bad token / requester / non-approver are refused
+    assert api(rgw, None, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 401
+    assert api(rgw, "garbage", "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 401
+    assert api(rgw, agent, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 403
+    other = rgw.mint(sub="agent-2", groups="ai-agents")
+    assert api(rgw, other, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 403
+    assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"],
+               {"expect_hash": "0" * 64})[0] == 409
+    # the CLI, as a dba
+    out = cli(rgw, dba, "approve", rev["id"], "--reason", "cleanup ok")
+    assert out.returncode == 0, out.stderr
+    t.join(10)
+    assert res.get("rowcount") == 1 and res.get("after") == 1, res
+    assert "9001" not in pg.psql("orders", "SELECT id FROM orders WHERE id = 9001")
+    assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 409
+    # denied: error with the reason, session still usable
+    t, res = run_held(rgw, "DELETE FROM orders WHERE id = 9002", token=agent)
+    rev = pending(rgw, dba)[0]
+    out = cli(rgw, dba, "deny", rev["id"], "--reason", "not during business hours")
+    assert out.returncode == 0, out.stderr
+    t.join(10)
+    assert res["error"].pgcode == "42501"
+    assert "not during business hours" in str(res["error"])
+    assert res.get("after") == 1
+    assert "9002" in pg.psql("orders", "SELECT id FROM orders WHERE id = 9002")
+    recs = rgw.export()
+    types = [r["type"] for r in recs]
+    for t_ in ("review_created", "review_approval", "review_approved", "review_denied"):
+        assert t_ in types, types
+    assert rgw.verify().returncode == 0
+
+
+def test_timeout_quorum_and_disconnect(rgw, pg):
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (9101, 1, 1)")
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    dba1 = rgw.mint(sub="dba-1", groups="dba")
+    dba2 = rgw.mint(sub="dba-2", groups="dba")
+    # timeout (3 s)
+    t, res = run_held(rgw, "DELETE FROM orders WHERE id = 9101", token=agent)
+    t.join(10)
+    assert res["error"].pgcode == "42501" and "approval timed out" in str(res["error"])
+    # quorum of two
+    t, res = run_held(rgw, "UPDATE orders SET amount = 5 WHERE id = 9101", token=agent)
+    rev = pending(rgw, dba1)[0]
+    code, body = api(rgw, dba1, "POST", "/api/reviews/%s/approve" % rev["id"])
+    assert code == 200 and body["status"] == "pending"
+    assert api(rgw, dba1, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 403  # twice
+    time.sleep(0.3)
+    assert t.is_alive()
+    code, body = api(rgw, dba2, "POST", "/api/reviews/%s/approve" % rev["id"])
+    assert code == 200 and body["status"] == "approved"
+    t.join(10)
+    assert res.get("rowcount") == 1
+    # client disconnect cancels
+    import pgwire
+    cn = pgwire.Conn(rgw.port)
+    cn.login("orders", agent)
+    cn.send(pgwire.query("DELETE FROM orders WHERE id = 9101"))
+    rev = pending(rgw, dba1)[0]
+    cn.close()
+    end = time.time() + 5
+    while time.time() < end:
+        if api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])[1]["status"] == "cancelled":
+            break
+        time.sleep(0.05)
+    assert api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])[1]["status"] == "cancelled"
+    assert "9101" in pg.psql("orders", "SELECT id FROM orders WHERE id = 9101")
+
+
+def test_many_held_requests_do_not_slow_others(rgw):
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    held = [run_held(rgw, "DELETE FROM orders WHERE id = -%d" % i, token=agent)
+            for i in range(50)]
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    pending(rgw, dba, n=50, timeout=10)
+    c = rgw.connect(token=agent)
+    cur = c.cursor()
+    start = time.time()
+    for _ in range(200):
+        cur.execute("SELECT 1")
+    took = time.time() - start
+    c.close()
+    assert took < 5, took  # other sessions keep going while 50 are held
+    for t, _ in held:
+        t.join(10)
+    assert all("approval timed out" in str(r.get("error")) for _, r in held)
