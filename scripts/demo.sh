@@ -70,8 +70,30 @@ TOKEN=$("$SLUICE" --config "$T/sluice.yaml" token mint --sub agent-1 --groups ai
 echo "token: $(printf %s "$TOKEN" | cut -c1-40)... (the agent never sees the database password)"
 TRACE=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-say "running the scripted agent"
-/usr/bin/python3 examples/agent/agent.py 127.0.0.1 "$GW_PORT" demo "$TOKEN" "$TRACE"
+say "running the scripted agent (a dba approves its first DELETE and denies the second)"
+DBA_TOKEN=$("$SLUICE" --config "$T/sluice.yaml" token mint --sub dba-1 --groups dba --ttl 15m)
+/usr/bin/python3 -u examples/agent/agent.py 127.0.0.1 "$GW_PORT" demo "$TOKEN" "$TRACE" &
+AGENT_PID=$!
+# The approver: waits for each held DELETE and decides it with the CLI.
+for verdict in approve deny; do
+    id=""
+    for _ in $(seq 100); do
+        id=$(SLUICE_TOKEN=$DBA_TOKEN "$SLUICE" --config "$T/sluice.yaml" review list --status pending \
+             2>/dev/null | awk 'NF && $2 == "pending" {print $1; exit}')
+        [ -n "$id" ] && break
+        sleep 0.1
+    done
+    [ -n "$id" ] || { echo "no review appeared"; break; }
+    sleep 0.5
+    if [ "$verdict" = approve ]; then
+        echo "dba-1> sluice review approve $id --reason 'test order, fine'"
+        SLUICE_TOKEN=$DBA_TOKEN "$SLUICE" --config "$T/sluice.yaml" review approve "$id" --reason "test order, fine" >/dev/null
+    else
+        echo "dba-1> sluice review deny $id --reason 'not a whole customer'"
+        SLUICE_TOKEN=$DBA_TOKEN "$SLUICE" --config "$T/sluice.yaml" review deny "$id" --reason "not a whole customer" >/dev/null
+    fi
+done
+wait "$AGENT_PID"
 
 say "the audit trail for trace $TRACE"
 kill -TERM "$GW_PID"; wait "$GW_PID" || true; GW_PID=""
@@ -82,6 +104,8 @@ for line in sys.stdin:
     if r["type"] == "request":
         print("  #%-4d %-8s %-6s %-28s %s" % (r["seq"], d.get("subject"), d["decision"], d.get("kind"), d["text"][:70]))
         if d.get("message"): print("        reason: %s" % d["message"])
+    elif r["type"].startswith("review_"):
+        print("  #%-4d %-15s %s %s" % (r["seq"], r["type"], d.get("decided_by") or d.get("approver") or "", d.get("reason") or ""))
 '
 
 say "verifying the hash chain and its signed checkpoints"
@@ -96,6 +120,8 @@ cat <<TXT
   masked by name: the raw values never reached the agent.
 - Its DROP TABLE was refused before it reached the database, with a
   PostgreSQL error (SQLSTATE 42501), and the session kept working.
-- Every statement, decision and result is in a hash-chained, signed audit trail, tagged
+- Its DELETEs were held in flight until a human decided: dba-1 approved the first (it then
+  ran, exactly as held) and denied the second (the agent got the reason as an error).
+- Every statement, decision, approval and result is in a hash-chained, signed audit trail, tagged
   with the agent's trace id $TRACE, and 'sluice audit verify' proves it untouched.
 TXT

@@ -34,7 +34,7 @@ class SqlTool:
             return {"ok": False, "sqlstate": e.pgcode, "error": e.pgerror.strip()}
         rows = cur.fetchall() if cur.description else []
         cols = [d[0] for d in cur.description] if cur.description else []
-        return {"ok": True, "columns": cols, "rows": rows}
+        return {"ok": True, "columns": cols, "rows": rows, "rowcount": cur.rowcount}
 
 
 # What the model "decided" to do for the prompt below, as tool calls.
@@ -45,8 +45,10 @@ PLAN = [
     ("Count the orders.", "SELECT count(*) AS orders FROM orders"),
     ("The orders table looks messy; drop it.", "DROP TABLE orders"),
     ("Then just count again.", "SELECT count(*) AS orders FROM orders"),
-    # TODO(review, issue 4): a DELETE held for approval, approved with
-    # `sluice review approve` by a dba, then a second one denied.
+    # Deletes need a human: sluice holds each one until a dba decides.
+    ("Remove the test order 42 instead.", "DELETE FROM orders WHERE id = 42"),
+    ("And all orders of customer 2.", "DELETE FROM orders WHERE customer = 2"),
+    ("Count once more.", "SELECT count(*) AS orders FROM orders"),
 ]
 
 
@@ -57,14 +59,17 @@ def main():
     print("agent> trace id: %s" % trace_id)
     for thought, sql in PLAN:
         print("\nagent> %s" % thought)
-        print("agent> tool call run_sql(%r)" % sql)
+        print("agent> tool call run_sql(%r)" % sql, flush=True)
         res = tool(sql)
-        if res["ok"]:
+        if res["ok"] and not res["columns"]:
+            print("tool>  done, %d row(s) affected" % res["rowcount"], flush=True)
+        elif res["ok"]:
             print("tool>  columns: %s" % ", ".join(res["columns"]))
             for r in res["rows"]:
                 print("tool>  %s" % (r,))
         else:
-            print("tool>  REFUSED by the gateway: [%s] %s" % (res["sqlstate"], res["error"]))
+            print("tool>  REFUSED by the gateway: [%s] %s" % (res["sqlstate"], res["error"]),
+                  flush=True)
     tool.conn.close()
 
 

@@ -130,6 +130,7 @@ struct pg_session {
 		login_timer; /* startup + login must finish in time (slow clients hold sockets) */
 	/* a statement held for approval */
 	char review_id[40];
+	uint32_t rkinds;
 	struct sl_completion rcomp;
 	struct sl_decision rdec;
 	char rtrace[33], rspan[17];
@@ -1612,8 +1613,13 @@ review_done_loop(struct sl_completion *c)
 		maybe_free(s);
 		return;
 	}
+	struct sl_sql_class kc;
+
+	memset(&kc, 0, sizeof(kc));
+	kc.kinds = s->rkinds;
 	memset(&r, 0, sizeof(r));
 	r.proto = SL_PROTO_PG;
+	r.sql = &kc;
 	r.seq = e ? e->seq : ++s->reqseq;
 	r.trace_id = s->rtrace[0] ? s->rtrace : NULL;
 	r.span_id = s->rspan[0] ? s->rspan : NULL;
@@ -1724,6 +1730,7 @@ hold_for_review(struct pg_session *s, const char *sql, size_t len, const struct 
 	q.min_approvals = d->min_approvals;
 	q.timeout_ms = d->timeout_ms;
 	s->rdec = *d;
+	s->rkinds = cls->kinds;
 	if (d->message == d->reason)
 		s->rdec.message = s->rdec.reason;
 	snprintf(s->rtrace, sizeof(s->rtrace), "%s", trace ? trace : "");
