@@ -60,12 +60,16 @@ struct stmt {
 	char *sql;
 	size_t sqllen;
 	uint32_t kinds;
+	int review;		/* executing it needs approval (decided at Parse) */
+	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	struct stmt *next;
 };
 
 struct portal {
 	char *name;
 	struct stmt *st;
+	uint8_t *params; /* exact Bind parameter bytes, kept for review binding */
+	size_t plen;
 	struct portal *next;
 };
 
@@ -131,6 +135,8 @@ struct pg_session {
 	/* a statement held for approval */
 	char review_id[40];
 	uint32_t rkinds;
+	const char *rtext; /* statement text of a held Execute (owned by its stmt) */
+	size_t rtextlen;
 	struct sl_completion rcomp;
 	struct sl_decision rdec;
 	char rtrace[33], rspan[17];
@@ -388,6 +394,7 @@ portal_remove(struct pg_session *s, const char *name)
 
 			*pp = p->next;
 			stmt_unref(p->st);
+			free(p->params);
 			free(p->name);
 			free(p);
 			return;
@@ -1623,7 +1630,10 @@ review_done_loop(struct sl_completion *c)
 	r.seq = e ? e->seq : ++s->reqseq;
 	r.trace_id = s->rtrace[0] ? s->rtrace : NULL;
 	r.span_id = s->rspan[0] ? s->rspan : NULL;
-	if (sl_pg_parse_query(msg, s->held_len, &sql, &len) == 0) {
+	if (s->rtext != NULL) {
+		r.text = s->rtext;
+		r.textlen = s->rtextlen;
+	} else if (sl_pg_parse_query(msg, s->held_len, &sql, &len) == 0) {
 		r.text = sql;
 		r.textlen = len;
 	}
@@ -1645,7 +1655,7 @@ review_done_loop(struct sl_completion *c)
 		if (rc < 0) {
 			if (e)
 				e->blocked = 1;
-			substitute(s, 'Q', "",
+			substitute(s, msg[0], "",
 				   "sluice: the audit trail is unavailable, request refused");
 		} else {
 			up_send(s, msg, s->held_len);
@@ -1664,7 +1674,7 @@ review_done_loop(struct sl_completion *c)
 		s->rdec.action = SL_ACT_BLOCK;
 		s->rdec.message = m;
 		sl_pl_record(s->gw, s->w, &s->pl, &r, &s->rdec, NULL);
-		substitute(s, 'Q', "", m);
+		substitute(s, msg[0], "", m);
 	}
 	sl_buf_consume(&s->cin, s->held_len);
 	s->hold = 0;
@@ -1687,14 +1697,29 @@ review_done(void *arg, enum sl_review_state st, const char *reason)
 	sl_worker_post(s->w, &s->rcomp);
 }
 
+static int hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len,
+				 const uint8_t *bytes, size_t nbytes, uint32_t kinds,
+				 const struct sl_decision *d, const char *trace, const char *span);
+
 /* Submits a held simple-protocol statement for approval. 0 = held. */
 static int
 hold_for_review(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
 		const struct sl_decision *d, const char *trace, const char *span)
 {
+	s->rtext = NULL;
+	return hold_for_review_bytes(s, sql, len, (const uint8_t *)sql, len, cls->kinds, d, trace,
+				     span);
+}
+
+/* Submits a held statement; bytes is everything the approval binds. */
+static int
+hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const uint8_t *bytes,
+		      size_t nbytes, uint32_t kinds, const struct sl_decision *d, const char *trace,
+		      const char *span)
+{
 	struct sl_review_req q;
 	struct sl_buf t, alt;
-	char kinds[256];
+	char kstr[256];
 	int r, mr = SL_MASK_UNCHANGED;
 
 	if (s->gw->review == NULL)
@@ -1710,7 +1735,7 @@ hold_for_review(struct pg_session *s, const char *sql, size_t len, const struct 
 		mr = sl_mask_value(s->gw->audit_plan, s->w->mscratch, t.data, len, &alt, NULL);
 	if (mr == SL_MASK_REPLACED)
 		sl_buf_append_u8(&alt, 0);
-	sl_sql_kinds_str(cls->kinds, kinds, sizeof(kinds));
+	sl_sql_kinds_str(kinds, kstr, sizeof(kstr));
 	memset(&q, 0, sizeof(q));
 	q.session_id = s->pl.id;
 	q.subject = s->pl.ident.subject;
@@ -1719,18 +1744,18 @@ hold_for_review(struct pg_session *s, const char *sql, size_t len, const struct 
 	q.connection = s->pl.conn->name;
 	q.protocol = "postgres";
 	q.text = mr == SL_MASK_REPLACED ? (const char *)alt.data : (const char *)t.data;
-	q.bytes = (const uint8_t *)sql;
-	q.nbytes = len;
+	q.bytes = bytes;
+	q.nbytes = nbytes;
 	q.policy = d->policy;
 	q.rule = d->rule;
 	q.trace_id = trace ? trace : s->pl.trace_id;
-	q.kinds = kinds;
+	q.kinds = kstr;
 	q.approvers = d->approvers;
 	q.napprovers = d->napprovers;
 	q.min_approvals = d->min_approvals;
 	q.timeout_ms = d->timeout_ms;
 	s->rdec = *d;
-	s->rkinds = cls->kinds;
+	s->rkinds = kinds;
 	if (d->message == d->reason)
 		s->rdec.message = s->rdec.reason;
 	snprintf(s->rtrace, sizeof(s->rtrace), "%s", trace ? trace : "");
@@ -1995,16 +2020,28 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
 			return -1;
 		}
+		if (r == 0 && d.action == SL_ACT_REVIEW) {
+			/* Parsing runs nothing: the approval is asked for when
+			 * the statement is executed, with its parameters. */
+			struct stmt *t;
+
+			if (stmt_add(s, p.stmt, p.sql, p.sqllen, c->kinds) != 0) {
+				fatal(s, "53200", "sluice: out of memory");
+				return -1;
+			}
+			t = stmt_find(s, p.stmt);
+			t->review = 1;
+			t->dec = d;
+			if (d.message == d.reason)
+				t->dec.message = t->dec.reason;
+			up_send(s, msg, total);
+			return 0;
+		}
 		if (r != 0 || d.action != SL_ACT_ALLOW) {
 			char bmsg[256];
 
-			if (r == 0 && d.action == SL_ACT_REVIEW)
-				snprintf(bmsg, sizeof(bmsg), "%s",
-					 "statement requires approval, which is only supported "
-					 "over the simple query protocol yet");
-			else
-				snprintf(bmsg, sizeof(bmsg), "%s",
-					 r == 0 && d.message ? d.message : "blocked by policy");
+			snprintf(bmsg, sizeof(bmsg), "%s",
+				 r == 0 && d.message ? d.message : "blocked by policy");
 			rq.seq = ++s->reqseq;
 			d.action = SL_ACT_BLOCK;
 			d.message = bmsg;
@@ -2065,6 +2102,15 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		p->st = st;
 		p->next = s->portals;
 		s->portals = p;
+		if (st->review && b.params_len > 0) {
+			p->params = malloc(b.params_len);
+			if (p->params == NULL) {
+				fatal(s, "53200", "sluice: out of memory");
+				return -1;
+			}
+			memcpy(p->params, b.params, b.params_len);
+			p->plen = b.params_len;
+		}
 	}
 	up_send(s, msg, total);
 	return 0;
@@ -2117,6 +2163,37 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	e->seq = rq.seq;
 	d.action = SL_ACT_ALLOW;
 	d.message = NULL;
+	if (p != NULL && p->st->review) {
+		struct sl_buf bound;
+		int hr;
+
+		if (sl_pl_check_expiry(s->gw, &s->pl) != 0) {
+			fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
+			return -1;
+		}
+		/* The approval binds the statement, its parameters and this
+		 * Execute message: exactly what will be forwarded. */
+		sl_buf_init(&bound, 0);
+		sl_buf_append(&bound, p->st->sql, p->st->sqllen);
+		sl_buf_append_u32be(&bound, (uint32_t)p->plen);
+		sl_buf_append(&bound, p->params, p->plen);
+		sl_buf_append(&bound, msg, total);
+		s->rtext = p->st->sql;
+		s->rtextlen = p->st->sqllen;
+		hr = hold_for_review_bytes(s, p->st->sql, p->st->sqllen, bound.data, bound.len,
+					   p->st->kinds, &p->st->dec, rq.trace_id, rq.span_id);
+		sl_buf_fini(&bound);
+		if (hr == 0) {
+			s->held_len = total;
+			return 1;
+		}
+		e->blocked = 1;
+		d.action = SL_ACT_BLOCK;
+		d.message = "statement requires approval, and the approval queue refused it";
+		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+		substitute(s, 'E', "", d.message);
+		return 0;
+	}
 	if (sl_pl_check_expiry(s->gw, &s->pl) != 0) {
 		fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
 		return -1;

@@ -174,3 +174,30 @@ def test_many_held_requests_do_not_slow_others(rgw):
     for t, _ in held:
         t.join(10)
     assert all("approval timed out" in str(r.get("error")) for _, r in held)
+
+
+def test_extended_protocol_review_binds_parameters(rgw, pg):
+    import pgwire
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (9201, 1, 1), (9202, 1, 1)")
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    cn = pgwire.Conn(rgw.port)
+    cn.login("orders", agent)
+    cn.send(pgwire.parse("del", "DELETE FROM orders WHERE id = $1") +
+            pgwire.bind("", "del", ["9201"]) + pgwire.execute() + pgwire.SYNC)
+    rev = pending(rgw, dba)[0]
+    assert "DELETE FROM orders WHERE id = $1" in rev["text"]
+    assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 200
+    got = cn.until_ready()
+    assert not pgwire.errors(got), got
+    assert any(t == b"C" and body.startswith(b"DELETE 1") for t, body in got)
+    # same statement, other parameter: a new approval, denied this time
+    cn.send(pgwire.bind("", "del", ["9202"]) + pgwire.execute() + pgwire.SYNC)
+    rev2 = pending(rgw, dba)[0]
+    assert rev2["id"] != rev["id"] and rev2["request_hash"] != rev["request_hash"]
+    assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev2["id"], {"reason": "no"})[0] == 200
+    errs = pgwire.errors(cn.until_ready())
+    assert errs and errs[0]["C"] == "42501" and "no" in errs[0]["M"]
+    cn.close()
+    assert "9202" in pg.psql("orders", "SELECT id FROM orders WHERE id = 9202")
+    assert "9201" not in pg.psql("orders", "SELECT id FROM orders WHERE id = 9201")
