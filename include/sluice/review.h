@@ -38,6 +38,8 @@ struct sl_review_req {
 	size_t napprovers;
 	unsigned min_approvals;
 	int64_t timeout_ms;
+	int64_t grant_for_ms; /* once approved, the same subject+connection+rule passes for this
+				 long */
 };
 
 /* Called exactly once per submit that returned 0 (approved, denied, expired,
@@ -46,10 +48,16 @@ struct sl_review_req {
 typedef void (*sl_review_done_fn)(void *arg, enum sl_review_state st, const char *reason);
 
 struct sl_review_mgr;
-int sl_review_mgr_new(struct sl_audit *audit, struct sl_review_mgr **out);
+/* cfg->review.webhooks get a JSON POST on create and decide (own thread,
+ * retries, timeout; a failed notification never releases a request). */
+int sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit,
+		      struct sl_review_mgr **out);
 /* Pending reviews are cancelled (callbacks run) before it returns. */
 void sl_review_mgr_free(struct sl_review_mgr *m);
-/* Returns 0 (pending; id filled), or < 0 (refuse: fail closed). */
+/* Returns 0 (pending; id filled), SL_REVIEW_GRANTED (an approved grant_for
+ * window covers subject+connection+rule: proceed, no callback; audited),
+ * or < 0 (refuse: fail closed). */
+#define SL_REVIEW_GRANTED 3
 int sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *r, sl_review_done_fn done,
 		     void *arg, char id[40]);
 /* The client went away: the review ends as cancelled (callback still runs). */

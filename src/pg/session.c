@@ -1754,6 +1754,7 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 	q.napprovers = d->napprovers;
 	q.min_approvals = d->min_approvals;
 	q.timeout_ms = d->timeout_ms;
+	q.grant_for_ms = d->grant_for_ms;
 	s->rdec = *d;
 	s->rkinds = kinds;
 	if (d->message == d->reason)
@@ -1847,10 +1848,16 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 			*waiting = 1;
 			return 0;
 		}
-		d.action = SL_ACT_BLOCK;
-		snprintf(d.reason, sizeof(d.reason), "%s",
-			 "statement requires approval, and the approval queue refused it");
-		d.message = d.reason;
+		if (hr == SL_REVIEW_GRANTED) {
+			/* an approved grant_for window covers it (audited) */
+			d.action = SL_ACT_ALLOW;
+			d.message = NULL;
+		} else {
+			d.action = SL_ACT_BLOCK;
+			snprintf(d.reason, sizeof(d.reason), "%s",
+				 "statement requires approval, and the approval queue refused it");
+			d.message = d.reason;
+		}
 	}
 	*waiting = 0;
 	if (d.action == SL_ACT_BLOCK) {
@@ -2187,6 +2194,8 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 			s->held_len = total;
 			return 1;
 		}
+		if (hr == SL_REVIEW_GRANTED)
+			goto record;
 		e->blocked = 1;
 		d.action = SL_ACT_BLOCK;
 		d.message = "statement requires approval, and the approval queue refused it";
@@ -2198,6 +2207,7 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
 		return -1;
 	}
+record:
 	s->comp.fn = audit_done;
 	s->comp.arg = s;
 	r = sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, &s->comp);

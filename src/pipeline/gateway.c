@@ -229,7 +229,7 @@ sl_gateway_run(struct sl_config *cfg)
 		sl_error("audit: %s", err);
 		goto out;
 	}
-	if (sl_review_mgr_new(gw->audit, &gw->review) != 0) {
+	if (sl_review_mgr_new(cfg, gw->audit, &gw->review) != 0) {
 		sl_error("review: cannot start the review queue");
 		goto out;
 	}

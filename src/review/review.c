@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <curl/curl.h>
 #include <openssl/evp.h>
 
 #include "sluice/audit.h"
@@ -32,11 +34,32 @@ struct review {
 	size_t nvotes;
 	int64_t created_us, expires_us, decided_us;
 	char *decided_by, *reason;
+	int64_t grant_for_ms;
 	sl_review_done_fn done;
 	void *arg;
 };
 
+struct grant {
+	struct grant *next;
+	char *subject, *connection, *rule;
+	int64_t until_us;
+};
+
+struct hook_msg {
+	struct hook_msg *next;
+	char *body, *text;
+};
+
 struct sl_review_mgr {
+	const struct sl_config *cfg;
+	struct grant *grants;
+	/* webhook delivery */
+	pthread_t hook_thread;
+	pthread_mutex_t hmu;
+	pthread_cond_t hcv;
+	struct hook_msg *hhead, *htail;
+	size_t hqueued;
+	int hstop;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	pthread_t thread;
@@ -49,7 +72,7 @@ struct sl_review_mgr {
 static const char *const state_names[] = {"pending", "approved", "denied", "expired", "cancelled"};
 
 static char *
-dup(const char *s)
+sdup(const char *s)
 {
 	return strdup(s ? s : "");
 }
@@ -114,6 +137,129 @@ review_json(const struct review *r)
 	if (r->trace && r->trace[0])
 		json_object_set_new(o, "trace_id", json_string(r->trace));
 	return o;
+}
+
+/* Queues a webhook notification (bounded; dropped with a log line when the
+ * receiver is far behind: notifications never hold up decisions). */
+static void
+notify(struct sl_review_mgr *m, const char *event, const struct review *r)
+{
+	struct hook_msg *h;
+	json_t *o;
+	char text[512];
+
+	if (m->cfg == NULL || m->cfg->review.webhooks_count == 0)
+		return;
+	o = review_json(r);
+	json_object_set_new(o, "event", json_string(event));
+	snprintf(text, sizeof(text), "sluice review %s: %s on %s wants to run [%s] — %s%s%s", event,
+		 r->subject, r->connection, r->kinds, r->id, r->reason ? ", " : "",
+		 r->reason ? r->reason : "");
+	h = calloc(1, sizeof(*h));
+	if (h == NULL) {
+		json_decref(o);
+		return;
+	}
+	h->text = strdup(text);
+	h->body = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	pthread_mutex_lock(&m->hmu);
+	if (m->hqueued >= 1000 || h->body == NULL) {
+		pthread_mutex_unlock(&m->hmu);
+		sl_warn("review %s: webhook queue full, notification dropped", r->id);
+		free(h->body);
+		free(h->text);
+		free(h);
+		return;
+	}
+	if (m->htail)
+		m->htail->next = h;
+	else
+		m->hhead = h;
+	m->htail = h;
+	m->hqueued++;
+	pthread_cond_signal(&m->hcv);
+	pthread_mutex_unlock(&m->hmu);
+}
+
+static int
+post(const struct sl_cfg_webhook *wh, const char *body)
+{
+	CURL *c = curl_easy_init();
+	struct curl_slist *hd = NULL;
+	int64_t ms = 5000;
+	long code = 0;
+
+	if (c == NULL)
+		return -1;
+	if (wh->timeout)
+		sl_parse_duration_ms(wh->timeout, &ms);
+	hd = curl_slist_append(hd, "Content-Type: application/json");
+	curl_easy_setopt(c, CURLOPT_URL, wh->url);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hd);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)ms);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)ms);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	if (curl_easy_perform(c) == CURLE_OK)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	curl_slist_free_all(hd);
+	curl_easy_cleanup(c);
+	return code >= 200 && code < 300 ? 0 : -1;
+}
+
+static void *
+hook_main(void *arg)
+{
+	struct sl_review_mgr *m = arg;
+
+	for (;;) {
+		struct hook_msg *h;
+
+		pthread_mutex_lock(&m->hmu);
+		while (m->hhead == NULL && !m->hstop)
+			pthread_cond_wait(&m->hcv, &m->hmu);
+		h = m->hhead;
+		if (h == NULL) {
+			pthread_mutex_unlock(&m->hmu);
+			break;
+		}
+		m->hhead = h->next;
+		if (m->hhead == NULL)
+			m->htail = NULL;
+		m->hqueued--;
+		pthread_mutex_unlock(&m->hmu);
+		for (unsigned i = 0; i < m->cfg->review.webhooks_count; i++) {
+			const struct sl_cfg_webhook *wh = &m->cfg->review.webhooks[i];
+			unsigned tries = wh->retries ? wh->retries : 3;
+			char *body = h->body;
+			json_t *o = NULL;
+
+			if (wh->format && strcmp(wh->format, "slack") == 0) {
+				o = json_loads(h->body, 0, NULL);
+				if (o)
+					json_object_set_new(o, "text", json_string(h->text));
+				body = o ? json_dumps(o, JSON_COMPACT) : h->body;
+			}
+			for (unsigned t = 0; t <= tries; t++) {
+				if (post(wh, body) == 0)
+					break;
+				if (t == tries)
+					sl_warn("review webhook %s: delivery failed", wh->url);
+				else
+					usleep((useconds_t)(200000u << (t < 4 ? t : 4)));
+			}
+			if (o) {
+				free(body);
+				json_decref(o);
+			}
+		}
+		free(h->body);
+		free(h->text);
+		free(h);
+	}
+	return NULL;
 }
 
 static void
@@ -186,6 +332,23 @@ finish(struct sl_review_mgr *m, struct review *r, enum sl_review_state st, const
 	free(r->reason);
 	r->reason = strdup(reason ? reason : "");
 	audit_event(m, ev[st], r, NULL);
+	notify(m, ev[st] + 7, r);
+	if (st == SL_REV_APPROVED && r->grant_for_ms > 0) {
+		struct grant *g = calloc(1, sizeof(*g));
+
+		if (g != NULL) {
+			g->subject = strdup(r->subject);
+			g->connection = strdup(r->connection);
+			g->rule = strdup(r->rule);
+			g->until_us = sl_now_us() + r->grant_for_ms * 1000;
+			pthread_mutex_lock(&m->mu);
+			g->next = m->grants;
+			m->grants = g;
+			pthread_mutex_unlock(&m->mu);
+			audit_event(m, "grant_created", r,
+				    json_pack("{s:I}", "grant_until_us", (json_int_t)g->until_us));
+		}
+	}
 	r->done = NULL;
 	pthread_mutex_lock(&m->mu);
 	retire(m, r);
@@ -230,16 +393,28 @@ timer_main(void *arg)
 }
 
 int
-sl_review_mgr_new(struct sl_audit *audit, struct sl_review_mgr **out)
+sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit, struct sl_review_mgr **out)
 {
 	struct sl_review_mgr *m = calloc(1, sizeof(*m));
 
 	if (m == NULL)
 		return SL_ENOMEM;
+	m->cfg = cfg;
 	m->audit = audit;
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
+	pthread_mutex_init(&m->hmu, NULL);
+	pthread_cond_init(&m->hcv, NULL);
 	if (pthread_create(&m->thread, NULL, timer_main, m) != 0) {
+		free(m);
+		return SL_EIO;
+	}
+	if (pthread_create(&m->hook_thread, NULL, hook_main, m) != 0) {
+		pthread_mutex_lock(&m->mu);
+		m->stop = 1;
+		pthread_cond_signal(&m->cv);
+		pthread_mutex_unlock(&m->mu);
+		pthread_join(m->thread, NULL);
 		free(m);
 		return SL_EIO;
 	}
@@ -274,6 +449,20 @@ sl_review_mgr_free(struct sl_review_mgr *m)
 
 		m->decided = r->next;
 		review_free(r);
+	}
+	pthread_mutex_lock(&m->hmu);
+	m->hstop = 1;
+	pthread_cond_signal(&m->hcv);
+	pthread_mutex_unlock(&m->hmu);
+	pthread_join(m->hook_thread, NULL); /* delivers what is queued, then stops */
+	while (m->grants) {
+		struct grant *g = m->grants;
+
+		m->grants = g->next;
+		free(g->subject);
+		free(g->connection);
+		free(g->rule);
+		free(g);
 	}
 	free(m);
 }
@@ -317,18 +506,53 @@ sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *q, sl_revi
 
 	if (r == NULL)
 		return SL_ENOMEM;
+	pthread_mutex_lock(&m->mu);
+	{
+		int64_t now = sl_now_us();
+
+		for (struct grant **gp = &m->grants; *gp;) {
+			struct grant *g = *gp;
+
+			if (g->until_us <= now) {
+				*gp = g->next;
+				free(g->subject);
+				free(g->connection);
+				free(g->rule);
+				free(g);
+				continue;
+			}
+			if (strcmp(g->subject, q->subject ? q->subject : "") == 0 &&
+			    strcmp(g->connection, q->connection ? q->connection : "") == 0 &&
+			    strcmp(g->rule, q->rule ? q->rule : "") == 0) {
+				json_t *d =
+					json_pack("{s:s, s:s, s:s, s:s, s:I}", "subject",
+						  g->subject, "connection", g->connection, "rule",
+						  g->rule, "text", q->text ? q->text : "",
+						  "grant_until_us", (json_int_t)g->until_us);
+
+				pthread_mutex_unlock(&m->mu);
+				free(r);
+				sl_audit_append(m->audit, "grant_used", q->session_id,
+						q->trace_id && q->trace_id[0] ? q->trace_id : NULL,
+						NULL, d, NULL, NULL);
+				return SL_REVIEW_GRANTED;
+			}
+			gp = &g->next;
+		}
+	}
+	pthread_mutex_unlock(&m->mu);
 	sl_random(rnd, sizeof(rnd));
 	sl_hex(rnd, sizeof(rnd), r->id);
 	request_hash(q, r->hash);
-	r->session = dup(q->session_id);
-	r->subject = dup(q->subject);
-	r->connection = dup(q->connection);
-	r->protocol = dup(q->protocol);
-	r->text = dup(q->text);
-	r->policy = dup(q->policy);
-	r->rule = dup(q->rule);
-	r->trace = dup(q->trace_id);
-	r->kinds = dup(q->kinds);
+	r->session = sdup(q->session_id);
+	r->subject = sdup(q->subject);
+	r->connection = sdup(q->connection);
+	r->protocol = sdup(q->protocol);
+	r->text = sdup(q->text);
+	r->policy = sdup(q->policy);
+	r->rule = sdup(q->rule);
+	r->trace = sdup(q->trace_id);
+	r->kinds = sdup(q->kinds);
 	r->approvers = calloc(q->napprovers + 1, sizeof(char *));
 	if (r->approvers == NULL) {
 		review_free(r);
@@ -337,6 +561,7 @@ sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *q, sl_revi
 	for (size_t i = 0; i < q->napprovers; i++)
 		r->approvers[r->napprovers++] = strdup(q->approvers[i]);
 	r->min_approvals = q->min_approvals ? q->min_approvals : 1;
+	r->grant_for_ms = q->grant_for_ms;
 	if (r->min_approvals > MAX_VOTES)
 		r->min_approvals = MAX_VOTES;
 	r->created_us = sl_now_us();
@@ -354,6 +579,7 @@ sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *q, sl_revi
 	m->npending++;
 	memcpy(id, r->id, sizeof(r->id));
 	audit_event(m, "review_created", r, NULL);
+	notify(m, "created", r);
 	pthread_cond_signal(&m->cv);
 	pthread_mutex_unlock(&m->mu);
 	sl_info("review %s: %s on %s waits for %u approval(s) from %s", r->id, r->subject,

@@ -79,7 +79,7 @@ class Cluster:
                 os.chown(os.path.join(self.data, f), pw.pw_uid, pw.pw_gid)
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("listen_addresses='127.0.0.1'\nport=%d\nunix_socket_directories='%s'\n"
-                    "password_encryption='scram-sha-256'\nfsync=off\nmax_connections=200\n"
+                    "password_encryption='scram-sha-256'\nfsync=off\nmax_connections=300\n"
                     "ssl=on\nssl_cert_file='pg.crt'\nssl_key_file='pg.key'\n"
                     % (self.port, self.dir))
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
