@@ -76,6 +76,9 @@ struct sl_admin;
 int sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review_mgr *m,
 		   struct sl_admin **out, char *err, size_t errlen);
 void sl_admin_stop(struct sl_admin *a);
+/* Parses one request with the admin server's limits (for the fuzz target):
+ * status 200 complete, 0 incomplete, 400 malformed, 413 too large. */
+int sl_admin_parse_request(const uint8_t *data, size_t len, char *url, size_t urllen, int *status);
 
 /* `sluice review list|show|approve|deny|wait`. */
 int sl_review_cli(int argc, char **argv, const struct sl_config *cfg);

@@ -52,7 +52,7 @@ struct req {
 	int in_auth;
 	struct sl_buf body;
 	size_t header_bytes;
-	int too_big, url_too_long, done;
+	int too_big, body_big, url_too_long, done;
 };
 
 static int
@@ -123,7 +123,7 @@ on_body(llhttp_t *p, const char *at, size_t n)
 	struct req *r = p->data;
 
 	if (sl_buf_append(&r->body, at, n) != 0) {
-		r->too_big = 1;
+		r->body_big = 1;
 		return HPE_USER;
 	}
 	return 0;
@@ -288,6 +288,42 @@ out:
 }
 
 static void
+req_parser_init(llhttp_t *p, llhttp_settings_t *st, struct req *r)
+{
+	llhttp_settings_init(st);
+	st->on_url = on_url;
+	st->on_header_field = on_hfield;
+	st->on_header_value = on_hvalue;
+	st->on_header_value_complete = on_hvalue_done;
+	st->on_body = on_body;
+	st->on_message_complete = on_done;
+	llhttp_init(p, HTTP_REQUEST, st);
+	p->data = r;
+}
+
+int
+sl_admin_parse_request(const uint8_t *data, size_t len, char *url, size_t urllen, int *status)
+{
+	llhttp_t p;
+	llhttp_settings_t st;
+	struct req *r = calloc(1, sizeof(*r));
+	llhttp_errno_t e;
+	int done;
+
+	if (r == NULL)
+		return SL_ENOMEM;
+	sl_buf_init(&r->body, MAX_BODY);
+	req_parser_init(&p, &st, r);
+	e = llhttp_execute(&p, (const char *)data, len);
+	done = r->done;
+	*status = r->body_big ? 413 : done ? 200 : e == HPE_OK ? 0 : 400;
+	snprintf(url, urllen, "%s", r->url);
+	sl_buf_fini(&r->body);
+	free(r);
+	return 0;
+}
+
+static void
 serve_conn(struct sl_admin *a, int fd)
 {
 	llhttp_t p;
@@ -301,15 +337,7 @@ serve_conn(struct sl_admin *a, int fd)
 	sl_buf_init(&r->body, MAX_BODY);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	llhttp_settings_init(&st);
-	st.on_url = on_url;
-	st.on_header_field = on_hfield;
-	st.on_header_value = on_hvalue;
-	st.on_header_value_complete = on_hvalue_done;
-	st.on_body = on_body;
-	st.on_message_complete = on_done;
-	llhttp_init(&p, HTTP_REQUEST, &st);
-	p.data = r;
+	req_parser_init(&p, &st, r);
 	while (!r->done) {
 		ssize_t n = read(fd, buf, sizeof(buf));
 		llhttp_errno_t e;
@@ -320,7 +348,7 @@ serve_conn(struct sl_admin *a, int fd)
 		if (r->done)
 			break;
 		if (e != HPE_OK) {
-			if (r->too_big && r->body.len >= MAX_BODY - 1)
+			if (r->body_big)
 				reply(fd, 413, error_json("body too large"));
 			else if (r->header_bytes > MAX_HEADERS_BYTES || r->too_big ||
 				 r->url_too_long)

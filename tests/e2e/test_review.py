@@ -284,3 +284,48 @@ def test_grant_window_and_webhooks(gateway_factory, pg):
         assert all("text" in g and g["text"].startswith("sluice review") for g in got)
     finally:
         srv.shutdown()
+
+
+def raw_admin(gw, data, timeout=8):
+    import socket
+    s = socket.create_connection(("127.0.0.1", gw.admin_port), timeout)
+    try:
+        s.sendall(data)
+    except OSError:
+        pass
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except (OSError, socket.timeout):
+        pass
+    s.close()
+    return out
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 40000 + b"\r\n\r\n", b"431"),
+    (b"POST /api/reviews/x/deny HTTP/1.1\r\nContent-Length: 200000\r\n\r\n" + b"{" * 200000, b"413"),
+    (b"GET /api/reviews HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n", b"401"),
+    (b"GET /nope HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", b"431"),
+], ids=["garbage", "huge-header", "huge-body", "basic-auth", "unknown-path", "huge-url"])
+def test_admin_abuse(rgw, data, code):
+    out = raw_admin(rgw, data)
+    assert out.split(b" ")[1] == code, out[:200]
+    # and it still serves a normal request
+    assert raw_admin(rgw, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
+
+
+def test_admin_malformed_json_and_methods(rgw):
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    code, body = api(rgw, dba, "GET", "/api/reviews/deadbeef/approve")
+    assert code == 405
+    r = requests.post("http://127.0.0.1:%d/api/reviews/x/approve" % rgw.admin_port,
+                      headers={"Authorization": "Bearer " + dba}, data="{not json", timeout=5)
+    assert r.status_code == 400
+    assert api(rgw, dba, "POST", "/api/reviews/doesnotexist/approve")[0] == 404
