@@ -188,8 +188,10 @@ def test_200_held_requests_bounded_and_others_progress(rgw):
     for t, _ in held:
         t.join(20)
     assert all("bulk" in str(r.get("error")) for _, r in held)
-    # 200 held sessions (each with its upstream connection) cost bounded memory
-    assert during - before < 64 * 1024, (before, during)
+    # 200 held sessions (each with its upstream connection) cost bounded memory; under
+    # AddressSanitizer the allocator's quarantine and redzones make RSS meaningless
+    if "ASAN_OPTIONS" not in os.environ:
+        assert during - before < 64 * 1024, (before, during)
 
 
 def test_extended_protocol_review_binds_parameters(rgw, pg):
