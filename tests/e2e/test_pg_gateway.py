@@ -45,7 +45,6 @@ def test_psycopg2_extended_copy_notify_tx(gw):
     buf = io.StringIO()
     cur.copy_expert("COPY (SELECT id, amount FROM orders WHERE id <= 3 ORDER BY id) TO STDOUT", buf)
     assert buf.getvalue().splitlines() == ["1\t1", "2\t2", "3\t3"]
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmpcopy (a int, b text)") if False else None
     cur.copy_expert("COPY orders (customer, amount) FROM STDIN",
                     io.StringIO("1\t1000\n2\t2000\n"))
     cur.execute("SELECT count(*) FROM orders WHERE amount >= 1000")
@@ -96,14 +95,12 @@ def test_client_never_sees_upstream_password(gw):
     raw += b"".join(t + b for t, b in cn.until_ready())
     cn.close()
     assert APP_PASSWORD.encode() not in raw
-    assert b"app" != b""  # the upstream user is not secret, the password is
     # and it is in no audit record either
     assert APP_PASSWORD not in json.dumps(gw.export())
 
 
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench(gw, pg, mode):
-    pg.psql("postgres", "DROP DATABASE IF EXISTS bench") if False else None
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD)
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port),
                     "-U", "app", "orders"], env=env, check=True, capture_output=True)
@@ -309,7 +306,7 @@ def test_lexing_settings_are_tracked(gw):
 
 def test_audit_records_trace_and_verify(gw):
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-    c = gw.connect(application_name="00-%s-00f067aa0ba902b7-01" % "1" * 1 if False else "agent")
+    c = gw.connect(application_name="agent")
     cur = c.cursor()
     cur.execute("SELECT id FROM customers /*traceparent='00-%s-00f067aa0ba902b7-01'*/" % trace)
     c.commit()

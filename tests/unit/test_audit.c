@@ -196,6 +196,7 @@ test_store_failure_fails_closed_and_journal_replays(void **state)
 	 * timeout: the store refuses, and new waited requests are refused
 	 * (fail closed) once the writer has seen it. */
 	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	sqlite3_busy_timeout(h, 10000); /* the writer may be mid-batch right now */
 	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
 	for (int i = 0; i < 600; i++) {
 		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
