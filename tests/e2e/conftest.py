@@ -40,6 +40,15 @@ def wait_port(port, proc=None, timeout=15):
     raise RuntimeError("port %d not ready" % port)
 
 
+def rss_kb(pid):
+    """Resident memory of a process, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def make_cert(d, name):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=localhost", "-keyout", os.path.join(d, name + ".key"),
@@ -119,6 +128,12 @@ class Cluster:
         return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
                                "-p", str(self.port), "-U", "postgres", "-d", db, "-c", sql],
                               check=True, capture_output=True, text=True).stdout
+
+    def scalar(self, db, sql):
+        """One value from a query run directly against PostgreSQL, as text."""
+        return subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
+                               "-p", str(self.port), "-U", "postgres", "-d", db, "-c", sql],
+                              check=True, capture_output=True, text=True).stdout.strip()
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
@@ -256,6 +271,9 @@ audit:
 
     def verify(self):
         return self.run("audit", "verify", check=False)
+
+    audit_export = export
+    audit_verify = verify
 
     def stop(self):
         if self.proc.poll() is None:

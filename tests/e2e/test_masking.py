@@ -8,6 +8,8 @@ import time
 import psycopg2
 import pytest
 
+from conftest import rss_kb
+
 MASK_POLICIES = """
 policies:
   - name: agents
@@ -126,14 +128,6 @@ def test_audit_keeps_counts_never_values(mgw):
     assert m.get("email") == 1 and m.get("columns") == 1
     reqs = [r for r in recs if r["type"] == "request" and "customers" in r["data"]["text"]]
     assert "***-**-****" in reqs[-1]["data"]["text"] or "***" in reqs[-1]["data"]["text"]
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_million_rows_constant_memory(mgw):

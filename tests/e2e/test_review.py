@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 import requests
 
-from conftest import SLUICE
+from conftest import SLUICE, rss_kb
 
 REVIEW_POLICIES = """
 policies:
@@ -155,14 +155,6 @@ def test_timeout_quorum_and_disconnect(rgw, pg):
         time.sleep(0.05)
     assert api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])[1]["status"] == "cancelled"
     assert "9101" in pg.psql("orders", "SELECT id FROM orders WHERE id = 9101")
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_200_held_requests_bounded_and_others_progress(rgw):
