@@ -174,8 +174,6 @@ class Gateway:
         if tls:
             crt, key = make_cert(self.dir, "gw")
             listen_extra = ", tls_cert: %s, tls_key: %s" % (crt, key)
-        self.port = free_port()
-        self.admin_port = free_port()
         self.data = os.path.join(self.dir, "var")
         self.config = os.path.join(self.dir, "sluice.yaml")
         if connections is None:
@@ -206,6 +204,34 @@ connections:
     password_env: TEST_APP_PW
     tls: require
 """ % (pg.port, pg.port, pg.port, pg.port)
+        self.run_args = (login_timeout, listen_extra, mode, connections, policies, extra)
+        e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
+        if env:
+            e.update(env)
+        # A port picked as free can be taken by a client's ephemeral port
+        # before sluice binds it: retry with fresh ports in that case.
+        for attempt in range(4):
+            self.port = free_port()
+            self.admin_port = free_port()
+            while self.admin_port == self.port:
+                self.admin_port = free_port()
+            self.write_config()
+            if attempt == 0:
+                self.run("token", "init")
+            self.log = open(os.path.join(self.dir, "sluice.log"), "w+")
+            self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config], env=e,
+                                         stdout=self.log, stderr=subprocess.STDOUT)
+            try:
+                wait_port(self.port, self.proc)
+                return
+            except RuntimeError:
+                text = self.logtext()
+                self.log.close()
+                if "cannot listen" not in text or attempt == 3:
+                    raise RuntimeError("sluice did not start:\n" + text[-2000:])
+
+    def write_config(self):
+        login_timeout, listen_extra, mode, connections, policies, extra = self.run_args
         with open(self.config, "w") as f:
             f.write("""gateway:
   data_dir: %s
@@ -224,14 +250,6 @@ audit:
 %s
 """ % (self.data, login_timeout, self.port, listen_extra, self.admin_port, self.data, mode,
        connections, policies, extra))
-        self.run("token", "init")
-        e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
-        if env:
-            e.update(env)
-        self.log = open(os.path.join(self.dir, "sluice.log"), "w+")
-        self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config], env=e,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port, self.proc)
 
     def run(self, *args, check=True):
         r = subprocess.run([SLUICE, "--config", self.config] + list(args), capture_output=True,
