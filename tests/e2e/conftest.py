@@ -19,6 +19,14 @@ APP_PASSWORD = "app-Secret-pw-7f3a9"  # the vaulted upstream credential
 MD5_PASSWORD = "md5-Secret-pw-11"
 
 
+def pytest_configure(config):
+    # SIGTERM (scripts/test.sh's timeout) unwinds like ^C, so fixtures still
+    # stop every server they started.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -103,8 +111,15 @@ class Cluster:
                                      stdout=subprocess.DEVNULL, stderr=open(
                                          os.path.join(self.dir, "log"), "w"),
                                      preexec_fn=as_postgres())
-        wait_port(self.port, self.proc)
-        time.sleep(0.2)
+        try:
+            wait_port(self.port, self.proc)
+            time.sleep(0.2)
+            self.setup_roles_and_data()
+        except BaseException:
+            self.stop()  # never leave a server running behind a failed fixture
+            raise
+
+    def setup_roles_and_data(self):
         self.psql("postgres", "CREATE ROLE app LOGIN PASSWORD '%s'" % APP_PASSWORD)
         self.psql("postgres", "SET password_encryption='md5'; "
                   "CREATE ROLE md5user LOGIN PASSWORD '%s'" % MD5_PASSWORD)
@@ -217,7 +232,11 @@ connections:
                 self.admin_port = free_port()
             self.write_config()
             if attempt == 0:
-                self.run("token", "init")
+                try:
+                    self.run("token", "init")
+                except Exception:
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                    raise
             self.log = open(os.path.join(self.dir, "sluice.log"), "w+")
             self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config], env=e,
                                          stdout=self.log, stderr=subprocess.STDOUT)
@@ -225,9 +244,13 @@ connections:
                 wait_port(self.port, self.proc)
                 return
             except RuntimeError:
+                if self.proc.poll() is None:  # alive but not listening: never leave it behind
+                    self.proc.kill()
+                    self.proc.wait()
                 text = self.logtext()
                 self.log.close()
                 if "cannot listen" not in text or attempt == 3:
+                    shutil.rmtree(self.dir, ignore_errors=True)
                     raise RuntimeError("sluice did not start:\n" + text[-2000:])
 
     def write_config(self):
