@@ -1,6 +1,15 @@
-/* Fuzz target: the masker on arbitrary bytes. Invariants: no crash, a value
- * masked in place keeps its length, a masked value never still contains a
- * Luhn-valid 16-digit run or an SSN that the engine itself would flag. */
+/*
+ * Fuzz target: the masker on arbitrary bytes, as one value and as a stream
+ * cut into chunks whose sizes come from the input. Invariants:
+ *  - no crash, no sanitizer report;
+ *  - length rules: partial/full rewrite in place (same length) and only
+ *    ever turn bytes into '*'; a stream emits exactly as many bytes;
+ *  - a stream, however chunked, emits exactly the block-mode result (full
+ *    and partial styles);
+ *  - every match of an independent mini-specification (SSN ddd-dd-dddd
+ *    with its range and boundary rules, bare 13-19 digit Luhn-valid card
+ *    numbers) is starred in the full-style output.
+ */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,39 +19,174 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct sl_mask_db *db;
-static struct sl_mask_plan *plan;
+static struct sl_mask_plan *full, *partial;
 static struct sl_mask_scratch *scr;
+
+struct out {
+	uint8_t *p;
+	size_t n, cap;
+};
+
+static int
+collect(void *arg, const uint8_t *p, size_t n)
+{
+	struct out *o = arg;
+
+	if (o->n + n > o->cap)
+		abort(); /* a stream must never emit more than it was fed */
+	memcpy(o->p + o->n, p, n);
+	o->n += n;
+	return 0;
+}
+
+static void
+init(void)
+{
+	static char *dets[] = {"ssn",	      "credit_card",	   "email", "aws_access_key", "jwt",
+			       "private_key", "secret_assignment", "iban",  "phone"};
+	struct sl_cfg_policy_mask pm = {0};
+	char err[256];
+
+	pm.detectors = dets;
+	pm.detectors_count = sizeof(dets) / sizeof(dets[0]);
+	pm.style = "full";
+	if (sl_mask_db_new(NULL, &db, err, sizeof(err)) != 0 ||
+	    sl_mask_plan_new(db, &pm, (const uint8_t *)"k", 1, &full, err, sizeof(err)) != 0)
+		abort();
+	pm.style = "partial";
+	if (sl_mask_plan_new(db, &pm, (const uint8_t *)"k", 1, &partial, err, sizeof(err)) != 0 ||
+	    sl_mask_scratch_new(db, &scr) != 0)
+		abort();
+}
+
+#define DIG(c)	 ((unsigned)((c) - '0') < 10u)
+#define ALNUM(c) (DIG(c) || (unsigned)(((c) | 0x20) - 'a') < 26u)
+
+static int
+starred(const uint8_t *o, size_t a, size_t b)
+{
+	for (size_t i = a; i < b; i++)
+		if (o[i] != '*')
+			return 0;
+	return 1;
+}
+
+/* The mini-specification, written independently of the engine. */
+static void
+check_spec(const uint8_t *in, const uint8_t *o, size_t n)
+{
+	for (size_t s = 0; s + 11 <= n; s++) {
+		const uint8_t *v = in + s;
+		int area;
+
+		if (!(DIG(v[0]) && DIG(v[1]) && DIG(v[2]) && v[3] == '-' && DIG(v[4]) &&
+		      DIG(v[5]) && v[6] == '-' && DIG(v[7]) && DIG(v[8]) && DIG(v[9]) &&
+		      DIG(v[10])))
+			continue;
+		if (s > 0 && (ALNUM(in[s - 1]) || (in[s - 1] == '-' && s > 1 && DIG(in[s - 2]))))
+			continue;
+		if (s + 11 < n &&
+		    (ALNUM(in[s + 11]) || (in[s + 11] == '-' && s + 12 < n && DIG(in[s + 12]))))
+			continue;
+		area = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+		if (area == 0 || area == 666 || area >= 900 || (v[4] == '0' && v[5] == '0') ||
+		    memcmp(v + 7, "0000", 4) == 0)
+			continue;
+		if (!starred(o, s, s + 11))
+			abort();
+	}
+	for (size_t s = 0; s < n;) {
+		size_t e = s;
+		int sum = 0;
+
+		if (!DIG(in[s])) {
+			s++;
+			continue;
+		}
+		while (e < n && DIG(in[e]))
+			e++;
+		if (e - s >= 13 && e - s <= 19 && (s == 0 || !ALNUM(in[s - 1])) &&
+		    (e == n || !ALNUM(in[e]))) {
+			for (size_t i = e, k = 0; i-- > s; k++) {
+				int d = in[i] - '0';
+
+				if (k % 2) {
+					d *= 2;
+					if (d > 9)
+						d -= 9;
+				}
+				sum += d;
+			}
+			if (sum % 10 == 0 && !starred(o, s, e))
+				abort();
+		}
+		s = e;
+	}
+}
+
+static void
+stream_equals(const struct sl_mask_plan *p, const uint8_t *in, size_t n, const uint8_t *want,
+	      uint32_t seed)
+{
+	struct out o = {malloc(n + 1), 0, n};
+	struct sl_mask_stream *ms;
+	size_t off = 0;
+
+	if (o.p == NULL || sl_mask_stream_new(p, scr, collect, &o, &ms) != 0)
+		abort();
+	while (off < n) {
+		size_t k;
+
+		seed = seed * 1103515245u + 12345u;
+		k = (seed >> 16) % 8 == 0 ? 1 + (seed >> 8) % 4096 : 1 + (seed >> 8) % 64;
+		if (k > n - off)
+			k = n - off;
+		if (sl_mask_stream_feed(ms, in + off, k) != 0)
+			abort();
+		if (sl_mask_stream_held(ms) > SL_MASK_HOLD_MAX)
+			abort();
+		off += k;
+	}
+	if (sl_mask_stream_end(ms) != 0 || o.n != n || memcmp(o.p, want, n) != 0)
+		abort();
+	sl_mask_stream_free(ms);
+	free(o.p);
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	const struct sl_mask_plan *plans[2];
 	uint8_t *v;
 	struct sl_buf out;
-	int r;
+	uint32_t seed = 2166136261u;
 
-	if (db == NULL) {
-		char err[256];
-
-		if (sl_mask_db_new(NULL, &db, err, sizeof(err)) != 0 ||
-		    sl_mask_plan_all(db, (const uint8_t *)"k", 1, &plan) != 0 ||
-		    sl_mask_scratch_new(db, &scr) != 0)
-			abort();
-	}
+	if (db == NULL)
+		init();
+	plans[0] = full;
+	plans[1] = partial;
+	for (size_t i = 0; i < size && i < 64; i++)
+		seed = (seed ^ data[i]) * 16777619u;
 	v = malloc(size + 1);
 	if (v == NULL)
 		return 0;
-	memcpy(v, data, size);
 	sl_buf_init(&out, 1 << 24);
-	r = sl_mask_value(plan, scr, v, size, &out, NULL);
-	if (r == SL_MASK_IN_PLACE || r == SL_MASK_UNCHANGED) {
-		/* Masking again finds nothing left to mask. */
-		struct sl_buf o2;
+	for (int k = 0; k < 2; k++) {
+		int r;
 
-		sl_buf_init(&o2, 1 << 24);
-		if (sl_mask_value(plan, scr, v, size, &o2, NULL) == SL_MASK_IN_PLACE &&
-		    r == SL_MASK_UNCHANGED)
+		memcpy(v, data, size);
+		out.len = 0;
+		r = sl_mask_value(plans[k], scr, v, size, &out, NULL);
+		if (r != SL_MASK_UNCHANGED && r != SL_MASK_IN_PLACE)
+			abort(); /* no hash or null style in these plans */
+		for (size_t i = 0; i < size; i++)
+			if (v[i] != data[i] && v[i] != '*')
+				abort();
+		if (r == SL_MASK_UNCHANGED && memcmp(v, data, size) != 0)
 			abort();
-		sl_buf_fini(&o2);
+		if (k == 0)
+			check_spec(data, v, size);
+		stream_equals(plans[k], data, size, v, seed + (uint32_t)k);
 	}
 	sl_buf_fini(&out);
 	free(v);

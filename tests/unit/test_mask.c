@@ -1,6 +1,8 @@
 /* Unit tests for the masking engine: the PII corpus (every positive masked,
- * no near-miss touched), styles, checksums, column rules, and a PCRE2
- * cross-check of the detector patterns over every chunk boundary. */
+ * no near-miss touched) in block and stream mode, styles, checksums, column
+ * rules (typed), custom patterns, stream limits (bounded hold, PEM cap,
+ * fail-closed eviction, latency). The PCRE2 cross-check over every chunk
+ * boundary is in test_mask_pcre.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,6 +62,54 @@ unescape(char *s)
 	*o = '\0';
 }
 
+struct collect {
+	uint8_t *p;
+	size_t n, cap;
+	int fail_after; /* emit calls before failing; < 0: never */
+};
+
+static int
+collect(void *arg, const uint8_t *p, size_t n)
+{
+	struct collect *c = arg;
+
+	if (c->fail_after == 0)
+		return -1;
+	if (c->fail_after > 0)
+		c->fail_after--;
+	if (c->n + n > c->cap) {
+		c->cap = (c->n + n) * 2;
+		c->p = realloc(c->p, c->cap);
+		assert_non_null(c->p);
+	}
+	memcpy(c->p + c->n, p, n);
+	c->n += n;
+	return 0;
+}
+
+/* Streams v through plan pl in chunk-byte pieces; returns the output
+ * (owned, NUL-terminated) and its length. */
+static char *
+stream_mask(const struct sl_mask_plan *pl, const char *v, size_t len, size_t chunk, size_t *outlen,
+	    struct sl_mask_stats *st)
+{
+	struct collect c = {malloc(16), 0, 16, -1};
+	struct sl_mask_stream *ms;
+
+	assert_int_equal(sl_mask_stream_new(pl, scr, collect, &c, &ms), 0);
+	for (size_t off = 0; off < len; off += chunk)
+		assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)v + off,
+						     len - off < chunk ? len - off : chunk),
+				 0);
+	assert_int_equal(sl_mask_stream_end(ms), 0);
+	if (st != NULL)
+		*st = *sl_mask_stream_stats(ms);
+	sl_mask_stream_free(ms);
+	collect(&c, (const uint8_t *)"", 1);
+	*outlen = c.n - 1;
+	return (char *)c.p;
+}
+
 static int
 mask(char *buf, size_t len, struct sl_mask_stats *st)
 {
@@ -113,11 +163,23 @@ test_corpus_positives(void **state)
 			assert_int_equal(strlen(buf),
 					 strlen(ctx[c][0]) + strlen(val) + strlen(ctx[c][1]));
 			assert_memory_equal(buf, ctx[c][0], strlen(ctx[c][0]));
+			/* a stream in 1- and 7-byte pieces masks it the same way */
+			for (size_t chunk = 1; chunk <= 7; chunk += 6) {
+				char in[2048], *o;
+				size_t ol;
+
+				snprintf(in, sizeof(in), "%s%s%s", ctx[c][0], val, ctx[c][1]);
+				o = stream_mask(plan, in, strlen(in), chunk, &ol, NULL);
+				if (ol != strlen(in) || strcmp(o, buf) != 0)
+					fail_msg("stream/%zu: \"%s\" -> \"%s\", block \"%s\"",
+						 chunk, in, o, buf);
+				free(o);
+			}
 		}
 		n++;
 	}
 	fclose(f);
-	assert_true(n >= 25);
+	assert_true(n >= 60);
 }
 
 static void
@@ -141,10 +203,19 @@ test_corpus_near_misses(void **state)
 		memcpy(orig, line, l + 1);
 		if (mask(line, l, NULL) != SL_MASK_UNCHANGED || strcmp(line, orig) != 0)
 			fail_msg("near miss \"%s\" was changed to \"%s\"", orig, line);
+		{
+			size_t ol;
+			char *o = stream_mask(plan, orig, l, 3, &ol, NULL);
+
+			if (ol != l || memcmp(o, orig, l) != 0)
+				fail_msg("near miss \"%s\" was changed to \"%s\" (stream)", orig,
+					 o);
+			free(o);
+		}
 		n++;
 	}
 	fclose(f);
-	assert_true(n >= 20);
+	assert_true(n >= 50);
 }
 
 static void
@@ -207,6 +278,375 @@ test_overlaps_and_limits(void **state)
 	assert_null(strstr(b, "123-45"));
 }
 
+/* A stream holds back only what may still be part of a match: nothing
+ * after whitespace (an interactive prompt is not delayed). */
+static void
+test_stream_latency(void **state)
+{
+	struct collect c = {malloc(16), 0, 16, -1};
+	struct sl_mask_stream *ms;
+	static const char *a = "name: Ada\nssn 123-45-6789 done\n", *b = "user@host:~$ ",
+			  *d = "card 4111 1111";
+
+	assert_int_equal(sl_mask_stream_new(plan, scr, collect, &c, &ms), 0);
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)a, strlen(a)), 0);
+	assert_int_equal(sl_mask_stream_held(ms), 0);
+	assert_int_equal(c.n, strlen(a));
+	assert_memory_equal(c.p, "name: Ada\nssn ***-**-6789 done\n", c.n);
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)b, strlen(b)), 0);
+	assert_int_equal(sl_mask_stream_held(ms), 0);
+	/* a number that may become a card is held back, briefly */
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)d, strlen(d)), 0);
+	assert_true(sl_mask_stream_held(ms) > 0 && sl_mask_stream_held(ms) <= 28);
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)" 1111 1111\n", 11), 0);
+	assert_int_equal(sl_mask_stream_held(ms), 0);
+	assert_int_equal(sl_mask_stream_end(ms), 0);
+	collect(&c, (const uint8_t *)"", 1);
+	assert_string_equal((char *)c.p + strlen(a) + strlen(b), "card **** **** **** 1111\n");
+	/* ended: nothing more is accepted */
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)"x", 1), SL_ESTATE);
+	sl_mask_stream_free(ms);
+	free(c.p);
+}
+
+static char *
+pem_text(size_t body, int with_end, size_t *len)
+{
+	char *t = malloc(body + 128);
+	size_t n = (size_t)sprintf(t, "key -----BEGIN RSA PRIVATE KEY-----\n");
+
+	for (size_t i = 0; i < body; i++)
+		t[n++] = i % 65 == 64 ? '\n' : "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"[i % 38];
+	if (with_end)
+		n += (size_t)sprintf(t + n, "\n-----END RSA PRIVATE KEY-----");
+	n += (size_t)sprintf(t + n, " tail");
+	*len = n;
+	return t;
+}
+
+/* PEM blocks: masked while they stream (not held), split anywhere; without
+ * an END marker, for SL_MASK_PEM_MAX bytes, in block and stream alike. */
+static void
+test_stream_pem(void **state)
+{
+	size_t len, ol;
+	char *t = pem_text(3000, 1, &len), *o, *blk;
+	struct collect c = {malloc(16), 0, 16, -1};
+	struct sl_mask_stream *ms;
+	struct sl_buf out;
+
+	o = stream_mask(plan, t, len, 100, &ol, NULL);
+	assert_int_equal(ol, len);
+	assert_memory_equal(o, "key *****", 9);
+	assert_string_equal(o + len - 5, " tail");
+	for (size_t i = 4; i < len - 5; i++)
+		assert_true(o[i] == '*' || o[i] == '\n');
+	free(o);
+	/* the body is not held back while it streams */
+	assert_int_equal(sl_mask_stream_new(plan, scr, collect, &c, &ms), 0);
+	for (size_t off = 0; off + 100 < len - 200; off += 100) {
+		assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)t + off, 100), 0);
+		if (off > 200)
+			assert_true(sl_mask_stream_held(ms) < 100);
+	}
+	sl_mask_stream_free(ms);
+	free(c.p);
+	free(t);
+	/* no END: 16 KiB from BEGIN masked, then scanning resumes */
+	t = pem_text(20000, 0, &len);
+	o = stream_mask(plan, t, len, 997, &ol, NULL);
+	assert_int_equal(ol, len);
+	for (size_t i = 4; i < 4 + SL_MASK_PEM_MAX; i++)
+		assert_true(o[i] == '*' || o[i] == '\n');
+	assert_true(o[4 + SL_MASK_PEM_MAX + 1] != '*');
+	blk = strdup(t);
+	sl_buf_init(&out, 0);
+	assert_int_equal(sl_mask_value(plan, scr, (uint8_t *)blk, len, &out, NULL),
+			 SL_MASK_IN_PLACE);
+	assert_memory_equal(blk, o, len);
+	sl_buf_fini(&out);
+	free(blk);
+	free(o);
+	free(t);
+}
+
+/* A run that may still be a match but outgrows the hold is starred as it
+ * leaves (fail closed); the hold never exceeds SL_MASK_HOLD_MAX. */
+static void
+test_stream_hold_bound(void **state)
+{
+	size_t len = 40000, ol;
+	char *t = malloc(len + 1), *o;
+	struct collect c = {malloc(16), 0, 16, -1};
+	struct sl_mask_stream *ms;
+
+	memcpy(t, "x eyJ", 5);
+	memset(t + 5, 'a', len - 10);
+	memcpy(t + len - 5, " end.", 5);
+	t[len] = '\0';
+	assert_int_equal(sl_mask_stream_new(plan, scr, collect, &c, &ms), 0);
+	for (size_t off = 0; off < len; off += 1000) {
+		assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)t + off, 1000), 0);
+		assert_true(sl_mask_stream_held(ms) <= SL_MASK_HOLD_MAX);
+	}
+	assert_int_equal(sl_mask_stream_end(ms), 0);
+	sl_mask_stream_free(ms);
+	assert_int_equal(c.n, len);
+	assert_memory_equal(c.p, "x ***", 5);
+	assert_memory_equal(c.p + len - 5, " end.", 5);
+	free(c.p);
+	/* the same run of digits: nothing in progress, nothing held */
+	memset(t, 'x', len);
+	o = stream_mask(plan, t, len, 4096, &ol, NULL);
+	assert_memory_equal(o, t, len);
+	free(o);
+	free(t);
+}
+
+/* hash: a stable keyed token (joinable); null: SQL NULL in block mode,
+ * starred in a stream. */
+static void
+test_hash_and_null(void **state)
+{
+	char err[256];
+	char *dets[] = {"email", "ssn"};
+	struct sl_cfg_style styles[] = {{"email", NULL, "hash"}, {"ssn", NULL, "null"}};
+	struct sl_cfg_policy_mask pm = {0};
+	struct sl_mask_plan *hp, *hp2;
+	struct sl_buf out;
+	char v1[] = "mail a@b.co, c@d.io.", v2[] = "mail a@b.co, c@d.io.", v3[] = "ssn 123-45-6789";
+	char *o;
+	size_t ol;
+
+	pm.detectors = dets;
+	pm.detectors_count = 2;
+	pm.styles = styles;
+	pm.styles_count = 2;
+	assert_int_equal(sl_mask_plan_new(db, &pm, (const uint8_t *)"k1", 2, &hp, err, sizeof(err)),
+			 0);
+	assert_int_equal(
+		sl_mask_plan_new(db, &pm, (const uint8_t *)"k2", 2, &hp2, err, sizeof(err)), 0);
+	sl_buf_init(&out, 0);
+	assert_int_equal(sl_mask_value(hp, scr, (uint8_t *)v1, strlen(v1), &out, NULL),
+			 SL_MASK_REPLACED);
+	assert_int_equal(out.len, 5 + 18 + 2 + 18 + 1);
+	assert_memory_equal(out.data, "mail h:", 7);
+	assert_memory_equal(out.data + 23, ", h:", 4);
+	assert_null(memmem(out.data, out.len, "a@b", 3));
+	/* the stream gives the same bytes */
+	o = stream_mask(hp, v2, strlen(v2), 1, &ol, NULL);
+	assert_int_equal(ol, out.len);
+	assert_memory_equal(o, out.data, ol);
+	free(o);
+	/* same key, same value: same token; another key: another token */
+	{
+		struct sl_buf o2;
+		char v4[] = "mail a@b.co, c@d.io.";
+
+		sl_buf_init(&o2, 0);
+		assert_int_equal(sl_mask_value(hp2, scr, (uint8_t *)v4, strlen(v4), &o2, NULL),
+				 SL_MASK_REPLACED);
+		assert_int_equal(o2.len, out.len);
+		assert_memory_not_equal(o2.data, out.data, out.len);
+		sl_buf_fini(&o2);
+	}
+	assert_int_equal(sl_mask_value(hp, scr, (uint8_t *)v3, strlen(v3), &out, NULL),
+			 SL_MASK_TO_NULL);
+	o = stream_mask(hp, "ssn 123-45-6789", 15, 4, &ol, NULL);
+	assert_string_equal(o, "ssn ***********");
+	free(o);
+	sl_buf_fini(&out);
+	sl_mask_plan_free(hp);
+	sl_mask_plan_free(hp2);
+}
+
+static void
+test_stream_emit_error(void **state)
+{
+	struct collect c = {malloc(16), 0, 16, 0};
+	struct sl_mask_stream *ms;
+
+	assert_int_equal(sl_mask_stream_new(plan, scr, collect, &c, &ms), 0);
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)"hello world\n", 12), SL_EIO);
+	assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)"more\n", 5), SL_EIO);
+	assert_int_equal(sl_mask_stream_end(ms), SL_EIO);
+	sl_mask_stream_free(ms);
+	free(c.p);
+}
+
+static void
+test_custom_patterns(void **state)
+{
+	char err[256];
+	struct sl_cfg_pattern pats[] = {{"employee_id", "EMP-[0-9]{6}"}};
+	struct sl_cfg_mask cfg = {pats, 1, NULL, NULL};
+	char *dets[] = {"employee_id", "ssn"};
+	struct sl_cfg_policy_mask pm = {0};
+	struct sl_mask_db *cdb;
+	struct sl_mask_plan *cp;
+	struct sl_mask_scratch *cs;
+	struct sl_mask_stats st = {0};
+	struct sl_buf out;
+	char v[] = "id EMP-123456, EMP-12345 and 123-45-6789";
+
+	assert_int_equal(sl_mask_db_new(&cfg, &cdb, err, sizeof(err)), 0);
+	assert_int_equal(sl_mask_detector_id(cdb, "employee_id"), SL_DET_BUILTIN);
+	pm.detectors = dets;
+	pm.detectors_count = 2;
+	assert_int_equal(sl_mask_plan_new(cdb, &pm, (const uint8_t *)"k", 1, &cp, err, sizeof(err)),
+			 0);
+	assert_int_equal(sl_mask_scratch_new(cdb, &cs), 0);
+	sl_buf_init(&out, 0);
+	assert_int_equal(sl_mask_value(cp, cs, (uint8_t *)v, strlen(v), &out, &st),
+			 SL_MASK_IN_PLACE);
+	assert_string_equal(v, "id **********, EMP-12345 and ***-**-6789");
+	assert_int_equal(st.hits[SL_DET_BUILTIN], 1);
+	{
+		struct sl_mask_scratch *keep = scr;
+		size_t ol;
+		char *o;
+
+		scr = cs;
+		o = stream_mask(cp, "id EMP-123456, EMP-12345 and 123-45-6789", 40, 1, &ol, NULL);
+		scr = keep;
+		assert_string_equal(o, v);
+		free(o);
+	}
+	sl_buf_fini(&out);
+	sl_mask_scratch_free(cs);
+	sl_mask_plan_free(cp);
+	sl_mask_db_free(cdb);
+	/* refused: unbounded, empty-matching, duplicate names, bad regex */
+	pats[0].regex = "EMP-[0-9]+";
+	assert_int_equal(sl_mask_db_new(&cfg, &cdb, err, sizeof(err)), SL_EINVAL);
+	assert_non_null(strstr(err, "bounded"));
+	pats[0].regex = "x*";
+	assert_int_equal(sl_mask_db_new(&cfg, &cdb, err, sizeof(err)), SL_EINVAL);
+	pats[0].regex = "EMP-(";
+	assert_int_equal(sl_mask_db_new(&cfg, &cdb, err, sizeof(err)), SL_EINVAL);
+	pats[0].name = "ssn";
+	pats[0].regex = "EMP";
+	assert_int_equal(sl_mask_db_new(&cfg, &cdb, err, sizeof(err)), SL_EINVAL);
+	assert_non_null(strstr(err, "duplicate"));
+}
+
+static void
+test_plan_errors(void **state)
+{
+	char err[256];
+	char *bad[] = {"ssn", "nope"};
+	struct sl_cfg_style st[] = {{"ssn", NULL, "sparkly"}};
+	struct sl_cfg_policy_mask pm = {0};
+	struct sl_mask_plan *p;
+
+	pm.detectors = bad;
+	pm.detectors_count = 2;
+	assert_int_equal(sl_mask_plan_new(db, &pm, (const uint8_t *)"k", 1, &p, err, sizeof(err)),
+			 SL_EINVAL);
+	assert_non_null(strstr(err, "nope"));
+	pm.detectors_count = 1;
+	pm.styles = st;
+	pm.styles_count = 1;
+	assert_int_equal(sl_mask_plan_new(db, &pm, (const uint8_t *)"k", 1, &p, err, sizeof(err)),
+			 SL_EINVAL);
+	assert_null(sl_mask_detector_name(db, 99));
+	assert_string_equal(sl_mask_detector_name(db, SL_DET_CARD), "credit_card");
+}
+
+/* Non-text columns never become something their type cannot parse. */
+static void
+test_typed_columns(void **state)
+{
+	struct sl_buf out;
+	char t_int[] = "12345", t_uuid[] = "550e8400-e29b-41d4-a716-446655440000";
+	char t_text[] = "123-45-6789";
+	uint8_t b_int[4] = {0, 0, 0x30, 0x39}, b_num[10] = {0, 1, 0, 0, 0, 0, 0, 0, 0x30, 0x39};
+
+	assert_true(sl_mask_pg_textlike(25));
+	assert_true(sl_mask_pg_textlike(1043));
+	assert_false(sl_mask_pg_textlike(23));
+	sl_buf_init(&out, 0);
+	assert_int_equal(
+		sl_mask_column_typed(plan, SL_MASK_PARTIAL, 23, 0, (uint8_t *)t_int, 5, &out),
+		SL_MASK_REPLACED);
+	assert_int_equal(out.len, 1);
+	assert_memory_equal(out.data, "0", 1);
+	out.len = 0;
+	assert_int_equal(
+		sl_mask_column_typed(plan, SL_MASK_HASH, 2950, 0, (uint8_t *)t_uuid, 36, &out),
+		SL_MASK_REPLACED);
+	assert_memory_equal(out.data, "00000000-0000-0000-0000-000000000000", 36);
+	assert_int_equal(sl_mask_column_typed(plan, SL_MASK_FULL, 23, 1, b_int, 4, &out),
+			 SL_MASK_IN_PLACE);
+	assert_memory_equal(b_int, "\0\0\0\0", 4);
+	out.len = 0;
+	assert_int_equal(sl_mask_column_typed(plan, SL_MASK_FULL, 1700, 1, b_num, 10, &out),
+			 SL_MASK_REPLACED);
+	assert_int_equal(out.len, 8);
+	assert_int_equal(sl_mask_column_typed(plan, SL_MASK_NULL, 23, 0, (uint8_t *)t_int, 5, &out),
+			 SL_MASK_TO_NULL);
+	assert_int_equal(sl_mask_column_typed(plan, SL_MASK_FULL, 600 /* point */, 0,
+					      (uint8_t *)t_int, 5, &out),
+			 SL_MASK_TO_NULL);
+	assert_int_equal(sl_mask_column_typed(plan, SL_MASK_FULL, 23, 1, b_int, 3, &out),
+			 SL_MASK_TO_NULL); /* wrong binary length: never guessed */
+	assert_int_equal(
+		sl_mask_column_typed(plan, SL_MASK_PARTIAL, 25, 0, (uint8_t *)t_text, 11, &out),
+		SL_MASK_IN_PLACE);
+	assert_string_equal(t_text, "***-**-6789");
+	sl_buf_fini(&out);
+}
+
+static void
+test_stream_stats(void **state)
+{
+	struct sl_mask_stats st;
+	size_t ol;
+	char *o = stream_mask(plan, "a@b.co, c@d.io; 123-45-6789 and 4111111111111111\n", 49, 5,
+			      &ol, &st);
+	char v[] = "mail first+tag@sub.domain.example.org now";
+	struct sl_mask_stats bst = {0};
+
+	/* an email with subdomains is one hit, block and stream */
+	assert_int_equal(mask(v, strlen(v), &bst), SL_MASK_IN_PLACE);
+	assert_string_equal(v, "mail f********@sub.domain.example.org now");
+	assert_int_equal(bst.hits[SL_DET_EMAIL], 1);
+	free(stream_mask(plan, "mail first+tag@sub.domain.example.org now", 41, 1, &ol, &bst));
+	assert_int_equal(bst.hits[SL_DET_EMAIL], 1);
+	assert_int_equal(st.hits[SL_DET_EMAIL], 2);
+	assert_int_equal(st.hits[SL_DET_SSN], 1);
+	assert_int_equal(st.hits[SL_DET_CARD], 1);
+	assert_int_equal(st.hits[SL_DET_IBAN], 0);
+	assert_null(strstr(o, "4111111111111111"));
+	free(o);
+}
+
+/* A generic secret value starting inside a Bearer value (narrower class)
+ * extends the masking in a stream exactly as in block mode (fuzz find). */
+static void
+test_stream_nested_secrets(void **state)
+{
+	static const char v[] = "Authorization: Bearer abcdef0123_token=ghp_yn0.d\xff\xffxyz end";
+	char b[sizeof(v)];
+	struct sl_buf out;
+
+	memcpy(b, v, sizeof(v));
+	sl_buf_init(&out, 0);
+	assert_int_equal(sl_mask_value(plan, scr, (uint8_t *)b, sizeof(v) - 1, &out, NULL),
+			 SL_MASK_IN_PLACE);
+	sl_buf_fini(&out);
+	assert_memory_equal(b, "Authorization: Bearer ****", 26);
+	assert_string_equal(b + sizeof(v) - 5, " end");
+	for (size_t chunk = 1; chunk < 9; chunk++) {
+		size_t ol;
+		char *o = stream_mask(plan, v, sizeof(v) - 1, chunk, &ol, NULL);
+
+		assert_int_equal(ol, sizeof(v) - 1);
+		assert_memory_equal(o, b, ol);
+		free(o);
+	}
+}
+
 int
 main(void)
 {
@@ -215,6 +655,16 @@ main(void)
 		cmocka_unit_test(test_corpus_near_misses),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
+		cmocka_unit_test(test_stream_latency),
+		cmocka_unit_test(test_stream_pem),
+		cmocka_unit_test(test_stream_hold_bound),
+		cmocka_unit_test(test_hash_and_null),
+		cmocka_unit_test(test_stream_emit_error),
+		cmocka_unit_test(test_custom_patterns),
+		cmocka_unit_test(test_plan_errors),
+		cmocka_unit_test(test_typed_columns),
+		cmocka_unit_test(test_stream_stats),
+		cmocka_unit_test(test_stream_nested_secrets),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

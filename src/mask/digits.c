@@ -1,0 +1,394 @@
+/*
+ * digits.c - candidate reports for the detectors without a literal anchor
+ * (ssn, credit_card, iban), found with SSE2/AVX2 bitmasks instead of a regex
+ * engine: numbers are everywhere in result data, and hyperscan ran each of
+ * these patterns at ~0.6 GB/s there.
+ *
+ * The scanner reports what a pattern with one byte of trailing context
+ * would: at the end of a digit group shaped like the end of an SSN
+ * (ddd-dd-dddd), of a 13+ digit run, or of a grouped number with 13+
+ * digits within 24 bytes; and, for IBANs, at every possible start (two
+ * capitals, two digits, after a non-alphanumeric byte: resolved forward).
+ * The resolvers in detect.c check the exact shape, so this only has to be
+ * a superset of what they accept.
+ */
+#include "mask_internal.h"
+
+#include <string.h>
+
+#include <immintrin.h>
+
+#define DIG(c)	 ((unsigned)((c) - '0') < 10u)
+#define UP(c)	 ((unsigned)((c) - 'A') < 26u)
+#define LOW(c)	 ((unsigned)((c) - 'a') < 26u)
+#define ALNUM(c) (DIG(c) || UP(c) || LOW(c))
+
+/* digit bits of ddd-dd-dddd, position i-11 at bit 0 */
+#define SSN_BITS 0x7b7u
+
+typedef unsigned __int128 u128;
+
+struct m64 {
+	uint64_t d, u, a, s; /* digit, capital, alphanumeric, ' ' or '-' */
+};
+
+/* Class bits of 64 bytes. */
+static inline void
+masks64(const uint8_t *b, struct m64 *m)
+{
+	const __m128i c0 = _mm_set1_epi8('0'), c9 = _mm_set1_epi8(9), cA = _mm_set1_epi8('A'),
+		      c25 = _mm_set1_epi8(25), ca = _mm_set1_epi8('a'), c20 = _mm_set1_epi8(0x20),
+		      csp = _mm_set1_epi8(' '), cda = _mm_set1_epi8('-');
+	uint64_t dd = 0, uu = 0, aa = 0, ss = 0;
+
+#pragma GCC unroll 4
+	for (int k = 0; k < 4; k++) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(b + 16 * k));
+		__m128i t = _mm_sub_epi8(x, c0);
+		__m128i dm = _mm_cmpeq_epi8(_mm_min_epu8(t, c9), t);
+		__m128i tu = _mm_sub_epi8(x, cA);
+		__m128i um = _mm_cmpeq_epi8(_mm_min_epu8(tu, c25), tu);
+		__m128i tl = _mm_sub_epi8(_mm_or_si128(x, c20), ca);
+		__m128i lm = _mm_cmpeq_epi8(_mm_min_epu8(tl, c25), tl);
+
+		dd |= (uint64_t)(uint16_t)_mm_movemask_epi8(dm) << (16 * k);
+		uu |= (uint64_t)(uint16_t)_mm_movemask_epi8(um) << (16 * k);
+		aa |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_or_si128(dm, lm)) << (16 * k);
+		ss |= (uint64_t)(uint16_t)_mm_movemask_epi8(
+			      _mm_or_si128(_mm_cmpeq_epi8(x, csp), _mm_cmpeq_epi8(x, cda)))
+		      << (16 * k);
+	}
+	m->d = dd;
+	m->u = uu;
+	m->a = aa;
+	m->s = ss;
+}
+
+/* The same with AVX2, 32 bytes per step. */
+__attribute__((target("avx2"))) static void
+masks64_avx2(const uint8_t *b, struct m64 *m)
+{
+	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
+		      cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
+		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20),
+		      csp = _mm256_set1_epi8(' '), cda = _mm256_set1_epi8('-');
+	uint64_t dd = 0, uu = 0, aa = 0, ss = 0;
+
+	for (int k = 0; k < 2; k++) {
+		__m256i x = _mm256_loadu_si256((const __m256i *)(b + 32 * k));
+		__m256i t = _mm256_sub_epi8(x, c0);
+		__m256i dm = _mm256_cmpeq_epi8(_mm256_min_epu8(t, c9), t);
+		__m256i tu = _mm256_sub_epi8(x, cA);
+		__m256i um = _mm256_cmpeq_epi8(_mm256_min_epu8(tu, c25), tu);
+		__m256i tl = _mm256_sub_epi8(_mm256_or_si256(x, c20), ca);
+		__m256i lm = _mm256_cmpeq_epi8(_mm256_min_epu8(tl, c25), tl);
+		__m256i sm = _mm256_or_si256(_mm256_cmpeq_epi8(x, csp), _mm256_cmpeq_epi8(x, cda));
+
+		dd |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dm) << (32 * k);
+		uu |= (uint64_t)(uint32_t)_mm256_movemask_epi8(um) << (32 * k);
+		aa |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_or_si256(dm, lm)) << (32 * k);
+		ss |= (uint64_t)(uint32_t)_mm256_movemask_epi8(sm) << (32 * k);
+	}
+	m->d = dd;
+	m->u = uu;
+	m->a = aa;
+	m->s = ss;
+}
+
+/* Bits (of the current block) of positions i whose preceding bytes may end
+ * an SSN or a card number: ddd-dd-dddd, 13 digits, or 14 digits and
+ * separators. X:P are the current and previous block's bits. */
+static inline uint64_t
+number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev)
+{
+	u128 D = ((u128)d << 64) | dprev, S = ((u128)s << 64) | sprev, N = D | S;
+	u128 d1 = D << 1, d2 = d1 & (d1 << 1), d4 = d2 & (d2 << 2), d8 = d4 & (d4 << 4);
+	u128 n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2), n8 = n4 & (n4 << 4);
+	u128 card = (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12));
+	u128 ssn =
+		d4 & (S << 5) & (D << 6) & (D << 7) & (S << 8) & (D << 9) & (D << 10) & (D << 11);
+
+	return (uint64_t)((card | ssn) >> 64);
+}
+
+/* Bytes [p, p + 64) of the view: in place, or copied into b with the
+ * missing ones 0. */
+static const uint8_t *
+load(const struct eng *e, uint64_t p, uint8_t b[64])
+{
+	if (p >= e->lo && p + 64 <= e->hi)
+		return e->buf + (p - e->lo);
+	memset(b, 0, 64);
+	if (p + 64 > e->lo && p < e->hi) {
+		uint64_t s = p > e->lo ? p : e->lo, t = p + 64 < e->hi ? p + 64 : e->hi;
+
+		memcpy(b + (s - p), e->buf + (s - e->lo), (size_t)(t - s));
+	}
+	return b;
+}
+
+static inline int
+at(const struct eng *e, int64_t o)
+{
+	if (o < (int64_t)e->lo || (uint64_t)o >= e->hi)
+		return -1;
+	return e->buf[(uint64_t)o - e->lo];
+}
+
+static inline int
+popc(uint32_t x)
+{
+	x = x - ((x >> 1) & 0x55555555u);
+	x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+	x = (x + (x >> 4)) & 0x0f0f0f0fu;
+	return (int)((x * 0x01010101u) >> 24);
+}
+
+/* Digit bits of the 24 positions before bit b (bit 23 = position b - 1),
+ * from this block's and the previous block's digit masks. */
+static inline uint32_t
+window24(uint64_t d, uint64_t dprev, int b)
+{
+	int s = 40 + b; /* start, in the 128-bit d:dprev */
+
+	if (s >= 64)
+		return (uint32_t)((d >> (s - 64)) & 0xffffffu);
+	return (uint32_t)(((dprev >> s) | (d << (64 - s))) & 0xffffffu);
+}
+
+/* The end of a digit group at i (byte i-1 a digit, byte i not, or i the
+ * end of data), with w the digit bits of the 24 bytes before it: report
+ * the number shapes that can end here. end is the pattern-style end
+ * offset (i + 1, or i at the end of data). */
+static void
+group_end(struct eng *e, uint32_t w, uint64_t i, uint64_t end)
+{
+	uint32_t en = e->p->enabled;
+	int n = 0, c, pc = popc(w);
+
+	if (pc < 9)
+		return;
+	if (((w >> 13) & 0x7ffu) == SSN_BITS && (en & (1u << SL_DET_SSN)))
+		sl_mask__report(e, K_SSN, SL_DET_SSN, 0, end);
+	if (pc < 13 || !(en & (1u << SL_DET_CARD)))
+		return;
+	if (((w >> 11) & 0x1fffu) == 0x1fffu) {
+		sl_mask__report(e, K_CARD, SL_DET_CARD, 0, end);
+		return; /* a group of 13+ digits ends no grouped card */
+	}
+	while (n < 7 && DIG(at(e, (int64_t)i - 1 - n)))
+		n++;
+	c = at(e, (int64_t)i - 1 - n);
+	if (n <= 6 && (c == ' ' || c == '-'))
+		sl_mask__report(e, K_CARD_SEP, SL_DET_CARD, 0, end);
+}
+
+/* At the end of data: it ends a group or run, like '$' in a pattern. */
+static void
+scan_eof(struct eng *e, int want_num)
+{
+	int c = at(e, (int64_t)e->hi - 1);
+
+	e->ds_eof = 1;
+	if (want_num && DIG(c)) {
+		uint32_t w = 0;
+
+		for (int k = 1; k <= 24; k++)
+			w |= (uint32_t)DIG(at(e, (int64_t)e->hi - k)) << (24 - k);
+		group_end(e, w, e->hi, e->hi);
+	}
+}
+
+/* The scan over [ds_pos, hi); instantiated for SSE2 and for AVX2. */
+static inline __attribute__((always_inline)) void
+scan(struct eng *e, int want_num, int want_iban, int avx2)
+{
+	uint64_t p = e->ds_pos;
+	struct m64 m, pm = {0, 0, 0, 0}; /* this and the previous 64 bytes */
+	uint8_t buf[64];
+	const uint8_t *b;
+
+#define masks(b, m) (avx2 ? masks64_avx2(b, m) : masks64(b, m))
+	if (p < e->hi && p > 0) {
+		/* digit bits of the (up to) 64 bytes before p, ending at bit 63 */
+		b = load(e, p >= 64 ? p - 64 : 0, buf);
+		masks(b, &pm);
+		if (p < 64) {
+			uint64_t keep = (1ull << p) - 1;
+
+			pm.d = (pm.d & keep) << (64 - p);
+			pm.u = (pm.u & keep) << (64 - p);
+			pm.a = (pm.a & keep) << (64 - p);
+			pm.s = (pm.s & keep) << (64 - p);
+		}
+	}
+	for (; p < e->hi; p += 64) {
+		uint64_t d, u, a, valid, gb, q;
+		/* the 4 bytes before the block, bit 3 = the last one */
+		uint64_t cd = pm.d >> 60, cu = pm.u >> 60, ca = pm.a >> 60;
+		size_t n = e->hi - p < 64 ? (size_t)(e->hi - p) : 64;
+
+		b = load(e, p, buf);
+		masks(b, &m);
+		d = m.d;
+		u = m.u;
+		a = m.a;
+		valid = n == 64 ? ~0ull : (1ull << n) - 1;
+		/* bit i: byte i ends a digit group / an alphanumeric run */
+		gb = ~d & ((d << 1) | (cd >> 3)) & valid;
+		if (want_num && gb != 0 && (gb &= number_ends(d, pm.d, m.s, pm.s)) != 0) {
+			for (uint64_t m = gb; m; m &= m - 1) {
+				int bit = __builtin_ctzll(m);
+
+				group_end(e, window24(d, pm.d, bit), p + (uint64_t)bit,
+					  p + (uint64_t)bit + 1);
+			}
+		}
+		if (want_iban) {
+			/* bit j: an IBAN start's second check digit (two capitals,
+			 * two digits, after a non-alphanumeric byte) */
+			q = d & ((d << 1) | (cd >> 3)) & ((u << 2) | (cu >> 2)) &
+			    ((u << 3) | (cu >> 1)) & ~((a << 4) | ca) & valid;
+			for (; q; q &= q - 1) {
+				uint64_t j = p + (uint64_t)__builtin_ctzll(q);
+
+				sl_mask__report(e, K_IBAN, SL_DET_IBAN, j - 3, j + 1);
+			}
+		}
+		pm = m;
+	}
+#undef masks
+}
+
+__attribute__((target("avx2"))) static void
+scan_avx2(struct eng *e, int want_num, int want_iban)
+{
+	scan(e, want_num, want_iban, 1);
+}
+
+static void
+scan_sse2(struct eng *e, int want_num, int want_iban)
+{
+	scan(e, want_num, want_iban, 0);
+}
+
+void
+sl_mask__scan_digits(struct eng *e)
+{
+	uint32_t en = e->p->enabled;
+	int want_num = (en & ((1u << SL_DET_SSN) | (1u << SL_DET_CARD))) != 0;
+	int want_iban = (en & (1u << SL_DET_IBAN)) != 0;
+
+	if (!want_num && !want_iban)
+		return;
+	if (e->ds_pos < e->hi) {
+		if (__builtin_cpu_supports("avx2"))
+			scan_avx2(e, want_num, want_iban);
+		else
+			scan_sse2(e, want_num, want_iban);
+	}
+	e->ds_pos = e->hi;
+	if (e->eof && !e->ds_eof)
+		scan_eof(e, want_num);
+}
+
+/* ------------------------------------------------------------ prefilter */
+
+/* Bits of the bytes that may start or anchor a regex match: '@', '+',
+ * '-', 'y', ':', '=', 'A' (each checked precisely by prefilter_at()). */
+static inline uint64_t
+specials64(const uint8_t *b)
+{
+	uint64_t x = 0;
+
+#pragma GCC unroll 4
+	for (int k = 0; k < 4; k++) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(b + 16 * k));
+		__m128i m = _mm_or_si128(
+			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('@')),
+						  _mm_cmpeq_epi8(v, _mm_set1_epi8('+'))),
+				     _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('-')),
+						  _mm_cmpeq_epi8(v, _mm_set1_epi8('y')))),
+			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(':')),
+						  _mm_cmpeq_epi8(v, _mm_set1_epi8('='))),
+				     _mm_cmpeq_epi8(v, _mm_set1_epi8('A'))));
+
+		x |= (uint64_t)(uint16_t)_mm_movemask_epi8(m) << (16 * k);
+	}
+	return x;
+}
+
+/* Whether a built-in regex may match with byte i of v as its anchor (the
+ * rules the regexes in detect.c imply; a superset of what they accept). */
+static int
+prefilter_at(const uint8_t *v, size_t len, size_t i)
+{
+	int n = i + 1 < len ? v[i + 1] : 0;
+
+	switch (v[i]) {
+	case '@':
+		return 1;
+	case '+':
+		return (unsigned)(n - '1') < 9u;
+	case 'A':
+		return UP(n);
+	case '-':
+		return n == '-';
+	case 'y':
+		return n == 'J';
+	default: { /* ':' or '=': a secret's key before it, maybe quoted */
+		size_t k = i;
+
+		while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' ||
+				 v[k - 1] == '\''))
+			k--;
+		return k > 0 && (unsigned)((v[k - 1] | 0x20) - 'a') < 26u;
+	}
+	}
+}
+
+int
+sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always)
+{
+	struct m64 m, pm = {0, 0, 0, 0};
+	uint8_t buf[64];
+	int need = regex_always ? 1 : 0;
+
+	/* one block past the end: a number ending the value ends there */
+	for (size_t p = 0; p <= len && need != 3; p += 64) {
+		const uint8_t *b = v + p;
+		uint64_t d, u, a, gb, x, valid;
+		uint64_t cd = pm.d >> 60, cu = pm.u >> 60, ca = pm.a >> 60;
+		size_t n = len - p < 64 ? len - p : 64;
+
+		if (n < 64) {
+			memset(buf, 0, sizeof(buf));
+			memcpy(buf, v + p, n);
+			b = buf;
+		}
+		masks64(b, &m);
+		d = m.d;
+		u = m.u;
+		a = m.a;
+		valid = n == 64 ? ~0ull : (1ull << n) - 1;
+		if (!(need & 2)) {
+			/* the digit scanner's own tests: an SSN or card number
+			 * ends before some byte, or an IBAN start */
+			gb = ~d & ((d << 1) | (cd >> 3));
+			if ((gb & number_ends(d, pm.d, m.s, pm.s)) != 0 ||
+			    (d & ((d << 1) | (cd >> 3)) & ((u << 2) | (cu >> 2)) &
+			     ((u << 3) | (cu >> 1)) & ~((a << 4) | ca) & valid) != 0)
+				need |= 2;
+		}
+		if (!(need & 1) && n > 0) {
+			for (x = specials64(b) & valid; x; x &= x - 1) {
+				if (prefilter_at(v, len, p + (size_t)__builtin_ctzll(x))) {
+					need |= 1;
+					break;
+				}
+			}
+		}
+		pm = m;
+	}
+	return need;
+}

@@ -1,0 +1,157 @@
+/*
+ * mask_internal.h - shared between the block path (mask.c), the detector
+ * resolver (detect.c) and the streaming path (stream.c). Not installed.
+ */
+#ifndef SLUICE_MASK_INTERNAL_H
+#define SLUICE_MASK_INTERNAL_H
+
+#include <stdint.h>
+
+#include <hs/hs.h>
+
+#include "sluice/mask.h"
+
+#define MAX_PATS 64
+/* Raw bytes kept before the emit point for boundary checks (1-2 needed). */
+#define HIST 16
+/* Emails: local part and domain length limits (RFC 5321). */
+#define EMAIL_LOCAL_MAX	 64
+#define EMAIL_DOMAIN_MAX 255
+
+/* What a hyperscan pattern id means. */
+enum kind {
+	K_SSN,
+	K_CARD,	    /* bare 13-19 digits */
+	K_CARD_SEP, /* grouped with ' ' or '-' */
+	K_PHONE,
+	K_IBAN,
+	K_AWS,
+	K_EMAIL,
+	K_JWT,
+	K_PEM, /* BEGIN marker: opens a region */
+	K_PEM_END,
+	K_SECRET, /* key [:=] value: opens a region over the value */
+	K_BEARER, /* Authorization: Bearer|Basic value */
+	K_CUSTOM, /* start of match from hyperscan (SOM) */
+};
+
+struct mpat {
+	uint8_t det;
+	uint8_t kind;
+};
+
+struct sl_mask_db {
+	hs_database_t *blk; /* block mode: whole values */
+	hs_database_t *str; /* streaming mode, same patterns */
+	unsigned ndet;
+	char *names[SL_MASK_MAX_DETECTORS];
+	struct mpat pats[MAX_PATS];
+	unsigned npat;
+	size_t min_len;	    /* shortest possible match: shorter values are skipped */
+	size_t custom_maxw; /* longest custom match (0: no custom patterns) */
+};
+
+struct sl_mask_plan {
+	const struct sl_mask_db *db;
+	uint32_t enabled; /* detector bits */
+	enum sl_mask_style det_style[SL_MASK_MAX_DETECTORS];
+	enum sl_mask_style def_style;
+	char **cols;
+	enum sl_mask_style *col_style;
+	size_t ncols;
+	uint8_t key[32];
+	size_t keylen;
+};
+
+/* Which bytes of a span's mask range are starred. */
+enum filt {
+	F_ALL,
+	F_DIGITS, /* separators stay */
+	F_ALNUM,  /* spaces stay (IBAN) */
+	F_NOWS,	  /* '\n', '\r', '\t' stay (PEM blocks: lines and COPY fields keep their shape) */
+};
+
+/* A detector hit: [from, to) is the hit, [mfrom, mto) the part starred
+ * (partial styles keep some of it), or the whole hit replaced by a token
+ * (hash). Offsets are absolute (value or stream offsets). */
+struct span {
+	uint64_t from, to, mfrom, mto;
+	uint8_t det, style, filt;
+};
+
+struct pend {
+	uint64_t from, end;
+	uint8_t kind, det;
+};
+
+#define MAX_PEND 32
+
+/*
+ * The resolver state for one value (block) or one stream. The view is
+ * buf[0..hi-lo) holding absolute offsets [lo, hi); eof says nothing follows
+ * hi. Spans are appended to sp (grown up to spmax, then coalesced: never
+ * dropped).
+ */
+struct eng {
+	const struct sl_mask_plan *p;
+	const uint8_t *buf;
+	uint64_t lo, hi;
+	int eof;
+	int streaming;
+	struct span *sp;
+	size_t nsp, spcap, spmax;
+	int growable;
+	struct pend pend[MAX_PEND];
+	size_t npend;
+	int pem_open, sec_open;
+	struct span pem, sec;
+	uint8_t sec_kind;
+	uint64_t sec_cur;
+	struct sl_mask_stats *st;
+	int need_null; /* a hit with style null (block mode) */
+	int nhash;     /* spans with style hash */
+	int lost;      /* a span could not be stored: fail closed */
+	/* digit scanner (digits.c): next position, end of data seen */
+	uint64_t ds_pos;
+	int ds_eof;
+};
+
+/* Built-in patterns (detect.c): one or more per built-in detector. */
+struct builtin_pat {
+	uint8_t det, kind;
+	unsigned flags;
+	const char *re;
+	unsigned minlen;
+};
+extern const struct builtin_pat sl_mask__builtin[];
+extern const unsigned sl_mask__nbuiltin;
+int sl_mask__luhn(const uint8_t *s, size_t n);
+
+/* A candidate ending at end (exclusive of one byte of trailing context,
+ * like the patterns): resolved now, or kept until more bytes arrive. */
+void sl_mask__report(struct eng *e, unsigned kind, unsigned det, uint64_t from, uint64_t end);
+/* The digit scanner: reports ssn, credit_card and iban candidates for the
+ * positions [ds_pos, hi) of the view (and hi itself at eof). */
+void sl_mask__scan_digits(struct eng *e);
+
+/* Whether value v can hold a regex match (bit 1) or a digit-scanner
+ * candidate (bit 2): SIMD class masks, so values holding nothing (most
+ * result values) skip both scans. */
+int sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always);
+/* hyperscan match callback; ctx is a struct eng. */
+int sl_mask__on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned flags,
+		      void *ctx);
+/* After a scan call: retry pending candidates, advance/close open regions. */
+void sl_mask__after_scan(struct eng *e);
+/* End of data: resolve everything, close regions. */
+void sl_mask__finish(struct eng *e);
+/* Appends a span (coalescing when full: never drops one). */
+void sl_mask__push(struct eng *e, const struct span *s);
+/* The thread's hyperscan scratch (mask.c). */
+hs_scratch_t *sl_mask__hs_scratch(struct sl_mask_scratch *s);
+/* Stars span s's mask range clipped to [lo, hi) in out (out[0] = offset lo). */
+void sl_mask__apply(const struct span *s, uint8_t *out, uint64_t lo, uint64_t hi);
+/* "h:" + 16 hex of HMAC-SHA-256(key, v): 18 bytes into out. */
+int sl_mask__token(const struct sl_mask_plan *p, const uint8_t *v, size_t n, char out[24]);
+
+#endif
