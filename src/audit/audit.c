@@ -365,6 +365,7 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 	uint8_t last0[32];
 	struct sl_buf out;
 	struct rec *r;
+	size_t wrote;
 	int rc = 0;
 
 	memcpy(last0, a->last, 32);
@@ -408,13 +409,14 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		}
 		off += (size_t)n;
 	}
+	wrote = out.len;
 	sl_buf_fini(&out);
 	if (rc != 0) {
 		a->seq = seq0;
 		memcpy(a->last, last0, 32);
 		return rc;
 	}
-	a->jsize = lseek(a->jfd, 0, SEEK_END);
+	a->jsize += (off_t)wrote; /* only this process appends, under wmu */
 	return 0;
 }
 

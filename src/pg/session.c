@@ -51,7 +51,11 @@ struct entry {
 	char tag[48];
 	char sqlstate[6];
 	char trace_id[33];
+	uint8_t rfmt; /* result formats its Bind asked for: RFMT_* */
 };
+
+/* Result formats of a Bind: all text, all binary, or mixed. */
+enum { RFMT_TEXT = 0, RFMT_BINARY = 1, RFMT_MIXED = 2 };
 
 /* A statement prepared through the protocol (Parse) or SQL PREPARE. */
 struct stmt {
@@ -70,6 +74,7 @@ struct portal {
 	struct stmt *st;
 	uint8_t *params; /* exact Bind parameter bytes, kept for review binding */
 	size_t plen;
+	uint8_t rfmt; /* RFMT_* */
 	struct portal *next;
 };
 
@@ -149,6 +154,8 @@ struct colinfo {
 	int8_t style;
 	int8_t textlike; /* bytes are text: masked in place; else a hit means NULL */
 	int8_t scan;	 /* run the detectors */
+	int8_t binary;	 /* binary format */
+	uint32_t oid;	 /* type */
 };
 
 #define PG_MAX_COLUMNS 1664
@@ -1125,12 +1132,79 @@ on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 			c->rule = 1;
 			c->style = (int8_t)st;
 		}
-		/* Binary non-text values are not scanned (an int8 card number in
-		 * binary format is not found by detectors; column rules apply). */
-		c->scan = c->textlike || f[i].format == 0;
+		/* Every value is scanned: text in place; any other value (a
+		 * bytea, a jsonb or a text[] in binary format, an int8 or
+		 * numeric card number) through its bytes and, for binary int8
+		 * and numeric, its decimal rendering: a hit makes it NULL. */
+		c->scan = 1;
+		c->binary = f[i].format != 0;
+		c->oid = f[i].type_oid;
 	}
 	s->ncols = n;
 	free(f);
+}
+
+/* Decimal rendering of a binary int8 or numeric value (at most cap - 1
+ * characters, NUL-terminated); 0 when the value is neither or malformed. */
+static size_t
+render_binary_number(uint32_t oid, const uint8_t *v, size_t len, char *out, size_t cap)
+{
+	size_t n = 0;
+
+	if (oid == 0 && len == 8)
+		oid = 20; /* unknown type, binary: int8 is the one that can hold a card */
+	if (oid == 0 && len >= 8 && len == 8 + 2 * (size_t)(v[0] << 8 | v[1]))
+		oid = 1700; /* shaped like a numeric */
+	if (oid == 20 && len == 8) {
+		uint64_t u = 0;
+
+		for (int i = 0; i < 8; i++)
+			u = (u << 8) | v[i];
+		return (size_t)snprintf(out, cap, "%lld", (long long)u);
+	}
+	if (oid == 1700 && len >= 8) {
+		/* ndigits, weight, sign, dscale, then base-10000 digits */
+		unsigned nd = (unsigned)(v[0] << 8 | v[1]);
+		int weight = (int16_t)(v[2] << 8 | v[3]);
+
+		if (len < 8 + 2 * (size_t)nd)
+			return 0;
+		if (weight < 0) {
+			out[n++] = '0';
+			out[n++] = '.';
+			for (int k = -1; k > weight && n + 4 < cap; k--)
+				n += (size_t)snprintf(out + n, cap - n, "0000");
+		}
+		/* groups past ndigits up to the weight are zeros (10^20 is one
+		 * digit group, weight 5) */
+		for (unsigned i = 0; (i < nd || (int)i <= weight) && n + 6 < cap; i++) {
+			unsigned d = i < nd ? (unsigned)(v[8 + 2 * i] << 8 | v[9 + 2 * i]) % 10000u : 0;
+
+			if (weight >= 0 && (int)i == weight + 1)
+				out[n++] = '.';
+			n += (size_t)snprintf(out + n, cap - n, i == 0 && weight >= 0 ? "%u" : "%04u",
+					      d);
+		}
+		out[n] = '\0';
+		return n;
+	}
+	return 0;
+}
+
+/* A binary int8 or numeric whose decimal rendering holds a detector hit (a
+ * card number stored as a number): SL_MASK_TO_NULL, else UNCHANGED. */
+static int
+mask_binary_number(struct pg_session *s, uint32_t oid, const uint8_t *v, size_t len,
+		   struct sl_mask_stats *st)
+{
+	char txt[320];
+	size_t n = render_binary_number(oid, v, len, txt, sizeof(txt));
+	int r;
+
+	if (n == 0)
+		return SL_MASK_UNCHANGED;
+	r = sl_mask_value(s->mplan, s->w->mscratch, (uint8_t *)txt, n, &s->mval, st);
+	return r == SL_MASK_UNCHANGED ? r : SL_MASK_TO_NULL;
 }
 
 struct colact {
@@ -1144,6 +1218,8 @@ static int
 mask_row(struct pg_session *s, uint8_t *msg, size_t total)
 {
 	static __thread struct colact acts[PG_MAX_COLUMNS];
+	struct entry *e;
+	uint8_t rfmt;
 	uint16_t n;
 	int rebuild = 0;
 
@@ -1160,8 +1236,9 @@ mask_row(struct pg_session *s, uint8_t *msg, size_t total)
 		return -1;
 	}
 	s->mval.len = 0;
+	rfmt = (e = ent_head(s)) != NULL && e->kind == ENT_EXEC ? e->rfmt : RFMT_TEXT;
 	for (uint16_t i = 0; i < n; i++) {
-		struct colinfo ci = {0, 0, 0, 1};
+		struct colinfo ci = {0, 0, 0, 1, 0, 0};
 		uint8_t *v = msg + s->offs[i];
 		size_t len = s->lens[i] < 0 ? 0 : (size_t)s->lens[i];
 		size_t before = s->mval.len;
@@ -1172,6 +1249,8 @@ mask_row(struct pg_session *s, uint8_t *msg, size_t total)
 			continue;
 		if (i < s->ncols)
 			ci = s->cols[i];
+		if (rfmt != RFMT_TEXT)
+			ci.binary = 1; /* a Describe of the statement says text */
 		if (ci.rule) {
 			r = ci.textlike ? sl_mask_column(s->mplan, (enum sl_mask_style)ci.style, v,
 							 len, &s->mval)
@@ -1182,6 +1261,8 @@ mask_row(struct pg_session *s, uint8_t *msg, size_t total)
 			struct sl_mask_stats st = {0};
 
 			r = sl_mask_value(s->mplan, s->w->mscratch, v, len, &s->mval, &st);
+			if (r == SL_MASK_UNCHANGED && ci.binary && !ci.textlike)
+				r = mask_binary_number(s, i < s->ncols ? ci.oid : 0, v, len, &st);
 			if (r != SL_MASK_UNCHANGED) {
 				for (unsigned d = 0; d < SL_MASK_MAX_DETECTORS; d++)
 					s->mstats.hits[d] += st.hits[d];
@@ -2107,6 +2188,14 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		}
 		st->refs++;
 		p->st = st;
+		for (uint16_t i = 0; i < b.nresult_formats; i++) {
+			int bin = b.result_formats[2 * i] != 0 || b.result_formats[2 * i + 1] != 0;
+
+			if (i == 0)
+				p->rfmt = bin ? RFMT_BINARY : RFMT_TEXT;
+			else if (bin != (p->rfmt == RFMT_BINARY))
+				p->rfmt = RFMT_MIXED;
+		}
 		p->next = s->portals;
 		s->portals = p;
 		if (st->review && b.params_len > 0) {
@@ -2146,6 +2235,7 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		return -1;
 	}
 	p = portal_find(s, portal);
+	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
 	memset(&rq, 0, sizeof(rq));
 	memset(&cls, 0, sizeof(cls));
 	memset(&d, 0, sizeof(d));

@@ -5,8 +5,12 @@ import json
 import os
 import time
 
+import struct
+
 import psycopg2
 import pytest
+
+import pgwire
 
 from conftest import rss_kb
 
@@ -74,6 +78,52 @@ def test_non_text_columns_are_type_safe(mgw):
     assert got[0] == (None, None)
 
 
+def _binary_rows(gw, sql, describe=False):
+    """Runs sql through the extended protocol asking for every result column
+    in binary format; returns the DataRow values (bytes or None)."""
+    cn = pgwire.Conn(gw.port)
+    msgs = cn.login("orders", gw.mint(groups="ai-agents"))
+    assert not pgwire.errors(msgs), msgs
+    b = pgwire.cstr("") + pgwire.cstr("") + struct.pack("!HH", 0, 0) + struct.pack("!HH", 1, 1)
+    d = pgwire.describe_portal() if describe else b""
+    cn.send(pgwire.parse("", sql) + pgwire.msg(b"B", b) + d + pgwire.execute() + pgwire.SYNC)
+    msgs = cn.until_ready()
+    cn.close()
+    assert not pgwire.errors(msgs), pgwire.errors(msgs)
+    out = []
+    for t, body in msgs:
+        if t != b"D":
+            continue
+        (n,) = struct.unpack("!H", body[:2])
+        off, row = 2, []
+        for _ in range(n):
+            (ln,) = struct.unpack("!i", body[off:off + 4])
+            off += 4
+            row.append(None if ln < 0 else body[off:off + ln])
+            off += max(ln, 0)
+        out.append(tuple(row))
+    return out
+
+
+@pytest.mark.parametrize("describe", [False, True])
+def test_binary_format_values_are_scanned(mgw, describe):
+    # binary int8/numeric card numbers (also with trailing zero groups),
+    # a bytea, a jsonb and a text[] holding PII: each becomes NULL, whether
+    # the client asked for a RowDescription (typed) or not (types unknown)
+    got = _binary_rows(mgw, describe=describe, sql="SELECT 4111111111111111::int8, 4000000000000002::numeric, "
+                            "4111111111111111.00::numeric, "
+                            "convert_to('ssn 123-45-6789', 'UTF8'), "
+                            "'{\"mail\": \"bob@example.org\"}'::jsonb, "
+                            "ARRAY['x', 'bob@example.org']::text[]")
+    assert got == [(None,) * 6], got
+    # values without PII pass through in binary, byte for byte
+    got = _binary_rows(mgw, describe=describe, sql="SELECT 42::int8, 1234.5::numeric, convert_to('hello', 'UTF8'), "
+                            "ARRAY['x', 'y']::text[]")
+    (row,) = got
+    assert row[0] == struct.pack("!q", 42) and row[2] == b"hello"
+    assert row[1] is not None and row[3] is not None and b"y" in row[3]
+
+
 def test_hash_style_is_stable(mgw):
     a = rows(mgw, "SELECT 'same-secret-value' AS secret_hash")[0][0]
     b = rows(mgw, "SELECT 'same-secret-value' AS secret_hash")[0][0]
@@ -86,7 +136,6 @@ def test_exempt_group_sees_raw_and_it_is_audited(mgw):
     assert got[0] == ("123-45-6789", "4111 1111 1111 1111")
     opens = [r for r in mgw.export() if r["type"] == "session_open"]
     assert any(r["data"]["masking"] == "exempt" for r in opens)
-    assert any(r["data"]["masking"] == "on" for r in opens) or True
 
 
 def test_copy_error_detail_and_notify_masked(mgw):
