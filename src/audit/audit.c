@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,7 +57,9 @@ struct sl_audit {
 	size_t ingest;
 	char *jpath;
 	int jfd;
-	off_t jsize;
+	off_t jsize;	/* bytes of records in the journal */
+	uint8_t *jmap;	/* the journal, mapped shared: appends are memory copies */
+	size_t jcap;	/* mapped (and allocated) bytes */
 	uint64_t stored_seq;
 	uint8_t stored_hash[32];
 	struct rec *head, *tail;
@@ -307,34 +310,59 @@ put_jstr(struct sl_buf *b, const char *s)
 {
 	int r = sl_buf_append_u8(b, '"');
 
-	for (; *s && r == 0; s++) {
-		unsigned char c = (unsigned char)*s;
+	while (*s && r == 0) {
+		size_t n = 0;
 
-		if (c == '"' || c == '\\') {
-			r = sl_buf_append_u8(b, '\\');
-			r = r ? r : sl_buf_append_u8(b, c);
-		} else if (c < 0x20 || c >= 0x7f) {
+		/* a run of bytes that need no escape, appended at once */
+		while (s[n] != '\0' && (unsigned char)s[n] >= 0x20 && (unsigned char)s[n] < 0x7f &&
+		       s[n] != '"' && s[n] != '\\')
+			n++;
+		if (n > 0) {
+			r = sl_buf_append(b, s, n);
+			s += n;
+			continue;
+		}
+		if (*s == '"' || *s == '\\') {
+			char e[2] = {'\\', *s};
+
+			r = sl_buf_append(b, e, 2);
+		} else {
 			char u[8];
 
-			snprintf(u, sizeof(u), "\\u%04x", c);
+			snprintf(u, sizeof(u), "\\u%04x", (unsigned char)*s);
 			r = sl_buf_append(b, u, 6);
-		} else {
-			r = sl_buf_append_u8(b, c);
 		}
+		s++;
 	}
 	return r ? r : sl_buf_append_u8(b, '"');
+}
+
+/* Appends v in decimal (with a '-' when neg). */
+static int
+put_dec(struct sl_buf *b, uint64_t v, int neg)
+{
+	char d[24];
+	size_t i = sizeof(d);
+
+	do {
+		d[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	if (neg)
+		d[--i] = '-';
+	return sl_buf_append(b, d + i, sizeof(d) - i);
 }
 
 static int
 put_line(struct sl_buf *b, const struct rec *r, const char *node)
 {
-	char num[64];
 	int rc;
 
-	snprintf(num, sizeof(num),
-		 "{\"seq\":%llu,\"ts\":%lld,\"node\":", (unsigned long long)r->seq,
-		 (long long)r->ts);
-	rc = sl_buf_append(b, num, strlen(num));
+	rc = sl_buf_append(b, "{\"seq\":", 7);
+	rc = rc ? rc : put_dec(b, r->seq, 0);
+	rc = rc ? rc : sl_buf_append(b, ",\"ts\":", 6);
+	rc = rc ? rc : put_dec(b, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts, r->ts < 0);
+	rc = rc ? rc : sl_buf_append(b, ",\"node\":", 8);
 	rc = rc ? rc : put_jstr(b, node);
 	rc = rc ? rc : sl_buf_append(b, ",\"type\":", 8);
 	rc = rc ? rc : put_jstr(b, r->type);
@@ -354,10 +382,53 @@ put_line(struct sl_buf *b, const struct rec *r, const char *node)
 	return rc;
 }
 
-/* Assigns seq/prev/hash to a batch and appends it to the journal with one
- * write(): from then on the records are durable (as durable as a committed
- * SQLite WAL transaction with synchronous=NORMAL). Called with wmu held.
- * On failure the chain head is restored. */
+#define JOURNAL_CHUNK ((size_t)8 << 20)
+
+/* Makes room for n more journal bytes: the file's blocks are allocated
+ * before they are mapped, so a full disk is an error here and never a
+ * SIGBUS on a store. Called with wmu held. */
+static int
+journal_reserve(struct sl_audit *a, size_t n)
+{
+	size_t need = (size_t)a->jsize + n, cap = a->jcap ? a->jcap : JOURNAL_CHUNK;
+	void *m;
+
+	if (a->jmap != NULL && need <= a->jcap)
+		return 0;
+	while (cap < need)
+		cap *= 2;
+	if (posix_fallocate(a->jfd, 0, (off_t)cap) != 0)
+		return SL_EIO;
+	m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, a->jfd, 0);
+	if (m == MAP_FAILED)
+		return SL_EIO;
+	if (a->jmap != NULL)
+		munmap(a->jmap, a->jcap);
+	a->jmap = m;
+	a->jcap = cap;
+	return 0;
+}
+
+/* Empties the journal (everything in it is stored): the file is cut to
+ * zero and its blocks allocated again, so the mapping reads zeros. */
+static void
+journal_reset(struct sl_audit *a)
+{
+	if (ftruncate(a->jfd, 0) != 0)
+		return;
+	a->jsize = 0;
+	if (a->jmap != NULL && posix_fallocate(a->jfd, 0, (off_t)a->jcap) != 0) {
+		munmap(a->jmap, a->jcap);
+		a->jmap = NULL;
+		a->jcap = 0;
+	}
+}
+
+/* Assigns seq/prev/hash to a batch and appends it to the journal: from
+ * then on the records are durable (as durable as a committed SQLite WAL
+ * transaction with synchronous=NORMAL: they survive a crash of the
+ * process, not of the machine). Called with wmu held. On failure the
+ * chain head is restored. */
 static int
 journal_batch(struct sl_audit *a, struct rec *batch)
 {
@@ -395,19 +466,16 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		a->seq = r->seq;
 		memcpy(a->last, r->hbin, 32);
 	}
-	for (size_t off = 0; rc == 0 && off < out.len;) {
-		ssize_t n = write(a->jfd, out.data + off, out.len - off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			rc = SL_EIO;
-			/* Cut a partial line so the journal stays parseable. */
-			if (off > 0 && ftruncate(a->jfd, a->jsize) != 0)
-				a->failed = 1;
-			break;
-		}
-		off += (size_t)n;
+	if (rc == 0 && (rc = journal_reserve(a, out.len)) == 0) {
+		/* A copy into the shared mapping is in the page cache at once:
+		 * it survives a crash of this process like a write() would,
+		 * without a system call. The batch's last newline is stored
+		 * last; recovery stops at the first line that is unterminated
+		 * or holds a NUL (a copy cut short), and such a batch was never
+		 * acknowledged. */
+		memcpy(a->jmap + a->jsize, out.data, out.len - 1);
+		__atomic_store_n(&a->jmap[a->jsize + (off_t)out.len - 1], out.data[out.len - 1],
+				 __ATOMIC_RELEASE);
 	}
 	wrote = out.len;
 	sl_buf_fini(&out);
@@ -416,7 +484,7 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		memcpy(a->last, last0, 32);
 		return rc;
 	}
-	a->jsize += (off_t)wrote; /* only this process appends, under wmu */
+	a->jsize += (off_t)wrote; /* under wmu */
 	return 0;
 }
 
@@ -524,10 +592,10 @@ ingest(struct sl_audit *a, int force_cp)
 		rec_free(r);
 	}
 	pthread_mutex_lock(&a->wmu);
-	if (a->seq == a->stored_seq && a->jsize > 0) {
-		if (ftruncate(a->jfd, 0) == 0)
-			a->jsize = 0;
-	}
+	/* Emptied once it is large: a reset costs a truncate, an allocation
+	 * and a page fault per page written again. */
+	if (a->seq == a->stored_seq && (size_t)a->jsize >= JOURNAL_CHUNK / 2)
+		journal_reset(a);
 	pthread_mutex_unlock(&a->wmu);
 }
 
@@ -592,8 +660,8 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 		uint8_t h[32];
 		char hex[65], lasthex[65];
 
-		if (line[n - 1] != '\n')
-			break; /* torn last line: that request was never forwarded */
+		if (line[n - 1] != '\n' || memchr(line, '\0', (size_t)n) != NULL)
+			break; /* torn (or the zeroed rest of the file): never acknowledged */
 		line[--n] = '\0';
 		/* data is the verbatim tail: ,"data":<json>} */
 		{
@@ -748,7 +816,7 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	memcpy(a->stored_hash, a->last, 32);
 	if ((r = recover_journal(a, err, errlen)) != 0)
 		goto fail;
-	a->jfd = open(a->jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	a->jfd = open(a->jpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (a->jfd < 0 || ftruncate(a->jfd, 0) != 0) {
 		snprintf(err, errlen, "cannot open the audit journal %s", a->jpath);
 		r = SL_EIO;
@@ -977,8 +1045,14 @@ sl_audit_close(struct sl_audit *a)
 	sqlite3_exec(a->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
-	if (a->jfd >= 0)
+	if (a->jmap != NULL)
+		munmap(a->jmap, a->jcap);
+	if (a->jfd >= 0) {
+		/* keep exactly the records (the rest is allocated zeros) */
+		if (ftruncate(a->jfd, a->jsize) != 0)
+			sl_warn("audit: cannot trim the journal %s", a->jpath);
 		close(a->jfd);
+	}
 	while (a->ihead) {
 		/* Not stored (store down at shutdown): they stay in the
 		 * journal and are replayed at the next start. */

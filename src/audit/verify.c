@@ -102,7 +102,7 @@ sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
 	o += put_u64(b + o, (uint64_t)row->ts);
 	for (int i = 0; i < 6; i++)
 		o += put_str(b + o, f[i], l[i]);
-	SHA256(b, o, out);
+	sl_sha256(b, o, out);
 	if (b != stack)
 		free(b);
 }

@@ -14,7 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/rand.h>
 
 const char *
@@ -433,4 +437,42 @@ int
 sl_glob_match_ci(const char *pat, const char *s)
 {
 	return glob_rec(pat, s, 1, 1, 0);
+}
+
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static __thread EVP_MD_CTX *sha256_ctx;
+
+static pthread_key_t sha256_key; /* frees a thread's context when it exits */
+
+static void
+sha256_ctx_free(void *ctx)
+{
+	EVP_MD_CTX_free(ctx);
+}
+
+static void
+sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (pthread_key_create(&sha256_key, sha256_ctx_free) != 0) {
+		EVP_MD_free(sha256_md);
+		sha256_md = NULL;
+	}
+}
+
+void
+sl_sha256(const void *p, size_t n, uint8_t out[32])
+{
+	unsigned int len = 0;
+
+	pthread_once(&sha256_once, sha256_fetch);
+	if (sha256_ctx == NULL && sha256_md != NULL &&
+	    (sha256_ctx = EVP_MD_CTX_new()) != NULL)
+		pthread_setspecific(sha256_key, sha256_ctx);
+	if (sha256_md == NULL || sha256_ctx == NULL ||
+	    EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 ||
+	    EVP_DigestUpdate(sha256_ctx, p, n) != 1 ||
+	    EVP_DigestFinal_ex(sha256_ctx, out, &len) != 1 || len != 32)
+		SHA256(p, n, out); /* the slow path gives the same digest */
 }
