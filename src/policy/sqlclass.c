@@ -258,6 +258,8 @@ ends_with(const char *s, const char *suf)
 	return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
+static uint32_t set_config_kind(struct walker *w);
+
 /* Walks an object. node: the node type this object is the body of (or NULL). */
 static uint32_t
 walk_object(struct walker *w, const char *node)
@@ -265,7 +267,7 @@ walk_object(struct walker *w, const char *node)
 	uint32_t k = 0;
 	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
-	int has_values = 0, has_from = 0;
+	int has_values = 0, has_from = 0, setcfg = 0;
 	int first = 1;
 
 	w->p++; /* '{' */
@@ -367,9 +369,15 @@ walk_object(struct walker *w, const char *node)
 				add_str(&w->c->functions, &w->c->nfunctions, fname);
 				if (dot)
 					add_str(&w->c->functions, &w->c->nfunctions, dot + 1);
+				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
+					setcfg = 1;
+					k |= SL_SQL_SET;
+				}
 			}
 			continue;
 		}
+		if (setcfg && strcmp(key, "args") == 0)
+			k |= set_config_kind(w);
 		if (is_node_name(key))
 			k |= walk_value(w, key, key);
 		else
@@ -430,6 +438,38 @@ walk_object(struct walker *w, const char *node)
 			k |= SL_SQL_GRANT;
 	}
 	return k;
+}
+
+/*
+ * set_config(name, value, is_local) is SET by another name: like SET ROLE
+ * and SET SESSION AUTHORIZATION, set_config('role', ...) changes
+ * privileges, so it is a grant; so is a name that is not a string
+ * constant (a parameter, a column, an expression: it cannot be told). w->p
+ * is at the args array, which is not consumed. sl_sql_shape() keeps texts
+ * naming set_config exact, so the cached kinds never outlive the literal.
+ */
+static uint32_t
+set_config_kind(struct walker *w)
+{
+	static const char pre[] = "[{\"A_Const\":{\"sval\":{\"sval\":\"";
+	char lname[64];
+	size_t n = 0;
+	const char *q;
+
+	if ((size_t)(w->end - w->p) <= sizeof(pre) - 1 || memcmp(w->p, pre, sizeof(pre) - 1) != 0)
+		return SL_SQL_GRANT;
+	for (q = w->p + sizeof(pre) - 1; q < w->end && *q != '"' && n + 1 < sizeof(lname); q++) {
+		if (*q == '\\')
+			return SL_SQL_GRANT; /* no parameter name needs an escape */
+		lname[n++] = (char)tolower((unsigned char)*q);
+	}
+	if (q >= w->end || *q != '"')
+		return SL_SQL_GRANT;
+	lname[n] = '\0';
+	add_str(&w->c->set_params, &w->c->nset_params, lname);
+	if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
+		return SL_SQL_GRANT;
+	return 0;
 }
 
 static uint32_t
@@ -581,6 +621,17 @@ ident_char(unsigned char ch)
 	return isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80;
 }
 
+/* Whether the text may call set_config, whose kinds depend on a literal. */
+static int
+names_set_config(const char *sql, size_t len)
+{
+	for (const char *p = sql; (p = memchr(p, '_', len - (size_t)(p - sql))) != NULL; p++) {
+		if (p >= sql + 3 && sql + len - p >= 7 && strncasecmp(p - 3, "set_config", 10) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 int
 sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 {
@@ -590,7 +641,7 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 
 	if (o == NULL)
 		return SL_ENOMEM;
-	if (memchr(sql, '\0', len) != NULL)
+	if (memchr(sql, '\0', len) != NULL || names_set_config(sql, len))
 		goto exact;
 	while (i < len) {
 		unsigned char ch = (unsigned char)sql[i];
@@ -625,6 +676,8 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 			continue;
 		}
 		if (ch == '"') {
+			if (n > 0 && o[n - 1] == '&')
+				goto exact; /* U&"..." may spell any name with escapes */
 			o[n++] = sql[i++];
 			while (i < len && sql[i] != '"')
 				o[n++] = sql[i++];

@@ -252,7 +252,20 @@ BLOCKED = [
     "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "SELEC 1",
     "EXECUTE never_prepared",
+    "SET ROLE postgres",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('session_authorization', 'postgres', false)",
 ]
+
+
+def test_set_config_of_a_plain_setting_is_a_set(gw):
+    # set_config() naming role/session_authorization is blocked (above);
+    # naming an ordinary setting is a `set`, allowed like SET itself
+    c = gw.connect()
+    cur = c.cursor()
+    cur.execute("SELECT set_config('search_path', 'public', false)")
+    assert cur.fetchone()[0] == "public"
+    c.close()
 
 
 @pytest.mark.parametrize("sql", BLOCKED)
