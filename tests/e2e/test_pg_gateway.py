@@ -6,6 +6,7 @@ import hmac
 import json
 import os
 import sqlite3
+import struct
 import subprocess
 import threading
 import time
@@ -256,6 +257,28 @@ BLOCKED = [
     "SELECT set_config('role', 'postgres', false)",
     "SELECT set_config('session_authorization', 'postgres', false)",
 ]
+
+
+def test_newer_protocol_minor_and_options_are_negotiated_down(gw):
+    # a PostgreSQL 18 client asks for 3.2 and may send _pq_ options: sluice
+    # answers NegotiateProtocolVersion (3.0, the options it does not know)
+    # before asking for the token, and the session then works as 3.0
+    cn = pgwire.Conn(gw.port)
+    body = struct.pack("!I", 196610) + b"user\0orders\0_pq_.fancy\0on\0\0"
+    cn.send(struct.pack("!I", len(body) + 4) + body)
+    t, b = cn.read_msg()
+    assert t == b"v", (t, b)
+    assert struct.unpack("!II", b[:8]) == (196608, 1) and b[8:] == b"_pq_.fancy\0"
+    t, b = cn.read_msg()
+    assert t == b"R" and struct.unpack("!I", b[:4])[0] == 3
+    cn.send(pgwire.msg(b"p", pgwire.cstr(gw.mint())))
+    msgs = cn.until_ready()
+    assert not pgwire.errors(msgs), msgs
+    keys = [b for t, b in msgs if t == b"K"]
+    assert len(keys) == 1 and len(keys[0]) == 8  # a 3.0 BackendKeyData
+    cn.send(pgwire.query("SELECT 41 + 1"))
+    assert any(t == b"D" and b.endswith(b"42") for t, b in cn.until_ready())
+    cn.close()
 
 
 def test_set_config_of_a_plain_setting_is_a_set(gw):
