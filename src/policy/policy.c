@@ -280,8 +280,8 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 		 size_t ngroups, const struct sl_request *req, struct sl_decision *d)
 {
 	uint32_t kinds = 0, covered = 0, by_allow = 0;
-	const struct cpolicy *review_pol = NULL;
-	const struct crule *review_rule = NULL;
+	const struct cpolicy *review_pol = NULL, *allow_pol = NULL, *default_pol = NULL;
+	const struct crule *review_rule = NULL, *allow_rule = NULL;
 	int default_allow = 0, any_policy = 0;
 	char kbuf[200];
 
@@ -313,8 +313,10 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 		if (!policy_applies(cp, subject, groups, ngroups, req->connection))
 			continue;
 		any_policy = 1;
-		if (cp->default_allow)
+		if (cp->default_allow && !default_allow) {
 			default_allow = 1;
+			default_pol = cp;
+		}
 		if (cp->cfg->mask && d->mask == NULL && !cp->cfg->mask->exempt)
 			d->mask = cp->cfg->mask;
 		if (cp->cfg->mask && cp->cfg->mask->exempt)
@@ -346,9 +348,13 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 			if (req->proto != SL_PROTO_PG)
 				hit = 1;
 			covered |= hit;
-			if (cr->action == SL_ACT_ALLOW)
+			if (cr->action == SL_ACT_ALLOW) {
 				by_allow |= hit;
-			else if (review_rule == NULL) {
+				if (allow_rule == NULL) {
+					allow_pol = cp;
+					allow_rule = cr;
+				}
+			} else if (review_rule == NULL) {
 				review_pol = cp;
 				review_rule = cr;
 			}
@@ -365,6 +371,14 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 			fill(d, review_pol, review_rule);
 			d->action = SL_ACT_REVIEW;
 			return 0;
+		}
+		/* name what allowed it, for the audit trail: the first allow
+		 * rule that matched, else the policy that allows by default */
+		if (allow_rule != NULL && (covered & kinds) == kinds) {
+			fill(d, allow_pol, allow_rule);
+		} else if (default_pol != NULL) {
+			d->policy = default_pol->cfg->name;
+			d->rule = "default";
 		}
 		d->action = SL_ACT_ALLOW;
 		d->message = NULL;

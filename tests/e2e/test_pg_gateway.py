@@ -28,7 +28,8 @@ def run_psql(gw, sql, token=None, conn="orders"):
 # ------------------------------------------------------------------ clients
 
 def test_psql_select_and_block(gw):
-    r = run_psql(gw, "SELECT count(*) FROM orders")
+    # the seed rows (ids 1..100); other tests may add rows of their own
+    r = run_psql(gw, "SELECT count(*) FROM orders WHERE id BETWEEN 1 AND 100")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "100"
     r = run_psql(gw, "DROP TABLE orders")

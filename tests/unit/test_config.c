@@ -58,7 +58,8 @@ test_embedded_default_and_example(void **state)
 	assert_non_null(sl_config_connection(cfg, "demo"));
 	assert_null(sl_config_connection(cfg, "nope"));
 	assert_int_equal(cfg->policies_count, 3);
-	assert_string_equal(cfg->policies[0].rules[1].action, "review");
+	assert_string_equal(cfg->policies[0].rules[1].action, "block");
+	assert_string_equal(cfg->policies[0].rules[2].action, "review");
 	sl_config_free(cfg);
 	snprintf(path, sizeof(path), "%s/../../examples/sluice.yaml", SL_FIXTURES);
 	assert_int_equal(sl_config_load(path, &cfg, err, sizeof(err)), 0);

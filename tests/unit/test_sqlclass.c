@@ -219,6 +219,12 @@ test_policy_semantics(void **state)
 		0);
 	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "SELECT 1", &d), SL_ACT_ALLOW);
+	/* an allow names the rule that allowed it (for the audit trail) */
+	assert_string_equal(d.policy, "agents");
+	assert_string_equal(d.rule, "agents#5");
+	assert_int_equal(decide(ps, "alice", NULL, "orders", "DROP TABLE t", &d), SL_ACT_ALLOW);
+	assert_string_equal(d.policy, "alice");
+	assert_string_equal(d.rule, "default");
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "DROP TABLE t", &d), SL_ACT_BLOCK);
 	assert_string_equal(d.message, "no");
 	assert_string_equal(d.rule, "agents#1");
