@@ -67,7 +67,7 @@ sl_buf_unread(const struct sl_buf *b)
 static inline uint8_t *
 sl_buf_head(const struct sl_buf *b)
 {
-	return b->data + b->off;
+	return b->data != NULL ? b->data + b->off : NULL; /* NULL + 0 is undefined */
 }
 
 /* ------------------------------------------------------- checked cursor */

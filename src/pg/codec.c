@@ -97,7 +97,9 @@ sl_pg_startup_get(const struct sl_pg_startup *s, const char *key)
 
 /* ------------------------------------------------------------ builders */
 
-/* Starts a typed message; returns the offset of its length field. */
+/* Starts a typed message; returns where its length field is, counted from
+ * the buffer's unconsumed start: appending may compact the buffer (drop
+ * consumed bytes), which moves absolute offsets but not this one. */
 static int
 begin(struct sl_buf *b, uint8_t type, size_t *lenpos)
 {
@@ -105,21 +107,21 @@ begin(struct sl_buf *b, uint8_t type, size_t *lenpos)
 
 	if ((r = sl_buf_append_u8(b, type)) != 0)
 		return r;
-	*lenpos = b->len;
+	*lenpos = b->len - b->off;
 	return sl_buf_append_u32be(b, 0);
 }
 
 static int
 finish(struct sl_buf *b, size_t lenpos)
 {
-	size_t n = b->len - lenpos;
+	size_t pos = b->off + lenpos, n = b->len - pos;
 
 	if (n > 0x7fffffff)
 		return SL_ETOOBIG;
-	b->data[lenpos] = (uint8_t)(n >> 24);
-	b->data[lenpos + 1] = (uint8_t)(n >> 16);
-	b->data[lenpos + 2] = (uint8_t)(n >> 8);
-	b->data[lenpos + 3] = (uint8_t)n;
+	b->data[pos] = (uint8_t)(n >> 24);
+	b->data[pos + 1] = (uint8_t)(n >> 16);
+	b->data[pos + 2] = (uint8_t)(n >> 8);
+	b->data[pos + 3] = (uint8_t)n;
 	return 0;
 }
 

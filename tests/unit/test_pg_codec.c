@@ -13,6 +13,31 @@
 #include "sluice/pg_auth.h"
 #include "sluice/pg_codec.h"
 
+/* A message built into a buffer that still holds consumed bytes: growing
+ * it compacts the buffer mid-message, and the length must still land in
+ * the message's own length field. */
+static void
+test_builder_survives_compaction(void **state)
+{
+	struct sl_buf b;
+	char big[3000];
+	const uint8_t *m;
+
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	sl_buf_init(&b, 0);
+	assert_int_equal(sl_buf_append(&b, "0123456789", 10), 0);
+	sl_buf_consume(&b, 6); /* 4 unconsumed bytes, 6 consumed ahead of them */
+	assert_int_equal(sl_pg_put_query(&b, big), 0);
+	m = sl_buf_head(&b);
+	assert_memory_equal(m, "6789", 4);
+	assert_int_equal(m[4], 'Q');
+	assert_int_equal(((uint32_t)m[5] << 24 | (uint32_t)m[6] << 16 | (uint32_t)m[7] << 8 | m[8]),
+			 4 + sizeof(big));
+	assert_int_equal(sl_buf_unread(&b), 4 + 1 + 4 + sizeof(big));
+	sl_buf_fini(&b);
+}
+
 static void
 test_frame(void **state)
 {
@@ -358,6 +383,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_builder_survives_compaction),
 		cmocka_unit_test(test_frame),
 		cmocka_unit_test(test_startup),
 		cmocka_unit_test(test_bind_and_rows),
