@@ -41,6 +41,7 @@ struct sl_cfg_issuer {
 	char *subject_claim; /* default "sub" */
 	char *leeway;	     /* clock skew for exp/nbf; default "60s" */
 	char *ca_file;	     /* CA bundle for jwks_uri/discovery over https */
+	char *jwks_refresh;  /* re-fetch a remote JWKS this often; default "5m" */
 };
 
 struct sl_cfg_identity {

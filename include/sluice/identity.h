@@ -46,6 +46,10 @@ int sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now
  * issuers if token is NULL). Rate-limited to once per 30 s per issuer.
  * Returns 0, SL_ESTATE (rate-limited / nothing to fetch) or SL_EIO. */
 int sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len);
+/* Starts a thread that re-fetches each remote JWKS every jwks_refresh (a key
+ * the IdP removed stops verifying within that time); stopped by
+ * sl_idp_free. A no-op when every issuer uses a jwks_file. */
+int sl_idp_start_refresh(struct sl_idp *idp);
 
 /* Dev issuer: creates <data_dir>/dev-issuer.key (Ed25519, 0600) and
  * <data_dir>/dev-jwks.json unless they exist (or force). */

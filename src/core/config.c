@@ -65,6 +65,7 @@ static const cyaml_schema_field_t issuer_fields[] = {
 	STR("subject_claim", struct sl_cfg_issuer, subject_claim),
 	STR("leeway", struct sl_cfg_issuer, leeway),
 	STR("ca_file", struct sl_cfg_issuer, ca_file),
+	STR("jwks_refresh", struct sl_cfg_issuer, jwks_refresh),
 	CYAML_FIELD_END,
 };
 
@@ -368,6 +369,9 @@ validate(struct sl_config *c, char *err, size_t errlen)
 			     i);
 		snprintf(what, sizeof(what), "identity.issuers[%u].leeway", i);
 		if ((r = check_duration(what, is->leeway, err, errlen)) != 0)
+			return r;
+		snprintf(what, sizeof(what), "identity.issuers[%u].jwks_refresh", i);
+		if ((r = check_duration(what, is->jwks_refresh, err, errlen)) != 0)
 			return r;
 	}
 	for (unsigned i = 0; i < c->connections_count; i++) {

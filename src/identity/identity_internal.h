@@ -28,11 +28,13 @@ struct sl_issuer {
 	int64_t leeway_s;
 	struct sl_keyset *keys; /* swapped under idp->lock */
 	int64_t last_fetch_us;
+	int64_t refresh_us; /* periodic re-fetch of a remote JWKS */
 };
 
 struct cache_slot {
 	uint8_t hash[32];
 	int used;
+	uint64_t gen; /* keys_gen when verified */
 	struct sl_identity id;
 };
 
@@ -44,6 +46,14 @@ struct sl_idp {
 	struct cache_slot *cache;
 	size_t ncache;
 	pthread_mutex_t fetch_mu;
+	/* Bumped whenever a key set is replaced: cached verifications made
+	 * with older keys no longer count (a removed key stops working). */
+	uint64_t keys_gen;
+	/* periodic JWKS refresh thread */
+	pthread_t refresher;
+	int refresher_on, stopping;
+	pthread_mutex_t stop_mu;
+	pthread_cond_t stop_cv;
 };
 
 int sl_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outmax, size_t *outlen);

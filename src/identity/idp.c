@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -174,6 +175,8 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 	pthread_rwlock_init(&idp->lock, NULL);
 	pthread_mutex_init(&idp->cache_mu, NULL);
 	pthread_mutex_init(&idp->fetch_mu, NULL);
+	pthread_mutex_init(&idp->stop_mu, NULL);
+	pthread_cond_init(&idp->stop_cv, NULL);
 	idp->issuers = calloc(n, sizeof(*idp->issuers));
 	idp->ncache = 4096;
 	idp->cache = calloc(idp->ncache, sizeof(*idp->cache));
@@ -181,7 +184,7 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 		goto fail;
 	for (size_t i = 0; i < n; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		int64_t ms = 60000;
+		int64_t ms = 60000, refresh_ms = 300000;
 
 		idp->nissuers++;
 		if (cfg->issuers_count == 0) {
@@ -205,8 +208,11 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 			is->subject_claim = strdup(c->subject_claim ? c->subject_claim : "sub");
 			if (c->leeway)
 				sl_parse_duration_ms(c->leeway, &ms);
+			if (c->jwks_refresh)
+				sl_parse_duration_ms(c->jwks_refresh, &refresh_ms);
 		}
 		is->leeway_s = ms / 1000;
+		is->refresh_us = (refresh_ms > 1000 ? refresh_ms : 1000) * 1000;
 		if (is->issuer == NULL || is->audience == NULL || is->groups_claim == NULL ||
 		    is->subject_claim == NULL)
 			goto fail;
@@ -238,11 +244,67 @@ fail:
 	return r;
 }
 
+static void refresh_due(struct sl_idp *idp);
+
+/* Re-fetches remote key sets when due; woken early only to stop. */
+static void *
+refresher_main(void *arg)
+{
+	struct sl_idp *idp = arg;
+	int64_t every = INT64_MAX;
+
+	for (size_t i = 0; i < idp->nissuers; i++)
+		if (idp->issuers[i].jwks_file == NULL && idp->issuers[i].refresh_us < every)
+			every = idp->issuers[i].refresh_us;
+	pthread_mutex_lock(&idp->stop_mu);
+	while (!idp->stopping) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += (time_t)(every / 1000000);
+		ts.tv_nsec += (long)(every % 1000000) * 1000;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&idp->stop_cv, &idp->stop_mu, &ts);
+		if (idp->stopping)
+			break;
+		pthread_mutex_unlock(&idp->stop_mu);
+		refresh_due(idp);
+		pthread_mutex_lock(&idp->stop_mu);
+	}
+	pthread_mutex_unlock(&idp->stop_mu);
+	return NULL;
+}
+
+int
+sl_idp_start_refresh(struct sl_idp *idp)
+{
+	int remote = 0;
+
+	for (size_t i = 0; i < idp->nissuers; i++)
+		remote |= idp->issuers[i].jwks_file == NULL;
+	if (!remote || idp->refresher_on)
+		return 0;
+	if (pthread_create(&idp->refresher, NULL, refresher_main, idp) != 0)
+		return SL_EIO;
+	idp->refresher_on = 1;
+	return 0;
+}
+
 void
 sl_idp_free(struct sl_idp *idp)
 {
 	if (idp == NULL)
 		return;
+	if (idp->refresher_on) {
+		pthread_mutex_lock(&idp->stop_mu);
+		idp->stopping = 1;
+		pthread_cond_signal(&idp->stop_cv);
+		pthread_mutex_unlock(&idp->stop_mu);
+		pthread_join(idp->refresher, NULL);
+	}
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
 
@@ -270,6 +332,7 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 {
 	uint8_t h[32];
 	struct cache_slot *slot;
+	uint64_t gen;
 	int r;
 
 	if (len == 0 || len > SL_JWT_MAX) {
@@ -280,8 +343,9 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	slot = &idp->cache[(((size_t)h[0] << 8) | h[1]) % idp->ncache];
 	pthread_mutex_lock(&idp->cache_mu);
 	if (slot->used && memcmp(slot->hash, h, 32) == 0) {
-		/* Cached until expiry; the expiry still applies. */
-		if (now <= slot->id.exp) {
+		/* Cached until expiry (which still applies) or until a key set
+		 * changes (the signing key may be gone). */
+		if (now <= slot->id.exp && slot->gen == __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE)) {
 			r = sl_identity_copy(out, &slot->id);
 			pthread_mutex_unlock(&idp->cache_mu);
 			return r;
@@ -290,6 +354,7 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 		slot->used = 0;
 	}
 	pthread_mutex_unlock(&idp->cache_mu);
+	gen = __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE); /* before verifying */
 	r = sl_jwt_verify_with(idp, token, len, now, out, err, errlen);
 	if (r != 0)
 		return r;
@@ -297,9 +362,24 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	if (slot->used)
 		sl_identity_fini(&slot->id);
 	slot->used = sl_identity_copy(&slot->id, out) == 0;
+	slot->gen = gen;
 	memcpy(slot->hash, h, 32);
 	pthread_mutex_unlock(&idp->cache_mu);
 	return 0;
+}
+
+/* Replaces an issuer's keys and invalidates every cached verification. */
+static void
+install_keys(struct sl_idp *idp, struct sl_issuer *is, struct sl_keyset *ks)
+{
+	struct sl_keyset *old;
+
+	pthread_rwlock_wrlock(&idp->lock);
+	old = is->keys;
+	is->keys = ks;
+	__atomic_add_fetch(&idp->keys_gen, 1, __ATOMIC_RELEASE);
+	pthread_rwlock_unlock(&idp->lock);
+	sl_keyset_free(old);
 }
 
 int
@@ -327,7 +407,7 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL, *old;
+		struct sl_keyset *ks = NULL;
 
 		if (is->jwks_file != NULL || (want && strcmp(want, is->issuer) != 0))
 			continue;
@@ -341,16 +421,35 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 			r = SL_EIO;
 			continue;
 		}
-		pthread_rwlock_wrlock(&idp->lock);
-		old = is->keys;
-		is->keys = ks;
-		pthread_rwlock_unlock(&idp->lock);
-		sl_keyset_free(old);
+		install_keys(idp, is, ks);
 		r = 0;
 	}
 	pthread_mutex_unlock(&idp->fetch_mu);
 	json_decref(pl);
 	return r;
+}
+
+/* Periodic refresh: every remote issuer whose jwks_refresh is due. A failed
+ * fetch keeps the keys it has (an IdP outage must not lock agents out). */
+static void
+refresh_due(struct sl_idp *idp)
+{
+	pthread_mutex_lock(&idp->fetch_mu);
+	for (size_t i = 0; i < idp->nissuers; i++) {
+		struct sl_issuer *is = &idp->issuers[i];
+		struct sl_keyset *ks = NULL;
+
+		if (is->jwks_file != NULL || sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
+			continue;
+		is->last_fetch_us = sl_mono_us();
+		if (fetch_keys(is, &ks) != 0) {
+			sl_warn("identity: cannot refresh the JWKS of %s; keeping the keys it had",
+				is->issuer);
+			continue;
+		}
+		install_keys(idp, is, ks);
+	}
+	pthread_mutex_unlock(&idp->fetch_mu);
 }
 
 /* ------------------------------------------------------------ dev issuer */

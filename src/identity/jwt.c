@@ -398,6 +398,41 @@ aud_ok(json_t *aud, const char *want)
 		goto out;                                                                          \
 	} while (0)
 
+/* A NumericDate (RFC 7519): seconds since the epoch, an integer or a
+ * number with a fraction (truncated), within 0 .. year 10000. Anything else
+ * (huge, negative, not a number) is refused rather than cast. */
+static int
+numeric_date(const json_t *v, int64_t *out)
+{
+	const int64_t max = 253402300799; /* 9999-12-31T23:59:59Z */
+	double d;
+
+	if (json_is_integer(v)) {
+		json_int_t i = json_integer_value(v);
+
+		if (i < 0 || i > max)
+			return -1;
+		*out = (int64_t)i;
+		return 0;
+	}
+	if (!json_is_real(v))
+		return -1;
+	d = json_real_value(v);
+	if (!(d >= 0.0 && d <= (double)max)) /* also false for NaN */
+		return -1;
+	*out = (int64_t)d;
+	return 0;
+}
+
+/* A group: a string of at most MAX_GROUP_LEN bytes with no NUL (a
+ * "dba\u0000x" group must not become "dba"). */
+static int
+group_ok(const json_t *g)
+{
+	return json_is_string(g) && json_string_length(g) <= MAX_GROUP_LEN &&
+	       strlen(json_string_value(g)) == json_string_length(g);
+}
+
 int
 sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 		   struct sl_identity *out, char *err, size_t errlen)
@@ -410,7 +445,7 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	uint8_t sig[1024];
 	size_t siglen;
 	int r = SL_EAUTH;
-	int64_t exp;
+	int64_t exp, t = 0;
 
 	memset(out, 0, sizeof(*out));
 	if (len == 0 || len > SL_JWT_MAX)
@@ -472,19 +507,25 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	if (!aud_ok(json_object_get(pl, "aud"), is->audience))
 		FAIL(SL_EAUTH, "audience mismatch");
 	v = json_object_get(pl, "exp");
-	if (!json_is_number(v))
+	if (v == NULL)
 		FAIL(SL_EAUTH, "token has no expiry");
-	exp = (int64_t)json_number_value(v);
+	if (numeric_date(v, &exp) != 0)
+		FAIL(SL_EAUTH, "token has an invalid exp");
 	if (now > exp + is->leeway_s)
 		FAIL(SL_EEXPIRED, "token expired");
 	v = json_object_get(pl, "nbf");
-	if (v != NULL && (!json_is_number(v) || now + is->leeway_s < (int64_t)json_number_value(v)))
+	if (v != NULL && numeric_date(v, &t) != 0)
+		FAIL(SL_EAUTH, "token has an invalid nbf");
+	if (v != NULL && now + is->leeway_s < t)
 		FAIL(SL_EEXPIRED, "token not yet valid");
 	v = json_object_get(pl, "iat");
-	if (v != NULL && (!json_is_number(v) || now + is->leeway_s < (int64_t)json_number_value(v)))
+	if (v != NULL && numeric_date(v, &t) != 0)
+		FAIL(SL_EAUTH, "token has an invalid iat");
+	if (v != NULL && now + is->leeway_s < t)
 		FAIL(SL_EAUTH, "token issued in the future");
 	v = claim(pl, is->subject_claim);
-	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 255)
+	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 255 ||
+	    strlen(json_string_value(v)) != json_string_length(v))
 		FAIL(SL_EAUTH, "token has no subject");
 	out->subject = strdup(json_string_value(v));
 	out->issuer = strdup(is->issuer);
@@ -493,8 +534,14 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	out->groups = calloc(MAX_GROUPS + 1, sizeof(char *));
 	if (out->subject == NULL || out->issuer == NULL || out->groups == NULL)
 		FAIL(SL_ENOMEM, "out of memory");
+	/* Policy keys on groups: a groups claim that is not a string or an
+	 * array of plain strings is refused, never read in part. */
 	if (json_is_string(v)) {
-		out->groups[out->ngroups++] = strdup(json_string_value(v));
+		if (!group_ok(v))
+			FAIL(SL_EAUTH, "token has an invalid group");
+		if ((out->groups[out->ngroups] = strdup(json_string_value(v))) == NULL)
+			FAIL(SL_ENOMEM, "out of memory");
+		out->ngroups++;
 	} else if (json_is_array(v)) {
 		size_t i;
 		json_t *g;
@@ -503,13 +550,15 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 			FAIL(SL_EAUTH, "too many groups in token");
 		json_array_foreach(v, i, g)
 		{
-			if (!json_is_string(g) || json_string_length(g) > MAX_GROUP_LEN)
-				continue;
+			if (!group_ok(g))
+				FAIL(SL_EAUTH, "token has an invalid group");
 			out->groups[out->ngroups] = strdup(json_string_value(g));
 			if (out->groups[out->ngroups] == NULL)
 				FAIL(SL_ENOMEM, "out of memory");
 			out->ngroups++;
 		}
+	} else if (v != NULL && !json_is_null(v)) {
+		FAIL(SL_EAUTH, "token has an invalid groups claim");
 	}
 	{
 		uint8_t h[32];

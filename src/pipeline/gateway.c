@@ -217,6 +217,10 @@ sl_gateway_run(struct sl_config *cfg)
 		sl_error("identity: %s", err);
 		goto out;
 	}
+	if (sl_idp_start_refresh(gw->idp) != 0) {
+		sl_error("identity: cannot start the JWKS refresh thread");
+		goto out;
+	}
 	if (sl_policy_compile(cfg, &gw->policy, err, sizeof(err)) != 0) {
 		sl_error("policy: %s", err);
 		goto out;

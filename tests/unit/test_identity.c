@@ -328,6 +328,63 @@ test_refused(void **state)
 	}
 }
 
+/* Claim values that must be refused, never cast or read in part. */
+static void
+test_claim_values(void **state)
+{
+	struct sl_identity id;
+	char err[256];
+	json_t *bad_times[] = {json_real(1e300), json_integer(-5), json_string("9999999999"),
+			       json_real(-1.0), json_true(), json_integer(INT64_MAX)};
+	json_t *bad_groups[] = {json_pack("[s,i]", "ai-agents", 5),
+				json_pack("[s,[s]]", "ai-agents", "dba"),
+				json_stringn("dba\0x", 5),
+				json_pack("[s,s%]", "readers", "dba\0x", (size_t)5),
+				json_pack("{s:s}", "dba", "yes"),
+				json_integer(1)};
+	char longg[300];
+
+	for (size_t i = 0; i < sizeof(bad_times) / sizeof(bad_times[0]); i++) {
+		const char *which[] = {"exp", "nbf", "iat"};
+
+		for (size_t w = 0; w < 3; w++) {
+			json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+
+			json_object_set(c, which[w], bad_times[i]);
+			assert_int_not_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err),
+					     0);
+		}
+		json_decref(bad_times[i]);
+	}
+	/* a fractional NumericDate is fine */
+	{
+		json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+
+		json_object_set_new(c, "exp", json_real((double)NOW + 60.5));
+		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), 0);
+		sl_identity_fini(&id);
+	}
+	for (size_t i = 0; i < sizeof(bad_groups) / sizeof(bad_groups[0]); i++) {
+		json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+
+		json_object_set_new(json_object_get(c, "realm_access"), "roles", bad_groups[i]);
+		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), SL_EAUTH);
+	}
+	memset(longg, 'g', sizeof(longg) - 1);
+	longg[sizeof(longg) - 1] = '\0';
+	{
+		json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+
+		json_object_set_new(json_object_get(c, "realm_access"), "roles",
+				    json_pack("[s,s]", "ai-agents", longg));
+		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), SL_EAUTH);
+		/* a subject with a NUL in it */
+		c = claims("https://idp.test", "sluice", NOW + 60);
+		json_object_set_new(c, "sub", json_stringn("agent\0root", 10));
+		assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), SL_EAUTH);
+	}
+}
+
 static void
 test_dev_issuer(void **state)
 {
@@ -372,6 +429,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_refused),
+		cmocka_unit_test(test_claim_values),
 		cmocka_unit_test(test_dev_issuer),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
