@@ -15,6 +15,7 @@
 #include "mask_internal.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include <immintrin.h>
 
@@ -337,12 +338,23 @@ prefilter_at(const uint8_t *v, size_t len, size_t i)
 	case 'y':
 		return n == 'J';
 	default: { /* ':' or '=': a secret's key before it, maybe quoted */
+		static const char *const keys[] = {"pass",	"password",   "passwd", "passphrase",
+						   "pwd",	"secret",     "key",	"token",
+						   "credential", "credentials", "authorization"};
 		size_t k = i;
 
 		while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' ||
 				 v[k - 1] == '\''))
 			k--;
-		return k > 0 && (unsigned)((v[k - 1] | 0x20) - 'a') < 26u;
+		/* the key regexes have no left boundary: a word ending in one of
+		 * their keys ("db_password", "x-api-key") may be one */
+		for (size_t j = 0; j < sizeof(keys) / sizeof(keys[0]); j++) {
+			size_t n = strlen(keys[j]);
+
+			if (k >= n && strncasecmp((const char *)v + k - n, keys[j], n) == 0)
+				return 1;
+		}
+		return 0;
 	}
 	}
 }

@@ -537,12 +537,62 @@ test_stream_every_boundary(void **state)
 	free(c.p);
 }
 
+/* Short values (result columns) go through the prefilter before any scan:
+ * cut the text into values of 1..300 bytes and check that each masks in
+ * block mode exactly as a stream of it does (streams never prefilter), in
+ * full and partial style: a value the prefilter wrongly skipped would
+ * differ. */
+static void
+test_short_values_prefilter(void **state)
+{
+	struct env *env = *state;
+	struct collect c = {malloc(env->len), 0, env->len};
+	uint8_t *v = malloc(env->len);
+	struct sl_buf out;
+	size_t off = 0, values = 0;
+
+	sl_buf_init(&out, 0);
+	while (off < env->len) {
+		size_t n = 1 + rnd(rnd(4) ? 24 : 300); /* mostly short: one anchor each */
+
+		if (n > env->len - off)
+			n = env->len - off;
+		for (int style = 0; style < 2; style++) {
+			const struct sl_mask_plan *p = style ? env->partial : env->full;
+			struct sl_mask_stream *ms;
+			int r;
+
+			memcpy(v, env->text + off, n);
+			out.len = 0;
+			r = sl_mask_value(p, env->scr, v, n, &out, NULL);
+			assert_true(r == SL_MASK_UNCHANGED || r == SL_MASK_IN_PLACE);
+			c.n = 0;
+			assert_int_equal(sl_mask_stream_new(p, env->scr, collect, &c, &ms), 0);
+			assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)env->text + off, n),
+					 0);
+			assert_int_equal(sl_mask_stream_end(ms), 0);
+			sl_mask_stream_free(ms);
+			if (c.n != n || memcmp(c.p, v, n) != 0)
+				fail_msg("value [%zu,+%zu) \"%.*s\": block \"%.*s\" stream \"%.*s\"",
+					 off, n, (int)n, env->text + off, (int)n, (const char *)v,
+					 (int)c.n, (const char *)c.p);
+		}
+		off += n;
+		values++;
+	}
+	assert_true(values > 50);
+	sl_buf_fini(&out);
+	free(v);
+	free(c.p);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_block_covers_spec),
 		cmocka_unit_test(test_stream_every_boundary),
+		cmocka_unit_test(test_short_values_prefilter),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
