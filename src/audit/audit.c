@@ -57,9 +57,9 @@ struct sl_audit {
 	size_t ingest;
 	char *jpath;
 	int jfd;
-	off_t jsize;	/* bytes of records in the journal */
-	uint8_t *jmap;	/* the journal, mapped shared: appends are memory copies */
-	size_t jcap;	/* mapped (and allocated) bytes */
+	off_t jsize;   /* bytes of records in the journal */
+	uint8_t *jmap; /* the journal, mapped shared: appends are memory copies */
+	size_t jcap;   /* mapped (and allocated) bytes */
 	uint64_t stored_seq;
 	uint8_t stored_hash[32];
 	struct rec *head, *tail;
@@ -361,7 +361,9 @@ put_line(struct sl_buf *b, const struct rec *r, const char *node)
 	rc = sl_buf_append(b, "{\"seq\":", 7);
 	rc = rc ? rc : put_dec(b, r->seq, 0);
 	rc = rc ? rc : sl_buf_append(b, ",\"ts\":", 6);
-	rc = rc ? rc : put_dec(b, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts, r->ts < 0);
+	rc = rc ? rc
+		: put_dec(b, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts,
+			  r->ts < 0);
 	rc = rc ? rc : sl_buf_append(b, ",\"node\":", 8);
 	rc = rc ? rc : put_jstr(b, node);
 	rc = rc ? rc : sl_buf_append(b, ",\"type\":", 8);

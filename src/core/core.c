@@ -467,8 +467,7 @@ sl_sha256(const void *p, size_t n, uint8_t out[32])
 	unsigned int len = 0;
 
 	pthread_once(&sha256_once, sha256_fetch);
-	if (sha256_ctx == NULL && sha256_md != NULL &&
-	    (sha256_ctx = EVP_MD_CTX_new()) != NULL)
+	if (sha256_ctx == NULL && sha256_md != NULL && (sha256_ctx = EVP_MD_CTX_new()) != NULL)
 		pthread_setspecific(sha256_key, sha256_ctx);
 	if (sha256_md == NULL || sha256_ctx == NULL ||
 	    EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 ||

@@ -345,7 +345,8 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	if (slot->used && memcmp(slot->hash, h, 32) == 0) {
 		/* Cached until expiry (which still applies) or until a key set
 		 * changes (the signing key may be gone). */
-		if (now <= slot->id.exp && slot->gen == __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE)) {
+		if (now <= slot->id.exp &&
+		    slot->gen == __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE)) {
 			r = sl_identity_copy(out, &slot->id);
 			pthread_mutex_unlock(&idp->cache_mu);
 			return r;
@@ -439,7 +440,8 @@ refresh_due(struct sl_idp *idp)
 		struct sl_issuer *is = &idp->issuers[i];
 		struct sl_keyset *ks = NULL;
 
-		if (is->jwks_file != NULL || sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
+		if (is->jwks_file != NULL ||
+		    sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
 			continue;
 		is->last_fetch_us = sl_mono_us();
 		if (fetch_keys(is, &ks) != 0) {

@@ -338,13 +338,13 @@ prefilter_at(const uint8_t *v, size_t len, size_t i)
 	case 'y':
 		return n == 'J';
 	default: { /* ':' or '=': a secret's key before it, maybe quoted */
-		static const char *const keys[] = {"pass",	"password",   "passwd", "passphrase",
-						   "pwd",	"secret",     "key",	"token",
-						   "credential", "credentials", "authorization"};
+		static const char *const keys[] = {
+			"pass", "password", "passwd",	  "passphrase",	 "pwd",		 "secret",
+			"key",	"token",    "credential", "credentials", "authorization"};
 		size_t k = i;
 
-		while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' ||
-				 v[k - 1] == '\''))
+		while (k > 0 &&
+		       (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' || v[k - 1] == '\''))
 			k--;
 		/* the key regexes have no left boundary: a word ending in one of
 		 * their keys ("db_password", "x-api-key") may be one */

@@ -1178,12 +1178,13 @@ render_binary_number(uint32_t oid, const uint8_t *v, size_t len, char *out, size
 		/* groups past ndigits up to the weight are zeros (10^20 is one
 		 * digit group, weight 5) */
 		for (unsigned i = 0; (i < nd || (int)i <= weight) && n + 6 < cap; i++) {
-			unsigned d = i < nd ? (unsigned)(v[8 + 2 * i] << 8 | v[9 + 2 * i]) % 10000u : 0;
+			unsigned d =
+				i < nd ? (unsigned)(v[8 + 2 * i] << 8 | v[9 + 2 * i]) % 10000u : 0;
 
 			if (weight >= 0 && (int)i == weight + 1)
 				out[n++] = '.';
-			n += (size_t)snprintf(out + n, cap - n, i == 0 && weight >= 0 ? "%u" : "%04u",
-					      d);
+			n += (size_t)snprintf(out + n, cap - n,
+					      i == 0 && weight >= 0 ? "%u" : "%04u", d);
 		}
 		out[n] = '\0';
 		return n;

@@ -335,7 +335,7 @@ test_claim_values(void **state)
 	struct sl_identity id;
 	char err[256];
 	json_t *bad_times[] = {json_real(1e300), json_integer(-5), json_string("9999999999"),
-			       json_real(-1.0), json_true(), json_integer(INT64_MAX)};
+			       json_real(-1.0),	 json_true(),	   json_integer(INT64_MAX)};
 	json_t *bad_groups[] = {json_pack("[s,i]", "ai-agents", 5),
 				json_pack("[s,[s]]", "ai-agents", "dba"),
 				json_stringn("dba\0x", 5),

@@ -568,14 +568,15 @@ test_short_values_prefilter(void **state)
 			assert_true(r == SL_MASK_UNCHANGED || r == SL_MASK_IN_PLACE);
 			c.n = 0;
 			assert_int_equal(sl_mask_stream_new(p, env->scr, collect, &c, &ms), 0);
-			assert_int_equal(sl_mask_stream_feed(ms, (const uint8_t *)env->text + off, n),
-					 0);
+			assert_int_equal(
+				sl_mask_stream_feed(ms, (const uint8_t *)env->text + off, n), 0);
 			assert_int_equal(sl_mask_stream_end(ms), 0);
 			sl_mask_stream_free(ms);
 			if (c.n != n || memcmp(c.p, v, n) != 0)
-				fail_msg("value [%zu,+%zu) \"%.*s\": block \"%.*s\" stream \"%.*s\"",
-					 off, n, (int)n, env->text + off, (int)n, (const char *)v,
-					 (int)c.n, (const char *)c.p);
+				fail_msg(
+					"value [%zu,+%zu) \"%.*s\": block \"%.*s\" stream \"%.*s\"",
+					off, n, (int)n, env->text + off, (int)n, (const char *)v,
+					(int)c.n, (const char *)c.p);
 		}
 		off += n;
 		values++;

@@ -123,11 +123,11 @@ test_shape(void **state)
 	/* cases the lexer refuses to fold */
 	{
 		const char *exact[] = {
-			"SELECT E'\\''", "SELECT $$x$$",    "SELECT /* /* */ */ 1", "SELECT 1abc",
-			"SELECT U&'d'",	 "SELECT 'a'\n'b'", "SELECT 'caf\xc3\xa9'", "SELECT x'1f'",
+			"SELECT E'\\''", "SELECT $$x$$", "SELECT /* /* */ */ 1", "SELECT 1abc",
+			"SELECT U&'d'", "SELECT 'a'\n'b'", "SELECT 'caf\xc3\xa9'", "SELECT x'1f'",
 			/* set_config's kinds depend on its literal name */
-			"SELECT set_config('role', 'x', false)", "SELECT SET_CONFIG('a', 'b', true)",
-			"SELECT U&\"f\"('role')"};
+			"SELECT set_config('role', 'x', false)",
+			"SELECT SET_CONFIG('a', 'b', true)", "SELECT U&\"f\"('role')"};
 
 		for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
 			assert_int_equal(sl_sql_shape(exact[i], strlen(exact[i]), &a, &al), 0);
