@@ -103,9 +103,18 @@ static inline uint64_t
 number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev)
 {
 	u128 D = ((u128)d << 64) | dprev, S = ((u128)s << 64) | sprev, N = D | S;
-	u128 d1 = D << 1, d2 = d1 & (d1 << 1), d4 = d2 & (d2 << 2), d8 = d4 & (d4 << 4);
 	u128 n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2), n8 = n4 & (n4 << 4);
-	u128 card = (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12));
+	u128 d1, d2, d4, d8, card;
+
+	/* every shape needs 11 digits or separators in a row: most blocks of
+	 * result text (dates, times, amounts, ids) have none */
+	if ((uint64_t)((n8 & (n2 << 8) & (N << 11)) >> 64) == 0)
+		return 0;
+	d1 = D << 1;
+	d2 = d1 & (d1 << 1);
+	d4 = d2 & (d2 << 2);
+	d8 = d4 & (d4 << 4);
+	card = (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12));
 	u128 ssn =
 		d4 & (S << 5) & (D << 6) & (D << 7) & (S << 8) & (D << 9) & (D << 10) & (D << 11);
 
