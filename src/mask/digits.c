@@ -22,6 +22,7 @@
 #define DIG(c)	 ((unsigned)((c) - '0') < 10u)
 #define UP(c)	 ((unsigned)((c) - 'A') < 26u)
 #define LOW(c)	 ((unsigned)((c) - 'a') < 26u)
+#define ALPHA(c) (UP(c) || LOW(c))
 #define ALNUM(c) (DIG(c) || UP(c) || LOW(c))
 
 /* digit bits of ddd-dd-dddd, position i-11 at bit 0 */
@@ -328,6 +329,60 @@ specials64(const uint8_t *b)
 	return x;
 }
 
+/* Anchor candidates among bytes [p, p + 64) of v, with the neighbour each
+ * needs checked too: '@'; '+' before 1-9; 'A' before a capital; "--";
+ * "yJ"; ':' or '=' after a letter, a blank or a quote. Result text is full
+ * of dashes (dates, UUIDs), colons (times), '+' (time zones) and y's: this
+ * leaves prefilter_at() only the few that can anchor a match. */
+static inline uint64_t
+cands64(const uint8_t *v, size_t len, size_t p)
+{
+	uint8_t tmp[80];
+	const uint8_t *b = v + p; /* b[-1] .. b[64] are read */
+	uint64_t out = 0;
+
+	if (p == 0 || p + 65 > len) {
+		memset(tmp, 0, sizeof(tmp));
+		for (size_t i = 0; i < 66; i++)
+			if (p + i >= 1 && p + i - 1 < len)
+				tmp[i] = v[p + i - 1];
+		b = tmp + 1;
+	}
+#pragma GCC unroll 4
+	for (int k = 0; k < 4; k++) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(b + 16 * k));
+		__m128i nx = _mm_loadu_si128((const __m128i *)(b + 16 * k + 1));
+		__m128i pv = _mm_loadu_si128((const __m128i *)(b + 16 * k - 1));
+		__m128i t19 = _mm_sub_epi8(nx, _mm_set1_epi8('1'));
+		__m128i n19 = _mm_cmpeq_epi8(_mm_min_epu8(t19, _mm_set1_epi8(8)), t19);
+		__m128i tu = _mm_sub_epi8(nx, _mm_set1_epi8('A'));
+		__m128i nup = _mm_cmpeq_epi8(_mm_min_epu8(tu, _mm_set1_epi8(25)), tu);
+		__m128i tl = _mm_sub_epi8(_mm_or_si128(pv, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
+		__m128i palpha = _mm_cmpeq_epi8(_mm_min_epu8(tl, _mm_set1_epi8(25)), tl);
+		__m128i pblank = _mm_or_si128(
+			_mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8(' ')),
+				     _mm_cmpeq_epi8(pv, _mm_set1_epi8('\t'))),
+			_mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8('"')),
+				     _mm_cmpeq_epi8(pv, _mm_set1_epi8('\''))));
+		__m128i m = _mm_cmpeq_epi8(x, _mm_set1_epi8('@'));
+
+		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('+')), n19));
+		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('A')), nup));
+		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('-')),
+						  _mm_cmpeq_epi8(nx, _mm_set1_epi8('-'))));
+		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('y')),
+						  _mm_cmpeq_epi8(nx, _mm_set1_epi8('J'))));
+		m = _mm_or_si128(
+			m, _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(':')),
+						      _mm_cmpeq_epi8(x, _mm_set1_epi8('='))),
+					 _mm_or_si128(palpha, pblank)));
+		out |= (uint64_t)(uint16_t)_mm_movemask_epi8(m) << (16 * k);
+	}
+	if (len - p < 64)
+		out &= (1ull << (len - p)) - 1;
+	return out;
+}
+
 /* Whether a built-in regex may match with byte i of v as its anchor (the
  * rules the regexes in detect.c imply; a superset of what they accept). */
 static int
@@ -356,11 +411,16 @@ prefilter_at(const uint8_t *v, size_t len, size_t i)
 		       (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' || v[k - 1] == '\''))
 			k--;
 		/* the key regexes have no left boundary: a word ending in one of
-		 * their keys ("db_password", "x-api-key") may be one */
+		 * their keys ("db_password", "x-api-key") may be one; most ':'
+		 * in result text follow a digit (times) and end here */
+		if (k == 0 || !ALPHA(v[k - 1]))
+			return 0;
 		for (size_t j = 0; j < sizeof(keys) / sizeof(keys[0]); j++) {
-			size_t n = strlen(keys[j]);
+			size_t n = strlen(keys[j]), m = 0;
 
-			if (k >= n && strncasecmp((const char *)v + k - n, keys[j], n) == 0)
+			while (m < n && k >= n && (v[k - n + m] | 0x20) == keys[j][m])
+				m++;
+			if (m == n)
 				return 1;
 		}
 		return 0;
@@ -402,7 +462,7 @@ sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always)
 				need |= 2;
 		}
 		if (!(need & 1) && n > 0) {
-			for (x = specials64(b) & valid; x; x &= x - 1) {
+			for (x = cands64(v, len, p); x; x &= x - 1) {
 				if (prefilter_at(v, len, p + (size_t)__builtin_ctzll(x))) {
 					need |= 1;
 					break;
@@ -412,4 +472,120 @@ sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always)
 		pm = m;
 	}
 	return need;
+}
+
+/* ------------------------------------------------------------ regex windows */
+
+static size_t
+after_ws(const uint8_t *v, size_t len, size_t p)
+{
+	for (; p < len; p++)
+		if (v[p] == ' ' || v[p] == '\t' || v[p] == '\n' || v[p] == '\r' || v[p] == '\v' ||
+		    v[p] == '\f')
+			return p + 1; /* the whitespace is the pattern's trailing context */
+	return len;
+}
+
+/* Bytes a PEM marker can span from its first dash: "-----BEGIN " + 40 +
+ * "PRIVATE KEY BLOCK-----". */
+#define PEM_MARKER_MAX 96
+/* The longest secret key a regex names ("authorization"). */
+#define SECRET_KEY_MAX 13
+
+static void
+anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
+{
+	size_t s = i, t, k, j;
+
+	switch (v[i]) {
+	case '@': /* email: the domain follows; the resolver walks back itself */
+	case '+': /* phone */
+	case 'A': /* AWS key id */
+		t = after_ws(v, len, i);
+		break;
+	case 'y': /* "eyJ" */
+		s = i > 0 ? i - 1 : 0;
+		t = after_ws(v, len, i);
+		break;
+	case '-': /* a PEM marker's dashes */
+		while (s > 0 && v[s - 1] == '-')
+			s--;
+		t = s + PEM_MARKER_MAX < len ? s + PEM_MARKER_MAX : len;
+		break;
+	default: /* ':' or '=' after a secret's key: key, quotes, blanks, value or
+		  * "Bearer <token>" */
+		k = i;
+		while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' ||
+				 v[k - 1] == '\''))
+			k--;
+		s = k > SECRET_KEY_MAX ? k - SECRET_KEY_MAX : 0;
+		j = i + 1;
+		while (j < len && (v[j] == ' ' || v[j] == '\t' || v[j] == '"' || v[j] == '\''))
+			j++;
+		while (j < len && v[j] != ' ' && v[j] != '\t' && v[j] != '\n' && v[j] != '\r')
+			j++;
+		while (j < len && (v[j] == ' ' || v[j] == '\t'))
+			j++;
+		t = after_ws(v, len, j);
+		break;
+	}
+	*from = s;
+	*to = t;
+}
+
+int
+sl_mask__windows(const uint8_t *v, size_t len, struct sl_mask_win *w, int max)
+{
+	uint8_t buf[64];
+	int n = 0;
+
+	for (size_t p = 0; p < len; p += 64) {
+		const uint8_t *b = v + p;
+		size_t m = len - p < 64 ? len - p : 64;
+		uint64_t x;
+
+		if (m < 64) {
+			memset(buf, 0, sizeof(buf));
+			memcpy(buf, v + p, m);
+			b = buf;
+		}
+		(void)b;
+		x = cands64(v, len, p);
+		for (; x; x &= x - 1) {
+			size_t i = p + (size_t)__builtin_ctzll(x), s, t;
+
+			if (!prefilter_at(v, len, i))
+				continue;
+			anchor_window(v, len, i, &s, &t);
+			/* windows come mostly in order: merge with any earlier one
+			 * they touch, else insert in place */
+			{
+				int k = n;
+
+				while (k > 0 && w[k - 1].from > s)
+					k--;
+				if (k > 0 && w[k - 1].to >= s) {
+					if (t > w[k - 1].to)
+						w[k - 1].to = (uint32_t)t;
+					k--;
+				} else {
+					if (n == max)
+						return -1;
+					memmove(&w[k + 1], &w[k], (size_t)(n - k) * sizeof(*w));
+					w[k].from = (uint32_t)s;
+					w[k].to = (uint32_t)t;
+					n++;
+				}
+				/* the grown window may now reach the ones after it */
+				while (k + 1 < n && w[k + 1].from <= w[k].to) {
+					if (w[k + 1].to > w[k].to)
+						w[k].to = w[k + 1].to;
+					memmove(&w[k + 1], &w[k + 2],
+						(size_t)(n - k - 2) * sizeof(*w));
+					n--;
+				}
+			}
+		}
+	}
+	return n;
 }

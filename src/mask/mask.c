@@ -439,6 +439,51 @@ out:
 }
 
 #define PREFILTER_MAX 1024
+/* Longer values (and every value once custom patterns exist) are scanned
+ * whole; below this a window list is not worth building. */
+#define WINDOWS_MIN 256
+#define WINDOWS_MAX 64
+
+struct win_ctx {
+	struct eng *e;
+	uint64_t base;
+};
+
+static int
+on_window_match(unsigned id, unsigned long long from, unsigned long long to, unsigned flags,
+		void *ctx)
+{
+	struct win_ctx *w = ctx;
+
+	return sl_mask__on_match(id, from + w->base, to + w->base, flags, w->e);
+}
+
+/* The regex scan of a value: with built-in patterns only, just the windows
+ * around anchor bytes (result text is mostly words, numbers and dates that
+ * no built-in regex can match: hyperscan then never sees them); the
+ * resolver still sees the whole value. */
+static hs_error_t
+regex_scan(const struct sl_mask_plan *p, struct sl_mask_scratch *s, struct eng *e,
+	   const uint8_t *val, size_t len)
+{
+	struct sl_mask_win w[WINDOWS_MAX];
+	int n = -1;
+
+	if (p->db->custom_maxw == 0 && len >= WINDOWS_MIN)
+		n = sl_mask__windows(val, len, w, WINDOWS_MAX);
+	if (n < 0)
+		return hs_scan(p->db->blk, (const char *)val, (unsigned)len, 0, s->hs,
+			       sl_mask__on_match, e);
+	for (int i = 0; i < n; i++) {
+		struct win_ctx c = {e, w[i].from};
+		hs_error_t r = hs_scan(p->db->blk, (const char *)val + w[i].from,
+				       w[i].to - w[i].from, 0, s->hs, on_window_match, &c);
+
+		if (r != HS_SUCCESS)
+			return r;
+	}
+	return HS_SUCCESS;
+}
 
 int
 sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
@@ -471,9 +516,9 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		e.ds_pos = e.hi; /* nothing for the digit scanner */
 		e.ds_eof = 1;
 	}
-	r = need & 1 ? hs_scan(p->db->blk, (const char *)val, (unsigned)len, 0, s->hs,
-			       sl_mask__on_match, &e)
-		     : HS_SUCCESS;
+	r = HS_SUCCESS;
+	if (need & 1)
+		r = regex_scan(p, s, &e, val, len);
 	if (r == HS_SUCCESS)
 		sl_mask__finish(&e);
 	s->sp = e.sp; /* keep what the resolver grew */

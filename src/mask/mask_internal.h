@@ -138,6 +138,15 @@ void sl_mask__scan_digits(struct eng *e);
  * candidate (bit 2): SIMD class masks, so values holding nothing (most
  * result values) skip both scans. */
 int sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always);
+/* The parts of v a built-in regex can match in: a window around each anchor
+ * byte the prefilter accepts (from where the pattern can start to the
+ * whitespace after it), sorted and merged. Returns how many (0: no regex
+ * can match), or -1 when there are more than max (scan it all). Only for
+ * the built-in patterns: custom ones may match anywhere. */
+struct sl_mask_win {
+	uint32_t from, to;
+};
+int sl_mask__windows(const uint8_t *v, size_t len, struct sl_mask_win *w, int max);
 /* hyperscan match callback; ctx is a struct eng. */
 int sl_mask__on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned flags,
 		      void *ctx);
