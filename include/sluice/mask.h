@@ -96,6 +96,8 @@ enum sl_mask_result {
  */
 int sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
 		  struct sl_buf *out, struct sl_mask_stats *st);
+/* The plan's i-th column glob, NULL past the end. */
+const char *sl_mask_plan_column_glob(const struct sl_mask_plan *p, size_t i);
 /* Column rule: returns 1 and the style if name matches the plan's column globs. */
 int sl_mask_plan_column(const struct sl_mask_plan *p, const char *colname,
 			enum sl_mask_style *style);

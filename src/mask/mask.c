@@ -354,6 +354,12 @@ sl_mask__hs_scratch(struct sl_mask_scratch *s)
 	return s->hs;
 }
 
+const char *
+sl_mask_plan_column_glob(const struct sl_mask_plan *p, size_t i)
+{
+	return p != NULL && i < p->ncols ? p->cols[i] : NULL;
+}
+
 int
 sl_mask_plan_column(const struct sl_mask_plan *p, const char *colname, enum sl_mask_style *style)
 {

@@ -128,6 +128,11 @@ struct pg_session {
 	/* masking */
 	const struct sl_mask_plan *mplan;
 	int mask_exempt;
+	/* table columns whose names match a column rule, read from the catalog
+	 * at login, so `SELECT ssn AS x` is still masked: sorted keys */
+	struct catcol *catcols;
+	size_t ncatcols;
+	unsigned catalog : 2; /* 0 not asked, 1 query running, 2 done */
 	struct colinfo *cols;
 	uint16_t ncols;
 	uint32_t *offs;
@@ -148,6 +153,13 @@ struct pg_session {
 	unsigned timer_open : 1;
 };
 
+struct catcol {
+	uint64_t key; /* table oid << 16 | attnum */
+	int8_t style;
+};
+
+#define CATALOG_MAX 100000
+
 /* What to do with a result column. */
 struct colinfo {
 	int8_t rule; /* column rule applies: style in .style */
@@ -166,6 +178,8 @@ static void process_upstream(struct pg_session *s);
 static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
+static int catalog_ask(struct pg_session *s);
+static int catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static void stop_login_timer(struct pg_session *s);
 static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 			   const struct sl_sql_class *cls, const struct sl_decision *d,
@@ -582,6 +596,7 @@ session_free(struct pg_session *s)
 		portal_remove(s, s->portals->name);
 	blocked_clear(s);
 	free(s->cols);
+	free(s->catcols);
 	free(s->offs);
 	free(s->lens);
 	sl_buf_fini(&s->mout);
@@ -895,6 +910,14 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 		return 0;
 	}
 	/* PG_ST_UPINIT: ParameterStatus, BackendKeyData, notices, then ReadyForQuery. */
+	if (s->catalog == 1 && catalog_msg(s, type, msg, len) == 0)
+		return 0; /* the catalog answer is ours, never the client's */
+	if (type == 'Z' && s->catalog == 0) {
+		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
+		if (catalog_ask(s))
+			return 0;
+		s->catalog = 2;
+	}
 	switch (type) {
 	case 'K':
 		if (sl_pg_parse_backend_key(msg, len, &s->up_pid, &s->up_key) != 0) {
@@ -1103,6 +1126,131 @@ is_textlike(uint32_t oid, uint16_t format)
 	}
 }
 
+static int
+catcol_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct catcol *)a)->key, y = ((const struct catcol *)b)->key;
+
+	return x < y ? -1 : x > y;
+}
+
+static int
+catalog_find(const struct pg_session *s, uint32_t oid, uint16_t attnum, enum sl_mask_style *st)
+{
+	struct catcol k = {(uint64_t)oid << 16 | attnum, 0}, *c;
+
+	if (s->ncatcols == 0)
+		return 0;
+	c = bsearch(&k, s->catcols, s->ncatcols, sizeof(k), catcol_cmp);
+	if (c == NULL)
+		return 0;
+	*st = (enum sl_mask_style)c->style;
+	return 1;
+}
+
+/* Asks the upstream, before the client's session starts, which table
+ * columns have a name a column rule matches: RowDescription carries the
+ * source table and column of every plain column reference, whatever it is
+ * called in the result. The LIKE patterns only narrow the search; each name
+ * is matched with the rule's own glob when the answer comes. Returns 0 when
+ * there is nothing to ask. */
+static int
+catalog_ask(struct pg_session *s)
+{
+	struct sl_buf q, m;
+	const char *g;
+
+	if (s->mplan == NULL || sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+		return 0;
+	sl_buf_init(&q, 0);
+	sl_buf_append_cstr(&q, "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
+			       "a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a "
+			       "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+			       "WHERE a.attnum > 0 AND NOT a.attisdropped "
+			       "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
+	q.len--; /* no NUL yet */
+	for (size_t i = 0; (g = sl_mask_plan_column_glob(s->mplan, i)) != NULL; i++) {
+		sl_buf_append(&q, " OR a.attname::pg_catalog.text ILIKE '", 38);
+		for (; *g; g++) {
+			/* '!' escapes (no backslash: standard_conforming_strings may
+			 * be off); a glob class matches like '%' here */
+			if (*g == '*' || *g == '[')
+				sl_buf_append_u8(&q, '%');
+			else if (*g == '?')
+				sl_buf_append_u8(&q, '_');
+			else if (*g == '%' || *g == '_' || *g == '!')
+				sl_buf_append(&q, (const char[]){'!', *g}, 2);
+			else if (*g == '\'')
+				sl_buf_append(&q, "''", 2);
+			else
+				sl_buf_append_u8(&q, (uint8_t)*g);
+			if (*g == '[')
+				while (g[1] != '\0' && g[1] != ']')
+					g++;
+		}
+		sl_buf_append(&q, "' ESCAPE '!'", 12);
+	}
+	sl_buf_append_cstr(&q, ")");
+	sl_buf_init(&m, 0);
+	sl_pg_put_query(&m, (const char *)q.data);
+	up_send(s, m.data, m.len);
+	sl_stream_flush(&s->up);
+	sl_buf_fini(&m);
+	sl_buf_fini(&q);
+	s->catalog = 1;
+	return 1;
+}
+
+/* One message of the catalog answer. Returns 1 at its ReadyForQuery. */
+static int
+catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
+{
+	int32_t lens[3];
+	uint32_t offs[3];
+	uint16_t n;
+
+	if (type == 'Z') {
+		s->catalog = 2;
+		if (s->ncatcols > 1)
+			qsort(s->catcols, s->ncatcols, sizeof(*s->catcols), catcol_cmp);
+		return 1;
+	}
+	if (type == 'E') {
+		/* Column rules then match result names only, as without it. */
+		sl_warn("pg session %s: cannot read the catalog for column rules; they match "
+			"result column names only",
+			s->pl.id);
+		return 0;
+	}
+	if (type != 'D' || s->ncatcols >= CATALOG_MAX ||
+	    sl_pg_parse_data_row(msg, len, 3, &n, offs, lens) != 0 || n != 3 || lens[0] <= 0 ||
+	    lens[1] <= 0 || lens[2] <= 0 || lens[0] > 20 || lens[1] > 6 || lens[2] > 63)
+		return 0;
+	{
+		char oid[24], att[8], name[64];
+		enum sl_mask_style st;
+		struct catcol *c;
+
+		memcpy(oid, msg + offs[0], (size_t)lens[0]);
+		oid[lens[0]] = '\0';
+		memcpy(att, msg + offs[1], (size_t)lens[1]);
+		att[lens[1]] = '\0';
+		memcpy(name, msg + offs[2], (size_t)lens[2]);
+		name[lens[2]] = '\0';
+		if (!sl_mask_plan_column(s->mplan, name, &st))
+			return 0;
+		c = realloc(s->catcols, (s->ncatcols + 1) * sizeof(*c));
+		if (c == NULL)
+			return 0;
+		s->catcols = c;
+		c[s->ncatcols].key = (uint64_t)strtoull(oid, NULL, 10) << 16 |
+				     (uint64_t)(strtoul(att, NULL, 10) & 0xffff);
+		c[s->ncatcols].style = (int8_t)st;
+		s->ncatcols++;
+	}
+	return 0;
+}
+
 static void
 on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 {
@@ -1129,6 +1277,11 @@ on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 		memset(c, 0, sizeof(*c));
 		c->textlike = (int8_t)is_textlike(f[i].type_oid, f[i].format);
 		if (sl_mask_plan_column(s->mplan, f[i].name, &st)) {
+			c->rule = 1;
+			c->style = (int8_t)st;
+		} else if (f[i].table_oid != 0 && f[i].attnum > 0 &&
+			   catalog_find(s, f[i].table_oid, f[i].attnum, &st)) {
+			/* a rule's column under another name (an alias, a view) */
 			c->rule = 1;
 			c->style = (int8_t)st;
 		}

@@ -72,6 +72,27 @@ def test_near_misses_untouched(mgw):
     assert [r[0] for r in got] == vals
 
 
+def test_column_rules_follow_the_source_column(mgw):
+    # An alias, or a subquery around it, does not hide a rule's column: the
+    # RowDescription still names its table and column, which the gateway
+    # looked up in the catalog at login.
+    want = rows(mgw, "SELECT api_token FROM customers ORDER BY id")
+    assert want[0][0] == "*" * len("tok_live_abc")
+    for sql in ("SELECT api_token AS t FROM customers ORDER BY id",
+                "SELECT t FROM (SELECT api_token AS t, id FROM customers) q ORDER BY id",
+                "SELECT c.api_token AS \"Harmless\" FROM customers c ORDER BY id"):
+        assert rows(mgw, sql) == want, sql
+    # through the extended protocol too (psycopg2 with a server-side cursor)
+    c = mgw.connect(token=mgw.mint(groups="ai-agents"))
+    cur = c.cursor(name="cur")
+    cur.execute("SELECT api_token AS t FROM customers ORDER BY id")
+    assert cur.fetchall() == want
+    c.close()
+    # an expression is a new value: no column rule, but detectors still run
+    got = rows(mgw, "SELECT ssn || '' AS s FROM customers ORDER BY id")
+    assert got[0][0] == "***-**-6789"
+
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "pii")
 
 
