@@ -900,9 +900,13 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 		}
 		if (r < 0) {
 			/* The upstream's refusal is about sluice's credential:
-			 * never echo it, it may name the upstream user. */
-			sl_warn("pg session %s: upstream login failed: %s", s->pl.id,
-				r == SL_EAUTH ? "credential refused" : sl_strerror(r));
+			 * never echo it to the client (it may name the upstream
+			 * user); the operator's log gets the reason. */
+			sl_warn("pg session %s: login to connection %s failed: %s", s->pl.id,
+				s->pl.conn ? s->pl.conn->name : "?",
+				err[0]		? err
+				: r == SL_EAUTH ? "credential refused"
+						: sl_strerror(r));
 			fatal(s, "08006",
 			      "sluice: login to the upstream server failed (see gateway log)");
 			return -1;
