@@ -1243,10 +1243,13 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		name[lens[2]] = '\0';
 		if (!sl_mask_plan_column(s->mplan, name, &st))
 			return 0;
-		c = realloc(s->catcols, (s->ncatcols + 1) * sizeof(*c));
-		if (c == NULL)
-			return 0;
-		s->catcols = c;
+		if ((s->ncatcols & (s->ncatcols - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
+			c = realloc(s->catcols, (s->ncatcols ? 2 * s->ncatcols : 1) * sizeof(*c));
+			if (c == NULL)
+				return 0;
+			s->catcols = c;
+		}
+		c = s->catcols;
 		c[s->ncatcols].key = (uint64_t)strtoull(oid, NULL, 10) << 16 |
 				     (uint64_t)(strtoul(att, NULL, 10) & 0xffff);
 		c[s->ncatcols].style = (int8_t)st;
