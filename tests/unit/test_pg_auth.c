@@ -455,6 +455,53 @@ test_scram_iteration_syntax(void **state)
 	}
 }
 
+/* Server-first shapes the old attribute search accepted (it looked for
+ * "k=" anywhere, in any order, and decoded base64 leniently). */
+static void
+test_server_first_syntax(void **state)
+{
+	static const struct {
+		const char *sfirst;
+		int expect;
+	} cases[] = {
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=3", 0},
+		/* second r= after the real one */
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,r=x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=3", SL_EPROTO},
+		/* non-canonical salt (unused low bits set): two spellings, one value */
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gR==,i=3", SL_EPROTO},
+		/* unpadded salt, empty salt */
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ,i=3", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=,i=3", SL_EPROTO},
+		/* missing attributes, empty trailing extension */
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ==", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,i=3", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=3,", SL_EPROTO},
+		/* truncated at every attribute boundary */
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ==,i", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,s=W22ZaJ0SNY7soEsUEjb6gQ==,", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS,", SL_EPROTO},
+		{"r=MDEyMzQ1Njc4OWFiY2RlZmdoS", SL_EPROTO},
+		{"r=", SL_EPROTO},
+		{"r", SL_EPROTO},
+	};
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		struct sl_pg_upauth *a;
+		struct sl_buf out;
+		char err[256];
+
+		sl_buf_init(&out, 0);
+		assert_int_equal(sl_pg_upauth_new("app", "pw", nonce24, 24, &a), 0);
+		assert_int_equal(sl_pg_upauth_set_max_iterations(a, 3), 0);
+		assert_int_equal(feed_auth(a, 10, "SCRAM-SHA-256\0\0", 15, &out, err, 256), 0);
+		out.len = 0;
+		if (feed_str(a, 11, cases[k].sfirst, &out, err, sizeof(err)) != cases[k].expect)
+			fail_msg("case %zu: %s", k, cases[k].sfirst);
+		sl_pg_upauth_free(a);
+		sl_buf_fini(&out);
+	}
+}
+
 /* Messages out of order during SCRAM. */
 static void
 test_scram_order(void **state)
@@ -775,6 +822,7 @@ main(void)
 		cmocka_unit_test(test_scram_iteration_ceiling),
 		cmocka_unit_test(test_scram_iteration_counts),
 		cmocka_unit_test(test_scram_iteration_syntax),
+		cmocka_unit_test(test_server_first_syntax),
 		cmocka_unit_test(test_scram_order),
 		cmocka_unit_test(test_sasl_mechanisms),
 		cmocka_unit_test(test_md5),
