@@ -1,10 +1,19 @@
 /*
- * auth.c - upstream login: SCRAM-SHA-256 (RFC 5802/7677) client with
+ * auth.c - upstream login: SCRAM-SHA-256 (RFC 5802/7677) client with a
  * mandatory server-signature check, MD5 and cleartext. Pure: the caller
- * supplies the randomness for the client nonce.
+ * supplies the randomness for the client nonce; no sockets, clocks or logs.
+ *
+ * SASLprep: the password goes into PBKDF2 as its raw bytes. For ASCII this is
+ * exactly what PostgreSQL does (SASLprep leaves printable ASCII unchanged,
+ * and when it fails, e.g. on control characters, both libpq and the server
+ * fall back to the raw bytes). Non-ASCII passwords that SASLprep would change
+ * (non-ASCII spaces, NFKC-unstable characters, soft hyphens...) will not
+ * match the server's verifier; see docs/internals/pg-codec.md.
  */
 #include "sluice/pg_auth.h"
 
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,22 +25,76 @@
 
 #include "sluice/pg_codec.h"
 
-#define MAX_ITER 10000000
+#define NONCE_MAX	 64   /* our client nonce */
+#define SRV_NONCE_MAX	 512  /* the combined nonce the server returns */
+#define SALT_MAX	 256  /* decoded salt bytes */
+#define SCRAM_MSG_MAX	 2048 /* server-first / server-final message */
+#define SCRAM_USER_MAX	 128  /* raw username bytes (escaped: up to 3x) */
+#define CLIENT_FIRST_MAX (3 + 3 * SCRAM_USER_MAX + 3 + NONCE_MAX + 1)
 
-enum upauth_state { UA_START, UA_SASL_SENT_FIRST, UA_SASL_SENT_FINAL, UA_SASL_DONE, UA_DONE };
+/* Authentication request codes (AuthenticationXxx). */
+enum {
+	AUTH_OK = 0,
+	AUTH_CLEARTEXT = 3,
+	AUTH_MD5 = 5,
+	AUTH_SASL = 10,
+	AUTH_SASL_CONTINUE = 11,
+	AUTH_SASL_FINAL = 12,
+};
+
+enum upauth_state {
+	UA_START,	/* nothing fed yet, or only notices / NegotiateProtocolVersion */
+	UA_PW_SENT,	/* cleartext or MD5 password sent; AuthenticationOk or an error next */
+	UA_SCRAM_FIRST, /* client-first sent; SASLContinue (server-first) next */
+	UA_SCRAM_FINAL, /* client-final sent; SASLFinal (server signature) next */
+	UA_SCRAM_OK,	/* server signature verified; AuthenticationOk next */
+	UA_DONE,	/* AuthenticationOk seen */
+	UA_FAILED,	/* an error was returned; the object is spent */
+};
 
 struct sl_pg_upauth {
 	const char *user;
 	const char *password;
 	enum upauth_state st;
-	char nonce[48];
-	char client_first_bare[128];
-	char *server_first;
-	uint8_t salted[32];
-	char auth_message_tail[1024];
+	int started;
+	unsigned allowed;
+	uint32_t max_iter;
+	const char *method;
+	char nonce[NONCE_MAX + 1];
+	char scram_user[3 * SCRAM_USER_MAX + 1]; /* escaped saslname */
+	char client_first_bare[CLIENT_FIRST_MAX];
 	uint8_t server_sig[32];
-	int scram;
 };
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void
+seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* Copies peer text into dst as printable ASCII (others become '?'). */
+static void
+sanitize(char *dst, size_t dstlen, const char *src)
+{
+	size_t i = 0;
+
+	if (dstlen == 0)
+		return;
+	for (; src != NULL && src[i] != '\0' && i + 1 < dstlen; i++)
+		dst[i] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
+	dst[i] = '\0';
+}
+
+/* ---------------------------------------------------------------- base64 */
 
 static void
 b64enc(const uint8_t *in, size_t n, char *out)
@@ -39,45 +102,65 @@ b64enc(const uint8_t *in, size_t n, char *out)
 	EVP_EncodeBlock((unsigned char *)out, in, (int)n);
 }
 
+/* Strict base64 (RFC 4648 alphabet, padded, no whitespace). */
 static int
 b64dec(const char *in, size_t n, uint8_t *out, size_t outmax, size_t *outlen)
 {
-	uint8_t tmp[1024];
-	int r;
+	uint8_t tmp[SCRAM_MSG_MAX];
 	size_t pad = 0;
+	int r;
 
 	if (n == 0 || n % 4 != 0 || n / 4 * 3 > sizeof(tmp))
-		return SL_EPROTO;
-	r = EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)n);
-	if (r < 0)
 		return SL_EPROTO;
 	if (in[n - 1] == '=')
 		pad++;
 	if (in[n - 2] == '=')
 		pad++;
-	if ((size_t)r < pad || (size_t)r - pad > outmax)
+	for (size_t i = 0; i < n - pad; i++) {
+		char c = in[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '+' || c == '/'))
+			return SL_EPROTO;
+	}
+	r = EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)n);
+	if (r < 0 || (size_t)r < pad || (size_t)r - pad > outmax)
 		return SL_EPROTO;
+	/* Canonical only: unused low bits of the last character must be zero,
+	 * so one value has exactly one spelling. */
+	{
+		char re[SCRAM_MSG_MAX / 3 * 4 + 8];
+
+		b64enc(tmp, (size_t)r - pad, re);
+		if (memcmp(re, in, n) != 0)
+			return SL_EPROTO;
+	}
 	memcpy(out, tmp, (size_t)r - pad);
 	*outlen = (size_t)r - pad;
+	OPENSSL_cleanse(tmp, sizeof(tmp));
 	return 0;
 }
+
+/* ------------------------------------------------------------- lifecycle */
 
 int
 sl_pg_upauth_new(const char *user, const char *password, const uint8_t *nonce_src, size_t nlen,
 		 struct sl_pg_upauth **out)
 {
 	struct sl_pg_upauth *a;
-	uint8_t raw[18];
 
-	if (nlen < sizeof(raw))
+	*out = NULL;
+	if (user == NULL || password == NULL || nonce_src == NULL || nlen < 18 ||
+	    strlen(password) > INT_MAX)
 		return SL_EINVAL;
 	a = calloc(1, sizeof(*a));
 	if (a == NULL)
 		return SL_ENOMEM;
 	a->user = user;
 	a->password = password;
-	memcpy(raw, nonce_src, sizeof(raw));
-	b64enc(raw, sizeof(raw), a->nonce);
+	a->allowed = SL_PG_UPAUTH_ALLOW_ALL;
+	a->max_iter = SL_PG_SCRAM_MAX_ITER;
+	b64enc(nonce_src, 18, a->nonce);
 	*out = a;
 	return 0;
 }
@@ -87,245 +170,508 @@ sl_pg_upauth_free(struct sl_pg_upauth *a)
 {
 	if (a == NULL)
 		return;
-	free(a->server_first);
 	OPENSSL_cleanse(a, sizeof(*a));
 	free(a);
 }
 
-static void
+int
+sl_pg_upauth_set_allowed(struct sl_pg_upauth *a, unsigned methods)
+{
+	if (a->started)
+		return SL_ESTATE;
+	if ((methods & ~SL_PG_UPAUTH_ALLOW_ALL) != 0)
+		return SL_EINVAL;
+	a->allowed = methods;
+	return 0;
+}
+
+int
+sl_pg_upauth_set_allow_cleartext(struct sl_pg_upauth *a, int allow)
+{
+	unsigned m = a->allowed & ~SL_PG_UPAUTH_ALLOW_CLEARTEXT;
+
+	return sl_pg_upauth_set_allowed(a, allow ? m | SL_PG_UPAUTH_ALLOW_CLEARTEXT : m);
+}
+
+int
+sl_pg_upauth_set_max_iterations(struct sl_pg_upauth *a, uint32_t max)
+{
+	if (a->started)
+		return SL_ESTATE;
+	if (max < 1 || max > SL_PG_SCRAM_MAX_ITER)
+		return SL_EINVAL;
+	a->max_iter = max;
+	return 0;
+}
+
+int
+sl_pg_upauth_set_scram_user(struct sl_pg_upauth *a, const char *name)
+{
+	size_t o = 0;
+
+	if (a->started)
+		return SL_ESTATE;
+	if (name == NULL || strlen(name) > SCRAM_USER_MAX)
+		return SL_EINVAL;
+	/* RFC 5802 saslname: ',' and '=' are escaped as =2C and =3D. */
+	for (const char *p = name; *p; p++) {
+		if (*p == ',' || *p == '=') {
+			memcpy(a->scram_user + o, *p == ',' ? "=2C" : "=3D", 3);
+			o += 3;
+		} else {
+			a->scram_user[o++] = *p;
+		}
+	}
+	a->scram_user[o] = '\0';
+	return 0;
+}
+
+int
+sl_pg_upauth_set_client_nonce(struct sl_pg_upauth *a, const char *nonce)
+{
+	size_t n;
+
+	if (a->started)
+		return SL_ESTATE;
+	if (nonce == NULL || (n = strlen(nonce)) == 0 || n > NONCE_MAX)
+		return SL_EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (nonce[i] < 0x21 || nonce[i] > 0x7e || nonce[i] == ',')
+			return SL_EINVAL;
+	memcpy(a->nonce, nonce, n + 1);
+	return 0;
+}
+
+const char *
+sl_pg_upauth_method(const struct sl_pg_upauth *a)
+{
+	return a->st == UA_DONE ? a->method : NULL;
+}
+
+/* ----------------------------------------------------------------- SCRAM */
+
+static int
 hmac256(const uint8_t *key, size_t klen, const void *msg, size_t mlen, uint8_t out[32])
 {
 	unsigned int olen = 32;
 
-	HMAC(EVP_sha256(), key, (int)klen, msg, mlen, out, &olen);
+	return HMAC(EVP_sha256(), key, (int)klen, msg, mlen, out, &olen) != NULL && olen == 32
+		       ? 0
+		       : SL_EIO;
 }
 
-/* Finds "k=" attribute at the start of a comma-separated field. */
-static const char *
-attr(const char *s, char k, size_t *len)
+/*
+ * Takes "<k>=value" at *p, the value running to the next ',' or end. Leaves
+ * *p at that ',' (or end).
+ */
+static int
+take_attr(const char **p, const char *end, char k, const char **v, size_t *vl)
 {
-	const char *p = s;
+	const char *s = *p, *c;
 
-	while (p && *p) {
-		if (p[0] == k && p[1] == '=') {
-			const char *e = strchr(p, ',');
-
-			*len = e ? (size_t)(e - p - 2) : strlen(p + 2);
-			return p + 2;
-		}
-		p = strchr(p, ',');
-		if (p)
-			p++;
-	}
-	return NULL;
+	if (end - s < 2 || s[0] != k || s[1] != '=')
+		return SL_EPROTO;
+	s += 2;
+	c = memchr(s, ',', (size_t)(end - s));
+	*v = s;
+	*vl = c ? (size_t)(c - s) : (size_t)(end - s);
+	*p = s + *vl;
+	return 0;
 }
 
+/* Skips the ',' between attributes. */
+static int
+take_comma(const char **p, const char *end)
+{
+	if (*p >= end || **p != ',')
+		return SL_EPROTO;
+	(*p)++;
+	return 0;
+}
+
+/* Copies a SASL payload into a NUL-terminated buffer; NULs inside are refused. */
+static int
+copy_payload(const uint8_t *data, size_t dlen, char *dst, size_t dstlen)
+{
+	if (dlen == 0 || dlen >= dstlen || memchr(data, 0, dlen) != NULL)
+		return SL_EPROTO;
+	memcpy(dst, data, dlen);
+	dst[dlen] = '\0';
+	return 0;
+}
+
+/* AuthenticationSASL: a list of NUL-terminated mechanism names ending with an empty one. */
 static int
 scram_first(struct sl_pg_upauth *a, const uint8_t *mechs, size_t mlen, struct sl_buf *out,
 	    char *err, size_t errlen)
 {
-	int found = 0;
-	char first[160];
+	int found = 0, plus = 0, ended = 0;
+	char first[CLIENT_FIRST_MAX + 8];
 	size_t off = 0;
+	int n;
 
-	/* A list of NUL-terminated mechanism names, ending with an empty one. */
 	while (off < mlen) {
 		const char *m = (const char *)mechs + off;
 		size_t l = strnlen(m, mlen - off);
 
 		if (l == mlen - off)
-			return SL_EPROTO;
-		if (l == 0)
+			break; /* no NUL: malformed */
+		off += l + 1;
+		if (l == 0) {
+			ended = 1;
 			break;
+		}
 		if (strcmp(m, "SCRAM-SHA-256") == 0)
 			found = 1;
-		off += l + 1;
+		else if (strcmp(m, "SCRAM-SHA-256-PLUS") == 0)
+			plus = 1;
+	}
+	if (!ended || off != mlen) {
+		seterr(err, errlen, "malformed SASL mechanism list from upstream");
+		return SL_EPROTO;
 	}
 	if (!found) {
-		snprintf(err, errlen, "server offers no SASL mechanism sluice supports");
+		seterr(err, errlen, "%s",
+		       plus ? "upstream requires SCRAM channel binding (SCRAM-SHA-256-PLUS), which "
+			      "sluice does not support"
+			    : "upstream offers no SASL mechanism sluice supports");
 		return SL_EPOLICY;
 	}
-	snprintf(a->client_first_bare, sizeof(a->client_first_bare), "n=,r=%s", a->nonce);
-	snprintf(first, sizeof(first), "n,,%s", a->client_first_bare);
-	a->scram = 1;
-	a->st = UA_SASL_SENT_FIRST;
-	return sl_pg_put_sasl_initial(out, "SCRAM-SHA-256", first, strlen(first));
+	n = snprintf(a->client_first_bare, sizeof(a->client_first_bare), "n=%s,r=%s", a->scram_user,
+		     a->nonce);
+	if (n < 0 || (size_t)n >= sizeof(a->client_first_bare))
+		return SL_EINVAL;
+	/* gs2 header "n,,": no channel binding, no authzid. */
+	n = snprintf(first, sizeof(first), "n,,%s", a->client_first_bare);
+	if (n < 0 || (size_t)n >= sizeof(first))
+		return SL_EINVAL;
+	a->st = UA_SCRAM_FIRST;
+	a->method = "scram-sha-256";
+	return sl_pg_put_sasl_initial(out, "SCRAM-SHA-256", first, (size_t)n);
+}
+
+struct server_first {
+	const char *nonce;
+	size_t nonce_len;
+	uint8_t salt[SALT_MAX];
+	size_t salt_len;
+	uint32_t iter;
+};
+
+/* server-first-message = [reserved-mext ","] nonce "," salt "," iteration-count ["," ext] */
+static int
+parse_server_first(const struct sl_pg_upauth *a, const char *sf, size_t n, struct server_first *o,
+		   char *err, size_t errlen)
+{
+	const char *p = sf, *end = sf + n, *v;
+	size_t vl, cl = strlen(a->nonce);
+	uint64_t it = 0;
+
+	if (n >= 2 && sf[0] == 'm' && sf[1] == '=') {
+		seterr(err, errlen, "upstream requires an unsupported SCRAM extension");
+		return SL_EPROTO;
+	}
+	if (take_attr(&p, end, 'r', &o->nonce, &o->nonce_len) != 0 || take_comma(&p, end) != 0)
+		goto bad;
+	/* The server's nonce must extend ours, in printable ASCII. */
+	if (o->nonce_len <= cl || o->nonce_len > SRV_NONCE_MAX ||
+	    memcmp(o->nonce, a->nonce, cl) != 0) {
+		seterr(err, errlen, "upstream SCRAM nonce does not extend the client nonce");
+		return SL_EPROTO;
+	}
+	for (size_t i = 0; i < o->nonce_len; i++)
+		if (o->nonce[i] < 0x21 || o->nonce[i] > 0x7e)
+			goto bad;
+	if (take_attr(&p, end, 's', &v, &vl) != 0 || take_comma(&p, end) != 0 ||
+	    b64dec(v, vl, o->salt, sizeof(o->salt), &o->salt_len) != 0 || o->salt_len == 0)
+		goto bad;
+	if (take_attr(&p, end, 'i', &v, &vl) != 0 || vl == 0 || vl > 10)
+		goto bad;
+	for (size_t i = 0; i < vl; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			goto bad;
+		it = it * 10 + (uint64_t)(v[i] - '0');
+	}
+	if (it < 1 || it > a->max_iter) {
+		seterr(err, errlen, "upstream asked for an unacceptable SCRAM iteration count");
+		return SL_EPROTO;
+	}
+	o->iter = (uint32_t)it;
+	/* Optional extensions follow a comma; the server-first message is
+	 * hashed whole into AuthMessage, so they need no further parsing. */
+	if (p != end && (take_comma(&p, end) != 0 || p == end))
+		goto bad;
+	return 0;
+bad:
+	seterr(err, errlen, "malformed SCRAM server-first message from upstream");
+	return SL_EPROTO;
 }
 
 static int
 scram_continue(struct sl_pg_upauth *a, const uint8_t *data, size_t dlen, struct sl_buf *out,
 	       char *err, size_t errlen)
 {
-	char sf[1024], final_wo_proof[512], final[700];
-	const char *r, *s, *i;
-	size_t rl, sl, il;
-	uint8_t salt[256], client_key[32], stored_key[32], client_sig[32], proof[32],
-		server_key[32];
-	size_t saltlen;
-	long iter;
-	char iterbuf[16], *end;
-	char proof64[64];
-	int n;
+	char sf[SCRAM_MSG_MAX], wo_proof[16 + SRV_NONCE_MAX], final[64 + SRV_NONCE_MAX];
+	char authmsg[CLIENT_FIRST_MAX + SCRAM_MSG_MAX + sizeof(wo_proof) + 2];
+	uint8_t salted[32], client_key[32], stored_key[32], client_sig[32], proof[32];
+	uint8_t server_key[32];
+	char proof64[48];
+	struct server_first s;
+	int n, r;
 
-	if (dlen == 0 || dlen >= sizeof(sf) || memchr(data, 0, dlen) != NULL)
-		return SL_EPROTO;
-	memcpy(sf, data, dlen);
-	sf[dlen] = '\0';
-	r = attr(sf, 'r', &rl);
-	s = attr(sf, 's', &sl);
-	i = attr(sf, 'i', &il);
-	if (r == NULL || s == NULL || i == NULL || il == 0 || il >= sizeof(iterbuf))
-		return SL_EPROTO;
-	/* The server nonce must extend ours. */
-	if (rl <= strlen(a->nonce) || strncmp(r, a->nonce, strlen(a->nonce)) != 0)
-		return SL_EPROTO;
-	memcpy(iterbuf, i, il);
-	iterbuf[il] = '\0';
-	iter = strtol(iterbuf, &end, 10);
-	if (*end != '\0' || iter < 1 || iter > MAX_ITER) {
-		snprintf(err, errlen, "server asked for an unacceptable SCRAM iteration count");
+	if (copy_payload(data, dlen, sf, sizeof(sf)) != 0) {
+		seterr(err, errlen, "malformed SCRAM server-first message from upstream");
 		return SL_EPROTO;
 	}
-	if (b64dec(s, sl, salt, sizeof(salt), &saltlen) != 0)
+	if ((r = parse_server_first(a, sf, dlen, &s, err, errlen)) != 0)
+		return r;
+	/* "biws" is base64("n,,"): the gs2 header we sent, no channel binding. */
+	n = snprintf(wo_proof, sizeof(wo_proof), "c=biws,r=%.*s", (int)s.nonce_len, s.nonce);
+	if (n < 0 || (size_t)n >= sizeof(wo_proof))
 		return SL_EPROTO;
-	if (PKCS5_PBKDF2_HMAC(a->password, (int)strlen(a->password), salt, (int)saltlen, (int)iter,
-			      EVP_sha256(), 32, a->salted) != 1)
-		return SL_EIO;
-	n = snprintf(final_wo_proof, sizeof(final_wo_proof), "c=biws,r=%.*s", (int)rl, r);
-	if (n < 0 || (size_t)n >= sizeof(final_wo_proof))
+	n = snprintf(authmsg, sizeof(authmsg), "%s,%s,%s", a->client_first_bare, sf, wo_proof);
+	if (n < 0 || (size_t)n >= sizeof(authmsg))
 		return SL_EPROTO;
-	n = snprintf(a->auth_message_tail, sizeof(a->auth_message_tail), "%s,%s,%s",
-		     a->client_first_bare, sf, final_wo_proof);
-	if (n < 0 || (size_t)n >= sizeof(a->auth_message_tail))
-		return SL_EPROTO;
-	hmac256(a->salted, 32, "Client Key", 10, client_key);
-	SHA256(client_key, 32, stored_key);
-	hmac256(stored_key, 32, a->auth_message_tail, strlen(a->auth_message_tail), client_sig);
+	r = SL_EIO;
+	if (PKCS5_PBKDF2_HMAC(a->password, (int)strlen(a->password), s.salt, (int)s.salt_len,
+			      (int)s.iter, EVP_sha256(), 32, salted) != 1 ||
+	    hmac256(salted, 32, "Client Key", 10, client_key) != 0 ||
+	    SHA256(client_key, 32, stored_key) == NULL ||
+	    hmac256(stored_key, 32, authmsg, (size_t)n, client_sig) != 0 ||
+	    hmac256(salted, 32, "Server Key", 10, server_key) != 0 ||
+	    hmac256(server_key, 32, authmsg, (size_t)n, a->server_sig) != 0) {
+		seterr(err, errlen, "SCRAM computation failed");
+		goto out;
+	}
 	for (int k = 0; k < 32; k++)
 		proof[k] = client_key[k] ^ client_sig[k];
-	hmac256(a->salted, 32, "Server Key", 10, server_key);
-	hmac256(server_key, 32, a->auth_message_tail, strlen(a->auth_message_tail), a->server_sig);
 	b64enc(proof, 32, proof64);
-	n = snprintf(final, sizeof(final), "%s,p=%s", final_wo_proof, proof64);
+	n = snprintf(final, sizeof(final), "%s,p=%s", wo_proof, proof64);
+	if (n < 0 || (size_t)n >= sizeof(final)) {
+		r = SL_EPROTO;
+		goto out;
+	}
+	a->st = UA_SCRAM_FINAL;
+	r = sl_pg_put_sasl_response(out, final, (size_t)n);
+out:
+	OPENSSL_cleanse(salted, sizeof(salted));
 	OPENSSL_cleanse(client_key, sizeof(client_key));
 	OPENSSL_cleanse(stored_key, sizeof(stored_key));
+	OPENSSL_cleanse(client_sig, sizeof(client_sig));
 	OPENSSL_cleanse(server_key, sizeof(server_key));
-	if (n < 0 || (size_t)n >= sizeof(final))
-		return SL_EPROTO;
-	a->st = UA_SASL_SENT_FINAL;
-	return sl_pg_put_sasl_response(out, final, (size_t)n);
+	OPENSSL_cleanse(proof, sizeof(proof));
+	OPENSSL_cleanse(proof64, sizeof(proof64));
+	OPENSSL_cleanse(final, sizeof(final));
+	return r;
 }
 
+/* server-final-message = (server-error / verifier) ["," extensions] */
 static int
 scram_final(struct sl_pg_upauth *a, const uint8_t *data, size_t dlen, char *err, size_t errlen)
 {
-	char sf[256];
-	const char *v;
+	char sf[SCRAM_MSG_MAX];
+	const char *p = sf, *end, *v;
 	size_t vl, siglen;
 	uint8_t sig[64];
 
-	if (dlen == 0 || dlen >= sizeof(sf) || memchr(data, 0, dlen) != NULL)
-		return SL_EPROTO;
-	memcpy(sf, data, dlen);
-	sf[dlen] = '\0';
-	v = attr(sf, 'v', &vl);
-	if (v == NULL || b64dec(v, vl, sig, sizeof(sig), &siglen) != 0 || siglen != 32 ||
-	    CRYPTO_memcmp(sig, a->server_sig, 32) != 0) {
-		snprintf(err, errlen, "upstream server signature is invalid");
+	if (copy_payload(data, dlen, sf, sizeof(sf)) != 0)
+		goto bad;
+	end = sf + dlen;
+	if (take_attr(&p, end, 'e', &v, &vl) == 0) {
+		char e[64];
+
+		sf[(size_t)(v - sf) + vl] = '\0';
+		sanitize(e, sizeof(e), v);
+		seterr(err, errlen, "upstream SCRAM error: %s", e);
 		return SL_EAUTH;
 	}
-	a->st = UA_SASL_DONE;
+	if (take_attr(&p, end, 'v', &v, &vl) != 0 || (p != end && (p + 1 == end)))
+		goto bad;
+	if (b64dec(v, vl, sig, sizeof(sig), &siglen) != 0 || siglen != 32 ||
+	    CRYPTO_memcmp(sig, a->server_sig, 32) != 0)
+		goto bad;
+	a->st = UA_SCRAM_OK;
 	return 0;
+bad:
+	seterr(err, errlen, "upstream SCRAM server signature is missing or invalid");
+	return SL_EAUTH;
 }
 
-static void
-md5hex(const uint8_t *in, size_t n, char out[33])
-{
-	uint8_t d[16];
-	unsigned int dl = 16;
+/* ------------------------------------------------------------------- MD5 */
 
-	EVP_Digest(in, n, d, &dl, EVP_md5(), NULL);
-	sl_hex(d, 16, out);
+/* "md5" + hex(md5(hex(md5(password || user)) || salt)) into out[36]. */
+static int
+md5_password(const char *pw, const char *user, const uint8_t salt[4], char out[36])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	uint8_t d[16];
+	char inner[33];
+	int r = SL_EIO;
+
+	if (c == NULL)
+		return SL_ENOMEM;
+	if (EVP_DigestInit_ex(c, EVP_md5(), NULL) != 1 ||
+	    EVP_DigestUpdate(c, pw, strlen(pw)) != 1 ||
+	    EVP_DigestUpdate(c, user, strlen(user)) != 1 || EVP_DigestFinal_ex(c, d, NULL) != 1)
+		goto out;
+	sl_hex(d, 16, inner);
+	if (EVP_DigestInit_ex(c, EVP_md5(), NULL) != 1 || EVP_DigestUpdate(c, inner, 32) != 1 ||
+	    EVP_DigestUpdate(c, salt, 4) != 1 || EVP_DigestFinal_ex(c, d, NULL) != 1)
+		goto out;
+	memcpy(out, "md5", 3);
+	sl_hex(d, 16, out + 3);
+	r = 0;
+out:
+	OPENSSL_cleanse(d, sizeof(d));
+	OPENSSL_cleanse(inner, sizeof(inner));
+	EVP_MD_CTX_free(c);
+	return r;
+}
+
+/* ------------------------------------------------------------------ feed */
+
+static int
+on_auth_request(struct sl_pg_upauth *a, uint32_t code, const uint8_t *extra, size_t extralen,
+		struct sl_buf *out, char *err, size_t errlen)
+{
+	switch (code) {
+	case AUTH_OK:
+		if (a->st == UA_SCRAM_FIRST || a->st == UA_SCRAM_FINAL) {
+			seterr(err, errlen, "upstream skipped SCRAM server authentication");
+			return SL_EAUTH;
+		}
+		if (a->st == UA_START) {
+			if (!(a->allowed & SL_PG_UPAUTH_ALLOW_TRUST)) {
+				seterr(err, errlen,
+				       "upstream accepted the login without "
+				       "authentication, which is not allowed");
+				return SL_EPOLICY;
+			}
+			a->method = "trust";
+		}
+		if (extralen != 0)
+			break;
+		a->st = UA_DONE;
+		return SL_PG_UPAUTH_DONE;
+	case AUTH_CLEARTEXT:
+		if (a->st != UA_START || extralen != 0)
+			break;
+		if (!(a->allowed & SL_PG_UPAUTH_ALLOW_CLEARTEXT)) {
+			seterr(err, errlen, "upstream asked for a cleartext password, not allowed");
+			return SL_EPOLICY;
+		}
+		a->st = UA_PW_SENT;
+		a->method = "password";
+		return sl_pg_put_password(out, a->password);
+	case AUTH_MD5: {
+		char pw[36];
+		int r;
+
+		if (a->st != UA_START || extralen != 4)
+			break;
+		if (!(a->allowed & SL_PG_UPAUTH_ALLOW_MD5)) {
+			seterr(err, errlen, "upstream asked for MD5 authentication, not allowed");
+			return SL_EPOLICY;
+		}
+		if ((r = md5_password(a->password, a->user, extra, pw)) != 0) {
+			seterr(err, errlen, "MD5 computation failed");
+			return r;
+		}
+		a->st = UA_PW_SENT;
+		a->method = "md5";
+		r = sl_pg_put_password(out, pw);
+		OPENSSL_cleanse(pw, sizeof(pw));
+		return r;
+	}
+	case AUTH_SASL:
+		if (a->st != UA_START)
+			break;
+		return scram_first(a, extra, extralen, out, err, errlen);
+	case AUTH_SASL_CONTINUE:
+		if (a->st != UA_SCRAM_FIRST)
+			break;
+		return scram_continue(a, extra, extralen, out, err, errlen);
+	case AUTH_SASL_FINAL:
+		if (a->st != UA_SCRAM_FINAL)
+			break;
+		return scram_final(a, extra, extralen, err, errlen);
+	default:
+		/* 2 Kerberos, 6 SCM, 7/8 GSS, 9 SSPI, anything newer. */
+		seterr(err, errlen,
+		       "upstream asked for an authentication method sluice refuses (%u)", code);
+		return SL_EPOLICY;
+	}
+	seterr(err, errlen, "unexpected authentication request %u from upstream", code);
+	return SL_EPROTO;
 }
 
 int
 sl_pg_upauth_feed(struct sl_pg_upauth *a, const uint8_t *msg, size_t len, struct sl_buf *out,
 		  char *err, size_t errlen)
 {
-	uint32_t code;
+	uint32_t code, a1, a2;
 	const uint8_t *extra;
 	size_t extralen;
+	int r;
 
-	if (len < 5)
-		return SL_EPROTO;
-	if (a->st == UA_DONE)
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	if (a->st == UA_DONE || a->st == UA_FAILED) {
+		seterr(err, errlen, "login already finished");
 		return SL_ESTATE;
+	}
+	a->started = 1;
+	if (len < 5) {
+		r = SL_EPROTO;
+		seterr(err, errlen, "truncated message from upstream during login");
+		goto out;
+	}
 	switch (msg[0]) {
 	case 'E': {
 		struct sl_pg_error_fields f;
+		char m[200], c[8];
 
-		if (sl_pg_parse_error(msg, len, &f) == 0 && f.message)
-			snprintf(err, errlen, "%s%s%s", f.sqlstate ? f.sqlstate : "",
-				 f.sqlstate ? ": " : "", f.message);
-		return SL_EAUTH;
+		r = SL_EAUTH;
+		if (sl_pg_parse_error(msg, len, &f) != 0) {
+			seterr(err, errlen, "upstream refused the login (malformed error)");
+			goto out;
+		}
+		sanitize(c, sizeof(c), f.sqlstate ? f.sqlstate : "?????");
+		sanitize(m, sizeof(m), f.message ? f.message : "");
+		seterr(err, errlen, "upstream refused the login: %s: %s", c, m);
+		goto out;
 	}
 	case 'N':
-	case 'v': /* NegotiateProtocolVersion: we ask for nothing optional */
-		return 0;
+		r = sl_pg_parse_error(msg, len, &(struct sl_pg_error_fields){0});
+		if (r != 0)
+			seterr(err, errlen, "malformed notice from upstream during login");
+		goto out;
+	case 'v':
+		/* We ask for 3.0 and no options, so this is informational; it
+		 * may only come before the first authentication request. */
+		if (a->st != UA_START || sl_pg_parse_negotiate_version(msg, len, &a1, &a2) != 0) {
+			r = SL_EPROTO;
+			seterr(err, errlen, "unexpected NegotiateProtocolVersion from upstream");
+		} else {
+			r = 0;
+		}
+		goto out;
 	case 'R':
 		break;
 	default:
-		snprintf(err, errlen, "unexpected message '%c' during login", msg[0]);
-		return SL_EPROTO;
+		r = SL_EPROTO;
+		seterr(err, errlen, "unexpected message type 0x%02x from upstream during login",
+		       msg[0]);
+		goto out;
 	}
-	if (sl_pg_parse_auth(msg, len, &code, &extra, &extralen) != 0)
-		return SL_EPROTO;
-	switch (code) {
-	case 0: /* AuthenticationOk */
-		if (a->scram && a->st != UA_SASL_DONE) {
-			snprintf(err, errlen, "server skipped SCRAM server authentication");
-			return SL_EAUTH;
-		}
-		a->st = UA_DONE;
-		return SL_PG_UPAUTH_DONE;
-	case 3: /* cleartext */
-		if (a->st != UA_START)
-			return SL_EPROTO;
-		a->st = UA_SASL_DONE;
-		return sl_pg_put_password(out, a->password);
-	case 5: { /* MD5 */
-		char inner[33], outer[36];
-		uint8_t buf[1024];
-		size_t pl = strlen(a->password), ul = strlen(a->user);
-
-		if (a->st != UA_START || extralen != 4 || pl + ul > sizeof(buf) - 4)
-			return SL_EPROTO;
-		memcpy(buf, a->password, pl);
-		memcpy(buf + pl, a->user, ul);
-		md5hex(buf, pl + ul, inner);
-		memcpy(buf, inner, 32);
-		memcpy(buf + 32, extra, 4);
-		md5hex(buf, 36, outer + 3);
-		memcpy(outer, "md5", 3);
-		OPENSSL_cleanse(buf, sizeof(buf));
-		a->st = UA_SASL_DONE;
-		return sl_pg_put_password(out, outer);
+	if (sl_pg_parse_auth(msg, len, &code, &extra, &extralen) != 0) {
+		r = SL_EPROTO;
+		seterr(err, errlen, "malformed authentication request from upstream");
+		goto out;
 	}
-	case 10: /* SASL */
-		if (a->st != UA_START)
-			return SL_EPROTO;
-		return scram_first(a, extra, extralen, out, err, errlen);
-	case 11: /* SASLContinue */
-		if (a->st != UA_SASL_SENT_FIRST)
-			return SL_EPROTO;
-		return scram_continue(a, extra, extralen, out, err, errlen);
-	case 12: /* SASLFinal */
-		if (a->st != UA_SASL_SENT_FINAL)
-			return SL_EPROTO;
-		return scram_final(a, extra, extralen, err, errlen);
-	default:
-		snprintf(err, errlen,
-			 "server asked for an authentication method sluice refuses (%u)", code);
-		return SL_EPOLICY;
-	}
+	r = on_auth_request(a, code, extra, extralen, out, err, errlen);
+out:
+	if (r < 0)
+		a->st = UA_FAILED;
+	return r;
 }

@@ -3,9 +3,7 @@
  */
 #include "sluice/pg_codec.h"
 
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 int
 sl_pg_frame(const uint8_t *p, size_t n, size_t max, uint8_t *type, size_t *total)
@@ -17,7 +15,8 @@ sl_pg_frame(const uint8_t *p, size_t n, size_t max, uint8_t *type, size_t *total
 	len = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
 	if (len < 4)
 		return SL_EPROTO;
-	if ((size_t)len + 1 > max)
+	/* PostgreSQL lengths are signed int32; anything above is a lie. */
+	if (len > 0x7fffffffu || (size_t)len + 1 > max)
 		return SL_ETOOBIG;
 	if (n < (size_t)len + 1)
 		return SL_AGAIN;
@@ -97,40 +96,80 @@ sl_pg_startup_get(const struct sl_pg_startup *s, const char *key)
 
 /* ------------------------------------------------------------ builders */
 
-/* Starts a typed message; returns where its length field is, counted from
- * the buffer's unconsumed start: appending may compact the buffer (drop
- * consumed bytes), which moves absolute offsets but not this one. */
+/*
+ * Builders remember positions relative to b->off: sl_buf_reserve() may compact
+ * the buffer (move the unread bytes to the front) while a message is being
+ * appended, which would invalidate an absolute offset. On failure the partial
+ * message is removed again, so a buffer never holds half a message.
+ */
+struct mark {
+	size_t start;  /* where the message starts, relative to off */
+	size_t lenpos; /* where its length field starts, relative to off */
+};
+
+/* Starts a typed message (type 0: an untyped startup-phase packet). */
 static int
-begin(struct sl_buf *b, uint8_t type, size_t *lenpos)
+begin(struct sl_buf *b, uint8_t type, struct mark *m)
 {
 	int r;
 
-	if ((r = sl_buf_append_u8(b, type)) != 0)
-		return r;
-	*lenpos = b->len - b->off;
+	m->start = b->len - b->off;
+	m->lenpos = m->start;
+	if (type != 0) {
+		if ((r = sl_buf_append_u8(b, type)) != 0)
+			return r;
+		m->lenpos++;
+	}
 	return sl_buf_append_u32be(b, 0);
 }
 
+/* Completes the message started at m, or removes it when r says it failed. */
 static int
-finish(struct sl_buf *b, size_t lenpos)
+finish(struct sl_buf *b, const struct mark *m, int r)
 {
-	size_t pos = b->off + lenpos, n = b->len - pos;
+	size_t n;
+	uint8_t *lp;
 
-	if (n > 0x7fffffff)
-		return SL_ETOOBIG;
-	b->data[pos] = (uint8_t)(n >> 24);
-	b->data[pos + 1] = (uint8_t)(n >> 16);
-	b->data[pos + 2] = (uint8_t)(n >> 8);
-	b->data[pos + 3] = (uint8_t)n;
+	if (r == 0) {
+		n = b->len - b->off - m->lenpos;
+		if (n > 0x7fffffff)
+			r = SL_ETOOBIG;
+	}
+	if (r != 0) {
+		if (b->len - b->off >= m->start)
+			b->len = b->off + m->start;
+		return r;
+	}
+	lp = b->data + b->off + m->lenpos;
+	lp[0] = (uint8_t)(n >> 24);
+	lp[1] = (uint8_t)(n >> 16);
+	lp[2] = (uint8_t)(n >> 8);
+	lp[3] = (uint8_t)n;
 	return 0;
+}
+
+/* Appends s with its NUL; a NULL string is a caller bug reported as SL_EINVAL. */
+static int
+put_cstr(struct sl_buf *b, const char *s)
+{
+	return s == NULL ? SL_EINVAL : sl_buf_append_cstr(b, s);
+}
+
+/* Appends n bytes; NULL is only allowed for n == 0. */
+static int
+put_bytes(struct sl_buf *b, const void *p, size_t n)
+{
+	if (n == 0)
+		return 0;
+	return p == NULL ? SL_EINVAL : sl_buf_append(b, p, n);
 }
 
 static int
 put_fields(struct sl_buf *b, uint8_t type, const char *severity, const char *sqlstate,
 	   const char *message, const char *detail, const char *hint)
 {
-	size_t lp;
-	int r = begin(b, type, &lp);
+	struct mark m;
+	int r = begin(b, type, &m);
 
 	if (r == 0 && severity) {
 		r = sl_buf_append_u8(b, 'S');
@@ -155,7 +194,7 @@ put_fields(struct sl_buf *b, uint8_t type, const char *severity, const char *sql
 		r = r ? r : sl_buf_append_cstr(b, hint);
 	}
 	r = r ? r : sl_buf_append_u8(b, 0);
-	return r ? r : finish(b, lp);
+	return finish(b, &m, r);
 }
 
 int
@@ -175,143 +214,178 @@ sl_pg_put_notice(struct sl_buf *b, const char *sqlstate, const char *message)
 int
 sl_pg_put_auth(struct sl_buf *b, uint32_t code, const void *extra, size_t extralen)
 {
-	size_t lp;
-	int r = begin(b, 'R', &lp);
+	struct mark m;
+	int r = begin(b, 'R', &m);
 
 	r = r ? r : sl_buf_append_u32be(b, code);
-	r = r ? r : sl_buf_append(b, extra, extralen);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_bytes(b, extra, extralen);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_param_status(struct sl_buf *b, const char *name, const char *value)
 {
-	size_t lp;
-	int r = begin(b, 'S', &lp);
+	struct mark m;
+	int r = begin(b, 'S', &m);
 
-	r = r ? r : sl_buf_append_cstr(b, name);
-	r = r ? r : sl_buf_append_cstr(b, value);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_cstr(b, name);
+	r = r ? r : put_cstr(b, value);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_backend_key(struct sl_buf *b, uint32_t pid, uint32_t key)
 {
-	size_t lp;
-	int r = begin(b, 'K', &lp);
+	struct mark m;
+	int r = begin(b, 'K', &m);
 
 	r = r ? r : sl_buf_append_u32be(b, pid);
 	r = r ? r : sl_buf_append_u32be(b, key);
-	return r ? r : finish(b, lp);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_ready(struct sl_buf *b, char txstatus)
 {
-	size_t lp;
-	int r = begin(b, 'Z', &lp);
+	struct mark m;
+	int r = begin(b, 'Z', &m);
 
 	r = r ? r : sl_buf_append_u8(b, (uint8_t)txstatus);
-	return r ? r : finish(b, lp);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_startup(struct sl_buf *b, const char *const *keys, const char *const *vals, size_t n)
 {
-	size_t lp = b->len;
-	int r = sl_buf_append_u32be(b, 0);
+	struct mark m;
+	int r = begin(b, 0, &m);
 
 	r = r ? r : sl_buf_append_u32be(b, SL_PG_PROTO_V3);
 	for (size_t i = 0; i < n && r == 0; i++) {
-		r = sl_buf_append_cstr(b, keys[i]);
-		r = r ? r : sl_buf_append_cstr(b, vals[i]);
+		/* An empty key would end the list early on the server. */
+		if (keys[i] == NULL || keys[i][0] == '\0')
+			r = SL_EINVAL;
+		r = r ? r : put_cstr(b, keys[i]);
+		r = r ? r : put_cstr(b, vals[i]);
 	}
 	r = r ? r : sl_buf_append_u8(b, 0);
-	return r ? r : finish(b, lp);
+	/* No SL_PG_MAX_STARTUP check: the server refuses an oversized packet
+	 * and closes at once, while a builder failure that a caller ignores
+	 * would send nothing and leave the login hanging. */
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_ssl_request(struct sl_buf *b)
 {
-	int r = sl_buf_append_u32be(b, 8);
+	struct mark m;
+	int r = begin(b, 0, &m);
 
-	return r ? r : sl_buf_append_u32be(b, SL_PG_SSL_REQUEST);
+	r = r ? r : sl_buf_append_u32be(b, SL_PG_SSL_REQUEST);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_cancel(struct sl_buf *b, uint32_t pid, uint32_t key)
 {
-	int r = sl_buf_append_u32be(b, 16);
+	struct mark m;
+	int r = begin(b, 0, &m);
 
 	r = r ? r : sl_buf_append_u32be(b, SL_PG_CANCEL_REQUEST);
 	r = r ? r : sl_buf_append_u32be(b, pid);
-	return r ? r : sl_buf_append_u32be(b, key);
+	r = r ? r : sl_buf_append_u32be(b, key);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_password(struct sl_buf *b, const char *pw)
 {
-	size_t lp;
-	int r = begin(b, 'p', &lp);
+	struct mark m;
+	int r = begin(b, 'p', &m);
 
-	r = r ? r : sl_buf_append_cstr(b, pw);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_cstr(b, pw);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_sasl_initial(struct sl_buf *b, const char *mech, const void *data, size_t len)
 {
-	size_t lp;
-	int r = begin(b, 'p', &lp);
+	struct mark m;
+	int r = begin(b, 'p', &m);
 
-	r = r ? r : sl_buf_append_cstr(b, mech);
+	if (len > 0x7fffffff)
+		r = r ? r : SL_ETOOBIG;
+	r = r ? r : put_cstr(b, mech);
 	r = r ? r : sl_buf_append_u32be(b, (uint32_t)len);
-	r = r ? r : sl_buf_append(b, data, len);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_bytes(b, data, len);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_sasl_response(struct sl_buf *b, const void *data, size_t len)
 {
-	size_t lp;
-	int r = begin(b, 'p', &lp);
+	struct mark m;
+	int r = begin(b, 'p', &m);
 
-	r = r ? r : sl_buf_append(b, data, len);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_bytes(b, data, len);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_simple(struct sl_buf *b, uint8_t type)
 {
-	size_t lp;
-	int r = begin(b, type, &lp);
+	struct mark m;
+	int r = begin(b, type, &m);
 
-	return r ? r : finish(b, lp);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_query(struct sl_buf *b, const char *sql)
 {
-	size_t lp;
-	int r = begin(b, 'Q', &lp);
+	struct mark m;
+	int r = begin(b, 'Q', &m);
 
-	r = r ? r : sl_buf_append_cstr(b, sql);
-	return r ? r : finish(b, lp);
+	r = r ? r : put_cstr(b, sql);
+	return finish(b, &m, r);
 }
 
 int
 sl_pg_put_parse(struct sl_buf *b, const char *stmt, const char *sql, const uint32_t *oids,
 		uint16_t noids)
 {
-	size_t lp;
-	int r = begin(b, 'P', &lp);
+	struct mark m;
+	int r = begin(b, 'P', &m);
 
-	r = r ? r : sl_buf_append_cstr(b, stmt ? stmt : "");
-	r = r ? r : sl_buf_append_cstr(b, sql);
+	r = r ? r : put_cstr(b, stmt ? stmt : "");
+	r = r ? r : put_cstr(b, sql);
 	r = r ? r : sl_buf_append_u16be(b, noids);
+	if (noids > 0 && oids == NULL)
+		r = r ? r : SL_EINVAL;
 	for (uint16_t i = 0; i < noids && r == 0; i++)
 		r = sl_buf_append_u32be(b, oids[i]);
-	return r ? r : finish(b, lp);
+	return finish(b, &m, r);
+}
+
+int
+sl_pg_put_execute(struct sl_buf *b, const char *portal, uint32_t maxrows)
+{
+	struct mark m;
+	int r = begin(b, 'E', &m);
+
+	r = r ? r : put_cstr(b, portal ? portal : "");
+	r = r ? r : sl_buf_append_u32be(b, maxrows);
+	return finish(b, &m, r);
+}
+
+int
+sl_pg_put_command_complete(struct sl_buf *b, const char *tag)
+{
+	struct mark m;
+	int r = begin(b, 'C', &m);
+
+	r = r ? r : put_cstr(b, tag);
+	return finish(b, &m, r);
 }
 
 /* ------------------------------------------------------------ parsers */
@@ -324,8 +398,8 @@ open_msg(struct sl_rd *r, const uint8_t *msg, size_t len, uint8_t type)
 	uint32_t l;
 
 	sl_rd_init(r, msg, len);
-	if (sl_rd_u8(r, &t) != 0 || (type != 0 && t != type) || sl_rd_u32be(r, &l) != 0 ||
-	    (size_t)l + 1 != len)
+	if (sl_rd_u8(r, &t) != 0 || (type != 0 && t != type) || sl_rd_u32be(r, &l) != 0 || l < 4 ||
+	    l > 0x7fffffffu || (size_t)l + 1 != len)
 		return SL_EPROTO;
 	return 0;
 }
@@ -467,12 +541,13 @@ sl_pg_parse_bind(const uint8_t *msg, size_t len, struct sl_pg_bind_msg *out)
 	    sl_rd_bytes(&r, (size_t)out->nresult_formats * 2, &out->result_formats) != 0 ||
 	    sl_rd_left(&r) != 0)
 		return SL_EPROTO;
-	for (uint16_t i = 0; i < out->nformats; i++) {
-		uint16_t f = (uint16_t)((out->formats[2 * i] << 8) | out->formats[2 * i + 1]);
-
-		if (f > 1)
+	/* Parameter format codes are 0 (text) or 1 (binary): the server refuses
+	 * anything else, and sluice must know how to read the values. Result
+	 * format codes are left to the server: it only checks them when it
+	 * sends rows, so a statement without result columns may carry any. */
+	for (uint16_t i = 0; i < out->nformats; i++)
+		if (out->formats[2 * i] != 0 || out->formats[2 * i + 1] > 1)
 			return SL_EPROTO;
-	}
 	return 0;
 }
 
@@ -524,11 +599,16 @@ sl_pg_parse_command_complete(const uint8_t *msg, size_t len, const char **tag, i
 	    sl_rd_left(&r) != 0)
 		return SL_EPROTO;
 	sp = strrchr(*tag, ' ');
-	if (sp != NULL && sp[1] >= '0' && sp[1] <= '9') {
-		char *end;
-		long long v = strtoll(sp + 1, &end, 10);
+	if (sp != NULL && sp[1] != '\0') {
+		int64_t v = 0;
+		const char *d;
 
-		if (*end == '\0' && v >= 0)
+		for (d = sp + 1; *d >= '0' && *d <= '9'; d++) {
+			if (v > (INT64_MAX - (*d - '0')) / 10)
+				break;
+			v = v * 10 + (*d - '0');
+		}
+		if (*d == '\0')
 			*rows = v;
 	}
 	return 0;
@@ -605,4 +685,22 @@ sl_pg_parse_notification(const uint8_t *msg, size_t len, uint32_t *pid, const ch
 	    sl_rd_left(&r) != 0)
 		return SL_EPROTO;
 	return 0;
+}
+
+int
+sl_pg_parse_negotiate_version(const uint8_t *msg, size_t len, uint32_t *newest_minor,
+			      uint32_t *nopts)
+{
+	struct sl_rd r;
+
+	if (open_msg(&r, msg, len, 'v') != 0 || sl_rd_u32be(&r, newest_minor) != 0 ||
+	    sl_rd_u32be(&r, nopts) != 0 || *nopts > SL_PG_MAX_PARAMS)
+		return SL_EPROTO;
+	for (uint32_t i = 0; i < *nopts; i++) {
+		const char *o;
+
+		if (sl_rd_cstr(&r, &o, NULL) != 0)
+			return SL_EPROTO;
+	}
+	return sl_rd_left(&r) == 0 ? 0 : SL_EPROTO;
 }
