@@ -762,7 +762,11 @@ send_upstream_startup(struct pg_session *s)
 		return;
 	}
 	sl_buf_init(&b, 0);
-	sl_pg_put_startup(&b, keys, vals, n);
+	if (sl_pg_put_startup(&b, keys, vals, n) != 0) {
+		sl_buf_fini(&b);
+		fatal(s, "08P01", "sluice: cannot build the upstream startup packet");
+		return;
+	}
 	up_send(s, b.data, b.len);
 	sl_buf_fini(&b);
 	sl_stream_flush(&s->up);
@@ -1196,7 +1200,11 @@ catalog_ask(struct pg_session *s)
 	}
 	sl_buf_append_cstr(&q, ")");
 	sl_buf_init(&m, 0);
-	sl_pg_put_query(&m, (const char *)q.data);
+	if (sl_pg_put_query(&m, (const char *)q.data) != 0) {
+		sl_buf_fini(&m);
+		sl_buf_fini(&q);
+		return 0; /* no lookup: rules match result names only */
+	}
 	up_send(s, m.data, m.len);
 	sl_stream_flush(&s->up);
 	sl_buf_fini(&m);
