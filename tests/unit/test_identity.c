@@ -111,6 +111,8 @@ sign_raw(const char *hdr, const char *payload, EVP_PKEY *k, const void *secret, 
 	size_t siglen = sizeof(sig);
 
 	input = malloc(strlen(hb) + strlen(pb) + 2);
+	if (input == NULL)
+		abort();
 	sprintf(input, "%s.%s", hb, pb);
 	if (k == NULL && secret != NULL) {
 		unsigned int l = sizeof(sig);
@@ -143,6 +145,8 @@ sign_raw(const char *hdr, const char *payload, EVP_PKEY *k, const void *secret, 
 	}
 	sb = b64u(sig, siglen);
 	out = malloc(strlen(input) + strlen(sb) + 2);
+	if (out == NULL)
+		abort();
 	sprintf(out, "%s.%s", input, sb);
 	free(hb);
 	free(pb);
