@@ -11,6 +11,14 @@
 
 #include "sluice/identity.h"
 
+#define SL_IDP_CACHE_SLOTS 4096		    /* verified tokens remembered until their exp */
+#define SL_JWKS_MAX_KEYS   64		    /* a larger key set is refused whole */
+#define SL_JWKS_FETCH_MAX  (1u << 20)	    /* bytes of a discovery document or JWKS */
+#define SL_JWKS_REFRESH_US (30 * 1000000LL) /* at most one refetch per issuer per 30 s */
+#define SL_JWKS_RETRY_US   (2 * 1000000LL)  /* ...or per 2 s while it has no keys and failed */
+#define SL_NUMERICDATE_MAX 253402300799LL   /* exp/nbf/iat: 9999-12-31T23:59:59Z at most */
+#define SL_LEEWAY_MAX_S	   86400	    /* issuers[].leeway: at most a day */
+
 struct sl_jwk {
 	EVP_PKEY *pkey;
 	char alg[8]; /* the one algorithm this key verifies */
@@ -26,30 +34,29 @@ struct sl_issuer {
 	char *issuer, *audience, *jwks_file, *jwks_uri, *ca_file;
 	char *groups_claim, *subject_claim;
 	int64_t leeway_s;
-	struct sl_keyset *keys; /* swapped under idp->lock */
-	int64_t last_fetch_us;
-	int64_t refresh_us; /* periodic re-fetch of a remote JWKS */
+	struct sl_keyset *keys; /* read under idp->lock; swapped under fetch_mu + lock */
+	int64_t last_fetch_us;	/* monotonic, end of the last fetch (fetch_mu) */
+	int fetch_failed;	/* the last fetch failed (fetch_mu) */
+	int64_t refresh_us;	/* periodic re-fetch of a remote JWKS (jwks_refresh) */
 };
 
 struct cache_slot {
 	uint8_t hash[32];
 	int used;
-	uint64_t gen; /* keys_gen when verified */
+	uint64_t gen; /* idp->keys_gen when it was verified */
 	struct sl_identity id;
 };
 
 struct sl_idp {
 	pthread_rwlock_t lock;
+	uint64_t keys_gen; /* bumped (under lock) whenever any issuer's keys change */
 	struct sl_issuer *issuers;
 	size_t nissuers;
 	pthread_mutex_t cache_mu;
 	struct cache_slot *cache;
 	size_t ncache;
-	pthread_mutex_t fetch_mu;
-	/* Bumped whenever a key set is replaced: cached verifications made
-	 * with older keys no longer count (a removed key stops working). */
-	uint64_t keys_gen;
-	/* periodic JWKS refresh thread */
+	pthread_mutex_t fetch_mu; /* serialises fetches; guards last_fetch_us, fetch_failed */
+	/* the periodic JWKS refresh thread (sl_idp_start_refresh) */
 	pthread_t refresher;
 	int refresher_on, stopping;
 	pthread_mutex_t stop_mu;

@@ -22,8 +22,7 @@
 #include "identity_internal.h"
 #include "sluice/core.h"
 
-#define FETCH_MAX     (1u << 20)
-#define REFRESH_EVERY (30 * 1000000LL)
+#define FETCH_MAX SL_JWKS_FETCH_MAX
 
 const struct sl_issuer *
 sl_idp_issuer(struct sl_idp *idp, const char *iss)
@@ -161,6 +160,65 @@ load_file_keys(struct sl_issuer *is, char *err, size_t errlen)
 	return 0;
 }
 
+/* Copies issuer i of cfg (or the dev issuer when cfg has none) into is. */
+static int
+issuer_init(struct sl_issuer *is, const struct sl_cfg_identity *cfg, unsigned i,
+	    const char *data_dir, char *err, size_t errlen)
+{
+	int64_t ms = 60000, refresh_ms = 300000;
+
+	if (cfg->issuers_count == 0) {
+		char path[4096];
+
+		if (snprintf(path, sizeof(path), "%s/dev-jwks.json", data_dir) >= (int)sizeof(path))
+			return SL_EINVAL;
+		is->issuer = strdup(SL_DEV_ISSUER);
+		is->audience = strdup(SL_DEV_AUDIENCE);
+		is->jwks_file = strdup(path);
+		is->groups_claim = strdup("groups");
+		is->subject_claim = strdup("sub");
+	} else {
+		const struct sl_cfg_issuer *c = &cfg->issuers[i];
+
+		if (c->issuer == NULL || c->issuer[0] == '\0' || c->audience == NULL ||
+		    c->audience[0] == '\0') {
+			snprintf(err, errlen,
+				 "identity.issuers[%u]: issuer and audience are required", i);
+			return SL_EINVAL;
+		}
+		if (c->leeway != NULL && (sl_parse_duration_ms(c->leeway, &ms) != 0 || ms < 0 ||
+					  ms > SL_LEEWAY_MAX_S * 1000LL)) {
+			snprintf(err, errlen,
+				 "identity.issuers[%u].leeway: not a duration up to 1d", i);
+			return SL_EINVAL;
+		}
+		if (c->jwks_refresh != NULL &&
+		    (sl_parse_duration_ms(c->jwks_refresh, &refresh_ms) != 0 ||
+		     refresh_ms < 1000)) {
+			snprintf(err, errlen,
+				 "identity.issuers[%u].jwks_refresh: not a duration of 1s or more",
+				 i);
+			return SL_EINVAL;
+		}
+		is->issuer = strdup(c->issuer);
+		is->audience = strdup(c->audience);
+		is->jwks_file = c->jwks_file ? strdup(c->jwks_file) : NULL;
+		is->jwks_uri = c->jwks_uri ? strdup(c->jwks_uri) : NULL;
+		is->ca_file = c->ca_file ? strdup(c->ca_file) : NULL;
+		is->groups_claim = strdup(c->groups_claim ? c->groups_claim : "groups");
+		is->subject_claim = strdup(c->subject_claim ? c->subject_claim : "sub");
+		if ((c->jwks_file && !is->jwks_file) || (c->jwks_uri && !is->jwks_uri) ||
+		    (c->ca_file && !is->ca_file))
+			return SL_ENOMEM;
+	}
+	is->leeway_s = ms / 1000;
+	is->refresh_us = refresh_ms * 1000;
+	if (is->issuer == NULL || is->audience == NULL || is->groups_claim == NULL ||
+	    is->subject_claim == NULL || (cfg->issuers_count == 0 && is->jwks_file == NULL))
+		return SL_ENOMEM;
+	return 0;
+}
+
 int
 sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_idp **out, char *err,
 	   size_t errlen)
@@ -172,50 +230,35 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 	*out = NULL;
 	if (idp == NULL)
 		return SL_ENOMEM;
+	/* Reference-counted by libcurl; paired with the cleanup in sl_idp_free. */
+	curl_global_init(CURL_GLOBAL_DEFAULT);
 	pthread_rwlock_init(&idp->lock, NULL);
 	pthread_mutex_init(&idp->cache_mu, NULL);
 	pthread_mutex_init(&idp->fetch_mu, NULL);
 	pthread_mutex_init(&idp->stop_mu, NULL);
 	pthread_cond_init(&idp->stop_cv, NULL);
 	idp->issuers = calloc(n, sizeof(*idp->issuers));
-	idp->ncache = 4096;
+	idp->ncache = SL_IDP_CACHE_SLOTS;
 	idp->cache = calloc(idp->ncache, sizeof(*idp->cache));
-	if (idp->issuers == NULL || idp->cache == NULL)
+	if (idp->issuers == NULL || idp->cache == NULL) {
+		snprintf(err, errlen, "out of memory");
 		goto fail;
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		int64_t ms = 60000, refresh_ms = 300000;
 
 		idp->nissuers++;
-		if (cfg->issuers_count == 0) {
-			char path[4096];
-
-			snprintf(path, sizeof(path), "%s/dev-jwks.json", data_dir);
-			is->issuer = strdup(SL_DEV_ISSUER);
-			is->audience = strdup(SL_DEV_AUDIENCE);
-			is->jwks_file = strdup(path);
-			is->groups_claim = strdup("groups");
-			is->subject_claim = strdup("sub");
-		} else {
-			const struct sl_cfg_issuer *c = &cfg->issuers[i];
-
-			is->issuer = strdup(c->issuer);
-			is->audience = strdup(c->audience);
-			is->jwks_file = c->jwks_file ? strdup(c->jwks_file) : NULL;
-			is->jwks_uri = c->jwks_uri ? strdup(c->jwks_uri) : NULL;
-			is->ca_file = c->ca_file ? strdup(c->ca_file) : NULL;
-			is->groups_claim = strdup(c->groups_claim ? c->groups_claim : "groups");
-			is->subject_claim = strdup(c->subject_claim ? c->subject_claim : "sub");
-			if (c->leeway)
-				sl_parse_duration_ms(c->leeway, &ms);
-			if (c->jwks_refresh)
-				sl_parse_duration_ms(c->jwks_refresh, &refresh_ms);
-		}
-		is->leeway_s = ms / 1000;
-		is->refresh_us = (refresh_ms > 1000 ? refresh_ms : 1000) * 1000;
-		if (is->issuer == NULL || is->audience == NULL || is->groups_claim == NULL ||
-		    is->subject_claim == NULL)
+		if ((r = issuer_init(is, cfg, (unsigned)i, data_dir, err, errlen)) != 0) {
+			if (r == SL_ENOMEM)
+				snprintf(err, errlen, "out of memory");
 			goto fail;
+		}
+		if (sl_idp_issuer(idp, is->issuer) != is) {
+			snprintf(err, errlen, "identity.issuers[%zu]: issuer %s is listed twice", i,
+				 is->issuer);
+			r = SL_EINVAL;
+			goto fail;
+		}
 		if (is->jwks_file != NULL) {
 			if (cfg->issuers_count == 0 && access(is->jwks_file, R_OK) != 0) {
 				/* The dev issuer is created on first use. */
@@ -227,14 +270,15 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 			if ((r = load_file_keys(is, err, errlen)) != 0)
 				goto fail;
 		} else {
-			/* Remote keys: try now; failures are retried on demand. */
+			/* Remote keys: try once at start (the caller's thread, not an
+			 * event loop); a failure is retried by sl_idp_refresh. */
 			struct sl_keyset *ks = NULL;
 
-			if (fetch_keys(is, &ks) == 0)
-				is->keys = ks;
-			else
-				sl_warn("identity: cannot fetch the JWKS of %s yet", is->issuer);
+			is->fetch_failed = fetch_keys(is, &ks) != 0;
+			is->keys = ks;
 			is->last_fetch_us = sl_mono_us();
+			if (is->fetch_failed)
+				sl_warn("identity: cannot fetch the JWKS of %s yet", is->issuer);
 		}
 	}
 	*out = idp;
@@ -323,7 +367,10 @@ sl_idp_free(struct sl_idp *idp)
 	free(idp->cache);
 	free(idp->issuers);
 	pthread_rwlock_destroy(&idp->lock);
+	pthread_mutex_destroy(&idp->cache_mu);
+	pthread_mutex_destroy(&idp->fetch_mu);
 	free(idp);
+	curl_global_cleanup();
 }
 
 int
@@ -341,12 +388,17 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	}
 	SHA256((const uint8_t *)token, len, h);
 	slot = &idp->cache[(((size_t)h[0] << 8) | h[1]) % idp->ncache];
+	/* Read before verifying: if the keys change while we verify, the entry
+	 * we add is already stale and is never used. */
+	pthread_rwlock_rdlock(&idp->lock);
+	gen = idp->keys_gen;
+	pthread_rwlock_unlock(&idp->lock);
 	pthread_mutex_lock(&idp->cache_mu);
 	if (slot->used && memcmp(slot->hash, h, 32) == 0) {
-		/* Cached until expiry (which still applies) or until a key set
-		 * changes (the signing key may be gone). */
-		if (now <= slot->id.exp &&
-		    slot->gen == __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE)) {
+		/* Cached until expiry, and only under the key sets it was
+		 * verified with: a key that was rotated out or removed must
+		 * stop vouching for its tokens at once. */
+		if (slot->gen == gen && now <= slot->id.exp) {
 			r = sl_identity_copy(out, &slot->id);
 			pthread_mutex_unlock(&idp->cache_mu);
 			return r;
@@ -355,7 +407,6 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 		slot->used = 0;
 	}
 	pthread_mutex_unlock(&idp->cache_mu);
-	gen = __atomic_load_n(&idp->keys_gen, __ATOMIC_ACQUIRE); /* before verifying */
 	r = sl_jwt_verify_with(idp, token, len, now, out, err, errlen);
 	if (r != 0)
 		return r;
@@ -369,38 +420,50 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	return 0;
 }
 
-/* Replaces an issuer's keys and invalidates every cached verification. */
-static void
-install_keys(struct sl_idp *idp, struct sl_issuer *is, struct sl_keyset *ks)
+/* Whether issuer is may be fetched now, for a request made at asked_us.
+ * Returns 1 to fetch, 0 when a fetch that finished after the request already
+ * answered it (*r set from its outcome), -1 when rate-limited. */
+static int
+may_fetch(const struct sl_issuer *is, int64_t asked_us, int *r)
 {
-	struct sl_keyset *old;
+	int64_t age = sl_mono_us() - is->last_fetch_us;
+	int have = is->keys != NULL && is->keys->n > 0;
 
-	pthread_rwlock_wrlock(&idp->lock);
-	old = is->keys;
-	is->keys = ks;
-	__atomic_add_fetch(&idp->keys_gen, 1, __ATOMIC_RELEASE);
-	pthread_rwlock_unlock(&idp->lock);
-	sl_keyset_free(old);
+	if (is->last_fetch_us > asked_us) {
+		/* Several sessions asked at once: one fetch serves them all. */
+		*r = is->fetch_failed ? SL_EIO : 0;
+		return 0;
+	}
+	/* An unknown kid can be sprayed by anyone, so a key set in use is
+	 * refetched at most every 30 s. An empty one (the IdP had none, or was
+	 * down at start) is retried at once, or every 2 s while fetches fail. */
+	if (have && age < SL_JWKS_REFRESH_US)
+		return -1;
+	if (!have && is->fetch_failed && age < SL_JWKS_RETRY_US)
+		return -1;
+	return 1;
 }
 
 int
 sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 {
+	int64_t asked = sl_mono_us();
 	const char *want = NULL;
 	json_t *pl = NULL;
-	int r = SL_ESTATE;
+	int r = SL_ESTATE, any = 0;
 
-	if (token != NULL && len > 0 && len <= SL_JWT_MAX) {
-		const char *d1 = memchr(token, '.', len);
+	if (token != NULL) {
+		const char *d1 = len > 0 && len <= SL_JWT_MAX ? memchr(token, '.', len) : NULL;
 		const char *d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
 		uint8_t buf[SL_JWT_MAX];
 		size_t bl;
 
+		/* Unverified on purpose: it only chooses which issuer to ask. */
 		if (d2 &&
 		    sl_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof(buf), &bl) == 0)
 			pl = json_loadb((const char *)buf, bl, 0, NULL);
 		want = json_string_value(json_object_get(pl, "iss"));
-		if (want == NULL) {
+		if (want == NULL || sl_idp_issuer(idp, want) == NULL) {
 			json_decref(pl);
 			return SL_ESTATE;
 		}
@@ -408,48 +471,72 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL;
+		struct sl_keyset *ks = NULL, *old;
+		int m, fr = 0;
 
 		if (is->jwks_file != NULL || (want && strcmp(want, is->issuer) != 0))
 			continue;
-		/* Rate limit: an unknown kid can be sprayed by anyone; an empty
-		 * key set (IdP was down or had none at start) is always retried. */
-		if (is->keys != NULL && is->keys->n > 0 &&
-		    sl_mono_us() - is->last_fetch_us < REFRESH_EVERY)
+		m = may_fetch(is, asked, &fr);
+		if (m < 0)
 			continue;
-		is->last_fetch_us = sl_mono_us();
-		if (fetch_keys(is, &ks) != 0) {
-			r = SL_EIO;
+		if (m == 0) {
+			r = any && r == 0 ? 0 : fr;
+			any = 1;
 			continue;
 		}
-		install_keys(idp, is, ks);
+		fr = fetch_keys(is, &ks);
+		is->last_fetch_us = sl_mono_us();
+		is->fetch_failed = fr != 0;
+		if (fr != 0) {
+			sl_warn("identity: JWKS refetch for %s failed; keeping the old keys",
+				is->issuer);
+			if (!any)
+				r = SL_EIO;
+			any = 1;
+			continue;
+		}
+		pthread_rwlock_wrlock(&idp->lock);
+		old = is->keys;
+		is->keys = ks;
+		idp->keys_gen++; /* retires every cached verification */
+		pthread_rwlock_unlock(&idp->lock);
+		sl_keyset_free(old);
 		r = 0;
+		any = 1;
 	}
 	pthread_mutex_unlock(&idp->fetch_mu);
 	json_decref(pl);
 	return r;
 }
 
-/* Periodic refresh: every remote issuer whose jwks_refresh is due. A failed
- * fetch keeps the keys it has (an IdP outage must not lock agents out). */
+/* Periodic refresh (jwks_refresh): every remote issuer that is due. A
+ * failed fetch keeps the keys it has (an IdP outage must not lock agents
+ * out); a new key set retires every cached verification, so a key the IdP
+ * removed stops working even for tokens seen before. */
 static void
 refresh_due(struct sl_idp *idp)
 {
 	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL;
+		struct sl_keyset *ks = NULL, *old;
 
 		if (is->jwks_file != NULL ||
 		    sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
 			continue;
+		is->fetch_failed = fetch_keys(is, &ks) != 0;
 		is->last_fetch_us = sl_mono_us();
-		if (fetch_keys(is, &ks) != 0) {
+		if (is->fetch_failed) {
 			sl_warn("identity: cannot refresh the JWKS of %s; keeping the keys it had",
 				is->issuer);
 			continue;
 		}
-		install_keys(idp, is, ks);
+		pthread_rwlock_wrlock(&idp->lock);
+		old = is->keys;
+		is->keys = ks;
+		idp->keys_gen++;
+		pthread_rwlock_unlock(&idp->lock);
+		sl_keyset_free(old);
 	}
 	pthread_mutex_unlock(&idp->fetch_mu);
 }
@@ -470,51 +557,150 @@ dev_key_kid(EVP_PKEY *k, char *x64, char *kid)
 	return 0;
 }
 
+/* mkdir -p: missing components are created with mode. */
+static int
+mkdirs(const char *path, mode_t mode)
+{
+	char p[4096];
+
+	if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p) || p[0] == '\0')
+		return SL_EINVAL;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, mode) != 0 && errno != EEXIST)
+			return SL_EIO;
+		*s = '/';
+	}
+	if (mkdir(p, mode) != 0 && errno != EEXIST)
+		return SL_EIO;
+	return 0;
+}
+
+/* Replaces path with n bytes of data in one step (temp file, fsync, rename),
+ * so a reader never sees half a key or half a key set. */
+static int
+write_atomic(const char *path, const void *data, size_t n, mode_t mode)
+{
+	char tmp[4200];
+	size_t off = 0;
+	int fd;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	if (fd < 0)
+		return SL_EIO;
+	while (off < n) {
+		ssize_t w = write(fd, (const char *)data + off, n - off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	if (off != n || fsync(fd) != 0) {
+		close(fd);
+		unlink(tmp);
+		return SL_EIO;
+	}
+	if (close(fd) != 0 || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return SL_EIO;
+	}
+	return 0;
+}
+
+static int
+write_key(const char *path, EVP_PKEY *k)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *pem;
+	long n;
+	int r = SL_EIO;
+
+	if (b == NULL)
+		return SL_ENOMEM;
+	if (PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) == 1 &&
+	    (n = BIO_get_mem_data(b, &pem)) > 0) {
+		r = write_atomic(path, pem, (size_t)n, 0600);
+		OPENSSL_cleanse(pem, (size_t)n);
+	}
+	BIO_free(b);
+	return r;
+}
+
+static EVP_PKEY *
+read_key(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	EVP_PKEY *k;
+
+	if (f == NULL)
+		return NULL;
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (k != NULL && EVP_PKEY_get_id(k) != EVP_PKEY_ED25519) {
+		EVP_PKEY_free(k);
+		k = NULL;
+	}
+	return k;
+}
+
 int
 sl_devissuer_init(const char *data_dir, int force, char *err, size_t errlen)
 {
-	char kpath[4096], jpath[4096], x64[64], kid[17];
+	char kpath[4096], jpath[4096], x64[64], kid[17], jwks[256];
 	EVP_PKEY *k = NULL;
-	EVP_PKEY_CTX *ctx;
-	FILE *f;
-	int fd;
+	int have_key, r = SL_EIO;
 
-	mkdir(data_dir, 0700);
-	snprintf(kpath, sizeof(kpath), "%s/dev-issuer.key", data_dir);
-	snprintf(jpath, sizeof(jpath), "%s/dev-jwks.json", data_dir);
-	if (!force && access(kpath, R_OK) == 0 && access(jpath, R_OK) == 0)
+	if (mkdirs(data_dir, 0700) != 0) {
+		snprintf(err, errlen, "cannot create %s: %s", data_dir, strerror(errno));
+		return SL_EIO;
+	}
+	if (snprintf(kpath, sizeof(kpath), "%s/dev-issuer.key", data_dir) >= (int)sizeof(kpath) ||
+	    snprintf(jpath, sizeof(jpath), "%s/dev-jwks.json", data_dir) >= (int)sizeof(jpath)) {
+		snprintf(err, errlen, "data_dir path too long");
+		return SL_EINVAL;
+	}
+	have_key = !force && access(kpath, F_OK) == 0;
+	if (have_key && access(jpath, F_OK) == 0)
 		return 0;
-	ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
-	if (ctx == NULL || EVP_PKEY_keygen_init(ctx) != 1 || EVP_PKEY_keygen(ctx, &k) != 1) {
-		EVP_PKEY_CTX_free(ctx);
-		snprintf(err, errlen, "cannot generate the dev issuer key");
-		return SL_EIO;
+	if (have_key) {
+		/* Key kept, key set lost: derive it again rather than replace the key. */
+		if ((k = read_key(kpath)) == NULL) {
+			snprintf(err, errlen,
+				 "%s is not an Ed25519 key (use --force to replace it)", kpath);
+			return SL_EIO;
+		}
+	} else {
+		if ((k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")) == NULL) {
+			snprintf(err, errlen, "cannot generate the dev issuer key");
+			return SL_EIO;
+		}
+		if (write_key(kpath, k) != 0) {
+			snprintf(err, errlen, "cannot write %s: %s", kpath, strerror(errno));
+			goto out;
+		}
 	}
-	EVP_PKEY_CTX_free(ctx);
-	unlink(kpath);
-	fd = open(kpath, O_WRONLY | O_CREAT | O_EXCL, 0600);
-	f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	if (f == NULL || PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) != 1) {
-		if (f)
-			fclose(f);
-		EVP_PKEY_free(k);
-		snprintf(err, errlen, "cannot write %s: %s", kpath, strerror(errno));
-		return SL_EIO;
+	if (dev_key_kid(k, x64, kid) != 0) {
+		snprintf(err, errlen, "cannot derive the dev issuer key set");
+		goto out;
 	}
-	fclose(f);
-	dev_key_kid(k, x64, kid);
+	snprintf(jwks, sizeof(jwks),
+		 "{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"%s\",\"kid\":\"%s\","
+		 "\"alg\":\"EdDSA\",\"use\":\"sig\"}]}\n",
+		 x64, kid);
+	if (write_atomic(jpath, jwks, strlen(jwks), 0644) != 0) {
+		snprintf(err, errlen, "cannot write %s: %s", jpath, strerror(errno));
+		goto out;
+	}
+	r = 0;
+out:
 	EVP_PKEY_free(k);
-	f = fopen(jpath, "w");
-	if (f == NULL) {
-		snprintf(err, errlen, "cannot write %s", jpath);
-		return SL_EIO;
-	}
-	fprintf(f,
-		"{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"%s\",\"kid\":\"%s\","
-		"\"alg\":\"EdDSA\",\"use\":\"sig\"}]}\n",
-		x64, kid);
-	fclose(f);
-	return 0;
+	return r;
 }
 
 int
@@ -523,7 +709,6 @@ sl_devissuer_mint(const char *data_dir, const struct sl_mint_opts *o, char **out
 {
 	char kpath[4096], x64[64], kid[17];
 	EVP_PKEY *k;
-	FILE *f;
 	json_t *hdr, *pl;
 	char *hs = NULL, *ps = NULL, *tok = NULL;
 	char *h64 = NULL, *p64 = NULL, sig64[100];
@@ -535,15 +720,17 @@ sl_devissuer_mint(const char *data_dir, const struct sl_mint_opts *o, char **out
 	char jtihex[25];
 	int r = SL_EIO;
 
+	if (o->sub == NULL || o->sub[0] == '\0') {
+		snprintf(err, errlen, "a subject is required");
+		return SL_EINVAL;
+	}
 	snprintf(kpath, sizeof(kpath), "%s/dev-issuer.key", data_dir);
-	f = fopen(kpath, "r");
-	if (f == NULL) {
+	if (access(kpath, F_OK) != 0) {
 		snprintf(err, errlen, "no dev issuer in %s: run `sluice token init` first",
 			 data_dir);
 		return SL_ENOENT;
 	}
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
+	k = read_key(kpath);
 	if (k == NULL || dev_key_kid(k, x64, kid) != 0) {
 		EVP_PKEY_free(k);
 		snprintf(err, errlen, "cannot read %s", kpath);
@@ -621,96 +808,133 @@ out:
 
 /* ------------------------------------------------------------ CLI */
 
+#define CLI_MAX_GROUPS 64
+
+static int
+parse_signed_duration_s(const char *v, int64_t *out_s)
+{
+	int neg = v[0] == '-';
+	int64_t ms;
+
+	if (sl_parse_duration_ms(v + neg, &ms) != 0)
+		return SL_EINVAL;
+	*out_s = (neg ? -ms : ms) / 1000;
+	return 0;
+}
+
+static int
+cli_init(int argc, char **argv, const char *data_dir)
+{
+	char err[512] = "";
+	int force = 0;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--force") != 0) {
+			fprintf(stderr, "usage: sluice token init [--force]\n");
+			return 2;
+		}
+		force = 1;
+	}
+	if (sl_devissuer_init(data_dir, force, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sluice token init: %s\n", err);
+		return 1;
+	}
+	printf("dev issuer ready: %s/dev-jwks.json (issuer %s, audience %s)\n", data_dir,
+	       SL_DEV_ISSUER, SL_DEV_AUDIENCE);
+	return 0;
+}
+
+/* Fills o from `mint` options; groups point into *gcopy (owned by the caller).
+ * Returns 0, or 2 after printing a usage message. */
+static int
+mint_args(int argc, char **argv, struct sl_mint_opts *o, const char **groups, char **gcopy)
+{
+	for (int i = 1; i < argc; i += 2) {
+		const char *opt = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (v == NULL) {
+			fprintf(stderr, "sluice token mint: %s needs a value\n", opt);
+			return 2;
+		}
+		if (strcmp(opt, "--sub") == 0) {
+			o->sub = v;
+		} else if (strcmp(opt, "--groups") == 0) {
+			char *save = NULL;
+
+			free(*gcopy);
+			if ((*gcopy = strdup(v)) == NULL)
+				return 2;
+			o->ngroups = 0;
+			for (char *t = strtok_r(*gcopy, ",", &save); t;
+			     t = strtok_r(NULL, ",", &save)) {
+				if (o->ngroups == CLI_MAX_GROUPS) {
+					fprintf(stderr, "sluice token mint: at most %d groups\n",
+						CLI_MAX_GROUPS);
+					return 2;
+				}
+				groups[o->ngroups++] = t;
+			}
+		} else if (strcmp(opt, "--ttl") == 0) {
+			if (parse_signed_duration_s(v, &o->ttl_s) != 0) {
+				fprintf(stderr, "sluice token mint: bad --ttl %s\n", v);
+				return 2;
+			}
+		} else if (strcmp(opt, "--nbf") == 0) {
+			if (parse_signed_duration_s(v, &o->nbf_offset_s) != 0) {
+				fprintf(stderr, "sluice token mint: bad --nbf %s\n", v);
+				return 2;
+			}
+		} else if (strcmp(opt, "--aud") == 0) {
+			o->aud = v;
+		} else if (strcmp(opt, "--iss") == 0) {
+			o->iss = v;
+		} else if (strcmp(opt, "--claims") == 0) {
+			o->extra_claims_json = v;
+		} else {
+			fprintf(stderr, "sluice token mint: unknown option %s\n", opt);
+			return 2;
+		}
+	}
+	if (o->sub == NULL || o->sub[0] == '\0') {
+		fprintf(stderr, "usage: sluice token mint --sub S [--groups a,b] [--ttl 1h] "
+				"[--nbf 5m] [--aud A] [--iss I] [--claims JSON]\n");
+		return 2;
+	}
+	return 0;
+}
+
+static int
+cli_mint(int argc, char **argv, const char *data_dir)
+{
+	struct sl_mint_opts o = {.ttl_s = 3600};
+	const char *groups[CLI_MAX_GROUPS];
+	char err[512] = "", *gcopy = NULL, *tok = NULL;
+	int rc;
+
+	o.groups = groups;
+	rc = mint_args(argc, argv, &o, groups, &gcopy);
+	if (rc == 0 && sl_devissuer_mint(data_dir, &o, &tok, err, sizeof(err)) != 0) {
+		fprintf(stderr, "sluice token mint: %s\n", err);
+		rc = 1;
+	}
+	if (rc == 0)
+		printf("%s\n", tok);
+	free(tok);
+	free(gcopy);
+	return rc;
+}
+
 int
 sl_token_cli(int argc, char **argv, const struct sl_config *cfg)
 {
-	char err[512] = "";
-	const char *data_dir = cfg->gateway.data_dir;
+	const char *data_dir = cfg && cfg->gateway.data_dir ? cfg->gateway.data_dir : "./var";
 
-	if (strcmp(argv[0], "init") == 0) {
-		int force = argc > 1 && strcmp(argv[1], "--force") == 0;
-
-		if (sl_devissuer_init(data_dir, force, err, sizeof(err)) != 0) {
-			fprintf(stderr, "sluice token init: %s\n", err);
-			return 1;
-		}
-		printf("dev issuer ready: %s/dev-jwks.json (issuer %s, audience %s)\n", data_dir,
-		       SL_DEV_ISSUER, SL_DEV_AUDIENCE);
-		return 0;
-	}
-	if (strcmp(argv[0], "mint") == 0) {
-		struct sl_mint_opts o = {0};
-		const char *groups[64];
-		char *gcopy = NULL, *tok = NULL;
-		int64_t ttl_ms = 3600 * 1000;
-		int rc;
-
-		o.groups = groups;
-		for (int i = 1; i < argc; i++) {
-			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-
-			if (v == NULL) {
-				fprintf(stderr, "sluice token mint: %s needs a value\n", argv[i]);
-				free(gcopy);
-				return 2;
-			}
-			if (strcmp(argv[i], "--sub") == 0) {
-				o.sub = v;
-			} else if (strcmp(argv[i], "--groups") == 0) {
-				free(gcopy);
-				gcopy = strdup(v);
-				o.ngroups = 0;
-				for (char *s = NULL, *t = strtok_r(gcopy, ",", &s);
-				     t && o.ngroups < 64; t = strtok_r(NULL, ",", &s))
-					groups[o.ngroups++] = t;
-			} else if (strcmp(argv[i], "--ttl") == 0) {
-				int neg = v[0] == '-';
-
-				if (sl_parse_duration_ms(v + neg, &ttl_ms) != 0) {
-					fprintf(stderr, "sluice token mint: bad --ttl %s\n", v);
-					free(gcopy);
-					return 2;
-				}
-				if (neg)
-					ttl_ms = -ttl_ms;
-			} else if (strcmp(argv[i], "--aud") == 0) {
-				o.aud = v;
-			} else if (strcmp(argv[i], "--iss") == 0) {
-				o.iss = v;
-			} else if (strcmp(argv[i], "--claims") == 0) {
-				o.extra_claims_json = v;
-			} else if (strcmp(argv[i], "--nbf") == 0) {
-				int64_t ms;
-				int neg = v[0] == '-';
-
-				if (sl_parse_duration_ms(v + neg, &ms) != 0) {
-					free(gcopy);
-					return 2;
-				}
-				o.nbf_offset_s = (neg ? -ms : ms) / 1000;
-			} else {
-				fprintf(stderr, "sluice token mint: unknown option %s\n", argv[i]);
-				free(gcopy);
-				return 2;
-			}
-			i++;
-		}
-		if (o.sub == NULL) {
-			fprintf(stderr, "sluice token mint: --sub is required\n");
-			free(gcopy);
-			return 2;
-		}
-		o.ttl_s = ttl_ms / 1000;
-		rc = sl_devissuer_mint(data_dir, &o, &tok, err, sizeof(err));
-		free(gcopy);
-		if (rc != 0) {
-			fprintf(stderr, "sluice token mint: %s\n", err);
-			return 1;
-		}
-		printf("%s\n", tok);
-		free(tok);
-		return 0;
-	}
-	fprintf(stderr, "sluice token: unknown subcommand %s (init, mint)\n", argv[0]);
+	if (argc >= 1 && argv[0] != NULL && strcmp(argv[0], "init") == 0)
+		return cli_init(argc, argv, data_dir);
+	if (argc >= 1 && argv[0] != NULL && strcmp(argv[0], "mint") == 0)
+		return cli_mint(argc, argv, data_dir);
+	fprintf(stderr, "usage: sluice token init [--force]\n"
+			"       sluice token mint --sub S [--groups a,b] [--ttl 1h] [--nbf 5m] "
+			"[--aud A] [--iss I] [--claims JSON]\n");
 	return 2;
 }

@@ -23,10 +23,6 @@
 #include "identity_internal.h"
 #include "sluice/core.h"
 
-#define MAX_GROUPS    256
-#define MAX_GROUP_LEN 256
-#define CACHE_SLOTS   4096
-
 void
 sl_identity_fini(struct sl_identity *id)
 {
@@ -169,13 +165,15 @@ jwk_rsa(json_t *jwk)
 	if (b64_field(jwk, "n", n, sizeof(n), &nl) != 0 ||
 	    b64_field(jwk, "e", e, sizeof(e), &el) != 0)
 		return NULL;
-	if (nl < 256) /* RSA keys under 2048 bits are refused */
-		return NULL;
 	bn = BN_bin2bn(n, (int)nl, NULL);
 	be = BN_bin2bn(e, (int)el, NULL);
+	/* Count bits, not bytes: leading zero bytes must not pass a 1024-bit
+	 * modulus off as 2048. The exponent must be odd and at least 3. */
+	if (bn == NULL || be == NULL || BN_num_bits(bn) < 2048 || !BN_is_odd(be) ||
+	    BN_num_bits(be) < 2)
+		goto out;
 	bld = OSSL_PARAM_BLD_new();
-	if (bn == NULL || be == NULL || bld == NULL ||
-	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
+	if (bld == NULL || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
 	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be))
 		goto out;
 	params = OSSL_PARAM_BLD_to_param(bld);
@@ -247,19 +245,77 @@ sl_keyset_free(struct sl_keyset *ks)
 	free(ks);
 }
 
+/* The one algorithm name sluice uses for a JOSE "alg" value, or NULL for
+ * anything it refuses. "Ed25519" is the fully-specified name (RFC 9864) for
+ * what older tokens call "EdDSA". */
+static const char *
+canon_alg(const char *alg)
+{
+	if (alg == NULL)
+		return NULL;
+	if (strcmp(alg, "RS256") == 0)
+		return "RS256";
+	if (strcmp(alg, "ES256") == 0)
+		return "ES256";
+	if (strcmp(alg, "EdDSA") == 0 || strcmp(alg, "Ed25519") == 0)
+		return "EdDSA";
+	return NULL;
+}
+
+/* Builds one key from a JWK; returns 0 and fills k, or non-zero to skip it. */
+static int
+parse_jwk(json_t *jwk, struct sl_jwk *k)
+{
+	const char *kty = json_string_value(json_object_get(jwk, "kty"));
+	json_t *kidv = json_object_get(jwk, "kid");
+	json_t *algv = json_object_get(jwk, "alg");
+	const char *use = json_string_value(json_object_get(jwk, "use"));
+	const char *want;
+
+	if (!json_is_object(jwk) || kty == NULL)
+		return -1;
+	if (json_object_get(jwk, "use") != NULL && (use == NULL || strcmp(use, "sig") != 0))
+		return -1;
+	/* A kid that would be truncated could collide with another key's. */
+	if (kidv != NULL && (!json_is_string(kidv) || json_string_length(kidv) >= sizeof(k->kid)))
+		return -1;
+	if (strcmp(kty, "RSA") == 0) {
+		want = "RS256";
+		k->pkey = jwk_rsa(jwk);
+	} else if (strcmp(kty, "EC") == 0) {
+		want = "ES256";
+		k->pkey = jwk_ec(jwk);
+	} else if (strcmp(kty, "OKP") == 0) {
+		want = "EdDSA";
+		k->pkey = jwk_okp(jwk);
+	} else {
+		return -1; /* "oct" and anything else: never used for verification */
+	}
+	if (k->pkey == NULL)
+		return -1;
+	/* A key that says it is for another algorithm (RS384, PS256, ...) is not used. */
+	if (algv != NULL && canon_alg(json_string_value(algv)) != want) {
+		EVP_PKEY_free(k->pkey);
+		k->pkey = NULL;
+		return -1;
+	}
+	snprintf(k->alg, sizeof(k->alg), "%s", want);
+	snprintf(k->kid, sizeof(k->kid), "%s", kidv ? json_string_value(kidv) : "");
+	return 0;
+}
+
 int
 sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 {
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je), *keys;
 	struct sl_keyset *ks;
-	size_t i;
 
 	*out = NULL;
 	if (root == NULL)
 		return SL_EINVAL;
 	keys = json_object_get(root, "keys");
-	if (!json_is_array(keys) || json_array_size(keys) > 64) {
+	if (!json_is_array(keys) || json_array_size(keys) > SL_JWKS_MAX_KEYS) {
 		json_decref(root);
 		return SL_EINVAL;
 	}
@@ -270,41 +326,9 @@ sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 		json_decref(root);
 		return SL_ENOMEM;
 	}
-	for (i = 0; i < json_array_size(keys); i++) {
-		json_t *jwk = json_array_get(keys, i);
-		const char *kty = json_string_value(json_object_get(jwk, "kty"));
-		const char *kid = json_string_value(json_object_get(jwk, "kid"));
-		const char *alg = json_string_value(json_object_get(jwk, "alg"));
-		const char *use = json_string_value(json_object_get(jwk, "use"));
-		struct sl_jwk *k = &ks->keys[ks->n];
-		const char *want;
-
-		if (kty == NULL || (use != NULL && strcmp(use, "sig") != 0))
-			continue;
-		if (strcmp(kty, "RSA") == 0) {
-			k->pkey = jwk_rsa(jwk);
-			want = "RS256";
-		} else if (strcmp(kty, "EC") == 0) {
-			k->pkey = jwk_ec(jwk);
-			want = "ES256";
-		} else if (strcmp(kty, "OKP") == 0) {
-			k->pkey = jwk_okp(jwk);
-			want = "EdDSA";
-		} else {
-			continue; /* "oct" and anything else: never for verification */
-		}
-		if (k->pkey == NULL)
-			continue;
-		if (alg != NULL && strcmp(alg, want) != 0) {
-			/* A key that says it is for another algorithm is not used. */
-			EVP_PKEY_free(k->pkey);
-			k->pkey = NULL;
-			continue;
-		}
-		snprintf(k->alg, sizeof(k->alg), "%s", want);
-		snprintf(k->kid, sizeof(k->kid), "%s", kid ? kid : "");
-		ks->n++;
-	}
+	for (size_t i = 0; i < json_array_size(keys); i++)
+		if (parse_jwk(json_array_get(keys, i), &ks->keys[ks->n]) == 0)
+			ks->n++;
 	json_decref(root);
 	*out = ks;
 	return 0;
@@ -324,9 +348,11 @@ verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_
 		ok = slen == 64 && EVP_DigestVerifyInit(md, NULL, NULL, NULL, k->pkey) == 1 &&
 		     EVP_DigestVerify(md, sig, slen, msg, mlen) == 1;
 	} else if (strcmp(k->alg, "RS256") == 0) {
-		ok = EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&
+		ok = (int)slen == EVP_PKEY_get_size(k->pkey) &&
+		     EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&
 		     EVP_DigestVerify(md, sig, slen, msg, mlen) == 1;
 	} else if (strcmp(k->alg, "ES256") == 0 && slen == 64) {
+		/* JOSE carries r||s (32 bytes each); EVP wants a DER ECDSA-Sig-Value. */
 		ECDSA_SIG *es = ECDSA_SIG_new();
 		BIGNUM *r = BN_bin2bn(sig, 32, NULL), *s = BN_bin2bn(sig + 32, 32, NULL);
 		unsigned char *der = NULL;
@@ -360,7 +386,7 @@ decode_part(const char *p, size_t n)
 }
 
 /* Claim lookup: a literal key first (URL-like names contain dots), then a
- * dotted path. */
+ * dotted path through nested objects. */
 static json_t *
 claim(json_t *payload, const char *name)
 {
@@ -369,6 +395,8 @@ claim(json_t *payload, const char *name)
 
 	if (v != NULL || strchr(name, '.') == NULL)
 		return v;
+	if (strlen(name) >= sizeof(path))
+		return NULL;
 	snprintf(path, sizeof(path), "%s", name);
 	v = payload;
 	for (tok = strtok_r(path, ".", &save); tok && v; tok = strtok_r(NULL, ".", &save))
@@ -376,76 +404,254 @@ claim(json_t *payload, const char *name)
 	return v;
 }
 
+/* 1 if aud (a string, or an array of strings) names want. An array with
+ * anything but strings in it is malformed and refused as a whole, even if
+ * one element matches: the token is not what its issuer meant to sign. */
 static int
 aud_ok(json_t *aud, const char *want)
 {
 	size_t i;
 	json_t *v;
+	int found = 0;
 
 	if (json_is_string(aud))
 		return strcmp(json_string_value(aud), want) == 0;
 	if (!json_is_array(aud))
 		return 0;
-	json_array_foreach(aud, i, v) if (json_is_string(v) &&
-					  strcmp(json_string_value(v), want) == 0) return 1;
+	json_array_foreach(aud, i, v)
+	{
+		if (!json_is_string(v))
+			return 0;
+		if (strcmp(json_string_value(v), want) == 0)
+			found = 1;
+	}
+	return found;
+}
+
+/* A NumericDate (RFC 7519): an integer, or a finite real, from 0 to the
+ * end of year 9999. Anything else (negative, 1e300, a string) is refused
+ * rather than cast: a cast of 1e300 to int64_t is undefined behaviour, and a
+ * bounded value leaves callers room to add a leeway without overflow. A
+ * fraction is rounded towards the stricter side: down for exp, up for
+ * nbf and iat (round_up). */
+static int
+num_claim(json_t *v, int round_up, int64_t *out)
+{
+	if (json_is_integer(v)) {
+		json_int_t i = json_integer_value(v);
+
+		if (i < 0 || i > SL_NUMERICDATE_MAX)
+			return SL_EAUTH;
+		*out = (int64_t)i;
+		return 0;
+	}
+	if (json_is_real(v)) {
+		double d = json_real_value(v);
+
+		/* Also false for NaN. */
+		if (!(d >= 0.0 && d <= (double)SL_NUMERICDATE_MAX))
+			return SL_EAUTH;
+		*out = (int64_t)d;
+		if (round_up && (double)*out < d)
+			(*out)++;
+		return 0;
+	}
+	return SL_EAUTH;
+}
+
+/* Subjects and groups reach policy, logs and the audit trail: no control
+ * characters, bounded length. */
+static int
+name_ok(json_t *v, size_t max)
+{
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v);
+
+	if (s == NULL || n == 0 || n > max)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+/* Header: alg, kid, typ and cty must be strings when present; crit (and the
+ * JWE/unencoded-payload parameters enc, zip, b64) make the token unusable. */
+static const char *
+check_header(json_t *hdr, const char **alg, const char **kid)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach(hdr, k, v)
+	{
+		if (strcmp(k, "alg") == 0 || strcmp(k, "kid") == 0 || strcmp(k, "typ") == 0 ||
+		    strcmp(k, "cty") == 0) {
+			if (!json_is_string(v))
+				return "malformed token header";
+		} else if (strcmp(k, "crit") == 0) {
+			return "token has critical header parameters";
+		} else if (strcmp(k, "enc") == 0 || strcmp(k, "zip") == 0 ||
+			   strcmp(k, "b64") == 0) {
+			return "token header not supported";
+		}
+	}
+	*kid = json_string_value(json_object_get(hdr, "kid"));
+	*alg = canon_alg(json_string_value(json_object_get(hdr, "alg")));
+	if (*alg == NULL)
+		return "algorithm not allowed";
+	return NULL;
+}
+
+/* Picks the key for (kid, alg) from ks (caller holds idp->lock). An unknown
+ * kid, or no keys at all, is SL_ENOKEY: a refetch may help. */
+static int
+pick_key(const struct sl_keyset *ks, const char *kid, const char *alg, const struct sl_jwk **out,
+	 const char **why)
+{
+	size_t named = 0, usable = 0;
+
+	*out = NULL;
+	if (ks == NULL || ks->n == 0) {
+		*why = "no signing key";
+		return SL_ENOKEY;
+	}
+	if (kid == NULL && ks->n > 1) {
+		*why = "token has no kid and the issuer has several keys";
+		return SL_EAUTH;
+	}
+	for (size_t i = 0; i < ks->n; i++) {
+		if (kid != NULL && strcmp(ks->keys[i].kid, kid) != 0)
+			continue;
+		named++;
+		if (strcmp(ks->keys[i].alg, alg) == 0) {
+			usable++;
+			*out = &ks->keys[i];
+		}
+	}
+	if (named == 0) {
+		*why = "signing key unknown";
+		return SL_ENOKEY;
+	}
+	if (usable == 0) {
+		*why = "algorithm does not match the key";
+		return SL_EAUTH;
+	}
+	if (usable > 1) {
+		*why = "signing key ambiguous";
+		return SL_EAUTH;
+	}
+	return 0;
+}
+
+static int
+map_groups(json_t *v, struct sl_identity *out, const char **why)
+{
+	size_t i, n;
+	json_t *g;
+
+	*why = "groups claim malformed";
+	if (v == NULL || json_is_null(v))
+		return 0;
+	if (json_is_string(v))
+		n = 1;
+	else if (json_is_array(v))
+		n = json_array_size(v);
+	else
+		return SL_EAUTH;
+	if (n > SL_IDENTITY_MAX_GROUPS) {
+		*why = "too many groups in token";
+		return SL_EAUTH;
+	}
+	out->groups = calloc(n + 1, sizeof(char *));
+	if (out->groups == NULL)
+		goto nomem;
+	if (json_is_string(v)) {
+		if (!name_ok(v, SL_IDENTITY_MAX_NAME))
+			return SL_EAUTH;
+		if ((out->groups[out->ngroups++] = strdup(json_string_value(v))) == NULL)
+			goto nomem;
+		return 0;
+	}
+	json_array_foreach(v, i, g)
+	{
+		/* A group sluice cannot read is refused rather than dropped:
+		 * dropping one could dodge a policy that matches on it. */
+		if (!name_ok(g, SL_IDENTITY_MAX_NAME))
+			return SL_EAUTH;
+		if ((out->groups[out->ngroups] = strdup(json_string_value(g))) == NULL)
+			goto nomem;
+		out->ngroups++;
+	}
+	return 0;
+nomem:
+	*why = "out of memory";
+	return SL_ENOMEM;
+}
+
+/* Time and audience claims of a signature-checked payload. */
+static int
+check_claims(json_t *pl, const struct sl_issuer *is, int64_t now, int64_t *exp, const char **why)
+{
+	json_t *v;
+	int64_t t;
+
+	if (!aud_ok(json_object_get(pl, "aud"), is->audience)) {
+		*why = "audience mismatch";
+		return SL_EAUTH;
+	}
+	if (num_claim(json_object_get(pl, "exp"), 0, exp) != 0) {
+		*why = "token has no valid expiry";
+		return SL_EAUTH;
+	}
+	/* exp, nbf and iat are bounded by num_claim, and the leeway by
+	 * sl_idp_new (at most a day), so none of this can overflow. */
+	if (*exp < now - is->leeway_s) {
+		*why = "token expired";
+		return SL_EEXPIRED;
+	}
+	if ((v = json_object_get(pl, "nbf")) != NULL) {
+		if (num_claim(v, 1, &t) != 0) {
+			*why = "token has an invalid nbf";
+			return SL_EAUTH;
+		}
+		if (t > now + is->leeway_s) {
+			*why = "token not yet valid";
+			return SL_EEXPIRED;
+		}
+	}
+	if ((v = json_object_get(pl, "iat")) != NULL) {
+		if (num_claim(v, 1, &t) != 0) {
+			*why = "token has an invalid iat";
+			return SL_EAUTH;
+		}
+		if (t > now + is->leeway_s) {
+			*why = "token issued in the future";
+			return SL_EAUTH;
+		}
+	}
 	return 0;
 }
 
 #define FAIL(code, msg)                                                                            \
 	do {                                                                                       \
-		snprintf(err, errlen, "%s", msg);                                                  \
+		why = msg;                                                                         \
 		r = code;                                                                          \
 		goto out;                                                                          \
 	} while (0)
-
-/* A NumericDate (RFC 7519): seconds since the epoch, an integer or a
- * number with a fraction (truncated), within 0 .. year 10000. Anything else
- * (huge, negative, not a number) is refused rather than cast. */
-static int
-numeric_date(const json_t *v, int64_t *out)
-{
-	const int64_t max = 253402300799; /* 9999-12-31T23:59:59Z */
-	double d;
-
-	if (json_is_integer(v)) {
-		json_int_t i = json_integer_value(v);
-
-		if (i < 0 || i > max)
-			return -1;
-		*out = (int64_t)i;
-		return 0;
-	}
-	if (!json_is_real(v))
-		return -1;
-	d = json_real_value(v);
-	if (!(d >= 0.0 && d <= (double)max)) /* also false for NaN */
-		return -1;
-	*out = (int64_t)d;
-	return 0;
-}
-
-/* A group: a string of at most MAX_GROUP_LEN bytes with no NUL (a
- * "dba\u0000x" group must not become "dba"). */
-static int
-group_ok(const json_t *g)
-{
-	return json_is_string(g) && json_string_length(g) <= MAX_GROUP_LEN &&
-	       strlen(json_string_value(g)) == json_string_length(g);
-}
 
 int
 sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 		   struct sl_identity *out, char *err, size_t errlen)
 {
-	const char *d1, *d2;
+	const char *d1, *d2, *alg = NULL, *kid = NULL, *iss, *why = "malformed token";
 	json_t *hdr = NULL, *pl = NULL, *v;
-	const char *alg, *kid, *iss;
-	const struct sl_issuer *is = NULL;
-	const struct sl_jwk *key = NULL;
-	uint8_t sig[1024];
+	const struct sl_issuer *is;
+	const struct sl_jwk *key;
+	uint8_t sig[1024], h[32];
 	size_t siglen;
 	int r = SL_EAUTH;
-	int64_t exp, t = 0;
+	int64_t exp;
 
 	memset(out, 0, sizeof(*out));
 	if (len == 0 || len > SL_JWT_MAX)
@@ -458,119 +664,47 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	pl = decode_part(d1 + 1, (size_t)(d2 - d1 - 1));
 	if (!json_is_object(hdr) || !json_is_object(pl))
 		FAIL(SL_EAUTH, "malformed token");
-	if (json_object_get(hdr, "crit") != NULL)
-		FAIL(SL_EAUTH, "token has critical header parameters");
-	alg = json_string_value(json_object_get(hdr, "alg"));
-	kid = json_string_value(json_object_get(hdr, "kid"));
-	if (alg == NULL ||
-	    (strcmp(alg, "RS256") != 0 && strcmp(alg, "ES256") != 0 && strcmp(alg, "EdDSA") != 0))
-		FAIL(SL_EAUTH, "algorithm not allowed");
+	if ((why = check_header(hdr, &alg, &kid)) != NULL)
+		FAIL(SL_EAUTH, why);
 	iss = json_string_value(json_object_get(pl, "iss"));
 	if (iss == NULL)
 		FAIL(SL_EAUTH, "token has no issuer");
-	is = sl_idp_issuer(idp, iss);
-	if (is == NULL)
+	if ((is = sl_idp_issuer(idp, iss)) == NULL)
 		FAIL(SL_EAUTH, "issuer not trusted");
 	if (sl_b64url_decode(d2 + 1, len - (size_t)(d2 + 1 - token), sig, sizeof(sig), &siglen) !=
-	    0)
+		    0 ||
+	    siglen == 0)
 		FAIL(SL_EAUTH, "malformed signature");
 	pthread_rwlock_rdlock(&idp->lock);
-	{
-		const struct sl_keyset *ks = is->keys;
-		size_t candidates = 0;
-
-		for (size_t i = 0; ks && i < ks->n; i++) {
-			if (kid != NULL && strcmp(ks->keys[i].kid, kid) != 0)
-				continue;
-			candidates++;
-			key = &ks->keys[i];
-		}
-		if (key == NULL) {
-			pthread_rwlock_unlock(&idp->lock);
-			FAIL(kid ? SL_ENOKEY : SL_EAUTH,
-			     kid ? "signing key unknown" : "no signing key");
-		}
-		if (kid == NULL && candidates > 1) {
-			pthread_rwlock_unlock(&idp->lock);
-			FAIL(SL_EAUTH, "token has no kid and the issuer has several keys");
-		}
-		if (strcmp(key->alg, alg) != 0) {
-			pthread_rwlock_unlock(&idp->lock);
-			FAIL(SL_EAUTH, "algorithm does not match the key");
-		}
-		if (!verify_sig(key, (const uint8_t *)token, (size_t)(d2 - token), sig, siglen)) {
-			pthread_rwlock_unlock(&idp->lock);
-			FAIL(SL_EAUTH, "signature invalid");
-		}
+	r = pick_key(is->keys, kid, alg, &key, &why);
+	if (r == 0 && !verify_sig(key, (const uint8_t *)token, (size_t)(d2 - token), sig, siglen)) {
+		r = SL_EAUTH;
+		why = "signature invalid";
 	}
 	pthread_rwlock_unlock(&idp->lock);
-	if (!aud_ok(json_object_get(pl, "aud"), is->audience))
-		FAIL(SL_EAUTH, "audience mismatch");
-	v = json_object_get(pl, "exp");
-	if (v == NULL)
-		FAIL(SL_EAUTH, "token has no expiry");
-	if (numeric_date(v, &exp) != 0)
-		FAIL(SL_EAUTH, "token has an invalid exp");
-	if (now > exp + is->leeway_s)
-		FAIL(SL_EEXPIRED, "token expired");
-	v = json_object_get(pl, "nbf");
-	if (v != NULL && numeric_date(v, &t) != 0)
-		FAIL(SL_EAUTH, "token has an invalid nbf");
-	if (v != NULL && now + is->leeway_s < t)
-		FAIL(SL_EEXPIRED, "token not yet valid");
-	v = json_object_get(pl, "iat");
-	if (v != NULL && numeric_date(v, &t) != 0)
-		FAIL(SL_EAUTH, "token has an invalid iat");
-	if (v != NULL && now + is->leeway_s < t)
-		FAIL(SL_EAUTH, "token issued in the future");
+	if (r != 0)
+		goto out;
+	if ((r = check_claims(pl, is, now, &exp, &why)) != 0)
+		goto out;
 	v = claim(pl, is->subject_claim);
-	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 255 ||
-	    strlen(json_string_value(v)) != json_string_length(v))
-		FAIL(SL_EAUTH, "token has no subject");
+	if (!name_ok(v, SL_IDENTITY_MAX_NAME))
+		FAIL(SL_EAUTH, "token has no valid subject");
 	out->subject = strdup(json_string_value(v));
 	out->issuer = strdup(is->issuer);
 	out->exp = exp;
-	v = claim(pl, is->groups_claim);
-	out->groups = calloc(MAX_GROUPS + 1, sizeof(char *));
-	if (out->subject == NULL || out->issuer == NULL || out->groups == NULL)
+	if (out->subject == NULL || out->issuer == NULL)
 		FAIL(SL_ENOMEM, "out of memory");
-	/* Policy keys on groups: a groups claim that is not a string or an
-	 * array of plain strings is refused, never read in part. */
-	if (json_is_string(v)) {
-		if (!group_ok(v))
-			FAIL(SL_EAUTH, "token has an invalid group");
-		if ((out->groups[out->ngroups] = strdup(json_string_value(v))) == NULL)
-			FAIL(SL_ENOMEM, "out of memory");
-		out->ngroups++;
-	} else if (json_is_array(v)) {
-		size_t i;
-		json_t *g;
-
-		if (json_array_size(v) > MAX_GROUPS)
-			FAIL(SL_EAUTH, "too many groups in token");
-		json_array_foreach(v, i, g)
-		{
-			if (!group_ok(g))
-				FAIL(SL_EAUTH, "token has an invalid group");
-			out->groups[out->ngroups] = strdup(json_string_value(g));
-			if (out->groups[out->ngroups] == NULL)
-				FAIL(SL_ENOMEM, "out of memory");
-			out->ngroups++;
-		}
-	} else if (v != NULL && !json_is_null(v)) {
-		FAIL(SL_EAUTH, "token has an invalid groups claim");
-	}
-	{
-		uint8_t h[32];
-
-		SHA256((const uint8_t *)token, len, h);
-		sl_hex(h, 32, out->token_sha256);
-	}
+	if ((r = map_groups(claim(pl, is->groups_claim), out, &why)) != 0)
+		goto out;
+	SHA256((const uint8_t *)token, len, h);
+	sl_hex(h, 32, out->token_sha256);
 	r = 0;
 out:
 	json_decref(hdr);
 	json_decref(pl);
-	if (r != 0)
+	if (r != 0) {
+		snprintf(err, errlen, "%s", why);
 		sl_identity_fini(out);
+	}
 	return r;
 }
