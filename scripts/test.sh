@@ -86,6 +86,12 @@ tier() {  # name dir [meson test args...]
     fi
     if [ "$rc" != 0 ] && [ -n "${SLUICE_TEST_VERBOSE:-}" ]; then
         cat "$LOG/$name-e2e.log"
+    elif [ $((fail + err)) != 0 ]; then
+        # what failed and why (the gateway's log is in the assertion text);
+        # the whole log is kept for a look afterwards
+        sed -n '/^=* \(ERRORS\|FAILURES\) =*$/,/short test summary/p' "$LOG/$name-e2e.log" | tail -120
+        cp "$LOG/$name-e2e.log" "/tmp/sluice-e2e-$name.log" 2>/dev/null &&
+            echo "(full log: /tmp/sluice-e2e-$name.log)"
     fi
 }
 
