@@ -357,13 +357,14 @@ cands64(const uint8_t *v, size_t len, size_t p)
 		__m128i n19 = _mm_cmpeq_epi8(_mm_min_epu8(t19, _mm_set1_epi8(8)), t19);
 		__m128i tu = _mm_sub_epi8(nx, _mm_set1_epi8('A'));
 		__m128i nup = _mm_cmpeq_epi8(_mm_min_epu8(tu, _mm_set1_epi8(25)), tu);
-		__m128i tl = _mm_sub_epi8(_mm_or_si128(pv, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
+		__m128i tl =
+			_mm_sub_epi8(_mm_or_si128(pv, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
 		__m128i palpha = _mm_cmpeq_epi8(_mm_min_epu8(tl, _mm_set1_epi8(25)), tl);
-		__m128i pblank = _mm_or_si128(
-			_mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8(' ')),
-				     _mm_cmpeq_epi8(pv, _mm_set1_epi8('\t'))),
-			_mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8('"')),
-				     _mm_cmpeq_epi8(pv, _mm_set1_epi8('\''))));
+		__m128i pblank =
+			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8(' ')),
+						  _mm_cmpeq_epi8(pv, _mm_set1_epi8('\t'))),
+				     _mm_or_si128(_mm_cmpeq_epi8(pv, _mm_set1_epi8('"')),
+						  _mm_cmpeq_epi8(pv, _mm_set1_epi8('\''))));
 		__m128i m = _mm_cmpeq_epi8(x, _mm_set1_epi8('@'));
 
 		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('+')), n19));
@@ -372,10 +373,10 @@ cands64(const uint8_t *v, size_t len, size_t p)
 						  _mm_cmpeq_epi8(nx, _mm_set1_epi8('-'))));
 		m = _mm_or_si128(m, _mm_and_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('y')),
 						  _mm_cmpeq_epi8(nx, _mm_set1_epi8('J'))));
-		m = _mm_or_si128(
-			m, _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(':')),
-						      _mm_cmpeq_epi8(x, _mm_set1_epi8('='))),
-					 _mm_or_si128(palpha, pblank)));
+		m = _mm_or_si128(m,
+				 _mm_and_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(':')),
+							    _mm_cmpeq_epi8(x, _mm_set1_epi8('='))),
+					       _mm_or_si128(palpha, pblank)));
 		out |= (uint64_t)(uint16_t)_mm_movemask_epi8(m) << (16 * k);
 	}
 	if (len - p < 64)
@@ -515,8 +516,8 @@ anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
 	default: /* ':' or '=' after a secret's key: key, quotes, blanks, value or
 		  * "Bearer <token>" */
 		k = i;
-		while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' ||
-				 v[k - 1] == '\''))
+		while (k > 0 &&
+		       (v[k - 1] == ' ' || v[k - 1] == '\t' || v[k - 1] == '"' || v[k - 1] == '\''))
 			k--;
 		s = k > SECRET_KEY_MAX ? k - SECRET_KEY_MAX : 0;
 		j = i + 1;
