@@ -106,6 +106,15 @@ struct pg_session {
 	uv_getaddrinfo_t gai;
 	uint32_t our_pid, our_key, up_pid, up_key;
 	char *password; /* the vaulted upstream password while logging in */
+	/* SCRAM's PBKDF2 (thousands of HMACs) runs on the thread pool, not on
+	 * the loop every other session of the worker shares */
+	uv_work_t scram_work;
+	uint8_t *scram_msg;
+	size_t scram_len;
+	struct sl_buf scram_out;
+	char scram_err[256];
+	int scram_rc;
+	unsigned scram_busy : 1;
 	/* relay state */
 	char txstatus;
 	int scs_on;
@@ -179,6 +188,9 @@ static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
 static int catalog_ask(struct pg_session *s);
+static int upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err);
+static int scram_offload(struct pg_session *s, const uint8_t *msg, size_t len);
+static int upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static int catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static void stop_login_timer(struct pg_session *s);
 static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
@@ -881,43 +893,120 @@ upstream_login_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_
 
 	if (s->state == PG_ST_UPAUTH) {
 		sl_buf_init(&out, 0);
+		if (type == 'R' && len >= 9 && msg[5] == 0 && msg[6] == 0 && msg[7] == 0 &&
+		    msg[8] == 11) {
+			/* SASLContinue: the client proof costs the server's
+			 * iteration count in HMACs; off the loop */
+			sl_buf_fini(&out);
+			return scram_offload(s, msg, len);
+		}
 		r = sl_pg_upauth_feed(s->upauth, msg, len, &out, err, sizeof(err));
-		if (out.len > 0)
-			up_send(s, out.data, out.len);
-		sl_buf_fini(&out);
-		sl_stream_flush(&s->up);
-		if (r == SL_PG_UPAUTH_DONE) {
-			struct sl_buf b;
-
-			sl_pg_upauth_free(s->upauth);
-			s->upauth = NULL;
-			OPENSSL_cleanse(s->password, strlen(s->password));
-			free(s->password);
-			s->password = NULL;
-			s->up_inited = 1;
-			set_state(s, PG_ST_UPINIT);
-			sl_buf_init(&b, 0);
-			sl_pg_put_auth(&b, 0, NULL, 0);
-			cli_send(s, b.data, b.len);
-			sl_buf_fini(&b);
-			return 0;
-		}
-		if (r < 0) {
-			/* The upstream's refusal is about sluice's credential:
-			 * never echo it to the client (it may name the upstream
-			 * user); the operator's log gets the reason. */
-			sl_warn("pg session %s: login to connection %s failed: %s", s->pl.id,
-				s->pl.conn ? s->pl.conn->name : "?",
-				err[0]		? err
-				: r == SL_EAUTH ? "credential refused"
-						: sl_strerror(r));
-			fatal(s, "08006",
-			      "sluice: login to the upstream server failed (see gateway log)");
-			return -1;
-		}
-		return 0;
+		return upauth_result(s, r, &out, err);
 	}
 	/* PG_ST_UPINIT: ParameterStatus, BackendKeyData, notices, then ReadyForQuery. */
+	return upinit_msg(s, type, msg, len);
+}
+
+/* After a feed of the upstream login: sends the reply, moves on or fails. */
+static int
+upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err)
+{
+	if (out->len > 0)
+		up_send(s, out->data, out->len);
+	sl_buf_fini(out);
+	sl_stream_flush(&s->up);
+	if (r == SL_PG_UPAUTH_DONE) {
+		struct sl_buf b;
+
+		sl_pg_upauth_free(s->upauth);
+		s->upauth = NULL;
+		OPENSSL_cleanse(s->password, strlen(s->password));
+		free(s->password);
+		s->password = NULL;
+		s->up_inited = 1;
+		set_state(s, PG_ST_UPINIT);
+		sl_buf_init(&b, 0);
+		sl_pg_put_auth(&b, 0, NULL, 0);
+		cli_send(s, b.data, b.len);
+		sl_buf_fini(&b);
+		return 0;
+	}
+	if (r < 0) {
+		/* The upstream's refusal is about sluice's credential:
+		 * never echo it to the client (it may name the upstream
+		 * user); the operator's log gets the reason. */
+		sl_warn("pg session %s: login to connection %s failed: %s", s->pl.id,
+			s->pl.conn ? s->pl.conn->name : "?",
+			err[0]		? err
+			: r == SL_EAUTH ? "credential refused"
+					: sl_strerror(r));
+		fatal(s, "08006", "sluice: login to the upstream server failed (see gateway log)");
+		return -1;
+	}
+	return 0;
+}
+
+static void
+scram_work_cb(uv_work_t *req)
+{
+	struct pg_session *s = req->data;
+
+	s->scram_rc = sl_pg_upauth_feed(s->upauth, s->scram_msg, s->scram_len, &s->scram_out,
+					s->scram_err, sizeof(s->scram_err));
+}
+
+static void
+scram_after_cb(uv_work_t *req, int status)
+{
+	struct pg_session *s = req->data;
+	int r = status == 0 ? s->scram_rc : SL_EIO;
+
+	s->pending--;
+	s->scram_busy = 0;
+	free(s->scram_msg);
+	s->scram_msg = NULL;
+	if (s->state == PG_ST_CLOSING) {
+		sl_buf_fini(&s->scram_out);
+		maybe_free(s);
+		return;
+	}
+	if (upauth_result(s, r, &s->scram_out, s->scram_err) < 0)
+		return;
+	process_upstream(s); /* what arrived meanwhile */
+}
+
+/* Hands a SASLContinue to the thread pool; nothing more is read from the
+ * upstream until it is answered. */
+static int
+scram_offload(struct pg_session *s, const uint8_t *msg, size_t len)
+{
+	s->scram_msg = malloc(len);
+	if (s->scram_msg == NULL) {
+		fatal(s, "53200", "sluice: out of memory");
+		return -1;
+	}
+	memcpy(s->scram_msg, msg, len);
+	s->scram_len = len;
+	s->scram_err[0] = '\0';
+	sl_buf_init(&s->scram_out, 0);
+	s->scram_work.data = s;
+	s->scram_busy = 1;
+	s->pending++;
+	if (uv_queue_work(&s->w->loop, &s->scram_work, scram_work_cb, scram_after_cb) != 0) {
+		s->pending--;
+		s->scram_busy = 0;
+		free(s->scram_msg);
+		s->scram_msg = NULL;
+		fatal(s, "53200", "sluice: cannot schedule the upstream login");
+		return -1;
+	}
+	return 0;
+}
+
+/* Upstream messages after AuthenticationOk, until ReadyForQuery. */
+static int
+upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
+{
 	if (s->catalog == 1 && catalog_msg(s, type, msg, len) == 0)
 		return 0; /* the catalog answer is ours, never the client's */
 	if (type == 'Z' && s->catalog == 0) {
@@ -1581,7 +1670,7 @@ process_upstream(struct pg_session *s)
 {
 	struct sl_buf *in = &s->uin;
 
-	while (s->state != PG_ST_CLOSING) {
+	while (s->state != PG_ST_CLOSING && !s->scram_busy) {
 		uint8_t type;
 		size_t total;
 		const uint8_t *msg;
