@@ -305,30 +305,6 @@ sl_mask__scan_digits(struct eng *e)
 
 /* ------------------------------------------------------------ prefilter */
 
-/* Bits of the bytes that may start or anchor a regex match: '@', '+',
- * '-', 'y', ':', '=', 'A' (each checked precisely by prefilter_at()). */
-static inline uint64_t
-specials64(const uint8_t *b)
-{
-	uint64_t x = 0;
-
-#pragma GCC unroll 4
-	for (int k = 0; k < 4; k++) {
-		__m128i v = _mm_loadu_si128((const __m128i *)(b + 16 * k));
-		__m128i m = _mm_or_si128(
-			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('@')),
-						  _mm_cmpeq_epi8(v, _mm_set1_epi8('+'))),
-				     _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('-')),
-						  _mm_cmpeq_epi8(v, _mm_set1_epi8('y')))),
-			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(':')),
-						  _mm_cmpeq_epi8(v, _mm_set1_epi8('='))),
-				     _mm_cmpeq_epi8(v, _mm_set1_epi8('A'))));
-
-		x |= (uint64_t)(uint16_t)_mm_movemask_epi8(m) << (16 * k);
-	}
-	return x;
-}
-
 /* Anchor candidates among bytes [p, p + 64) of v, with the neighbour each
  * needs checked too: '@'; '+' before 1-9; 'A' before a capital; "--";
  * "yJ"; ':' or '=' after a letter, a blank or a quote. Result text is full
@@ -537,22 +513,10 @@ anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
 int
 sl_mask__windows(const uint8_t *v, size_t len, struct sl_mask_win *w, int max)
 {
-	uint8_t buf[64];
 	int n = 0;
 
 	for (size_t p = 0; p < len; p += 64) {
-		const uint8_t *b = v + p;
-		size_t m = len - p < 64 ? len - p : 64;
-		uint64_t x;
-
-		if (m < 64) {
-			memset(buf, 0, sizeof(buf));
-			memcpy(buf, v + p, m);
-			b = buf;
-		}
-		(void)b;
-		x = cands64(v, len, p);
-		for (; x; x &= x - 1) {
+		for (uint64_t x = cands64(v, len, p); x; x &= x - 1) {
 			size_t i = p + (size_t)__builtin_ctzll(x), s, t;
 
 			if (!prefilter_at(v, len, i))
