@@ -444,6 +444,21 @@ may_fetch(const struct sl_issuer *is, int64_t asked_us, int *r)
 	return 1;
 }
 
+/* Replaces an issuer's keys (fetch_mu held) and retires every cached
+ * verification. */
+static void
+install_keys(struct sl_idp *idp, struct sl_issuer *is, struct sl_keyset *ks)
+{
+	struct sl_keyset *old;
+
+	pthread_rwlock_wrlock(&idp->lock);
+	old = is->keys;
+	is->keys = ks;
+	idp->keys_gen++;
+	pthread_rwlock_unlock(&idp->lock);
+	sl_keyset_free(old);
+}
+
 int
 sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 {
@@ -471,7 +486,7 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL, *old;
+		struct sl_keyset *ks = NULL;
 		int m, fr = 0;
 
 		if (is->jwks_file != NULL || (want && strcmp(want, is->issuer) != 0))
@@ -495,12 +510,7 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 			any = 1;
 			continue;
 		}
-		pthread_rwlock_wrlock(&idp->lock);
-		old = is->keys;
-		is->keys = ks;
-		idp->keys_gen++; /* retires every cached verification */
-		pthread_rwlock_unlock(&idp->lock);
-		sl_keyset_free(old);
+		install_keys(idp, is, ks);
 		r = 0;
 		any = 1;
 	}
@@ -519,7 +529,7 @@ refresh_due(struct sl_idp *idp)
 	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL, *old;
+		struct sl_keyset *ks = NULL;
 
 		if (is->jwks_file != NULL ||
 		    sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
@@ -531,12 +541,7 @@ refresh_due(struct sl_idp *idp)
 				is->issuer);
 			continue;
 		}
-		pthread_rwlock_wrlock(&idp->lock);
-		old = is->keys;
-		is->keys = ks;
-		idp->keys_gen++;
-		pthread_rwlock_unlock(&idp->lock);
-		sl_keyset_free(old);
+		install_keys(idp, is, ks);
 	}
 	pthread_mutex_unlock(&idp->fetch_mu);
 }
