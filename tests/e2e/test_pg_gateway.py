@@ -695,55 +695,13 @@ def test_login_timeout_closes_idle_and_half_logged_in_clients(gateway_factory):
 
 # ------------------------------------------------------------------ OIDC discovery / jwks_uri
 
-def test_jwks_refresh_drops_a_removed_key(gateway_factory):
-    # The IdP rotates a key out (say, after a leak): within jwks_refresh the
-    # gateway re-fetches the JWKS and a token signed by that key stops
-    # working, even though it had been verified (and cached) before.
+def local_idp(served):
+    """A loopback OIDC provider: discovery document and /jwks.json serving
+    served["jwks"] (counting fetches in served["hits"]). Returns (server, issuer);
+    call server.shutdown() when done."""
     import http.server
-    import threading
 
-    served = {"jwks": b'{"keys": []}'}
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = served["jwks"]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-    issuer = "http://127.0.0.1:%d" % srv.server_address[1]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        extra = ("identity:\n  issuers:\n    - issuer: %s\n      audience: sluice\n"
-                 "      jwks_uri: %s/jwks.json\n      jwks_refresh: 1s\n" % (issuer, issuer))
-        gw = gateway_factory(extra=extra)
-        served["jwks"] = open(os.path.join(gw.data, "dev-jwks.json"), "rb").read()
-        tok = gw.mint(iss=issuer)
-        for _ in range(2):  # the second login is answered from the cache
-            c = gw.connect(token=tok)
-            c.cursor().execute("SELECT 1")
-            c.close()
-        served["jwks"] = b'{"keys": []}'
-        time.sleep(2.5)
-        with pytest.raises(psycopg2.OperationalError) as ei:
-            gw.connect(token=tok)
-        assert "28P01" in str(ei.value) or "authentication failed" in str(ei.value)
-    finally:
-        srv.shutdown()
-
-
-def test_oidc_discovery_and_jwks_refetch(gateway_factory, tmp_path):
-    import http.server
-    import shutil
-    import threading
-
-    served = {"jwks": b'{"keys": []}', "hits": 0}
+    served.setdefault("hits", 0)
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -768,6 +726,37 @@ def test_oidc_discovery_and_jwks_refetch(gateway_factory, tmp_path):
     srv = http.server.HTTPServer(("127.0.0.1", 0), H)
     issuer = "http://127.0.0.1:%d" % srv.server_address[1]
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, issuer
+
+
+def test_jwks_refresh_drops_a_removed_key(gateway_factory):
+    # The IdP rotates a key out (say, after a leak): within jwks_refresh the
+    # gateway re-fetches the JWKS and a token signed by that key stops
+    # working, even though it had been verified (and cached) before.
+    served = {"jwks": b'{"keys": []}'}
+    srv, issuer = local_idp(served)
+    try:
+        extra = ("identity:\n  issuers:\n    - issuer: %s\n      audience: sluice\n"
+                 "      jwks_uri: %s/jwks.json\n      jwks_refresh: 1s\n" % (issuer, issuer))
+        gw = gateway_factory(extra=extra)
+        served["jwks"] = open(os.path.join(gw.data, "dev-jwks.json"), "rb").read()
+        tok = gw.mint(iss=issuer)
+        for _ in range(2):  # the second login is answered from the cache
+            c = gw.connect(token=tok)
+            c.cursor().execute("SELECT 1")
+            c.close()
+        served["jwks"] = b'{"keys": []}'
+        time.sleep(2.5)
+        with pytest.raises(psycopg2.OperationalError) as ei:
+            gw.connect(token=tok)
+        assert "28P01" in str(ei.value) or "authentication failed" in str(ei.value)
+    finally:
+        srv.shutdown()
+
+
+def test_oidc_discovery_and_jwks_refetch(gateway_factory, tmp_path):
+    served = {"jwks": b'{"keys": []}'}
+    srv, issuer = local_idp(served)
     try:
         extra = "identity:\n  issuers:\n    - issuer: %s\n      audience: sluice\n" % issuer
         gw = gateway_factory(extra=extra)
