@@ -176,25 +176,18 @@ test_tamper(void **state)
 	check_tamper("UPDATE checkpoints SET ts = ts + 1", "signature");
 }
 
+/* Another connection holds the store's write lock longer than the busy
+ * timeout: the store refuses, and new waited requests are refused (fail
+ * closed) once the writer has seen it. Then a is closed while the store is
+ * still down (its journaled records stay in the journal) and the lock is
+ * released. */
 static void
-test_store_failure_fails_closed_and_journal_replays(void **state)
+close_with_store_down(struct sl_audit *a)
 {
-	struct sl_config *cfg;
-	struct sl_audit *a;
-	char err[256], msg[512];
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	sqlite3 *h;
-	uint64_t n;
 	int r = 0;
 
-	fresh();
-	cfg = config();
-	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
-	for (int i = 0; i < 5; i++)
-		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
-	/* Another connection holds the write lock longer than the busy
-	 * timeout: the store refuses, and new waited requests are refused
-	 * (fail closed) once the writer has seen it. */
 	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
 	sqlite3_busy_timeout(h, 10000); /* the writer may be mid-batch right now */
 	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
@@ -205,10 +198,26 @@ test_store_failure_fails_closed_and_journal_replays(void **state)
 		usleep(50000);
 	}
 	assert_int_equal(r, SL_EIO);
-	/* Stopping while the store is down keeps the journaled records... */
 	sl_audit_close(a);
 	sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
 	sqlite3_close(h);
+}
+
+static void
+test_store_failure_fails_closed_and_journal_replays(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[256], msg[512];
+	uint64_t n;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 5; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	/* Stopping while the store is down keeps the journaled records... */
+	close_with_store_down(a);
 	/* ...and the next start replays them into the store. */
 	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
 	sl_audit_close(a);
@@ -227,30 +236,15 @@ test_journal_cut_copy_recovers(void **state)
 	struct sl_config *cfg;
 	struct sl_audit *a;
 	char err[256], msg[512], jpath[256];
-	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	static const char cut[] = "{\"seq\":99999,\"ts\":1,\"node\":\"x\",\"type\":\"req";
 	uint8_t zeros[4096] = {0};
-	sqlite3 *h;
 	uint64_t n;
 	FILE *f;
-	int r = 0;
 
 	fresh();
 	cfg = config();
 	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
-	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
-	sqlite3_busy_timeout(h, 10000);
-	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
-	for (int i = 0; i < 600; i++) {
-		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
-		if (r == SL_EIO)
-			break;
-		usleep(50000);
-	}
-	assert_int_equal(r, SL_EIO);
-	sl_audit_close(a); /* the journaled records stay in the journal */
-	sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
-	sqlite3_close(h);
+	close_with_store_down(a); /* the journaled records stay in the journal */
 	snprintf(jpath, sizeof(jpath), "%s.journal", db);
 	f = fopen(jpath, "ab");
 	assert_non_null(f);
