@@ -66,6 +66,9 @@ int sl_pg_put_param_status(struct sl_buf *b, const char *name, const char *value
 int sl_pg_put_backend_key(struct sl_buf *b, uint32_t pid, uint32_t key);	   /* 'K' */
 int sl_pg_put_ready(struct sl_buf *b, char txstatus);				   /* 'Z' */
 int sl_pg_put_command_complete(struct sl_buf *b, const char *tag);		   /* 'C' */
+/* 'v' NegotiateProtocolVersion: the newest minor version spoken and the
+ * protocol options (_pq_.*) it does not know. */
+int sl_pg_put_negotiate(struct sl_buf *b, uint32_t version, const char *const *opts, size_t nopts);
 
 /* ---- builders (client to server) */
 /* StartupMessage v3.0; keys must be non-empty (SL_EINVAL). The size is not

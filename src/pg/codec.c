@@ -245,6 +245,19 @@ sl_pg_put_backend_key(struct sl_buf *b, uint32_t pid, uint32_t key)
 }
 
 int
+sl_pg_put_negotiate(struct sl_buf *b, uint32_t version, const char *const *opts, size_t nopts)
+{
+	struct mark m;
+	int r = begin(b, 'v', &m);
+
+	r = r ? r : sl_buf_append_u32be(b, version);
+	r = r ? r : sl_buf_append_u32be(b, (uint32_t)nopts);
+	for (size_t i = 0; r == 0 && i < nopts; i++)
+		r = put_cstr(b, opts[i]);
+	return finish(b, &m, r);
+}
+
+int
 sl_pg_put_ready(struct sl_buf *b, char txstatus)
 {
 	struct mark m;

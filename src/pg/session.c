@@ -2737,31 +2737,18 @@ param_forwardable(const char *k)
  * for 3.2) or sending protocol options (_pq_.*) is told, like a server
  * would, that sluice speaks 3.0 and knows none of the options: it then
  * uses 3.0 (4-byte cancel keys). Nothing when it asked for plain 3.0. */
-static void
+static int
 put_negotiate(struct sl_buf *b, const struct sl_pg_startup *st)
 {
-	size_t lenpos, nopt = 0;
+	const char *opts[SL_PG_MAX_PARAMS];
+	size_t nopt = 0;
 
-	for (size_t i = 0; i < st->nparams; i++)
-		nopt += strncmp(st->keys[i], "_pq_.", 5) == 0;
-	if (st->code == SL_PG_PROTO_V3 && nopt == 0)
-		return;
-	sl_buf_append_u8(b, 'v');
-	lenpos = b->len;
-	sl_buf_append_u32be(b, 0);
-	sl_buf_append_u32be(b, SL_PG_PROTO_V3);
-	sl_buf_append_u32be(b, (uint32_t)nopt);
 	for (size_t i = 0; i < st->nparams; i++)
 		if (strncmp(st->keys[i], "_pq_.", 5) == 0)
-			sl_buf_append(b, st->keys[i], strlen(st->keys[i]) + 1);
-	if (b->data != NULL) {
-		uint32_t l = (uint32_t)(b->len - lenpos);
-
-		b->data[lenpos] = (uint8_t)(l >> 24);
-		b->data[lenpos + 1] = (uint8_t)(l >> 16);
-		b->data[lenpos + 2] = (uint8_t)(l >> 8);
-		b->data[lenpos + 3] = (uint8_t)l;
-	}
+			opts[nopt++] = st->keys[i];
+	if (st->code == SL_PG_PROTO_V3 && nopt == 0)
+		return 0;
+	return sl_pg_put_negotiate(b, SL_PG_PROTO_V3, opts, nopt);
 }
 
 static void
@@ -2858,7 +2845,11 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		return;
 	}
 	sl_buf_init(&b, 0);
-	put_negotiate(&b, &st);
+	if (put_negotiate(&b, &st) != 0) {
+		sl_buf_fini(&b);
+		fatal(s, "53200", "sluice: out of memory");
+		return;
+	}
 	sl_pg_put_auth(&b, 3, NULL, 0);
 	cli_send(s, b.data, b.len);
 	sl_buf_fini(&b);

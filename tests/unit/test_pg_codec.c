@@ -324,6 +324,18 @@ test_builders_roundtrip(void **state)
 		assert_int_equal(sl_pg_put_ready(&b, 'T'), 0);
 		assert_int_equal(b.len, 6);
 		assert_memory_equal(b.data, "Z\0\0\0\x05T", 6);
+		b.len = 0;
+		{
+			static const char *opts[] = {"_pq_.a", "_pq_.bb"};
+
+			assert_int_equal(sl_pg_put_negotiate(&b, 0x30000, opts, 2), 0);
+			assert_int_equal(b.len, 28);
+			assert_memory_equal(b.data,
+					    "v\0\0\0\x1b\0\x03\0\0\0\0\0\x02_pq_.a\0_pq_.bb\0", 28);
+			b.len = 0;
+			assert_int_equal(sl_pg_put_negotiate(&b, 0x30000, NULL, 0), 0);
+			assert_memory_equal(b.data, "v\0\0\0\x0c\0\x03\0\0\0\0\0\0", 13);
+		}
 	}
 	{
 		struct sl_pg_parse_msg pm;
@@ -457,7 +469,7 @@ test_builders_buffer_edges(void **state)
 }
 
 /* Builds message number i (0..NBUILD-1) into b; returns the builder's result. */
-#define NBUILD 19
+#define NBUILD 20
 static int
 build_one(struct sl_buf *b, int i)
 {
@@ -503,6 +515,8 @@ build_one(struct sl_buf *b, int i)
 		return sl_pg_put_command_complete(b, "SELECT 3");
 	case 17:
 		return sl_pg_put_error(b, NULL, NULL, "", NULL, NULL);
+	case 18:
+		return sl_pg_put_negotiate(b, 0x30000, keys, 3);
 	default:
 		return sl_pg_put_parse(b, NULL, "SELECT 1", NULL, 0);
 	}
