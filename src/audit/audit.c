@@ -87,20 +87,48 @@ sl_audit_store_path(const char *store)
 	return strdup(store);
 }
 
-static char *
-xstrdup(const char *s)
+/* One allocation per record: the strings live behind the struct (records
+ * are made on a worker and freed on the writer thread; one cross-thread
+ * free instead of six). NULL ids stay NULL. */
+static struct rec *
+rec_new(const char *type, const char *session, const char *trace, const char *span,
+	const char *data, size_t datalen)
 {
-	return s ? strdup(s) : NULL;
+	const char *src[4] = {type, session, trace, span};
+	size_t len[4], total = sizeof(struct rec) + datalen + 1;
+	char **dst[4];
+	struct rec *r;
+	char *p;
+
+	for (int i = 0; i < 4; i++) {
+		len[i] = src[i] ? strlen(src[i]) : 0;
+		total += src[i] ? len[i] + 1 : 0;
+	}
+	r = malloc(total);
+	if (r == NULL)
+		return NULL;
+	memset(r, 0, sizeof(*r));
+	dst[0] = &r->type;
+	dst[1] = &r->session;
+	dst[2] = &r->trace;
+	dst[3] = &r->span;
+	p = (char *)(r + 1);
+	for (int i = 0; i < 4; i++) {
+		if (src[i] == NULL)
+			continue;
+		memcpy(p, src[i], len[i] + 1);
+		*dst[i] = p;
+		p += len[i] + 1;
+	}
+	memcpy(p, data, datalen);
+	p[datalen] = '\0';
+	r->data = p;
+	return r;
 }
 
 static void
 rec_free(struct rec *r)
 {
-	free(r->type);
-	free(r->session);
-	free(r->trace);
-	free(r->span);
-	free(r->data);
 	free(r);
 }
 
@@ -411,19 +439,28 @@ journal_reserve(struct sl_audit *a, size_t n)
 	return 0;
 }
 
-/* Empties the journal (everything in it is stored): the file is cut to
- * zero and its blocks allocated again, so the mapping reads zeros. */
+/* Empties the journal (everything in it is stored). Normally by zeroing
+ * the used part in place: the pages stay mapped, so the next appends do
+ * not fault them in again (truncating made every 4 KiB of records cost a
+ * page fault). Recovery stops at the first NUL, so a crash in the middle
+ * of the zeroing (front to back) recovers nothing, which is right: all of
+ * it is in SQLite. A journal that grew past one chunk (the store was down
+ * for a while) is cut back to give the disk space back. */
 static void
 journal_reset(struct sl_audit *a)
 {
-	if (ftruncate(a->jfd, 0) != 0)
+	if (a->jmap != NULL && a->jcap <= JOURNAL_CHUNK) {
+		memset(a->jmap, 0, (size_t)a->jsize);
+		a->jsize = 0;
 		return;
-	a->jsize = 0;
-	if (a->jmap != NULL && posix_fallocate(a->jfd, 0, (off_t)a->jcap) != 0) {
+	}
+	if (a->jmap != NULL) {
 		munmap(a->jmap, a->jcap);
 		a->jmap = NULL;
 		a->jcap = 0;
 	}
+	if (ftruncate(a->jfd, 0) == 0)
+		a->jsize = 0; /* journal_reserve() maps a fresh chunk */
 }
 
 /* Assigns seq/prev/hash to a batch and appends it to the journal: from
@@ -714,17 +751,12 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 			rc = SL_ECORRUPT;
 			break;
 		}
-		r = calloc(1, sizeof(*r));
+		r = rec_new(type, session, trace, span, data, strlen(data));
 		if (r == NULL) {
 			json_decref(o);
 			rc = SL_ENOMEM;
 			break;
 		}
-		r->type = strdup(type);
-		r->session = strdup(session);
-		r->trace = strdup(trace);
-		r->span = strdup(span);
-		r->data = strdup(data);
 		r->seq = (uint64_t)seq;
 		r->ts = ts;
 		memcpy(r->prev, prev, 65);
@@ -789,8 +821,12 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	pthread_cond_init(&a->cv, NULL);
 	if (load_or_create_key(cfg->gateway.data_dir, &a->key, err, errlen) != 0)
 		goto fail;
-	if (sqlite3_open_v2(a->path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-	    SQLITE_OK) {
+	/* NOMUTEX: one thread at a time uses the connection (this one, then
+	 * the writer under imu, then close after the join), so SQLite's own
+	 * per-call locking is pure cost. */
+	if (sqlite3_open_v2(a->path, &a->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open %s", a->path);
 		goto fail;
 	}
@@ -854,26 +890,22 @@ sl_audit_append(struct sl_audit *a, const char *type, const char *session_id, co
 		const char *span_id, json_t *data, sl_audit_done_fn done, void *arg)
 {
 	struct rec *r;
+	char *json;
 
-	r = calloc(1, sizeof(*r));
-	if (r == NULL) {
-		json_decref(data);
-		return SL_ENOMEM;
-	}
-	r->type = xstrdup(type);
-	r->session = xstrdup(session_id);
-	r->trace = xstrdup(trace_id);
-	r->span = xstrdup(span_id);
 	if (data == NULL)
 		data = json_object();
-	r->data = json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII);
+	json = json_dumps(data, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(data);
-	r->done = done;
-	r->arg = arg;
-	if (r->type == NULL || r->data == NULL) {
-		rec_free(r);
+	if (json == NULL || type == NULL) {
+		free(json);
 		return SL_ENOMEM;
 	}
+	r = rec_new(type, session_id, trace_id, span_id, json, strlen(json));
+	free(json);
+	if (r == NULL)
+		return SL_ENOMEM;
+	r->done = done;
+	r->arg = arg;
 	return enqueue(a, r, done);
 }
 
@@ -882,23 +914,12 @@ sl_audit_append_raw(struct sl_audit *a, const char *type, const char *session_id
 		    const char *trace_id, const char *span_id, const char *json, size_t len,
 		    sl_audit_done_fn done, void *arg)
 {
-	struct rec *r = calloc(1, sizeof(*r));
+	struct rec *r = type ? rec_new(type, session_id, trace_id, span_id, json, len) : NULL;
 
 	if (r == NULL)
 		return SL_ENOMEM;
-	r->type = xstrdup(type);
-	r->session = xstrdup(session_id);
-	r->trace = xstrdup(trace_id);
-	r->span = xstrdup(span_id);
-	r->data = malloc(len + 1);
 	r->done = done;
 	r->arg = arg;
-	if (r->type == NULL || r->data == NULL) {
-		rec_free(r);
-		return SL_ENOMEM;
-	}
-	memcpy(r->data, json, len);
-	r->data[len] = '\0';
 	return enqueue(a, r, done);
 }
 

@@ -261,6 +261,82 @@ test_journal_cut_copy_recovers(void **state)
 	sl_config_free(cfg);
 }
 
+/* Counts the complete journal lines before the first NUL and the
+ * smallest seq among them. */
+static int
+journal_lines(const char *jpath, long long *minseq)
+{
+	FILE *f = fopen(jpath, "rb");
+	char line[8192];
+	int n = 0;
+
+	*minseq = -1;
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		size_t len = strlen(line);
+		long long seq;
+
+		if (len == 0 || line[len - 1] != '\n')
+			break; /* a NUL (the zeroed rest) or an unterminated line */
+		assert_int_equal(sscanf(line, "{\"seq\":%lld", &seq), 1);
+		if (*minseq < 0 || seq < *minseq)
+			*minseq = seq;
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Once everything journaled is stored and the journal is large, it is
+ * emptied in place: the records appended after that start at the front
+ * and no stale line of the earlier records survives behind them (a
+ * restart replays exactly the unstored ones). */
+static void
+test_journal_reset_in_place(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	char err[256], msg[512], jpath[256], big[2049];
+	long long minseq;
+	uint64_t n;
+	int r, lines = -1;
+
+	fresh();
+	cfg = config();
+	snprintf(jpath, sizeof(jpath), "%s.journal", db);
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 2500; i++) { /* ~5.5 MiB of journal */
+		r = sl_audit_append(a, "request", "s", NULL, NULL, json_pack("{s:s}", "t", big),
+				    done_cb, &w);
+		assert_true(r == 0 || r == SL_AUDIT_DURABLE);
+		if (r == SL_AUDIT_DURABLE)
+			done_cb(&w, 0, 0);
+	}
+	/* the writer stores them within ~50 ms and then empties the journal */
+	for (int i = 0; i < 200 && lines != 0; i++) {
+		usleep(50000);
+		lines = journal_lines(jpath, &minseq);
+	}
+	assert_int_equal(lines, 0);
+	for (int i = 0; i < 3; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	close_with_store_down(a);
+	lines = journal_lines(jpath, &minseq);
+	assert_true(lines >= 4); /* the 3, plus the ones close_with_store_down() added */
+	assert_true(minseq > 2500);
+	assert_int_equal(w.done, 2500);
+	assert_int_equal(w.status, 0);
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_close(a);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_int_equal(n, 2500 + (uint64_t)lines);
+	sl_config_free(cfg);
+}
+
 int
 main(void)
 {
@@ -269,6 +345,7 @@ main(void)
 		cmocka_unit_test(test_tamper),
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
+		cmocka_unit_test(test_journal_reset_in_place),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
