@@ -125,8 +125,7 @@ int64_t sl_mono_us(void);
 int sl_parse_duration_ms(const char *s, int64_t *out_ms);
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void sl_hex(const uint8_t *in, size_t n, char *out);
-/* SHA-256 with the digest fetched once and a context per thread (OpenSSL
- * 3's one-shot SHA256() looks the algorithm up on every call). */
+/* SHA-256 without OpenSSL 3's per-call provider overhead (sha256.c). */
 void sl_sha256(const void *p, size_t n, uint8_t out[32]);
 /* Constant-time comparison. */
 int sl_memeq_ct(const void *a, const void *b, size_t n);

@@ -54,6 +54,7 @@ struct sl_worker {
 	int pg_listening;
 	struct sl_sql_cache *sqlcache;
 	struct sl_mask_scratch *mscratch;
+	struct sl_buf rtext; /* the audit's copy of a statement text, reused */
 	int stopping;
 	uv_timer_t drain_timer;
 	void *sessions_stop; /* the stop message once stopping */

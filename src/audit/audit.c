@@ -923,6 +923,15 @@ sl_audit_append_raw(struct sl_audit *a, const char *type, const char *session_id
 	return enqueue(a, r, done);
 }
 
+/* Bytes that leave a plain run: controls, '"', '\\', DEL and every
+ * byte >= 0x80 (checked as UTF-8 below). */
+static const uint8_t json_special[256] = {
+	[0 ... 0x1f] = 1,
+	['"'] = 1,
+	['\\'] = 1,
+	[0x7f ... 0xff] = 1,
+};
+
 int
 sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
 {
@@ -930,6 +939,8 @@ sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
 	const unsigned char *p = (const unsigned char *)s, *end = p + len;
 	int rc;
 
+	/* Room for the whole input plus the quotes: plain runs are copied
+	 * without further checks; an escape reserves what it adds. */
 	if ((rc = sl_buf_reserve(b, len + 2)) != 0)
 		return rc;
 	b->data[b->len++] = '"';
@@ -937,17 +948,19 @@ sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
 		unsigned char c = *p;
 		size_t n = 1;
 
-		if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-			/* plain run */
-			const unsigned char *q = p;
+		if (!json_special[c]) {
+			const unsigned char *q = p + 1;
 
-			while (q < end && *q >= 0x20 && *q < 0x7f && *q != '"' && *q != '\\')
+			while (q < end && !json_special[*q])
 				q++;
-			if ((rc = sl_buf_append(b, p, (size_t)(q - p))) != 0)
-				return rc;
+			memcpy(b->data + b->len, p, (size_t)(q - p));
+			b->len += (size_t)(q - p);
 			p = q;
 			continue;
 		}
+		/* at most 6 bytes out for this one, and the rest still fits */
+		if ((rc = sl_buf_reserve(b, 6 + (size_t)(end - p) + 1)) != 0)
+			return rc;
 		if (c >= 0x80) {
 			/* Copy a valid UTF-8 sequence as is. */
 			if ((c & 0xe0) == 0xc0 && c >= 0xc2)
@@ -967,32 +980,37 @@ sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
 				    !(n == 3 && c == 0xed && p[1] >= 0xa0) &&
 				    !(n == 4 && c == 0xf0 && p[1] < 0x90) &&
 				    !(n == 4 && c == 0xf4 && p[1] >= 0x90)) {
-					if ((rc = sl_buf_append(b, p, n)) != 0)
-						return rc;
+					memcpy(b->data + b->len, p, n);
+					b->len += n;
 					p += n;
 					continue;
 				}
 			}
 		}
 		{
-			char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+			char *o = (char *)b->data + b->len;
 
 			if (c == '"' || c == '\\') {
-				esc[1] = (char)c;
-				rc = sl_buf_append(b, esc, 2);
+				o[0] = '\\';
+				o[1] = (char)c;
+				b->len += 2;
 			} else if (c == '\n') {
-				rc = sl_buf_append(b, "\\n", 2);
+				memcpy(o, "\\n", 2);
+				b->len += 2;
 			} else if (c == '\t') {
-				rc = sl_buf_append(b, "\\t", 2);
+				memcpy(o, "\\t", 2);
+				b->len += 2;
 			} else {
-				rc = sl_buf_append(b, esc, 6);
+				memcpy(o, "\\u00", 4);
+				o[4] = hex[c >> 4];
+				o[5] = hex[c & 15];
+				b->len += 6;
 			}
-			if (rc != 0)
-				return rc;
 			p++;
 		}
 	}
-	return sl_buf_append_u8(b, '"');
+	b->data[b->len++] = '"';
+	return 0;
 }
 
 static int

@@ -17,8 +17,6 @@
 #include <pthread.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <openssl/rand.h>
 
 const char *
@@ -329,12 +327,19 @@ sl_parse_duration_ms(const char *s, int64_t *out_ms)
 void
 sl_hex(const uint8_t *in, size_t n, char *out)
 {
-	static const char digits[] = "0123456789abcdef";
+	/* every byte's two digits: one table load per byte */
+	static const char pairs[513] =
+		"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+		"202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+		"404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+		"606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+		"808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+		"a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+		"c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+		"e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
+	for (size_t i = 0; i < n; i++)
+		memcpy(out + 2 * i, pairs + 2 * in[i], 2);
 	out[2 * n] = '\0';
 }
 
@@ -437,41 +442,4 @@ int
 sl_glob_match_ci(const char *pat, const char *s)
 {
 	return glob_rec(pat, s, 1, 1, 0);
-}
-
-static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-static __thread EVP_MD_CTX *sha256_ctx;
-
-static pthread_key_t sha256_key; /* frees a thread's context when it exits */
-
-static void
-sha256_ctx_free(void *ctx)
-{
-	EVP_MD_CTX_free(ctx);
-}
-
-static void
-sha256_fetch(void)
-{
-	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-	if (pthread_key_create(&sha256_key, sha256_ctx_free) != 0) {
-		EVP_MD_free(sha256_md);
-		sha256_md = NULL;
-	}
-}
-
-void
-sl_sha256(const void *p, size_t n, uint8_t out[32])
-{
-	unsigned int len = 0;
-
-	pthread_once(&sha256_once, sha256_fetch);
-	if (sha256_ctx == NULL && sha256_md != NULL && (sha256_ctx = EVP_MD_CTX_new()) != NULL)
-		pthread_setspecific(sha256_key, sha256_ctx);
-	if (sha256_md == NULL || sha256_ctx == NULL ||
-	    EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 ||
-	    EVP_DigestUpdate(sha256_ctx, p, n) != 1 ||
-	    EVP_DigestFinal_ex(sha256_ctx, out, &len) != 1 || len != 32)
-		SHA256(p, n, out); /* the slow path gives the same digest */
 }

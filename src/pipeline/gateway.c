@@ -330,6 +330,7 @@ stop:
 			uv_loop_close(&gw->workers[i].loop);
 			sl_sql_cache_free(gw->workers[i].sqlcache);
 			sl_mask_scratch_free(gw->workers[i].mscratch);
+			sl_buf_fini(&gw->workers[i].rtext);
 		}
 		free(msgs);
 	}

@@ -175,14 +175,22 @@ record_durable(void *arg, int status, uint64_t seq)
 }
 
 /* Small JSON writer for the per-statement records (the hot path): key and
- * value appended to an object being built in b. */
+ * value appended to an object being built in b. Keys are constant ASCII
+ * identifiers and go in as they are. */
 static void
 jkey(struct sl_buf *b, const char *k)
 {
+	size_t n = strlen(k);
+
+	if (sl_buf_reserve(b, n + 4) != 0)
+		return; /* jend() reports it */
 	if (b->len > 1)
-		sl_buf_append_u8(b, ',');
-	sl_json_put_str(b, k, strlen(k));
-	sl_buf_append_u8(b, ':');
+		b->data[b->len++] = ',';
+	b->data[b->len++] = '"';
+	memcpy(b->data + b->len, k, n);
+	b->len += n;
+	b->data[b->len++] = '"';
+	b->data[b->len++] = ':';
 }
 
 static void
@@ -201,11 +209,16 @@ jcstr(struct sl_buf *b, const char *k, const char *v)
 static void
 jint(struct sl_buf *b, const char *k, long long v)
 {
-	char num[24];
-	int n = snprintf(num, sizeof(num), "%lld", v);
+	char num[24], *p = num + sizeof(num);
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 
+	do
+		*--p = (char)('0' + u % 10);
+	while ((u /= 10) != 0);
+	if (v < 0)
+		*--p = '-';
 	jkey(b, k);
-	sl_buf_append(b, num, (size_t)n);
+	sl_buf_append(b, p, (size_t)(num + sizeof(num) - p));
 }
 
 static void
@@ -221,17 +234,53 @@ jlist(struct sl_buf *b, const char *k, char **v, size_t n)
 	sl_buf_append_u8(b, ']');
 }
 
+/* A record's JSON is usually a few hundred bytes: one allocation. */
 static void
 jbegin(struct sl_buf *b)
 {
 	sl_buf_init(b, 0);
+	sl_buf_reserve(b, 512);
 	sl_buf_append_u8(b, '{');
 }
 
+/* Fails if any append failed: a failed append leaves len short of what
+ * was meant, so the object is checked for having been closed cleanly. */
 static int
 jend(struct sl_buf *b)
 {
-	return sl_buf_append_u8(b, '}');
+	return b->data == NULL ? SL_ENOMEM : sl_buf_append_u8(b, '}');
+}
+
+/* The statement text as it may be stored: every detector runs over it
+ * (literals can be card numbers or passwords). tmp is a reusable copy
+ * buffer (the masker rewrites in place). */
+static void
+jtext(struct sl_buf *b, const char *k, struct sl_gw *gw, struct sl_mask_scratch *ms,
+      struct sl_buf *tmp, const char *text, size_t len)
+{
+	struct sl_buf alt;
+	int mr = SL_MASK_UNCHANGED;
+
+	tmp->len = tmp->off = 0;
+	sl_buf_init(&alt, 0);
+	if (text != NULL && len > 0 && ms != NULL && gw->audit_plan != NULL) {
+		if (sl_buf_append(tmp, text, len) != 0)
+			mr = SL_ENOMEM;
+		else
+			mr = sl_mask_value(gw->audit_plan, ms, tmp->data, len, &alt, NULL);
+	}
+	if (mr == SL_MASK_REPLACED)
+		jstr(b, k, (const char *)alt.data, alt.len);
+	else if (mr < 0 || mr == SL_MASK_TO_NULL)
+		jcstr(b, k, "<withheld: could not be masked>");
+	else if (mr == SL_MASK_IN_PLACE)
+		jstr(b, k, (const char *)tmp->data, len);
+	else
+		jstr(b, k, text ? text : "", text ? len : 0);
+	sl_buf_fini(&alt);
+	/* a huge statement's copy is not kept around */
+	if (tmp->cap > 65536)
+		sl_buf_fini(tmp);
 }
 
 int
@@ -249,26 +298,14 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	jcstr(&b, "subject", s->ident.subject);
 	jcstr(&b, "connection", s->conn ? s->conn->name : "");
 	jcstr(&b, "protocol", s->protocol);
-	{
-		/* Statement text goes through every detector before it is
-		 * stored: literals can be card numbers or passwords. */
-		struct sl_buf t, alt;
-		int mr = SL_MASK_UNCHANGED;
+	if (w != NULL) {
+		jtext(&b, "text", gw, w->mscratch, &w->rtext, r->text, r->textlen);
+	} else {
+		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		sl_buf_init(&alt, 0);
-		if (r->text != NULL && r->textlen > 0 &&
-		    sl_buf_append(&t, r->text, r->textlen) == 0 && w != NULL &&
-		    w->mscratch != NULL && gw->audit_plan != NULL)
-			mr = sl_mask_value(gw->audit_plan, w->mscratch, t.data, t.len, &alt, NULL);
-		if (mr == SL_MASK_REPLACED)
-			jstr(&b, "text", (const char *)alt.data, alt.len);
-		else if (mr < 0 || mr == SL_MASK_TO_NULL)
-			jcstr(&b, "text", "<withheld: could not be masked>");
-		else
-			jstr(&b, "text", t.len ? (const char *)t.data : "", t.len);
+		jtext(&b, "text", gw, NULL, &t, r->text, r->textlen);
 		sl_buf_fini(&t);
-		sl_buf_fini(&alt);
 	}
 	if (r->sql != NULL) {
 		char kinds[512];
@@ -330,22 +367,11 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 		jcstr(&b, "sqlstate", sqlstate);
 	if (error_msg) {
 		/* Error texts echo values ("invalid input syntax ...: \"123-45-6789\""). */
-		struct sl_buf t, alt;
-		int mr = SL_MASK_UNCHANGED;
+		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		sl_buf_init(&alt, 0);
-		if (sl_buf_append(&t, error_msg, strlen(error_msg)) == 0 && s->scratch &&
-		    gw->audit_plan)
-			mr = sl_mask_value(gw->audit_plan, s->scratch, t.data, t.len, &alt, NULL);
-		if (mr == SL_MASK_REPLACED)
-			jstr(&b, "error", (const char *)alt.data, alt.len);
-		else if (mr < 0 || mr == SL_MASK_TO_NULL)
-			jcstr(&b, "error", "<withheld: could not be masked>");
-		else
-			jstr(&b, "error", t.len ? (const char *)t.data : "", t.len);
+		jtext(&b, "error", gw, s->scratch, &t, error_msg, strlen(error_msg));
 		sl_buf_fini(&t);
-		sl_buf_fini(&alt);
 	}
 	if (mask_stats) {
 		char *m = json_dumps(mask_stats, JSON_COMPACT | JSON_ENSURE_ASCII);

@@ -105,11 +105,59 @@ test_file_errors(void **state)
 	assert_non_null(strstr(err, "/nonexistent/sluice.yaml"));
 }
 
+/* Known answers for the core digest and hex helpers (the audit chain and
+ * the token cache depend on them; a self-consistent wrong digest would
+ * pass every other test). FIPS 180-2 vectors. */
+static void
+test_sha256_and_hex_known_answers(void **state)
+{
+	static const struct {
+		const char *in;
+		const char *hex;
+	} v[] = {
+		{"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+		{"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+		{"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+		 "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+	};
+	uint8_t h[32], all[256];
+	char hex[513];
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		sl_sha256(v[i].in, strlen(v[i].in), h);
+		sl_hex(h, 32, hex);
+		assert_string_equal(hex, v[i].hex);
+	}
+	{
+		/* a million 'a': many blocks */
+		char *m = malloc(1000000);
+
+		assert_non_null(m);
+		memset(m, 'a', 1000000);
+		sl_sha256(m, 1000000, h);
+		free(m);
+		sl_hex(h, 32, hex);
+		assert_string_equal(
+			hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+	}
+	for (int i = 0; i < 256; i++)
+		all[i] = (uint8_t)i;
+	sl_hex(all, 256, hex);
+	for (int i = 0; i < 256; i++) {
+		char want[3];
+
+		snprintf(want, sizeof(want), "%02x", i);
+		assert_memory_equal(hex + 2 * i, want, 2);
+	}
+	assert_int_equal(hex[512], '\0');
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults_and_env),
+		cmocka_unit_test(test_sha256_and_hex_known_answers),
 		cmocka_unit_test(test_embedded_default_and_example),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_file_errors),
