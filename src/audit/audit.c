@@ -332,40 +332,14 @@ fail:
 	return SL_EIO;
 }
 
-/* Appends s as a JSON string (ids and types here, but escape anyway). */
+/* Appends s as a JSON string (ids and types here, but escape anyway). Valid
+ * UTF-8 goes in as is, so recovery's parse gives back the same bytes. */
 static int
 put_jstr(struct sl_buf *b, const char *s)
 {
-	int r = sl_buf_append_u8(b, '"');
-
-	while (*s && r == 0) {
-		size_t n = 0;
-
-		/* a run of bytes that need no escape, appended at once */
-		while (s[n] != '\0' && (unsigned char)s[n] >= 0x20 && (unsigned char)s[n] < 0x7f &&
-		       s[n] != '"' && s[n] != '\\')
-			n++;
-		if (n > 0) {
-			r = sl_buf_append(b, s, n);
-			s += n;
-			continue;
-		}
-		if (*s == '"' || *s == '\\') {
-			char e[2] = {'\\', *s};
-
-			r = sl_buf_append(b, e, 2);
-		} else {
-			char u[8];
-
-			snprintf(u, sizeof(u), "\\u%04x", (unsigned char)*s);
-			r = sl_buf_append(b, u, 6);
-		}
-		s++;
-	}
-	return r ? r : sl_buf_append_u8(b, '"');
+	return sl_json_put_str(b, s, strlen(s));
 }
 
-/* Appends v in decimal (with a '-' when neg). */
 static int
 put_dec(struct sl_buf *b, uint64_t v, int neg)
 {
@@ -480,6 +454,7 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 
 	memcpy(last0, a->last, 32);
 	sl_buf_init(&out, 0);
+	sl_buf_reserve(&out, 1024); /* a line is usually a few hundred bytes */
 	for (r = batch; r && rc == 0; r = r->next) {
 		struct sl_audit_row row;
 
