@@ -120,3 +120,48 @@ def test_statement_names_still_work_for_honest_clients(gw):
             pgwire.SYNC)
     assert _rows(cn.until_ready()) == [b"six"]
     cn.close()
+
+
+# ------------------------------------------------- classification gaps
+
+@pytest.mark.parametrize("sql", [
+    "COPY orders TO '/tmp/sluice-attack-copy.csv'",
+    "COPY orders FROM '/etc/hostname'",
+    "COPY (SELECT * FROM customers) TO '/tmp/sluice-attack-copy.csv' WITH (FORMAT csv)",
+])
+def test_copy_with_a_server_file_is_blocked_like_a_program(gw, sql):
+    import psycopg2
+    c = gw.connect()
+    c.autocommit = True
+    with pytest.raises(psycopg2.Error) as ei:
+        c.cursor().execute(sql)
+    assert ei.value.pgcode == "42501" and "destructive" in str(ei.value), str(ei.value)
+    cur = c.cursor()
+    cur.execute("SELECT 1")  # the session stays usable
+    c.close()
+    assert not os.path.exists("/tmp/sluice-attack-copy.csv")
+
+
+# writes and housekeeping (LISTEN, VACUUM ...), but no reads
+INSERT_ONLY = """
+policies:
+  - name: ingest
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [insert, utility] }
+"""
+
+
+def test_values_statement_is_a_query(gateway_factory, pg):
+    import psycopg2
+    gw = gateway_factory(policies=INSERT_ONLY)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 919191)")
+    for sql in ["VALUES (pg_sleep(0))", "VALUES (1)"]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501", sql
+    c.close()
+    assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = 919191") == "1"
