@@ -165,3 +165,108 @@ def test_values_statement_is_a_query(gateway_factory, pg):
         assert ei.value.pgcode == "42501", sql
     c.close()
     assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = 919191") == "1"
+
+
+# ------------------------------------------------- audit tampering
+
+def _rehash_chain(db):
+    """What an attacker with write access does: recompute every hash so the
+    chain links up again, and point the checkpoints at the new hashes."""
+    import hashlib
+
+    def s(v):
+        b = (v or "").encode()
+        return struct.pack("!Q", len(b)) + b
+    prev = bytes(32)
+    new = {}
+    rows = db.execute("SELECT seq, ts, node, type, session, trace_id, span_id, data "
+                      "FROM records ORDER BY seq").fetchall()
+    for seq, ts, node, typ, sess, tr, sp, data in rows:
+        h = hashlib.sha256(prev + struct.pack("!QQ", seq, ts & (2**64 - 1)) + s(node) +
+                           s(typ) + s(sess) + s(tr) + s(sp) + s(data)).digest()
+        db.execute("UPDATE records SET prev_hash = ?, hash = ? WHERE seq = ?",
+                   (prev.hex(), h.hex(), seq))
+        new[seq] = h.hex()
+        prev = h
+    for cid, seq in db.execute("SELECT id, seq FROM checkpoints").fetchall():
+        db.execute("UPDATE checkpoints SET hash = ? WHERE id = ?", (new[seq], cid))
+    return new
+
+
+def _audited_gateway(gateway_factory):
+    gw = gateway_factory()
+    c = gw.connect()
+    cur = c.cursor()
+    for i in range(3):
+        cur.execute("SELECT %d FROM orders LIMIT 1" % i)
+    c.commit()
+    c.close()
+    assert gw.stop() == 0
+    v = gw.verify()
+    assert v.returncode == 0 and "with signatures" in v.stdout, v.stdout + v.stderr
+    return gw
+
+
+def test_audit_checkpoint_signature_edits_detected(gateway_factory):
+    import json
+    import sqlite3
+    gw = _audited_gateway(gateway_factory)
+    path = os.path.join(gw.data, "audit.db")
+    db = sqlite3.connect(path)
+    sig = db.execute("SELECT sig FROM checkpoints ORDER BY id LIMIT 1").fetchone()[0]
+    forged = ("B" if sig[0] != "B" else "C") + sig[1:]
+    db.execute("UPDATE checkpoints SET sig = ? WHERE id = (SELECT min(id) FROM checkpoints)",
+               (forged,))
+    db.commit()
+    db.close()
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+    # the same edit in the sidecar only
+    db = sqlite3.connect(path)
+    db.execute("UPDATE checkpoints SET sig = ? WHERE id = (SELECT min(id) FROM checkpoints)",
+               (sig,))
+    db.commit()
+    db.close()
+    assert gw.verify().returncode == 0
+    side = path + ".checkpoints"
+    lines = open(side).read().splitlines()
+    cp = json.loads(lines[0])
+    cp["sig"] = ("B" if cp["sig"][0] != "B" else "C") + cp["sig"][1:]
+    lines[0] = json.dumps(cp)
+    open(side, "w").write("\n".join(lines) + "\n")
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+
+
+def test_audit_rewritten_chain_without_public_key_is_not_verified(gateway_factory):
+    import json
+    import sqlite3
+    gw = _audited_gateway(gateway_factory)
+    path = os.path.join(gw.data, "audit.db")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE records SET data = replace(data, 'SELECT 1', 'SELECT 7') "
+               "WHERE type = 'request'")
+    new = _rehash_chain(db)
+    db.commit()
+    db.close()
+    side = path + ".checkpoints"
+    out = []
+    for line in open(side).read().splitlines():
+        cp = json.loads(line)
+        cp["hash"] = new[cp["seq"]]
+        out.append(json.dumps(cp))
+    open(side, "w").write("\n".join(out) + "\n")
+    # with the key, the rewrite shows
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+    # the attacker also removes the public key: still never "verified"
+    os.unlink(os.path.join(gw.data, "audit-signing.pub"))
+    v = gw.verify()
+    assert v.returncode == 1 and "public key" in v.stderr, v.stdout + v.stderr
+
+
+def test_audit_export_unknown_session_is_empty(gateway_factory):
+    gw = _audited_gateway(gateway_factory)
+    for sid in ["no-such-session", "' OR 1=1 --", "%", ""]:
+        r = gw.run("audit", "export", "--format", "jsonl", "--session", sid, check=False)
+        assert r.returncode in (0, 1) and r.stdout.strip() == "", (sid, r.stdout[:200])
