@@ -226,6 +226,7 @@ static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 static void substitute(struct pg_session *s, uint8_t type, const char *stmt_name,
 		       const char *message);
 static void audit_done(struct sl_completion *c);
+static char *audit_value(const char *v);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -1199,9 +1200,13 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		{
 			json_t *params = json_object();
 
-			for (size_t i = 0; i < s->nfwd; i++)
+			for (size_t i = 0; i < s->nfwd; i++) {
+				char *v = audit_value(s->fwd_vals[i]);
+
 				json_object_set_new(params, s->fwd_keys[i],
-						    json_string(s->fwd_vals[i]));
+						    json_string(v ? v : ""));
+				free(v);
+			}
 			json_object_set_new(details, "startup_parameters", params);
 		}
 		json_object_set_new(details, "tls", json_boolean(s->tls));
@@ -2967,6 +2972,37 @@ param_forwardable(const char *k)
 	return 1;
 }
 
+/*
+ * A copy of a startup value for the audit trail and logs: a value shaped like
+ * a JWT (a token pasted as the user name, say) is a bearer secret and is
+ * kept only as its SHA-256, like the token itself. Returns owned, or NULL.
+ */
+static char *
+audit_value(const char *v)
+{
+	size_t n = strlen(v), dots = 0;
+	uint8_t h[32];
+	char *out;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)v[i];
+
+		if (ch == '.')
+			dots++;
+		else if (!isalnum(ch) && ch != '-' && ch != '_' && ch != '=')
+			return strdup(v);
+	}
+	if (dots != 2 || n < 20 || strncmp(v, "eyJ", 3) != 0)
+		return strdup(v);
+	out = malloc(7 + 65);
+	if (out == NULL)
+		return NULL;
+	sl_sha256(v, n, h);
+	memcpy(out, "sha256:", 7);
+	sl_hex(h, 32, out + 7);
+	return out;
+}
+
 /* A client asking for a newer 3.x minor version (PostgreSQL 18 clients ask
  * for 3.2) or sending protocol options (_pq_.*) is told, like a server
  * would, that sluice speaks 3.0 and knows none of the options: it then
@@ -3054,8 +3090,8 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		return;
 	}
 	s->pl.conn = conn;
-	s->client_user = strdup(user);
-	s->client_db = db && strcmp(db, name) != 0 ? strdup(db) : NULL;
+	s->client_user = audit_value(user);
+	s->client_db = db && strcmp(db, name) != 0 ? audit_value(db) : NULL;
 	s->fwd_keys = calloc(st.nparams + 1, sizeof(char *));
 	s->fwd_vals = calloc(st.nparams + 1, sizeof(char *));
 	if (s->client_user == NULL || s->fwd_keys == NULL || s->fwd_vals == NULL) {

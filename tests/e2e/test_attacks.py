@@ -6,6 +6,7 @@ import struct
 import pytest
 
 import pgwire
+from conftest import APP_PASSWORD
 
 REVIEW_POLICIES = """
 policies:
@@ -270,3 +271,34 @@ def test_audit_export_unknown_session_is_empty(gateway_factory):
     for sid in ["no-such-session", "' OR 1=1 --", "%", ""]:
         r = gw.run("audit", "export", "--format", "jsonl", "--session", sid, check=False)
         assert r.returncode in (0, 1) and r.stdout.strip() == "", (sid, r.stdout[:200])
+
+
+# ------------------------------------------------- secrets never stored
+
+def test_token_pasted_as_user_name_never_reaches_the_audit_trail(gw):
+    import glob
+    import hashlib
+    tok = gw.mint()
+    # a client that puts the token in the user name too (connection named by
+    # the database), and one whose token is refused
+    cn = pgwire.Conn(gw.port)
+    got = cn.login(tok, tok, database="orders")
+    assert got[-1] == (b"Z", b"I"), got
+    cn.send(pgwire.query("SELECT 1"))
+    cn.until_ready()
+    cn.close()
+    cn = pgwire.Conn(gw.port)
+    bad = gw.mint(ttl="-1h")
+    assert pgwire.errors(cn.login(bad, bad, database="orders"))[0]["C"] == "28P01"
+    cn.close()
+    recs = gw.export()
+    opened = [r for r in recs if r["type"] == "session_open"]
+    assert opened and opened[-1]["data"]["user"] == \
+        "sha256:" + hashlib.sha256(tok.encode()).hexdigest()
+    assert any(r["type"] == "auth_failure" for r in recs)
+    for f in glob.glob(os.path.join(gw.data, "*")):
+        data = open(f, "rb").read()
+        for secret in (tok, bad, APP_PASSWORD):
+            assert secret.encode() not in data, (f, secret[:10])
+    log = gw.logtext()
+    assert tok not in log and bad not in log and APP_PASSWORD not in log
