@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -462,6 +463,30 @@ out:
 	return r;
 }
 
+/* Whether the store holds signed checkpoints (in the database or its
+ * sidecar): 1 yes, 0 no. Unreadable counts as yes. */
+static int
+has_checkpoints(const char *path)
+{
+	char sidecar[4200];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	struct stat sb;
+	int r = 1;
+
+	snprintf(sidecar, sizeof(sidecar), "%s.checkpoints", path);
+	if (stat(sidecar, &sb) == 0 && sb.st_size > 0)
+		return 1;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, "SELECT count(*) FROM checkpoints", -1, &st, NULL) ==
+		    SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		r = sqlite3_column_int64(st, 0) > 0;
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return r;
+}
+
 int
 sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 {
@@ -508,6 +533,16 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 				 cfg->gateway.data_dir);
 			if (access(defpub, R_OK) == 0)
 				pubkey = defpub;
+		}
+		if (pubkey == NULL && access(path, R_OK) == 0 && has_checkpoints(path)) {
+			/* Unsigned, a rewritten chain with matching checkpoint
+			 * hashes would pass: never report that as verified. */
+			fprintf(stderr,
+				"audit verify FAILED: the checkpoints are signed but there is no "
+				"public key to check them (%s is missing); pass --pubkey FILE\n",
+				defpub);
+			free(path);
+			return 1;
 		}
 		rc = sl_audit_verify_store(path, pubkey, msg, sizeof(msg), &nrec);
 		if (rc == 0)

@@ -66,8 +66,31 @@ struct stmt {
 	uint32_t kinds;
 	int review;		/* executing it needs approval (decided at Parse) */
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
+	unsigned unknown : 1;	/* the server may hold another definition: refused */
 	struct stmt *next;
 };
+
+/*
+ * A change to the server's prepared statements that the server has not
+ * answered yet. The map (pg_session.stmts) holds only what the server
+ * confirmed: a named Parse of a name that exists fails there (42P05), and
+ * after an error the server skips everything up to Sync, so a Parse, Close
+ * or PREPARE takes effect only once its answer says so. Until then lookups
+ * in the same sync group see the change (if it failed, the server skips what
+ * follows too); lookups from a later group wait for the answer.
+ */
+enum { OP_PARSE = 'P', OP_CLOSE = 'C', OP_NOP = 'c', OP_PREPARE = 'Q' };
+
+struct stmt_op {
+	uint8_t kind;		/* OP_*; OP_NOP: a portal Close (answered, no effect) */
+	uint8_t poison_on_fail; /* OP_PREPARE: a failure does not say it did not run */
+	uint64_t grp;		/* sync group it was sent in */
+	char *name;		/* OP_CLOSE */
+	struct stmt *st;	/* OP_PARSE, OP_PREPARE: the definition (one reference) */
+	struct stmt_op *next;
+};
+
+#define MAX_STMT_OPS 100000
 
 struct portal {
 	char *name;
@@ -121,7 +144,11 @@ struct pg_session {
 	int enc_safe;
 	struct entry *ents;
 	size_t ents_head, ents_len, ents_cap;
-	struct stmt *stmts;
+	struct stmt *stmts; /* prepared statements the server confirmed */
+	struct stmt_op *ops, **ops_tail;
+	size_t nops;
+	uint64_t grp_sent, grp_done; /* Query/Sync/FunctionCall sent, answered (Z) */
+	int grp_failed;		     /* the group being answered had an error */
 	struct portal *portals;
 	struct blocked_msg *blocked;
 	uint64_t reqseq;
@@ -199,6 +226,7 @@ static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 static void substitute(struct pg_session *s, uint8_t type, const char *stmt_name,
 		       const char *message);
 static void audit_done(struct sl_completion *c);
+static char *audit_value(const char *v);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -286,6 +314,8 @@ ent_push(struct pg_session *s, uint8_t kind)
 	e = &s->ents[(s->ents_head + s->ents_len) % s->ents_cap];
 	memset(e, 0, sizeof(*e));
 	e->kind = kind;
+	if (kind != ENT_EXEC)
+		s->grp_sent++;
 	e->start_us = sl_mono_us();
 	s->ents_len++;
 	return e;
@@ -383,13 +413,14 @@ stmt_remove(struct pg_session *s, const char *name)
 	}
 }
 
-static int
-stmt_add(struct pg_session *s, const char *name, const char *sql, size_t len, uint32_t kinds)
+/* Returns a new statement (one reference), or NULL without memory. */
+static struct stmt *
+stmt_new(const char *name, const char *sql, size_t len, uint32_t kinds)
 {
 	struct stmt *t = calloc(1, sizeof(*t));
 
 	if (t == NULL)
-		return SL_ENOMEM;
+		return NULL;
 	t->refs = 1;
 	t->name = strdup(name);
 	t->sql = malloc(len + 1);
@@ -397,16 +428,135 @@ stmt_add(struct pg_session *s, const char *name, const char *sql, size_t len, ui
 		free(t->name);
 		free(t->sql);
 		free(t);
-		return SL_ENOMEM;
+		return NULL;
 	}
 	memcpy(t->sql, sql, len);
 	t->sql[len] = '\0';
 	t->sqllen = len;
 	t->kinds = kinds;
-	stmt_remove(s, name);
-	t->next = s->stmts;
-	s->stmts = t;
+	return t;
+}
+
+/* Queues a change for the server to confirm; takes st's reference. */
+static int
+op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st, uint64_t grp,
+	int poison_on_fail)
+{
+	struct stmt_op *op;
+
+	if (s->nops >= MAX_STMT_OPS || (op = calloc(1, sizeof(*op))) == NULL) {
+		stmt_unref(st);
+		return SL_ENOMEM;
+	}
+	op->kind = kind;
+	op->grp = grp;
+	op->poison_on_fail = (uint8_t)poison_on_fail;
+	op->st = st;
+	if (kind == OP_CLOSE && (op->name = strdup(name)) == NULL) {
+		free(op);
+		return SL_ENOMEM;
+	}
+	if (s->ops == NULL)
+		s->ops_tail = &s->ops;
+	*s->ops_tail = op;
+	s->ops_tail = &op->next;
+	s->nops++;
 	return 0;
+}
+
+static const char *
+op_name(const struct stmt_op *op)
+{
+	return op->st != NULL ? op->st->name : op->name;
+}
+
+/* Unlinks op (pp points at the link to it) and applies it if it took effect. */
+static void
+op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
+{
+	struct stmt_op *op = *pp;
+
+	*pp = op->next;
+	if (*pp == NULL)
+		s->ops_tail = pp;
+	s->nops--;
+	if (op->kind == OP_CLOSE && ok) {
+		stmt_remove(s, op->name);
+	} else if ((op->kind == OP_PARSE || op->kind == OP_PREPARE) && (ok || op->poison_on_fail)) {
+		/* A failed multi-statement PREPARE may or may not have run:
+		 * the name is unusable until closed. */
+		op->st->unknown = !ok;
+		stmt_remove(s, op->st->name);
+		op->st->next = s->stmts;
+		s->stmts = op->st;
+		op->st = NULL;
+	}
+	stmt_unref(op->st);
+	free(op->name);
+	free(op);
+}
+
+/* ParseComplete or CloseComplete: the oldest Parse or Close took effect.
+ * Returns -1 when the server answered something never sent. */
+static int
+op_answered(struct pg_session *s, uint8_t type)
+{
+	struct stmt_op **pp = &s->ops;
+
+	while (*pp != NULL && (*pp)->kind == OP_PREPARE)
+		pp = &(*pp)->next;
+	if (*pp == NULL || (type == '1') != ((*pp)->kind == OP_PARSE))
+		return -1;
+	op_resolve(s, pp, 1);
+	return 0;
+}
+
+/* The group being answered failed: its unanswered Parses and Closes were
+ * refused or skipped (its PREPAREs are settled at ReadyForQuery). */
+static void
+ops_group_failed(struct pg_session *s)
+{
+	struct stmt_op **pp = &s->ops;
+
+	s->grp_failed = 1;
+	while (*pp != NULL && (*pp)->grp == s->grp_done) {
+		if ((*pp)->kind == OP_PREPARE)
+			pp = &(*pp)->next;
+		else
+			op_resolve(s, pp, 0);
+	}
+}
+
+/* ReadyForQuery: the group is over; settles what it left. */
+static void
+ops_group_done(struct pg_session *s)
+{
+	while (s->ops != NULL && s->ops->grp == s->grp_done)
+		op_resolve(s, &s->ops, s->ops->kind == OP_PREPARE && !s->grp_failed);
+	s->grp_done++;
+	s->grp_failed = 0;
+}
+
+/*
+ * The statement a name means to the server at the point the client's next
+ * message is processed, or NULL if none. Sets *wait when that depends on an
+ * answer from an earlier sync group the server has not given yet.
+ */
+static struct stmt *
+stmt_lookup(struct pg_session *s, const char *name, int *wait)
+{
+	struct stmt_op *last = NULL;
+
+	for (struct stmt_op *op = s->ops; op; op = op->next)
+		if (op->kind != OP_NOP && strcmp(op_name(op), name) == 0)
+			last = op;
+	if (last == NULL)
+		return stmt_find(s, name);
+	if (last->grp != s->grp_sent) {
+		*wait = 1;
+		return NULL;
+	}
+	return last->kind == OP_CLOSE ? NULL : last->st;
 }
 
 static struct portal *
@@ -598,6 +748,8 @@ session_free(struct pg_session *s)
 		free(s->verify_token);
 	}
 	free(s->ents);
+	while (s->ops)
+		op_resolve(s, &s->ops, 0);
 	while (s->stmts) {
 		struct stmt *t = s->stmts;
 
@@ -1048,9 +1200,13 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		{
 			json_t *params = json_object();
 
-			for (size_t i = 0; i < s->nfwd; i++)
+			for (size_t i = 0; i < s->nfwd; i++) {
+				char *v = audit_value(s->fwd_vals[i]);
+
 				json_object_set_new(params, s->fwd_keys[i],
-						    json_string(s->fwd_vals[i]));
+						    json_string(v ? v : ""));
+				free(v);
+			}
 			json_object_set_new(details, "startup_parameters", params);
 		}
 		json_object_set_new(details, "tls", json_boolean(s->tls));
@@ -1135,6 +1291,7 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 	} else {
 		cli_send(s, msg, len);
 	}
+	ops_group_failed(s);
 	e = ent_head(s);
 	if (e == NULL)
 		return;
@@ -1162,6 +1319,7 @@ on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
 
 	if (len >= 6)
 		s->txstatus = (char)msg[5];
+	ops_group_done(s);
 	/* Pop up to and including the Query / Sync / FunctionCall this answers. */
 	while ((e = ent_head(s)) != NULL) {
 		uint8_t k = e->kind;
@@ -1796,6 +1954,15 @@ process_upstream(struct pg_session *s)
 		case 'K':
 			/* A new BackendKeyData mid-session is not expected. */
 			break;
+		case '1': /* ParseComplete */
+		case '3': /* CloseComplete */
+			if (op_answered(s, type) != 0) {
+				fatal(s, "08P01",
+				      "sluice: unexpected answer from the upstream server");
+				return;
+			}
+			cli_send(s, msg, total);
+			break;
 		default:
 			cli_send(s, msg, total);
 			break;
@@ -2221,12 +2388,14 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 	return 0;
 }
 
-/* Classifies with the worker's cache and folds in what EXECUTE names. */
+/* Classifies with the worker's cache and folds in what EXECUTE names.
+ * Returns 1 when a name's meaning awaits an answer from the server. */
 static int
 classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class *tmp,
 	 const struct sl_sql_class **out)
 {
 	const struct sl_sql_class *c;
+	int wait = 0;
 
 	if (sl_sql_cache_classify(s->w->sqlcache, sql, len, &c) != 0)
 		return SL_ENOMEM;
@@ -2235,21 +2404,33 @@ classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class 
 		return 0;
 	*tmp = *c;
 	for (size_t i = 0; i < c->nexecuted; i++) {
-		struct stmt *t = stmt_find(s, c->executed[i]);
+		struct stmt *t = stmt_lookup(s, c->executed[i], &wait);
 
 		/* Unknown name: it was never allowed here, so refuse. */
-		tmp->kinds |= t ? t->kinds : SL_SQL_UNPARSEABLE;
+		tmp->kinds |= t && !t->unknown ? t->kinds : SL_SQL_UNPARSEABLE;
 	}
 	*out = tmp;
+	return wait;
+}
+
+/* SQL PREPAREs count once the server says the statement ran (grp: its sync
+ * group; poison: a failure may come after they ran). */
+static int
+remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char *sql, size_t len,
+		  uint64_t grp, int poison)
+{
+	for (size_t i = 0; i < c->nprepared; i++) {
+		struct stmt *t = stmt_new(c->prepared[i], sql, len, c->prepared_kinds[i]);
+
+		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, grp, poison) != 0)
+			return SL_ENOMEM;
+	}
 	return 0;
 }
 
-static void
-remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char *sql, size_t len)
-{
-	for (size_t i = 0; i < c->nprepared; i++)
-		stmt_add(s, c->prepared[i], sql, len, c->prepared_kinds[i]);
-}
+static const char pipeline_wait_msg[] =
+	"sluice: a prepared statement changed earlier in this unsynchronised pipeline; send "
+	"Sync and wait for its answer first";
 
 /* Returns 0 consumed, 1 hold (message stays in cin). */
 static int
@@ -2271,6 +2452,19 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 	if (r == 1) {
 		s->barrier = 1;
 		return 1;
+	}
+	if (why == NULL) {
+		r = classify(s, sql, len, &tmp, &c);
+		if (r < 0) {
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
+		if (r == 1 && ents_synced(s)) {
+			s->barrier = 1;
+			return 1;
+		}
+		if (r == 1)
+			why = pipeline_wait_msg;
 	}
 	e = ent_push(s, ENT_QUERY);
 	if (e == NULL) {
@@ -2300,10 +2494,6 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		substitute(s, 'Q', "", why);
 		return 0;
 	}
-	if (classify(s, sql, len, &tmp, &c) != 0) {
-		fatal(s, "53200", "sluice: out of memory");
-		return -1;
-	}
 	r = decide(s, sql, len, c, trace[0] ? trace : NULL, span[0] ? span : NULL, e, bmsg,
 		   sizeof(bmsg), &waiting);
 	if (r < 0) {
@@ -2314,7 +2504,10 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		substitute(s, 'Q', "", bmsg);
 		return 0;
 	}
-	remember_prepared(s, c, sql, len);
+	if (remember_prepared(s, c, sql, len, s->grp_sent - 1, c->nstatements > 1) != 0) {
+		fatal(s, "53200", "sluice: out of memory");
+		return -1;
+	}
 	if (waiting) {
 		s->held_len = total;
 		return 1;
@@ -2341,9 +2534,18 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		s->barrier = 1;
 		return 1;
 	}
-	if (why == NULL && classify(s, p.sql, p.sqllen, &tmp, &c) != 0) {
-		fatal(s, "53200", "sluice: out of memory");
-		return -1;
+	if (why == NULL) {
+		r = classify(s, p.sql, p.sqllen, &tmp, &c);
+		if (r < 0) {
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
+		if (r == 1 && ents_synced(s)) {
+			s->barrier = 1;
+			return 1;
+		}
+		if (r == 1)
+			why = pipeline_wait_msg;
 	}
 	if (why == NULL) {
 		/* Decide now so a forbidden statement never reaches the server;
@@ -2369,17 +2571,18 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		if (r == 0 && d.action == SL_ACT_REVIEW) {
 			/* Parsing runs nothing: the approval is asked for when
 			 * the statement is executed, with its parameters. */
-			struct stmt *t;
+			struct stmt *t = stmt_new(p.stmt, p.sql, p.sqllen, c->kinds);
 
-			if (stmt_add(s, p.stmt, p.sql, p.sqllen, c->kinds) != 0) {
+			if (t != NULL) {
+				t->review = 1;
+				t->dec = d;
+				if (d.message == d.reason)
+					t->dec.message = t->dec.reason;
+			}
+			if (t == NULL || op_push(s, OP_PARSE, NULL, t, s->grp_sent, 0) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
 				return -1;
 			}
-			t = stmt_find(s, p.stmt);
-			t->review = 1;
-			t->dec = d;
-			if (d.message == d.reason)
-				t->dec.message = t->dec.reason;
 			up_send(s, msg, total);
 			return 0;
 		}
@@ -2392,15 +2595,20 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			d.action = SL_ACT_BLOCK;
 			d.message = bmsg;
 			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-			stmt_remove(s, p.stmt);
+			/* The substitute fails to parse: the server keeps
+			 * whatever the name meant before, and so do we. */
 			substitute(s, 'P', p.stmt, bmsg);
 			return 0;
 		}
-		if (stmt_add(s, p.stmt, p.sql, p.sqllen, c->kinds) != 0) {
-			fatal(s, "53200", "sluice: out of memory");
-			return -1;
+		{
+			struct stmt *t = stmt_new(p.stmt, p.sql, p.sqllen, c->kinds);
+
+			if (t == NULL || op_push(s, OP_PARSE, NULL, t, s->grp_sent, 0) != 0 ||
+			    remember_prepared(s, c, p.sql, p.sqllen, s->grp_sent, 1) != 0) {
+				fatal(s, "53200", "sluice: out of memory");
+				return -1;
+			}
 		}
-		remember_prepared(s, c, p.sql, p.sqllen);
 		up_send(s, msg, total);
 		return 0;
 	}
@@ -2418,7 +2626,6 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		rq.sql = &un;
 		rq.seq = ++s->reqseq;
 		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-		stmt_remove(s, p.stmt);
 		substitute(s, 'P', p.stmt, why);
 	}
 	return 0;
@@ -2430,14 +2637,43 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 	struct sl_pg_bind_msg b;
 	struct portal *p;
 	struct stmt *st;
+	int wait;
 
 	if (sl_pg_parse_bind(msg, total, &b) != 0) {
 		fatal(s, "08P01", "sluice: malformed Bind message");
 		return -1;
 	}
 	portal_remove(s, b.portal);
-	st = stmt_find(s, b.stmt);
-	if (st != NULL) {
+	wait = 0;
+	st = stmt_lookup(s, b.stmt, &wait);
+	if (wait && ents_synced(s)) {
+		s->barrier = 1;
+		return 1;
+	}
+	if (wait || st == NULL || st->unknown) {
+		/* Only statements we decided on run: a name we do not know (or
+		 * whose meaning is uncertain) is refused, never left to the
+		 * server to resolve. */
+		const char *why = wait ? pipeline_wait_msg
+				       : "sluice: this prepared statement is unknown or was "
+					 "redefined without Close; Close it and prepare it again";
+		struct sl_sql_class un;
+		struct sl_pl_request rq;
+		struct sl_decision d = {.action = SL_ACT_BLOCK, .message = why};
+
+		memset(&un, 0, sizeof(un));
+		un.kinds = SL_SQL_UNPARSEABLE;
+		memset(&rq, 0, sizeof(rq));
+		rq.proto = SL_PROTO_PG;
+		rq.text = b.stmt;
+		rq.textlen = strlen(b.stmt);
+		rq.sql = &un;
+		rq.seq = ++s->reqseq;
+		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+		substitute(s, 'E', "", why);
+		return 0;
+	}
+	{
 		p = calloc(1, sizeof(*p));
 		if (p == NULL || (p->name = strdup(b.portal)) == NULL) {
 			free(p);
@@ -2623,10 +2859,13 @@ process_client(struct pg_session *s)
 				fatal(s, "08P01", "sluice: malformed Close message");
 				return;
 			}
-			if (kind == 'S')
-				stmt_remove(s, name);
-			else
+			if (kind != 'S')
 				portal_remove(s, name);
+			if (op_push(s, kind == 'S' ? OP_CLOSE : OP_NOP, name, NULL, s->grp_sent,
+				    0) != 0) {
+				fatal(s, "53200", "sluice: out of memory");
+				return;
+			}
 			up_send(s, msg, total);
 			break;
 		}
@@ -2733,6 +2972,37 @@ param_forwardable(const char *k)
 	return 1;
 }
 
+/*
+ * A copy of a startup value for the audit trail and logs: a value shaped like
+ * a JWT (a token pasted as the user name, say) is a bearer secret and is
+ * kept only as its SHA-256, like the token itself. Returns owned, or NULL.
+ */
+static char *
+audit_value(const char *v)
+{
+	size_t n = strlen(v), dots = 0;
+	uint8_t h[32];
+	char *out;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)v[i];
+
+		if (ch == '.')
+			dots++;
+		else if (!isalnum(ch) && ch != '-' && ch != '_' && ch != '=')
+			return strdup(v);
+	}
+	if (dots != 2 || n < 20 || strncmp(v, "eyJ", 3) != 0)
+		return strdup(v);
+	out = malloc(7 + 65);
+	if (out == NULL)
+		return NULL;
+	sl_sha256(v, n, h);
+	memcpy(out, "sha256:", 7);
+	sl_hex(h, 32, out + 7);
+	return out;
+}
+
 /* A client asking for a newer 3.x minor version (PostgreSQL 18 clients ask
  * for 3.2) or sending protocol options (_pq_.*) is told, like a server
  * would, that sluice speaks 3.0 and knows none of the options: it then
@@ -2820,8 +3090,8 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		return;
 	}
 	s->pl.conn = conn;
-	s->client_user = strdup(user);
-	s->client_db = db && strcmp(db, name) != 0 ? strdup(db) : NULL;
+	s->client_user = audit_value(user);
+	s->client_db = db && strcmp(db, name) != 0 ? audit_value(db) : NULL;
 	s->fwd_keys = calloc(st.nparams + 1, sizeof(char *));
 	s->fwd_vals = calloc(st.nparams + 1, sizeof(char *));
 	if (s->client_user == NULL || s->fwd_keys == NULL || s->fwd_vals == NULL) {

@@ -85,6 +85,7 @@ struct walker {
 	struct sl_sql_class *c;
 	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
+	int insert_source; /* the next SelectStmt is an INSERT's source */
 };
 
 static int
@@ -267,9 +268,13 @@ walk_object(struct walker *w, const char *node)
 	uint32_t k = 0;
 	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
-	int has_values = 0, has_from = 0, setcfg = 0;
+	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
 	int first = 1;
 
+	if (node != NULL && strcmp(node, "SelectStmt") == 0) {
+		insert_source = w->insert_source;
+		w->insert_source = 0;
+	}
 	w->p++; /* '{' */
 	for (;;) {
 		char key[128];
@@ -329,6 +334,11 @@ walk_object(struct walker *w, const char *node)
 			has_from = 1;
 		if (strcmp(key, "relation") == 0)
 			has_relation = 1;
+		if (strcmp(key, "filename") == 0)
+			has_file = 1;
+		if (node != NULL && strcmp(node, "InsertStmt") == 0 &&
+		    strcmp(key, "selectStmt") == 0)
+			w->insert_source = 1;
 		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 &&
 		    memcmp(w->p, "true", 4) == 0)
 			is_from = 1;
@@ -404,8 +414,9 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (!ends_with(node, "Stmt"))
 		return k;
-	/* A bare VALUES list (INSERT ... VALUES) reads nothing. */
-	if (!(strcmp(node, "SelectStmt") == 0 && has_values && !has_from))
+	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES
+	 * statement of its own is a query (it runs whatever it calls). */
+	if (!(strcmp(node, "SelectStmt") == 0 && has_values && !has_from && insert_source))
 		k |= stmt_kind(node);
 	if (strcmp(node, "UpdateStmt") == 0 && !has_where)
 		k |= SL_SQL_UPDATE_ALL;
@@ -416,7 +427,9 @@ walk_object(struct walker *w, const char *node)
 	if (strcmp(node, "CopyStmt") == 0) {
 		k &= ~SL_SQL_UTILITY;
 		k |= is_from ? SL_SQL_COPY_FROM : SL_SQL_COPY_TO;
-		if (is_program)
+		/* A file is read or written by the server itself, like a
+		 * program it runs: the same danger, the same kind. */
+		if (is_program || has_file)
 			k |= SL_SQL_COPY_PROGRAM;
 		(void)has_relation;
 	}

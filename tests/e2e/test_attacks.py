@@ -1,0 +1,304 @@
+"""Attacks an agent could try through the PostgreSQL path: policy and review
+bypasses, identity tricks, protocol abuse and audit tampering."""
+import os
+import struct
+
+import pytest
+
+import pgwire
+from conftest import APP_PASSWORD
+
+REVIEW_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [drop, truncate] }
+      - { action: review, sql: [delete], approvers: [dba], timeout: 2s, name: deletes }
+      - { action: allow, sql: [select, insert, set, transaction] }
+"""
+
+
+@pytest.fixture
+def rgw(gateway_factory):
+    return gateway_factory(policies=REVIEW_POLICIES)
+
+
+def session(gw):
+    cn = pgwire.Conn(gw.port)
+    got = cn.login("orders", gw.mint())
+    assert got[-1] == (b"Z", b"I"), got
+    return cn
+
+
+def count(pg, amount):
+    return pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = %d" % amount)
+
+
+# ------------------------------------------------- prepared statement confusion
+#
+# A DELETE needing review may be parsed freely (approval is asked at Execute).
+# If sluice's idea of what a statement name means drifts from the server's,
+# the held statement can later run under an allowed name without approval.
+
+def _reviewed_delete(amount):
+    return "DELETE FROM orders WHERE amount = %d" % amount
+
+
+@pytest.mark.parametrize("how", ["reparse", "blocked_reparse", "sql_prepare",
+                                 "skipped_close", "skipped_unnamed"])
+def test_statement_name_confusion_never_skips_review(rgw, pg, how):
+    amount = {"reparse": 818181, "blocked_reparse": 818182, "sql_prepare": 818183,
+              "skipped_close": 818184, "skipped_unnamed": 818185}[how]
+    pg.psql("orders", "INSERT INTO orders (customer, amount) VALUES (1, %d)" % amount)
+    cn = session(rgw)
+    name = "" if how == "skipped_unnamed" else "s1"
+    # the server now holds `name` = a DELETE that needs approval
+    cn.send(pgwire.parse(name, _reviewed_delete(amount)) + pgwire.SYNC)
+    cn.until_ready()
+    fail = pgwire.parse("", "SELECT * FROM no_such_table")  # errors: the rest is skipped
+    if how == "reparse":
+        cn.send(pgwire.parse(name, "SELECT 1") + pgwire.SYNC)
+    elif how == "blocked_reparse":
+        cn.send(pgwire.parse(name, "DROP TABLE orders") + pgwire.SYNC)
+    elif how == "sql_prepare":
+        cn.send(pgwire.query("PREPARE s1 AS SELECT 1"))
+    elif how == "skipped_close":
+        cn.send(fail + pgwire.msg(b"C", b"Ss1\0") + pgwire.SYNC)
+        cn.until_ready()
+        cn.send(pgwire.parse(name, "SELECT 1") + pgwire.SYNC)
+    elif how == "skipped_unnamed":
+        cn.send(pgwire.parse("x", "SELECT * FROM no_such_table") +
+                pgwire.parse("", "SELECT 1") + pgwire.SYNC)
+    cn.until_ready()
+    if how == "sql_prepare":
+        cn.send(pgwire.query("EXECUTE s1"))
+    else:
+        cn.send(pgwire.bind("", name) + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    cn.close()
+    # either refused or held for review (and timed out): never run unreviewed
+    assert count(pg, amount) == "1", (how, got)
+    assert pgwire.errors(got), got
+
+
+def _rows(got):
+    return [b[6:] for t, b in got if t == b"D"]
+
+
+def test_statement_names_still_work_for_honest_clients(gw):
+    cn = session(gw)
+    # a definition and its use pipelined in one go, across sync groups:
+    # the later group waits for the server to confirm the Parse
+    cn.send(pgwire.parse("s1", "SELECT 'one'") + pgwire.SYNC +
+            pgwire.bind("", "s1") + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready() + cn.until_ready()
+    assert _rows(got) == [b"one"] and not pgwire.errors(got), got
+    # Close, then the name can mean something else
+    cn.send(pgwire.msg(b"C", b"Ss1\0") + pgwire.parse("s1", "SELECT 'two'") +
+            pgwire.bind("", "s1") + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert _rows(got) == [b"two"] and not pgwire.errors(got), got
+    # a Parse that failed leaves no definition: preparing again works
+    cn.send(pgwire.parse("s2", "SELECT * FROM no_such_table") + pgwire.SYNC)
+    assert pgwire.errors(cn.until_ready())[0]["C"] == "42P01"
+    cn.send(pgwire.parse("s2", "SELECT 'three'") + pgwire.bind("", "s2") + pgwire.execute() +
+            pgwire.SYNC)
+    got = cn.until_ready()
+    assert _rows(got) == [b"three"] and not pgwire.errors(got), got
+    # SQL PREPARE / EXECUTE / DEALLOCATE, and a name reused afterwards
+    for sql, want in [("PREPARE q AS SELECT 'four'", []), ("EXECUTE q", [b"four"]),
+                      ("DEALLOCATE q", []), ("PREPARE q AS SELECT 'five'", []),
+                      ("EXECUTE q", [b"five"])]:
+        cn.send(pgwire.query(sql))
+        got = cn.until_ready()
+        assert not pgwire.errors(got) and _rows(got) == want, (sql, got)
+    # a statement unknown to sluice is refused, the session goes on
+    cn.send(pgwire.bind("", "never_prepared") + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [e["C"] for e in pgwire.errors(got)] == ["42501"] and got[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("", "SELECT 'six'") + pgwire.bind("", "") + pgwire.execute() +
+            pgwire.SYNC)
+    assert _rows(cn.until_ready()) == [b"six"]
+    cn.close()
+
+
+# ------------------------------------------------- classification gaps
+
+@pytest.mark.parametrize("sql", [
+    "COPY orders TO '/tmp/sluice-attack-copy.csv'",
+    "COPY orders FROM '/etc/hostname'",
+    "COPY (SELECT * FROM customers) TO '/tmp/sluice-attack-copy.csv' WITH (FORMAT csv)",
+])
+def test_copy_with_a_server_file_is_blocked_like_a_program(gw, sql):
+    import psycopg2
+    c = gw.connect()
+    c.autocommit = True
+    with pytest.raises(psycopg2.Error) as ei:
+        c.cursor().execute(sql)
+    assert ei.value.pgcode == "42501" and "destructive" in str(ei.value), str(ei.value)
+    cur = c.cursor()
+    cur.execute("SELECT 1")  # the session stays usable
+    c.close()
+    assert not os.path.exists("/tmp/sluice-attack-copy.csv")
+
+
+# writes and housekeeping (LISTEN, VACUUM ...), but no reads
+INSERT_ONLY = """
+policies:
+  - name: ingest
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [insert, utility] }
+"""
+
+
+def test_values_statement_is_a_query(gateway_factory, pg):
+    import psycopg2
+    gw = gateway_factory(policies=INSERT_ONLY)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 919191)")
+    for sql in ["VALUES (pg_sleep(0))", "VALUES (1)"]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501", sql
+    c.close()
+    assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = 919191") == "1"
+
+
+# ------------------------------------------------- audit tampering
+
+def _rehash_chain(db):
+    """What an attacker with write access does: recompute every hash so the
+    chain links up again, and point the checkpoints at the new hashes."""
+    import hashlib
+
+    def s(v):
+        b = (v or "").encode()
+        return struct.pack("!Q", len(b)) + b
+    prev = bytes(32)
+    new = {}
+    rows = db.execute("SELECT seq, ts, node, type, session, trace_id, span_id, data "
+                      "FROM records ORDER BY seq").fetchall()
+    for seq, ts, node, typ, sess, tr, sp, data in rows:
+        h = hashlib.sha256(prev + struct.pack("!QQ", seq, ts & (2**64 - 1)) + s(node) +
+                           s(typ) + s(sess) + s(tr) + s(sp) + s(data)).digest()
+        db.execute("UPDATE records SET prev_hash = ?, hash = ? WHERE seq = ?",
+                   (prev.hex(), h.hex(), seq))
+        new[seq] = h.hex()
+        prev = h
+    for cid, seq in db.execute("SELECT id, seq FROM checkpoints").fetchall():
+        db.execute("UPDATE checkpoints SET hash = ? WHERE id = ?", (new[seq], cid))
+    return new
+
+
+def _audited_gateway(gateway_factory):
+    gw = gateway_factory()
+    c = gw.connect()
+    cur = c.cursor()
+    for i in range(3):
+        cur.execute("SELECT %d FROM orders LIMIT 1" % i)
+    c.commit()
+    c.close()
+    assert gw.stop() == 0
+    v = gw.verify()
+    assert v.returncode == 0 and "with signatures" in v.stdout, v.stdout + v.stderr
+    return gw
+
+
+def test_audit_checkpoint_signature_edits_detected(gateway_factory):
+    import json
+    import sqlite3
+    gw = _audited_gateway(gateway_factory)
+    path = os.path.join(gw.data, "audit.db")
+    db = sqlite3.connect(path)
+    sig = db.execute("SELECT sig FROM checkpoints ORDER BY id LIMIT 1").fetchone()[0]
+    forged = ("B" if sig[0] != "B" else "C") + sig[1:]
+    db.execute("UPDATE checkpoints SET sig = ? WHERE id = (SELECT min(id) FROM checkpoints)",
+               (forged,))
+    db.commit()
+    db.close()
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+    # the same edit in the sidecar only
+    db = sqlite3.connect(path)
+    db.execute("UPDATE checkpoints SET sig = ? WHERE id = (SELECT min(id) FROM checkpoints)",
+               (sig,))
+    db.commit()
+    db.close()
+    assert gw.verify().returncode == 0
+    side = path + ".checkpoints"
+    lines = open(side).read().splitlines()
+    cp = json.loads(lines[0])
+    cp["sig"] = ("B" if cp["sig"][0] != "B" else "C") + cp["sig"][1:]
+    lines[0] = json.dumps(cp)
+    open(side, "w").write("\n".join(lines) + "\n")
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+
+
+def test_audit_rewritten_chain_without_public_key_is_not_verified(gateway_factory):
+    import json
+    import sqlite3
+    gw = _audited_gateway(gateway_factory)
+    path = os.path.join(gw.data, "audit.db")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE records SET data = replace(data, 'SELECT 1', 'SELECT 7') "
+               "WHERE type = 'request'")
+    new = _rehash_chain(db)
+    db.commit()
+    db.close()
+    side = path + ".checkpoints"
+    out = []
+    for line in open(side).read().splitlines():
+        cp = json.loads(line)
+        cp["hash"] = new[cp["seq"]]
+        out.append(json.dumps(cp))
+    open(side, "w").write("\n".join(out) + "\n")
+    # with the key, the rewrite shows
+    v = gw.verify()
+    assert v.returncode == 1 and "bad signature" in v.stderr, v.stderr
+    # the attacker also removes the public key: still never "verified"
+    os.unlink(os.path.join(gw.data, "audit-signing.pub"))
+    v = gw.verify()
+    assert v.returncode == 1 and "public key" in v.stderr, v.stdout + v.stderr
+
+
+def test_audit_export_unknown_session_is_empty(gateway_factory):
+    gw = _audited_gateway(gateway_factory)
+    for sid in ["no-such-session", "' OR 1=1 --", "%", ""]:
+        r = gw.run("audit", "export", "--format", "jsonl", "--session", sid, check=False)
+        assert r.returncode in (0, 1) and r.stdout.strip() == "", (sid, r.stdout[:200])
+
+
+# ------------------------------------------------- secrets never stored
+
+def test_token_pasted_as_user_name_never_reaches_the_audit_trail(gw):
+    import glob
+    import hashlib
+    tok = gw.mint()
+    # a client that puts the token in the user name too (connection named by
+    # the database), and one whose token is refused
+    cn = pgwire.Conn(gw.port)
+    got = cn.login(tok, tok, database="orders")
+    assert got[-1] == (b"Z", b"I"), got
+    cn.send(pgwire.query("SELECT 1"))
+    cn.until_ready()
+    cn.close()
+    cn = pgwire.Conn(gw.port)
+    bad = gw.mint(ttl="-1h")
+    assert pgwire.errors(cn.login(bad, bad, database="orders"))[0]["C"] == "28P01"
+    cn.close()
+    recs = gw.export()
+    opened = [r for r in recs if r["type"] == "session_open"]
+    assert opened and opened[-1]["data"]["user"] == \
+        "sha256:" + hashlib.sha256(tok.encode()).hexdigest()
+    assert any(r["type"] == "auth_failure" for r in recs)
+    for f in glob.glob(os.path.join(gw.data, "*")):
+        data = open(f, "rb").read()
+        for secret in (tok, bad, APP_PASSWORD):
+            assert secret.encode() not in data, (f, secret[:10])
+    log = gw.logtext()
+    assert tok not in log and bad not in log and APP_PASSWORD not in log
