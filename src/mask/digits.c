@@ -28,8 +28,6 @@
 /* digit bits of ddd-dd-dddd, position i-11 at bit 0 */
 #define SSN_BITS 0x7b7u
 
-typedef unsigned __int128 u128;
-
 struct m64 {
 	uint64_t d, u, a, s; /* digit, capital, alphanumeric, ' ' or '-' */
 };
@@ -67,7 +65,7 @@ masks64(const uint8_t *b, struct m64 *m)
 }
 
 /* The same with AVX2, 32 bytes per step. */
-__attribute__((target("avx2"))) static void
+__attribute__((target("avx2"), always_inline)) static inline void
 masks64_avx2(const uint8_t *b, struct m64 *m)
 {
 	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
@@ -97,29 +95,46 @@ masks64_avx2(const uint8_t *b, struct m64 *m)
 	m->s = ss;
 }
 
-/* Bits (of the current block) of positions i whose preceding bytes may end
- * an SSN or a card number: ddd-dd-dddd, 13 digits, or 14 digits and
- * separators. X:P are the current and previous block's bits. */
+/* Bits i of one 64-bit word whose preceding bits may end an SSN or a card
+ * number: ddd-dd-dddd, 13 digits, or 14 digits and separators (D digit
+ * bits, S separator bits). Looks back at most 14 bits, with plain 64-bit
+ * shifts: bits 14..63 are exact, lower ones may miss a shape. */
 static inline uint64_t
-number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev)
+shapes64(uint64_t D, uint64_t S)
 {
-	u128 D = ((u128)d << 64) | dprev, S = ((u128)s << 64) | sprev, N = D | S;
-	u128 n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2), n8 = n4 & (n4 << 4);
-	u128 d1, d2, d4, d8, card;
+	uint64_t N = D | S, n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2),
+		 n8 = n4 & (n4 << 4), d1, d2, d4, d8, sd;
 
-	/* every shape needs 11 digits or separators in a row: most blocks of
+	/* every shape needs 11 digits or separators in a row: most words of
 	 * result text (dates, times, amounts, ids) have none */
-	if ((uint64_t)((n8 & (n2 << 8) & (N << 11)) >> 64) == 0)
+	if ((n8 & (n2 << 8) & (N << 11)) == 0)
 		return 0;
 	d1 = D << 1;
 	d2 = d1 & (d1 << 1);
 	d4 = d2 & (d2 << 2);
 	d8 = d4 & (d4 << 4);
-	card = (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12));
-	u128 ssn =
-		d4 & (S << 5) & (D << 6) & (D << 7) & (S << 8) & (D << 9) & (D << 10) & (D << 11);
+	/* ssn: d4 & S<<5 & D<<6 & D<<7 & S<<8 & D<<9 & D<<10 & D<<11 */
+	sd = S & d2;
+	return (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12)) |
+	       (d4 & (sd << 5) & (sd << 8) & (D << 11));
+}
 
-	return (uint64_t)((card | ssn) >> 64);
+/* The bits of gb (positions of the current block) whose preceding bytes
+ * may end an SSN or a card number; X:P are the current and previous
+ * block's bits. Two 64-bit evaluations instead of 128-bit shift chains:
+ * the block itself for bits 14..63, and the word straddling both blocks
+ * (its bits 32..45 are the block's bits 0..13) for the rest. */
+static inline uint64_t
+number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev, uint64_t gb)
+{
+	uint64_t r = 0;
+
+	if (gb >> 14)
+		r = shapes64(d, s) & ~(uint64_t)0x3fff;
+	if (gb & 0x3fff)
+		r |= (shapes64((d << 32) | (dprev >> 32), (s << 32) | (sprev >> 32)) >> 32) &
+		     0x3fff;
+	return r & gb;
 }
 
 /* Bytes [p, p + 64) of the view: in place, or copied into b with the
@@ -212,14 +227,13 @@ scan_eof(struct eng *e, int want_num)
 
 /* The scan over [ds_pos, hi); instantiated for SSE2 and for AVX2. */
 static inline __attribute__((always_inline)) void
-scan(struct eng *e, int want_num, int want_iban, int avx2)
+scan(struct eng *e, int want_num, int want_iban, void (*masks)(const uint8_t *, struct m64 *))
 {
 	uint64_t p = e->ds_pos;
 	struct m64 m, pm = {0, 0, 0, 0}; /* this and the previous 64 bytes */
 	uint8_t buf[64];
 	const uint8_t *b;
 
-#define masks(b, m) (avx2 ? masks64_avx2(b, m) : masks64(b, m))
 	if (p < e->hi && p > 0) {
 		/* digit bits of the (up to) 64 bytes before p, ending at bit 63 */
 		b = load(e, p >= 64 ? p - 64 : 0, buf);
@@ -247,7 +261,7 @@ scan(struct eng *e, int want_num, int want_iban, int avx2)
 		valid = n == 64 ? ~0ull : (1ull << n) - 1;
 		/* bit i: byte i ends a digit group / an alphanumeric run */
 		gb = ~d & ((d << 1) | (cd >> 3)) & valid;
-		if (want_num && gb != 0 && (gb &= number_ends(d, pm.d, m.s, pm.s)) != 0) {
+		if (want_num && gb != 0 && (gb = number_ends(d, pm.d, m.s, pm.s, gb)) != 0) {
 			for (uint64_t m = gb; m; m &= m - 1) {
 				int bit = __builtin_ctzll(m);
 
@@ -268,19 +282,18 @@ scan(struct eng *e, int want_num, int want_iban, int avx2)
 		}
 		pm = m;
 	}
-#undef masks
 }
 
 __attribute__((target("avx2"))) static void
 scan_avx2(struct eng *e, int want_num, int want_iban)
 {
-	scan(e, want_num, want_iban, 1);
+	scan(e, want_num, want_iban, masks64_avx2);
 }
 
 static void
 scan_sse2(struct eng *e, int want_num, int want_iban)
 {
-	scan(e, want_num, want_iban, 0);
+	scan(e, want_num, want_iban, masks64);
 }
 
 void
@@ -433,7 +446,7 @@ sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always)
 			/* the digit scanner's own tests: an SSN or card number
 			 * ends before some byte, or an IBAN start */
 			gb = ~d & ((d << 1) | (cd >> 3));
-			if ((gb & number_ends(d, pm.d, m.s, pm.s)) != 0 ||
+			if (number_ends(d, pm.d, m.s, pm.s, gb) != 0 ||
 			    (d & ((d << 1) | (cd >> 3)) & ((u << 2) | (cu >> 2)) &
 			     ((u << 3) | (cu >> 1)) & ~((a << 4) | ca) & valid) != 0)
 				need |= 2;
