@@ -28,8 +28,6 @@
 /* digit bits of ddd-dd-dddd, position i-11 at bit 0 */
 #define SSN_BITS 0x7b7u
 
-typedef unsigned __int128 u128;
-
 struct m64 {
 	uint64_t d, u, a, s; /* digit, capital, alphanumeric, ' ' or '-' */
 };
@@ -67,7 +65,7 @@ masks64(const uint8_t *b, struct m64 *m)
 }
 
 /* The same with AVX2, 32 bytes per step. */
-__attribute__((target("avx2"))) static void
+__attribute__((target("avx2"), always_inline)) static inline void
 masks64_avx2(const uint8_t *b, struct m64 *m)
 {
 	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
@@ -97,29 +95,46 @@ masks64_avx2(const uint8_t *b, struct m64 *m)
 	m->s = ss;
 }
 
-/* Bits (of the current block) of positions i whose preceding bytes may end
- * an SSN or a card number: ddd-dd-dddd, 13 digits, or 14 digits and
- * separators. X:P are the current and previous block's bits. */
+/* Bits i of one 64-bit word whose preceding bits may end an SSN or a card
+ * number: ddd-dd-dddd, 13 digits, or 14 digits and separators (D digit
+ * bits, S separator bits). Looks back at most 14 bits, with plain 64-bit
+ * shifts: bits 14..63 are exact, lower ones may miss a shape. */
 static inline uint64_t
-number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev)
+shapes64(uint64_t D, uint64_t S)
 {
-	u128 D = ((u128)d << 64) | dprev, S = ((u128)s << 64) | sprev, N = D | S;
-	u128 n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2), n8 = n4 & (n4 << 4);
-	u128 d1, d2, d4, d8, card;
+	uint64_t N = D | S, n1 = N << 1, n2 = n1 & (n1 << 1), n4 = n2 & (n2 << 2),
+		 n8 = n4 & (n4 << 4), d1, d2, d4, d8, sd;
 
-	/* every shape needs 11 digits or separators in a row: most blocks of
+	/* every shape needs 11 digits or separators in a row: most words of
 	 * result text (dates, times, amounts, ids) have none */
-	if ((uint64_t)((n8 & (n2 << 8) & (N << 11)) >> 64) == 0)
+	if ((n8 & (n2 << 8) & (N << 11)) == 0)
 		return 0;
 	d1 = D << 1;
 	d2 = d1 & (d1 << 1);
 	d4 = d2 & (d2 << 2);
 	d8 = d4 & (d4 << 4);
-	card = (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12));
-	u128 ssn =
-		d4 & (S << 5) & (D << 6) & (D << 7) & (S << 8) & (D << 9) & (D << 10) & (D << 11);
+	/* ssn: d4 & S<<5 & D<<6 & D<<7 & S<<8 & D<<9 & D<<10 & D<<11 */
+	sd = S & d2;
+	return (d8 & (d4 << 8) & (D << 13)) | (n8 & (n4 << 8) & (n2 << 12)) |
+	       (d4 & (sd << 5) & (sd << 8) & (D << 11));
+}
 
-	return (uint64_t)((card | ssn) >> 64);
+/* The bits of gb (positions of the current block) whose preceding bytes
+ * may end an SSN or a card number; X:P are the current and previous
+ * block's bits. Two 64-bit evaluations instead of 128-bit shift chains:
+ * the block itself for bits 14..63, and the word straddling both blocks
+ * (its bits 32..45 are the block's bits 0..13) for the rest. */
+static inline uint64_t
+number_ends(uint64_t d, uint64_t dprev, uint64_t s, uint64_t sprev, uint64_t gb)
+{
+	uint64_t r = 0;
+
+	if (gb >> 14)
+		r = shapes64(d, s) & ~(uint64_t)0x3fff;
+	if (gb & 0x3fff)
+		r |= (shapes64((d << 32) | (dprev >> 32), (s << 32) | (sprev >> 32)) >> 32) &
+		     0x3fff;
+	return r & gb;
 }
 
 /* Bytes [p, p + 64) of the view: in place, or copied into b with the
@@ -212,14 +227,13 @@ scan_eof(struct eng *e, int want_num)
 
 /* The scan over [ds_pos, hi); instantiated for SSE2 and for AVX2. */
 static inline __attribute__((always_inline)) void
-scan(struct eng *e, int want_num, int want_iban, int avx2)
+scan(struct eng *e, int want_num, int want_iban, void (*masks)(const uint8_t *, struct m64 *))
 {
 	uint64_t p = e->ds_pos;
 	struct m64 m, pm = {0, 0, 0, 0}; /* this and the previous 64 bytes */
 	uint8_t buf[64];
 	const uint8_t *b;
 
-#define masks(b, m) (avx2 ? masks64_avx2(b, m) : masks64(b, m))
 	if (p < e->hi && p > 0) {
 		/* digit bits of the (up to) 64 bytes before p, ending at bit 63 */
 		b = load(e, p >= 64 ? p - 64 : 0, buf);
@@ -247,7 +261,7 @@ scan(struct eng *e, int want_num, int want_iban, int avx2)
 		valid = n == 64 ? ~0ull : (1ull << n) - 1;
 		/* bit i: byte i ends a digit group / an alphanumeric run */
 		gb = ~d & ((d << 1) | (cd >> 3)) & valid;
-		if (want_num && gb != 0 && (gb &= number_ends(d, pm.d, m.s, pm.s)) != 0) {
+		if (want_num && gb != 0 && (gb = number_ends(d, pm.d, m.s, pm.s, gb)) != 0) {
 			for (uint64_t m = gb; m; m &= m - 1) {
 				int bit = __builtin_ctzll(m);
 
@@ -268,19 +282,44 @@ scan(struct eng *e, int want_num, int want_iban, int avx2)
 		}
 		pm = m;
 	}
-#undef masks
 }
 
 __attribute__((target("avx2"))) static void
 scan_avx2(struct eng *e, int want_num, int want_iban)
 {
-	scan(e, want_num, want_iban, 1);
+	scan(e, want_num, want_iban, masks64_avx2);
 }
 
 static void
 scan_sse2(struct eng *e, int want_num, int want_iban)
 {
-	scan(e, want_num, want_iban, 0);
+	scan(e, want_num, want_iban, masks64);
+}
+
+/* Block mode: what scan() would report over the whole value, from the
+ * events sl_mask__classify() recorded (same reports, same order). */
+static void
+replay(struct eng *e, int want_num, int want_iban)
+{
+	for (size_t k = 0; k < e->ds_nev; k++) {
+		const struct sl_mask_ds_event *ev = &e->ds_ev[k];
+
+		if (want_num) {
+			for (uint64_t m = ev->gb; m; m &= m - 1) {
+				int bit = __builtin_ctzll(m);
+
+				group_end(e, window24(ev->d, ev->dprev, bit), ev->p + (uint64_t)bit,
+					  ev->p + (uint64_t)bit + 1);
+			}
+		}
+		if (want_iban) {
+			for (uint64_t q = ev->q; q; q &= q - 1) {
+				uint64_t j = ev->p + (uint64_t)__builtin_ctzll(q);
+
+				sl_mask__report(e, K_IBAN, SL_DET_IBAN, j - 3, j + 1);
+			}
+		}
+	}
 }
 
 void
@@ -293,7 +332,9 @@ sl_mask__scan_digits(struct eng *e)
 	if (!want_num && !want_iban)
 		return;
 	if (e->ds_pos < e->hi) {
-		if (__builtin_cpu_supports("avx2"))
+		if (e->ds_ev != NULL)
+			replay(e, want_num, want_iban);
+		else if (__builtin_cpu_supports("avx2"))
 			scan_avx2(e, want_num, want_iban);
 		else
 			scan_sse2(e, want_num, want_iban);
@@ -405,52 +446,6 @@ prefilter_at(const uint8_t *v, size_t len, size_t i)
 	}
 }
 
-int
-sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always)
-{
-	struct m64 m, pm = {0, 0, 0, 0};
-	uint8_t buf[64];
-	int need = regex_always ? 1 : 0;
-
-	/* one block past the end: a number ending the value ends there */
-	for (size_t p = 0; p <= len && need != 3; p += 64) {
-		const uint8_t *b = v + p;
-		uint64_t d, u, a, gb, x, valid;
-		uint64_t cd = pm.d >> 60, cu = pm.u >> 60, ca = pm.a >> 60;
-		size_t n = len - p < 64 ? len - p : 64;
-
-		if (n < 64) {
-			memset(buf, 0, sizeof(buf));
-			memcpy(buf, v + p, n);
-			b = buf;
-		}
-		masks64(b, &m);
-		d = m.d;
-		u = m.u;
-		a = m.a;
-		valid = n == 64 ? ~0ull : (1ull << n) - 1;
-		if (!(need & 2)) {
-			/* the digit scanner's own tests: an SSN or card number
-			 * ends before some byte, or an IBAN start */
-			gb = ~d & ((d << 1) | (cd >> 3));
-			if ((gb & number_ends(d, pm.d, m.s, pm.s)) != 0 ||
-			    (d & ((d << 1) | (cd >> 3)) & ((u << 2) | (cu >> 2)) &
-			     ((u << 3) | (cu >> 1)) & ~((a << 4) | ca) & valid) != 0)
-				need |= 2;
-		}
-		if (!(need & 1) && n > 0) {
-			for (x = cands64(v, len, p); x; x &= x - 1) {
-				if (prefilter_at(v, len, p + (size_t)__builtin_ctzll(x))) {
-					need |= 1;
-					break;
-				}
-			}
-		}
-		pm = m;
-	}
-	return need;
-}
-
 /* ------------------------------------------------------------ regex windows */
 
 static size_t
@@ -510,47 +505,213 @@ anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
 	*to = t;
 }
 
-int
-sl_mask__windows(const uint8_t *v, size_t len, struct sl_mask_win *w, int max)
+/* Adds window [s, t) to the sorted list w[0..*n): merged with any window it
+ * touches. Returns -1 when the list would grow past max. */
+static int
+add_window(struct sl_mask_win *w, int *np, int max, size_t s, size_t t)
 {
-	int n = 0;
+	int n = *np, k = n;
 
-	for (size_t p = 0; p < len; p += 64) {
-		for (uint64_t x = cands64(v, len, p); x; x &= x - 1) {
-			size_t i = p + (size_t)__builtin_ctzll(x), s, t;
+	/* windows come mostly in order: merge with any earlier one they touch,
+	 * else insert in place */
+	while (k > 0 && w[k - 1].from > s)
+		k--;
+	if (k > 0 && w[k - 1].to >= s) {
+		if (t > w[k - 1].to)
+			w[k - 1].to = (uint32_t)t;
+		k--;
+	} else {
+		if (n == max)
+			return -1;
+		memmove(&w[k + 1], &w[k], (size_t)(n - k) * sizeof(*w));
+		w[k].from = (uint32_t)s;
+		w[k].to = (uint32_t)t;
+		n++;
+	}
+	/* the grown window may now reach the ones after it */
+	while (k + 1 < n && w[k + 1].from <= w[k].to) {
+		if (w[k + 1].to > w[k].to)
+			w[k].to = w[k + 1].to;
+		memmove(&w[k + 1], &w[k + 2], (size_t)(n - k - 2) * sizeof(*w));
+		n--;
+	}
+	*np = n;
+	return 0;
+}
 
-			if (!prefilter_at(v, len, i))
-				continue;
-			anchor_window(v, len, i, &s, &t);
-			/* windows come mostly in order: merge with any earlier one
-			 * they touch, else insert in place */
-			{
-				int k = n;
+/* ------------------------------------------------------------ one pass */
 
-				while (k > 0 && w[k - 1].from > s)
-					k--;
-				if (k > 0 && w[k - 1].to >= s) {
-					if (t > w[k - 1].to)
-						w[k - 1].to = (uint32_t)t;
-					k--;
+/*
+ * Class bits of b[0..64) and the anchor candidates among them, with the
+ * next byte each needs checked (b[64] is read): '@'; '+' before 1-9; 'A'
+ * before a capital; "--"; "yJ"; and in *ceq every ':' and '=' (the caller
+ * drops those after a digit: its digit bits reach the previous block).
+ * Result text is full of dashes (dates, UUIDs), colons (times), '+' (time
+ * zones) and y's: this leaves prefilter_at() only the few that can anchor
+ * a match.
+ */
+__attribute__((target("avx2"), always_inline)) static inline void
+classify64_avx2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct m64 *m,
+		uint64_t *cand, uint64_t *ceq)
+{
+	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
+		      cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
+		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20),
+		      c1 = _mm256_set1_epi8('1'), c8 = _mm256_set1_epi8(8);
+	uint64_t dd = 0, uu = 0, aa = 0, ss = 0, cc = 0, ee = 0;
+
+	(void)v;
+	(void)len;
+	(void)p;
+	for (int k = 0; k < 2; k++) {
+		__m256i x = _mm256_loadu_si256((const __m256i *)(b + 32 * k));
+		__m256i nx = _mm256_loadu_si256((const __m256i *)(b + 32 * k + 1));
+		__m256i t = _mm256_sub_epi8(x, c0);
+		__m256i dm = _mm256_cmpeq_epi8(_mm256_min_epu8(t, c9), t);
+		__m256i tu = _mm256_sub_epi8(x, cA);
+		__m256i um = _mm256_cmpeq_epi8(_mm256_min_epu8(tu, c25), tu);
+		__m256i tl = _mm256_sub_epi8(_mm256_or_si256(x, c20), ca);
+		__m256i lm = _mm256_cmpeq_epi8(_mm256_min_epu8(tl, c25), tl);
+		__m256i dash = _mm256_cmpeq_epi8(x, _mm256_set1_epi8('-'));
+		__m256i sm = _mm256_or_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(' ')), dash);
+		__m256i t19 = _mm256_sub_epi8(nx, c1);
+		__m256i n19 = _mm256_cmpeq_epi8(_mm256_min_epu8(t19, c8), t19);
+		__m256i tn = _mm256_sub_epi8(nx, cA);
+		__m256i nup = _mm256_cmpeq_epi8(_mm256_min_epu8(tn, c25), tn);
+		__m256i c = _mm256_cmpeq_epi8(x, _mm256_set1_epi8('@'));
+		__m256i e = _mm256_or_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(':')),
+					    _mm256_cmpeq_epi8(x, _mm256_set1_epi8('=')));
+
+		c = _mm256_or_si256(
+			c, _mm256_and_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8('+')), n19));
+		c = _mm256_or_si256(
+			c, _mm256_and_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8('A')), nup));
+		c = _mm256_or_si256(
+			c, _mm256_and_si256(dash, _mm256_cmpeq_epi8(nx, _mm256_set1_epi8('-'))));
+		c = _mm256_or_si256(c,
+				    _mm256_and_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8('y')),
+						     _mm256_cmpeq_epi8(nx, _mm256_set1_epi8('J'))));
+		dd |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dm) << (32 * k);
+		uu |= (uint64_t)(uint32_t)_mm256_movemask_epi8(um) << (32 * k);
+		aa |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_or_si256(dm, lm)) << (32 * k);
+		ss |= (uint64_t)(uint32_t)_mm256_movemask_epi8(sm) << (32 * k);
+		cc |= (uint64_t)(uint32_t)_mm256_movemask_epi8(c) << (32 * k);
+		ee |= (uint64_t)(uint32_t)_mm256_movemask_epi8(e) << (32 * k);
+	}
+	m->d = dd;
+	m->u = uu;
+	m->a = aa;
+	m->s = ss;
+	*cand = cc;
+	*ceq = ee;
+}
+
+/* The same with SSE2 (cands64() checks the byte before ':' itself). */
+static inline void
+classify64_sse2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct m64 *m,
+		uint64_t *cand, uint64_t *ceq)
+{
+	masks64(b, m);
+	*cand = cands64(v, len, p);
+	*ceq = 0;
+}
+
+typedef void (*classify_fn)(const uint8_t *, size_t, size_t, const uint8_t *, struct m64 *,
+			    uint64_t *, uint64_t *);
+
+/* The pass over v, instantiated for SSE2 and for AVX2. */
+static inline __attribute__((always_inline)) int
+classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify_fn fn)
+{
+	struct m64 m, pm = {0, 0, 0, 0};
+	uint8_t tmp[128];
+	int need = mode == SL_MASK_CLS_ALWAYS ? 1 : 0;
+
+	c->nw = 0;
+	c->nev = 0;
+	c->ev_over = 0;
+	/* one block past the end: a number ending the value ends there */
+	for (size_t p = 0; p <= len; p += 64) {
+		const uint8_t *b = v + p;
+		size_t n = len - p < 64 ? len - p : 64;
+		uint64_t valid = n == 64 ? ~0ull : (1ull << n) - 1, cand = 0, ceq = 0;
+		uint64_t cd = pm.d >> 60, cu = pm.u >> 60, ca = pm.a >> 60, gb, ne, q;
+
+		if (n == 0) {
+			m.d = m.u = m.a = m.s = 0;
+		} else {
+			if (len - p < 65) { /* b[64] is read: zeros past the end */
+				memset(tmp, 0, 96);
+				memcpy(tmp, b, n);
+				b = tmp;
+			}
+			fn(v, len, p, b, &m, &cand, &ceq);
+		}
+		/* the digit scanner's tests (scan()): a group end where an SSN
+		 * or a card number may end, an IBAN start's second check digit */
+		gb = ~m.d & ((m.d << 1) | (cd >> 3));
+		ne = gb != 0 ? number_ends(m.d, pm.d, m.s, pm.s, gb) : 0;
+		q = m.d & ((m.d << 1) | (cd >> 3)) & ((m.u << 2) | (cu >> 2)) &
+		    ((m.u << 3) | (cu >> 1)) & ~((m.a << 4) | ca) & valid;
+		if ((ne | q) != 0) {
+			need |= 2;
+			/* what scan() would report for this block, replayed by
+			 * sl_mask__scan_digits() in the same order */
+			if ((ne & valid) | q) {
+				if (c->nev < SL_MASK_MAX_EVENTS) {
+					struct sl_mask_ds_event *ev = &c->ev[c->nev++];
+
+					ev->p = p;
+					ev->gb = ne & valid;
+					ev->q = q;
+					ev->d = m.d;
+					ev->dprev = pm.d;
 				} else {
-					if (n == max)
-						return -1;
-					memmove(&w[k + 1], &w[k], (size_t)(n - k) * sizeof(*w));
-					w[k].from = (uint32_t)s;
-					w[k].to = (uint32_t)t;
-					n++;
-				}
-				/* the grown window may now reach the ones after it */
-				while (k + 1 < n && w[k + 1].from <= w[k].to) {
-					if (w[k + 1].to > w[k].to)
-						w[k].to = w[k + 1].to;
-					memmove(&w[k + 1], &w[k + 2],
-						(size_t)(n - k - 2) * sizeof(*w));
-					n--;
+					c->ev_over = 1;
 				}
 			}
 		}
+		if (mode != SL_MASK_CLS_ALWAYS && (mode == SL_MASK_CLS_WINDOWS || !(need & 1))) {
+			/* ':' and '=' only after a key's letter, a blank or a
+			 * quote: not after a digit (times) */
+			uint64_t x = (cand | (ceq & ~((m.d << 1) | (pm.d >> 63)))) & valid;
+
+			for (; x; x &= x - 1) {
+				size_t i = p + (size_t)__builtin_ctzll(x), s, t;
+
+				if (!prefilter_at(v, len, i))
+					continue;
+				need |= 1;
+				if (mode != SL_MASK_CLS_WINDOWS)
+					break;
+				if (c->nw < 0)
+					continue;
+				anchor_window(v, len, i, &s, &t);
+				if (add_window(c->w, &c->nw, SL_MASK_MAX_WINDOWS, s, t) != 0)
+					c->nw = -1;
+			}
+		}
+		pm = m;
 	}
-	return n;
+	return need;
+}
+
+__attribute__((target("avx2"))) static int
+classify_avx2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
+{
+	return classify(v, len, mode, c, classify64_avx2);
+}
+
+static int
+classify_sse2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
+{
+	return classify(v, len, mode, c, classify64_sse2);
+}
+
+int
+sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
+{
+	if (__builtin_cpu_supports("avx2"))
+		return classify_avx2(v, len, mode, c);
+	return classify_sse2(v, len, mode, c);
 }

@@ -36,6 +36,7 @@ struct sl_mask_scratch {
 	size_t spcap;
 	struct span *hs_sp; /* hash spans, sorted */
 	size_t hs_cap;
+	struct sl_mask_cls cls; /* one pass over a value: windows, digit reports */
 };
 
 const char *
@@ -444,11 +445,12 @@ out:
 	return r;
 }
 
+/* Values up to this length skip the scans the one pass finds nothing for;
+ * longer ones nearly always need both and get both. */
 #define PREFILTER_MAX 1024
 /* Longer values (and every value once custom patterns exist) are scanned
  * whole; below this a window list is not worth building. */
 #define WINDOWS_MIN 256
-#define WINDOWS_MAX 64
 
 struct win_ctx {
 	struct eng *e;
@@ -465,25 +467,22 @@ on_window_match(unsigned id, unsigned long long from, unsigned long long to, uns
 }
 
 /* The regex scan of a value: with built-in patterns only, just the windows
- * around anchor bytes (result text is mostly words, numbers and dates that
- * no built-in regex can match: hyperscan then never sees them); the
- * resolver still sees the whole value. */
+ * c holds around anchor bytes (result text is mostly words, numbers and
+ * dates that no built-in regex can match: hyperscan then never sees them);
+ * the resolver still sees the whole value. */
 static hs_error_t
 regex_scan(const struct sl_mask_plan *p, struct sl_mask_scratch *s, struct eng *e,
-	   const uint8_t *val, size_t len)
+	   const uint8_t *val, size_t len, int windows)
 {
-	struct sl_mask_win w[WINDOWS_MAX];
-	int n = -1;
+	const struct sl_mask_cls *c = &s->cls;
 
-	if (p->db->custom_maxw == 0 && len >= WINDOWS_MIN)
-		n = sl_mask__windows(val, len, w, WINDOWS_MAX);
-	if (n < 0)
+	if (!windows || c->nw < 0)
 		return hs_scan(p->db->blk, (const char *)val, (unsigned)len, 0, s->hs,
 			       sl_mask__on_match, e);
-	for (int i = 0; i < n; i++) {
-		struct win_ctx c = {e, w[i].from};
-		hs_error_t r = hs_scan(p->db->blk, (const char *)val + w[i].from,
-				       w[i].to - w[i].from, 0, s->hs, on_window_match, &c);
+	for (int i = 0; i < c->nw; i++) {
+		struct win_ctx wc = {e, c->w[i].from};
+		hs_error_t r = hs_scan(p->db->blk, (const char *)val + c->w[i].from,
+				       c->w[i].to - c->w[i].from, 0, s->hs, on_window_match, &wc);
 
 		if (r != HS_SUCCESS)
 			return r;
@@ -496,16 +495,22 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 	      struct sl_buf *out, struct sl_mask_stats *st)
 {
 	struct eng e;
-	int r, need;
+	int r, need, windows, mode;
 
 	if (p == NULL || p->enabled == 0 || len < p->db->min_len)
 		return SL_MASK_UNCHANGED;
 	if (len > 0xffffffffu)
 		return SL_ETOOBIG;
-	/* Most result values are short and hold nothing: a SIMD pass over
-	 * their bytes decides whether the regex scan and the digit scanner can
-	 * be skipped. Long values nearly always need both. */
-	need = len <= PREFILTER_MAX ? sl_mask__prefilter(val, len, p->db->custom_maxw != 0) : 3;
+	/* One SIMD pass over the bytes finds the anchors every built-in regex
+	 * needs and what the digit scanner would report. Most result values
+	 * are short and hold neither: both scans are skipped. */
+	windows = p->db->custom_maxw == 0 && len >= WINDOWS_MIN;
+	mode = p->db->custom_maxw != 0 ? SL_MASK_CLS_ALWAYS
+	       : windows	       ? SL_MASK_CLS_WINDOWS
+				       : SL_MASK_CLS_ANY;
+	need = sl_mask__classify(val, len, mode, &s->cls);
+	if (len > PREFILTER_MAX)
+		need = 3;
 	if (need == 0)
 		return SL_MASK_UNCHANGED;
 	memset(&e, 0, sizeof(e));
@@ -521,10 +526,13 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 	if (!(need & 2)) {
 		e.ds_pos = e.hi; /* nothing for the digit scanner */
 		e.ds_eof = 1;
+	} else if (!s->cls.ev_over) {
+		e.ds_ev = s->cls.ev; /* replayed: no second pass over the bytes */
+		e.ds_nev = s->cls.nev;
 	}
 	r = HS_SUCCESS;
 	if (need & 1)
-		r = regex_scan(p, s, &e, val, len);
+		r = regex_scan(p, s, &e, val, len, windows);
 	if (r == HS_SUCCESS)
 		sl_mask__finish(&e);
 	s->sp = e.sp; /* keep what the resolver grew */

@@ -11,6 +11,8 @@
 
 #include "sluice/mask.h"
 
+struct sl_mask_ds_event;
+
 #define MAX_PATS 64
 /* Raw bytes kept before the emit point for boundary checks (1-2 needed). */
 #define HIST 16
@@ -111,9 +113,12 @@ struct eng {
 	int need_null; /* a hit with style null (block mode) */
 	int nhash;     /* spans with style hash */
 	int lost;      /* a span could not be stored: fail closed */
-	/* digit scanner (digits.c): next position, end of data seen */
+	/* digit scanner (digits.c): next position, end of data seen; block
+	 * mode: its reports from sl_mask__classify() (NULL: scan) */
 	uint64_t ds_pos;
 	int ds_eof;
+	const struct sl_mask_ds_event *ds_ev;
+	size_t ds_nev;
 };
 
 /* Built-in patterns (detect.c): one or more per built-in detector. */
@@ -134,19 +139,43 @@ void sl_mask__report(struct eng *e, unsigned kind, unsigned det, uint64_t from, 
  * positions [ds_pos, hi) of the view (and hi itself at eof). */
 void sl_mask__scan_digits(struct eng *e);
 
-/* Whether value v can hold a regex match (bit 1) or a digit-scanner
- * candidate (bit 2): SIMD class masks, so values holding nothing (most
- * result values) skip both scans. */
-int sl_mask__prefilter(const uint8_t *v, size_t len, int regex_always);
-/* The parts of v a built-in regex can match in: a window around each anchor
- * byte the prefilter accepts (from where the pattern can start to the
- * whitespace after it), sorted and merged. Returns how many (0: no regex
- * can match), or -1 when there are more than max (scan it all). Only for
- * the built-in patterns: custom ones may match anywhere. */
+/* A regex window: the part of a value a built-in regex can match in. */
 struct sl_mask_win {
 	uint32_t from, to;
 };
-int sl_mask__windows(const uint8_t *v, size_t len, struct sl_mask_win *w, int max);
+/* What the digit scanner reports for one 64-byte block at offset p of a
+ * value: group ends where an SSN or a card number may end (gb), IBAN
+ * starts' second check digits (q), and the digit bits group_end() needs. */
+struct sl_mask_ds_event {
+	uint64_t p, gb, q, d, dprev;
+};
+#define SL_MASK_MAX_WINDOWS 64
+#define SL_MASK_MAX_EVENTS  256
+/* The result of one pass over a value (sl_mask__classify()). */
+struct sl_mask_cls {
+	int nw; /* windows in w; -1: more than SL_MASK_MAX_WINDOWS (scan it all) */
+	struct sl_mask_win w[SL_MASK_MAX_WINDOWS];
+	size_t nev;  /* digit-scanner reports, in scan order */
+	int ev_over; /* more blocks had some than ev holds: scan again instead */
+	struct sl_mask_ds_event ev[SL_MASK_MAX_EVENTS];
+};
+enum {
+	SL_MASK_CLS_ANY,     /* bit 1 of the result: whether any anchor byte passes */
+	SL_MASK_CLS_WINDOWS, /* the same, and the windows around every one */
+	SL_MASK_CLS_ALWAYS,  /* custom patterns (they may match anywhere): bit 1 set */
+};
+/*
+ * One SIMD pass over value v (SSE2 or AVX2): class bits of every 64-byte
+ * block give the digit scanner's reports (kept in c->ev for replay) and the
+ * anchor bytes a built-in regex needs (@, + and a digit, AK.., --, eyJ,
+ * a secret key before ':' or '=', each checked exactly). Returns bit 1 when
+ * a regex may match (mode SL_MASK_CLS_WINDOWS also fills c->w: a window
+ * around each anchor, from where its pattern can start to the whitespace
+ * after it, sorted and merged) and bit 2 when the digit scanner has
+ * something to report (in c->ev, or at the end of the value). Values
+ * holding neither (most result values) skip both scans.
+ */
+int sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c);
 /* hyperscan match callback; ctx is a struct eng. */
 int sl_mask__on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned flags,
 		      void *ctx);

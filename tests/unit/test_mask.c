@@ -182,6 +182,107 @@ test_corpus_positives(void **state)
 	assert_true(n >= 60);
 }
 
+/* The one pass over a value (anchor bytes, digit-scanner reports replayed,
+ * regex windows) may skip work only where nothing can match: every sample
+ * at every offset across the first 64-byte blocks and the last bytes of
+ * values of lengths around the prefilter, window and block limits must be
+ * masked (and only it), exactly as the stream (which scans every byte)
+ * masks it. Filler holds what the pass must pass over: times (':' after a
+ * digit), dates, "+00" zones, 'A' and 'y' in words, "key=1"-like pairs. */
+static void
+test_one_pass_edges(void **state)
+{
+	static const char *samples[] = {
+		"123-45-6789",
+		"4111111111111111",
+		"4111 1111 1111 1111",
+		"GB82 WEST 1234 5698 7654 32",
+		"GB82WEST12345698765432",
+		"+442012345678",
+		"ada@example.com",
+		"AKIAIOSFODNN7EXAMPLE",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N",
+		"password=hunter22",
+		"xpassword=hunter22",
+		"db_password: hunter22",
+		"API_KEY = abcdef12",
+		"\"token\":\"abc123xyz\"",
+		"'secret' = 's3cr3t!!'",
+		"Authorization: Bearer abcdefgh12345678",
+		"-----BEGIN RSA PRIVATE KEY-----",
+	};
+	static const char filler[] = "2024-05-12 13:45:22.123+00 Ada Lovelace paid 12.50 yearly, "
+				     "id=12 ratio:3 A-b y. ";
+	static const size_t lens[] = {40,  63,	64,  65,   127,	 128,  200, 255,
+				      256, 257, 300, 1024, 1025, 1100, 2100};
+	char *v = malloc(4096), *b = malloc(4096);
+	int checked = 0;
+
+	for (size_t si = 0; si < sizeof(samples) / sizeof(samples[0]); si++) {
+		size_t sl = strlen(samples[si]);
+		int pem = samples[si][0] == '-';
+
+		for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+			size_t len = lens[li];
+
+			if (sl + 2 > len)
+				continue;
+			for (size_t off = 0; off + sl + 2 <= len; off++) {
+				size_t ol;
+				char *so;
+
+				/* the first two blocks, then only near the end */
+				if (off > 140 && off + sl + 2 + 70 < len)
+					continue;
+				for (size_t i = 0; i < len; i++)
+					v[i] = filler[i % (sizeof(filler) - 1)];
+				v[off] = ' ';
+				memcpy(v + off + 1, samples[si], sl);
+				v[off + 1 + sl] = ' ';
+				memcpy(b, v, len);
+				mask(b, len, NULL);
+				so = stream_mask(plan, v, len, len, &ol, NULL);
+				assert_int_equal(ol, len);
+				if (memcmp(so, b, len) != 0)
+					fail_msg("block != stream: sample %zu len %zu off %zu", si,
+						 len, off);
+				free(so);
+				if (memchr(b + off + 1, '*', sl) == NULL)
+					fail_msg("not masked: sample %zu len %zu off %zu", si, len,
+						 off);
+				if (!pem && (memcmp(b, v, off) != 0 ||
+					     memcmp(b + off + sl + 2, v + off + sl + 2,
+						    len - off - sl - 2) != 0))
+					fail_msg("filler changed: sample %zu len %zu off %zu", si,
+						 len, off);
+				checked++;
+			}
+		}
+	}
+	/* more blocks with digit-scanner reports than the pass keeps (it
+	 * scans again): 20 KB of card numbers and SSNs */
+	{
+		size_t len = 0, cap = 20000, ol;
+		char *big = malloc(cap + 64), *bb = malloc(cap + 64), *so;
+
+		while (len + 40 < cap)
+			len += (size_t)sprintf(big + len, "4111111111111111 x 123-45-6789 ");
+		memcpy(bb, big, len);
+		mask(bb, len, NULL);
+		so = stream_mask(plan, big, len, 4096, &ol, NULL);
+		assert_int_equal(ol, len);
+		assert_memory_equal(so, bb, len);
+		assert_null(memmem(bb, len, "4111111111111111", 16));
+		assert_null(memmem(bb, len, "123-45-6789", 11));
+		free(so);
+		free(big);
+		free(bb);
+	}
+	assert_true(checked > 5000);
+	free(v);
+	free(b);
+}
+
 static void
 test_corpus_near_misses(void **state)
 {
@@ -653,6 +754,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_corpus_positives),
 		cmocka_unit_test(test_corpus_near_misses),
+		cmocka_unit_test(test_one_pass_edges),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
 		cmocka_unit_test(test_stream_latency),
