@@ -149,6 +149,11 @@ struct pg_session {
 	size_t nops;
 	uint64_t grp_sent, grp_done; /* Query/Sync/FunctionCall sent, answered (Z) */
 	int grp_failed;		     /* the group being answered had an error */
+	/* Extended-protocol messages were sent since the last Sync. A simple
+	 * Query (or FunctionCall) now would be skipped by the server if one
+	 * of them fails, and sluice could no longer tell which answer is
+	 * whose: refused (libpq and the common drivers never do this). */
+	int ext_open;
 	struct portal *portals;
 	struct blocked_msg *blocked;
 	uint64_t reqseq;
@@ -2831,6 +2836,16 @@ process_client(struct pg_session *s)
 		}
 		msg = sl_buf_head(in);
 		r = 0;
+		if ((type == 'Q' || type == 'F') && s->ext_open) {
+			fatal(s, "08P01",
+			      "sluice: a simple Query or FunctionCall inside an extended-protocol "
+			      "batch; send Sync first");
+			return;
+		}
+		if (type == 'P' || type == 'B' || type == 'E' || type == 'D' || type == 'C')
+			s->ext_open = 1;
+		else if (type == 'S')
+			s->ext_open = 0;
 		switch (type) {
 		case 'Q':
 			r = handle_query(s, msg, total);

@@ -302,3 +302,41 @@ def test_token_pasted_as_user_name_never_reaches_the_audit_trail(gw):
             assert secret.encode() not in data, (f, secret[:10])
     log = gw.logtext()
     assert tok not in log and bad not in log and APP_PASSWORD not in log
+
+
+# ------------------------------------------- simple Query inside an extended batch
+#
+# After an error in an extended-protocol batch the server skips everything up
+# to Sync, a simple Query included: it would never be answered, and every
+# later answer would be paired with the wrong statement (in the audit trail
+# too). sluice refuses the mix with a protocol error instead of losing track.
+
+@pytest.mark.parametrize("first", ["failing_parse", "good_parse"])
+def test_query_inside_unsynced_extended_batch_is_refused(gw, first):
+    cn = session(gw)
+    sql = "SELECT * FROM no_such_table" if first == "failing_parse" else "SELECT 1"
+    cn.send(pgwire.parse("", sql) + pgwire.query("SELECT 2") + pgwire.SYNC)
+    got = cn.until_ready()
+    errs = pgwire.errors(got)
+    assert errs and errs[-1]["C"] == "08P01" and errs[-1]["S"] == "FATAL", got
+    assert "Sync" in errs[-1]["M"]
+    assert cn.closed()
+    cn.close()
+
+
+def test_query_after_synced_extended_batch_still_runs(gw):
+    cn = session(gw)
+    cn.send(pgwire.parse("", "SELECT * FROM no_such_table") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert pgwire.errors(got)[0]["C"] == "42P01", got
+    cn.send(pgwire.parse("", "SELECT 41") + pgwire.bind("", "") + pgwire.execute() +
+            pgwire.SYNC)
+    got = cn.until_ready()
+    assert [b for t, b in got if t == b"D"], got
+    cn.send(pgwire.query("SELECT 42"))
+    got = cn.until_ready()
+    rows = [b for t, b in got if t == b"D"]
+    assert rows and rows[0].endswith(b"42"), got
+    assert got[-1] == (b"Z", b"I")
+    cn.close()
