@@ -2970,21 +2970,46 @@ cli_tls_cb(struct sl_stream *st, int status)
 	set_state(s, PG_ST_STARTUP);
 }
 
+/*
+ * Startup parameters are settings applied before any statement, so they
+ * never pass policy. Only what shapes the session's presentation and its
+ * own timeouts may come this way (what libpq, JDBC, node-postgres, asyncpg
+ * and npgsql send); everything else (session_replication_role, log_*,
+ * *_preload_libraries, dynamic_library_path, role, ...) is refused like
+ * "options": set it with SET, which policy decides.
+ */
 static int
-param_forwardable(const char *k)
+param_allowed(const char *k)
 {
-	static const char *const refused[] = {
-		"options", "replication", "role", "session_authorization", "user", "database"};
+	static const char *const allowed[] = {
+		"application_name",
+		"client_encoding",
+		"datestyle",
+		"timezone",
+		"intervalstyle",
+		"extra_float_digits",
+		"bytea_output",
+		"client_min_messages",
+		"search_path",
+		"statement_timeout",
+		"lock_timeout",
+		"idle_in_transaction_session_timeout",
+		"idle_session_timeout",
+		"default_transaction_isolation",
+		"default_transaction_read_only",
+		"default_transaction_deferrable",
+		"lc_monetary",
+		"lc_numeric",
+		"lc_time",
+		"xmlbinary",
+		"xmloption",
+		"standard_conforming_strings",
+	};
 
-	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
-		if (strcasecmp(k, refused[i]) == 0)
-			return 0;
-	if (strncmp(k, "_pq_.", 5) == 0)
-		return 0;
-	for (const char *p = k; *p; p++)
-		if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.')
-			return 0;
-	return 1;
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+		if (strcasecmp(k, allowed[i]) == 0)
+			return 1;
+	return 0;
 }
 
 /*
@@ -3114,8 +3139,27 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		return;
 	}
 	for (size_t i = 0; i < st.nparams; i++) {
-		if (!param_forwardable(st.keys[i]))
+		/* user/database name the connection; _pq_.* were negotiated away */
+		if (strcmp(st.keys[i], "user") == 0 || strcmp(st.keys[i], "database") == 0 ||
+		    strncmp(st.keys[i], "_pq_.", 5) == 0)
 			continue;
+		if (!param_allowed(st.keys[i])) {
+			char m[160], k[48];
+			size_t n = 0;
+
+			/* the name is the client's: printable and short in the reply */
+			for (const char *p = st.keys[i]; *p && n < sizeof(k) - 4; p++)
+				k[n++] = isprint((unsigned char)*p) && *p != '"' ? *p : '?';
+			if (st.keys[i][n] != '\0')
+				k[n++] = '.', k[n++] = '.', k[n++] = '.';
+			k[n] = '\0';
+			snprintf(m, sizeof(m),
+				 "sluice: the startup parameter \"%s\" is not allowed; use SET "
+				 "(decided by policy)",
+				 k);
+			fatal(s, "28000", m);
+			return;
+		}
 		s->fwd_keys[s->nfwd] = strdup(st.keys[i]);
 		s->fwd_vals[s->nfwd] = strdup(st.vals[i]);
 		s->nfwd++;

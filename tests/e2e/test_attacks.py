@@ -340,3 +340,62 @@ def test_query_after_synced_extended_batch_still_runs(gw):
     assert rows and rows[0].endswith(b"42"), got
     assert got[-1] == (b"Z", b"I")
     cn.close()
+
+
+# ------------------------------------------------------------ startup settings
+#
+# Startup parameters are applied before any statement and never pass policy:
+# with a superuser vaulted credential, session_replication_role=replica
+# silently disables triggers (foreign keys, audit triggers), log_statement=none
+# hides the session from the server's log, *_preload_libraries load code.
+
+@pytest.mark.parametrize("key,value", [
+    ("session_replication_role", "replica"),
+    ("log_statement", "none"),
+    ("local_preload_libraries", "x"),
+    ("session_preload_libraries", "x"),
+    ("dynamic_library_path", "/tmp"),
+    ("role", "postgres"),
+    ("session_authorization", "postgres"),
+    ("SESSION_REPLICATION_ROLE", "replica"),
+    ("row_security", "off"),
+])
+def test_server_settings_in_startup_are_refused(gw, key, value):
+    cn = pgwire.Conn(gw.port)
+    cn.send(pgwire.startup("orders", "orders", {key: value}))
+    got = cn.until_ready()
+    errs = pgwire.errors(got)
+    assert errs and errs[0]["C"] == "28000" and errs[0]["S"] == "FATAL", got
+    assert key in errs[0]["M"] and "SET" in errs[0]["M"]
+    assert cn.closed()
+    cn.close()
+
+
+def test_refused_startup_name_is_sanitised_in_the_reply(gw):
+    cn = pgwire.Conn(gw.port)
+    cn.send(pgwire.startup("orders", "orders", {"x\x1b[31m" + "y" * 200: "1"}))
+    errs = pgwire.errors(cn.until_ready())
+    assert errs and errs[0]["C"] == "28000"
+    assert "\x1b" not in errs[0]["M"] and len(errs[0]["M"]) < 200
+    cn.close()
+
+
+def test_client_presentation_settings_in_startup_still_apply(gw):
+    # what JDBC, node-postgres and asyncpg send at startup
+    cn = pgwire.Conn(gw.port)
+    cn.send(pgwire.startup("orders", "orders", {
+        "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "Asia/Tokyo",
+        "extra_float_digits": "2", "application_name": "agent-7",
+        "search_path": "public", "statement_timeout": "5000"}))
+    t, body = cn.read_msg()
+    assert t == b"R", (t, body)
+    cn.send(pgwire.msg(b"p", pgwire.cstr(gw.mint())))
+    got = cn.until_ready()
+    assert got[-1][0] == b"Z", got
+    cn.send(pgwire.query("SHOW TimeZone"))
+    rows = [b for t, b in cn.until_ready() if t == b"D"]
+    assert rows and rows[0].endswith(b"Asia/Tokyo")
+    cn.send(pgwire.query("SHOW statement_timeout"))
+    rows = [b for t, b in cn.until_ready() if t == b"D"]
+    assert rows and rows[0].endswith(b"5s")
+    cn.close()
