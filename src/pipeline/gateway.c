@@ -192,6 +192,14 @@ sl_gateway_run(struct sl_config *cfg)
 
 	sl_log_set_level(level_of(cfg->gateway.log_level));
 	signal(SIGPIPE, SIG_IGN);
+	/* Block the shutdown signals before any thread exists (JWKS refresh,
+	 * audit writer, admin, workers): every thread inherits the mask and
+	 * only sigwait() below takes them. A thread started earlier without
+	 * it would get a SIGTERM sent during start-up and die of it. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	gw = calloc(1, sizeof(*gw));
 	if (gw == NULL)
 		return 1;
@@ -269,13 +277,6 @@ sl_gateway_run(struct sl_config *cfg)
 		SSL_CTX_set_min_proto_version(gw->up_tls, TLS1_2_VERSION);
 		SSL_CTX_set_verify(gw->up_tls, SSL_VERIFY_NONE, NULL);
 	}
-
-	/* Workers inherit a mask without the shutdown signals; this thread
-	 * waits for them. */
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	gw->nworkers = cfg->gateway.workers ? cfg->gateway.workers : 2;
 	gw->workers = calloc(gw->nworkers, sizeof(*gw->workers));

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -774,3 +775,32 @@ def test_oidc_discovery_and_jwks_refetch(gateway_factory, tmp_path):
         assert "issuer not trusted" in str(ei.value)
     finally:
         srv.shutdown()
+
+
+def _sig_blocked(status_path):
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return bool(mask & (1 << (signal.SIGTERM - 1))) and \
+                    bool(mask & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+def test_every_helper_thread_blocks_the_shutdown_signals(gateway_factory):
+    # Only the main thread's sigwait() may take SIGTERM/SIGINT: a thread
+    # without them blocked (the audit writer, admin, JWKS refresh, workers)
+    # would be picked by the kernel for a SIGTERM arriving during start-up,
+    # and the default action kills the gateway without draining.
+    g = gateway_factory()
+    pid = g.proc.pid
+    tids = [t for t in os.listdir("/proc/%d/task" % pid) if int(t) != pid]
+    assert len(tids) >= 3, tids  # workers, audit writer, admin at least
+    for t in tids:
+        assert _sig_blocked("/proc/%d/task/%s/status" % (pid, t)), t
+
+
+def test_sigterm_right_after_start_drains_cleanly(gateway_factory):
+    for _ in range(5):
+        g = gateway_factory()
+        assert g.stop() == 0, g.logtext()[-2000:]
