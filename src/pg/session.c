@@ -1766,7 +1766,8 @@ mask_text(struct pg_session *s, uint8_t *v, size_t len, const uint8_t **out, siz
 	*outlen = len;
 }
 
-/* CopyData ('d'), NotificationResponse ('A'), Error/Notice ('E'/'N'). */
+/* CopyData ('d'), NotificationResponse ('A'), Error/Notice ('E'/'N'),
+ * ParameterStatus ('S'). */
 static void
 mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 {
@@ -1781,6 +1782,17 @@ mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 	if (msg[0] == 'd') {
 		mask_text(s, msg + 5, total - 5, &mv, &ml);
 		sl_buf_append(o, mv, ml);
+	} else if (msg[0] == 'S') {
+		const char *name, *value;
+
+		if (sl_pg_parse_param_status(msg, total, &name, &value) != 0) {
+			cli_send(s, msg, total);
+			return;
+		}
+		sl_buf_append_cstr(o, name);
+		mask_text(s, (uint8_t *)value, strlen(value), &mv, &ml);
+		sl_buf_append(o, mv, ml);
+		sl_buf_append_u8(o, 0);
 	} else if (msg[0] == 'A') {
 		uint32_t pid;
 		const char *chan, *payload;
@@ -1899,6 +1911,17 @@ process_upstream(struct pg_session *s)
 			if (type == 'T')
 				on_row_desc(s, msg, total);
 			if (type == 'd' || type == 'A' || type == 'N') {
+				mask_message(s, (uint8_t *)msg, total);
+				sl_buf_consume(in, total);
+				continue;
+			}
+			if (type == 'S') {
+				/* set_config('application_name', (SELECT ssn ...))
+				 * makes the server report a row value. */
+				const char *k, *v;
+
+				if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
+					track_param(s, k, v);
 				mask_message(s, (uint8_t *)msg, total);
 				sl_buf_consume(in, total);
 				continue;

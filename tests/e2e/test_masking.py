@@ -65,6 +65,24 @@ def test_rows_masked_by_detector_and_column(mgw):
                             "4111-1111-1111-1111, ssn 123-45-6789, key AKIAIOSFODNN7EXAMPLE")
 
 
+def test_reported_settings_are_masked(mgw):
+    # application_name is reported back (ParameterStatus) whenever it
+    # changes: set_config() can put a row value there
+    c = mgw.connect(token=mgw.mint(groups="ai-agents"))
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT set_config('application_name', "
+                "(SELECT ssn || ' ' || email FROM customers ORDER BY id LIMIT 1), false)")
+    assert "123-45-6789" not in cur.fetchone()[0]
+    reported = c.get_parameter_status("application_name")
+    assert reported and "6789" in reported, reported
+    assert "123-45-6789" not in reported and "ada@example.com" not in reported, reported
+    # an ordinary setting still reports as is
+    cur.execute("SET application_name = 'agent-7'")
+    assert c.get_parameter_status("application_name") == "agent-7"
+    c.close()
+
+
 def test_near_misses_untouched(mgw):
     vals = ["order 12345678901234567890", "4111-1111-1111-1112", "2024-01-15",
             "000-12-3456", "123-45-67890", "version 1.2.3.4", "not-an-email@", "+12"]
