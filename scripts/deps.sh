@@ -22,7 +22,22 @@ missing=""
 for p in $PKGS; do
     printf '%s\n' "$have" | grep -qxF "$p" || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
+
+# node-postgres for the end-to-end tests (npm registry), pinned by its lock file.
+node_deps() {
+    dir=$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/node
+    [ -f "$dir/node_modules/pg/package.json" ] && return 0
+    command -v npm >/dev/null 2>&1 || { echo "deps.sh: npm missing" >&2; return 1; }
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+        { echo "deps.sh: npm ci in $dir failed" >&2; return 1; }
+}
+
+# Only the node-postgres tests need it: a failure here is reported, and
+# those tests fail, but nothing else is held up.
+if [ -z "$missing" ]; then
+    node_deps || true
+    exit 0
+fi
 
 echo "deps.sh: missing:$missing" >&2
 if [ "$(id -u)" != 0 ]; then
@@ -35,3 +50,4 @@ apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
 echo "deps.sh: installed:$missing" >&2
+node_deps || true

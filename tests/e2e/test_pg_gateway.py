@@ -804,3 +804,23 @@ def test_sigterm_right_after_start_drains_cleanly(gateway_factory):
     for _ in range(5):
         g = gateway_factory()
         assert g.stop() == 0, g.logtext()[-2000:]
+
+
+NODE_DIR = os.path.join(os.path.dirname(__file__), "node")
+
+
+def test_node_postgres_agent(gw):
+    # node-postgres (npm, installed by scripts/deps.sh): parameterised and
+    # named statements over the extended protocol, blocks in both protocols
+    assert os.path.exists(os.path.join(NODE_DIR, "node_modules", "pg")), \
+        "node-postgres missing: run scripts/deps.sh"
+    env = dict(os.environ, PORT=str(gw.port), USER="orders", TOKEN=gw.mint())
+    p = subprocess.run(["node", os.path.join(NODE_DIR, "agent.js")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert [r["id"] for r in out["param"]] == [1], out
+    assert out["named"] == [{"id": 2}], out
+    assert out["DROP TABLE orders"] == "42501" and out["TRUNCATE orders"] == "42501", out
+    assert out["named_drop"] == "42501", out
+    assert out["after"] > 0, out
