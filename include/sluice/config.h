@@ -54,7 +54,7 @@ struct sl_cfg_audit {
 		      */
 	char *mode;  /* "strict" (default) or "async" */
 	unsigned checkpoint_every; /* records between signed checkpoints; default 1000 */
-	char *checkpoint_interval; /* and at least this often; default "60s" */
+	char *checkpoint_interval; /* and at least this often; default "1s" */
 	bool log_results;	   /* store masked result rows (replay); default false */
 };
 

@@ -453,7 +453,7 @@ fill_defaults(struct sl_config *c)
 	r |= set_default(&c->audit.mode, "strict");
 	if (c->audit.checkpoint_every == 0)
 		c->audit.checkpoint_every = 1000;
-	r |= set_default(&c->audit.checkpoint_interval, "60s");
+	r |= set_default(&c->audit.checkpoint_interval, "1s");
 	for (unsigned i = 0; i < c->identity.issuers_count; i++) {
 		r |= set_default(&c->identity.issuers[i].groups_claim, "groups");
 		r |= set_default(&c->identity.issuers[i].subject_claim, "sub");
