@@ -536,6 +536,29 @@ def test_audit_truncated_tail_detected(gateway_factory):
     assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
 
 
+def test_audit_tail_cut_while_running_detected(gateway_factory):
+    # the gateway keeps running (no shutdown checkpoint): within
+    # checkpoint_interval (1 s) of going quiet its last records are signed
+    gw = gateway_factory()
+    c = gw.connect()
+    for i in range(3):
+        c.cursor().execute("SELECT %d" % i)
+    c.close()
+    db = sqlite3.connect(os.path.join(gw.data, "audit.db"))
+    last = 0
+    for _ in range(50):
+        time.sleep(0.1)
+        last = db.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
+        cp = db.execute("SELECT max(seq) FROM checkpoints").fetchone()[0] or 0
+        if last and cp == last:
+            break
+    db.close()
+    assert last and cp == last, (last, cp)
+    tamper(gw, "DELETE FROM records WHERE seq = %d" % last)
+    v = gw.verify()
+    assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
+
+
 # ------------------------------------------------------------------ abuse
 
 ABUSE = [
