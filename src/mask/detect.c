@@ -77,6 +77,17 @@ tok_end(const struct eng *e, uint64_t end, int (*in_tok)(int))
 	return in_tok(at(e, (int64_t)end - 1)) ? end : end - 1;
 }
 
+/* hyperscan's '$' also matches just before a "\n" that ends the scanned
+ * bytes (a value, a regex window, a stream's last byte). A report without
+ * its trailing context byte and followed by "\n" is therefore the same
+ * token the "\n" (which every trailing-context class accepts) reports at
+ * end + 1: dropped, so a hit counts once wherever a scan ends. */
+static int
+eol_dup(const struct eng *e, uint64_t end, int (*in_tok)(int))
+{
+	return at(e, (int64_t)end) == '\n' && in_tok(at(e, (int64_t)end - 1));
+}
+
 static int
 is_dig(int c)
 {
@@ -430,6 +441,9 @@ r_phone(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_dig), s = t;
 
+	if (eol_dup(e, end, is_dig))
+		return 0;
+
 	while (s > 0 && t - s <= 15 && DIG(at(e, (int64_t)s - 1)))
 		s--;
 	if (at(e, (int64_t)s - 1) != '+' || t - s < 7 || t - s > 15)
@@ -511,6 +525,9 @@ r_aws(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_alnum), s = t - 20;
 
+	if (eol_dup(e, end, is_alnum))
+		return 0;
+
 	if (ALNUM(at(e, (int64_t)s - 1)))
 		return 0;
 	hit(e, SL_DET_AWS, s, t, s + 4, t, F_ALL);
@@ -522,6 +539,9 @@ r_email(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_alnum), a = t, s;
 	int c;
+
+	if (eol_dup(e, end, is_alnum))
+		return 0;
 
 	while ((c = at(e, (int64_t)a - 1)) != '@') {
 		if (!(ALNUM(c) || c == '.' || c == '-') || t - a > EMAIL_DOMAIN_MAX)
@@ -544,6 +564,9 @@ static int
 r_jwt(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_b64u), p = t, h, s;
+
+	if (eol_dup(e, end, is_b64u))
+		return 0;
 
 	for (int seg = 0; seg < 2; seg++) {
 		while (B64U(at(e, (int64_t)p - 1)))

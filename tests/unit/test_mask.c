@@ -748,6 +748,56 @@ test_stream_nested_secrets(void **state)
 	}
 }
 
+/* Hit counts go into audit records: a value and the same bytes streamed in
+ * any chunking must count each hit once. hyperscan's '$' also matches just
+ * before a final "\n", so a token followed by the "\n" that ends a scan
+ * (a regex window, a value, a stream) was reported twice. */
+static void
+test_eol_stats_parity(void **state)
+{
+	static const struct {
+		unsigned det;
+		const char *tok;
+	} toks[] = {
+		{SL_DET_PHONE, "+442012345678"},
+		{SL_DET_AWS, "AKIAIOSFODNN7EXAMPLE"},
+		{SL_DET_EMAIL, "jane.doe@example.com"},
+		{SL_DET_JWT, "eyJhbGciOi.eyJzdWIiOi.abcdefghijkl"},
+	};
+	static const char *const pre[] = {"call ", "", "x\n"};
+	static const char *const post[] = {"\n", "\r\n", "\n\n", "\n \n"};
+	static const size_t fill[] = {0, 1, 40, 300, 1500};
+	static const size_t chunks[] = {1, 7, 64, 4096};
+	char v[2048], b[2048];
+
+	for (size_t t = 0; t < sizeof(toks) / sizeof(toks[0]); t++)
+		for (size_t a = 0; a < sizeof(pre) / sizeof(pre[0]); a++)
+			for (size_t z = 0; z < sizeof(post) / sizeof(post[0]); z++)
+				for (size_t f = 0; f < sizeof(fill) / sizeof(fill[0]); f++) {
+					struct sl_mask_stats bst = {0};
+					int n = snprintf(v, sizeof(v), "%s%s%s", pre[a],
+							 toks[t].tok, post[z]);
+
+					for (size_t i = 0; i < fill[f]; i++)
+						v[n++] = "lorem ipsum 2026-12-06 12:00:00 "[i % 32];
+					memcpy(b, v, (size_t)n);
+					assert_int_equal(mask(b, (size_t)n, &bst),
+							 SL_MASK_IN_PLACE);
+					assert_int_equal(bst.hits[toks[t].det], 1);
+					for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]);
+					     c++) {
+						struct sl_mask_stats sst = {0};
+						size_t ol;
+						char *o = stream_mask(plan, v, (size_t)n, chunks[c],
+								      &ol, &sst);
+
+						assert_memory_equal(o, b, (size_t)n);
+						assert_memory_equal(&sst, &bst, sizeof(sst));
+						free(o);
+					}
+				}
+}
+
 int
 main(void)
 {
@@ -767,6 +817,7 @@ main(void)
 		cmocka_unit_test(test_typed_columns),
 		cmocka_unit_test(test_stream_stats),
 		cmocka_unit_test(test_stream_nested_secrets),
+		cmocka_unit_test(test_eol_stats_parity),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
