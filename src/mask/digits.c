@@ -616,6 +616,54 @@ classify64_sse2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct
 	*ceq = 0;
 }
 
+/*
+ * tmp[0..n) = b[0..n), tmp[n..96) = 0, for n <= 64: the last block of a
+ * value (and its next byte) without reading past it. Two overlapping loads
+ * per size class instead of a memset and a variable-length memcpy, which
+ * cost more than classifying a short value.
+ */
+static inline void
+copy_tail(uint8_t *tmp, const uint8_t *b, size_t n)
+{
+	const __m128i z = _mm_setzero_si128();
+	uint64_t x, y;
+	uint32_t u, w;
+
+	for (int k = 0; k < 6; k++)
+		_mm_storeu_si128((__m128i *)(tmp + 16 * k), z);
+	if (n >= 32) {
+		__m128i a0 = _mm_loadu_si128((const __m128i *)b);
+		__m128i a1 = _mm_loadu_si128((const __m128i *)(b + 16));
+		__m128i e0 = _mm_loadu_si128((const __m128i *)(b + n - 32));
+		__m128i e1 = _mm_loadu_si128((const __m128i *)(b + n - 16));
+
+		_mm_storeu_si128((__m128i *)tmp, a0);
+		_mm_storeu_si128((__m128i *)(tmp + 16), a1);
+		_mm_storeu_si128((__m128i *)(tmp + n - 32), e0);
+		_mm_storeu_si128((__m128i *)(tmp + n - 16), e1);
+	} else if (n >= 16) {
+		__m128i a0 = _mm_loadu_si128((const __m128i *)b);
+		__m128i e0 = _mm_loadu_si128((const __m128i *)(b + n - 16));
+
+		_mm_storeu_si128((__m128i *)tmp, a0);
+		_mm_storeu_si128((__m128i *)(tmp + n - 16), e0);
+	} else if (n >= 8) {
+		memcpy(&x, b, 8);
+		memcpy(&y, b + n - 8, 8);
+		memcpy(tmp, &x, 8);
+		memcpy(tmp + n - 8, &y, 8);
+	} else if (n >= 4) {
+		memcpy(&u, b, 4);
+		memcpy(&w, b + n - 4, 4);
+		memcpy(tmp, &u, 4);
+		memcpy(tmp + n - 4, &w, 4);
+	} else if (n > 0) {
+		tmp[0] = b[0];
+		tmp[n / 2] = b[n / 2];
+		tmp[n - 1] = b[n - 1];
+	}
+}
+
 typedef void (*classify_fn)(const uint8_t *, size_t, size_t, const uint8_t *, struct m64 *,
 			    uint64_t *, uint64_t *);
 
@@ -641,8 +689,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 			m.d = m.u = m.a = m.s = 0;
 		} else {
 			if (len - p < 65) { /* b[64] is read: zeros past the end */
-				memset(tmp, 0, 96);
-				memcpy(tmp, b, n);
+				copy_tail(tmp, b, n);
 				b = tmp;
 			}
 			fn(v, len, p, b, &m, &cand, &ceq);

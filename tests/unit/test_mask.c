@@ -798,6 +798,75 @@ test_eol_stats_parity(void **state)
 				}
 }
 
+/* Every value length up to 200 with a sample in its last bytes (0-3 bytes
+ * after it): the one pass copies a value's last block with overlapping
+ * loads sized by its length, and short values are decided without
+ * hyperscan when they can be. Masked, filler untouched, block == stream. */
+static void
+test_short_values(void **state)
+{
+	static const char *samples[] = {
+		"123-45-6789",
+		"4111111111111111",
+		"4111 1111 1111 1111",
+		"GB82 WEST 1234 5698 7654 32",
+		"GB82WEST12345698765432",
+		"+442012345678",
+		"ada@example.com",
+		"a@b.co",
+		"x.y@mail.example.org",
+		"AKIAIOSFODNN7EXAMPLE",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N",
+		"password=hunter22",
+		"Authorization: Bearer abcdefgh12345678",
+	};
+	static const char *const tails[] = {"", " ", ",x", " +1", "\n"};
+	static const char filler[] = "2024-05-12 13:45:22.123+00 Ada paid 12.50, id=12 A-b y ";
+	char v[256], b[256];
+	int checked = 0;
+
+	for (size_t si = 0; si < sizeof(samples) / sizeof(samples[0]); si++) {
+		size_t sl = strlen(samples[si]);
+
+		for (size_t ti = 0; ti < sizeof(tails) / sizeof(tails[0]); ti++) {
+			size_t tl = strlen(tails[ti]);
+
+			for (size_t len = sl + tl; len <= 200; len++) {
+				size_t off = len - sl - tl, ol;
+				char *so;
+
+				for (size_t i = 0; i < off; i++)
+					v[i] = filler[i % (sizeof(filler) - 1)];
+				if (off > 0)
+					v[off - 1] = ' ';
+				memcpy(v + off, samples[si], sl);
+				memcpy(v + off + sl, tails[ti], tl);
+				/* leaves digits where the pass keeps a value's last
+				 * block: bytes past the end must not be read as them */
+				memset(b, '9', 128);
+				assert_int_equal(mask(b, 128, NULL), SL_MASK_UNCHANGED);
+				memcpy(b, v, len);
+				if (mask(b, len, NULL) != SL_MASK_IN_PLACE ||
+				    memchr(b + off, '*', sl) == NULL)
+					fail_msg("not masked: sample %zu tail %zu len %zu", si, ti,
+						 len);
+				if (memcmp(b, v, off) != 0 ||
+				    memcmp(b + off + sl, v + off + sl, tl) != 0)
+					fail_msg("filler changed: sample %zu tail %zu len %zu", si,
+						 ti, len);
+				so = stream_mask(plan, v, len, 7, &ol, NULL);
+				assert_int_equal(ol, len);
+				if (memcmp(so, b, len) != 0)
+					fail_msg("block != stream: sample %zu tail %zu len %zu", si,
+						 ti, len);
+				free(so);
+				checked++;
+			}
+		}
+	}
+	assert_true(checked > 10000);
+}
+
 int
 main(void)
 {
@@ -805,6 +874,7 @@ main(void)
 		cmocka_unit_test(test_corpus_positives),
 		cmocka_unit_test(test_corpus_near_misses),
 		cmocka_unit_test(test_one_pass_edges),
+		cmocka_unit_test(test_short_values),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
 		cmocka_unit_test(test_stream_latency),
