@@ -678,6 +678,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 	c->nw = 0;
 	c->nev = 0;
 	c->ev_over = 0;
+	c->nanc = mode == SL_MASK_CLS_ALWAYS ? -1 : 0;
 	/* one block past the end: a number ending the value ends there */
 	for (size_t p = 0; p <= len; p += 64) {
 		const uint8_t *b = v + p;
@@ -718,7 +719,8 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 				}
 			}
 		}
-		if (mode != SL_MASK_CLS_ALWAYS && (mode == SL_MASK_CLS_WINDOWS || !(need & 1))) {
+		if (mode != SL_MASK_CLS_ALWAYS &&
+		    (mode == SL_MASK_CLS_WINDOWS || !(need & 1) || c->nanc >= 0)) {
 			/* ':' and '=' only after a key's letter, a blank or a
 			 * quote: not after a digit (times) */
 			uint64_t x = (cand | (ceq & ~((m.d << 1) | (pm.d >> 63)))) & valid;
@@ -729,8 +731,20 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 				if (!prefilter_at(v, len, i))
 					continue;
 				need |= 1;
-				if (mode != SL_MASK_CLS_WINDOWS)
-					break;
+				/* only '@' and '+' so far: sl_mask__scan_anchors()
+				 * can stand in for hyperscan */
+				if (c->nanc >= 0) {
+					if ((v[i] == '@' || v[i] == '+') &&
+					    c->nanc < SL_MASK_MAX_ANCHORS)
+						c->anc[c->nanc++] = (uint32_t)i;
+					else
+						c->nanc = -1;
+				}
+				if (mode != SL_MASK_CLS_WINDOWS) {
+					if (c->nanc < 0)
+						break;
+					continue;
+				}
 				if (c->nw < 0)
 					continue;
 				anchor_window(v, len, i, &s, &t);
@@ -761,4 +775,93 @@ sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 	if (__builtin_cpu_supports("avx2"))
 		return classify_avx2(v, len, mode, c);
 	return classify_sse2(v, len, mode, c);
+}
+
+/* ------------------------------------------------------------ '@' and '+' */
+
+#define MAX_ANCHOR_REPORTS 64
+
+/*
+ * The end offsets hyperscan reports for the phone pattern
+ * "\+[1-9][0-9]{6,14}(?:[^0-9]|$)" from the '+' at i: a match ends only
+ * where the digit run after it does (its trailing context is a non-digit).
+ * A '$' match just before a final "\n" is not produced: the resolvers drop
+ * it anyway (eol_dup()).
+ */
+static int
+phone_ends(const uint8_t *v, size_t len, size_t i, uint64_t *end, int n)
+{
+	size_t j = i + 1;
+
+	while (j < len && DIG(v[j]) && j - i <= 16)
+		j++;
+	if (j - i - 1 < 7 || j - i - 1 > 15 || n == MAX_ANCHOR_REPORTS)
+		return n < MAX_ANCHOR_REPORTS ? n : -1;
+	end[n++] = j < len ? j + 1 : j;
+	return n;
+}
+
+/*
+ * The same for the email pattern "@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*
+ * \.[A-Za-z]{2,24}(?:[^A-Za-z0-9]|$)" from the '@' at i: after one or more
+ * non-empty labels of [A-Za-z0-9-], every position t where the label since
+ * the last dot is 2-24 letters and v[t] is not alphanumeric (or t is the
+ * end). The domain holds no '@', so no two '@' report the same end.
+ */
+static int
+email_ends(const uint8_t *v, size_t len, size_t i, uint64_t *end, int n)
+{
+	size_t t = i + 1, lab = 0;
+	int dot = 0, letters = 1;
+
+	for (;; t++) {
+		int c = t < len ? v[t] : -1;
+
+		if (dot && letters && lab >= 2 && lab <= 24 && !ALNUM(c)) {
+			if (n == MAX_ANCHOR_REPORTS)
+				return -1;
+			end[n++] = t < len ? t + 1 : t;
+		}
+		if (c == '.' && lab > 0) {
+			dot = 1;
+			lab = 0;
+			letters = 1;
+		} else if (ALNUM(c) || c == '-') {
+			lab++;
+			letters &= ALPHA(c);
+		} else {
+			return n;
+		}
+	}
+}
+
+int
+sl_mask__scan_anchors(struct eng *e, const uint8_t *v, size_t len, const struct sl_mask_cls *c)
+{
+	uint64_t end[MAX_ANCHOR_REPORTS];
+	uint8_t kind[MAX_ANCHOR_REPORTS];
+	uint32_t en = e->p->enabled;
+	int n = 0;
+
+	/* Anchors come in position order, and so do their ends, as hyperscan
+	 * reports them: a match from one anchor spans only digits (phone) or
+	 * domain bytes (email), ending at most one byte past the next anchor,
+	 * whose own matches end at least 5 bytes later. */
+	for (int k = 0; k < c->nanc && n >= 0; k++) {
+		size_t i = c->anc[k];
+		int m = n;
+
+		if (v[i] == '@')
+			n = en & (1u << SL_DET_EMAIL) ? email_ends(v, len, i, end, n) : n;
+		else
+			n = en & (1u << SL_DET_PHONE) ? phone_ends(v, len, i, end, n) : n;
+		for (int r = m; r < n; r++)
+			kind[r] = v[i] == '@' ? K_EMAIL : K_PHONE;
+	}
+	if (n < 0)
+		return -1;
+	for (int r = 0; r < n; r++)
+		sl_mask__report(e, kind[r], kind[r] == K_EMAIL ? SL_DET_EMAIL : SL_DET_PHONE, 0,
+				end[r]);
+	return 0;
 }

@@ -513,7 +513,7 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		need = 3;
 	if (need == 0)
 		return SL_MASK_UNCHANGED;
-	memset(&e, 0, sizeof(e));
+	memset(&e, 0, ENG_ZERO);
 	e.p = p;
 	e.buf = val;
 	e.hi = len;
@@ -531,7 +531,7 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		e.ds_nev = s->cls.nev;
 	}
 	r = HS_SUCCESS;
-	if (need & 1)
+	if ((need & 1) && (s->cls.nanc < 0 || sl_mask__scan_anchors(&e, val, len, &s->cls) != 0))
 		r = regex_scan(p, s, &e, val, len, windows);
 	if (r == HS_SUCCESS)
 		sl_mask__finish(&e);

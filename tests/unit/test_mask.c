@@ -867,6 +867,75 @@ test_short_values(void **state)
 	assert_true(checked > 10000);
 }
 
+/* Values whose only anchors are '@' and '+' get their email and phone
+ * reports without hyperscan (sl_mask__scan_anchors()); streams always use
+ * hyperscan, so they are the oracle: same output, same hit counts, on
+ * edge cases and on random strings made of the patterns' bytes. */
+static void
+test_anchor_shortcut(void **state)
+{
+	static const char *const edge[] = {
+		"a@b.co",
+		"a@b.c",
+		"a@b..co",
+		"a@.b.co",
+		"a@b.co.",
+		"a@b.co-",
+		"a@b.co-uk",
+		"a@b.c0m",
+		"a@b.co.uk x",
+		"a@b-c.d-e.fg",
+		"a@b.co@c.de",
+		"a@@b.co",
+		"a@b.co1",
+		"x@y.zz\n",
+		"x@y.zz\n\n",
+		"+1234567",
+		"+123456",
+		"+0123456789",
+		"+123456789012345",
+		"+1234567890123456",
+		"++1234567",
+		"+1234567+7654321",
+		"+1234567a",
+		"a+1234567",
+		"tel:+442012345678.",
+		"x+123456789@e.com",
+		"q@"
+		"abcdefghijklmnopqrstuvwx.abcdefghijklmnopqrstuvwx",
+		"q@a.abcdefghijklmnopqrstuvwxy",
+		"q@a.abcdefghijklmnopqrstuvwx",
+		"+12345678\n",
+	};
+	static const char alpha[] = "ab.@+-1234567890 \nXyz";
+	char v[160], b[160];
+	uint32_t seed = 12345;
+
+	for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]) + 40000; k++) {
+		struct sl_mask_stats bst = {0}, sst = {0};
+		size_t len, ol;
+		char *so;
+
+		if (k < sizeof(edge) / sizeof(edge[0])) {
+			len = strlen(edge[k]);
+			memcpy(v, edge[k], len);
+		} else {
+			seed = seed * 1103515245u + 12345u;
+			len = 6 + (seed >> 16) % 100;
+			for (size_t i = 0; i < len; i++) {
+				seed = seed * 1103515245u + 12345u;
+				v[i] = alpha[(seed >> 16) % (sizeof(alpha) - 1)];
+			}
+		}
+		memcpy(b, v, len);
+		mask(b, len, &bst);
+		so = stream_mask(plan, v, len, len, &ol, &sst);
+		if (memcmp(so, b, len) != 0 || memcmp(&sst, &bst, sizeof(sst)) != 0)
+			fail_msg("block != stream: case %zu \"%.*s\"", k, (int)len, v);
+		free(so);
+	}
+}
+
 int
 main(void)
 {
@@ -875,6 +944,7 @@ main(void)
 		cmocka_unit_test(test_corpus_near_misses),
 		cmocka_unit_test(test_one_pass_edges),
 		cmocka_unit_test(test_short_values),
+		cmocka_unit_test(test_anchor_shortcut),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
 		cmocka_unit_test(test_stream_latency),
