@@ -455,17 +455,32 @@ r_phone(struct eng *e, uint64_t end)
 	return 0;
 }
 
-static int
-iban_at(const struct eng *e, uint64_t from, uint64_t to)
+/* One more IBAN character into a mod-97 remainder (ISO 13616: digits as
+ * themselves, capitals as 10..35); -1 stays -1, and so does anything else
+ * (sl_mask_iban_ok() rejects it). */
+static inline int
+iban_mod(int r, int c)
 {
-	char b[48];
-	size_t n = (size_t)(to - from);
+	if (r < 0)
+		return -1;
+	if (DIG(c))
+		return (r * 10 + (c - '0')) % 97;
+	if (UP(c))
+		return (r * 100 + (c - 'A' + 10)) % 97;
+	return -1;
+}
 
-	if (n > sizeof(b))
+/* Whether an IBAN of m characters whose BBAN (everything after the first
+ * four) leaves remainder r is valid: the first four are moved to the end.
+ * Exactly sl_mask_iban_ok() on the same characters. */
+static int
+iban_valid(int r, const int head[4], int64_t m)
+{
+	if (m < 15 || m > 34)
 		return 0;
-	for (size_t i = 0; i < n; i++)
-		b[i] = (char)at(e, (int64_t)(from + i));
-	return sl_mask_iban_ok(b, n);
+	for (int k = 0; k < 4; k++)
+		r = iban_mod(r, head[k]);
+	return r == 1;
 }
 
 static void
@@ -490,17 +505,20 @@ static int
 r_iban(struct eng *e, uint64_t s)
 {
 	const int64_t S = (int64_t)s;
-	int64_t t = S, pos;
-	int groups = 1;
+	int64_t t = S + 4, pos;
+	int groups = 1, head[4], r = 0;
 
 	if (s + 43 > e->hi && !e->eof)
 		return 1;
-	if (ALNUM(at(e, S - 1)) || !UP(at(e, S)) || !UP(at(e, S + 1)) || !DIG(at(e, S + 2)) ||
-	    !DIG(at(e, S + 3)))
+	for (int k = 0; k < 4; k++)
+		head[k] = at(e, S + k);
+	if (ALNUM(at(e, S - 1)) || !UP(head[0]) || !UP(head[1]) || !DIG(head[2]) || !DIG(head[3]))
 		return 0;
+	/* the check digits are one remainder over the BBAN, kept as each
+	 * window grows (each used to be checked from scratch) */
 	while (t - S <= 34 && ALNUM(at(e, t)))
-		t++;
-	if (t - S >= 15 && t - S <= 34 && iban_at(e, s, (uint64_t)t))
+		r = iban_mod(r, at(e, t++));
+	if (iban_valid(r, head, t - S))
 		hit_iban(e, s, (uint64_t)t);
 	if (t - S != 4)
 		return 0;
@@ -511,9 +529,11 @@ r_iban(struct eng *e, uint64_t s)
 			l++;
 		if (l > 4)
 			break;
-		if (groups * 4 + l >= 15 && iban_at(e, s, (uint64_t)(g + l)))
+		for (int64_t k = 0; k < l; k++)
+			r = iban_mod(r, at(e, g + k));
+		if (groups * 4 + l >= 15 && iban_valid(r, head, groups * 4 + l))
 			hit_iban(e, s, (uint64_t)(g + l));
-		if (l < 4)
+		if (l < 4 || r < 0)
 			break;
 		pos = g + 4;
 	}

@@ -936,6 +936,42 @@ test_anchor_shortcut(void **state)
 	}
 }
 
+/* IBANs at the length limits (ISO 13616: at most 34 characters), compact
+ * and printed: check digits are computed once per candidate, as each
+ * window grows. A valid 35-character checksum or a lowercase letter is no
+ * IBAN. */
+static void
+test_iban_lengths(void **state)
+{
+	static const struct {
+		const char *v;
+		int masked;
+	} cases[] = {
+		{"GB68WEST12345698765432ABCDEFGHIJKL", 1},
+		{"GB68 WEST 1234 5698 7654 32AB CDEF GHIJ KL", 1},
+		{"GB59WEST12345698765432ABCDEFGHIJKLM", 0},
+		{"GB59 WEST 1234 5698 7654 32AB CDEF GHIJ KLM", 0},
+		{"GB68WEST12345698765432aBCDEFGHIJKL", 0},
+		{"GB68 WEST 1234 5698 7654 32aB CDEF GHIJ KL", 0},
+		{"GB82 WEST 1234 5698 7654 32", 1},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char v[128], b[128], *so;
+		struct sl_mask_stats st = {0};
+		size_t n = (size_t)snprintf(v, sizeof(v), "iban %s end", cases[i].v), ol;
+
+		memcpy(b, v, n + 1);
+		mask(b, n, &st);
+		if ((strcmp(b, v) != 0) != cases[i].masked ||
+		    st.hits[SL_DET_IBAN] != (uint32_t)cases[i].masked)
+			fail_msg("case %zu: %s", i, b);
+		so = stream_mask(plan, v, n, 7, &ol, NULL);
+		assert_memory_equal(so, b, n);
+		free(so);
+	}
+}
+
 int
 main(void)
 {
@@ -945,6 +981,7 @@ main(void)
 		cmocka_unit_test(test_one_pass_edges),
 		cmocka_unit_test(test_short_values),
 		cmocka_unit_test(test_anchor_shortcut),
+		cmocka_unit_test(test_iban_lengths),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
 		cmocka_unit_test(test_stream_latency),
