@@ -764,7 +764,9 @@ classify_avx2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 	return classify(v, len, mode, c, classify64_avx2);
 }
 
-static int
+/* noinline: inlined into the dispatcher, its frame (and stack protector)
+ * was set up on every call, AVX2 or not */
+static __attribute__((noinline)) int
 classify_sse2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 {
 	return classify(v, len, mode, c, classify64_sse2);
