@@ -5,7 +5,8 @@
  *  - length rules: partial/full rewrite in place (same length) and only
  *    ever turn bytes into '*'; a stream emits exactly as many bytes;
  *  - a stream, however chunked, emits exactly the block-mode result (full
- *    and partial styles);
+ *    and partial styles) and counts the same hits per detector (audit
+ *    records carry them);
  *  - every match of an independent mini-specification (SSN ddd-dd-dddd
  *    with its range and boundary rules, bare 13-19 digit Luhn-valid card
  *    numbers) is starred in the full-style output.
@@ -126,7 +127,7 @@ check_spec(const uint8_t *in, const uint8_t *o, size_t n)
 
 static void
 stream_equals(const struct sl_mask_plan *p, const uint8_t *in, size_t n, const uint8_t *want,
-	      uint32_t seed)
+	      const struct sl_mask_stats *want_st, uint32_t seed)
 {
 	struct out o = {malloc(n + 1), 0, n};
 	struct sl_mask_stream *ms;
@@ -147,7 +148,8 @@ stream_equals(const struct sl_mask_plan *p, const uint8_t *in, size_t n, const u
 			abort();
 		off += k;
 	}
-	if (sl_mask_stream_end(ms) != 0 || o.n != n || memcmp(o.p, want, n) != 0)
+	if (sl_mask_stream_end(ms) != 0 || o.n != n || memcmp(o.p, want, n) != 0 ||
+	    memcmp(sl_mask_stream_stats(ms)->hits, want_st->hits, sizeof(want_st->hits)) != 0)
 		abort();
 	sl_mask_stream_free(ms);
 	free(o.p);
@@ -172,11 +174,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	sl_buf_init(&out, 1 << 24);
 	for (int k = 0; k < 2; k++) {
+		struct sl_mask_stats st = {0};
 		int r;
 
 		memcpy(v, data, size);
 		out.len = 0;
-		r = sl_mask_value(plans[k], scr, v, size, &out, NULL);
+		r = sl_mask_value(plans[k], scr, v, size, &out, &st);
 		if (r != SL_MASK_UNCHANGED && r != SL_MASK_IN_PLACE)
 			abort(); /* no hash or null style in these plans */
 		for (size_t i = 0; i < size; i++)
@@ -186,7 +189,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (k == 0)
 			check_spec(data, v, size);
-		stream_equals(plans[k], data, size, v, seed + (uint32_t)k);
+		stream_equals(plans[k], data, size, v, &st, seed + (uint32_t)k);
 	}
 	sl_buf_fini(&out);
 	free(v);

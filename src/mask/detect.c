@@ -77,6 +77,17 @@ tok_end(const struct eng *e, uint64_t end, int (*in_tok)(int))
 	return in_tok(at(e, (int64_t)end - 1)) ? end : end - 1;
 }
 
+/* hyperscan's '$' also matches just before a "\n" that ends the scanned
+ * bytes (a value, a regex window, a stream's last byte). A report without
+ * its trailing context byte and followed by "\n" is therefore the same
+ * token the "\n" (which every trailing-context class accepts) reports at
+ * end + 1: dropped, so a hit counts once wherever a scan ends. */
+static int
+eol_dup(const struct eng *e, uint64_t end, int (*in_tok)(int))
+{
+	return at(e, (int64_t)end) == '\n' && in_tok(at(e, (int64_t)end - 1));
+}
+
 static int
 is_dig(int c)
 {
@@ -430,6 +441,9 @@ r_phone(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_dig), s = t;
 
+	if (eol_dup(e, end, is_dig))
+		return 0;
+
 	while (s > 0 && t - s <= 15 && DIG(at(e, (int64_t)s - 1)))
 		s--;
 	if (at(e, (int64_t)s - 1) != '+' || t - s < 7 || t - s > 15)
@@ -441,17 +455,32 @@ r_phone(struct eng *e, uint64_t end)
 	return 0;
 }
 
-static int
-iban_at(const struct eng *e, uint64_t from, uint64_t to)
+/* One more IBAN character into a mod-97 remainder (ISO 13616: digits as
+ * themselves, capitals as 10..35); -1 stays -1, and so does anything else
+ * (sl_mask_iban_ok() rejects it). */
+static inline int
+iban_mod(int r, int c)
 {
-	char b[48];
-	size_t n = (size_t)(to - from);
+	if (r < 0)
+		return -1;
+	if (DIG(c))
+		return (r * 10 + (c - '0')) % 97;
+	if (UP(c))
+		return (r * 100 + (c - 'A' + 10)) % 97;
+	return -1;
+}
 
-	if (n > sizeof(b))
+/* Whether an IBAN of m characters whose BBAN (everything after the first
+ * four) leaves remainder r is valid: the first four are moved to the end.
+ * Exactly sl_mask_iban_ok() on the same characters. */
+static int
+iban_valid(int r, const int head[4], int64_t m)
+{
+	if (m < 15 || m > 34)
 		return 0;
-	for (size_t i = 0; i < n; i++)
-		b[i] = (char)at(e, (int64_t)(from + i));
-	return sl_mask_iban_ok(b, n);
+	for (int k = 0; k < 4; k++)
+		r = iban_mod(r, head[k]);
+	return r == 1;
 }
 
 static void
@@ -476,17 +505,20 @@ static int
 r_iban(struct eng *e, uint64_t s)
 {
 	const int64_t S = (int64_t)s;
-	int64_t t = S, pos;
-	int groups = 1;
+	int64_t t = S + 4, pos;
+	int groups = 1, head[4], r = 0;
 
 	if (s + 43 > e->hi && !e->eof)
 		return 1;
-	if (ALNUM(at(e, S - 1)) || !UP(at(e, S)) || !UP(at(e, S + 1)) || !DIG(at(e, S + 2)) ||
-	    !DIG(at(e, S + 3)))
+	for (int k = 0; k < 4; k++)
+		head[k] = at(e, S + k);
+	if (ALNUM(at(e, S - 1)) || !UP(head[0]) || !UP(head[1]) || !DIG(head[2]) || !DIG(head[3]))
 		return 0;
+	/* the check digits are one remainder over the BBAN, kept as each
+	 * window grows (each used to be checked from scratch) */
 	while (t - S <= 34 && ALNUM(at(e, t)))
-		t++;
-	if (t - S >= 15 && t - S <= 34 && iban_at(e, s, (uint64_t)t))
+		r = iban_mod(r, at(e, t++));
+	if (iban_valid(r, head, t - S))
 		hit_iban(e, s, (uint64_t)t);
 	if (t - S != 4)
 		return 0;
@@ -497,9 +529,11 @@ r_iban(struct eng *e, uint64_t s)
 			l++;
 		if (l > 4)
 			break;
-		if (groups * 4 + l >= 15 && iban_at(e, s, (uint64_t)(g + l)))
+		for (int64_t k = 0; k < l; k++)
+			r = iban_mod(r, at(e, g + k));
+		if (groups * 4 + l >= 15 && iban_valid(r, head, groups * 4 + l))
 			hit_iban(e, s, (uint64_t)(g + l));
-		if (l < 4)
+		if (l < 4 || r < 0)
 			break;
 		pos = g + 4;
 	}
@@ -510,6 +544,9 @@ static int
 r_aws(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_alnum), s = t - 20;
+
+	if (eol_dup(e, end, is_alnum))
+		return 0;
 
 	if (ALNUM(at(e, (int64_t)s - 1)))
 		return 0;
@@ -522,6 +559,9 @@ r_email(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_alnum), a = t, s;
 	int c;
+
+	if (eol_dup(e, end, is_alnum))
+		return 0;
 
 	while ((c = at(e, (int64_t)a - 1)) != '@') {
 		if (!(ALNUM(c) || c == '.' || c == '-') || t - a > EMAIL_DOMAIN_MAX)
@@ -544,6 +584,9 @@ static int
 r_jwt(struct eng *e, uint64_t end)
 {
 	uint64_t t = tok_end(e, end, is_b64u), p = t, h, s;
+
+	if (eol_dup(e, end, is_b64u))
+		return 0;
 
 	for (int seg = 0; seg < 2; seg++) {
 		while (B64U(at(e, (int64_t)p - 1)))

@@ -559,11 +559,12 @@ classify64_avx2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct
 		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20),
 		      c1 = _mm256_set1_epi8('1'), c8 = _mm256_set1_epi8(8);
 	uint64_t dd = 0, uu = 0, aa = 0, ss = 0, cc = 0, ee = 0;
+	/* a last block of at most 32 bytes is a zero-filled copy: its second
+	 * half (zeros) has no class or anchor bits */
+	int halves = len - p <= 32 ? 1 : 2;
 
 	(void)v;
-	(void)len;
-	(void)p;
-	for (int k = 0; k < 2; k++) {
+	for (int k = 0; k < halves; k++) {
 		__m256i x = _mm256_loadu_si256((const __m256i *)(b + 32 * k));
 		__m256i nx = _mm256_loadu_si256((const __m256i *)(b + 32 * k + 1));
 		__m256i t = _mm256_sub_epi8(x, c0);
@@ -616,6 +617,54 @@ classify64_sse2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct
 	*ceq = 0;
 }
 
+/*
+ * tmp[0..n) = b[0..n), tmp[n..96) = 0, for n <= 64: the last block of a
+ * value (and its next byte) without reading past it. Two overlapping loads
+ * per size class instead of a memset and a variable-length memcpy, which
+ * cost more than classifying a short value.
+ */
+static inline void
+copy_tail(uint8_t *tmp, const uint8_t *b, size_t n)
+{
+	const __m128i z = _mm_setzero_si128();
+	uint64_t x, y;
+	uint32_t u, w;
+
+	for (int k = 0; k < 6; k++)
+		_mm_storeu_si128((__m128i *)(tmp + 16 * k), z);
+	if (n >= 32) {
+		__m128i a0 = _mm_loadu_si128((const __m128i *)b);
+		__m128i a1 = _mm_loadu_si128((const __m128i *)(b + 16));
+		__m128i e0 = _mm_loadu_si128((const __m128i *)(b + n - 32));
+		__m128i e1 = _mm_loadu_si128((const __m128i *)(b + n - 16));
+
+		_mm_storeu_si128((__m128i *)tmp, a0);
+		_mm_storeu_si128((__m128i *)(tmp + 16), a1);
+		_mm_storeu_si128((__m128i *)(tmp + n - 32), e0);
+		_mm_storeu_si128((__m128i *)(tmp + n - 16), e1);
+	} else if (n >= 16) {
+		__m128i a0 = _mm_loadu_si128((const __m128i *)b);
+		__m128i e0 = _mm_loadu_si128((const __m128i *)(b + n - 16));
+
+		_mm_storeu_si128((__m128i *)tmp, a0);
+		_mm_storeu_si128((__m128i *)(tmp + n - 16), e0);
+	} else if (n >= 8) {
+		memcpy(&x, b, 8);
+		memcpy(&y, b + n - 8, 8);
+		memcpy(tmp, &x, 8);
+		memcpy(tmp + n - 8, &y, 8);
+	} else if (n >= 4) {
+		memcpy(&u, b, 4);
+		memcpy(&w, b + n - 4, 4);
+		memcpy(tmp, &u, 4);
+		memcpy(tmp + n - 4, &w, 4);
+	} else if (n > 0) {
+		tmp[0] = b[0];
+		tmp[n / 2] = b[n / 2];
+		tmp[n - 1] = b[n - 1];
+	}
+}
+
 typedef void (*classify_fn)(const uint8_t *, size_t, size_t, const uint8_t *, struct m64 *,
 			    uint64_t *, uint64_t *);
 
@@ -630,6 +679,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 	c->nw = 0;
 	c->nev = 0;
 	c->ev_over = 0;
+	c->nanc = mode == SL_MASK_CLS_ALWAYS ? -1 : 0;
 	/* one block past the end: a number ending the value ends there */
 	for (size_t p = 0; p <= len; p += 64) {
 		const uint8_t *b = v + p;
@@ -641,8 +691,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 			m.d = m.u = m.a = m.s = 0;
 		} else {
 			if (len - p < 65) { /* b[64] is read: zeros past the end */
-				memset(tmp, 0, 96);
-				memcpy(tmp, b, n);
+				copy_tail(tmp, b, n);
 				b = tmp;
 			}
 			fn(v, len, p, b, &m, &cand, &ceq);
@@ -671,7 +720,8 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 				}
 			}
 		}
-		if (mode != SL_MASK_CLS_ALWAYS && (mode == SL_MASK_CLS_WINDOWS || !(need & 1))) {
+		if (mode != SL_MASK_CLS_ALWAYS &&
+		    (mode == SL_MASK_CLS_WINDOWS || !(need & 1) || c->nanc >= 0)) {
 			/* ':' and '=' only after a key's letter, a blank or a
 			 * quote: not after a digit (times) */
 			uint64_t x = (cand | (ceq & ~((m.d << 1) | (pm.d >> 63)))) & valid;
@@ -682,8 +732,20 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 				if (!prefilter_at(v, len, i))
 					continue;
 				need |= 1;
-				if (mode != SL_MASK_CLS_WINDOWS)
-					break;
+				/* only '@' and '+' so far: sl_mask__scan_anchors()
+				 * can stand in for hyperscan */
+				if (c->nanc >= 0) {
+					if ((v[i] == '@' || v[i] == '+') &&
+					    c->nanc < SL_MASK_MAX_ANCHORS)
+						c->anc[c->nanc++] = (uint32_t)i;
+					else
+						c->nanc = -1;
+				}
+				if (mode != SL_MASK_CLS_WINDOWS) {
+					if (c->nanc < 0)
+						break;
+					continue;
+				}
 				if (c->nw < 0)
 					continue;
 				anchor_window(v, len, i, &s, &t);
@@ -702,7 +764,9 @@ classify_avx2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 	return classify(v, len, mode, c, classify64_avx2);
 }
 
-static int
+/* noinline: inlined into the dispatcher, its frame (and stack protector)
+ * was set up on every call, AVX2 or not */
+static __attribute__((noinline)) int
 classify_sse2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 {
 	return classify(v, len, mode, c, classify64_sse2);
@@ -714,4 +778,93 @@ sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 	if (__builtin_cpu_supports("avx2"))
 		return classify_avx2(v, len, mode, c);
 	return classify_sse2(v, len, mode, c);
+}
+
+/* ------------------------------------------------------------ '@' and '+' */
+
+#define MAX_ANCHOR_REPORTS 64
+
+/*
+ * The end offsets hyperscan reports for the phone pattern
+ * "\+[1-9][0-9]{6,14}(?:[^0-9]|$)" from the '+' at i: a match ends only
+ * where the digit run after it does (its trailing context is a non-digit).
+ * A '$' match just before a final "\n" is not produced: the resolvers drop
+ * it anyway (eol_dup()).
+ */
+static int
+phone_ends(const uint8_t *v, size_t len, size_t i, uint64_t *end, int n)
+{
+	size_t j = i + 1;
+
+	while (j < len && DIG(v[j]) && j - i <= 16)
+		j++;
+	if (j - i - 1 < 7 || j - i - 1 > 15 || n == MAX_ANCHOR_REPORTS)
+		return n < MAX_ANCHOR_REPORTS ? n : -1;
+	end[n++] = j < len ? j + 1 : j;
+	return n;
+}
+
+/*
+ * The same for the email pattern "@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*
+ * \.[A-Za-z]{2,24}(?:[^A-Za-z0-9]|$)" from the '@' at i: after one or more
+ * non-empty labels of [A-Za-z0-9-], every position t where the label since
+ * the last dot is 2-24 letters and v[t] is not alphanumeric (or t is the
+ * end). The domain holds no '@', so no two '@' report the same end.
+ */
+static int
+email_ends(const uint8_t *v, size_t len, size_t i, uint64_t *end, int n)
+{
+	size_t t = i + 1, lab = 0;
+	int dot = 0, letters = 1;
+
+	for (;; t++) {
+		int c = t < len ? v[t] : -1;
+
+		if (dot && letters && lab >= 2 && lab <= 24 && !ALNUM(c)) {
+			if (n == MAX_ANCHOR_REPORTS)
+				return -1;
+			end[n++] = t < len ? t + 1 : t;
+		}
+		if (c == '.' && lab > 0) {
+			dot = 1;
+			lab = 0;
+			letters = 1;
+		} else if (ALNUM(c) || c == '-') {
+			lab++;
+			letters &= ALPHA(c);
+		} else {
+			return n;
+		}
+	}
+}
+
+int
+sl_mask__scan_anchors(struct eng *e, const uint8_t *v, size_t len, const struct sl_mask_cls *c)
+{
+	uint64_t end[MAX_ANCHOR_REPORTS];
+	uint8_t kind[MAX_ANCHOR_REPORTS];
+	uint32_t en = e->p->enabled;
+	int n = 0;
+
+	/* Anchors come in position order, and so do their ends, as hyperscan
+	 * reports them: a match from one anchor spans only digits (phone) or
+	 * domain bytes (email), ending at most one byte past the next anchor,
+	 * whose own matches end at least 5 bytes later. */
+	for (int k = 0; k < c->nanc && n >= 0; k++) {
+		size_t i = c->anc[k];
+		int m = n;
+
+		if (v[i] == '@')
+			n = en & (1u << SL_DET_EMAIL) ? email_ends(v, len, i, end, n) : n;
+		else
+			n = en & (1u << SL_DET_PHONE) ? phone_ends(v, len, i, end, n) : n;
+		for (int r = m; r < n; r++)
+			kind[r] = v[i] == '@' ? K_EMAIL : K_PHONE;
+	}
+	if (n < 0)
+		return -1;
+	for (int r = 0; r < n; r++)
+		sl_mask__report(e, kind[r], kind[r] == K_EMAIL ? SL_DET_EMAIL : SL_DET_PHONE, 0,
+				end[r]);
+	return 0;
 }

@@ -490,30 +490,17 @@ regex_scan(const struct sl_mask_plan *p, struct sl_mask_scratch *s, struct eng *
 	return HS_SUCCESS;
 }
 
-int
-sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
-	      struct sl_buf *out, struct sl_mask_stats *st)
+/* The scans and the resolver for a value the one pass found something in
+ * (need: its result). Kept out of sl_mask_value(), so that the common case
+ * (nothing found) sets up no resolver state on the stack. */
+static __attribute__((noinline)) int
+mask_found(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
+	   struct sl_buf *out, struct sl_mask_stats *st, int need, int windows)
 {
 	struct eng e;
-	int r, need, windows, mode;
+	int r;
 
-	if (p == NULL || p->enabled == 0 || len < p->db->min_len)
-		return SL_MASK_UNCHANGED;
-	if (len > 0xffffffffu)
-		return SL_ETOOBIG;
-	/* One SIMD pass over the bytes finds the anchors every built-in regex
-	 * needs and what the digit scanner would report. Most result values
-	 * are short and hold neither: both scans are skipped. */
-	windows = p->db->custom_maxw == 0 && len >= WINDOWS_MIN;
-	mode = p->db->custom_maxw != 0 ? SL_MASK_CLS_ALWAYS
-	       : windows	       ? SL_MASK_CLS_WINDOWS
-				       : SL_MASK_CLS_ANY;
-	need = sl_mask__classify(val, len, mode, &s->cls);
-	if (len > PREFILTER_MAX)
-		need = 3;
-	if (need == 0)
-		return SL_MASK_UNCHANGED;
-	memset(&e, 0, sizeof(e));
+	memset(&e, 0, ENG_ZERO);
 	e.p = p;
 	e.buf = val;
 	e.hi = len;
@@ -531,7 +518,7 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 		e.ds_nev = s->cls.nev;
 	}
 	r = HS_SUCCESS;
-	if (need & 1)
+	if ((need & 1) && (s->cls.nanc < 0 || sl_mask__scan_anchors(&e, val, len, &s->cls) != 0))
 		r = regex_scan(p, s, &e, val, len, windows);
 	if (r == HS_SUCCESS)
 		sl_mask__finish(&e);
@@ -550,6 +537,31 @@ sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *
 	for (size_t i = 0; i < e.nsp; i++)
 		sl_mask__apply(&e.sp[i], val, 0, len);
 	return SL_MASK_IN_PLACE;
+}
+
+int
+sl_mask_value(const struct sl_mask_plan *p, struct sl_mask_scratch *s, uint8_t *val, size_t len,
+	      struct sl_buf *out, struct sl_mask_stats *st)
+{
+	int need, windows, mode;
+
+	if (p == NULL || p->enabled == 0 || len < p->db->min_len)
+		return SL_MASK_UNCHANGED;
+	if (len > 0xffffffffu)
+		return SL_ETOOBIG;
+	/* One SIMD pass over the bytes finds the anchors every built-in regex
+	 * needs and what the digit scanner would report. Most result values
+	 * are short and hold neither: both scans are skipped. */
+	windows = p->db->custom_maxw == 0 && len >= WINDOWS_MIN;
+	mode = p->db->custom_maxw != 0 ? SL_MASK_CLS_ALWAYS
+	       : windows	       ? SL_MASK_CLS_WINDOWS
+				       : SL_MASK_CLS_ANY;
+	need = sl_mask__classify(val, len, mode, &s->cls);
+	if (len > PREFILTER_MAX)
+		need = 3;
+	if (need == 0)
+		return SL_MASK_UNCHANGED;
+	return mask_found(p, s, val, len, out, st, need, windows);
 }
 
 int

@@ -5,6 +5,7 @@
 #ifndef SLUICE_MASK_INTERNAL_H
 #define SLUICE_MASK_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <hs/hs.h>
@@ -103,10 +104,8 @@ struct eng {
 	struct span *sp;
 	size_t nsp, spcap, spmax;
 	int growable;
-	struct pend pend[MAX_PEND];
 	size_t npend;
 	int pem_open, sec_open;
-	struct span pem, sec;
 	uint8_t sec_kind;
 	uint64_t sec_cur;
 	struct sl_mask_stats *st;
@@ -119,7 +118,12 @@ struct eng {
 	int ds_eof;
 	const struct sl_mask_ds_event *ds_ev;
 	size_t ds_nev;
+	/* Read only under npend, pem_open, sec_open: the block path zeroes
+	 * the fields above only (ENG_ZERO), every value. */
+	struct span pem, sec;
+	struct pend pend[MAX_PEND];
 };
+#define ENG_ZERO offsetof(struct eng, pem)
 
 /* Built-in patterns (detect.c): one or more per built-in detector. */
 struct builtin_pat {
@@ -150,11 +154,16 @@ struct sl_mask_ds_event {
 	uint64_t p, gb, q, d, dprev;
 };
 #define SL_MASK_MAX_WINDOWS 64
+#define SL_MASK_MAX_ANCHORS 16
 #define SL_MASK_MAX_EVENTS  256
 /* The result of one pass over a value (sl_mask__classify()). */
 struct sl_mask_cls {
 	int nw; /* windows in w; -1: more than SL_MASK_MAX_WINDOWS (scan it all) */
 	struct sl_mask_win w[SL_MASK_MAX_WINDOWS];
+	/* anchors that passed, when all are '@' or '+' (-1: others, or more
+	 * than SL_MASK_MAX_ANCHORS, or custom patterns) */
+	int nanc;
+	uint32_t anc[SL_MASK_MAX_ANCHORS];
 	size_t nev;  /* digit-scanner reports, in scan order */
 	int ev_over; /* more blocks had some than ev holds: scan again instead */
 	struct sl_mask_ds_event ev[SL_MASK_MAX_EVENTS];
@@ -176,6 +185,14 @@ enum {
  * holding neither (most result values) skip both scans.
  */
 int sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c);
+/*
+ * Block mode, when c->nanc >= 0 (every anchor is '@' or '+', so only the
+ * email and phone patterns can match): the reports hyperscan would make
+ * for them over v, in its order, computed directly (a hyperscan call costs
+ * ~3,000 instructions, more than a short value's whole pass). Returns -1,
+ * having reported nothing, when there are too many: scan instead.
+ */
+int sl_mask__scan_anchors(struct eng *e, const uint8_t *v, size_t len, const struct sl_mask_cls *c);
 /* hyperscan match callback; ctx is a struct eng. */
 int sl_mask__on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned flags,
 		      void *ctx);

@@ -748,6 +748,230 @@ test_stream_nested_secrets(void **state)
 	}
 }
 
+/* Hit counts go into audit records: a value and the same bytes streamed in
+ * any chunking must count each hit once. hyperscan's '$' also matches just
+ * before a final "\n", so a token followed by the "\n" that ends a scan
+ * (a regex window, a value, a stream) was reported twice. */
+static void
+test_eol_stats_parity(void **state)
+{
+	static const struct {
+		unsigned det;
+		const char *tok;
+	} toks[] = {
+		{SL_DET_PHONE, "+442012345678"},
+		{SL_DET_AWS, "AKIAIOSFODNN7EXAMPLE"},
+		{SL_DET_EMAIL, "jane.doe@example.com"},
+		{SL_DET_JWT, "eyJhbGciOi.eyJzdWIiOi.abcdefghijkl"},
+	};
+	static const char *const pre[] = {"call ", "", "x\n"};
+	static const char *const post[] = {"\n", "\r\n", "\n\n", "\n \n"};
+	static const size_t fill[] = {0, 1, 40, 300, 1500};
+	static const size_t chunks[] = {1, 7, 64, 4096};
+	char v[2048], b[2048];
+
+	for (size_t t = 0; t < sizeof(toks) / sizeof(toks[0]); t++)
+		for (size_t a = 0; a < sizeof(pre) / sizeof(pre[0]); a++)
+			for (size_t z = 0; z < sizeof(post) / sizeof(post[0]); z++)
+				for (size_t f = 0; f < sizeof(fill) / sizeof(fill[0]); f++) {
+					struct sl_mask_stats bst = {0};
+					int n = snprintf(v, sizeof(v), "%s%s%s", pre[a],
+							 toks[t].tok, post[z]);
+
+					for (size_t i = 0; i < fill[f]; i++)
+						v[n++] = "lorem ipsum 2026-12-06 12:00:00 "[i % 32];
+					memcpy(b, v, (size_t)n);
+					assert_int_equal(mask(b, (size_t)n, &bst),
+							 SL_MASK_IN_PLACE);
+					assert_int_equal(bst.hits[toks[t].det], 1);
+					for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]);
+					     c++) {
+						struct sl_mask_stats sst = {0};
+						size_t ol;
+						char *o = stream_mask(plan, v, (size_t)n, chunks[c],
+								      &ol, &sst);
+
+						assert_memory_equal(o, b, (size_t)n);
+						assert_memory_equal(&sst, &bst, sizeof(sst));
+						free(o);
+					}
+				}
+}
+
+/* Every value length up to 200 with a sample in its last bytes (0-3 bytes
+ * after it): the one pass copies a value's last block with overlapping
+ * loads sized by its length, and short values are decided without
+ * hyperscan when they can be. Masked, filler untouched, block == stream. */
+static void
+test_short_values(void **state)
+{
+	static const char *samples[] = {
+		"123-45-6789",
+		"4111111111111111",
+		"4111 1111 1111 1111",
+		"GB82 WEST 1234 5698 7654 32",
+		"GB82WEST12345698765432",
+		"+442012345678",
+		"ada@example.com",
+		"a@b.co",
+		"x.y@mail.example.org",
+		"AKIAIOSFODNN7EXAMPLE",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N",
+		"password=hunter22",
+		"Authorization: Bearer abcdefgh12345678",
+	};
+	static const char *const tails[] = {"", " ", ",x", " +1", "\n"};
+	static const char filler[] = "2024-05-12 13:45:22.123+00 Ada paid 12.50, id=12 A-b y ";
+	char v[256], b[256];
+	int checked = 0;
+
+	for (size_t si = 0; si < sizeof(samples) / sizeof(samples[0]); si++) {
+		size_t sl = strlen(samples[si]);
+
+		for (size_t ti = 0; ti < sizeof(tails) / sizeof(tails[0]); ti++) {
+			size_t tl = strlen(tails[ti]);
+
+			for (size_t len = sl + tl; len <= 200; len++) {
+				size_t off = len - sl - tl, ol;
+				char *so;
+
+				for (size_t i = 0; i < off; i++)
+					v[i] = filler[i % (sizeof(filler) - 1)];
+				if (off > 0)
+					v[off - 1] = ' ';
+				memcpy(v + off, samples[si], sl);
+				memcpy(v + off + sl, tails[ti], tl);
+				/* leaves digits where the pass keeps a value's last
+				 * block: bytes past the end must not be read as them */
+				memset(b, '9', 128);
+				assert_int_equal(mask(b, 128, NULL), SL_MASK_UNCHANGED);
+				memcpy(b, v, len);
+				if (mask(b, len, NULL) != SL_MASK_IN_PLACE ||
+				    memchr(b + off, '*', sl) == NULL)
+					fail_msg("not masked: sample %zu tail %zu len %zu", si, ti,
+						 len);
+				if (memcmp(b, v, off) != 0 ||
+				    memcmp(b + off + sl, v + off + sl, tl) != 0)
+					fail_msg("filler changed: sample %zu tail %zu len %zu", si,
+						 ti, len);
+				so = stream_mask(plan, v, len, 7, &ol, NULL);
+				assert_int_equal(ol, len);
+				if (memcmp(so, b, len) != 0)
+					fail_msg("block != stream: sample %zu tail %zu len %zu", si,
+						 ti, len);
+				free(so);
+				checked++;
+			}
+		}
+	}
+	assert_true(checked > 10000);
+}
+
+/* Values whose only anchors are '@' and '+' get their email and phone
+ * reports without hyperscan (sl_mask__scan_anchors()); streams always use
+ * hyperscan, so they are the oracle: same output, same hit counts, on
+ * edge cases and on random strings made of the patterns' bytes. */
+static void
+test_anchor_shortcut(void **state)
+{
+	static const char *const edge[] = {
+		"a@b.co",
+		"a@b.c",
+		"a@b..co",
+		"a@.b.co",
+		"a@b.co.",
+		"a@b.co-",
+		"a@b.co-uk",
+		"a@b.c0m",
+		"a@b.co.uk x",
+		"a@b-c.d-e.fg",
+		"a@b.co@c.de",
+		"a@@b.co",
+		"a@b.co1",
+		"x@y.zz\n",
+		"x@y.zz\n\n",
+		"+1234567",
+		"+123456",
+		"+0123456789",
+		"+123456789012345",
+		"+1234567890123456",
+		"++1234567",
+		"+1234567+7654321",
+		"+1234567a",
+		"a+1234567",
+		"tel:+442012345678.",
+		"x+123456789@e.com",
+		"q@"
+		"abcdefghijklmnopqrstuvwx.abcdefghijklmnopqrstuvwx",
+		"q@a.abcdefghijklmnopqrstuvwxy",
+		"q@a.abcdefghijklmnopqrstuvwx",
+		"+12345678\n",
+	};
+	static const char alpha[] = "ab.@+-1234567890 \nXyz";
+	char v[160], b[160];
+	uint32_t seed = 12345;
+
+	for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]) + 40000; k++) {
+		struct sl_mask_stats bst = {0}, sst = {0};
+		size_t len, ol;
+		char *so;
+
+		if (k < sizeof(edge) / sizeof(edge[0])) {
+			len = strlen(edge[k]);
+			memcpy(v, edge[k], len);
+		} else {
+			seed = seed * 1103515245u + 12345u;
+			len = 6 + (seed >> 16) % 100;
+			for (size_t i = 0; i < len; i++) {
+				seed = seed * 1103515245u + 12345u;
+				v[i] = alpha[(seed >> 16) % (sizeof(alpha) - 1)];
+			}
+		}
+		memcpy(b, v, len);
+		mask(b, len, &bst);
+		so = stream_mask(plan, v, len, len, &ol, &sst);
+		if (memcmp(so, b, len) != 0 || memcmp(&sst, &bst, sizeof(sst)) != 0)
+			fail_msg("block != stream: case %zu \"%.*s\"", k, (int)len, v);
+		free(so);
+	}
+}
+
+/* IBANs at the length limits (ISO 13616: at most 34 characters), compact
+ * and printed: check digits are computed once per candidate, as each
+ * window grows. A valid 35-character checksum or a lowercase letter is no
+ * IBAN. */
+static void
+test_iban_lengths(void **state)
+{
+	static const struct {
+		const char *v;
+		int masked;
+	} cases[] = {
+		{"GB68WEST12345698765432ABCDEFGHIJKL", 1},
+		{"GB68 WEST 1234 5698 7654 32AB CDEF GHIJ KL", 1},
+		{"GB59WEST12345698765432ABCDEFGHIJKLM", 0},
+		{"GB59 WEST 1234 5698 7654 32AB CDEF GHIJ KLM", 0},
+		{"GB68WEST12345698765432aBCDEFGHIJKL", 0},
+		{"GB68 WEST 1234 5698 7654 32aB CDEF GHIJ KL", 0},
+		{"GB82 WEST 1234 5698 7654 32", 1},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char v[128], b[128], *so;
+		struct sl_mask_stats st = {0};
+		size_t n = (size_t)snprintf(v, sizeof(v), "iban %s end", cases[i].v), ol;
+
+		memcpy(b, v, n + 1);
+		mask(b, n, &st);
+		if ((strcmp(b, v) != 0) != cases[i].masked ||
+		    st.hits[SL_DET_IBAN] != (uint32_t)cases[i].masked)
+			fail_msg("case %zu: %s", i, b);
+		so = stream_mask(plan, v, n, 7, &ol, NULL);
+		assert_memory_equal(so, b, n);
+		free(so);
+	}
+}
+
 int
 main(void)
 {
@@ -755,6 +979,9 @@ main(void)
 		cmocka_unit_test(test_corpus_positives),
 		cmocka_unit_test(test_corpus_near_misses),
 		cmocka_unit_test(test_one_pass_edges),
+		cmocka_unit_test(test_short_values),
+		cmocka_unit_test(test_anchor_shortcut),
+		cmocka_unit_test(test_iban_lengths),
 		cmocka_unit_test(test_styles),
 		cmocka_unit_test(test_overlaps_and_limits),
 		cmocka_unit_test(test_stream_latency),
@@ -767,6 +994,7 @@ main(void)
 		cmocka_unit_test(test_typed_columns),
 		cmocka_unit_test(test_stream_stats),
 		cmocka_unit_test(test_stream_nested_secrets),
+		cmocka_unit_test(test_eol_stats_parity),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
