@@ -64,7 +64,10 @@ struct sl_review_mgr {
 	pthread_cond_t cv;
 	pthread_t thread;
 	int stop;
-	struct review *pending, *decided;
+	/* pending: awaiting decisions; finishing: decided, its audit record
+	 * and notification being written (still visible to GET and lists);
+	 * decided: the last MAX_DECIDED */
+	struct review *pending, *finishing, *decided;
 	size_t npending, ndecided;
 	struct sl_audit *audit;
 };
@@ -308,14 +311,17 @@ unlink_pending(struct sl_review_mgr *m, const char *id)
 
 			*pp = r->next;
 			m->npending--;
+			r->next = m->finishing;
+			m->finishing = r;
 			return r;
 		}
 	}
 	return NULL;
 }
 
-/* Ends r (already unlinked) with st, records it and calls back. mu must NOT
- * be held: the callback and the audit append run outside it. */
+/* Ends r (unlinked from pending onto finishing: never out of sight of GET)
+ * with st, records it and calls back. mu must NOT be held: the callback and
+ * the audit append run outside it. */
 static void
 finish(struct sl_review_mgr *m, struct review *r, enum sl_review_state st, const char *by,
        const char *reason)
@@ -325,12 +331,14 @@ finish(struct sl_review_mgr *m, struct review *r, enum sl_review_state st, const
 	sl_review_done_fn done = r->done;
 	void *arg = r->arg;
 
+	pthread_mutex_lock(&m->mu); /* GET and lists read these */
 	r->st = st;
 	r->decided_us = sl_now_us();
 	free(r->decided_by);
 	r->decided_by = by ? strdup(by) : NULL;
 	free(r->reason);
 	r->reason = strdup(reason ? reason : "");
+	pthread_mutex_unlock(&m->mu);
 	audit_event(m, ev[st], r, NULL);
 	notify(m, ev[st] + 7, r);
 	if (st == SL_REV_APPROVED && r->grant_for_ms > 0) {
@@ -351,6 +359,12 @@ finish(struct sl_review_mgr *m, struct review *r, enum sl_review_state st, const
 	}
 	r->done = NULL;
 	pthread_mutex_lock(&m->mu);
+	for (struct review **pp = &m->finishing; *pp; pp = &(*pp)->next) {
+		if (*pp == r) {
+			*pp = r->next;
+			break;
+		}
+	}
 	retire(m, r);
 	pthread_mutex_unlock(&m->mu);
 	if (done)
@@ -614,9 +628,10 @@ sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 	if (r == NULL) {
 		int decided = 0;
 
-		for (struct review *d = m->decided; d; d = d->next)
-			if (strcmp(d->id, id) == 0)
-				decided = 1;
+		for (int pass = 0; pass < 2; pass++)
+			for (struct review *d = pass ? m->decided : m->finishing; d; d = d->next)
+				if (strcmp(d->id, id) == 0)
+					decided = 1;
 		pthread_mutex_unlock(&m->mu);
 		snprintf(why, whylen, decided ? "review already decided" : "no such review");
 		return decided ? SL_ESTATE : SL_ENOENT;
@@ -676,8 +691,12 @@ sl_review_list_json(struct sl_review_mgr *m, const char *status)
 	json_t *a = json_array();
 
 	pthread_mutex_lock(&m->mu);
-	for (int pass = 0; pass < 2; pass++) {
-		for (struct review *r = pass ? m->decided : m->pending; r; r = r->next)
+	for (int pass = 0; pass < 3; pass++) {
+		struct review *head = pass == 0	  ? m->pending
+				      : pass == 1 ? m->finishing
+						  : m->decided;
+
+		for (struct review *r = head; r; r = r->next)
 			if (status == NULL || strcmp(status, state_names[r->st]) == 0)
 				json_array_append_new(a, review_json(r));
 	}
@@ -691,10 +710,15 @@ sl_review_get_json(struct sl_review_mgr *m, const char *id)
 	json_t *o = NULL;
 
 	pthread_mutex_lock(&m->mu);
-	for (int pass = 0; pass < 2 && o == NULL; pass++)
-		for (struct review *r = pass ? m->decided : m->pending; r && o == NULL; r = r->next)
+	for (int pass = 0; pass < 3 && o == NULL; pass++) {
+		struct review *head = pass == 0	  ? m->pending
+				      : pass == 1 ? m->finishing
+						  : m->decided;
+
+		for (struct review *r = head; r && o == NULL; r = r->next)
 			if (strcmp(r->id, id) == 0)
 				o = review_json(r);
+	}
 	pthread_mutex_unlock(&m->mu);
 	return o;
 }

@@ -150,7 +150,9 @@ def test_timeout_quorum_and_disconnect(rgw, pg):
     cn.close()
     end = time.time() + 5
     while time.time() < end:
-        if api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])[1]["status"] == "cancelled":
+        code, body = api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])
+        assert code == 200, (code, body)
+        if body["status"] == "cancelled":
             break
         time.sleep(0.05)
     assert api(rgw, dba1, "GET", "/api/reviews/%s" % rev["id"])[1]["status"] == "cancelled"
