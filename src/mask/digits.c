@@ -14,6 +14,8 @@
  */
 #include "mask_internal.h"
 
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -296,6 +298,22 @@ scan_sse2(struct eng *e, int want_num, int want_iban)
 	scan(e, want_num, want_iban, masks64);
 }
 
+/* AVX2 when the CPU has it. SLUICE_MASK_NO_AVX2 in the environment forces
+ * the SSE2 code (the unit tests run both, so the fallback that older CPUs
+ * take is tested on AVX2 hosts too). Read once. */
+static int
+use_avx2(void)
+{
+	static atomic_int v = -1;
+	int r = atomic_load_explicit(&v, memory_order_relaxed);
+
+	if (r < 0) {
+		r = __builtin_cpu_supports("avx2") && getenv("SLUICE_MASK_NO_AVX2") == NULL;
+		atomic_store_explicit(&v, r, memory_order_relaxed);
+	}
+	return r;
+}
+
 /* Block mode: what scan() would report over the whole value, from the
  * events sl_mask__classify() recorded (same reports, same order). */
 static void
@@ -334,7 +352,7 @@ sl_mask__scan_digits(struct eng *e)
 	if (e->ds_pos < e->hi) {
 		if (e->ds_ev != NULL)
 			replay(e, want_num, want_iban);
-		else if (__builtin_cpu_supports("avx2"))
+		else if (use_avx2())
 			scan_avx2(e, want_num, want_iban);
 		else
 			scan_sse2(e, want_num, want_iban);
@@ -775,7 +793,7 @@ classify_sse2(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 int
 sl_mask__classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c)
 {
-	if (__builtin_cpu_supports("avx2"))
+	if (use_avx2())
 		return classify_avx2(v, len, mode, c);
 	return classify_sse2(v, len, mode, c);
 }
