@@ -2460,6 +2460,38 @@ static const char pipeline_wait_msg[] =
 	"sluice: a prepared statement changed earlier in this unsynchronised pipeline; send "
 	"Sync and wait for its answer first";
 
+/*
+ * The checks a statement text (Query or Parse) passes before its decision:
+ * the lexing guard, then classification. Returns -1 (session ended), 1 (hold
+ * the message: earlier answers must come first), or 0 with either *why (a
+ * refusal message) or *c set.
+ */
+static int
+vet_text(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class *tmp,
+	 const struct sl_sql_class **c, const char **why)
+{
+	int r = lexing_guard(s, sql, len, why);
+
+	if (r == 1) {
+		s->barrier = 1;
+		return 1;
+	}
+	if (*why != NULL)
+		return 0;
+	r = classify(s, sql, len, tmp, c);
+	if (r < 0) {
+		fatal(s, "53200", "sluice: out of memory");
+		return -1;
+	}
+	if (r == 1 && ents_synced(s)) {
+		s->barrier = 1;
+		return 1;
+	}
+	if (r == 1)
+		*why = pipeline_wait_msg;
+	return 0;
+}
+
 /* Returns 0 consumed, 1 hold (message stays in cin). */
 static int
 handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
@@ -2476,24 +2508,9 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "08P01", "sluice: malformed Query message");
 		return -1;
 	}
-	r = lexing_guard(s, sql, len, &why);
-	if (r == 1) {
-		s->barrier = 1;
-		return 1;
-	}
-	if (why == NULL) {
-		r = classify(s, sql, len, &tmp, &c);
-		if (r < 0) {
-			fatal(s, "53200", "sluice: out of memory");
-			return -1;
-		}
-		if (r == 1 && ents_synced(s)) {
-			s->barrier = 1;
-			return 1;
-		}
-		if (r == 1)
-			why = pipeline_wait_msg;
-	}
+	r = vet_text(s, sql, len, &tmp, &c, &why);
+	if (r != 0)
+		return r;
 	e = ent_push(s, ENT_QUERY);
 	if (e == NULL) {
 		fatal(s, "54000", "sluice: too many statements in flight");
@@ -2557,24 +2574,9 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "08P01", "sluice: malformed Parse message");
 		return -1;
 	}
-	r = lexing_guard(s, p.sql, p.sqllen, &why);
-	if (r == 1) {
-		s->barrier = 1;
-		return 1;
-	}
-	if (why == NULL) {
-		r = classify(s, p.sql, p.sqllen, &tmp, &c);
-		if (r < 0) {
-			fatal(s, "53200", "sluice: out of memory");
-			return -1;
-		}
-		if (r == 1 && ents_synced(s)) {
-			s->barrier = 1;
-			return 1;
-		}
-		if (r == 1)
-			why = pipeline_wait_msg;
-	}
+	r = vet_text(s, p.sql, p.sqllen, &tmp, &c, &why);
+	if (r != 0)
+		return r;
 	if (why == NULL) {
 		/* Decide now so a forbidden statement never reaches the server;
 		 * the request itself is audited at Execute. */
