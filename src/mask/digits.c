@@ -66,35 +66,38 @@ masks64(const uint8_t *b, struct m64 *m)
 	m->s = ss;
 }
 
+/* Class bits of 32 bytes (AVX2) into half k of m: digit, capital,
+ * alphanumeric, ' ' or '-'. Returns the '-' bytes, which the one pass
+ * needs again. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i
+classes32_avx2(__m256i x, int k, struct m64 *m)
+{
+	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
+		      cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
+		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20);
+	__m256i t = _mm256_sub_epi8(x, c0);
+	__m256i dm = _mm256_cmpeq_epi8(_mm256_min_epu8(t, c9), t);
+	__m256i tu = _mm256_sub_epi8(x, cA);
+	__m256i um = _mm256_cmpeq_epi8(_mm256_min_epu8(tu, c25), tu);
+	__m256i tl = _mm256_sub_epi8(_mm256_or_si256(x, c20), ca);
+	__m256i lm = _mm256_cmpeq_epi8(_mm256_min_epu8(tl, c25), tl);
+	__m256i dash = _mm256_cmpeq_epi8(x, _mm256_set1_epi8('-'));
+	__m256i sm = _mm256_or_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(' ')), dash);
+
+	m->d |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dm) << (32 * k);
+	m->u |= (uint64_t)(uint32_t)_mm256_movemask_epi8(um) << (32 * k);
+	m->a |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_or_si256(dm, lm)) << (32 * k);
+	m->s |= (uint64_t)(uint32_t)_mm256_movemask_epi8(sm) << (32 * k);
+	return dash;
+}
+
 /* The same with AVX2, 32 bytes per step. */
 __attribute__((target("avx2"), always_inline)) static inline void
 masks64_avx2(const uint8_t *b, struct m64 *m)
 {
-	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
-		      cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
-		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20),
-		      csp = _mm256_set1_epi8(' '), cda = _mm256_set1_epi8('-');
-	uint64_t dd = 0, uu = 0, aa = 0, ss = 0;
-
-	for (int k = 0; k < 2; k++) {
-		__m256i x = _mm256_loadu_si256((const __m256i *)(b + 32 * k));
-		__m256i t = _mm256_sub_epi8(x, c0);
-		__m256i dm = _mm256_cmpeq_epi8(_mm256_min_epu8(t, c9), t);
-		__m256i tu = _mm256_sub_epi8(x, cA);
-		__m256i um = _mm256_cmpeq_epi8(_mm256_min_epu8(tu, c25), tu);
-		__m256i tl = _mm256_sub_epi8(_mm256_or_si256(x, c20), ca);
-		__m256i lm = _mm256_cmpeq_epi8(_mm256_min_epu8(tl, c25), tl);
-		__m256i sm = _mm256_or_si256(_mm256_cmpeq_epi8(x, csp), _mm256_cmpeq_epi8(x, cda));
-
-		dd |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dm) << (32 * k);
-		uu |= (uint64_t)(uint32_t)_mm256_movemask_epi8(um) << (32 * k);
-		aa |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_or_si256(dm, lm)) << (32 * k);
-		ss |= (uint64_t)(uint32_t)_mm256_movemask_epi8(sm) << (32 * k);
-	}
-	m->d = dd;
-	m->u = uu;
-	m->a = aa;
-	m->s = ss;
+	*m = (struct m64){0, 0, 0, 0};
+	for (int k = 0; k < 2; k++)
+		classes32_avx2(_mm256_loadu_si256((const __m256i *)(b + 32 * k)), k, m);
 }
 
 /* Bits i of one 64-bit word whose preceding bits may end an SSN or a card
@@ -572,27 +575,19 @@ __attribute__((target("avx2"), always_inline)) static inline void
 classify64_avx2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct m64 *m,
 		uint64_t *cand, uint64_t *ceq)
 {
-	const __m256i c0 = _mm256_set1_epi8('0'), c9 = _mm256_set1_epi8(9),
-		      cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
-		      ca = _mm256_set1_epi8('a'), c20 = _mm256_set1_epi8(0x20),
+	const __m256i cA = _mm256_set1_epi8('A'), c25 = _mm256_set1_epi8(25),
 		      c1 = _mm256_set1_epi8('1'), c8 = _mm256_set1_epi8(8);
-	uint64_t dd = 0, uu = 0, aa = 0, ss = 0, cc = 0, ee = 0;
+	uint64_t cc = 0, ee = 0;
 	/* a last block of at most 32 bytes is a zero-filled copy: its second
 	 * half (zeros) has no class or anchor bits */
 	int halves = len - p <= 32 ? 1 : 2;
 
 	(void)v;
+	*m = (struct m64){0, 0, 0, 0};
 	for (int k = 0; k < halves; k++) {
 		__m256i x = _mm256_loadu_si256((const __m256i *)(b + 32 * k));
 		__m256i nx = _mm256_loadu_si256((const __m256i *)(b + 32 * k + 1));
-		__m256i t = _mm256_sub_epi8(x, c0);
-		__m256i dm = _mm256_cmpeq_epi8(_mm256_min_epu8(t, c9), t);
-		__m256i tu = _mm256_sub_epi8(x, cA);
-		__m256i um = _mm256_cmpeq_epi8(_mm256_min_epu8(tu, c25), tu);
-		__m256i tl = _mm256_sub_epi8(_mm256_or_si256(x, c20), ca);
-		__m256i lm = _mm256_cmpeq_epi8(_mm256_min_epu8(tl, c25), tl);
-		__m256i dash = _mm256_cmpeq_epi8(x, _mm256_set1_epi8('-'));
-		__m256i sm = _mm256_or_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(' ')), dash);
+		__m256i dash = classes32_avx2(x, k, m);
 		__m256i t19 = _mm256_sub_epi8(nx, c1);
 		__m256i n19 = _mm256_cmpeq_epi8(_mm256_min_epu8(t19, c8), t19);
 		__m256i tn = _mm256_sub_epi8(nx, cA);
@@ -610,17 +605,9 @@ classify64_avx2(const uint8_t *v, size_t len, size_t p, const uint8_t *b, struct
 		c = _mm256_or_si256(c,
 				    _mm256_and_si256(_mm256_cmpeq_epi8(x, _mm256_set1_epi8('y')),
 						     _mm256_cmpeq_epi8(nx, _mm256_set1_epi8('J'))));
-		dd |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dm) << (32 * k);
-		uu |= (uint64_t)(uint32_t)_mm256_movemask_epi8(um) << (32 * k);
-		aa |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_or_si256(dm, lm)) << (32 * k);
-		ss |= (uint64_t)(uint32_t)_mm256_movemask_epi8(sm) << (32 * k);
 		cc |= (uint64_t)(uint32_t)_mm256_movemask_epi8(c) << (32 * k);
 		ee |= (uint64_t)(uint32_t)_mm256_movemask_epi8(e) << (32 * k);
 	}
-	m->d = dd;
-	m->u = uu;
-	m->a = aa;
-	m->s = ss;
 	*cand = cc;
 	*ceq = ee;
 }
