@@ -284,6 +284,15 @@ out:
 	return r;
 }
 
+/* checkpoint_every records or checkpoint_interval since the last one (with
+ * something new). Called with imu held. */
+static int
+checkpoint_due(const struct sl_audit *a)
+{
+	return a->since_cp >= a->cp_every ||
+	       (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us);
+}
+
 /* Inserts records whose seq and hash are already assigned, in one
  * transaction (with a checkpoint when due). Called with imu held. */
 static int
@@ -315,9 +324,7 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 		memcpy(a->stored_hash, r->hbin, 32);
 		a->since_cp++;
 	}
-	if ((force_cp || a->since_cp >= a->cp_every ||
-	     (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us)) &&
-	    checkpoint(a) != 0)
+	if ((force_cp || checkpoint_due(a)) && checkpoint(a) != 0)
 		goto fail;
 	sqlite3_reset(a->commit);
 	if (sqlite3_step(a->commit) != SQLITE_DONE)
@@ -580,7 +587,7 @@ ingest(struct sl_audit *a, int force_cp)
 	pthread_mutex_lock(&a->imu);
 	/* Quiet after a burst: the last records still get their checkpoint
 	 * within checkpoint_interval, so a truncated tail shows in verify. */
-	if (batch == NULL && a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us)
+	if (batch == NULL && checkpoint_due(a))
 		force_cp = 1;
 	rc = batch || force_cp ? store_batch(a, batch, force_cp) : 0;
 	pthread_mutex_unlock(&a->imu);
