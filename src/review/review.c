@@ -302,6 +302,13 @@ retire(struct sl_review_mgr *m, struct review *r)
 	}
 }
 
+/* The review lists in order: 0 pending, 1 finishing, 2 decided (mu held). */
+static struct review *
+list_at(struct sl_review_mgr *m, int i)
+{
+	return i == 0 ? m->pending : i == 1 ? m->finishing : m->decided;
+}
+
 static struct review *
 unlink_pending(struct sl_review_mgr *m, const char *id)
 {
@@ -628,8 +635,8 @@ sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 	if (r == NULL) {
 		int decided = 0;
 
-		for (int pass = 0; pass < 2; pass++)
-			for (struct review *d = pass ? m->decided : m->finishing; d; d = d->next)
+		for (int i = 1; i < 3; i++) /* finishing, decided */
+			for (struct review *d = list_at(m, i); d; d = d->next)
 				if (strcmp(d->id, id) == 0)
 					decided = 1;
 		pthread_mutex_unlock(&m->mu);
@@ -691,15 +698,10 @@ sl_review_list_json(struct sl_review_mgr *m, const char *status)
 	json_t *a = json_array();
 
 	pthread_mutex_lock(&m->mu);
-	for (int pass = 0; pass < 3; pass++) {
-		struct review *head = pass == 0	  ? m->pending
-				      : pass == 1 ? m->finishing
-						  : m->decided;
-
-		for (struct review *r = head; r; r = r->next)
+	for (int i = 0; i < 3; i++)
+		for (struct review *r = list_at(m, i); r; r = r->next)
 			if (status == NULL || strcmp(status, state_names[r->st]) == 0)
 				json_array_append_new(a, review_json(r));
-	}
 	pthread_mutex_unlock(&m->mu);
 	return a;
 }
@@ -710,15 +712,10 @@ sl_review_get_json(struct sl_review_mgr *m, const char *id)
 	json_t *o = NULL;
 
 	pthread_mutex_lock(&m->mu);
-	for (int pass = 0; pass < 3 && o == NULL; pass++) {
-		struct review *head = pass == 0	  ? m->pending
-				      : pass == 1 ? m->finishing
-						  : m->decided;
-
-		for (struct review *r = head; r && o == NULL; r = r->next)
+	for (int i = 0; i < 3 && o == NULL; i++)
+		for (struct review *r = list_at(m, i); r && o == NULL; r = r->next)
 			if (strcmp(r->id, id) == 0)
 				o = review_json(r);
-	}
 	pthread_mutex_unlock(&m->mu);
 	return o;
 }
