@@ -24,6 +24,7 @@
 #include "sluice/core.h"
 
 #define QUEUE_MAX 65536
+#define INS_ROWS  16 /* records per multi-row INSERT */
 
 struct rec {
 	struct rec *next;
@@ -44,7 +45,8 @@ struct sl_audit {
 	char node[64];
 	int strict;
 	sqlite3 *db;
-	sqlite3_stmt *ins;
+	sqlite3_stmt *ins;  /* one record */
+	sqlite3_stmt *insn; /* INS_ROWS records: fewer statement runs per batch */
 	sqlite3_stmt *ins_cp;
 	sqlite3_stmt *begin, *commit, *rollback;
 	EVP_PKEY *key;
@@ -293,6 +295,24 @@ checkpoint_due(const struct sl_audit *a)
 	       (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us);
 }
 
+static int
+prepare_insert(sqlite3 *db, int rows, sqlite3_stmt **st)
+{
+	static const char head[] = "INSERT INTO records (seq, ts, node, type, session, trace_id, "
+				   "span_id, data, prev_hash, hash) VALUES ";
+	static const char one[] = ",(?,?,?,?,?,?,?,?,?,?)";
+	char sql[sizeof(head) + INS_ROWS * (sizeof(one) - 1)];
+	size_t o = sizeof(head) - 1;
+
+	memcpy(sql, head, o);
+	for (int i = 0; i < rows; i++) {
+		memcpy(sql + o, one + (i == 0), sizeof(one) - 1 - (i == 0));
+		o += sizeof(one) - 1 - (i == 0);
+	}
+	sql[o] = '\0';
+	return sqlite3_prepare_v2(db, sql, (int)o, st, NULL);
+}
+
 /* Inserts records whose seq and hash are already assigned, in one
  * transaction (with a checkpoint when due). Called with imu held. */
 static int
@@ -300,29 +320,48 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 {
 	uint64_t seq0 = a->stored_seq, cp0 = a->since_cp;
 	uint8_t h0[32];
-	struct rec *r;
+	struct rec *r, *last = NULL;
 
 	memcpy(h0, a->stored_hash, 32);
 	sqlite3_reset(a->begin);
 	if (sqlite3_step(a->begin) != SQLITE_DONE)
 		return SL_EIO;
-	for (r = batch; r; r = r->next) {
-		sqlite3_reset(a->ins);
-		sqlite3_bind_int64(a->ins, 1, (sqlite3_int64)r->seq);
-		sqlite3_bind_int64(a->ins, 2, r->ts);
-		sqlite3_bind_text(a->ins, 3, a->node, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 4, r->type, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 5, r->session ? r->session : "", -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 6, r->trace ? r->trace : "", -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 7, r->span ? r->span : "", -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 8, r->data, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 9, r->prev, -1, SQLITE_STATIC);
-		sqlite3_bind_text(a->ins, 10, r->hash, -1, SQLITE_STATIC);
-		if (sqlite3_step(a->ins) != SQLITE_DONE)
+	for (r = batch; r;) {
+		struct rec *x = r;
+		sqlite3_stmt *st = a->ins;
+		int n = 0;
+
+		/* INS_ROWS at a time while that many are left, then one by one */
+		while (x && n < INS_ROWS) {
+			x = x->next;
+			n++;
+		}
+		if (n == INS_ROWS)
+			st = a->insn;
+		else
+			n = 1;
+		sqlite3_reset(st);
+		for (int i = 0; i < n; i++, r = r->next) {
+			int c = i * 10;
+
+			sqlite3_bind_int64(st, c + 1, (sqlite3_int64)r->seq);
+			sqlite3_bind_int64(st, c + 2, r->ts);
+			sqlite3_bind_text(st, c + 3, a->node, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 4, r->type, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 5, r->session ? r->session : "", -1,
+					  SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 6, r->trace ? r->trace : "", -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 7, r->span ? r->span : "", -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 8, r->data, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 9, r->prev, 64, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 10, r->hash, 64, SQLITE_STATIC);
+			last = r;
+		}
+		if (sqlite3_step(st) != SQLITE_DONE)
 			goto fail;
-		a->stored_seq = r->seq;
-		memcpy(a->stored_hash, r->hbin, 32);
-		a->since_cp++;
+		a->stored_seq = last->seq;
+		memcpy(a->stored_hash, last->hbin, 32);
+		a->since_cp += (uint64_t)n;
 	}
 	if ((force_cp || checkpoint_due(a)) && checkpoint(a) != 0)
 		goto fail;
@@ -455,20 +494,24 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 	uint64_t seq0 = a->seq;
 	uint8_t last0[32];
 	struct sl_buf out;
-	struct rec *r;
+	struct rec *r, *p;
 	size_t wrote;
 	int rc = 0;
 
 	memcpy(last0, a->last, 32);
 	sl_buf_init(&out, 0);
 	sl_buf_reserve(&out, 1024); /* a line is usually a few hundred bytes */
-	for (r = batch; r && rc == 0; r = r->next) {
+	for (r = batch, p = NULL; r && rc == 0; p = r, r = r->next) {
 		struct sl_audit_row row;
 
 		r->seq = a->seq + 1;
 		r->ts = sl_now_us();
-		sl_hex(a->last, 32, r->prev);
+		if (p != NULL)
+			memcpy(r->prev, p->hash, sizeof(r->prev)); /* a->last in hex */
+		else
+			sl_hex(a->last, 32, r->prev);
 		memset(&row, 0, sizeof(row));
+		row.prev_bin = a->last;
 		row.seq = r->seq;
 		row.ts = r->ts;
 		row.node = a->node;
@@ -821,10 +864,8 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		snprintf(err, errlen, "cannot initialise %s: %s", a->path, sqlite3_errmsg(a->db));
 		goto fail;
 	}
-	if (sqlite3_prepare_v2(a->db,
-			       "INSERT INTO records (seq, ts, node, type, session, trace_id, "
-			       "span_id, data, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
-			       -1, &a->ins, NULL) != SQLITE_OK ||
+	if (prepare_insert(a->db, 1, &a->ins) != SQLITE_OK ||
+	    prepare_insert(a->db, INS_ROWS, &a->insn) != SQLITE_OK ||
 	    sqlite3_prepare_v2(
 		    a->db, "INSERT INTO checkpoints (node, seq, hash, ts, sig) VALUES (?,?,?,?,?)",
 		    -1, &a->ins_cp, NULL) != SQLITE_OK ||
@@ -854,6 +895,7 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	return 0;
 fail:
 	sqlite3_finalize(a->ins);
+	sqlite3_finalize(a->insn);
 	sqlite3_finalize(a->ins_cp);
 	sqlite3_finalize(a->begin);
 	sqlite3_finalize(a->commit);
@@ -1065,6 +1107,7 @@ sl_audit_close(struct sl_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	pthread_join(a->thread, NULL);
 	sqlite3_finalize(a->ins);
+	sqlite3_finalize(a->insn);
 	sqlite3_finalize(a->ins_cp);
 	sqlite3_finalize(a->begin);
 	sqlite3_finalize(a->commit);

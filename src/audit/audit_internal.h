@@ -14,6 +14,8 @@ struct sl_audit_row {
 	const char *node, *type, *session, *trace_id, *span_id, *data;
 	const char *prev_hash; /* hex */
 	const char *hash;      /* hex (as stored) */
+	const uint8_t
+		*prev_bin; /* the writer's own: prev_hash as 32 bytes (NULL: decode prev_hash) */
 };
 
 /* Reads columns seq, ts, node, type, session, trace_id, span_id, data,

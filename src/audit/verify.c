@@ -40,6 +40,7 @@ sl_audit_row_from_stmt(sqlite3_stmt *st, struct sl_audit_row *row)
 	row->data = col(st, 7);
 	row->prev_hash = col(st, 8);
 	row->hash = col(st, 9);
+	row->prev_bin = NULL;
 }
 
 static size_t
@@ -58,21 +59,25 @@ put_str(uint8_t *b, const char *s, size_t n)
 	return 8 + n;
 }
 
+/* Lower-case hex digits only: the writer never stores upper case, so an
+ * upper-cased prev_hash is an edit and hashes as text. */
+static int
+hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 static int
 unhex(const char *h, uint8_t out[32])
 {
 	if (strlen(h) != 64)
 		return -1;
-	for (int i = 0; i < 64; i++) {
-		char c = h[i];
-		int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+	for (int i = 0; i < 32; i++) {
+		int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
 
-		if (v < 0)
+		if (hi < 0 || lo < 0)
 			return -1;
-		if (i % 2 == 0)
-			out[i / 2] = (uint8_t)(v << 4);
-		else
-			out[i / 2] |= (uint8_t)v;
+		out[i] = (uint8_t)(hi << 4 | lo);
 	}
 	return 0;
 }
@@ -95,10 +100,14 @@ sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
 	}
 	/* prev_hash as 32 bytes; one that is not 64 hex digits hashes as text
 	 * (so an edit to it shows). */
-	if (unhex(row->prev_hash, b) == 0)
+	if (row->prev_bin != NULL) {
+		memcpy(b, row->prev_bin, 32);
 		o = 32;
-	else
+	} else if (unhex(row->prev_hash, b) == 0) {
+		o = 32;
+	} else {
 		o = put_str(b, row->prev_hash, l[6]);
+	}
 	o += put_u64(b + o, row->seq);
 	o += put_u64(b + o, (uint64_t)row->ts);
 	for (int i = 0; i < 6; i++)

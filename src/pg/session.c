@@ -1355,7 +1355,10 @@ on_command_complete(struct pg_session *s, const uint8_t *msg, size_t len)
 	if (e == NULL)
 		return;
 	if (msg[0] == 'C' && sl_pg_parse_command_complete(msg, len, &tag, &rows) == 0 && tag) {
-		snprintf(e->tag, sizeof(e->tag), "%s", tag);
+		size_t tl = strnlen(tag, sizeof(e->tag) - 1);
+
+		memcpy(e->tag, tag, tl);
+		e->tag[tl] = '\0';
 		if (rows >= 0)
 			e->rows = e->kind == ENT_QUERY ? e->rows + rows : rows;
 	}

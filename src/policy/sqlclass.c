@@ -65,14 +65,17 @@ sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
 		return;
 	buf[0] = '\0';
 	for (size_t i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++) {
+		size_t nl = strlen(kind_names[i].name), sep = o != 0;
+
 		if (!(kinds & kind_names[i].bit))
 			continue;
-		o += (size_t)snprintf(buf + o, o < len ? len - o : 0, "%s%s", o ? "," : "",
-				      kind_names[i].name);
-		if (o >= len) {
-			buf[len - 1] = '\0';
-			return;
-		}
+		if (o + sep + nl >= len)
+			return; /* what fits, whole names only */
+		if (sep)
+			buf[o++] = ',';
+		memcpy(buf + o, kind_names[i].name, nl);
+		o += nl;
+		buf[o] = '\0';
 	}
 }
 
