@@ -133,6 +133,31 @@ int sl_memeq_ct(const void *a, const void *b, size_t n);
 int sl_read_file(const char *path, size_t max, char **out, size_t *outlen);
 /* Fills buf with cryptographically random bytes. */
 int sl_random(void *buf, size_t n);
+
+/* SipHash-2-4 of data under a 16-byte key. */
+uint64_t sl_siphash(const void *data, size_t len, const uint8_t key[16]);
+
+/* A map from NUL-terminated names to pointers (names a client picks:
+ * keyed hashing, so they cannot be chosen to collide). All zero is an empty
+ * map. Keys are not copied: an entry's key must live as long as the entry
+ * (usually it is the name inside the value). Iterate with
+ * for (i = 0; i < m.cap; i++) if (m.slots[i].key) ... */
+struct sl_strmap_slot {
+	const char *key;
+	uint64_t hash;
+	void *val;
+};
+struct sl_strmap {
+	struct sl_strmap_slot *slots;
+	size_t cap, n;
+};
+void *sl_strmap_get(const struct sl_strmap *m, const char *key);
+/* Inserts or replaces (the stored key pointer too). 0 or SL_ENOMEM (only
+ * when inserting: replacing never fails). */
+int sl_strmap_put(struct sl_strmap *m, const char *key, void *val);
+/* Removes key; returns its value or NULL. */
+void *sl_strmap_del(struct sl_strmap *m, const char *key);
+void sl_strmap_fini(struct sl_strmap *m);
 /* Simple glob: '*' matches any run except '/', '**' any run including '/', '?' one byte. */
 int sl_glob_match(const char *pat, const char *s);
 /* Same, case-insensitive ASCII, where '*' also crosses '/'. */

@@ -67,7 +67,6 @@ struct stmt {
 	int review;		/* executing it needs approval (decided at Parse) */
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	unsigned unknown : 1;	/* the server may hold another definition: refused */
-	struct stmt *next;
 };
 
 /*
@@ -88,17 +87,20 @@ struct stmt_op {
 	char *name;		/* OP_CLOSE */
 	struct stmt *st;	/* OP_PARSE, OP_PREPARE: the definition (one reference) */
 	struct stmt_op *next;
+	/* the pending ops of the same name, older and newer (not OP_NOP) */
+	struct stmt_op *prev_same, *next_same;
 };
 
 #define MAX_STMT_OPS 100000
 
 struct portal {
 	char *name;
+	uint64_t grp; /* sync group of its Bind */
 	struct stmt *st;
 	uint8_t *params; /* exact Bind parameter bytes, kept for review binding */
 	size_t plen;
-	uint8_t rfmt; /* RFMT_* */
-	struct portal *next;
+	uint8_t rfmt;		    /* RFMT_* */
+	struct portal *prev, *next; /* in Bind order */
 };
 
 struct blocked_msg {
@@ -144,8 +146,12 @@ struct pg_session {
 	int enc_safe;
 	struct entry *ents;
 	size_t ents_head, ents_len, ents_cap;
-	struct stmt *stmts; /* prepared statements the server confirmed */
+	/* Names a client picks live in hash maps: a client with thousands of
+	 * prepared statements or a long pipeline must not make each message
+	 * cost a walk over all of them (a worker serves many sessions). */
+	struct sl_strmap stmts; /* name -> struct stmt the server confirmed */
 	struct stmt_op *ops, **ops_tail;
+	struct sl_strmap opnames; /* name -> newest pending op of that name */
 	size_t nops;
 	uint64_t grp_sent, grp_done; /* Query/Sync/FunctionCall sent, answered (Z) */
 	int grp_failed;		     /* the group being answered had an error */
@@ -154,7 +160,8 @@ struct pg_session {
 	 * of them fails, and sluice could no longer tell which answer is
 	 * whose: refused (libpq and the common drivers never do this). */
 	int ext_open;
-	struct portal *portals;
+	struct sl_strmap portals;		  /* name -> struct portal */
+	struct portal *portals_old, *portals_new; /* the same, in Bind order */
 	struct blocked_msg *blocked;
 	uint64_t reqseq;
 	/* held client message (strict audit / barrier) */
@@ -388,10 +395,7 @@ ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const ch
 static struct stmt *
 stmt_find(struct pg_session *s, const char *name)
 {
-	for (struct stmt *t = s->stmts; t; t = t->next)
-		if (strcmp(t->name, name) == 0)
-			return t;
-	return NULL;
+	return sl_strmap_get(&s->stmts, name);
 }
 
 static void
@@ -407,15 +411,7 @@ stmt_unref(struct stmt *t)
 static void
 stmt_remove(struct pg_session *s, const char *name)
 {
-	for (struct stmt **pp = &s->stmts; *pp; pp = &(*pp)->next) {
-		if (strcmp((*pp)->name, name) == 0) {
-			struct stmt *t = *pp;
-
-			*pp = t->next;
-			stmt_unref(t);
-			return;
-		}
-	}
+	stmt_unref(sl_strmap_del(&s->stmts, name));
 }
 
 /* Returns a new statement (one reference), or NULL without memory. */
@@ -442,6 +438,12 @@ stmt_new(const char *name, const char *sql, size_t len, uint32_t kinds)
 	return t;
 }
 
+static const char *
+op_name(const struct stmt_op *op)
+{
+	return op->st != NULL ? op->st->name : op->name;
+}
+
 /* Queues a change for the server to confirm; takes st's reference. */
 static int
 op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st, uint64_t grp,
@@ -461,18 +463,23 @@ op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st, u
 		free(op);
 		return SL_ENOMEM;
 	}
+	if (kind != OP_NOP) {
+		op->prev_same = sl_strmap_get(&s->opnames, op_name(op));
+		if (sl_strmap_put(&s->opnames, op_name(op), op) != 0) {
+			stmt_unref(op->st);
+			free(op->name);
+			free(op);
+			return SL_ENOMEM;
+		}
+		if (op->prev_same != NULL)
+			op->prev_same->next_same = op;
+	}
 	if (s->ops == NULL)
 		s->ops_tail = &s->ops;
 	*s->ops_tail = op;
 	s->ops_tail = &op->next;
 	s->nops++;
 	return 0;
-}
-
-static const char *
-op_name(const struct stmt_op *op)
-{
-	return op->st != NULL ? op->st->name : op->name;
 }
 
 /* Unlinks op (pp points at the link to it) and applies it if it took effect. */
@@ -485,6 +492,17 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 	if (*pp == NULL)
 		s->ops_tail = pp;
 	s->nops--;
+	if (op->kind != OP_NOP) {
+		/* out of its name's chain; the map keeps the newest one left */
+		if (op->next_same != NULL)
+			op->next_same->prev_same = op->prev_same;
+		else if (op->prev_same != NULL)
+			sl_strmap_put(&s->opnames, op_name(op->prev_same), op->prev_same);
+		else
+			sl_strmap_del(&s->opnames, op_name(op));
+		if (op->prev_same != NULL)
+			op->prev_same->next_same = op->next_same;
+	}
 	if (op->kind == OP_CLOSE && ok) {
 		stmt_remove(s, op->name);
 	} else if ((op->kind == OP_PARSE || op->kind == OP_PREPARE) && (ok || op->poison_on_fail)) {
@@ -492,9 +510,8 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 		 * the name is unusable until closed. */
 		op->st->unknown = !ok;
 		stmt_remove(s, op->st->name);
-		op->st->next = s->stmts;
-		s->stmts = op->st;
-		op->st = NULL;
+		if (sl_strmap_put(&s->stmts, op->st->name, op->st) == 0)
+			op->st = NULL; /* else not known: using it is refused */
 	}
 	stmt_unref(op->st);
 	free(op->name);
@@ -550,11 +567,8 @@ ops_group_done(struct pg_session *s)
 static struct stmt *
 stmt_lookup(struct pg_session *s, const char *name, int *wait)
 {
-	struct stmt_op *last = NULL;
+	struct stmt_op *last = sl_strmap_get(&s->opnames, name);
 
-	for (struct stmt_op *op = s->ops; op; op = op->next)
-		if (op->kind != OP_NOP && strcmp(op_name(op), name) == 0)
-			last = op;
 	if (last == NULL)
 		return stmt_find(s, name);
 	if (last->grp != s->grp_sent) {
@@ -567,27 +581,58 @@ stmt_lookup(struct pg_session *s, const char *name, int *wait)
 static struct portal *
 portal_find(struct pg_session *s, const char *name)
 {
-	for (struct portal *p = s->portals; p; p = p->next)
-		if (strcmp(p->name, name) == 0)
-			return p;
-	return NULL;
+	return sl_strmap_get(&s->portals, name);
+}
+
+static void
+portal_free(struct pg_session *s, struct portal *p)
+{
+	if (p->prev != NULL)
+		p->prev->next = p->next;
+	else
+		s->portals_old = p->next;
+	if (p->next != NULL)
+		p->next->prev = p->prev;
+	else
+		s->portals_new = p->prev;
+	stmt_unref(p->st);
+	free(p->params);
+	free(p->name);
+	free(p);
 }
 
 static void
 portal_remove(struct pg_session *s, const char *name)
 {
-	for (struct portal **pp = &s->portals; *pp; pp = &(*pp)->next) {
-		if (strcmp((*pp)->name, name) == 0) {
-			struct portal *p = *pp;
+	struct portal *p = sl_strmap_del(&s->portals, name);
 
-			*pp = p->next;
-			stmt_unref(p->st);
-			free(p->params);
-			free(p->name);
-			free(p);
-			return;
-		}
-	}
+	if (p != NULL)
+		portal_free(s, p);
+}
+
+/* Adds a portal the client just bound (its name is not in the map). */
+static int
+portal_add(struct pg_session *s, struct portal *p)
+{
+	if (sl_strmap_put(&s->portals, p->name, p) != 0)
+		return SL_ENOMEM;
+	p->prev = s->portals_new;
+	p->next = NULL;
+	if (s->portals_new != NULL)
+		s->portals_new->next = p;
+	else
+		s->portals_old = p;
+	s->portals_new = p;
+	return 0;
+}
+
+/* The server ended the transaction that answered sync group grp: every
+ * portal bound up to then is gone there (later groups' Binds are not). */
+static void
+portals_tx_over(struct pg_session *s, uint64_t grp)
+{
+	while (s->portals_old != NULL && s->portals_old->grp <= grp)
+		portal_remove(s, s->portals_old->name);
 }
 
 static void
@@ -755,14 +800,14 @@ session_free(struct pg_session *s)
 	free(s->ents);
 	while (s->ops)
 		op_resolve(s, &s->ops, 0);
-	while (s->stmts) {
-		struct stmt *t = s->stmts;
-
-		s->stmts = t->next;
-		stmt_unref(t);
-	}
-	while (s->portals)
-		portal_remove(s, s->portals->name);
+	for (size_t i = 0; i < s->stmts.cap; i++)
+		if (s->stmts.slots[i].key != NULL)
+			stmt_unref(s->stmts.slots[i].val);
+	sl_strmap_fini(&s->stmts);
+	sl_strmap_fini(&s->opnames);
+	while (s->portals_old)
+		portal_remove(s, s->portals_old->name);
+	sl_strmap_fini(&s->portals);
 	blocked_clear(s);
 	free(s->cols);
 	free(s->catcols);
@@ -1324,6 +1369,8 @@ on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
 
 	if (len >= 6)
 		s->txstatus = (char)msg[5];
+	if (s->txstatus == 'I')
+		portals_tx_over(s, s->grp_done);
 	ops_group_done(s);
 	/* Pop up to and including the Query / Sync / FunctionCall this answers. */
 	while ((e = ent_head(s)) != NULL) {
@@ -2670,26 +2717,41 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 	struct sl_pg_bind_msg b;
 	struct portal *p;
 	struct stmt *st;
-	int wait;
+	int wait, dup;
 
 	if (sl_pg_parse_bind(msg, total, &b) != 0) {
 		fatal(s, "08P01", "sluice: malformed Bind message");
 		return -1;
 	}
-	portal_remove(s, b.portal);
+	/* A named portal that may still exist: the server would refuse the
+	 * Bind (42P03) and keep the old portal, which a ROLLBACK TO SAVEPOINT
+	 * makes usable again; sluice must not think the name means the new
+	 * statement then. Refused here; Close the portal first. */
+	p = b.portal[0] != '\0' ? portal_find(s, b.portal) : NULL;
+	if (p != NULL && p->grp >= s->grp_done && p->grp != s->grp_sent && ents_synced(s)) {
+		/* bound in an earlier sync group not answered yet: its
+		 * transaction may end there (and the portal with it); wait */
+		s->barrier = 1;
+		return 1;
+	}
+	dup = p != NULL;
+	if (!dup)
+		portal_remove(s, b.portal);
 	wait = 0;
-	st = stmt_lookup(s, b.stmt, &wait);
+	st = dup ? NULL : stmt_lookup(s, b.stmt, &wait);
 	if (wait && ents_synced(s)) {
 		s->barrier = 1;
 		return 1;
 	}
-	if (wait || st == NULL || st->unknown) {
+	if (dup || wait || st == NULL || st->unknown) {
 		/* Only statements we decided on run: a name we do not know (or
 		 * whose meaning is uncertain) is refused, never left to the
 		 * server to resolve. */
-		const char *why = wait ? pipeline_wait_msg
-				       : "sluice: this prepared statement is unknown or was "
-					 "redefined without Close; Close it and prepare it again";
+		const char *why = dup	 ? "sluice: this portal already exists; Close it before "
+					   "binding it again"
+				  : wait ? pipeline_wait_msg
+					 : "sluice: this prepared statement is unknown or was "
+					   "redefined without Close; Close it and prepare it again";
 		struct sl_sql_class un;
 		struct sl_pl_request rq;
 		struct sl_decision d = {.action = SL_ACT_BLOCK, .message = why};
@@ -2723,8 +2785,14 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			else if (bin != (p->rfmt == RFMT_BINARY))
 				p->rfmt = RFMT_MIXED;
 		}
-		p->next = s->portals;
-		s->portals = p;
+		p->grp = s->grp_sent;
+		if (portal_add(s, p) != 0) {
+			stmt_unref(p->st);
+			free(p->name);
+			free(p);
+			fatal(s, "53200", "sluice: out of memory");
+			return -1;
+		}
 		if (st->review && b.params_len > 0) {
 			p->params = malloc(b.params_len);
 			if (p->params == NULL) {

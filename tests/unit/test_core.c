@@ -1,0 +1,133 @@
+/* Unit tests: the string map (against a plain model) and SipHash. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "sluice/core.h"
+
+static void
+test_siphash_known_answer(void **state)
+{
+	uint8_t key[16], msg[15];
+
+	(void)state;
+	for (int i = 0; i < 16; i++)
+		key[i] = (uint8_t)i;
+	for (int i = 0; i < 15; i++)
+		msg[i] = (uint8_t)i;
+	/* the example in the SipHash paper (Aumasson, Bernstein), appendix A */
+	assert_true(sl_siphash(msg, sizeof(msg), key) == 0xa129ca6149be45e5ull);
+	/* and the first entries of the reference vectors (empty, one byte) */
+	assert_true(sl_siphash(msg, 0, key) == 0x726fdb47dd0e0e31ull);
+	assert_true(sl_siphash(msg, 1, key) == 0x74f839c593dc67fdull);
+	assert_true(sl_siphash(msg, 8, key) == 0x93f5f5799a932462ull);
+}
+
+#define NKEYS 300
+
+/* Random puts, replaces, deletes and gets over a small key space (so runs
+ * collide, wrap and shift), checked against an array after every step. */
+static void
+test_strmap_matches_model(void **state)
+{
+	static char names[NKEYS][16];
+	void *model[NKEYS];
+	struct sl_strmap m;
+	unsigned seed = 12345;
+
+	(void)state;
+	memset(&m, 0, sizeof(m));
+	memset(model, 0, sizeof(model));
+	assert_null(sl_strmap_get(&m, "absent"));
+	assert_null(sl_strmap_del(&m, "absent"));
+	for (int i = 0; i < NKEYS; i++)
+		snprintf(names[i], sizeof(names[i]), i % 7 ? "s%d" : "%d", i);
+	for (int step = 0; step < 200000; step++) {
+		int k, op;
+		size_t live = 0, seen = 0;
+
+		seed = seed * 1103515245u + 12345u;
+		k = (int)((seed >> 8) % NKEYS);
+		op = (int)((seed >> 20) % 3);
+		if (op == 0) {
+			void *v = (void *)(uintptr_t)(step + 1);
+
+			assert_int_equal(sl_strmap_put(&m, names[k], v), 0);
+			model[k] = v;
+		} else if (op == 1) {
+			assert_ptr_equal(sl_strmap_del(&m, names[k]), model[k]);
+			model[k] = NULL;
+		} else {
+			assert_ptr_equal(sl_strmap_get(&m, names[k]), model[k]);
+		}
+		if (step % 997 != 0)
+			continue;
+		for (int i = 0; i < NKEYS; i++) {
+			assert_ptr_equal(sl_strmap_get(&m, names[i]), model[i]);
+			live += model[i] != NULL;
+		}
+		for (size_t i = 0; i < m.cap; i++)
+			seen += m.slots[i].key != NULL;
+		assert_int_equal(m.n, live);
+		assert_int_equal(seen, live);
+	}
+	/* a lookup by an equal string that is not the stored pointer */
+	{
+		char copy[16];
+
+		snprintf(copy, sizeof(copy), "%s", names[1]);
+		assert_ptr_equal(sl_strmap_get(&m, copy), model[1]);
+	}
+	sl_strmap_fini(&m);
+	assert_int_equal(m.n, 0);
+}
+
+/* Many entries: the map grows and every one is still found, then all go. */
+static void
+test_strmap_grows_and_empties(void **state)
+{
+	enum { N = 50000 };
+	char(*names)[16] = malloc(N * 16);
+	struct sl_strmap m;
+
+	(void)state;
+	assert_non_null(names);
+	memset(&m, 0, sizeof(m));
+	for (int i = 0; i < N; i++) {
+		snprintf(names[i], 16, "S_%d", i);
+		assert_int_equal(sl_strmap_put(&m, names[i], names[i]), 0);
+	}
+	assert_int_equal(m.n, N);
+	assert_true(m.n * 4 <= m.cap * 3);
+	for (int i = 0; i < N; i++)
+		assert_ptr_equal(sl_strmap_get(&m, names[i]), names[i]);
+	for (int i = 0; i < N; i += 2)
+		assert_ptr_equal(sl_strmap_del(&m, names[i]), names[i]);
+	for (int i = 0; i < N; i++)
+		assert_ptr_equal(sl_strmap_get(&m, names[i]), i % 2 ? names[i] : NULL);
+	for (int i = 1; i < N; i += 2)
+		assert_ptr_equal(sl_strmap_del(&m, names[i]), names[i]);
+	assert_int_equal(m.n, 0);
+	for (size_t i = 0; i < m.cap; i++)
+		assert_null(m.slots[i].key);
+	sl_strmap_fini(&m);
+	free(names);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_siphash_known_answer),
+		cmocka_unit_test(test_strmap_matches_model),
+		cmocka_unit_test(test_strmap_grows_and_empties),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
