@@ -78,16 +78,21 @@ struct stmt {
  * in the same sync group see the change (if it failed, the server skips what
  * follows too); lookups from a later group wait for the answer.
  */
-enum { OP_PARSE = 'P', OP_CLOSE = 'C', OP_NOP = 'c', OP_PREPARE = 'Q' };
+enum { OP_PARSE = 'P', OP_CLOSE = 'C', OP_PREPARE = 'Q', OP_BIND = 'B', OP_PCLOSE = 'c' };
 
+/* Portals follow the same rule (OP_BIND, OP_PCLOSE): the server keeps an old
+ * portal when a Bind fails (a named one that exists: 42P03; or a Bind refused
+ * before the unnamed portal is replaced) or when a Close is skipped, and a
+ * ROLLBACK TO SAVEPOINT can make that old portal usable again. */
 struct stmt_op {
-	uint8_t kind;		/* OP_*; OP_NOP: a portal Close (answered, no effect) */
+	uint8_t kind;		/* OP_* */
 	uint8_t poison_on_fail; /* OP_PREPARE: a failure does not say it did not run */
 	uint64_t grp;		/* sync group it was sent in */
-	char *name;		/* OP_CLOSE */
+	char *name;		/* OP_CLOSE, OP_PCLOSE */
 	struct stmt *st;	/* OP_PARSE, OP_PREPARE: the definition (one reference) */
+	struct portal *portal;	/* OP_BIND: the portal it makes (owned until confirmed) */
 	struct stmt_op *next;
-	/* the pending ops of the same name, older and newer (not OP_NOP) */
+	/* the pending ops of the same name, older and newer */
 	struct stmt_op *prev_same, *next_same;
 };
 
@@ -151,7 +156,8 @@ struct pg_session {
 	 * cost a walk over all of them (a worker serves many sessions). */
 	struct sl_strmap stmts; /* name -> struct stmt the server confirmed */
 	struct stmt_op *ops, **ops_tail;
-	struct sl_strmap opnames; /* name -> newest pending op of that name */
+	struct sl_strmap opnames; /* statement name -> newest pending op of that name */
+	struct sl_strmap pnames;  /* portal name -> newest pending op of that name */
 	size_t nops;
 	uint64_t grp_sent, grp_done; /* Query/Sync/FunctionCall sent, answered (Z) */
 	int grp_failed;		     /* the group being answered had an error */
@@ -438,42 +444,57 @@ stmt_new(const char *name, const char *sql, size_t len, uint32_t kinds)
 	return t;
 }
 
+static void portal_destroy(struct portal *p);
+static void portal_remove(struct pg_session *s, const char *name);
+static int portal_add(struct pg_session *s, struct portal *p);
+
 static const char *
 op_name(const struct stmt_op *op)
 {
+	if (op->kind == OP_BIND)
+		return op->portal->name;
 	return op->st != NULL ? op->st->name : op->name;
 }
 
-/* Queues a change for the server to confirm; takes st's reference. */
+/* Statements and portals have separate names. */
+static struct sl_strmap *
+op_map(struct pg_session *s, const struct stmt_op *op)
+{
+	return op->kind == OP_BIND || op->kind == OP_PCLOSE ? &s->pnames : &s->opnames;
+}
+
+/* Queues a change for the server to confirm; takes st's reference and the
+ * portal (OP_BIND), also on failure. */
 static int
-op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st, uint64_t grp,
-	int poison_on_fail)
+op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st,
+	struct portal *portal, uint64_t grp, int poison_on_fail)
 {
 	struct stmt_op *op;
 
 	if (s->nops >= MAX_STMT_OPS || (op = calloc(1, sizeof(*op))) == NULL) {
 		stmt_unref(st);
+		portal_destroy(portal);
 		return SL_ENOMEM;
 	}
 	op->kind = kind;
 	op->grp = grp;
 	op->poison_on_fail = (uint8_t)poison_on_fail;
 	op->st = st;
-	if (kind == OP_CLOSE && (op->name = strdup(name)) == NULL) {
+	op->portal = portal;
+	if ((kind == OP_CLOSE || kind == OP_PCLOSE) && (op->name = strdup(name)) == NULL) {
 		free(op);
 		return SL_ENOMEM;
 	}
-	if (kind != OP_NOP) {
-		op->prev_same = sl_strmap_get(&s->opnames, op_name(op));
-		if (sl_strmap_put(&s->opnames, op_name(op), op) != 0) {
-			stmt_unref(op->st);
-			free(op->name);
-			free(op);
-			return SL_ENOMEM;
-		}
-		if (op->prev_same != NULL)
-			op->prev_same->next_same = op;
+	op->prev_same = sl_strmap_get(op_map(s, op), op_name(op));
+	if (sl_strmap_put(op_map(s, op), op_name(op), op) != 0) {
+		stmt_unref(op->st);
+		portal_destroy(op->portal);
+		free(op->name);
+		free(op);
+		return SL_ENOMEM;
 	}
+	if (op->prev_same != NULL)
+		op->prev_same->next_same = op;
 	if (s->ops == NULL)
 		s->ops_tail = &s->ops;
 	*s->ops_tail = op;
@@ -492,19 +513,26 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 	if (*pp == NULL)
 		s->ops_tail = pp;
 	s->nops--;
-	if (op->kind != OP_NOP) {
-		/* out of its name's chain; the map keeps the newest one left */
-		if (op->next_same != NULL)
-			op->next_same->prev_same = op->prev_same;
-		else if (op->prev_same != NULL)
-			sl_strmap_put(&s->opnames, op_name(op->prev_same), op->prev_same);
-		else
-			sl_strmap_del(&s->opnames, op_name(op));
-		if (op->prev_same != NULL)
-			op->prev_same->next_same = op->next_same;
-	}
+	/* out of its name's chain; the map keeps the newest one left */
+	if (op->next_same != NULL)
+		op->next_same->prev_same = op->prev_same;
+	else if (op->prev_same != NULL)
+		sl_strmap_put(op_map(s, op), op_name(op->prev_same), op->prev_same);
+	else
+		sl_strmap_del(op_map(s, op), op_name(op));
+	if (op->prev_same != NULL)
+		op->prev_same->next_same = op->next_same;
 	if (op->kind == OP_CLOSE && ok) {
 		stmt_remove(s, op->name);
+	} else if (op->kind == OP_PCLOSE && ok) {
+		portal_remove(s, op->name);
+	} else if (op->kind == OP_BIND && ok) {
+		portal_remove(s, op->portal->name); /* the unnamed one it replaces */
+		op->portal->grp = op->grp;
+		if (portal_add(s, op->portal) == 0)
+			op->portal = NULL;
+		else /* the server has a portal sluice cannot track */
+			fatal(s, "53200", "sluice: out of memory");
 	} else if ((op->kind == OP_PARSE || op->kind == OP_PREPARE) && (ok || op->poison_on_fail)) {
 		/* A failed multi-statement PREPARE may or may not have run:
 		 * the name is unusable until closed. */
@@ -514,20 +542,28 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 			op->st = NULL; /* else not known: using it is refused */
 	}
 	stmt_unref(op->st);
+	portal_destroy(op->portal);
 	free(op->name);
 	free(op);
 }
 
-/* ParseComplete or CloseComplete: the oldest Parse or Close took effect.
- * Returns -1 when the server answered something never sent. */
+/* ParseComplete, BindComplete or CloseComplete: the oldest Parse, Bind or
+ * Close took effect. Returns -1 when the server answered something never
+ * sent. */
 static int
 op_answered(struct pg_session *s, uint8_t type)
 {
 	struct stmt_op **pp = &s->ops;
+	uint8_t k;
 
 	while (*pp != NULL && (*pp)->kind == OP_PREPARE)
 		pp = &(*pp)->next;
-	if (*pp == NULL || (type == '1') != ((*pp)->kind == OP_PARSE))
+	if (*pp == NULL)
+		return -1;
+	k = (*pp)->kind;
+	if (!(type == '1'   ? k == OP_PARSE
+	      : type == '2' ? k == OP_BIND
+			    : k == OP_CLOSE || k == OP_PCLOSE))
 		return -1;
 	op_resolve(s, pp, 1);
 	return 0;
@@ -585,6 +621,17 @@ portal_find(struct pg_session *s, const char *name)
 }
 
 static void
+portal_destroy(struct portal *p)
+{
+	if (p == NULL)
+		return;
+	stmt_unref(p->st);
+	free(p->params);
+	free(p->name);
+	free(p);
+}
+
+static void
 portal_free(struct pg_session *s, struct portal *p)
 {
 	if (p->prev != NULL)
@@ -595,10 +642,23 @@ portal_free(struct pg_session *s, struct portal *p)
 		p->next->prev = p->prev;
 	else
 		s->portals_new = p->prev;
-	stmt_unref(p->st);
-	free(p->params);
-	free(p->name);
-	free(p);
+	portal_destroy(p);
+}
+
+/* What a portal name means to the server at the point the client's next
+ * message is processed (see stmt_lookup). */
+static struct portal *
+portal_lookup(struct pg_session *s, const char *name, int *wait)
+{
+	struct stmt_op *last = sl_strmap_get(&s->pnames, name);
+
+	if (last == NULL)
+		return portal_find(s, name);
+	if (last->grp != s->grp_sent) {
+		*wait = 1;
+		return NULL;
+	}
+	return last->kind == OP_PCLOSE ? NULL : last->portal;
 }
 
 static void
@@ -610,7 +670,7 @@ portal_remove(struct pg_session *s, const char *name)
 		portal_free(s, p);
 }
 
-/* Adds a portal the client just bound (its name is not in the map). */
+/* Adds a portal the server confirmed (its name is not in the map). */
 static int
 portal_add(struct pg_session *s, struct portal *p)
 {
@@ -805,6 +865,7 @@ session_free(struct pg_session *s)
 			stmt_unref(s->stmts.slots[i].val);
 	sl_strmap_fini(&s->stmts);
 	sl_strmap_fini(&s->opnames);
+	sl_strmap_fini(&s->pnames);
 	while (s->portals_old)
 		portal_remove(s, s->portals_old->name);
 	sl_strmap_fini(&s->portals);
@@ -1366,12 +1427,14 @@ static void
 on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
 {
 	struct entry *e;
+	uint64_t grp;
 
 	if (len >= 6)
 		s->txstatus = (char)msg[5];
-	if (s->txstatus == 'I')
-		portals_tx_over(s, s->grp_done);
+	grp = s->grp_done;
 	ops_group_done(s);
+	if (s->txstatus == 'I')
+		portals_tx_over(s, grp);
 	/* Pop up to and including the Query / Sync / FunctionCall this answers. */
 	while ((e = ent_head(s)) != NULL) {
 		uint8_t k = e->kind;
@@ -2033,6 +2096,7 @@ process_upstream(struct pg_session *s)
 			/* A new BackendKeyData mid-session is not expected. */
 			break;
 		case '1': /* ParseComplete */
+		case '2': /* BindComplete */
 		case '3': /* CloseComplete */
 			if (op_answered(s, type) != 0) {
 				fatal(s, "08P01",
@@ -2500,7 +2564,7 @@ remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char
 	for (size_t i = 0; i < c->nprepared; i++) {
 		struct stmt *t = stmt_new(c->prepared[i], sql, len, c->prepared_kinds[i]);
 
-		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, grp, poison) != 0)
+		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, NULL, grp, poison) != 0)
 			return SL_ENOMEM;
 	}
 	return 0;
@@ -2659,7 +2723,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 				if (d.message == d.reason)
 					t->dec.message = t->dec.reason;
 			}
-			if (t == NULL || op_push(s, OP_PARSE, NULL, t, s->grp_sent, 0) != 0) {
+			if (t == NULL || op_push(s, OP_PARSE, NULL, t, NULL, s->grp_sent, 0) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
 				return -1;
 			}
@@ -2683,7 +2747,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		{
 			struct stmt *t = stmt_new(p.stmt, p.sql, p.sqllen, c->kinds);
 
-			if (t == NULL || op_push(s, OP_PARSE, NULL, t, s->grp_sent, 0) != 0 ||
+			if (t == NULL || op_push(s, OP_PARSE, NULL, t, NULL, s->grp_sent, 0) != 0 ||
 			    remember_prepared(s, c, p.sql, p.sqllen, s->grp_sent, 1) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
 				return -1;
@@ -2723,22 +2787,14 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "08P01", "sluice: malformed Bind message");
 		return -1;
 	}
-	/* A named portal that may still exist: the server would refuse the
-	 * Bind (42P03) and keep the old portal, which a ROLLBACK TO SAVEPOINT
-	 * makes usable again; sluice must not think the name means the new
-	 * statement then. Refused here; Close the portal first. */
-	p = b.portal[0] != '\0' ? portal_find(s, b.portal) : NULL;
-	if (p != NULL && p->grp >= s->grp_done && p->grp != s->grp_sent && ents_synced(s)) {
-		/* bound in an earlier sync group not answered yet: its
-		 * transaction may end there (and the portal with it); wait */
-		s->barrier = 1;
-		return 1;
-	}
-	dup = p != NULL;
-	if (!dup)
-		portal_remove(s, b.portal);
+	/* A named portal that exists: the server refuses the Bind (42P03)
+	 * and keeps the old portal, and sluice refuses it first (the portal
+	 * map changes only with the server's answers anyway). The unnamed
+	 * portal is replaced by a Bind that succeeds. */
 	wait = 0;
-	st = dup ? NULL : stmt_lookup(s, b.stmt, &wait);
+	p = b.portal[0] != '\0' ? portal_lookup(s, b.portal, &wait) : NULL;
+	dup = p != NULL;
+	st = dup || wait ? NULL : stmt_lookup(s, b.stmt, &wait);
 	if (wait && ents_synced(s)) {
 		s->barrier = 1;
 		return 1;
@@ -2785,22 +2841,20 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			else if (bin != (p->rfmt == RFMT_BINARY))
 				p->rfmt = RFMT_MIXED;
 		}
-		p->grp = s->grp_sent;
-		if (portal_add(s, p) != 0) {
-			stmt_unref(p->st);
-			free(p->name);
-			free(p);
-			fatal(s, "53200", "sluice: out of memory");
-			return -1;
-		}
 		if (st->review && b.params_len > 0) {
 			p->params = malloc(b.params_len);
 			if (p->params == NULL) {
+				portal_destroy(p);
 				fatal(s, "53200", "sluice: out of memory");
 				return -1;
 			}
 			memcpy(p->params, b.params, b.params_len);
 			p->plen = b.params_len;
+		}
+		/* it counts once the server answers BindComplete */
+		if (op_push(s, OP_BIND, NULL, NULL, p, s->grp_sent, 0) != 0) {
+			fatal(s, "54000", "sluice: too many statements in flight");
+			return -1;
 		}
 	}
 	up_send(s, msg, total);
@@ -2818,18 +2872,22 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	struct sl_decision d;
 	struct sl_sql_class cls;
 	char trace[33] = "", span[17] = "";
-	int r;
+	int r, wait = 0;
 
 	if (sl_pg_parse_execute(msg, total, &portal, &maxrows) != 0) {
 		fatal(s, "08P01", "sluice: malformed Execute message");
 		return -1;
+	}
+	p = portal_lookup(s, portal, &wait);
+	if (wait && ents_synced(s)) {
+		s->barrier = 1;
+		return 1;
 	}
 	e = ent_push(s, ENT_EXEC);
 	if (e == NULL) {
 		fatal(s, "54000", "sluice: too many statements in flight");
 		return -1;
 	}
-	p = portal_find(s, portal);
 	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
 	memset(&rq, 0, sizeof(rq));
 	memset(&cls, 0, sizeof(cls));
@@ -2855,6 +2913,16 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	e->seq = rq.seq;
 	d.action = SL_ACT_ALLOW;
 	d.message = NULL;
+	if (wait) {
+		/* a Bind or Close of this name from an earlier, unanswered
+		 * group of an unsynchronised pipeline */
+		e->blocked = 1;
+		d.action = SL_ACT_BLOCK;
+		d.message = pipeline_wait_msg;
+		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
+		substitute(s, 'E', "", d.message);
+		return 0;
+	}
 	if (p != NULL && p->st->review) {
 		struct sl_buf bound;
 		int hr;
@@ -2970,10 +3038,8 @@ process_client(struct pg_session *s)
 				fatal(s, "08P01", "sluice: malformed Close message");
 				return;
 			}
-			if (kind != 'S')
-				portal_remove(s, name);
-			if (op_push(s, kind == 'S' ? OP_CLOSE : OP_NOP, name, NULL, s->grp_sent,
-				    0) != 0) {
+			if (op_push(s, kind == 'S' ? OP_CLOSE : OP_PCLOSE, name, NULL, NULL,
+				    s->grp_sent, 0) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
 				return;
 			}

@@ -436,6 +436,39 @@ def test_portal_rebound_after_savepoint_never_skips_review(rgw, pg):
     assert pgwire.errors(got), got
 
 
+@pytest.mark.parametrize("how", ["skipped_close", "failed_unnamed_bind"])
+def test_portal_kept_by_the_server_never_skips_review(rgw, pg, how):
+    # The server keeps a portal sluice might think gone or replaced: a Close
+    # skipped after an error, or a Bind to the unnamed portal refused before
+    # it replaces the old one (wrong parameter count). The savepoint makes
+    # the transaction usable again with that portal in it.
+    amount = {"skipped_close": 818191, "failed_unnamed_bind": 818192}[how]
+    pg.psql("orders", "INSERT INTO orders (customer, amount) VALUES (1, %d)" % amount)
+    cn = session(rgw)
+    name = "P" if how == "skipped_close" else ""
+    cn.send(pgwire.query("BEGIN"))
+    cn.until_ready()
+    cn.send(pgwire.parse("s1", _reviewed_delete(amount)) + pgwire.bind(name, "s1") + pgwire.SYNC)
+    assert not pgwire.errors(cn.until_ready())
+    cn.send(pgwire.query("SAVEPOINT sp"))
+    cn.until_ready()
+    if how == "skipped_close":
+        cn.send(pgwire.parse("", "SELECT * FROM no_such_table") + _portal_close(name) +
+                pgwire.SYNC)
+    else:
+        cn.send(pgwire.parse("s2", "SELECT $1::int") + pgwire.bind("", "s2") + pgwire.SYNC)
+    assert pgwire.errors(cn.until_ready())
+    cn.send(pgwire.query("ROLLBACK TO SAVEPOINT sp"))
+    assert not pgwire.errors(cn.until_ready())
+    cn.send(pgwire.execute(name) + pgwire.SYNC)
+    got = cn.until_ready()  # held for review, times out
+    cn.send(pgwire.query("COMMIT"))
+    cn.until_ready()
+    cn.close()
+    assert count(pg, amount) == "1", (how, got)
+    assert pgwire.errors(got), got
+
+
 def test_named_portals_still_work_for_honest_clients(gw):
     cn = session(gw)
     cn.send(pgwire.parse("s1", "SELECT 'p'") + pgwire.bind("P", "s1") + pgwire.execute("P") +
