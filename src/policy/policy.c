@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <strings.h>
 
@@ -180,16 +181,53 @@ policy_applies(const struct cpolicy *cp, const char *subject, const char *const 
 	return 0;
 }
 
-/* Table names match "t" against "t" or "s.t", and "s.t" exactly. */
-static int
-table_matches(const char *pat, const char *t)
+/* The last k dot-separated parts of a name (all of it if it has fewer). */
+static const char *
+last_parts(const char *name, int k, int *have)
 {
-	const char *dot;
+	const char *p = name + strlen(name);
+	int n = 1;
 
-	if (strcasecmp(pat, t) == 0 || sl_glob_match_ci(pat, t))
-		return 1;
-	dot = strchr(t, '.');
-	return dot && strchr(pat, '.') == NULL && strcasecmp(pat, dot + 1) == 0;
+	while (p > name) {
+		if (p[-1] == '.') {
+			if (n == k)
+				break;
+			n++;
+		}
+		p--;
+	}
+	*have = n;
+	return p;
+}
+
+/*
+ * A rule's table or function name against one the statement names, compared
+ * from the right, globs allowed: "t" matches "t", "s.t" and "db.s.t"; "s.t"
+ * matches "s.t" and "db.s.t". In block and review rules (restrictive) a
+ * qualified pattern also matches a less qualified name with the same last
+ * parts: search_path decides what an unqualified name is (`SET search_path
+ * = hr` makes "payroll" hr.payroll, and pg_catalog always comes first for
+ * "pg_read_file") — unless those last parts are a glob. An allow rule stays
+ * exact.
+ */
+static int
+name_matches(const char *pat, const char *name, int restrictive)
+{
+	int pk, nk;
+	const char *n;
+
+	(void)last_parts(pat, INT_MAX, &pk);
+	n = last_parts(name, pk, &nk);
+	if (nk >= pk)
+		return sl_glob_match_ci(pat, n) || strcasecmp(pat, n) == 0;
+	if (!restrictive)
+		return 0;
+	pat = last_parts(pat, nk, &pk);
+	/* "audit.*" names a schema, and any unqualified name might be in it:
+	 * stretching that would block every unqualified name */
+	if (strpbrk(pat, "*?[") != NULL)
+		return 0;
+	return strcasecmp(pat, name) == 0;
 }
 
 /* Whether the rule's non-kind conditions hold. */
@@ -197,6 +235,7 @@ static int
 conditions_hold(const struct crule *cr, const struct sl_request *req)
 {
 	const struct sl_cfg_rule *r = cr->cfg;
+	int restrictive = cr->action == SL_ACT_BLOCK || cr->action == SL_ACT_REVIEW;
 
 	switch (req->proto) {
 	case SL_PROTO_PG:
@@ -209,8 +248,8 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 
 			for (unsigned i = 0; i < r->functions_count && !hit; i++)
 				for (size_t f = 0; f < req->sql->nfunctions && !hit; f++)
-					if (strcasecmp(r->functions[i], req->sql->functions[f]) ==
-					    0)
+					if (name_matches(r->functions[i], req->sql->functions[f],
+							 restrictive))
 						hit = 1;
 			if (!hit)
 				return 0;
@@ -220,7 +259,8 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 
 			for (unsigned i = 0; i < r->tables_count && !hit; i++)
 				for (size_t t = 0; t < req->sql->ntables && !hit; t++)
-					if (table_matches(r->tables[i], req->sql->tables[t]))
+					if (name_matches(r->tables[i], req->sql->tables[t],
+							 restrictive))
 						hit = 1;
 			if (!hit)
 				return 0;

@@ -541,3 +541,43 @@ def test_tens_of_thousands_of_prepared_statements(gw):
     # work is ~2 s here (~6 s under AddressSanitizer); a list walk per
     # message was ~30 s (and stalled the worker's other sessions meanwhile).
     assert _cpu_seconds(gw.proc.pid) - cpu0 < 20
+
+
+# ------------------------------------------------ qualified names in block rules
+#
+# A rule that names hr.payroll or pg_catalog.pg_read_file must not be
+# sidestepped by leaving the schema out: search_path decides what an
+# unqualified name is, and the agent may set it.
+
+QUALIFIED_BLOCKS = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, tables: [hr.payroll], message: "payroll is off limits" }
+      - { action: block, functions: [pg_catalog.pg_read_file], message: "no file reads" }
+      - { action: allow, sql: [select, set] }
+"""
+
+
+def test_block_rules_on_qualified_names_see_unqualified_uses(gateway_factory, pg):
+    import psycopg2
+    pg.psql("orders", "CREATE SCHEMA IF NOT EXISTS hr AUTHORIZATION app; "
+                      "CREATE TABLE IF NOT EXISTS hr.payroll (who text, pay int); "
+                      "ALTER TABLE hr.payroll OWNER TO app; "
+                      "INSERT INTO hr.payroll VALUES ('ceo', 1000000)")
+    gw = gateway_factory(policies=QUALIFIED_BLOCKS)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SET search_path = hr, public")
+    for sql, msg in [("SELECT * FROM payroll", "payroll is off limits"),
+                     ("SELECT * FROM hr.payroll", "payroll is off limits"),
+                     ("SELECT * FROM orders.hr.payroll", "payroll is off limits"),
+                     ("SELECT pg_read_file('/etc/hostname')", "no file reads")]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501" and msg in str(ei.value), (sql, ei.value)
+    cur.execute("SELECT count(*) FROM orders")  # the rest still runs
+    assert cur.fetchone()[0] > 0
+    c.close()

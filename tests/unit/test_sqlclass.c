@@ -274,6 +274,74 @@ test_policy_semantics(void **state)
 	sl_config_free(cfg);
 }
 
+/* Qualified names in rules: what search_path resolves an unqualified name to
+ * is up to the session, so block and review rules catch it; allow rules stay
+ * exact. Compared from the right, so a three-part name is caught too. */
+static const char qualified_yaml[] =
+	"connections:\n"
+	"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+	"policies:\n"
+	"  - name: agents\n"
+	"    match: { groups: [ai-agents] }\n"
+	"    rules:\n"
+	"      - { action: block, functions: [pg_catalog.pg_read_file] }\n"
+	"      - { action: block, tables: [hr.payroll, \"audit.*\"] }\n"
+	"      - { action: review, sql: [update], tables: [hr.salaries], approvers: [dba] }\n"
+	"      - { action: allow, sql: [update], tables: [public.tmp_*, public.scratch] }\n"
+	"      - { action: allow, sql: [select, set] }\n";
+
+static void
+test_policy_qualified_names(void **state)
+{
+	static const struct {
+		const char *sql;
+		enum sl_action want;
+	} cases[] = {
+		{"SELECT pg_read_file('/etc/passwd')", SL_ACT_BLOCK},
+		{"SELECT pg_catalog.pg_read_file('/etc/passwd')", SL_ACT_BLOCK},
+		{"SELECT PG_READ_FILE('/etc/passwd')", SL_ACT_BLOCK},
+		{"SELECT pg_read_file_x('/etc/passwd')", SL_ACT_ALLOW},
+		/* a function of that name in another schema: blocked too (calls are
+		 * listed qualified and by their last part) */
+		{"SELECT other.pg_read_file('x')", SL_ACT_BLOCK},
+		{"SELECT * FROM payroll", SL_ACT_BLOCK}, /* SET search_path = hr */
+		{"SELECT * FROM hr.payroll", SL_ACT_BLOCK},
+		{"SELECT * FROM \"hr\".\"payroll\"", SL_ACT_BLOCK},
+		{"SELECT * FROM orders.hr.payroll", SL_ACT_BLOCK},
+		{"SELECT * FROM public.payroll", SL_ACT_ALLOW},
+		{"SELECT * FROM payroll_2024", SL_ACT_ALLOW},
+		{"SELECT * FROM audit.log", SL_ACT_BLOCK},
+		/* a schema-wide pattern cannot say which unqualified names are in
+		 * that schema: it matches qualified names only (docs/policy.md) */
+		{"SELECT * FROM log", SL_ACT_ALLOW},
+		{"UPDATE salaries SET a = 1 WHERE id = 1", SL_ACT_REVIEW},
+		{"UPDATE public.tmp_x SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
+		{"UPDATE db.public.tmp_x SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
+		/* an allow rule's qualified name does not stretch to an unqualified one */
+		{"UPDATE tmp_x SET a = 1 WHERE id = 1", SL_ACT_BLOCK},
+		{"UPDATE scratch SET a = 1 WHERE id = 1", SL_ACT_BLOCK},
+		{"UPDATE public.scratch SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
+	};
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(sl_config_load_data("t", qualified_yaml, strlen(qualified_yaml), &cfg, err,
+					     sizeof(err)),
+			 0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
+
+		if (got != cases[i].want)
+			fail_msg("%s: got %d, want %d", cases[i].sql, got, cases[i].want);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
 static void
 test_policy_compile_errors(void **state)
 {
@@ -309,6 +377,7 @@ main(void)
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
+		cmocka_unit_test(test_policy_qualified_names),
 		cmocka_unit_test(test_policy_compile_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
