@@ -79,6 +79,11 @@ sl_siphash(const void *data, size_t len, const uint8_t key[16])
 static uint64_t
 hash_name(const char *s)
 {
+	/* The unnamed statement and portal are the common case (every
+	 * Parse/Bind of libpq, psycopg, pgbench -M extended): one fixed
+	 * value, which no other name can be steered to without the key. */
+	if (s[0] == '\0')
+		return 0x9e3779b97f4a7c15ull;
 	if (!__atomic_load_n(&sip_key_set, __ATOMIC_ACQUIRE)) {
 		/* Once per process; a race only writes random bytes twice
 		 * before any map holds an entry hashed with the first. */

@@ -48,6 +48,7 @@ test_strmap_matches_model(void **state)
 	assert_null(sl_strmap_del(&m, "absent"));
 	for (int i = 0; i < NKEYS; i++)
 		snprintf(names[i], sizeof(names[i]), i % 7 ? "s%d" : "%d", i);
+	names[NKEYS - 1][0] = '\0'; /* the unnamed statement/portal */
 	for (int step = 0; step < 200000; step++) {
 		int k, op;
 		size_t live = 0, seen = 0;
