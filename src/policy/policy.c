@@ -4,9 +4,9 @@
  */
 #include "sluice/policy.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <limits.h>
 #include <string.h>
 #include <strings.h>
 
