@@ -67,6 +67,7 @@ struct stmt {
 	int review;		/* executing it needs approval (decided at Parse) */
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	unsigned unknown : 1;	/* the server may hold another definition: refused */
+	size_t *held, cost;	/* charged to its session's held_bytes */
 };
 
 /*
@@ -106,7 +107,14 @@ struct portal {
 	size_t plen;
 	uint8_t rfmt;		    /* RFMT_* */
 	struct portal *prev, *next; /* in Bind order */
+	size_t *held, cost;	    /* charged to its session's held_bytes */
 };
+
+/* What one session may make sluice keep: prepared statement texts and names,
+ * portal names and the parameters kept for review. The server has no such
+ * limit, but one agent must not be able to fill the gateway's memory that
+ * every other session shares. Over it: FATAL 54000. */
+#define SESSION_HELD_MAX ((size_t)64 << 20)
 
 struct blocked_msg {
 	char nonce[24];
@@ -168,6 +176,7 @@ struct pg_session {
 	int ext_open;
 	struct sl_strmap portals;		  /* name -> struct portal */
 	struct portal *portals_old, *portals_new; /* the same, in Bind order */
+	size_t held_bytes;			  /* statements and portals (SESSION_HELD_MAX) */
 	struct blocked_msg *blocked;
 	uint64_t reqseq;
 	/* held client message (strict audit / barrier) */
@@ -409,6 +418,7 @@ stmt_unref(struct stmt *t)
 {
 	if (t == NULL || --t->refs > 0)
 		return;
+	*t->held -= t->cost;
 	free(t->name);
 	free(t->sql);
 	free(t);
@@ -420,9 +430,21 @@ stmt_remove(struct pg_session *s, const char *name)
 	stmt_unref(sl_strmap_del(&s->stmts, name));
 }
 
+/* Whether the session may keep n more bytes; if not, ends it. */
+static int
+held_ok(struct pg_session *s, size_t n)
+{
+	if (s->held_bytes <= SESSION_HELD_MAX && n <= SESSION_HELD_MAX - s->held_bytes)
+		return 1;
+	fatal(s, "54000",
+	      "sluice: this session's prepared statements and portals exceed 64 MiB; close some "
+	      "or reconnect");
+	return 0;
+}
+
 /* Returns a new statement (one reference), or NULL without memory. */
 static struct stmt *
-stmt_new(const char *name, const char *sql, size_t len, uint32_t kinds)
+stmt_new(struct pg_session *s, const char *name, const char *sql, size_t len, uint32_t kinds)
 {
 	struct stmt *t = calloc(1, sizeof(*t));
 
@@ -437,6 +459,9 @@ stmt_new(const char *name, const char *sql, size_t len, uint32_t kinds)
 		free(t);
 		return NULL;
 	}
+	t->held = &s->held_bytes;
+	t->cost = sizeof(*t) + strlen(name) + len;
+	s->held_bytes += t->cost;
 	memcpy(t->sql, sql, len);
 	t->sql[len] = '\0';
 	t->sqllen = len;
@@ -625,6 +650,7 @@ portal_destroy(struct portal *p)
 {
 	if (p == NULL)
 		return;
+	*p->held -= p->cost;
 	stmt_unref(p->st);
 	free(p->params);
 	free(p->name);
@@ -2562,7 +2588,7 @@ remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char
 		  uint64_t grp, int poison)
 {
 	for (size_t i = 0; i < c->nprepared; i++) {
-		struct stmt *t = stmt_new(c->prepared[i], sql, len, c->prepared_kinds[i]);
+		struct stmt *t = stmt_new(s, c->prepared[i], sql, len, c->prepared_kinds[i]);
 
 		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, NULL, grp, poison) != 0)
 			return SL_ENOMEM;
@@ -2663,6 +2689,8 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		substitute(s, 'Q', "", bmsg);
 		return 0;
 	}
+	if (c->nprepared > 0 && !held_ok(s, len * c->nprepared))
+		return -1;
 	if (remember_prepared(s, c, sql, len, s->grp_sent - 1, c->nstatements > 1) != 0) {
 		fatal(s, "53200", "sluice: out of memory");
 		return -1;
@@ -2688,6 +2716,8 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "08P01", "sluice: malformed Parse message");
 		return -1;
 	}
+	if (!held_ok(s, strlen(p.stmt) + p.sqllen))
+		return -1;
 	r = vet_text(s, p.sql, p.sqllen, &tmp, &c, &why);
 	if (r != 0)
 		return r;
@@ -2715,7 +2745,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		if (r == 0 && d.action == SL_ACT_REVIEW) {
 			/* Parsing runs nothing: the approval is asked for when
 			 * the statement is executed, with its parameters. */
-			struct stmt *t = stmt_new(p.stmt, p.sql, p.sqllen, c->kinds);
+			struct stmt *t = stmt_new(s, p.stmt, p.sql, p.sqllen, c->kinds);
 
 			if (t != NULL) {
 				t->review = 1;
@@ -2745,7 +2775,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			return 0;
 		}
 		{
-			struct stmt *t = stmt_new(p.stmt, p.sql, p.sqllen, c->kinds);
+			struct stmt *t = stmt_new(s, p.stmt, p.sql, p.sqllen, c->kinds);
 
 			if (t == NULL || op_push(s, OP_PARSE, NULL, t, NULL, s->grp_sent, 0) != 0 ||
 			    remember_prepared(s, c, p.sql, p.sqllen, s->grp_sent, 1) != 0) {
@@ -2825,12 +2855,17 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		return 0;
 	}
 	{
+		if (!held_ok(s, strlen(b.portal) + (st->review ? b.params_len : 0)))
+			return -1;
 		p = calloc(1, sizeof(*p));
 		if (p == NULL || (p->name = strdup(b.portal)) == NULL) {
 			free(p);
 			fatal(s, "53200", "sluice: out of memory");
 			return -1;
 		}
+		p->held = &s->held_bytes;
+		p->cost = sizeof(*p) + strlen(b.portal);
+		s->held_bytes += p->cost;
 		st->refs++;
 		p->st = st;
 		for (uint16_t i = 0; i < b.nresult_formats; i++) {
@@ -2850,6 +2885,8 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			}
 			memcpy(p->params, b.params, b.params_len);
 			p->plen = b.params_len;
+			p->cost += b.params_len;
+			s->held_bytes += b.params_len;
 		}
 		/* it counts once the server answers BindComplete */
 		if (op_push(s, OP_BIND, NULL, NULL, p, s->grp_sent, 0) != 0) {

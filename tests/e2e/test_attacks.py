@@ -581,3 +581,38 @@ def test_block_rules_on_qualified_names_see_unqualified_uses(gateway_factory, pg
     cur.execute("SELECT count(*) FROM orders")  # the rest still runs
     assert cur.fetchone()[0] > 0
     c.close()
+
+
+# ----------------------------------------------- memory one session can hold
+#
+# Prepared statement texts stay in sluice's memory as long as the server
+# keeps them; one agent must not fill the memory every session shares.
+
+def test_prepared_statement_memory_per_session_is_bounded(gw):
+    big = "SELECT '" + "x" * (512 << 10) + "'"  # 512 KiB (texts over 1 MiB are refused)
+    cn = pgwire.Conn(gw.port, timeout=30)
+    assert cn.login("orders", gw.mint())[-1] == (b"Z", b"I")
+    # what is closed is given back: 3 x 40 MiB prepared and closed in turn
+    for rnd in range(3):
+        cn.send(b"".join(pgwire.parse("r%d_%d" % (rnd, i), big) for i in range(80)) + pgwire.SYNC)
+        assert not pgwire.errors(cn.until_ready())
+        cn.send(b"".join(pgwire.msg(b"C", b"S" + pgwire.cstr("r%d_%d" % (rnd, i)))
+                         for i in range(80)) + pgwire.SYNC)
+        assert not pgwire.errors(cn.until_ready())
+    # holding more than 64 MiB ends the session with a clear error
+    errs = []
+    for i in range(160):
+        cn.send(pgwire.parse("s%d" % i, big) + pgwire.SYNC)
+        got = cn.until_ready()
+        errs = pgwire.errors(got)
+        if errs:
+            break
+    assert errs and errs[0]["C"] == "54000" and errs[0]["S"] == "FATAL", (i, errs)
+    assert "64 MiB" in errs[0]["M"] and 120 <= i <= 128, i
+    assert cn.closed()
+    cn.close()
+    # other sessions are unaffected
+    cn = session(gw)
+    cn.send(pgwire.query("SELECT 1"))
+    assert not pgwire.errors(cn.until_ready())
+    cn.close()
