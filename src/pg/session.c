@@ -620,6 +620,26 @@ ops_group_done(struct pg_session *s)
 	s->grp_failed = 0;
 }
 
+/* Whether a change of name (map: opnames or pnames) awaits the server's
+ * answer. If it was sent in this sync group, *op is the newest such change
+ * (later messages of the group see it); if in an earlier one, *op is NULL
+ * and *wait is set (that answer decides). */
+static int
+op_pending(struct pg_session *s, struct sl_strmap *map, const char *name, int *wait,
+	   struct stmt_op **op)
+{
+	struct stmt_op *last = sl_strmap_get(map, name);
+
+	*op = NULL;
+	if (last == NULL)
+		return 0;
+	if (last->grp != s->grp_sent)
+		*wait = 1;
+	else
+		*op = last;
+	return 1;
+}
+
 /*
  * The statement a name means to the server at the point the client's next
  * message is processed, or NULL if none. Sets *wait when that depends on an
@@ -628,15 +648,11 @@ ops_group_done(struct pg_session *s)
 static struct stmt *
 stmt_lookup(struct pg_session *s, const char *name, int *wait)
 {
-	struct stmt_op *last = sl_strmap_get(&s->opnames, name);
+	struct stmt_op *op;
 
-	if (last == NULL)
+	if (!op_pending(s, &s->opnames, name, wait, &op))
 		return stmt_find(s, name);
-	if (last->grp != s->grp_sent) {
-		*wait = 1;
-		return NULL;
-	}
-	return last->kind == OP_CLOSE ? NULL : last->st;
+	return op == NULL || op->kind == OP_CLOSE ? NULL : op->st;
 }
 
 static struct portal *
@@ -676,15 +692,11 @@ portal_free(struct pg_session *s, struct portal *p)
 static struct portal *
 portal_lookup(struct pg_session *s, const char *name, int *wait)
 {
-	struct stmt_op *last = sl_strmap_get(&s->pnames, name);
+	struct stmt_op *op;
 
-	if (last == NULL)
+	if (!op_pending(s, &s->pnames, name, wait, &op))
 		return portal_find(s, name);
-	if (last->grp != s->grp_sent) {
-		*wait = 1;
-		return NULL;
-	}
-	return last->kind == OP_PCLOSE ? NULL : last->portal;
+	return op == NULL || op->kind == OP_PCLOSE ? NULL : op->portal;
 }
 
 static void
