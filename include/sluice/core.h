@@ -152,9 +152,10 @@ struct sl_strmap {
 	size_t cap, n;
 };
 void *sl_strmap_get(const struct sl_strmap *m, const char *key);
-/* Inserts or replaces (the stored key pointer too). 0 or SL_ENOMEM (only
- * when inserting: replacing never fails). */
-int sl_strmap_put(struct sl_strmap *m, const char *key, void *val);
+/* Inserts or replaces (the stored key pointer too); *old (if old is not
+ * NULL) gets the value replaced, or NULL. 0 or SL_ENOMEM (only when
+ * inserting: replacing never fails). */
+int sl_strmap_put(struct sl_strmap *m, const char *key, void *val, void **old);
 /* Removes key; returns its value or NULL. */
 void *sl_strmap_del(struct sl_strmap *m, const char *key);
 void sl_strmap_fini(struct sl_strmap *m);

@@ -145,12 +145,16 @@ sl_strmap_get(const struct sl_strmap *m, const char *key)
 }
 
 int
-sl_strmap_put(struct sl_strmap *m, const char *key, void *val)
+sl_strmap_put(struct sl_strmap *m, const char *key, void *val, void **old)
 {
 	uint64_t h = hash_name(key);
 	size_t i;
 
+	if (old != NULL)
+		*old = NULL;
 	if (m->cap != 0 && m->slots[i = find_slot(m, key, h)].key != NULL) {
+		if (old != NULL)
+			*old = m->slots[i].val;
 		m->slots[i].key = key; /* a replacement never allocates */
 		m->slots[i].val = val;
 		return 0;

@@ -510,8 +510,7 @@ op_push(struct pg_session *s, uint8_t kind, const char *name, struct stmt *st,
 		free(op);
 		return SL_ENOMEM;
 	}
-	op->prev_same = sl_strmap_get(op_map(s, op), op_name(op));
-	if (sl_strmap_put(op_map(s, op), op_name(op), op) != 0) {
+	if (sl_strmap_put(op_map(s, op), op_name(op), op, (void **)&op->prev_same) != 0) {
 		stmt_unref(op->st);
 		portal_destroy(op->portal);
 		free(op->name);
@@ -542,7 +541,7 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 	if (op->next_same != NULL)
 		op->next_same->prev_same = op->prev_same;
 	else if (op->prev_same != NULL)
-		sl_strmap_put(op_map(s, op), op_name(op->prev_same), op->prev_same);
+		sl_strmap_put(op_map(s, op), op_name(op->prev_same), op->prev_same, NULL);
 	else
 		sl_strmap_del(op_map(s, op), op_name(op));
 	if (op->prev_same != NULL)
@@ -552,7 +551,6 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 	} else if (op->kind == OP_PCLOSE && ok) {
 		portal_remove(s, op->name);
 	} else if (op->kind == OP_BIND && ok) {
-		portal_remove(s, op->portal->name); /* the unnamed one it replaces */
 		op->portal->grp = op->grp;
 		if (portal_add(s, op->portal) == 0)
 			op->portal = NULL;
@@ -561,10 +559,13 @@ op_resolve(struct pg_session *s, struct stmt_op **pp, int ok)
 	} else if ((op->kind == OP_PARSE || op->kind == OP_PREPARE) && (ok || op->poison_on_fail)) {
 		/* A failed multi-statement PREPARE may or may not have run:
 		 * the name is unusable until closed. */
+		struct stmt *old;
+
 		op->st->unknown = !ok;
-		stmt_remove(s, op->st->name);
-		if (sl_strmap_put(&s->stmts, op->st->name, op->st) == 0)
-			op->st = NULL; /* else not known: using it is refused */
+		if (sl_strmap_put(&s->stmts, op->st->name, op->st, (void **)&old) == 0) {
+			stmt_unref(old); /* the definition it replaces */
+			op->st = NULL;
+		} /* else not known: using it is refused */
 	}
 	stmt_unref(op->st);
 	portal_destroy(op->portal);
@@ -708,12 +709,17 @@ portal_remove(struct pg_session *s, const char *name)
 		portal_free(s, p);
 }
 
-/* Adds a portal the server confirmed (its name is not in the map). */
+/* Adds a portal the server confirmed, in place of one of the same name
+ * (the unnamed portal: a Bind replaces it). */
 static int
 portal_add(struct pg_session *s, struct portal *p)
 {
-	if (sl_strmap_put(&s->portals, p->name, p) != 0)
+	struct portal *old;
+
+	if (sl_strmap_put(&s->portals, p->name, p, (void **)&old) != 0)
 		return SL_ENOMEM;
+	if (old != NULL)
+		portal_free(s, old);
 	p->prev = s->portals_new;
 	p->next = NULL;
 	if (s->portals_new != NULL)

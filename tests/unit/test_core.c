@@ -59,7 +59,10 @@ test_strmap_matches_model(void **state)
 		if (op == 0) {
 			void *v = (void *)(uintptr_t)(step + 1);
 
-			assert_int_equal(sl_strmap_put(&m, names[k], v), 0);
+			void *was = v;
+
+			assert_int_equal(sl_strmap_put(&m, names[k], v, &was), 0);
+			assert_ptr_equal(was, model[k]);
 			model[k] = v;
 		} else if (op == 1) {
 			assert_ptr_equal(sl_strmap_del(&m, names[k]), model[k]);
@@ -102,7 +105,7 @@ test_strmap_grows_and_empties(void **state)
 	memset(&m, 0, sizeof(m));
 	for (int i = 0; i < N; i++) {
 		snprintf(names[i], 16, "S_%d", i);
-		assert_int_equal(sl_strmap_put(&m, names[i], names[i]), 0);
+		assert_int_equal(sl_strmap_put(&m, names[i], names[i], NULL), 0);
 	}
 	assert_int_equal(m.n, N);
 	assert_true(m.n * 4 <= m.cap * 3);
