@@ -45,6 +45,8 @@ struct sl_sql_class {
 	unsigned nstatements;
 	char **functions; /* lowercased; qualified calls appear both as "schema.f" and "f" */
 	size_t nfunctions;
+	char **calls; /* the same calls, each once as written ("schema.f" or "f") */
+	size_t ncalls;
 	char **tables; /* "schema.table" or "table", as the parser normalised them */
 	size_t ntables;
 	char **prepared;	  /* names PREPAREd by this text ... */

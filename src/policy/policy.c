@@ -230,7 +230,37 @@ name_matches(const char *pat, const char *name, int restrictive)
 	return strcasecmp(pat, name) == 0;
 }
 
-/* Whether the rule's non-kind conditions hold. */
+/* Whether some name of names[0..n) matches one of the patterns. */
+static int
+any_listed(char *const *pats, unsigned npats, char *const *names, size_t n, int restrictive)
+{
+	for (unsigned i = 0; i < npats; i++)
+		for (size_t j = 0; j < n; j++)
+			if (name_matches(pats[i], names[j], restrictive))
+				return 1;
+	return 0;
+}
+
+/* Whether there are names and every one matches one of the patterns. */
+static int
+all_listed(char *const *pats, unsigned npats, char *const *names, size_t n)
+{
+	if (n == 0)
+		return 0;
+	for (size_t j = 0; j < n; j++)
+		if (!any_listed(pats, npats, &names[j], 1, 0))
+			return 0;
+	return 1;
+}
+
+/*
+ * Whether the rule's non-kind conditions hold. tables: and functions: are
+ * read the safe way for each action: a block or review rule applies when
+ * the statement touches any listed name; an allow rule only when every
+ * table it touches (every function it calls) is listed. Otherwise "allow
+ * update on scratch" would let "UPDATE payroll ... FROM scratch", or
+ * "UPDATE scratch ...; UPDATE payroll ...", pass as an update of scratch.
+ */
 static int
 conditions_hold(const struct crule *cr, const struct sl_request *req)
 {
@@ -243,28 +273,18 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 			return 0;
 		if (!cr->has_sql && r->functions_count == 0 && r->tables_count == 0)
 			return 0; /* rule is for another protocol or empty */
-		if (r->functions_count > 0) {
-			int hit = 0;
-
-			for (unsigned i = 0; i < r->functions_count && !hit; i++)
-				for (size_t f = 0; f < req->sql->nfunctions && !hit; f++)
-					if (name_matches(r->functions[i], req->sql->functions[f],
-							 restrictive))
-						hit = 1;
-			if (!hit)
-				return 0;
-		}
-		if (r->tables_count > 0) {
-			int hit = 0;
-
-			for (unsigned i = 0; i < r->tables_count && !hit; i++)
-				for (size_t t = 0; t < req->sql->ntables && !hit; t++)
-					if (name_matches(r->tables[i], req->sql->tables[t],
-							 restrictive))
-						hit = 1;
-			if (!hit)
-				return 0;
-		}
+		if (r->functions_count > 0 &&
+		    !(restrictive ? any_listed(r->functions, r->functions_count,
+					       req->sql->functions, req->sql->nfunctions, 1)
+				  : all_listed(r->functions, r->functions_count, req->sql->calls,
+					       req->sql->ncalls)))
+			return 0;
+		if (r->tables_count > 0 &&
+		    !(restrictive ? any_listed(r->tables, r->tables_count, req->sql->tables,
+					       req->sql->ntables, 1)
+				  : all_listed(r->tables, r->tables_count, req->sql->tables,
+					       req->sql->ntables)))
+			return 0;
 		return 1;
 	case SL_PROTO_HTTP:
 		if (r->http == NULL || cr->has_sql || r->ssh)

@@ -264,6 +264,105 @@ ends_with(const char *s, const char *suf)
 
 static uint32_t set_config_kind(struct walker *w);
 
+/*
+ * Functions whose effect is a statement kind of its own: called from a
+ * SELECT they would otherwise pass as a select. Matched on the last part of
+ * the name, in any schema (the built-ins live in pg_catalog, which is
+ * searched first; dblink and adminpack install wherever the extension was
+ * created), so a same-named user function is refused too: over-refusal,
+ * never a bypass.
+ *  - the server's own file system, like COPY to or from a file: copy_program
+ *  - SQL run somewhere this statement does not show (dblink): do (opaque)
+ *  - server administration (signals, configuration reload, WAL, backups,
+ *    replication slots): alter_system
+ *  - data changed by a call: setval (a sequence), large objects
+ * Sorted by name (bsearch).
+ */
+static const struct fn_kind {
+	const char *name;
+	uint32_t kind;
+} fn_kinds[] = {
+	{"dblink", SL_SQL_DO},
+	{"dblink_exec", SL_SQL_DO},
+	{"dblink_open", SL_SQL_DO},
+	{"dblink_send_query", SL_SQL_DO},
+	{"lo_creat", SL_SQL_INSERT},
+	{"lo_create", SL_SQL_INSERT},
+	{"lo_export", SL_SQL_COPY_PROGRAM},
+	{"lo_from_bytea", SL_SQL_INSERT},
+	{"lo_import", SL_SQL_COPY_PROGRAM},
+	{"lo_put", SL_SQL_UPDATE},
+	{"lo_truncate", SL_SQL_UPDATE},
+	{"lo_truncate64", SL_SQL_UPDATE},
+	{"lo_unlink", SL_SQL_DELETE},
+	{"lowrite", SL_SQL_UPDATE},
+	{"pg_backup_start", SL_SQL_ALTER_SYSTEM},
+	{"pg_backup_stop", SL_SQL_ALTER_SYSTEM},
+	{"pg_cancel_backend", SL_SQL_ALTER_SYSTEM},
+	{"pg_copy_logical_replication_slot", SL_SQL_ALTER_SYSTEM},
+	{"pg_copy_physical_replication_slot", SL_SQL_ALTER_SYSTEM},
+	{"pg_create_logical_replication_slot", SL_SQL_ALTER_SYSTEM},
+	{"pg_create_physical_replication_slot", SL_SQL_ALTER_SYSTEM},
+	{"pg_create_restore_point", SL_SQL_ALTER_SYSTEM},
+	{"pg_drop_replication_slot", SL_SQL_ALTER_SYSTEM},
+	{"pg_file_rename", SL_SQL_COPY_PROGRAM},
+	{"pg_file_sync", SL_SQL_COPY_PROGRAM},
+	{"pg_file_unlink", SL_SQL_COPY_PROGRAM},
+	{"pg_file_write", SL_SQL_COPY_PROGRAM},
+	{"pg_log_backend_memory_contexts", SL_SQL_ALTER_SYSTEM},
+	{"pg_logdir_ls", SL_SQL_COPY_PROGRAM},
+	{"pg_logical_emit_message", SL_SQL_ALTER_SYSTEM},
+	{"pg_logical_slot_get_binary_changes", SL_SQL_ALTER_SYSTEM},
+	{"pg_logical_slot_get_changes", SL_SQL_ALTER_SYSTEM},
+	{"pg_ls_archive_statusdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_dir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_logdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_logicalmapdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_logicalsnapdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_replslotdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_tmpdir", SL_SQL_COPY_PROGRAM},
+	{"pg_ls_waldir", SL_SQL_COPY_PROGRAM},
+	{"pg_promote", SL_SQL_ALTER_SYSTEM},
+	{"pg_read_binary_file", SL_SQL_COPY_PROGRAM},
+	{"pg_read_file", SL_SQL_COPY_PROGRAM},
+	{"pg_reload_conf", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_advance", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_create", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_drop", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_slot_advance", SL_SQL_ALTER_SYSTEM},
+	{"pg_rotate_logfile", SL_SQL_ALTER_SYSTEM},
+	{"pg_start_backup", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_file", SL_SQL_COPY_PROGRAM},
+	{"pg_stat_reset", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_reset_shared", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_reset_single_function_counters", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_reset_single_table_counters", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_reset_slru", SL_SQL_ALTER_SYSTEM},
+	{"pg_stop_backup", SL_SQL_ALTER_SYSTEM},
+	{"pg_switch_wal", SL_SQL_ALTER_SYSTEM},
+	{"pg_terminate_backend", SL_SQL_ALTER_SYSTEM},
+	{"pg_wal_replay_pause", SL_SQL_ALTER_SYSTEM},
+	{"pg_wal_replay_resume", SL_SQL_ALTER_SYSTEM},
+	{"setval", SL_SQL_UPDATE},
+};
+
+static int
+fn_kind_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const struct fn_kind *)elem)->name);
+}
+
+/* The kind a call of fname (lower case, last part of the name) amounts to
+ * beyond the select it sits in, or 0. */
+static uint32_t
+function_kind(const char *fname)
+{
+	const struct fn_kind *f = bsearch(fname, fn_kinds, sizeof(fn_kinds) / sizeof(fn_kinds[0]),
+					  sizeof(fn_kinds[0]), fn_kind_cmp);
+
+	return f ? f->kind : 0;
+}
+
 /* Walks an object. node: the node type this object is the body of (or NULL). */
 static uint32_t
 walk_object(struct walker *w, const char *node)
@@ -379,9 +478,11 @@ walk_object(struct walker *w, const char *node)
 
 				for (char *q = fname; *q; q++)
 					*q = (char)tolower((unsigned char)*q);
+				add_str(&w->c->calls, &w->c->ncalls, fname);
 				add_str(&w->c->functions, &w->c->nfunctions, fname);
 				if (dot)
 					add_str(&w->c->functions, &w->c->nfunctions, dot + 1);
+				k |= function_kind(dot ? dot + 1 : fname);
 				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
 					setcfg = 1;
 					k |= SL_SQL_SET;
@@ -620,6 +721,7 @@ void
 sl_sql_class_fini(struct sl_sql_class *c)
 {
 	free_list(c->functions, c->nfunctions);
+	free_list(c->calls, c->ncalls);
 	free_list(c->tables, c->ntables);
 	free_list(c->prepared, c->nprepared);
 	free(c->prepared_kinds);

@@ -616,3 +616,93 @@ def test_prepared_statement_memory_per_session_is_bounded(gw):
     cn.send(pgwire.query("SELECT 1"))
     assert not pgwire.errors(cn.until_ready())
     cn.close()
+
+
+# ------------------------------------- functions that act beyond a SELECT
+#
+# An agent allowed only `select` must not reach the server's file system,
+# signal other backends or reload its configuration by calling a function
+# from a SELECT: such calls carry the kind they amount to (COPY to/from a
+# file is copy_program, and so is pg_read_file), so default deny refuses them.
+
+SELECT_ONLY = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [select] }
+"""
+
+
+def test_side_effect_functions_are_not_selects(gateway_factory):
+    import psycopg2
+    gw = gateway_factory(policies=SELECT_ONLY)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    for sql, kind in [("SELECT pg_read_file('/etc/hostname')", "copy_program"),
+                      ("SELECT * FROM pg_catalog.pg_ls_dir('.')", "copy_program"),
+                      ("SELECT lo_import('/etc/hostname')", "copy_program"),
+                      ("WITH x AS (SELECT pg_stat_file('PG_VERSION') AS s) SELECT s FROM x",
+                       "copy_program"),
+                      ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "alter_system"),
+                      ("SELECT pg_reload_conf()", "alter_system"),
+                      ("SELECT setval('orders_id_seq', 1)", "update"),
+                      ("SELECT lo_unlink(1)", "delete")]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501", (sql, ei.value)
+        assert "statement kind %s is not allowed" % kind in str(ei.value), (sql, ei.value)
+    # the same through the extended protocol (Parse), and the session still works
+    cn = pgwire.Conn(gw.port)
+    assert cn.login("orders", gw.mint())[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("", "SELECT pg_read_file($1)") + pgwire.SYNC)
+    errs = pgwire.errors(cn.until_ready())
+    assert errs and errs[0].get("C") == "42501" and "copy_program" in errs[0].get("M", ""), errs
+    cn.close()
+    cur.execute("SELECT count(*) FROM orders")
+    assert cur.fetchone()[0] > 0
+    c.close()
+
+
+# ------------------------------------ allow rules scoped to tables
+#
+# "allow update on scratch" must not let an UPDATE of another table through
+# because scratch is also named somewhere in the statement (FROM, a
+# subquery, a second statement): an allow rule's tables must cover every
+# table the statement touches.
+
+SCRATCH_ONLY = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [update], tables: [scratch] }
+      - { action: allow, sql: [select] }
+"""
+
+
+def test_allow_rule_tables_cover_every_table_touched(gateway_factory, pg):
+    import psycopg2
+    pg.psql("orders", "CREATE TABLE IF NOT EXISTS scratch (id int, a int); "
+                      "ALTER TABLE scratch OWNER TO app; "
+                      "INSERT INTO scratch SELECT 1, 1 WHERE NOT EXISTS (SELECT 1 FROM scratch)")
+    gw = gateway_factory(policies=SCRATCH_ONLY)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT sum(amount) FROM orders")
+    before = cur.fetchone()[0]
+    for sql in ["UPDATE orders SET amount = 0 FROM scratch WHERE true",
+                "UPDATE orders SET amount = (SELECT a FROM scratch LIMIT 1)",
+                "UPDATE scratch SET a = 2; UPDATE orders SET amount = 0",
+                "WITH s AS (SELECT id FROM scratch) UPDATE orders SET amount = 0 "
+                "WHERE id IN (SELECT id FROM s)"]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501" and "default deny" in str(ei.value), (sql, ei.value)
+    cur.execute("SELECT sum(amount) FROM orders")
+    assert cur.fetchone()[0] == before  # nothing reached the orders table
+    cur.execute("UPDATE scratch SET a = a + 1 WHERE id = 1")  # what the rule is for
+    assert cur.rowcount == 1
+    c.close()

@@ -288,6 +288,7 @@ static const char qualified_yaml[] =
 	"      - { action: block, tables: [hr.payroll, \"audit.*\"] }\n"
 	"      - { action: review, sql: [update], tables: [hr.salaries], approvers: [dba] }\n"
 	"      - { action: allow, sql: [update], tables: [public.tmp_*, public.scratch] }\n"
+	"      - { action: allow, sql: [copy_program], functions: [util.pg_stat_file] }\n"
 	"      - { action: allow, sql: [select, set] }\n";
 
 static void
@@ -321,6 +322,26 @@ test_policy_qualified_names(void **state)
 		{"UPDATE tmp_x SET a = 1 WHERE id = 1", SL_ACT_BLOCK},
 		{"UPDATE scratch SET a = 1 WHERE id = 1", SL_ACT_BLOCK},
 		{"UPDATE public.scratch SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
+		/* an allow rule's tables: must cover every table the statement
+		 * touches, or "allow update on scratch" lets other tables through */
+		{"UPDATE public.orders SET a = 1 FROM public.scratch WHERE true", SL_ACT_BLOCK},
+		{"UPDATE public.scratch s SET a = o.a FROM public.orders o WHERE s.id = o.id",
+		 SL_ACT_BLOCK},
+		{"UPDATE public.scratch SET a = 1 WHERE id = 1; UPDATE public.orders SET a = 1 "
+		 "WHERE "
+		 "id = 1",
+		 SL_ACT_BLOCK},
+		{"UPDATE public.orders SET a = (SELECT 1 FROM public.scratch) WHERE id = 1",
+		 SL_ACT_BLOCK},
+		{"UPDATE public.tmp_a SET a = 1 FROM public.tmp_b WHERE true", SL_ACT_ALLOW},
+		/* a review rule applies when any table it names is touched */
+		{"UPDATE hr.salaries SET a = 1 FROM public.scratch WHERE true", SL_ACT_REVIEW},
+		/* an allow rule's functions: must cover every call (pg_stat_file adds
+		 * copy_program; the allowed one is util's) */
+		{"SELECT util.pg_stat_file('x')", SL_ACT_ALLOW},
+		{"SELECT util.pg_stat_file('x'), pg_stat_file('/etc/passwd')", SL_ACT_BLOCK},
+		{"SELECT util.pg_stat_file('x'), pg_read_file('y')", SL_ACT_BLOCK},
+		{"SELECT pg_stat_file('/etc/passwd')", SL_ACT_BLOCK},
 	};
 	struct sl_config *cfg;
 	struct sl_policy_set *ps;
