@@ -272,7 +272,9 @@ static uint32_t set_config_kind(struct walker *w);
  * created), so a same-named user function is refused too: over-refusal,
  * never a bypass.
  *  - the server's own file system, like COPY to or from a file: copy_program
- *  - SQL run somewhere this statement does not show (dblink): do (opaque)
+ *  - SQL run where this statement does not show it (dblink, and the
+ *    built-ins that run a query given as a string: query_to_xml*, ts_stat):
+ *    do (opaque)
  *  - server administration (signals, configuration reload, WAL, backups,
  *    replication slots): alter_system
  *  - data changed by a call: setval (a sequence), large objects
@@ -343,7 +345,11 @@ static const struct fn_kind {
 	{"pg_terminate_backend", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_pause", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_resume", SL_SQL_ALTER_SYSTEM},
+	{"query_to_xml", SL_SQL_DO},
+	{"query_to_xml_and_xmlschema", SL_SQL_DO},
+	{"query_to_xmlschema", SL_SQL_DO},
 	{"setval", SL_SQL_UPDATE},
+	{"ts_stat", SL_SQL_DO},
 };
 
 static int
