@@ -648,7 +648,9 @@ def test_side_effect_functions_are_not_selects(gateway_factory):
                       ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "alter_system"),
                       ("SELECT pg_reload_conf()", "alter_system"),
                       ("SELECT setval('orders_id_seq', 1)", "update"),
-                      ("SELECT lo_unlink(1)", "delete")]:
+                      ("SELECT lo_unlink(1)", "delete"),
+                      ("SELECT query_to_xml('SELECT pg_read_file(''/etc/hostname'')', "
+                       "true, true, '')", "do")]:
         with pytest.raises(psycopg2.Error) as ei:
             cur.execute(sql)
         assert ei.value.pgcode == "42501", (sql, ei.value)
