@@ -82,8 +82,9 @@ struct sl_gw {
 	struct sl_mask_plan *audit_plan; /* every detector: statement text in audit records */
 	struct sl_worker *workers;
 	unsigned nworkers;
-	SSL_CTX *pg_tls; /* server side, NULL if no tls_cert */
-	SSL_CTX *up_tls; /* client side for upstreams */
+	SSL_CTX *pg_tls;    /* server side, NULL if no tls_cert */
+	SSL_CTX *up_tls;    /* client side for upstreams (tls: require, not verified) */
+	SSL_CTX **conn_tls; /* per connection (cfg order): tls: verify-full, else NULL */
 	struct sockaddr_storage pg_addr;
 	int pg_loopback;
 	size_t max_message;

@@ -394,11 +394,13 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		    strcmp(cn->tls, "require") != 0 && strcmp(cn->tls, "verify-full") != 0)
 			FAIL("connections[%u] (%s): tls must be disable, require or verify-full", i,
 			     cn->name);
-		if (cn->tls != NULL && strcmp(cn->tls, "verify-full") == 0)
-			FAIL("connections[%u] (%s): tls: verify-full is not supported yet "
-			     "(certificate "
-			     "verification of upstreams is not implemented); use require",
-			     i, cn->name);
+		if (cn->ca_file != NULL && strcmp(cn->type, "postgres") == 0 &&
+		    (cn->tls == NULL || strcmp(cn->tls, "verify-full") != 0))
+			FAIL("connections[%u] (%s): ca_file is only used with tls: verify-full", i,
+			     cn->name);
+		if (cn->ca_file != NULL && access(cn->ca_file, R_OK) != 0)
+			FAIL("connections[%u] (%s): ca_file %s cannot be read", i, cn->name,
+			     cn->ca_file);
 		if (strcmp(cn->type, "postgres") == 0 && strchr(cn->target, ':') == NULL)
 			FAIL("connections[%u] (%s): target must be host:port", i, cn->name);
 		for (unsigned j = 0; j < i; j++)

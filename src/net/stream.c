@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #define READ_CHUNK (64u << 10)
 #define OUT_MAX	   (64u << 20)
@@ -321,8 +322,18 @@ tls_start(struct sl_stream *s, SSL_CTX *ctx, int server, const char *sni)
 		return 0;
 	}
 	if (sni != NULL) {
-		SSL_set_tlsext_host_name(s->ssl, sni);
-		SSL_set1_host(s->ssl, sni);
+		struct in6_addr ip;
+
+		/* The name the certificate must carry (checked when the context
+		 * verifies peers). An address is matched against the
+		 * certificate's IP entries and is not sent as SNI (RFC 6066). */
+		if (inet_pton(AF_INET, sni, &ip) == 1 || inet_pton(AF_INET6, sni, &ip) == 1) {
+			if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), sni) != 1)
+				return SL_EINVAL;
+		} else if (SSL_set_tlsext_host_name(s->ssl, sni) != 1 ||
+			   SSL_set1_host(s->ssl, sni) != 1) {
+			return SL_EINVAL;
+		}
 	}
 	SSL_set_connect_state(s->ssl);
 	/* Client speaks first. */

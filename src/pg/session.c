@@ -1092,12 +1092,50 @@ send_upstream_startup(struct pg_session *s)
 	set_state(s, PG_ST_UPAUTH);
 }
 
+/* The verify-full context of the session's connection, or NULL. */
+static SSL_CTX *
+up_verify_ctx(const struct pg_session *s)
+{
+	const struct sl_config *cfg = s->gw->cfg;
+	size_t i = (size_t)(s->pl.conn - cfg->connections);
+
+	return i < cfg->connections_count && s->gw->conn_tls ? s->gw->conn_tls[i] : NULL;
+}
+
+/* Starts TLS to the upstream: with tls: verify-full its certificate must
+ * chain to the connection's CAs and name the target host (or address). */
+static int
+up_tls_start(struct pg_session *s)
+{
+	SSL_CTX *vctx = up_verify_ctx(s);
+	char host[256];
+	int port;
+
+	if (vctx == NULL)
+		return sl_stream_tls_client(&s->up, s->gw->up_tls, NULL);
+	if (sl_net_split(s->pl.conn->target, host, sizeof(host), &port) != 0)
+		return SL_EINVAL;
+	return sl_stream_tls_client(&s->up, vctx, host);
+}
+
 static void
 up_tls_cb(struct sl_stream *st, int status)
 {
 	struct pg_session *s = st->owner;
 
 	if (status != 0) {
+		long vr = st->ssl && up_verify_ctx(s) ? SSL_get_verify_result(st->ssl) : X509_V_OK;
+
+		if (vr != X509_V_OK) {
+			char m[256];
+
+			snprintf(m, sizeof(m),
+				 "sluice: the upstream server's certificate was not accepted (%s)",
+				 X509_verify_cert_error_string(vr));
+			sl_warn("connection %s: %s", s->pl.conn->name, m + 8);
+			fatal(s, "08006", m);
+			return;
+		}
 		fatal(s, "08006", "sluice: TLS handshake with the upstream server failed");
 		return;
 	}
@@ -2020,7 +2058,7 @@ process_upstream(struct pg_session *s)
 				fatal(s, "08006", "sluice: the upstream server refused TLS");
 				return;
 			}
-			if (sl_stream_tls_client(&s->up, s->gw->up_tls, NULL) != 0)
+			if (up_tls_start(s) != 0)
 				fatal(s, "08006", "sluice: TLS to the upstream server failed");
 			return;
 		}

@@ -130,6 +130,30 @@ fail:
 	return SL_ENOMEM;
 }
 
+/* Client context for tls: verify-full: the upstream's certificate must
+ * chain to ca_file (or the system's CAs when none is given) and name the
+ * target host (checked per connection, sl_stream_tls_client). */
+static SSL_CTX *
+verifying_tls(const char *ca_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL) {
+		snprintf(err, errlen, "cannot create a TLS context");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1
+			    : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		snprintf(err, errlen, "cannot load the CA certificates %s",
+			 ca_file ? ca_file : "of the system");
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
 static SSL_CTX *
 server_tls(const char *cert, const char *key, char *err, size_t errlen)
 {
@@ -277,6 +301,21 @@ sl_gateway_run(struct sl_config *cfg)
 		SSL_CTX_set_min_proto_version(gw->up_tls, TLS1_2_VERSION);
 		SSL_CTX_set_verify(gw->up_tls, SSL_VERIFY_NONE, NULL);
 	}
+	gw->conn_tls =
+		calloc(cfg->connections_count ? cfg->connections_count : 1, sizeof(*gw->conn_tls));
+	if (gw->conn_tls == NULL)
+		goto out;
+	for (unsigned i = 0; i < cfg->connections_count; i++) {
+		const struct sl_cfg_connection *cn = &cfg->connections[i];
+
+		if (cn->tls == NULL || strcmp(cn->tls, "verify-full") != 0)
+			continue;
+		gw->conn_tls[i] = verifying_tls(cn->ca_file, err, sizeof(err));
+		if (gw->conn_tls[i] == NULL) {
+			sl_error("connection %s: %s", cn->name, err);
+			goto out;
+		}
+	}
 
 	gw->nworkers = cfg->gateway.workers ? cfg->gateway.workers : 2;
 	gw->workers = calloc(gw->nworkers, sizeof(*gw->workers));
@@ -348,6 +387,10 @@ out:
 		SSL_CTX_free(gw->pg_tls);
 	if (gw->up_tls)
 		SSL_CTX_free(gw->up_tls);
+	for (unsigned i = 0; gw->conn_tls && i < cfg->connections_count; i++)
+		if (gw->conn_tls[i])
+			SSL_CTX_free(gw->conn_tls[i]);
+	free(gw->conn_tls);
 	free(gw->workers);
 	free(gw);
 	if (rc == 0)

@@ -9,13 +9,15 @@ import signal
 import sqlite3
 import struct
 import subprocess
+import shutil
+import tempfile
 import threading
 import time
 
 import psycopg2
 import pytest
 
-from conftest import APP_PASSWORD, MD5_PASSWORD
+from conftest import APP_PASSWORD, MD5_PASSWORD, SLUICE, make_cert
 import pgwire
 
 
@@ -681,6 +683,66 @@ def test_client_tls_and_upstream_tls(gateway_factory):
     c.close()
     recs = [r for r in gw.export() if r["type"] == "session_open"]
     assert any(r["data"]["tls"] for r in recs)
+
+
+def _verify_full_connections(pg, ca_file, host):
+    return """
+connections:
+  - name: orders_tls
+    type: postgres
+    target: %s:%d
+    database: orders
+    user: tlsuser
+    password_env: TEST_APP_PW
+    tls: verify-full
+    ca_file: %s
+""" % (host, pg.port, ca_file)
+
+
+def test_upstream_tls_verify_full(gateway_factory, pg):
+    # the cluster's certificate is self-signed for CN=localhost: it is its own CA
+    gw = gateway_factory(connections=_verify_full_connections(
+        pg, os.path.join(pg.data, "pg.crt"), "localhost"))
+    c = gw.connect("orders_tls")
+    cur = c.cursor()
+    cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert cur.fetchone()[0] is True
+    c.close()
+
+
+@pytest.mark.parametrize("case", ["other_ca", "wrong_host"])
+def test_upstream_tls_verify_full_refuses_unverified_servers(gateway_factory, pg, case):
+    # A server that cannot prove it is the configured one never sees the
+    # vaulted password: the session ends before the upstream login.
+    if case == "other_ca":
+        d = tempfile.mkdtemp(prefix="sluice-ca-")
+        ca, _ = make_cert(d, "other")  # also CN=localhost, but not the server's
+        conns = _verify_full_connections(pg, ca, "localhost")
+    else:
+        d = None
+        conns = _verify_full_connections(pg, os.path.join(pg.data, "pg.crt"), "127.0.0.1")
+    gw = gateway_factory(connections=conns)
+    with pytest.raises(psycopg2.OperationalError) as ei:
+        gw.connect("orders_tls")
+    assert "certificate was not accepted" in str(ei.value), ei.value
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_verify_full_config_errors(tmp_path):
+    y = tmp_path / "s.yaml"
+    y.write_text("""
+connections:
+  - { name: a, type: postgres, target: "localhost:5432", tls: verify-full, ca_file: /nonexistent/ca.pem }
+""")
+    r = subprocess.run([SLUICE, "config", "check", str(y)], capture_output=True, text=True)
+    assert r.returncode != 0 and "/nonexistent/ca.pem cannot be read" in r.stderr, r.stderr
+    y.write_text("""
+connections:
+  - { name: a, type: postgres, target: "localhost:5432", tls: require, ca_file: /etc/hostname }
+""")
+    r = subprocess.run([SLUICE, "config", "check", str(y)], capture_output=True, text=True)
+    assert r.returncode != 0 and "only used with tls: verify-full" in r.stderr, r.stderr
 
 
 def test_tls_refused_when_not_configured(gw):

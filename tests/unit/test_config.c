@@ -86,8 +86,13 @@ test_errors(void **state)
 	expect_error("gateway:\n  postgres: { listen: '127.0.0.1:1', tls_cert: c }\n", "tls_key");
 	expect_error("audit: { mode: sometimes }\n", "strict or async");
 	expect_error(
-		"connections:\n  - {name: a, type: postgres, target: 'h:1', tls: verify-full}\n",
-		"verify-full is not supported");
+		"connections:\n  - {name: a, type: postgres, target: 'h:1', tls: verify-fool}\n",
+		"tls must be disable, require or verify-full");
+	expect_error("connections:\n  - {name: a, type: postgres, target: 'h:1', tls: verify-full,"
+		     " ca_file: /nonexistent/ca.pem}\n",
+		     "ca_file /nonexistent/ca.pem cannot be read");
+	expect_error("connections:\n  - {name: a, type: postgres, target: 'h:1', ca_file: x.pem}\n",
+		     "only used with tls: verify-full");
 	expect_error("policies:\n  - name: p\n    rules: [{action: review, timeout: soon}]\n",
 		     "bad duration");
 	expect_error("identity:\n  issuers: [{issuer: x}]\n", "audience");
