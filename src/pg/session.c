@@ -752,10 +752,14 @@ blocked_clear(struct pg_session *s)
 
 /* ------------------------------------------------------------ cancel map */
 
+static SSL_CTX *up_verify_ctx(const struct pg_session *s);
+
 struct cancel_ent {
 	uint32_t pid, key;
 	uint32_t up_pid, up_key;
 	struct sockaddr_storage addr;
+	SSL_CTX *tls;	/* the connection's upstream TLS (NULL: plain) */
+	char host[256]; /* tls: verify-full: the name its certificate must carry */
 	struct cancel_ent *next;
 };
 
@@ -772,6 +776,15 @@ cancel_register(struct pg_session *s)
 	c->up_pid = s->up_pid;
 	c->up_key = s->up_key;
 	c->addr = s->up_addr;
+	if (s->pl.conn->tls != NULL && strcmp(s->pl.conn->tls, "disable") != 0) {
+		int port;
+
+		c->tls = up_verify_ctx(s);
+		if (c->tls == NULL)
+			c->tls = gw->up_tls;
+		else if (sl_net_split(s->pl.conn->target, c->host, sizeof(c->host), &port) != 0)
+			c->host[0] = '\0'; /* cannot happen: the session connected with it */
+	}
 	pthread_mutex_lock(&gw->cancel_mu);
 	c->next = gw->cancel_map;
 	gw->cancel_map = c;
@@ -828,42 +841,157 @@ cancel_connected(uv_connect_t *req, int status)
 		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
 }
 
+/*
+ * A cancel to an upstream reached over TLS goes over TLS too, the way
+ * libpq 17 sends it (the server takes a CancelRequest after SSLRequest):
+ * the upstream's cancel key never crosses the network in the clear. A
+ * server that refuses TLS, or (verify-full) cannot prove its name, gets
+ * nothing. The connection ends when the server closes it after the cancel.
+ */
+struct cancel_tls {
+	struct sl_stream st;
+	struct sl_buf in;
+	SSL_CTX *ctx;
+	char host[256];
+	uint8_t pkt[16];
+};
+
+static void
+ctls_read(struct sl_stream *st, size_t n)
+{
+	struct cancel_tls *ct = st->owner;
+
+	(void)n;
+	if (st->tls) { /* nothing is expected back; the server closes */
+		ct->in.len = ct->in.off = 0;
+		return;
+	}
+	if (sl_buf_unread(&ct->in) != 1 || *sl_buf_head(&ct->in) != 'S') {
+		sl_stream_close(st);
+		return;
+	}
+	sl_buf_consume(&ct->in, 1);
+	if (sl_stream_tls_client(st, ct->ctx, ct->host[0] ? ct->host : NULL) != 0)
+		sl_stream_close(st);
+}
+
+static void
+ctls_tls(struct sl_stream *st, int status)
+{
+	struct cancel_tls *ct = st->owner;
+
+	if (status != 0 || sl_stream_queue(st, ct->pkt, sizeof(ct->pkt)) != 0 ||
+	    sl_stream_flush(st) != 0)
+		sl_stream_close(st);
+}
+
+static void
+ctls_eof(struct sl_stream *st, int err)
+{
+	(void)err;
+	sl_stream_close(st);
+}
+
+static void
+ctls_connect(struct sl_stream *st, int status)
+{
+	struct sl_buf b;
+	int r;
+
+	if (status != 0 || sl_stream_read_start(st) != 0) {
+		sl_stream_close(st);
+		return;
+	}
+	sl_buf_init(&b, 0);
+	r = sl_pg_put_ssl_request(&b);
+	r = r ? r : sl_stream_queue(st, b.data, b.len);
+	sl_buf_fini(&b);
+	if (r != 0 || sl_stream_flush(st) != 0)
+		sl_stream_close(st);
+}
+
+static void
+ctls_closed(struct sl_stream *st)
+{
+	struct cancel_tls *ct = st->owner;
+
+	sl_buf_fini(&ct->in);
+	free(ct);
+}
+
+static const struct sl_stream_ops cancel_tls_ops = {
+	.on_read = ctls_read,
+	.on_eof = ctls_eof,
+	.on_tls = ctls_tls,
+	.on_connect = ctls_connect,
+	.on_close = ctls_closed,
+};
+
+static void
+cancel_forward_tls(struct sl_worker *w, const struct cancel_ent *c, const uint8_t pkt[16])
+{
+	struct cancel_tls *ct = calloc(1, sizeof(*ct));
+
+	if (ct == NULL)
+		return;
+	sl_buf_init(&ct->in, 1024);
+	ct->ctx = c->tls;
+	memcpy(ct->host, c->host, sizeof(ct->host));
+	memcpy(ct->pkt, pkt, sizeof(ct->pkt));
+	if (sl_stream_init(&ct->st, &w->loop, &cancel_tls_ops, ct, &ct->in) != 0) {
+		sl_buf_fini(&ct->in);
+		free(ct);
+		return;
+	}
+	if (sl_stream_connect(&ct->st, (const struct sockaddr *)&c->addr) != 0)
+		sl_stream_close(&ct->st);
+}
+
 /* Forwards a CancelRequest for our (pid, key) to the matching upstream. */
 static void
 cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 {
 	struct sl_gw *gw = w->gw;
 	struct cancel_conn *cc;
-	struct sockaddr_storage addr;
-	uint32_t up_pid = 0, up_key = 0;
-	int found = 0;
+	struct cancel_ent found;
+	int have = 0;
 	struct sl_buf b;
 
 	pthread_mutex_lock(&gw->cancel_mu);
 	for (struct cancel_ent *c = gw->cancel_map; c; c = c->next) {
 		if (c->pid == pid && sl_memeq_ct(&c->key, &key, sizeof(key))) {
-			up_pid = c->up_pid;
-			up_key = c->up_key;
-			addr = c->addr;
-			found = 1;
+			found = *c;
+			have = 1;
 			break;
 		}
 	}
 	pthread_mutex_unlock(&gw->cancel_mu);
-	if (!found)
+	if (!have)
 		return;
+	if (found.tls != NULL) {
+		uint8_t pkt[16];
+
+		sl_buf_init(&b, 0);
+		if (sl_pg_put_cancel(&b, found.up_pid, found.up_key) == 0 && b.len == sizeof(pkt)) {
+			memcpy(pkt, b.data, sizeof(pkt));
+			cancel_forward_tls(w, &found, pkt);
+		}
+		sl_buf_fini(&b);
+		return;
+	}
 	cc = calloc(1, sizeof(*cc));
 	if (cc == NULL)
 		return;
 	sl_buf_init(&b, 0);
-	sl_pg_put_cancel(&b, up_pid, up_key);
+	sl_pg_put_cancel(&b, found.up_pid, found.up_key);
 	memcpy(cc->pkt, b.data, sizeof(cc->pkt));
 	sl_buf_fini(&b);
 	uv_tcp_init(&w->loop, &cc->tcp);
 	cc->tcp.data = cc;
 	cc->creq.data = cc;
 	cc->wreq.data = cc;
-	if (uv_tcp_connect(&cc->creq, &cc->tcp, (struct sockaddr *)&addr, cancel_connected) != 0)
+	if (uv_tcp_connect(&cc->creq, &cc->tcp, (struct sockaddr *)&found.addr, cancel_connected) !=
+	    0)
 		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
 }
 

@@ -745,6 +745,104 @@ connections:
     assert r.returncode != 0 and "only used with tls: verify-full" in r.stderr, r.stderr
 
 
+class FirstBytesRelay:
+    """Forwards TCP connections to PostgreSQL unchanged and keeps the first
+    8 bytes of each (what a network observer would see first)."""
+
+    def __init__(self, target_port):
+        import socket
+        self.target = target_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.first = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def _serve(self, c):
+        import socket
+        u = socket.create_connection(("127.0.0.1", self.target))
+        head = b""
+        while len(head) < 8:
+            d = c.recv(8 - len(head))
+            if not d:
+                break
+            head += d
+        self.first.append(head)
+        u.sendall(head)
+        threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
+        self._pump(c, u)
+
+    def close(self):
+        self.sock.close()
+
+
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+CANCEL_REQUEST = struct.pack("!II", 16, 80877102)
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-full"])
+def test_cancel_to_a_tls_upstream_goes_over_tls(gateway_factory, pg, mode):
+    relay = FirstBytesRelay(pg.port)
+    conns = """
+connections:
+  - name: orders_tls
+    type: postgres
+    target: localhost:%d
+    database: orders
+    user: tlsuser
+    password_env: TEST_APP_PW
+    tls: %s
+""" % (relay.port, mode)
+    if mode == "verify-full":
+        conns += "    ca_file: %s\n" % os.path.join(pg.data, "pg.crt")
+    try:
+        gw = gateway_factory(connections=conns)
+        c = gw.connect("orders_tls")
+        cur = c.cursor()
+        t = threading.Timer(0.5, c.cancel)
+        t.start()
+        start = time.time()
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute("SELECT pg_sleep(10)")
+        assert ei.value.pgcode == "57014"
+        assert time.time() - start < 5
+        c.rollback()
+        cur.execute("SELECT 1")
+        c.close()
+        # the session and the cancel: both opened with SSLRequest, and no
+        # CancelRequest (with the upstream's key) crossed in the clear
+        assert len(relay.first) >= 2, relay.first
+        assert all(h == SSL_REQUEST for h in relay.first), relay.first
+        assert CANCEL_REQUEST not in relay.first
+    finally:
+        relay.close()
+
+
 def test_tls_refused_when_not_configured(gw):
     with pytest.raises(psycopg2.OperationalError) as ei:
         gw.connect(sslmode="require")
