@@ -24,7 +24,14 @@
 #include "sluice/core.h"
 
 #define QUEUE_MAX 65536
-#define INS_ROWS  16 /* records per multi-row INSERT */
+/* Journaled records not yet in SQLite. A store that stalls (a disk that
+ * hangs, a lock held elsewhere) must not let them pile up in memory and in
+ * the journal without end: past this many, requests that wait for their
+ * record are refused (fail closed) until the store catches up. SQLite takes
+ * hundreds of thousands of rows a second, so a healthy store never gets
+ * near it. */
+#define INGEST_MAX 65536
+#define INS_ROWS   16 /* records per multi-row INSERT */
 
 struct rec {
 	struct rec *next;
@@ -1082,9 +1089,11 @@ static int
 enqueue(struct sl_audit *a, struct rec *r, sl_audit_done_fn done)
 {
 	pthread_mutex_lock(&a->mu);
-	if (a->queued >= QUEUE_MAX || a->stop || (done != NULL && a->failed)) {
-		/* Full queue, stopping, or a store that refuses writes: the
-		 * caller refuses the request (fail closed). */
+	if (a->queued >= QUEUE_MAX || a->stop ||
+	    (done != NULL && (a->failed || a->ingest >= INGEST_MAX))) {
+		/* Full queue, stopping, a store that refuses writes or one
+		 * that has fallen far behind: the caller refuses the request
+		 * (fail closed). */
 		pthread_mutex_unlock(&a->mu);
 		rec_free(r);
 		return SL_EIO;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <pthread.h>
 
@@ -419,6 +420,54 @@ test_journal_bounded_under_steady_load(void **state)
 	sl_config_free(cfg);
 }
 
+/* A store that stalls (here: a write lock held by another connection, the
+ * writer waits in SQLite's busy handler) must not let journaled records
+ * pile up without end: past a bound, requests are refused long before the
+ * store gives up, and everything accepted is stored once it frees up. */
+static void
+test_stalled_store_backlog_is_bounded(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	char err[256], msg[512];
+	struct timespec t0, t1;
+	sqlite3 *h;
+	uint64_t n;
+	int r = 0, accepted = 0;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	sqlite3_busy_timeout(h, 10000);
+	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 2000000; i++) {
+		r = sl_audit_append(a, "request", "s", NULL, NULL, json_pack("{s:i}", "i", i),
+				    done_cb, &w);
+		if (r == SL_EIO)
+			break;
+		if (r == SL_AUDIT_DURABLE)
+			done_cb(&w, 0, 0);
+		accepted++;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_int_equal(r, SL_EIO);
+	/* refused by the bound (65536 waiting, plus what the writer holds),
+	 * not by the store giving up after its 5 s busy timeout */
+	if (accepted > 150000 || t1.tv_sec - t0.tv_sec >= 4)
+		fail_msg("%d records accepted in %lld s while the store was stalled", accepted,
+			 (long long)(t1.tv_sec - t0.tv_sec));
+	assert_int_equal(sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(h);
+	sl_audit_close(a);
+	assert_int_equal(w.done, accepted);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_int_equal(n, (uint64_t)accepted);
+	sl_config_free(cfg);
+}
+
 /* The audit's JSON string writer against jansson: random strings (valid
  * and broken UTF-8, controls, quotes, backslashes), written after unread
  * bytes into small buffers (so growing compacts), always parse back; valid
@@ -541,6 +590,7 @@ main(void)
 		cmocka_unit_test(test_journal_cut_copy_recovers),
 		cmocka_unit_test(test_journal_reset_in_place),
 		cmocka_unit_test(test_journal_bounded_under_steady_load),
+		cmocka_unit_test(test_stalled_store_backlog_is_bounded),
 		cmocka_unit_test(test_json_put_str),
 		cmocka_unit_test(test_checkpoint_after_going_quiet),
 	};
