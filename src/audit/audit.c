@@ -684,30 +684,28 @@ store_taken(struct sl_audit *a, struct rec *batch, int force_cp)
 	return 0;
 }
 
-/* Moves the ingest list into SQLite and empties the journal once it is
- * large. Under steady load something journaled is always waiting to be
- * stored, so "everything stored" hardly ever holds by itself: the journal
- * then grew onto fresh pages, and each first write to a page of the shared
- * mapping is a page fault (a few microseconds per statement in all). So
- * once it is large, the records journaled while the batch above was being
- * stored are stored too, with appends held off (wmu: a leader that finds it
- * taken leaves its record to this thread), and the journal is emptied and
- * its pages used again. That tail is what arrived during one store, so
- * appends wait about as long as one store took. */
+/* Moves the ingest list into SQLite and empties the journal when all it
+ * holds is stored. Under steady load something journaled is always waiting
+ * to be stored, so "everything stored" hardly ever holds by itself: the
+ * journal then grew onto fresh pages, and each first write to a page of the
+ * shared mapping is a page fault (a few microseconds per statement in all).
+ * So once it is large, the records journaled while the batch above was
+ * being stored are stored too, with appends held off (wmu: a leader that
+ * finds it taken leaves its record to this thread), and the journal is
+ * emptied and its pages used again. That tail is what arrived during one
+ * store, so appends wait about as long as one store took. */
 static void
 ingest(struct sl_audit *a, int force_cp)
 {
 	if (store_taken(a, take_ingest(a), force_cp) != 0)
 		return;
 	pthread_mutex_lock(&a->wmu);
-	if ((size_t)a->jsize >= JOURNAL_CHUNK / 2) {
-		if (a->seq != a->stored_seq)
-			store_taken(a, take_ingest(a), 0);
-		/* Not equal yet when a leader journaled a batch and has not
-		 * handed it over: the next round empties the journal. */
-		if (a->seq == a->stored_seq)
-			journal_reset(a);
-	}
+	if ((size_t)a->jsize >= JOURNAL_CHUNK / 2 && a->seq != a->stored_seq)
+		store_taken(a, take_ingest(a), 0);
+	/* Not equal when a leader journaled a batch and has not handed it
+	 * over yet: a later round empties the journal. */
+	if (a->jsize > 0 && a->seq == a->stored_seq)
+		journal_reset(a);
 	pthread_mutex_unlock(&a->wmu);
 }
 
