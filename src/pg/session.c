@@ -810,96 +810,119 @@ cancel_unregister(struct pg_session *s)
 	pthread_mutex_unlock(&gw->cancel_mu);
 }
 
-struct cancel_conn {
-	uv_tcp_t tcp;
-	uv_connect_t creq;
-	uv_write_t wreq;
-	uint8_t pkt[16];
-};
-
-static void
-cancel_closed(uv_handle_t *h)
-{
-	free(h->data);
-}
-
-static void
-cancel_written(uv_write_t *req, int status)
-{
-	struct cancel_conn *cc = req->data;
-
-	uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
-}
-
-static void
-cancel_connected(uv_connect_t *req, int status)
-{
-	struct cancel_conn *cc = req->data;
-	uv_buf_t b = uv_buf_init((char *)cc->pkt, sizeof(cc->pkt));
-
-	if (status != 0 || uv_write(&cc->wreq, (uv_stream_t *)&cc->tcp, &b, 1, cancel_written) != 0)
-		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
-}
-
 /*
- * A cancel to an upstream reached over TLS goes over TLS too, the way
- * libpq 17 sends it (the server takes a CancelRequest after SSLRequest):
- * the upstream's cancel key never crosses the network in the clear. A
- * server that refuses TLS, or (verify-full) cannot prove its name, gets
- * nothing. The connection ends when the server closes it after the cancel.
+ * One forwarded cancel: a connection to the upstream that sends the
+ * CancelRequest and ends when the server closes it, or after CANCEL_MS
+ * whatever happens (an upstream that does not answer must not keep a
+ * worker's loop, and so a shutdown, waiting). To an upstream reached over
+ * TLS the cancel goes over TLS too, the way libpq 17 sends it (the server
+ * takes a CancelRequest after SSLRequest): the upstream's cancel key never
+ * crosses the network in the clear, and a server that refuses TLS, or
+ * (verify-full) cannot prove its name, gets nothing.
  */
-struct cancel_tls {
+#define CANCEL_MS 5000
+
+struct cancel_conn {
 	struct sl_stream st;
+	uv_timer_t timer;
 	struct sl_buf in;
-	SSL_CTX *ctx;
+	SSL_CTX *ctx; /* NULL: plain */
 	char host[256];
 	uint8_t pkt[16];
+	int open; /* handles not closed yet */
+	int done;
 };
 
 static void
-ctls_read(struct sl_stream *st, size_t n)
+cc_release(struct cancel_conn *cc)
 {
-	struct cancel_tls *ct = st->owner;
+	if (--cc->open == 0) {
+		sl_buf_fini(&cc->in);
+		free(cc);
+	}
+}
+
+static void
+cc_timer_closed(uv_handle_t *h)
+{
+	cc_release(h->data);
+}
+
+static void
+cc_finish(struct cancel_conn *cc)
+{
+	if (cc->done)
+		return;
+	cc->done = 1;
+	uv_timer_stop(&cc->timer);
+	uv_close((uv_handle_t *)&cc->timer, cc_timer_closed);
+	sl_stream_close(&cc->st);
+}
+
+static void
+cc_timeout(uv_timer_t *t)
+{
+	cc_finish(t->data);
+}
+
+static void
+cc_send(struct cancel_conn *cc)
+{
+	if (sl_stream_queue(&cc->st, cc->pkt, sizeof(cc->pkt)) != 0 ||
+	    sl_stream_flush(&cc->st) != 0)
+		cc_finish(cc);
+}
+
+static void
+cc_read(struct sl_stream *st, size_t n)
+{
+	struct cancel_conn *cc = st->owner;
 
 	(void)n;
-	if (st->tls) { /* nothing is expected back; the server closes */
-		ct->in.len = ct->in.off = 0;
+	if (cc->ctx == NULL || st->tls) { /* nothing is expected back; the server closes */
+		cc->in.len = cc->in.off = 0;
 		return;
 	}
-	if (sl_buf_unread(&ct->in) != 1 || *sl_buf_head(&ct->in) != 'S') {
-		sl_stream_close(st);
+	if (sl_buf_unread(&cc->in) != 1 || *sl_buf_head(&cc->in) != 'S') {
+		cc_finish(cc);
 		return;
 	}
-	sl_buf_consume(&ct->in, 1);
-	if (sl_stream_tls_client(st, ct->ctx, ct->host[0] ? ct->host : NULL) != 0)
-		sl_stream_close(st);
+	sl_buf_consume(&cc->in, 1);
+	if (sl_stream_tls_client(st, cc->ctx, cc->host[0] ? cc->host : NULL) != 0)
+		cc_finish(cc);
 }
 
 static void
-ctls_tls(struct sl_stream *st, int status)
+cc_tls(struct sl_stream *st, int status)
 {
-	struct cancel_tls *ct = st->owner;
+	struct cancel_conn *cc = st->owner;
 
-	if (status != 0 || sl_stream_queue(st, ct->pkt, sizeof(ct->pkt)) != 0 ||
-	    sl_stream_flush(st) != 0)
-		sl_stream_close(st);
+	if (status != 0)
+		cc_finish(cc);
+	else
+		cc_send(cc);
 }
 
 static void
-ctls_eof(struct sl_stream *st, int err)
+cc_eof(struct sl_stream *st, int err)
 {
 	(void)err;
-	sl_stream_close(st);
+	cc_finish(st->owner);
 }
 
 static void
-ctls_connect(struct sl_stream *st, int status)
+cc_connect(struct sl_stream *st, int status)
 {
+	struct cancel_conn *cc = st->owner;
 	struct sl_buf b;
 	int r;
 
 	if (status != 0 || sl_stream_read_start(st) != 0) {
-		sl_stream_close(st);
+		cc_finish(cc);
+		return;
+	}
+	if (cc->ctx == NULL) {
+		cc_send(cc);
 		return;
 	}
 	sl_buf_init(&b, 0);
@@ -907,45 +930,22 @@ ctls_connect(struct sl_stream *st, int status)
 	r = r ? r : sl_stream_queue(st, b.data, b.len);
 	sl_buf_fini(&b);
 	if (r != 0 || sl_stream_flush(st) != 0)
-		sl_stream_close(st);
+		cc_finish(cc);
 }
 
 static void
-ctls_closed(struct sl_stream *st)
+cc_closed(struct sl_stream *st)
 {
-	struct cancel_tls *ct = st->owner;
-
-	sl_buf_fini(&ct->in);
-	free(ct);
+	cc_release(st->owner);
 }
 
-static const struct sl_stream_ops cancel_tls_ops = {
-	.on_read = ctls_read,
-	.on_eof = ctls_eof,
-	.on_tls = ctls_tls,
-	.on_connect = ctls_connect,
-	.on_close = ctls_closed,
+static const struct sl_stream_ops cancel_ops = {
+	.on_read = cc_read,
+	.on_eof = cc_eof,
+	.on_tls = cc_tls,
+	.on_connect = cc_connect,
+	.on_close = cc_closed,
 };
-
-static void
-cancel_forward_tls(struct sl_worker *w, const struct cancel_ent *c, const uint8_t pkt[16])
-{
-	struct cancel_tls *ct = calloc(1, sizeof(*ct));
-
-	if (ct == NULL)
-		return;
-	sl_buf_init(&ct->in, 1024);
-	ct->ctx = c->tls;
-	memcpy(ct->host, c->host, sizeof(ct->host));
-	memcpy(ct->pkt, pkt, sizeof(ct->pkt));
-	if (sl_stream_init(&ct->st, &w->loop, &cancel_tls_ops, ct, &ct->in) != 0) {
-		sl_buf_fini(&ct->in);
-		free(ct);
-		return;
-	}
-	if (sl_stream_connect(&ct->st, (const struct sockaddr *)&c->addr) != 0)
-		sl_stream_close(&ct->st);
-}
 
 /* Forwards a CancelRequest for our (pid, key) to the matching upstream. */
 static void
@@ -966,33 +966,30 @@ cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 		}
 	}
 	pthread_mutex_unlock(&gw->cancel_mu);
-	if (!have)
-		return;
-	if (found.tls != NULL) {
-		uint8_t pkt[16];
-
-		sl_buf_init(&b, 0);
-		if (sl_pg_put_cancel(&b, found.up_pid, found.up_key) == 0 && b.len == sizeof(pkt)) {
-			memcpy(pkt, b.data, sizeof(pkt));
-			cancel_forward_tls(w, &found, pkt);
-		}
-		sl_buf_fini(&b);
-		return;
-	}
-	cc = calloc(1, sizeof(*cc));
-	if (cc == NULL)
+	if (!have || (cc = calloc(1, sizeof(*cc))) == NULL)
 		return;
 	sl_buf_init(&b, 0);
-	sl_pg_put_cancel(&b, found.up_pid, found.up_key);
+	if (sl_pg_put_cancel(&b, found.up_pid, found.up_key) != 0 || b.len != sizeof(cc->pkt)) {
+		sl_buf_fini(&b);
+		free(cc);
+		return;
+	}
 	memcpy(cc->pkt, b.data, sizeof(cc->pkt));
 	sl_buf_fini(&b);
-	uv_tcp_init(&w->loop, &cc->tcp);
-	cc->tcp.data = cc;
-	cc->creq.data = cc;
-	cc->wreq.data = cc;
-	if (uv_tcp_connect(&cc->creq, &cc->tcp, (struct sockaddr *)&found.addr, cancel_connected) !=
-	    0)
-		uv_close((uv_handle_t *)&cc->tcp, cancel_closed);
+	sl_buf_init(&cc->in, 1024);
+	cc->ctx = found.tls;
+	memcpy(cc->host, found.host, sizeof(cc->host));
+	if (sl_stream_init(&cc->st, &w->loop, &cancel_ops, cc, &cc->in) != 0) {
+		sl_buf_fini(&cc->in);
+		free(cc);
+		return;
+	}
+	cc->open = 2;
+	uv_timer_init(&w->loop, &cc->timer);
+	cc->timer.data = cc;
+	uv_timer_start(&cc->timer, cc_timeout, CANCEL_MS, 0);
+	if (sl_stream_connect(&cc->st, (const struct sockaddr *)&found.addr) != 0)
+		cc_finish(cc);
 }
 
 /* ------------------------------------------------------------ lifecycle */

@@ -749,9 +749,11 @@ class FirstBytesRelay:
     """Forwards TCP connections to PostgreSQL unchanged and keeps the first
     8 bytes of each (what a network observer would see first)."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, swallow_cancels=False):
         import socket
         self.target = target_port
+        self.swallow = swallow_cancels
+        self.held = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -793,12 +795,18 @@ class FirstBytesRelay:
                 break
             head += d
         self.first.append(head)
+        if self.swallow and head == CANCEL_REQUEST:
+            self.held.append(c)  # never answered, never closed
+            u.close()
+            return
         u.sendall(head)
         threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
         self._pump(c, u)
 
     def close(self):
         self.sock.close()
+        for c in self.held:
+            c.close()
 
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -839,6 +847,37 @@ connections:
         assert len(relay.first) >= 2, relay.first
         assert all(h == SSL_REQUEST for h in relay.first), relay.first
         assert CANCEL_REQUEST not in relay.first
+    finally:
+        relay.close()
+
+
+def test_cancel_to_an_upstream_that_never_answers_ends(gateway_factory, pg):
+    # a cancel connection the upstream neither answers nor closes is given
+    # up after a few seconds: it cannot hold the worker (and a shutdown) forever
+    relay = FirstBytesRelay(pg.port, swallow_cancels=True)
+    conns = """
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+""" % relay.port
+    try:
+        gw = gateway_factory(connections=conns)
+        c = gw.connect()
+        cur = c.cursor()
+        t = threading.Timer(0.3, c.cancel)
+        t.start()
+        cur.execute("SELECT pg_sleep(1), 7")  # the cancel never arrives
+        assert cur.fetchone()[1] == 7
+        t.join()
+        c.close()
+        assert CANCEL_REQUEST in relay.first
+        start = time.time()
+        assert gw.stop() == 0
+        assert time.time() - start < 12
     finally:
         relay.close()
 
