@@ -16,7 +16,10 @@
 #include "sluice/core.h"
 
 #define MAX_DEPTH 1000
-#define MAX_LIST  256
+/* Distinct names per list (tables, functions, ...). More is refused as too
+ * complex rather than cut short: a name left off a list is a name no block
+ * or review rule can see (256 CTE names, then the protected table). */
+#define MAX_LIST 1024
 
 static const struct {
 	const char *name;
@@ -92,22 +95,28 @@ struct walker {
 };
 
 static int
-add_str(char ***arr, size_t *n, const char *s)
+add_str(struct walker *w, char ***arr, size_t *n, const char *s)
 {
 	char **na;
 
 	for (size_t i = 0; i < *n; i++)
 		if (strcmp((*arr)[i], s) == 0)
 			return 0;
-	if (*n >= MAX_LIST)
-		return 0;
+	if (*n >= MAX_LIST) {
+		w->bad = 1;
+		return SL_ETOOBIG;
+	}
 	na = realloc(*arr, (*n + 1) * sizeof(char *));
-	if (na == NULL)
+	if (na == NULL) {
+		w->bad = 1; /* a name that cannot be kept cannot be judged */
 		return SL_ENOMEM;
+	}
 	*arr = na;
 	na[*n] = strdup(s);
-	if (na[*n] == NULL)
+	if (na[*n] == NULL) {
+		w->bad = 1;
 		return SL_ENOMEM;
+	}
 	(*n)++;
 	return 0;
 }
@@ -458,7 +467,7 @@ walk_object(struct walker *w, const char *node)
 			size_t i = w->c->nprepared;
 
 			k |= inner;
-			if (name[0] && add_str(&w->c->prepared, &w->c->nprepared, name) == 0 &&
+			if (name[0] && add_str(w, &w->c->prepared, &w->c->nprepared, name) == 0 &&
 			    w->c->nprepared > i) {
 				uint32_t *pk = realloc(w->c->prepared_kinds,
 						       w->c->nprepared * sizeof(uint32_t));
@@ -484,10 +493,10 @@ walk_object(struct walker *w, const char *node)
 
 				for (char *q = fname; *q; q++)
 					*q = (char)tolower((unsigned char)*q);
-				add_str(&w->c->calls, &w->c->ncalls, fname);
-				add_str(&w->c->functions, &w->c->nfunctions, fname);
+				add_str(w, &w->c->calls, &w->c->ncalls, fname);
+				add_str(w, &w->c->functions, &w->c->nfunctions, fname);
 				if (dot)
-					add_str(&w->c->functions, &w->c->nfunctions, dot + 1);
+					add_str(w, &w->c->functions, &w->c->nfunctions, dot + 1);
 				k |= function_kind(dot ? dot + 1 : fname);
 				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
 					setcfg = 1;
@@ -512,7 +521,7 @@ walk_object(struct walker *w, const char *node)
 			snprintf(t, sizeof(t), "%s.%s", schemaname, relname);
 		else
 			snprintf(t, sizeof(t), "%s", relname);
-		add_str(&w->c->tables, &w->c->ntables, t);
+		add_str(w, &w->c->tables, &w->c->ntables, t);
 	}
 	if (node == NULL)
 		return k;
@@ -544,7 +553,7 @@ walk_object(struct walker *w, const char *node)
 		(void)has_relation;
 	}
 	if (strcmp(node, "ExecuteStmt") == 0 && name[0])
-		add_str(&w->c->executed, &w->c->nexecuted, name);
+		add_str(w, &w->c->executed, &w->c->nexecuted, name);
 	if (strcmp(node, "VariableSetStmt") == 0) {
 		char lname[256];
 		size_t i;
@@ -553,9 +562,9 @@ walk_object(struct walker *w, const char *node)
 			lname[i] = (char)tolower((unsigned char)name[i]);
 		lname[i] = '\0';
 		if (strcmp(kindval, "VAR_RESET_ALL") == 0)
-			add_str(&w->c->set_params, &w->c->nset_params, "all");
+			add_str(w, &w->c->set_params, &w->c->nset_params, "all");
 		else if (lname[0])
-			add_str(&w->c->set_params, &w->c->nset_params, lname);
+			add_str(w, &w->c->set_params, &w->c->nset_params, lname);
 		/* SET ROLE / SESSION AUTHORIZATION change privileges. */
 		if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
 			k |= SL_SQL_GRANT;
@@ -589,7 +598,7 @@ set_config_kind(struct walker *w)
 	if (q >= w->end || *q != '"')
 		return SL_SQL_GRANT;
 	lname[n] = '\0';
-	add_str(&w->c->set_params, &w->c->nset_params, lname);
+	add_str(w, &w->c->set_params, &w->c->nset_params, lname);
 	if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
 		return SL_SQL_GRANT;
 	return 0;

@@ -574,7 +574,11 @@ def test_block_rules_on_qualified_names_see_unqualified_uses(gateway_factory, pg
     for sql, msg in [("SELECT * FROM payroll", "payroll is off limits"),
                      ("SELECT * FROM hr.payroll", "payroll is off limits"),
                      ("SELECT * FROM orders.hr.payroll", "payroll is off limits"),
-                     ("SELECT pg_read_file('/etc/hostname')", "no file reads")]:
+                     ("SELECT pg_read_file('/etc/hostname')", "no file reads"),
+                     # 300 names before it must not push payroll off the list
+                     ("WITH " + ", ".join("t%d AS (SELECT 1)" % i for i in range(300)) +
+                      " SELECT * FROM " + ", ".join("t%d" % i for i in range(300)) +
+                      ", payroll", "payroll is off limits")]:
         with pytest.raises(psycopg2.Error) as ei:
             cur.execute(sql)
         assert ei.value.pgcode == "42501" and msg in str(ei.value), (sql, ei.value)

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "sluice/config.h"
+#include "sluice/core.h"
 #include "sluice/policy.h"
 #include "sluice/sqlclass.h"
 
@@ -363,6 +364,82 @@ test_policy_qualified_names(void **state)
 	sl_config_free(cfg);
 }
 
+/* Appends "<pre>0<post><sep>...<pre>(n-1)<post>" to b. */
+static void
+put_series(struct sl_buf *b, const char *pre, const char *post, const char *sep, int n)
+{
+	char one[64];
+
+	for (int i = 0; i < n; i++) {
+		int len = snprintf(one, sizeof(one), "%s%s%d%s", i ? sep : "", pre, i, post);
+
+		assert_int_equal(sl_buf_append(b, one, (size_t)len), 0);
+	}
+}
+
+/* A statement naming more tables or functions than a list keeps must not
+ * push the protected name off the list (a block rule could no longer see
+ * it): every name up to the limit is kept, and past it the statement is
+ * refused as too complex. */
+static void
+test_many_names_do_not_hide_a_blocked_one(void **state)
+{
+	static const char yaml[] =
+		"connections:\n"
+		"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+		"policies:\n"
+		"  - name: agents\n"
+		"    match: { groups: [ai-agents] }\n"
+		"    rules:\n"
+		"      - { action: block, tables: [hr.payroll] }\n"
+		"      - { action: block, functions: [my_dangerous_fn] }\n"
+		"      - { action: allow, sql: [select] }\n";
+	static const int counts[] = {300, 1100};
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(sl_config_load_data("t", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+		struct sl_buf b;
+
+		/* WITH t0 AS (SELECT 1), ... SELECT * FROM t0, ..., hr.payroll */
+		sl_buf_init(&b, 0);
+		assert_int_equal(sl_buf_append(&b, "WITH ", 5), 0);
+		put_series(&b, "t", " AS (SELECT 1)", ", ", counts[k]);
+		assert_int_equal(sl_buf_append(&b, " SELECT * FROM ", 15), 0);
+		put_series(&b, "t", "", ", ", counts[k]);
+		assert_int_equal(sl_buf_append(&b, ", hr.payroll", 13), 0); /* with the NUL */
+		assert_int_equal(decide(ps, "a", "ai-agents", "orders", (const char *)b.data, &d),
+				 SL_ACT_BLOCK);
+		b.len = 0;
+		/* SELECT f0(), ..., my_dangerous_fn() */
+		assert_int_equal(sl_buf_append(&b, "SELECT ", 7), 0);
+		put_series(&b, "f", "()", ", ", counts[k]);
+		assert_int_equal(sl_buf_append(&b, ", my_dangerous_fn()", 20), 0);
+		assert_int_equal(decide(ps, "a", "ai-agents", "orders", (const char *)b.data, &d),
+				 SL_ACT_BLOCK);
+		sl_buf_fini(&b);
+	}
+	/* and within the limit, nothing blocked is allowed through either way */
+	{
+		struct sl_buf b;
+
+		sl_buf_init(&b, 0);
+		assert_int_equal(sl_buf_append(&b, "SELECT ", 7), 0);
+		put_series(&b, "f", "()", ", ", 300);
+		assert_int_equal(sl_buf_append(&b, "", 1), 0);
+		assert_int_equal(decide(ps, "a", "ai-agents", "orders", (const char *)b.data, &d),
+				 SL_ACT_ALLOW);
+		sl_buf_fini(&b);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
 static void
 test_policy_compile_errors(void **state)
 {
@@ -399,6 +476,7 @@ main(void)
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
 		cmocka_unit_test(test_policy_qualified_names),
+		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
 		cmocka_unit_test(test_policy_compile_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
