@@ -105,6 +105,7 @@ static const cyaml_schema_field_t connection_fields[] = {
 	STR("password_file", struct sl_cfg_connection, password_file),
 	STR("tls", struct sl_cfg_connection, tls),
 	STR("ca_file", struct sl_cfg_connection, ca_file),
+	BOOL("allow_cleartext_password", struct sl_cfg_connection, allow_cleartext_password),
 	CYAML_FIELD_MAPPING_PTR("inject_header", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
 				struct sl_cfg_connection, inject_header, header_fields),
 	STR("private_key_file", struct sl_cfg_connection, private_key_file),

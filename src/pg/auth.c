@@ -557,7 +557,12 @@ on_auth_request(struct sl_pg_upauth *a, uint32_t code, const uint8_t *extra, siz
 		if (a->st != UA_START || extralen != 0)
 			break;
 		if (!(a->allowed & SL_PG_UPAUTH_ALLOW_CLEARTEXT)) {
-			seterr(err, errlen, "upstream asked for a cleartext password, not allowed");
+			seterr(err, errlen,
+			       "the upstream server asked for the password in cleartext; sluice "
+			       "sends "
+			       "it so only over tls: verify-full (or with "
+			       "allow_cleartext_password: "
+			       "true on the connection)");
 			return SL_EPOLICY;
 		}
 		a->st = UA_PW_SENT;

@@ -1205,6 +1205,14 @@ send_upstream_startup(struct pg_session *s)
 		fatal(s, "53200", "sluice: out of memory");
 		return;
 	}
+	/* The vaulted password goes out in the clear (a server asking for
+	 * AuthenticationCleartextPassword) only to a server that proved who it
+	 * is (tls: verify-full), unless the connection says otherwise: without
+	 * that, whoever answers at the target address, or intercepts an
+	 * unverified TLS connection, could simply ask for it. SCRAM and MD5
+	 * never reveal it. */
+	if (up_verify_ctx(s) == NULL && !s->pl.conn->allow_cleartext_password)
+		sl_pg_upauth_set_allow_cleartext(s->upauth, 0);
 	sl_buf_init(&b, 0);
 	if (sl_pg_put_startup(&b, keys, vals, n) != 0) {
 		sl_buf_fini(&b);

@@ -104,6 +104,7 @@ class Cluster:
                     "host all postgres 127.0.0.1/32 trust\n"
                     "host all trustuser 127.0.0.1/32 trust\n"
                     "host all md5user 127.0.0.1/32 md5\n"
+                    "host all pwuser 127.0.0.1/32 password\n"
                     "hostssl all tlsuser 127.0.0.1/32 scram-sha-256\n"
                     "hostnossl all tlsuser 127.0.0.1/32 reject\n"
                     "host all all 127.0.0.1/32 scram-sha-256\n")
@@ -125,6 +126,7 @@ class Cluster:
                   "CREATE ROLE md5user LOGIN PASSWORD '%s'" % MD5_PASSWORD)
         self.psql("postgres", "CREATE ROLE trustuser LOGIN")
         self.psql("postgres", "CREATE ROLE tlsuser LOGIN PASSWORD '%s'" % APP_PASSWORD)
+        self.psql("postgres", "CREATE ROLE pwuser LOGIN PASSWORD '%s'" % APP_PASSWORD)
         self.psql("postgres", "CREATE DATABASE orders OWNER app")
         self.psql("orders", """
             CREATE TABLE customers (id int primary key, name text, email text, ssn text,
@@ -136,7 +138,7 @@ class Cluster:
             INSERT INTO orders (customer, amount) SELECT g % 2 + 1, g FROM generate_series(1, 100) g;
             ALTER TABLE customers OWNER TO app; ALTER TABLE orders OWNER TO app;
             GRANT ALL ON SCHEMA public TO app, md5user, trustuser;
-            GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, trustuser, tlsuser;
+            GRANT ALL ON ALL TABLES IN SCHEMA public TO md5user, trustuser, tlsuser, pwuser;
         """)
 
     def psql(self, db, sql):

@@ -882,6 +882,41 @@ connections:
         relay.close()
 
 
+@pytest.mark.parametrize("tls,extra,works", [
+    ("disable", "", False),
+    ("require", "", False),  # encrypted, but whoever answers is not verified
+    ("disable", "    allow_cleartext_password: true\n", True),
+    ("verify-full", "", True),
+])
+def test_cleartext_password_only_to_a_verified_server(gateway_factory, pg, tls, extra, works):
+    # pwuser's pg_hba method is "password": the server asks for it in the clear
+    conns = """
+connections:
+  - name: orders_pw
+    type: postgres
+    target: localhost:%d
+    database: orders
+    user: pwuser
+    password_env: TEST_APP_PW
+    tls: %s
+""" % (pg.port, tls) + extra
+    if tls == "verify-full":
+        conns += "    ca_file: %s\n" % os.path.join(pg.data, "pg.crt")
+    gw = gateway_factory(connections=conns)
+    if works:
+        c = gw.connect("orders_pw")
+        cur = c.cursor()
+        cur.execute("SELECT current_user")
+        assert cur.fetchone()[0] == "pwuser"
+        c.close()
+        return
+    with pytest.raises(psycopg2.OperationalError) as ei:
+        gw.connect("orders_pw")
+    assert "login to the upstream server failed" in str(ei.value), ei.value
+    assert "asked for the password in cleartext" in gw.logtext()
+    assert APP_PASSWORD not in gw.logtext()
+
+
 def test_tls_refused_when_not_configured(gw):
     with pytest.raises(psycopg2.OperationalError) as ei:
         gw.connect(sslmode="require")
