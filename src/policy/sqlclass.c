@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <pg_query.h>
 
 #include "sluice/core.h"
@@ -379,6 +380,84 @@ function_kind(const char *fname)
 }
 
 /* Walks an object. node: the node type this object is the body of (or NULL). */
+/*
+ * DROP, COMMENT ON and SECURITY LABEL name their relations as lists of
+ * strings, not as RangeVars: without this a block rule on hr.payroll did
+ * not see DROP TABLE hr.payroll. json is the statement's object; these are
+ * rare, so it is parsed whole (jansson) rather than streamed.
+ */
+static void
+object_names(struct walker *w, const char *json, size_t len)
+{
+	static const char *const reltypes[] = {"OBJECT_TABLE",	  "OBJECT_VIEW",
+					       "OBJECT_MATVIEW",  "OBJECT_FOREIGN_TABLE",
+					       "OBJECT_SEQUENCE", "OBJECT_COLUMN"};
+	json_t *o = json_loadb(json, len, 0, NULL), *objs, *one = NULL;
+	const char *t;
+	size_t i, n, rel = 0;
+	int column;
+
+	if (o == NULL) {
+		w->bad = 1;
+		return;
+	}
+	t = json_string_value(json_object_get(o, "removeType"));
+	if (t == NULL)
+		t = json_string_value(json_object_get(o, "objtype"));
+	for (i = 0; t != NULL && i < sizeof(reltypes) / sizeof(reltypes[0]); i++)
+		if (strcmp(t, reltypes[i]) == 0)
+			rel = 1;
+	if (!rel) {
+		json_decref(o);
+		return;
+	}
+	column = strcmp(t, "OBJECT_COLUMN") == 0; /* table.column: the table */
+	objs = json_object_get(o, "objects");
+	if (objs == NULL) {
+		one = json_array();
+		if (one == NULL || json_array_append(one, json_object_get(o, "object")) != 0) {
+			w->bad = 1;
+			json_decref(one);
+			json_decref(o);
+			return;
+		}
+		objs = one;
+	}
+	n = json_array_size(objs);
+	for (i = 0; i < n && !w->bad; i++) {
+		json_t *items =
+			json_object_get(json_object_get(json_array_get(objs, i), "List"), "items");
+		size_t m = json_array_size(items), len2 = 0;
+		char name[520];
+
+		if (m <= (size_t)column) {
+			w->bad = 1; /* a relation this code cannot read: refuse */
+			break;
+		}
+		name[0] = '\0';
+		for (size_t j = 0; j + (size_t)column < m; j++) {
+			const char *sv = json_string_value(json_object_get(
+				json_object_get(json_array_get(items, j), "String"), "sval"));
+			int r;
+
+			if (sv == NULL) {
+				w->bad = 1;
+				break;
+			}
+			r = snprintf(name + len2, sizeof(name) - len2, "%s%s", j ? "." : "", sv);
+			if (r < 0 || (size_t)r >= sizeof(name) - len2) {
+				w->bad = 1;
+				break;
+			}
+			len2 += (size_t)r;
+		}
+		if (!w->bad)
+			add_str(w, &w->c->tables, &w->c->ntables, name);
+	}
+	json_decref(one);
+	json_decref(o);
+}
+
 static uint32_t
 walk_object(struct walker *w, const char *node)
 {
@@ -387,6 +466,11 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
 	int first = 1;
+	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
+						strcmp(node, "CommentStmt") == 0 ||
+						strcmp(node, "SecLabelStmt") == 0)
+				       ? w->p
+				       : NULL;
 
 	if (node != NULL && strcmp(node, "SelectStmt") == 0) {
 		insert_source = w->insert_source;
@@ -514,6 +598,8 @@ walk_object(struct walker *w, const char *node)
 		if (w->bad)
 			return k;
 	}
+	if (objstart != NULL)
+		object_names(w, objstart, (size_t)(w->p - objstart));
 	if (relname[0]) {
 		char t[520];
 

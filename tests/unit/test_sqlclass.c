@@ -440,6 +440,54 @@ test_many_names_do_not_hide_a_blocked_one(void **state)
 	sl_config_free(cfg);
 }
 
+/* DROP, COMMENT ON and SECURITY LABEL name relations as string lists, not
+ * as the usual relation nodes: a block rule on a table must see them too. */
+static void
+test_block_rules_see_dropped_and_commented_tables(void **state)
+{
+	static const char yaml[] =
+		"connections:\n"
+		"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+		"policies:\n"
+		"  - name: agents\n"
+		"    match: { groups: [ai-agents] }\n"
+		"    rules:\n"
+		"      - { action: block, tables: [hr.payroll] }\n"
+		"      - { action: allow, sql: [select, ddl] }\n";
+	static const struct {
+		const char *sql;
+		enum sl_action want;
+	} cases[] = {
+		{"DROP TABLE hr.payroll", SL_ACT_BLOCK},
+		{"DROP TABLE IF EXISTS other, hr.payroll CASCADE", SL_ACT_BLOCK},
+		{"DROP TABLE payroll", SL_ACT_BLOCK}, /* search_path may be hr */
+		{"DROP VIEW hr.payroll", SL_ACT_BLOCK},
+		{"DROP MATERIALIZED VIEW hr.payroll", SL_ACT_BLOCK},
+		{"COMMENT ON TABLE hr.payroll IS 'x'", SL_ACT_BLOCK},
+		{"COMMENT ON COLUMN hr.payroll.who IS 'x'", SL_ACT_BLOCK},
+		{"SECURITY LABEL ON TABLE hr.payroll IS 'x'", SL_ACT_BLOCK},
+		{"DROP TABLE other", SL_ACT_ALLOW},
+		{"COMMENT ON COLUMN other.who IS 'x'", SL_ACT_ALLOW},
+		{"DROP FUNCTION payroll(int)", SL_ACT_ALLOW}, /* a function, not the table */
+	};
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(sl_config_load_data("t", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
+
+		if (got != cases[i].want)
+			fail_msg("%s: got %d, want %d", cases[i].sql, got, cases[i].want);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
 static void
 test_policy_compile_errors(void **state)
 {
@@ -477,6 +525,7 @@ main(void)
 		cmocka_unit_test(test_policy_semantics),
 		cmocka_unit_test(test_policy_qualified_names),
 		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
+		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
 		cmocka_unit_test(test_policy_compile_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
