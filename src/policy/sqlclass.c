@@ -389,9 +389,12 @@ function_kind(const char *fname)
 static void
 object_names(struct walker *w, const char *json, size_t len)
 {
-	static const char *const reltypes[] = {"OBJECT_TABLE",	  "OBJECT_VIEW",
-					       "OBJECT_MATVIEW",  "OBJECT_FOREIGN_TABLE",
-					       "OBJECT_SEQUENCE", "OBJECT_COLUMN"};
+	/* the relation itself, or (the last five) something on it, named by
+	 * the relation's name and its own: the list without its last item */
+	static const char *const reltypes[] = {
+		"OBJECT_TABLE",	   "OBJECT_VIEW",	  "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE",
+		"OBJECT_SEQUENCE", "OBJECT_COLUMN",	  "OBJECT_POLICY",  "OBJECT_TRIGGER",
+		"OBJECT_RULE",	   "OBJECT_TABCONSTRAINT"};
 	json_t *o = json_loadb(json, len, 0, NULL), *objs, *one = NULL;
 	const char *t;
 	size_t i, n, rel = 0;
@@ -411,7 +414,9 @@ object_names(struct walker *w, const char *json, size_t len)
 		json_decref(o);
 		return;
 	}
-	column = strcmp(t, "OBJECT_COLUMN") == 0; /* table.column: the table */
+	column = strcmp(t, "OBJECT_COLUMN") == 0 || strcmp(t, "OBJECT_POLICY") == 0 ||
+		 strcmp(t, "OBJECT_TRIGGER") == 0 || strcmp(t, "OBJECT_RULE") == 0 ||
+		 strcmp(t, "OBJECT_TABCONSTRAINT") == 0;
 	objs = json_object_get(o, "objects");
 	if (objs == NULL) {
 		one = json_array();

@@ -466,6 +466,11 @@ test_block_rules_see_dropped_and_commented_tables(void **state)
 		{"COMMENT ON TABLE hr.payroll IS 'x'", SL_ACT_BLOCK},
 		{"COMMENT ON COLUMN hr.payroll.who IS 'x'", SL_ACT_BLOCK},
 		{"SECURITY LABEL ON TABLE hr.payroll IS 'x'", SL_ACT_BLOCK},
+		{"DROP POLICY p ON hr.payroll", SL_ACT_BLOCK}, /* row security off the table */
+		{"DROP TRIGGER t ON hr.payroll", SL_ACT_BLOCK},
+		{"DROP RULE r ON payroll", SL_ACT_BLOCK},
+		{"COMMENT ON CONSTRAINT c ON hr.payroll IS 'x'", SL_ACT_BLOCK},
+		{"DROP POLICY p ON other", SL_ACT_ALLOW},
 		{"DROP TABLE other", SL_ACT_ALLOW},
 		{"COMMENT ON COLUMN other.who IS 'x'", SL_ACT_ALLOW},
 		{"DROP FUNCTION payroll(int)", SL_ACT_ALLOW}, /* a function, not the table */
