@@ -712,3 +712,44 @@ def test_allow_rule_tables_cover_every_table_touched(gateway_factory, pg):
     cur.execute("UPDATE scratch SET a = a + 1 WHERE id = 1")  # what the rule is for
     assert cur.rowcount == 1
     c.close()
+
+
+# ---------------------------- DROP / COMMENT ON name tables as string lists
+#
+# Where ddl is allowed but one table is protected by a block rule, the
+# statements that name the table outside the usual relation nodes must be
+# seen too.
+
+PROTECTED_TABLE = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, tables: [hr.payroll], message: "payroll is off limits" }
+      - { action: allow, sql: [select, ddl] }
+"""
+
+
+def test_block_rule_on_a_table_sees_drop_and_comment(gateway_factory, pg):
+    import psycopg2
+    pg.psql("orders", "CREATE SCHEMA IF NOT EXISTS hr AUTHORIZATION app; "
+                      "CREATE TABLE IF NOT EXISTS hr.payroll (who text, pay int); "
+                      "ALTER TABLE hr.payroll OWNER TO app")
+    gw = gateway_factory(policies=PROTECTED_TABLE)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    for sql in ["DROP TABLE hr.payroll",
+                "DROP TABLE IF EXISTS scratch_never, hr.payroll CASCADE",
+                "COMMENT ON TABLE hr.payroll IS 'mine now'",
+                "DROP TRIGGER IF EXISTS t ON hr.payroll",
+                "DROP POLICY IF EXISTS p ON hr.payroll"]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        assert ei.value.pgcode == "42501" and "payroll is off limits" in str(ei.value), \
+            (sql, ei.value)
+    cur.execute("SELECT to_regclass('hr.payroll') IS NOT NULL")
+    assert cur.fetchone()[0] is True
+    cur.execute("CREATE TABLE IF NOT EXISTS scratch_ddl (a int)")  # other ddl still runs
+    cur.execute("DROP TABLE scratch_ddl")
+    c.close()
