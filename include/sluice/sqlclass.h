@@ -49,6 +49,10 @@ struct sl_sql_class {
 	size_t ncalls;
 	char **tables; /* "schema.table" or "table", as the parser normalised them */
 	size_t ntables;
+	/* schemas acted on as a whole (DROP SCHEMA, ALTER SCHEMA, GRANT ... ON
+	 * ALL TABLES IN SCHEMA); "*" for every schema (DROP/REASSIGN OWNED) */
+	char **schemas;
+	size_t nschemas;
 	char **prepared;	  /* names PREPAREd by this text ... */
 	uint32_t *prepared_kinds; /* ... and the kinds of their bodies */
 	size_t nprepared;

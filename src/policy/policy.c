@@ -241,6 +241,43 @@ any_listed(char *const *pats, unsigned npats, char *const *names, size_t n, int 
 	return 0;
 }
 
+/* Whether a statement acting on whole schemas reaches a table a pattern
+ * names: one in a listed schema ("hr.payroll" and DROP SCHEMA hr), any
+ * table for an unqualified pattern (it may live in that schema), every
+ * table for "*" (DROP OWNED). */
+static int
+schema_listed(char *const *pats, unsigned npats, char *const *schemas, size_t n)
+{
+	for (unsigned i = 0; i < npats; i++) {
+		const char *dot = strrchr(pats[i], '.');
+
+		for (size_t j = 0; j < n; j++) {
+			const char *sch;
+			size_t sl;
+
+			if (dot == NULL || strcmp(schemas[j], "*") == 0)
+				return 1;
+			/* the schema is the part before the table ("db.hr.t": hr) */
+			for (sch = dot; sch > pats[i] && sch[-1] != '.'; sch--)
+				;
+			sl = (size_t)(dot - sch);
+			if (strlen(schemas[j]) == sl && strncasecmp(sch, schemas[j], sl) == 0)
+				return 1;
+			if (memchr(sch, '*', sl) || memchr(sch, '?', sl) || memchr(sch, '[', sl)) {
+				char sp[256];
+
+				if (sl >= sizeof(sp))
+					return 1;
+				memcpy(sp, sch, sl);
+				sp[sl] = '\0';
+				if (sl_glob_match_ci(sp, schemas[j]))
+					return 1;
+			}
+		}
+	}
+	return 0;
+}
+
 /* Whether there are names and every one matches one of the patterns. */
 static int
 all_listed(char *const *pats, unsigned npats, char *const *names, size_t n)
@@ -281,9 +318,12 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 			return 0;
 		if (r->tables_count > 0 &&
 		    !(restrictive ? any_listed(r->tables, r->tables_count, req->sql->tables,
-					       req->sql->ntables, 1)
-				  : all_listed(r->tables, r->tables_count, req->sql->tables,
-					       req->sql->ntables)))
+					       req->sql->ntables, 1) ||
+					    schema_listed(r->tables, r->tables_count,
+							  req->sql->schemas, req->sql->nschemas)
+				  : req->sql->nschemas == 0 &&
+					    all_listed(r->tables, r->tables_count, req->sql->tables,
+						       req->sql->ntables)))
 			return 0;
 		return 1;
 	case SL_PROTO_HTTP:

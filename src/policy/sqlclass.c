@@ -380,14 +380,75 @@ function_kind(const char *fname)
 }
 
 /* Walks an object. node: the node type this object is the body of (or NULL). */
+/* Adds the sval of every String node in arr (or arr itself) to schemas. */
+static void
+add_schema_strings(struct walker *w, json_t *arr)
+{
+	json_t *one = json_is_array(arr) ? NULL : arr;
+	size_t n = one ? 1 : json_array_size(arr);
+
+	for (size_t i = 0; i < n; i++) {
+		const char *sv = json_string_value(json_object_get(
+			json_object_get(one ? one : json_array_get(arr, i), "String"), "sval"));
+
+		if (sv == NULL) {
+			w->bad = 1; /* a schema this code cannot read: refuse */
+			return;
+		}
+		add_str(w, &w->c->schemas, &w->c->nschemas, sv);
+	}
+}
+
+/* Statements that act on whole schemas (every table in them) without naming
+ * a table: they are noted as schemas, which block and review rules on
+ * tables in them see. Returns 1 if o was one. */
+static int
+schema_wide(struct walker *w, json_t *o)
+{
+	const char *drop = json_string_value(json_object_get(o, "removeType"));
+	const char *ren = json_string_value(json_object_get(o, "renameType"));
+	const char *own = json_string_value(json_object_get(o, "objectType"));
+	const char *targ = json_string_value(json_object_get(o, "targtype"));
+
+	if (drop && strcmp(drop, "OBJECT_SCHEMA") == 0) {
+		add_schema_strings(w, json_object_get(o, "objects"));
+		return 1;
+	}
+	if (ren && strcmp(ren, "OBJECT_SCHEMA") == 0) {
+		const char *sv = json_string_value(json_object_get(o, "subname"));
+
+		if (sv == NULL)
+			w->bad = 1;
+		else
+			add_str(w, &w->c->schemas, &w->c->nschemas, sv);
+		return 1;
+	}
+	if (own && strcmp(own, "OBJECT_SCHEMA") == 0) {
+		add_schema_strings(w, json_object_get(o, "object"));
+		return 1;
+	}
+	if (targ && strcmp(targ, "ACL_TARGET_ALL_IN_SCHEMA") == 0) {
+		add_schema_strings(w, json_object_get(o, "objects"));
+		return 1;
+	}
+	if (json_object_get(o, "roles") != NULL && drop == NULL && ren == NULL && own == NULL &&
+	    targ == NULL) {
+		/* DROP OWNED / REASSIGN OWNED: whatever the roles own, anywhere */
+		add_str(w, &w->c->schemas, &w->c->nschemas, "*");
+		return 1;
+	}
+	return 0;
+}
+
 /*
  * DROP, COMMENT ON and SECURITY LABEL name their relations as lists of
  * strings, not as RangeVars: without this a block rule on hr.payroll did
- * not see DROP TABLE hr.payroll. json is the statement's object; these are
+ * not see DROP TABLE hr.payroll. Schema-wide statements are noted too
+ * (schema_wide). json is the statement's object; these statements are
  * rare, so it is parsed whole (jansson) rather than streamed.
  */
 static void
-object_names(struct walker *w, const char *json, size_t len)
+object_names(struct walker *w, const char *node, const char *json, size_t len)
 {
 	/* the relation itself, or (the last five) something on it, named by
 	 * the relation's name and its own: the list without its last item */
@@ -402,6 +463,12 @@ object_names(struct walker *w, const char *json, size_t len)
 
 	if (o == NULL) {
 		w->bad = 1;
+		return;
+	}
+	if (schema_wide(w, o) ||
+	    (strcmp(node, "DropStmt") != 0 && strcmp(node, "CommentStmt") != 0 &&
+	     strcmp(node, "SecLabelStmt") != 0)) {
+		json_decref(o);
 		return;
 	}
 	t = json_string_value(json_object_get(o, "removeType"));
@@ -473,7 +540,12 @@ walk_object(struct walker *w, const char *node)
 	int first = 1;
 	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
 						strcmp(node, "CommentStmt") == 0 ||
-						strcmp(node, "SecLabelStmt") == 0)
+						strcmp(node, "SecLabelStmt") == 0 ||
+						strcmp(node, "RenameStmt") == 0 ||
+						strcmp(node, "AlterOwnerStmt") == 0 ||
+						strcmp(node, "GrantStmt") == 0 ||
+						strcmp(node, "DropOwnedStmt") == 0 ||
+						strcmp(node, "ReassignOwnedStmt") == 0)
 				       ? w->p
 				       : NULL;
 
@@ -604,7 +676,7 @@ walk_object(struct walker *w, const char *node)
 			return k;
 	}
 	if (objstart != NULL)
-		object_names(w, objstart, (size_t)(w->p - objstart));
+		object_names(w, node, objstart, (size_t)(w->p - objstart));
 	if (relname[0]) {
 		char t[520];
 
@@ -829,6 +901,7 @@ sl_sql_class_fini(struct sl_sql_class *c)
 	free_list(c->functions, c->nfunctions);
 	free_list(c->calls, c->ncalls);
 	free_list(c->tables, c->ntables);
+	free_list(c->schemas, c->nschemas);
 	free_list(c->prepared, c->nprepared);
 	free(c->prepared_kinds);
 	free_list(c->executed, c->nexecuted);

@@ -726,7 +726,7 @@ policies:
     match: { groups: [ai-agents] }
     rules:
       - { action: block, tables: [hr.payroll], message: "payroll is off limits" }
-      - { action: allow, sql: [select, ddl] }
+      - { action: allow, sql: [select, ddl, grant] }
 """
 
 
@@ -743,7 +743,11 @@ def test_block_rule_on_a_table_sees_drop_and_comment(gateway_factory, pg):
                 "DROP TABLE IF EXISTS scratch_never, hr.payroll CASCADE",
                 "COMMENT ON TABLE hr.payroll IS 'mine now'",
                 "DROP TRIGGER IF EXISTS t ON hr.payroll",
-                "DROP POLICY IF EXISTS p ON hr.payroll"]:
+                "DROP POLICY IF EXISTS p ON hr.payroll",
+                # a whole schema reaches the table without naming it
+                "DROP SCHEMA hr CASCADE",
+                "ALTER SCHEMA hr RENAME TO hr_gone",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA hr TO PUBLIC"]:
         with pytest.raises(psycopg2.Error) as ei:
             cur.execute(sql)
         assert ei.value.pgcode == "42501" and "payroll is off limits" in str(ei.value), \

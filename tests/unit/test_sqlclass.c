@@ -441,7 +441,8 @@ test_many_names_do_not_hide_a_blocked_one(void **state)
 }
 
 /* DROP, COMMENT ON and SECURITY LABEL name relations as string lists, not
- * as the usual relation nodes: a block rule on a table must see them too. */
+ * as the usual relation nodes, and some statements act on a whole schema: a
+ * block rule on a table must see them too. */
 static void
 test_block_rules_see_dropped_and_commented_tables(void **state)
 {
@@ -453,7 +454,7 @@ test_block_rules_see_dropped_and_commented_tables(void **state)
 		"    match: { groups: [ai-agents] }\n"
 		"    rules:\n"
 		"      - { action: block, tables: [hr.payroll] }\n"
-		"      - { action: allow, sql: [select, ddl] }\n";
+		"      - { action: allow, sql: [select, ddl, grant] }\n";
 	static const struct {
 		const char *sql;
 		enum sl_action want;
@@ -471,6 +472,18 @@ test_block_rules_see_dropped_and_commented_tables(void **state)
 		{"DROP RULE r ON payroll", SL_ACT_BLOCK},
 		{"COMMENT ON CONSTRAINT c ON hr.payroll IS 'x'", SL_ACT_BLOCK},
 		{"DROP POLICY p ON other", SL_ACT_ALLOW},
+		/* statements on a whole schema reach hr.payroll without naming it */
+		{"DROP SCHEMA hr CASCADE", SL_ACT_BLOCK},
+		{"DROP SCHEMA IF EXISTS other, HR CASCADE", SL_ACT_BLOCK},
+		{"ALTER SCHEMA hr RENAME TO h2", SL_ACT_BLOCK},
+		{"ALTER SCHEMA hr OWNER TO bob", SL_ACT_BLOCK},
+		{"GRANT SELECT ON ALL TABLES IN SCHEMA hr TO public", SL_ACT_BLOCK},
+		{"DROP OWNED BY app", SL_ACT_BLOCK},
+		{"DROP SCHEMA other CASCADE", SL_ACT_ALLOW},
+		{"ALTER SCHEMA other RENAME TO o2", SL_ACT_ALLOW},
+		{"GRANT SELECT ON other.t TO public", SL_ACT_ALLOW},
+		{"GRANT SELECT ON hr.payroll TO public", SL_ACT_BLOCK},
+		{"ALTER TABLE other RENAME TO o2", SL_ACT_ALLOW},
 		{"DROP TABLE other", SL_ACT_ALLOW},
 		{"COMMENT ON COLUMN other.who IS 'x'", SL_ACT_ALLOW},
 		{"DROP FUNCTION payroll(int)", SL_ACT_ALLOW}, /* a function, not the table */
