@@ -165,6 +165,8 @@ cmd_policy(int argc, char **argv, const struct sl_config *cfg)
 	printf("kinds:    %s\n", kinds);
 	for (size_t i = 0; i < cls.ntables; i++)
 		printf("table:    %s\n", cls.tables[i]);
+	for (size_t i = 0; i < cls.nschemas; i++)
+		printf("schema:   %s (the whole schema)\n", cls.schemas[i]);
 	for (size_t i = 0; i < cls.nfunctions; i++)
 		printf("function: %s\n", cls.functions[i]);
 	if (cls.error)
