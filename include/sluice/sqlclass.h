@@ -48,6 +48,9 @@ struct sl_sql_class {
 	char **calls; /* the same calls, each once as written ("schema.f" or "f") */
 	size_t ncalls;
 	char **tables; /* "schema.table" or "table", as the parser normalised them */
+	/* per table: SL_SQL_SELECT where it is read, and the DML kind (insert,
+	 * update, delete, merge) where it is the statement's target */
+	uint32_t *table_kinds;
 	size_t ntables;
 	/* schemas acted on as a whole (DROP SCHEMA, ALTER SCHEMA, GRANT ... ON
 	 * ALL TABLES IN SCHEMA); "*" for every schema (DROP/REASSIGN OWNED) */

@@ -316,14 +316,12 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 				  : all_listed(r->functions, r->functions_count, req->sql->calls,
 					       req->sql->ncalls)))
 			return 0;
-		if (r->tables_count > 0 &&
-		    !(restrictive ? any_listed(r->tables, r->tables_count, req->sql->tables,
-					       req->sql->ntables, 1) ||
-					    schema_listed(r->tables, r->tables_count,
-							  req->sql->schemas, req->sql->nschemas)
-				  : req->sql->nschemas == 0 &&
-					    all_listed(r->tables, r->tables_count, req->sql->tables,
-						       req->sql->ntables)))
+		/* an allow rule's tables are checked per kind (allow_covers) */
+		if (r->tables_count > 0 && restrictive &&
+		    !(any_listed(r->tables, r->tables_count, req->sql->tables, req->sql->ntables,
+				 1) ||
+		      schema_listed(r->tables, r->tables_count, req->sql->schemas,
+				    req->sql->nschemas)))
 			return 0;
 		return 1;
 	case SL_PROTO_HTTP:
@@ -344,6 +342,53 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 		       sl_glob_match_ci(r->ssh->command, req->ssh_command);
 	}
 	return 0;
+}
+
+/*
+ * Which of the kinds in hit an allow rule with tables: covers: those for
+ * which every table the statement accesses that way is listed. A DML kind
+ * (insert, update, delete, merge) looks at the tables it writes, select at
+ * the tables read; so "allow update on scratch" covers UPDATE scratch ...
+ * FROM orders (orders is read: the select is another rule's business) and
+ * not UPDATE orders ... FROM scratch. Every other kind, and a kind whose
+ * tables could not be told, needs every table of the statement listed. A
+ * statement on whole schemas is never covered.
+ */
+static uint32_t
+allow_covers(const struct sl_cfg_rule *r, const struct sl_sql_class *c, uint32_t hit)
+{
+	static const uint32_t dml[] = {SL_SQL_SELECT, SL_SQL_INSERT, SL_SQL_UPDATE, SL_SQL_DELETE,
+				       SL_SQL_MERGE};
+	uint32_t out = 0;
+
+	if (c->nschemas > 0 || c->ntables == 0)
+		return 0;
+	for (int b = 0; b < 32; b++) {
+		uint32_t bit = 1u << b, tag = bit;
+		size_t n = 0;
+		int ok = 1;
+
+		if (!(hit & bit))
+			continue;
+		if (bit == SL_SQL_UPDATE_ALL)
+			tag = SL_SQL_UPDATE;
+		if (bit == SL_SQL_DELETE_ALL)
+			tag = SL_SQL_DELETE;
+		for (size_t i = 0; i < sizeof(dml) / sizeof(dml[0]); i++)
+			if (tag == dml[i])
+				for (size_t t = 0; t < c->ntables; t++)
+					if (c->table_kinds && (c->table_kinds[t] & tag)) {
+						n++;
+						if (!any_listed(r->tables, r->tables_count,
+								&c->tables[t], 1, 0))
+							ok = 0;
+					}
+		if (n == 0) /* not a DML kind, or its tables not told: all of them */
+			ok = all_listed(r->tables, r->tables_count, c->tables, c->ntables);
+		if (ok)
+			out |= bit;
+	}
+	return out;
 }
 
 static void
@@ -429,6 +474,9 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 				continue;
 			hit = req->proto == SL_PROTO_PG ? (cr->has_sql ? cr->kinds & kinds : kinds)
 							: 1;
+			if (req->proto == SL_PROTO_PG && cr->action == SL_ACT_ALLOW &&
+			    cr->cfg->tables_count > 0)
+				hit = allow_covers(cr->cfg, req->sql, hit);
 			if (hit == 0)
 				continue;
 			if (cr->action == SL_ACT_BLOCK) {

@@ -93,6 +93,7 @@ struct walker {
 	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
 	int insert_source; /* the next SelectStmt is an INSERT's source */
+	uint32_t target;   /* DML kind of the relation being walked (its "relation") */
 };
 
 static int
@@ -120,6 +121,29 @@ add_str(struct walker *w, char ***arr, size_t *n, const char *s)
 	}
 	(*n)++;
 	return 0;
+}
+
+/* Adds (or finds) a table and notes how the statement accesses it. */
+static void
+add_table(struct walker *w, const char *name, uint32_t how)
+{
+	size_t n = w->c->ntables;
+	uint32_t *tk;
+
+	if (add_str(w, &w->c->tables, &w->c->ntables, name) != 0)
+		return;
+	if (w->c->ntables > n) {
+		tk = realloc(w->c->table_kinds, w->c->ntables * sizeof(*tk));
+		if (tk == NULL) {
+			w->bad = 1;
+			return;
+		}
+		w->c->table_kinds = tk;
+		tk[n] = 0;
+	}
+	for (size_t i = 0; i < w->c->ntables; i++)
+		if (strcmp(w->c->tables[i], name) == 0)
+			w->c->table_kinds[i] |= how;
 }
 
 static void
@@ -524,7 +548,7 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 			len2 += (size_t)r;
 		}
 		if (!w->bad)
-			add_str(w, &w->c->tables, &w->c->ntables, name);
+			add_table(w, name, 0);
 	}
 	json_decref(one);
 	json_decref(o);
@@ -668,6 +692,17 @@ walk_object(struct walker *w, const char *node)
 		}
 		if (setcfg && strcmp(key, "args") == 0)
 			k |= set_config_kind(w);
+		if (node != NULL && strcmp(key, "relation") == 0 &&
+		    (strcmp(node, "InsertStmt") == 0 || strcmp(node, "UpdateStmt") == 0 ||
+		     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0)) {
+			/* the statement's target: the table it writes */
+			w->target = stmt_kind(node);
+			k |= walk_value(w, key, NULL);
+			w->target = 0;
+			if (w->bad)
+				return k;
+			continue;
+		}
 		if (is_node_name(key))
 			k |= walk_value(w, key, key);
 		else
@@ -684,7 +719,7 @@ walk_object(struct walker *w, const char *node)
 			snprintf(t, sizeof(t), "%s.%s", schemaname, relname);
 		else
 			snprintf(t, sizeof(t), "%s", relname);
-		add_str(w, &w->c->tables, &w->c->ntables, t);
+		add_table(w, t, w->target ? w->target : SL_SQL_SELECT);
 	}
 	if (node == NULL)
 		return k;
@@ -901,6 +936,7 @@ sl_sql_class_fini(struct sl_sql_class *c)
 	free_list(c->functions, c->nfunctions);
 	free_list(c->calls, c->ncalls);
 	free_list(c->tables, c->ntables);
+	free(c->table_kinds);
 	free_list(c->schemas, c->nschemas);
 	free_list(c->prepared, c->nprepared);
 	free(c->prepared_kinds);

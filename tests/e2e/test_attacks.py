@@ -676,7 +676,7 @@ def test_side_effect_functions_are_not_selects(gateway_factory):
 # "allow update on scratch" must not let an UPDATE of another table through
 # because scratch is also named somewhere in the statement (FROM, a
 # subquery, a second statement): an allow rule's tables must cover every
-# table the statement touches.
+# table the statement updates.
 
 SCRATCH_ONLY = """
 policies:
@@ -710,6 +710,9 @@ def test_allow_rule_tables_cover_every_table_touched(gateway_factory, pg):
     cur.execute("SELECT sum(amount) FROM orders")
     assert cur.fetchone()[0] == before  # nothing reached the orders table
     cur.execute("UPDATE scratch SET a = a + 1 WHERE id = 1")  # what the rule is for
+    assert cur.rowcount == 1
+    # reading another table while updating scratch is still an update of scratch
+    cur.execute("UPDATE scratch SET a = (SELECT count(*) FROM orders) WHERE id = 1")
     assert cur.rowcount == 1
     c.close()
 

@@ -324,9 +324,20 @@ test_policy_qualified_names(void **state)
 		{"UPDATE scratch SET a = 1 WHERE id = 1", SL_ACT_BLOCK},
 		{"UPDATE public.scratch SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
 		/* an allow rule's tables: must cover every table the statement
-		 * touches, or "allow update on scratch" lets other tables through */
+		 * updates, or "allow update on scratch" lets other tables through */
 		{"UPDATE public.orders SET a = 1 FROM public.scratch WHERE true", SL_ACT_BLOCK},
+		/* ... the tables it updates, that is: orders is only read here */
 		{"UPDATE public.scratch s SET a = o.a FROM public.orders o WHERE s.id = o.id",
+		 SL_ACT_ALLOW},
+		{"WITH s AS (SELECT 1 AS a) UPDATE public.scratch SET a = s.a FROM s",
+		 SL_ACT_ALLOW},
+		{"WITH u AS (UPDATE public.orders SET a = 1 RETURNING *) UPDATE public.scratch SET "
+		 "a "
+		 "= 1",
+		 SL_ACT_BLOCK},
+		{"UPDATE public.scratch SET a = 1 FROM public.orders o, public.orders p WHERE "
+		 "true; "
+		 "DELETE FROM public.scratch",
 		 SL_ACT_BLOCK},
 		{"UPDATE public.scratch SET a = 1 WHERE id = 1; UPDATE public.orders SET a = 1 "
 		 "WHERE "
