@@ -357,8 +357,9 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 static uint32_t
 allow_covers(const struct sl_cfg_rule *r, const struct sl_sql_class *c, uint32_t hit)
 {
-	static const uint32_t dml[] = {SL_SQL_SELECT, SL_SQL_INSERT, SL_SQL_UPDATE, SL_SQL_DELETE,
-				       SL_SQL_MERGE};
+	/* the kinds table_kinds records */
+	const uint32_t told =
+		SL_SQL_SELECT | SL_SQL_INSERT | SL_SQL_UPDATE | SL_SQL_DELETE | SL_SQL_MERGE;
 	uint32_t out = 0;
 
 	if (c->nschemas > 0 || c->ntables == 0)
@@ -374,15 +375,12 @@ allow_covers(const struct sl_cfg_rule *r, const struct sl_sql_class *c, uint32_t
 			tag = SL_SQL_UPDATE;
 		if (bit == SL_SQL_DELETE_ALL)
 			tag = SL_SQL_DELETE;
-		for (size_t i = 0; i < sizeof(dml) / sizeof(dml[0]); i++)
-			if (tag == dml[i])
-				for (size_t t = 0; t < c->ntables; t++)
-					if (c->table_kinds && (c->table_kinds[t] & tag)) {
-						n++;
-						if (!any_listed(r->tables, r->tables_count,
-								&c->tables[t], 1, 0))
-							ok = 0;
-					}
+		for (size_t t = 0; (tag & told) && c->table_kinds && t < c->ntables; t++)
+			if (c->table_kinds[t] & tag) {
+				n++;
+				if (!any_listed(r->tables, r->tables_count, &c->tables[t], 1, 0))
+					ok = 0;
+			}
 		if (n == 0) /* not a DML kind, or its tables not told: all of them */
 			ok = all_listed(r->tables, r->tables_count, c->tables, c->ntables);
 		if (ok)

@@ -96,6 +96,8 @@ struct walker {
 	uint32_t target;   /* DML kind of the relation being walked (its "relation") */
 };
 
+/* Adds s to the list unless it is there; returns its index, or < 0 (and
+ * marks the statement bad) when it cannot be kept. */
 static int
 add_str(struct walker *w, char ***arr, size_t *n, const char *s)
 {
@@ -103,7 +105,7 @@ add_str(struct walker *w, char ***arr, size_t *n, const char *s)
 
 	for (size_t i = 0; i < *n; i++)
 		if (strcmp((*arr)[i], s) == 0)
-			return 0;
+			return (int)i;
 	if (*n >= MAX_LIST) {
 		w->bad = 1;
 		return SL_ETOOBIG;
@@ -119,8 +121,7 @@ add_str(struct walker *w, char ***arr, size_t *n, const char *s)
 		w->bad = 1;
 		return SL_ENOMEM;
 	}
-	(*n)++;
-	return 0;
+	return (int)(*n)++;
 }
 
 /* Adds (or finds) a table and notes how the statement accesses it. */
@@ -128,22 +129,19 @@ static void
 add_table(struct walker *w, const char *name, uint32_t how)
 {
 	size_t n = w->c->ntables;
-	uint32_t *tk;
+	/* room for one more first: table_kinds never falls behind tables */
+	uint32_t *tk = realloc(w->c->table_kinds, (n + 1) * sizeof(*tk));
+	int i;
 
-	if (add_str(w, &w->c->tables, &w->c->ntables, name) != 0)
+	if (tk == NULL) {
+		w->bad = 1;
 		return;
-	if (w->c->ntables > n) {
-		tk = realloc(w->c->table_kinds, w->c->ntables * sizeof(*tk));
-		if (tk == NULL) {
-			w->bad = 1;
-			return;
-		}
-		w->c->table_kinds = tk;
-		tk[n] = 0;
 	}
-	for (size_t i = 0; i < w->c->ntables; i++)
-		if (strcmp(w->c->tables[i], name) == 0)
-			w->c->table_kinds[i] |= how;
+	w->c->table_kinds = tk;
+	tk[n] = 0;
+	i = add_str(w, &w->c->tables, &w->c->ntables, name);
+	if (i >= 0)
+		tk[i] |= how;
 }
 
 static void
@@ -474,16 +472,19 @@ schema_wide(struct walker *w, json_t *o)
 static void
 object_names(struct walker *w, const char *node, const char *json, size_t len)
 {
-	/* the relation itself, or (the last five) something on it, named by
-	 * the relation's name and its own: the list without its last item */
-	static const char *const reltypes[] = {
-		"OBJECT_TABLE",	   "OBJECT_VIEW",	  "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE",
-		"OBJECT_SEQUENCE", "OBJECT_COLUMN",	  "OBJECT_POLICY",  "OBJECT_TRIGGER",
-		"OBJECT_RULE",	   "OBJECT_TABCONSTRAINT"};
+	/* the relation itself, or something on it (strip: named by the
+	 * relation's name and its own, so the list without its last item) */
+	static const struct {
+		const char *type;
+		int strip;
+	} reltypes[] = {{"OBJECT_TABLE", 0},	     {"OBJECT_VIEW", 0},     {"OBJECT_MATVIEW", 0},
+			{"OBJECT_FOREIGN_TABLE", 0}, {"OBJECT_SEQUENCE", 0}, {"OBJECT_COLUMN", 1},
+			{"OBJECT_POLICY", 1},	     {"OBJECT_TRIGGER", 1},  {"OBJECT_RULE", 1},
+			{"OBJECT_TABCONSTRAINT", 1}};
 	json_t *o = json_loadb(json, len, 0, NULL), *objs, *one = NULL;
 	const char *t;
-	size_t i, n, rel = 0;
-	int column;
+	size_t i, n;
+	int column = -1;
 
 	if (o == NULL) {
 		w->bad = 1;
@@ -499,15 +500,12 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 	if (t == NULL)
 		t = json_string_value(json_object_get(o, "objtype"));
 	for (i = 0; t != NULL && i < sizeof(reltypes) / sizeof(reltypes[0]); i++)
-		if (strcmp(t, reltypes[i]) == 0)
-			rel = 1;
-	if (!rel) {
+		if (strcmp(t, reltypes[i].type) == 0)
+			column = reltypes[i].strip;
+	if (column < 0) { /* not a relation, nor something on one */
 		json_decref(o);
 		return;
 	}
-	column = strcmp(t, "OBJECT_COLUMN") == 0 || strcmp(t, "OBJECT_POLICY") == 0 ||
-		 strcmp(t, "OBJECT_TRIGGER") == 0 || strcmp(t, "OBJECT_RULE") == 0 ||
-		 strcmp(t, "OBJECT_TABCONSTRAINT") == 0;
 	objs = json_object_get(o, "objects");
 	if (objs == NULL) {
 		one = json_array();
@@ -652,7 +650,7 @@ walk_object(struct walker *w, const char *node)
 			size_t i = w->c->nprepared;
 
 			k |= inner;
-			if (name[0] && add_str(w, &w->c->prepared, &w->c->nprepared, name) == 0 &&
+			if (name[0] && add_str(w, &w->c->prepared, &w->c->nprepared, name) >= 0 &&
 			    w->c->nprepared > i) {
 				uint32_t *pk = realloc(w->c->prepared_kinds,
 						       w->c->nprepared * sizeof(uint32_t));
