@@ -292,13 +292,37 @@ static const char qualified_yaml[] =
 	"      - { action: allow, sql: [copy_program], functions: [util.pg_stat_file] }\n"
 	"      - { action: allow, sql: [select, set] }\n";
 
+struct decision_case {
+	const char *sql;
+	enum sl_action want;
+};
+
+/* Compiles yaml and checks each case's decision (subject a, group
+ * ai-agents, connection orders). */
+static void
+check_decisions(const char *yaml, const struct decision_case *cases, size_t n)
+{
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	assert_int_equal(sl_config_load_data("t", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (size_t i = 0; i < n; i++) {
+		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
+
+		if (got != cases[i].want)
+			fail_msg("%s: got %d, want %d", cases[i].sql, got, cases[i].want);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
 static void
 test_policy_qualified_names(void **state)
 {
-	static const struct {
-		const char *sql;
-		enum sl_action want;
-	} cases[] = {
+	static const struct decision_case cases[] = {
 		{"SELECT pg_read_file('/etc/passwd')", SL_ACT_BLOCK},
 		{"SELECT pg_catalog.pg_read_file('/etc/passwd')", SL_ACT_BLOCK},
 		{"SELECT PG_READ_FILE('/etc/passwd')", SL_ACT_BLOCK},
@@ -355,24 +379,8 @@ test_policy_qualified_names(void **state)
 		{"SELECT util.pg_stat_file('x'), pg_read_file('y')", SL_ACT_BLOCK},
 		{"SELECT pg_stat_file('/etc/passwd')", SL_ACT_BLOCK},
 	};
-	struct sl_config *cfg;
-	struct sl_policy_set *ps;
-	struct sl_decision d;
-	char err[512];
-
 	(void)state;
-	assert_int_equal(sl_config_load_data("t", qualified_yaml, strlen(qualified_yaml), &cfg, err,
-					     sizeof(err)),
-			 0);
-	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
-
-		if (got != cases[i].want)
-			fail_msg("%s: got %d, want %d", cases[i].sql, got, cases[i].want);
-	}
-	sl_policy_free(ps);
-	sl_config_free(cfg);
+	check_decisions(qualified_yaml, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 /* Appends "<pre>0<post><sep>...<pre>(n-1)<post>" to b. */
@@ -466,10 +474,7 @@ test_block_rules_see_dropped_and_commented_tables(void **state)
 		"    rules:\n"
 		"      - { action: block, tables: [hr.payroll] }\n"
 		"      - { action: allow, sql: [select, ddl, grant] }\n";
-	static const struct {
-		const char *sql;
-		enum sl_action want;
-	} cases[] = {
+	static const struct decision_case cases[] = {
 		{"DROP TABLE hr.payroll", SL_ACT_BLOCK},
 		{"DROP TABLE IF EXISTS other, hr.payroll CASCADE", SL_ACT_BLOCK},
 		{"DROP TABLE payroll", SL_ACT_BLOCK}, /* search_path may be hr */
@@ -499,22 +504,8 @@ test_block_rules_see_dropped_and_commented_tables(void **state)
 		{"COMMENT ON COLUMN other.who IS 'x'", SL_ACT_ALLOW},
 		{"DROP FUNCTION payroll(int)", SL_ACT_ALLOW}, /* a function, not the table */
 	};
-	struct sl_config *cfg;
-	struct sl_policy_set *ps;
-	struct sl_decision d;
-	char err[512];
-
 	(void)state;
-	assert_int_equal(sl_config_load_data("t", yaml, strlen(yaml), &cfg, err, sizeof(err)), 0);
-	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
-
-		if (got != cases[i].want)
-			fail_msg("%s: got %d, want %d", cases[i].sql, got, cases[i].want);
-	}
-	sl_policy_free(ps);
-	sl_config_free(cfg);
+	check_decisions(yaml, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 static void
