@@ -613,8 +613,9 @@ def test_truncated_message_then_close(gw):
     assert run_psql(gw, "SELECT 1").stdout.strip() == "1"
 
 
-def test_cancel_request(gw):
-    c = gw.connect()
+def cancels_a_sleep(c):
+    """c.cancel() during pg_sleep(10) ends it (57014) within 5 s, and the
+    session stays usable."""
     cur = c.cursor()
     t = threading.Timer(0.5, c.cancel)
     t.start()
@@ -625,6 +626,11 @@ def test_cancel_request(gw):
     assert time.time() - start < 5
     c.rollback()
     cur.execute("SELECT 1")
+
+
+def test_cancel_request(gw):
+    c = gw.connect()
+    cancels_a_sleep(c)
     c.close()
 
 
@@ -685,18 +691,26 @@ def test_client_tls_and_upstream_tls(gateway_factory):
     assert any(r["data"]["tls"] for r in recs)
 
 
-def _verify_full_connections(pg, ca_file, host):
-    return """
+def one_connection(name, user, port, tls="disable", host="localhost", ca_file=None, extra=""):
+    """A connections: section with one PostgreSQL connection to the test
+    cluster's orders database (or whatever listens on port)."""
+    y = """
 connections:
-  - name: orders_tls
+  - name: %s
     type: postgres
     target: %s:%d
     database: orders
-    user: tlsuser
+    user: %s
     password_env: TEST_APP_PW
-    tls: verify-full
-    ca_file: %s
-""" % (host, pg.port, ca_file)
+    tls: %s
+""" % (name, host, port, user, tls)
+    if ca_file:
+        y += "    ca_file: %s\n" % ca_file
+    return y + extra
+
+
+def _verify_full_connections(pg, ca_file, host):
+    return one_connection("orders_tls", "tlsuser", pg.port, "verify-full", host, ca_file)
 
 
 def test_upstream_tls_verify_full(gateway_factory, pg):
@@ -816,31 +830,12 @@ CANCEL_REQUEST = struct.pack("!II", 16, 80877102)
 @pytest.mark.parametrize("mode", ["require", "verify-full"])
 def test_cancel_to_a_tls_upstream_goes_over_tls(gateway_factory, pg, mode):
     relay = FirstBytesRelay(pg.port)
-    conns = """
-connections:
-  - name: orders_tls
-    type: postgres
-    target: localhost:%d
-    database: orders
-    user: tlsuser
-    password_env: TEST_APP_PW
-    tls: %s
-""" % (relay.port, mode)
-    if mode == "verify-full":
-        conns += "    ca_file: %s\n" % os.path.join(pg.data, "pg.crt")
+    ca = os.path.join(pg.data, "pg.crt") if mode == "verify-full" else None
     try:
-        gw = gateway_factory(connections=conns)
+        gw = gateway_factory(connections=one_connection("orders_tls", "tlsuser", relay.port,
+                                                        mode, ca_file=ca))
         c = gw.connect("orders_tls")
-        cur = c.cursor()
-        t = threading.Timer(0.5, c.cancel)
-        t.start()
-        start = time.time()
-        with pytest.raises(psycopg2.Error) as ei:
-            cur.execute("SELECT pg_sleep(10)")
-        assert ei.value.pgcode == "57014"
-        assert time.time() - start < 5
-        c.rollback()
-        cur.execute("SELECT 1")
+        cancels_a_sleep(c)
         c.close()
         # the session and the cancel: both opened with SSLRequest, and no
         # CancelRequest (with the upstream's key) crossed in the clear
@@ -855,17 +850,9 @@ def test_cancel_to_an_upstream_that_never_answers_ends(gateway_factory, pg):
     # a cancel connection the upstream neither answers nor closes is given
     # up after a few seconds: it cannot hold the worker (and a shutdown) forever
     relay = FirstBytesRelay(pg.port, swallow_cancels=True)
-    conns = """
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: app
-    password_env: TEST_APP_PW
-""" % relay.port
     try:
-        gw = gateway_factory(connections=conns)
+        gw = gateway_factory(connections=one_connection("orders", "app", relay.port,
+                                                        host="127.0.0.1"))
         c = gw.connect()
         cur = c.cursor()
         t = threading.Timer(0.3, c.cancel)
@@ -890,19 +877,9 @@ connections:
 ])
 def test_cleartext_password_only_to_a_verified_server(gateway_factory, pg, tls, extra, works):
     # pwuser's pg_hba method is "password": the server asks for it in the clear
-    conns = """
-connections:
-  - name: orders_pw
-    type: postgres
-    target: localhost:%d
-    database: orders
-    user: pwuser
-    password_env: TEST_APP_PW
-    tls: %s
-""" % (pg.port, tls) + extra
-    if tls == "verify-full":
-        conns += "    ca_file: %s\n" % os.path.join(pg.data, "pg.crt")
-    gw = gateway_factory(connections=conns)
+    ca = os.path.join(pg.data, "pg.crt") if tls == "verify-full" else None
+    gw = gateway_factory(connections=one_connection("orders_pw", "pwuser", pg.port, tls,
+                                                    ca_file=ca, extra=extra))
     if works:
         c = gw.connect("orders_pw")
         cur = c.cursor()
