@@ -121,6 +121,13 @@ struct sl_pl_session {
 	char trace_id[33];		 /* session-level trace context (application_name) */
 	char span_id[17];
 	int64_t opened_us;
+	/* "subject":..,"connection":..,"protocol":.. as the request records
+	 * carry them, made once (for the subject and connection it was made
+	 * for) */
+	char *jwho;
+	size_t jwho_len;
+	const char *jwho_subject;
+	const void *jwho_conn;
 };
 
 /* A request as the pipeline sees it. */

@@ -37,6 +37,9 @@ struct rec {
 	struct rec *next;
 	char *type, *session, *trace, *span;
 	char *data;
+	/* lengths of type, session, trace, span, data (NULL ids: 0) */
+	size_t len[5];
+	unsigned plain; /* bit i: id i needs no JSON escaping */
 	sl_audit_done_fn done;
 	void *arg;
 	/* assigned when journaled */
@@ -82,6 +85,10 @@ struct sl_audit {
 	int64_t cp_interval_us;
 	int64_t last_cp_us;
 	uint64_t last_cp_seq;
+	size_t node_len;
+	char node_json[6 * 64 + 3]; /* node as a JSON string */
+	size_t node_json_len;
+	struct sl_buf jline; /* journal lines being built (under wmu), kept */
 };
 
 char *
@@ -94,6 +101,26 @@ sl_audit_store_path(const char *store)
 	if (strstr(store, "://") != NULL)
 		return NULL;
 	return strdup(store);
+}
+
+/* Bytes that leave a plain run: controls, '"', '\\', DEL and every
+ * byte >= 0x80 (checked as UTF-8 below). */
+static const uint8_t json_special[256] = {
+	[0 ... 0x1f] = 1,
+	['"'] = 1,
+	['\\'] = 1,
+	[0x7f ... 0xff] = 1,
+};
+
+/* Whether s goes into JSON as it is (the ids and type names sluice makes
+ * always do; anything else is escaped). */
+static int
+json_plain(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (json_special[(unsigned char)s[i]])
+			return 0;
+	return 1;
 }
 
 /* One allocation per record: the strings live behind the struct (records
@@ -123,15 +150,21 @@ rec_new(const char *type, const char *session, const char *trace, const char *sp
 	dst[3] = &r->span;
 	p = (char *)(r + 1);
 	for (int i = 0; i < 4; i++) {
-		if (src[i] == NULL)
+		r->len[i] = len[i];
+		if (src[i] == NULL) {
+			r->plain |= 1u << i;
 			continue;
+		}
 		memcpy(p, src[i], len[i] + 1);
 		*dst[i] = p;
 		p += len[i] + 1;
+		if (json_plain(src[i], len[i]))
+			r->plain |= 1u << i;
 	}
 	memcpy(p, data, datalen);
 	p[datalen] = '\0';
 	r->data = p;
+	r->len[4] = datalen;
 	return r;
 }
 
@@ -308,22 +341,34 @@ checkpoint_due(const struct sl_audit *a)
 	       (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us);
 }
 
+/* rows records per run. The node is the same in every row: it is ?1,
+ * bound once here (bindings outlive sqlite3_reset), and row i's other nine
+ * columns are ?(2 + 9i) ... ?(10 + 9i). */
 static int
-prepare_insert(sqlite3 *db, int rows, sqlite3_stmt **st)
+prepare_insert(sqlite3 *db, const char *node, size_t node_len, int rows, sqlite3_stmt **st)
 {
-	static const char head[] = "INSERT INTO records (seq, ts, node, type, session, trace_id, "
-				   "span_id, data, prev_hash, hash) VALUES ";
-	static const char one[] = ",(?,?,?,?,?,?,?,?,?,?)";
-	char sql[sizeof(head) + INS_ROWS * (sizeof(one) - 1)];
+	/* OR ROLLBACK: a failed row ends the whole transaction, which is what
+	 * store_batch does with any failure anyway; with the default (ABORT)
+	 * SQLite keeps a statement journal to undo a multi-row INSERT half
+	 * way, about a fifth of the cost of a row. */
+	static const char head[] = "INSERT OR ROLLBACK INTO records (seq, ts, node, type, session, "
+				   "trace_id, span_id, data, prev_hash, hash) VALUES ";
+	char sql[sizeof(head) + INS_ROWS * 64];
 	size_t o = sizeof(head) - 1;
+	int rc;
 
 	memcpy(sql, head, o);
 	for (int i = 0; i < rows; i++) {
-		memcpy(sql + o, one + (i == 0), sizeof(one) - 1 - (i == 0));
-		o += sizeof(one) - 1 - (i == 0);
+		int c = 2 + 9 * i;
+
+		o += (size_t)snprintf(sql + o, sizeof(sql) - o,
+				      "%s(?%d,?%d,?1,?%d,?%d,?%d,?%d,?%d,?%d,?%d)", i ? "," : "", c,
+				      c + 1, c + 2, c + 3, c + 4, c + 5, c + 6, c + 7, c + 8);
 	}
-	sql[o] = '\0';
-	return sqlite3_prepare_v2(db, sql, (int)o, st, NULL);
+	rc = sqlite3_prepare_v2(db, sql, (int)o, st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(*st, 1, node, (int)node_len, SQLITE_STATIC);
+	return rc;
 }
 
 /* Inserts records whose seq and hash are already assigned, in one
@@ -355,19 +400,20 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 			n = 1;
 		sqlite3_reset(st);
 		for (int i = 0; i < n; i++, r = r->next) {
-			int c = i * 10;
+			int c = 2 + 9 * i; /* ?1 is the node, bound once */
 
-			sqlite3_bind_int64(st, c + 1, (sqlite3_int64)r->seq);
-			sqlite3_bind_int64(st, c + 2, r->ts);
-			sqlite3_bind_text(st, c + 3, a->node, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 4, r->type, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 5, r->session ? r->session : "", -1,
+			sqlite3_bind_int64(st, c, (sqlite3_int64)r->seq);
+			sqlite3_bind_int64(st, c + 1, r->ts);
+			sqlite3_bind_text(st, c + 2, r->type, (int)r->len[0], SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 3, r->session ? r->session : "", (int)r->len[1],
 					  SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 6, r->trace ? r->trace : "", -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 7, r->span ? r->span : "", -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 8, r->data, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 9, r->prev, 64, SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 10, r->hash, 64, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 4, r->trace ? r->trace : "", (int)r->len[2],
+					  SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 5, r->span ? r->span : "", (int)r->len[3],
+					  SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 6, r->data, (int)r->len[4], SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 7, r->prev, 64, SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 8, r->hash, 64, SQLITE_STATIC);
 			last = r;
 		}
 		if (sqlite3_step(st) != SQLITE_DONE)
@@ -391,16 +437,8 @@ fail:
 	return SL_EIO;
 }
 
-/* Appends s as a JSON string (ids and types here, but escape anyway). Valid
- * UTF-8 goes in as is, so recovery's parse gives back the same bytes. */
-static int
-put_jstr(struct sl_buf *b, const char *s)
-{
-	return sl_json_put_str(b, s, strlen(s));
-}
-
-static int
-put_dec(struct sl_buf *b, uint64_t v, int neg)
+static char *
+put_dec(char *o, uint64_t v, int neg)
 {
 	char d[24];
 	size_t i = sizeof(d);
@@ -411,38 +449,70 @@ put_dec(struct sl_buf *b, uint64_t v, int neg)
 	} while (v != 0);
 	if (neg)
 		d[--i] = '-';
-	return sl_buf_append(b, d + i, sizeof(d) - i);
+	memcpy(o, d + i, sizeof(d) - i);
+	return o + (sizeof(d) - i);
 }
 
+#define PUT_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) += sizeof(lit) - 1)
+
+/* One journal line: {"seq":..,"ts":..,"node":..,"type":..,"session":..,
+ * "trace_id":..,"span_id":..,"prev_hash":..,"hash":..,"data":<data>}\n.
+ * data (already canonical JSON) goes last, verbatim, so recovery gets back
+ * the exact bytes. The ids sluice makes need no escaping and are copied;
+ * one reserve covers the line (escaping at most sextuples a byte). */
 static int
-put_line(struct sl_buf *b, const struct rec *r, const char *node)
+put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 {
+	static const char *const keys[4] = {
+		",\"type\":", ",\"session\":", ",\"trace_id\":", ",\"span_id\":"};
+	const char *ids[4] = {r->type, r->session, r->trace, r->span};
+	/* the fixed text, two 20-digit numbers and two hashes: 266 bytes */
+	size_t need = 320 + a->node_json_len + r->len[4];
+	char *o;
 	int rc;
 
-	rc = sl_buf_append(b, "{\"seq\":", 7);
-	rc = rc ? rc : put_dec(b, r->seq, 0);
-	rc = rc ? rc : sl_buf_append(b, ",\"ts\":", 6);
-	rc = rc ? rc
-		: put_dec(b, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts,
-			  r->ts < 0);
-	rc = rc ? rc : sl_buf_append(b, ",\"node\":", 8);
-	rc = rc ? rc : put_jstr(b, node);
-	rc = rc ? rc : sl_buf_append(b, ",\"type\":", 8);
-	rc = rc ? rc : put_jstr(b, r->type);
-	rc = rc ? rc : sl_buf_append(b, ",\"session\":", 11);
-	rc = rc ? rc : put_jstr(b, r->session ? r->session : "");
-	rc = rc ? rc : sl_buf_append(b, ",\"trace_id\":", 12);
-	rc = rc ? rc : put_jstr(b, r->trace ? r->trace : "");
-	rc = rc ? rc : sl_buf_append(b, ",\"span_id\":", 11);
-	rc = rc ? rc : put_jstr(b, r->span ? r->span : "");
-	rc = rc ? rc : sl_buf_append(b, ",\"prev_hash\":\"", 14);
-	rc = rc ? rc : sl_buf_append(b, r->prev, 64);
-	rc = rc ? rc : sl_buf_append(b, "\",\"hash\":\"", 10);
-	rc = rc ? rc : sl_buf_append(b, r->hash, 64);
-	rc = rc ? rc : sl_buf_append(b, "\",\"data\":", 9);
-	rc = rc ? rc : sl_buf_append(b, r->data, strlen(r->data));
-	rc = rc ? rc : sl_buf_append(b, "}\n", 2);
-	return rc;
+	for (int i = 0; i < 4; i++)
+		need += 6 * r->len[i] + 2;
+	if ((rc = sl_buf_reserve(b, need)) != 0)
+		return rc;
+	o = (char *)b->data + b->len;
+	PUT_LIT(o, "{\"seq\":");
+	o = put_dec(o, r->seq, 0);
+	PUT_LIT(o, ",\"ts\":");
+	o = put_dec(o, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts, r->ts < 0);
+	PUT_LIT(o, ",\"node\":");
+	memcpy(o, a->node_json, a->node_json_len);
+	o += a->node_json_len;
+	for (int i = 0; i < 4; i++) {
+		size_t kl = strlen(keys[i]);
+
+		memcpy(o, keys[i], kl);
+		o += kl;
+		if (r->plain & (1u << i)) {
+			*o++ = '"';
+			if (r->len[i]) {
+				memcpy(o, ids[i], r->len[i]);
+				o += r->len[i];
+			}
+			*o++ = '"';
+		} else {
+			b->len = (size_t)(o - (char *)b->data);
+			sl_json_put_str(b, ids[i], r->len[i]); /* fits: reserved above */
+			o = (char *)b->data + b->len;
+		}
+	}
+	PUT_LIT(o, ",\"prev_hash\":\"");
+	memcpy(o, r->prev, 64);
+	o += 64;
+	PUT_LIT(o, "\",\"hash\":\"");
+	memcpy(o, r->hash, 64);
+	o += 64;
+	PUT_LIT(o, "\",\"data\":");
+	memcpy(o, r->data, r->len[4]);
+	o += r->len[4];
+	PUT_LIT(o, "}\n");
+	b->len = (size_t)(o - (char *)b->data);
+	return 0;
 }
 
 #define JOURNAL_CHUNK ((size_t)8 << 20)
@@ -506,56 +576,52 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 {
 	uint64_t seq0 = a->seq;
 	uint8_t last0[32];
-	struct sl_buf out;
+	struct sl_buf *out = &a->jline;
 	struct rec *r, *p;
+	int64_t now = sl_now_us(); /* the batch is journaled at one instant */
 	size_t wrote;
 	int rc = 0;
 
 	memcpy(last0, a->last, 32);
-	sl_buf_init(&out, 0);
-	sl_buf_reserve(&out, 1024); /* a line is usually a few hundred bytes */
+	out->len = out->off = 0;
 	for (r = batch, p = NULL; r && rc == 0; p = r, r = r->next) {
-		struct sl_audit_row row;
+		const char *f[6] = {a->node,
+				    r->type,
+				    r->session ? r->session : "",
+				    r->trace ? r->trace : "",
+				    r->span ? r->span : "",
+				    r->data};
+		const size_t l[6] = {a->node_len, r->len[0], r->len[1],
+				     r->len[2],	  r->len[3], r->len[4]};
 
 		r->seq = a->seq + 1;
-		r->ts = sl_now_us();
+		r->ts = now;
 		if (p != NULL)
 			memcpy(r->prev, p->hash, sizeof(r->prev)); /* a->last in hex */
 		else
 			sl_hex(a->last, 32, r->prev);
-		memset(&row, 0, sizeof(row));
-		row.prev_bin = a->last;
-		row.seq = r->seq;
-		row.ts = r->ts;
-		row.node = a->node;
-		row.type = r->type;
-		row.session = r->session ? r->session : "";
-		row.trace_id = r->trace ? r->trace : "";
-		row.span_id = r->span ? r->span : "";
-		row.data = r->data;
-		row.prev_hash = r->prev;
-		sl_audit_hash_row(&row, r->hbin);
+		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
 		sl_hex(r->hbin, 32, r->hash);
-		/* One line per record; data (already canonical JSON) goes last,
-		 * verbatim, so recovery gets back the exact bytes. */
-		if (put_line(&out, r, a->node) != 0)
+		if (put_line(out, r, a) != 0)
 			rc = SL_ENOMEM;
 		a->seq = r->seq;
 		memcpy(a->last, r->hbin, 32);
 	}
-	if (rc == 0 && (rc = journal_reserve(a, out.len)) == 0) {
+	if (rc == 0 && (rc = journal_reserve(a, out->len)) == 0) {
 		/* A copy into the shared mapping is in the page cache at once:
 		 * it survives a crash of this process like a write() would,
 		 * without a system call. The batch's last newline is stored
 		 * last; recovery stops at the first line that is unterminated
 		 * or holds a NUL (a copy cut short), and such a batch was never
 		 * acknowledged. */
-		memcpy(a->jmap + a->jsize, out.data, out.len - 1);
-		__atomic_store_n(&a->jmap[a->jsize + (off_t)out.len - 1], out.data[out.len - 1],
+		memcpy(a->jmap + a->jsize, out->data, out->len - 1);
+		__atomic_store_n(&a->jmap[a->jsize + (off_t)out->len - 1], out->data[out->len - 1],
 				 __ATOMIC_RELEASE);
 	}
-	wrote = out.len;
-	sl_buf_fini(&out);
+	wrote = out->len;
+	/* kept for the next batch, unless a burst made it large */
+	if (out->cap > ((size_t)1 << 20))
+		sl_buf_fini(out);
 	if (rc != 0) {
 		a->seq = seq0;
 		memcpy(a->last, last0, 32);
@@ -886,6 +952,25 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	a->last_cp_us = sl_mono_us();
 	if (gethostname(a->node, sizeof(a->node) - 1) != 0)
 		snprintf(a->node, sizeof(a->node), "sluice");
+	a->node_len = strlen(a->node);
+	{
+		struct sl_buf nb;
+
+		sl_buf_init(&nb, 0);
+		if (sl_json_put_str(&nb, a->node, a->node_len) != 0 ||
+		    nb.len > sizeof(a->node_json)) {
+			sl_buf_fini(&nb);
+			free(a->path);
+			free(a->sidecar);
+			free(a->jpath);
+			free(a);
+			return SL_ENOMEM;
+		}
+		memcpy(a->node_json, nb.data, nb.len);
+		a->node_json_len = nb.len;
+		sl_buf_fini(&nb);
+	}
+	sl_buf_init(&a->jline, 0);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_mutex_init(&a->wmu, NULL);
 	pthread_mutex_init(&a->imu, NULL);
@@ -906,8 +991,8 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		snprintf(err, errlen, "cannot initialise %s: %s", a->path, sqlite3_errmsg(a->db));
 		goto fail;
 	}
-	if (prepare_insert(a->db, 1, &a->ins) != SQLITE_OK ||
-	    prepare_insert(a->db, INS_ROWS, &a->insn) != SQLITE_OK ||
+	if (prepare_insert(a->db, a->node, a->node_len, 1, &a->ins) != SQLITE_OK ||
+	    prepare_insert(a->db, a->node, a->node_len, INS_ROWS, &a->insn) != SQLITE_OK ||
 	    sqlite3_prepare_v2(
 		    a->db, "INSERT INTO checkpoints (node, seq, hash, ts, sig) VALUES (?,?,?,?,?)",
 		    -1, &a->ins_cp, NULL) != SQLITE_OK ||
@@ -946,6 +1031,7 @@ fail:
 	EVP_PKEY_free(a->key);
 	if (a->jfd >= 0)
 		close(a->jfd);
+	sl_buf_fini(&a->jline);
 	free(a->path);
 	free(a->sidecar);
 	free(a->jpath);
@@ -992,15 +1078,6 @@ sl_audit_append_raw(struct sl_audit *a, const char *type, const char *session_id
 	r->arg = arg;
 	return enqueue(a, r, done);
 }
-
-/* Bytes that leave a plain run: controls, '"', '\\', DEL and every
- * byte >= 0x80 (checked as UTF-8 below). */
-static const uint8_t json_special[256] = {
-	[0 ... 0x1f] = 1,
-	['"'] = 1,
-	['\\'] = 1,
-	[0x7f ... 0xff] = 1,
-};
 
 int
 sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
@@ -1175,6 +1252,7 @@ sl_audit_close(struct sl_audit *a)
 		rec_free(a->ihead);
 		a->ihead = n;
 	}
+	sl_buf_fini(&a->jline);
 	free(a->path);
 	free(a->sidecar);
 	free(a->jpath);

@@ -85,31 +85,40 @@ unhex(const char *h, uint8_t out[32])
 void
 sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
 {
-	const char *f[7] = {row->node,	  row->type, row->session,  row->trace_id,
-			    row->span_id, row->data, row->prev_hash};
-	size_t l[7], total = 32 + 16 + 8, o = 0;
+	const char *f[6] = {row->node,	   row->type,	 row->session,
+			    row->trace_id, row->span_id, row->data};
+	size_t l[6];
+
+	for (int i = 0; i < 6; i++)
+		l[i] = strlen(f[i]);
+	sl_audit_hash_parts(row->prev_bin, row->prev_hash, row->seq, row->ts, f, l, out);
+}
+
+void
+sl_audit_hash_parts(const uint8_t *prev_bin, const char *prev_hash, uint64_t seq, int64_t ts,
+		    const char *const f[6], const size_t l[6], uint8_t out[32])
+{
+	size_t pl = prev_bin ? 0 : strlen(prev_hash), total = 32 + 16 + 8 + pl, o = 0;
 	uint8_t stack[2048], *b = stack;
 
-	for (int i = 0; i < 7; i++) {
-		l[i] = strlen(f[i]);
+	for (int i = 0; i < 6; i++)
 		total += 8 + l[i];
-	}
 	if (total > sizeof(stack) && (b = malloc(total)) == NULL) {
 		memset(out, 0, 32); /* cannot match any stored hash: reported as edited */
 		return;
 	}
 	/* prev_hash as 32 bytes; one that is not 64 hex digits hashes as text
 	 * (so an edit to it shows). */
-	if (row->prev_bin != NULL) {
-		memcpy(b, row->prev_bin, 32);
+	if (prev_bin != NULL) {
+		memcpy(b, prev_bin, 32);
 		o = 32;
-	} else if (unhex(row->prev_hash, b) == 0) {
+	} else if (unhex(prev_hash, b) == 0) {
 		o = 32;
 	} else {
-		o = put_str(b, row->prev_hash, l[6]);
+		o = put_str(b, prev_hash, pl);
 	}
-	o += put_u64(b + o, row->seq);
-	o += put_u64(b + o, (uint64_t)row->ts);
+	o += put_u64(b + o, seq);
+	o += put_u64(b + o, (uint64_t)ts);
 	for (int i = 0; i < 6; i++)
 		o += put_str(b + o, f[i], l[i]);
 	sl_sha256(b, o, out);

@@ -2639,7 +2639,20 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 static int
 needs_exact_lexing(const char *sql, size_t len)
 {
-	for (size_t i = 0; i < len; i++) {
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	size_t i = 0;
+
+	/* eight bytes at a time: a byte >= 0x80, or one equal to '\\' (its
+	 * xor is zero: the classic has-zero-byte test) */
+	for (; i + 8 <= len; i += 8) {
+		uint64_t w, x;
+
+		memcpy(&w, sql + i, 8);
+		x = w ^ (ones * '\\');
+		if (((w | ((x - ones) & ~x)) & highs) != 0)
+			return 1;
+	}
+	for (; i < len; i++) {
 		unsigned char ch = (unsigned char)sql[i];
 
 		if (ch == '\\' || ch >= 0x80)

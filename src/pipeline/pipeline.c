@@ -14,6 +14,7 @@
 #include "sluice/audit.h"
 #include "sluice/mask.h"
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 static const char *
@@ -51,6 +52,8 @@ sl_pl_session_fini(struct sl_pl_session *s)
 	if (s->authenticated)
 		sl_identity_fini(&s->ident);
 	s->authenticated = 0;
+	free(s->jwho);
+	s->jwho = NULL;
 }
 
 int
@@ -178,10 +181,8 @@ record_durable(void *arg, int status, uint64_t seq)
  * value appended to an object being built in b. Keys are constant ASCII
  * identifiers and go in as they are. */
 static void
-jkey(struct sl_buf *b, const char *k)
+jkeyn(struct sl_buf *b, const char *k, size_t n)
 {
-	size_t n = strlen(k);
-
 	if (sl_buf_reserve(b, n + 4) != 0)
 		return; /* jend() reports it */
 	if (b->len > 1)
@@ -193,21 +194,24 @@ jkey(struct sl_buf *b, const char *k)
 	b->data[b->len++] = ':';
 }
 
+/* keys are string literals: their length is known */
+#define jkey(b, k) jkeyn((b), "" k, sizeof(k) - 1)
+
 static void
-jstr(struct sl_buf *b, const char *k, const char *v, size_t n)
+jstrn(struct sl_buf *b, const char *k, size_t kl, const char *v, size_t n)
 {
-	jkey(b, k);
+	jkeyn(b, k, kl);
 	sl_json_put_str(b, v, n);
 }
 
 static void
-jcstr(struct sl_buf *b, const char *k, const char *v)
+jcstrn(struct sl_buf *b, const char *k, size_t kl, const char *v)
 {
-	jstr(b, k, v ? v : "", v ? strlen(v) : 0);
+	jstrn(b, k, kl, v ? v : "", v ? strlen(v) : 0);
 }
 
 static void
-jint(struct sl_buf *b, const char *k, long long v)
+jintn(struct sl_buf *b, const char *k, size_t kl, long long v)
 {
 	char num[24], *p = num + sizeof(num);
 	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
@@ -217,14 +221,14 @@ jint(struct sl_buf *b, const char *k, long long v)
 	while ((u /= 10) != 0);
 	if (v < 0)
 		*--p = '-';
-	jkey(b, k);
+	jkeyn(b, k, kl);
 	sl_buf_append(b, p, (size_t)(num + sizeof(num) - p));
 }
 
 static void
-jlist(struct sl_buf *b, const char *k, char **v, size_t n)
+jlistn(struct sl_buf *b, const char *k, size_t kl, char **v, size_t n)
 {
-	jkey(b, k);
+	jkeyn(b, k, kl);
 	sl_buf_append_u8(b, '[');
 	for (size_t i = 0; i < n; i++) {
 		if (i)
@@ -234,13 +238,60 @@ jlist(struct sl_buf *b, const char *k, char **v, size_t n)
 	sl_buf_append_u8(b, ']');
 }
 
-/* A record's JSON is usually a few hundred bytes: one allocation. */
+#define jstr(b, k, v, n)  jstrn((b), "" k, sizeof(k) - 1, (v), (n))
+#define jcstr(b, k, v)	  jcstrn((b), "" k, sizeof(k) - 1, (v))
+#define jint(b, k, v)	  jintn((b), "" k, sizeof(k) - 1, (v))
+#define jlist(b, k, v, n) jlistn((b), "" k, sizeof(k) - 1, (v), (n))
+
+/* Records are built in a buffer each thread keeps (a record's JSON is
+ * usually a few hundred bytes; the audit copies it before the call
+ * returns), so the hot path allocates nothing for it. */
+static pthread_key_t jbuf_key;
+static pthread_once_t jbuf_once = PTHREAD_ONCE_INIT;
+
 static void
-jbegin(struct sl_buf *b)
+jbuf_free(void *p)
 {
-	sl_buf_init(b, 0);
-	sl_buf_reserve(b, 512);
-	sl_buf_append_u8(b, '{');
+	sl_buf_fini(p);
+	free(p);
+}
+
+static void
+jbuf_init(void)
+{
+	pthread_key_create(&jbuf_key, jbuf_free);
+}
+
+/* The thread's record buffer, emptied, with '{' in it; NULL without
+ * memory. */
+static struct sl_buf *
+jbegin(void)
+{
+	struct sl_buf *b;
+
+	pthread_once(&jbuf_once, jbuf_init);
+	b = pthread_getspecific(jbuf_key);
+	if (b == NULL) {
+		if ((b = calloc(1, sizeof(*b))) == NULL)
+			return NULL;
+		if (pthread_setspecific(jbuf_key, b) != 0) {
+			free(b);
+			return NULL;
+		}
+	}
+	b->len = b->off = 0;
+	if (sl_buf_reserve(b, 512) != 0)
+		return NULL;
+	b->data[b->len++] = '{';
+	return b;
+}
+
+/* After the record was handed over: a huge one's room is not kept. */
+static void
+jdone(struct sl_buf *b)
+{
+	if (b->cap > 65536)
+		sl_buf_fini(b);
 }
 
 /* Fails if any append failed: a failed append leaves len short of what
@@ -255,8 +306,8 @@ jend(struct sl_buf *b)
  * (literals can be card numbers or passwords). tmp is a reusable copy
  * buffer (the masker rewrites in place). */
 static void
-jtext(struct sl_buf *b, const char *k, struct sl_gw *gw, struct sl_mask_scratch *ms,
-      struct sl_buf *tmp, const char *text, size_t len)
+jtextn(struct sl_buf *b, const char *k, size_t kl, struct sl_gw *gw, struct sl_mask_scratch *ms,
+       struct sl_buf *tmp, const char *text, size_t len)
 {
 	struct sl_buf alt;
 	int mr = SL_MASK_UNCHANGED;
@@ -270,17 +321,65 @@ jtext(struct sl_buf *b, const char *k, struct sl_gw *gw, struct sl_mask_scratch 
 			mr = sl_mask_value(gw->audit_plan, ms, tmp->data, len, &alt, NULL);
 	}
 	if (mr == SL_MASK_REPLACED)
-		jstr(b, k, (const char *)alt.data, alt.len);
+		jstrn(b, k, kl, (const char *)alt.data, alt.len);
 	else if (mr < 0 || mr == SL_MASK_TO_NULL)
-		jcstr(b, k, "<withheld: could not be masked>");
+		jcstrn(b, k, kl, "<withheld: could not be masked>");
 	else if (mr == SL_MASK_IN_PLACE)
-		jstr(b, k, (const char *)tmp->data, len);
+		jstrn(b, k, kl, (const char *)tmp->data, len);
 	else
-		jstr(b, k, text ? text : "", text ? len : 0);
+		jstrn(b, k, kl, text ? text : "", text ? len : 0);
 	sl_buf_fini(&alt);
 	/* a huge statement's copy is not kept around */
 	if (tmp->cap > 65536)
 		sl_buf_fini(tmp);
+}
+
+#define jtext(b, k, gw, ms, tmp, text, len) jtextn((b), "" k, sizeof(k) - 1, gw, ms, tmp, text, len)
+
+/* "subject":..,"connection":..,"protocol":.. for this session's request
+ * records, made once (again if the subject or connection changed). */
+static int
+put_who(struct sl_buf *b, struct sl_pl_session *s)
+{
+	const void *conn = s->conn;
+
+	if (s->jwho == NULL || s->jwho_subject != s->ident.subject || s->jwho_conn != conn) {
+		struct sl_buf w;
+
+		sl_buf_init(&w, 0);
+		sl_buf_append_u8(&w, '{'); /* as in a record: keys after it get commas */
+		jcstr(&w, "subject", s->ident.subject);
+		jcstr(&w, "connection", s->conn ? s->conn->name : "");
+		jcstr(&w, "protocol", s->protocol);
+		if (w.data == NULL) {
+			sl_buf_fini(&w);
+			return SL_ENOMEM;
+		}
+		free(s->jwho);
+		s->jwho = (char *)w.data; /* w.data[0] is the '{' */
+		s->jwho_len = w.len;
+		s->jwho_subject = s->ident.subject;
+		s->jwho_conn = conn;
+	}
+	/* s->jwho is {"subject":..,"protocol":.. : after the '{', with a comma */
+	if (sl_buf_append_u8(b, ',') != 0)
+		return SL_ENOMEM;
+	return sl_buf_append(b, s->jwho + 1, s->jwho_len - 1);
+}
+
+/* The kinds as their names, remembered for the last kinds seen (most
+ * statements on a thread have the same). */
+static const char *
+kinds_names(uint32_t kinds)
+{
+	static _Thread_local uint32_t last = UINT32_MAX;
+	static _Thread_local char names[512];
+
+	if (kinds != last) {
+		sl_sql_kinds_str(kinds, names, sizeof(names));
+		last = kinds;
+	}
+	return names;
 }
 
 int
@@ -290,62 +389,59 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	const char *trace = r->trace_id ? r->trace_id : trace_or_null(s->trace_id);
 	const char *span = r->trace_id ? r->span_id : trace_or_null(s->span_id);
 	int strict = c != NULL && sl_audit_strict(gw->audit);
-	struct sl_buf b;
+	struct sl_buf *b = jbegin();
 	int rc;
 
-	jbegin(&b);
-	jint(&b, "seq", (long long)r->seq);
-	jcstr(&b, "subject", s->ident.subject);
-	jcstr(&b, "connection", s->conn ? s->conn->name : "");
-	jcstr(&b, "protocol", s->protocol);
+	if (b == NULL)
+		return SL_ENOMEM;
+	jint(b, "seq", (long long)r->seq);
+	if (put_who(b, s) != 0)
+		return SL_ENOMEM;
 	if (w != NULL) {
-		jtext(&b, "text", gw, w->mscratch, &w->rtext, r->text, r->textlen);
+		jtext(b, "text", gw, w->mscratch, &w->rtext, r->text, r->textlen);
 	} else {
 		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		jtext(&b, "text", gw, NULL, &t, r->text, r->textlen);
+		jtext(b, "text", gw, NULL, &t, r->text, r->textlen);
 		sl_buf_fini(&t);
 	}
 	if (r->sql != NULL) {
-		char kinds[512];
-
-		sl_sql_kinds_str(r->sql->kinds, kinds, sizeof(kinds));
-		jcstr(&b, "kind", kinds);
+		jcstr(b, "kind", kinds_names(r->sql->kinds));
 		if (r->sql->ntables)
-			jlist(&b, "tables", r->sql->tables, r->sql->ntables);
+			jlist(b, "tables", r->sql->tables, r->sql->ntables);
 		if (r->sql->nfunctions)
-			jlist(&b, "functions", r->sql->functions, r->sql->nfunctions);
+			jlist(b, "functions", r->sql->functions, r->sql->nfunctions);
 	}
 	if (r->http_method)
-		jcstr(&b, "method", r->http_method);
+		jcstr(b, "method", r->http_method);
 	if (r->http_path)
-		jcstr(&b, "path", r->http_path);
+		jcstr(b, "path", r->http_path);
 	if (r->ssh_command)
-		jcstr(&b, "command", r->ssh_command);
-	jcstr(&b, "decision", action_name(d->action));
+		jcstr(b, "command", r->ssh_command);
+	jcstr(b, "decision", action_name(d->action));
 	if (d->policy)
-		jcstr(&b, "policy", d->policy);
+		jcstr(b, "policy", d->policy);
 	if (d->rule)
-		jcstr(&b, "rule", d->rule);
+		jcstr(b, "rule", d->rule);
 	if (d->action != SL_ACT_ALLOW && d->message)
-		jcstr(&b, "message", d->message);
-	if (jend(&b) != 0) {
-		sl_buf_fini(&b);
+		jcstr(b, "message", d->message);
+	if (jend(b) != 0) {
+		jdone(b);
 		return SL_ENOMEM;
 	}
 	if (strict) {
 		c->w = w;
 		rc = sl_audit_append_raw(gw->audit, "request", s->id, trace, span,
-					 (const char *)b.data, b.len, record_durable, c);
-		sl_buf_fini(&b);
+					 (const char *)b->data, b->len, record_durable, c);
+		jdone(b);
 		if (rc == SL_AUDIT_DURABLE)
 			return 0;
 		return rc == 0 ? 1 : SL_EIO;
 	}
-	rc = sl_audit_append_raw(gw->audit, "request", s->id, trace, span, (const char *)b.data,
-				 b.len, NULL, NULL);
-	sl_buf_fini(&b);
+	rc = sl_audit_append_raw(gw->audit, "request", s->id, trace, span, (const char *)b->data,
+				 b->len, NULL, NULL);
+	jdone(b);
 	return rc == 0 ? 0 : SL_EIO;
 }
 
@@ -354,41 +450,46 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 	     int64_t duration_us, int64_t rows, const char *tag, const char *sqlstate,
 	     const char *error_msg, json_t *mask_stats)
 {
-	struct sl_buf b;
+	struct sl_buf *b = jbegin();
 
-	jbegin(&b);
-	jint(&b, "seq", (long long)seq);
-	jint(&b, "duration_us", (long long)duration_us);
+	if (b == NULL) {
+		/* what the record would have said is lost with it: the audit
+		 * store shows the statement without its result */
+		json_decref(mask_stats);
+		return;
+	}
+	jint(b, "seq", (long long)seq);
+	jint(b, "duration_us", (long long)duration_us);
 	if (rows >= 0)
-		jint(&b, "rows", (long long)rows);
+		jint(b, "rows", (long long)rows);
 	if (tag)
-		jcstr(&b, "tag", tag);
+		jcstr(b, "tag", tag);
 	if (sqlstate)
-		jcstr(&b, "sqlstate", sqlstate);
+		jcstr(b, "sqlstate", sqlstate);
 	if (error_msg) {
 		/* Error texts echo values ("invalid input syntax ...: \"123-45-6789\""). */
 		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		jtext(&b, "error", gw, s->scratch, &t, error_msg, strlen(error_msg));
+		jtext(b, "error", gw, s->scratch, &t, error_msg, strlen(error_msg));
 		sl_buf_fini(&t);
 	}
 	if (mask_stats) {
 		char *m = json_dumps(mask_stats, JSON_COMPACT | JSON_ENSURE_ASCII);
 
 		if (m) {
-			jkey(&b, "masked");
-			sl_buf_append(&b, m, strlen(m));
+			jkey(b, "masked");
+			sl_buf_append(b, m, strlen(m));
 			free(m);
 		}
 		json_decref(mask_stats);
 	}
-	if (jend(&b) == 0)
+	if (jend(b) == 0)
 		sl_audit_append_raw(gw->audit, "result", s->id,
 				    trace_id ? trace_id : trace_or_null(s->trace_id),
 				    trace_id ? NULL : trace_or_null(s->span_id),
-				    (const char *)b.data, b.len, NULL, NULL);
-	sl_buf_fini(&b);
+				    (const char *)b->data, b->len, NULL, NULL);
+	jdone(b);
 }
 
 static int

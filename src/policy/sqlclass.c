@@ -963,20 +963,44 @@ names_set_config(const char *sql, size_t len)
 	return 0;
 }
 
-int
-sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
+/* Bytes the shape copies as they are, wherever they stand: none of them
+ * starts a literal, comment, quoted name, parameter or number, or ends the
+ * fast text (every byte >= 0x80, NUL, '\\' and the rest take the full
+ * path below). */
+static const uint8_t shape_plain[256] = {
+	[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1, ['\f'] = 1, ['\v'] = 1, ['!'] = 1, ['#'] = 1,
+	['%'] = 1, ['&'] = 0,  ['('] = 1,  [')'] = 1,  ['*'] = 1,  ['+'] = 1,  [','] = 1, [':'] = 1,
+	[';'] = 1, ['<'] = 1,  ['='] = 1,  ['>'] = 1,  ['?'] = 0,  ['@'] = 1,  ['['] = 1, [']'] = 1,
+	['^'] = 1, ['_'] = 1,  ['`'] = 1,  ['{'] = 1,  ['|'] = 1,  ['}'] = 1,  ['~'] = 1, ['A'] = 1,
+	['B'] = 1, ['C'] = 1,  ['D'] = 1,  ['E'] = 1,  ['F'] = 1,  ['G'] = 1,  ['H'] = 1, ['I'] = 1,
+	['J'] = 1, ['K'] = 1,  ['L'] = 1,  ['M'] = 1,  ['N'] = 1,  ['O'] = 1,  ['P'] = 1, ['Q'] = 1,
+	['R'] = 1, ['S'] = 1,  ['T'] = 1,  ['U'] = 1,  ['V'] = 1,  ['W'] = 1,  ['X'] = 1, ['Y'] = 1,
+	['Z'] = 1, ['a'] = 1,  ['b'] = 1,  ['c'] = 1,  ['d'] = 1,  ['e'] = 1,  ['f'] = 1, ['g'] = 1,
+	['h'] = 1, ['i'] = 1,  ['j'] = 1,  ['k'] = 1,  ['l'] = 1,  ['m'] = 1,  ['n'] = 1, ['o'] = 1,
+	['p'] = 1, ['q'] = 1,  ['r'] = 1,  ['s'] = 1,  ['t'] = 1,  ['u'] = 1,  ['v'] = 1, ['w'] = 1,
+	['x'] = 1, ['y'] = 1,  ['z'] = 1,
+};
+
+/* The shape of sql written to o (room for 2 * len + 1 bytes: '1' becomes
+ * '?i'); returns whether a literal was folded. */
+static int
+shape_into(const char *sql, size_t len, char *o, size_t *outlen)
 {
-	char *o = malloc(2 * len + 1); /* '1' becomes '?i' */
 	size_t i = 0, n = 0;
 	int folded = 0;
 
-	if (o == NULL)
-		return SL_ENOMEM;
 	if (memchr(sql, '\0', len) != NULL || names_set_config(sql, len))
 		goto exact;
 	while (i < len) {
 		unsigned char ch = (unsigned char)sql[i];
 
+		if (shape_plain[ch]) {
+			/* what the last branch below does, a run at a time */
+			do
+				o[n++] = sql[i++];
+			while (i < len && shape_plain[(unsigned char)sql[i]]);
+			continue;
+		}
 		if (ch == '\\' || ch >= 0x80 || ch == '\0')
 			goto exact;
 		if (ch == '-' && i + 1 < len && sql[i + 1] == '-') {
@@ -1102,19 +1126,30 @@ sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
 			folded = 1;
 			continue;
 		}
+		if (ch == '?')
+			o[n++] = '?'; /* "??": a '?' of the text never reads as a folded "?i" */
 		o[n++] = (char)ch;
 		i++;
 	}
 	o[n] = '\0';
-	*out = o;
 	*outlen = n;
 	return folded;
 exact:
 	memcpy(o, sql, len);
 	o[len] = '\0';
-	*out = o;
 	*outlen = len;
 	return 0;
+}
+
+int
+sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen)
+{
+	char *o = malloc(2 * len + 1);
+
+	if (o == NULL)
+		return SL_ENOMEM;
+	*out = o;
+	return shape_into(sql, len, o, outlen);
 }
 
 struct cache_ent {
@@ -1129,6 +1164,8 @@ struct sl_sql_cache {
 	struct cache_ent *slots;
 	size_t nslots;
 	struct sl_sql_class scratch;
+	char *kbuf; /* the shape being looked up (kept: no allocation per lookup) */
+	size_t kcap;
 };
 
 struct sl_sql_cache *
@@ -1157,6 +1194,7 @@ sl_sql_cache_free(struct sl_sql_cache *c)
 		sl_sql_class_fini(&c->slots[i].cls);
 	}
 	sl_sql_class_fini(&c->scratch);
+	free(c->kbuf);
 	free(c->slots);
 	free(c);
 }
@@ -1190,17 +1228,25 @@ sl_sql_cache_classify(struct sl_sql_cache *c, const char *sql, size_t len,
 		*out = &c->scratch;
 		return r;
 	}
-	folded = sl_sql_shape(sql, len, &key, &keylen);
-	if (folded < 0)
-		return folded;
-	h = fnv1a(key, keylen, !folded);
+	if (c->kcap < 2 * len + 1) {
+		char *k = realloc(c->kbuf, 2 * len + 1);
+
+		if (k == NULL)
+			return SL_ENOMEM;
+		c->kbuf = k;
+		c->kcap = 2 * len + 1;
+	}
+	folded = shape_into(sql, len, c->kbuf, &keylen);
+	h = fnv1a(c->kbuf, keylen, !folded);
 	e = &c->slots[h % c->nslots];
 	if (e->key != NULL && e->hash == h && e->keylen == keylen && e->exact == !folded &&
-	    memcmp(e->key, key, keylen) == 0) {
-		free(key);
+	    memcmp(e->key, c->kbuf, keylen) == 0) {
 		*out = &e->cls;
 		return 0;
 	}
+	if ((key = malloc(keylen + 1)) == NULL)
+		return SL_ENOMEM;
+	memcpy(key, c->kbuf, keylen + 1);
 	free(e->key);
 	sl_sql_class_fini(&e->cls);
 	e->key = NULL;

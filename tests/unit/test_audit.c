@@ -105,6 +105,7 @@ sql(const char *q)
 	sqlite3 *h;
 
 	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	sqlite3_busy_timeout(h, 5000); /* a writer may be mid-batch */
 	assert_int_equal(sqlite3_exec(h, q, NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(h);
 }
@@ -225,6 +226,70 @@ test_store_failure_fails_closed_and_journal_replays(void **state)
 	sl_audit_close(a);
 	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
 	assert_true(n >= 6);
+	sl_config_free(cfg);
+}
+
+static long long
+count_rows(const char *where)
+{
+	sqlite3 *h;
+	sqlite3_stmt *st;
+	char q[256];
+	long long n = -1;
+
+	snprintf(q, sizeof(q), "SELECT count(*) FROM records WHERE %s", where);
+	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	sqlite3_busy_timeout(h, 5000);
+	if (sqlite3_prepare_v2(h, q, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(h);
+	return n;
+}
+
+/* A row the store refuses in the middle of a batch (here another writer
+ * took the seq the batch needs) fails the batch as a whole: none of its
+ * rows is kept, waited requests are refused from then on (fail closed),
+ * the records stay in the journal, and once the conflict is gone the next
+ * start stores all of them and the chain verifies. */
+static void
+test_refused_row_fails_the_whole_batch(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	char err[256], msg[512];
+	uint64_t n;
+	int r = 0;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 5; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	for (int i = 0; i < 100 && count_rows("1") < 5; i++)
+		usleep(20000);
+	assert_int_equal(count_rows("1"), 5);
+	/* seq 8 taken behind the gateway's back: the batch 6, 7, 8, ... breaks
+	 * at its third row */
+	sql("INSERT INTO records VALUES (8, 0, 'x', 'x', 'x', '', '', '{}', 'x', 'x')");
+	for (int i = 0; i < 5; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	for (int i = 0; i < 200; i++) {
+		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
+		if (r == SL_EIO)
+			break;
+		usleep(20000);
+	}
+	assert_int_equal(r, SL_EIO);
+	assert_int_equal(count_rows("seq IN (6, 7)"), 0);
+	sl_audit_close(a);
+	sql("DELETE FROM records WHERE seq = 8");
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_close(a);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_true(n >= 10);
+	assert_int_equal(count_rows("seq IN (6, 7, 8)"), 3);
 	sl_config_free(cfg);
 }
 
@@ -588,6 +653,7 @@ main(void)
 		cmocka_unit_test(test_tamper),
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
+		cmocka_unit_test(test_refused_row_fails_the_whole_batch),
 		cmocka_unit_test(test_journal_reset_in_place),
 		cmocka_unit_test(test_journal_bounded_under_steady_load),
 		cmocka_unit_test(test_stalled_store_backlog_is_bounded),

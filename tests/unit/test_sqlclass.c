@@ -121,6 +121,27 @@ test_shape(void **state)
 	assert_string_not_equal(a, b);
 	free(a);
 	free(b);
+	/* a '?' of the text never reads as a folded literal: "j ?i" (the
+	 * jsonb operator and a column i) and "j 1" have different shapes, and
+	 * so do "a ?? b" and "a ? ?s" */
+	{
+		const char *pairs[][2] = {{"SELECT j ?i FROM t", "SELECT j 1 FROM t"},
+					  {"SELECT j ?s FROM t", "SELECT j 'x' FROM t"},
+					  {"SELECT a ?? b", "SELECT a ? 'x' b"},
+					  {"SELECT a ?f FROM t", "SELECT a 1.5 FROM t"}};
+
+		for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+			sl_sql_shape(pairs[i][0], strlen(pairs[i][0]), &a, &al);
+			sl_sql_shape(pairs[i][1], strlen(pairs[i][1]), &b, &bl);
+			assert_false(al == bl && memcmp(a, b, al) == 0);
+			free(a);
+			free(b);
+		}
+	}
+	/* runs of plain bytes are copied as they are */
+	sl_sql_shape("SELECT a_b, (c+d)*e FROM t WHERE x <> y;", 40, &a, &al);
+	assert_string_equal(a, "SELECT a_b, (c+d)*e FROM t WHERE x <> y;");
+	free(a);
 	/* cases the lexer refuses to fold */
 	{
 		const char *exact[] = {
