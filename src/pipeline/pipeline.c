@@ -65,6 +65,9 @@ sl_pl_authenticate(struct sl_gw *gw, struct sl_pl_session *s, const char *token,
 	r = sl_idp_verify(gw->idp, token, len, sl_now_us() / 1000000, &s->ident, err, errlen);
 	if (r == 0)
 		s->authenticated = 1;
+	/* the records' subject is made again from the identity now held */
+	free(s->jwho);
+	s->jwho = NULL;
 	return r;
 }
 
@@ -344,17 +347,24 @@ put_who(struct sl_buf *b, struct sl_pl_session *s)
 	const void *conn = s->conn;
 
 	if (s->jwho == NULL || s->jwho_subject != s->ident.subject || s->jwho_conn != conn) {
+		const char *v[3] = {s->ident.subject, s->conn ? s->conn->name : "", s->protocol};
+		size_t room = 64;
 		struct sl_buf w;
 
+		/* room for all of it first (escaping at most sextuples a byte),
+		 * so no append below can fail and leave a short fragment that
+		 * every later record would carry */
+		for (int i = 0; i < 3; i++)
+			room += v[i] ? 6 * strlen(v[i]) + 2 : 2;
 		sl_buf_init(&w, 0);
-		sl_buf_append_u8(&w, '{'); /* as in a record: keys after it get commas */
-		jcstr(&w, "subject", s->ident.subject);
-		jcstr(&w, "connection", s->conn ? s->conn->name : "");
-		jcstr(&w, "protocol", s->protocol);
-		if (w.data == NULL) {
+		if (sl_buf_reserve(&w, room) != 0) {
 			sl_buf_fini(&w);
 			return SL_ENOMEM;
 		}
+		sl_buf_append_u8(&w, '{'); /* as in a record: keys after it get commas */
+		jcstr(&w, "subject", v[0]);
+		jcstr(&w, "connection", v[1]);
+		jcstr(&w, "protocol", v[2]);
 		free(s->jwho);
 		s->jwho = (char *)w.data; /* w.data[0] is the '{' */
 		s->jwho_len = w.len;
