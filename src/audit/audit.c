@@ -89,6 +89,9 @@ struct sl_audit {
 	char node_json[6 * 64 + 3]; /* node as a JSON string */
 	size_t node_json_len;
 	struct sl_buf jline; /* journal lines being built (under wmu), kept */
+	int hex_ok;	     /* last_hex is the hex of hex_of (under wmu) */
+	uint8_t hex_of[32];
+	char last_hex[65];
 };
 
 char *
@@ -596,16 +599,24 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 
 		r->seq = a->seq + 1;
 		r->ts = now;
-		if (p != NULL)
-			memcpy(r->prev, p->hash, sizeof(r->prev)); /* a->last in hex */
-		else
-			sl_hex(a->last, 32, r->prev);
+		if (p == NULL && (!a->hex_ok || memcmp(a->hex_of, a->last, 32) != 0)) {
+			sl_hex(a->last, 32, a->last_hex);
+			memcpy(a->hex_of, a->last, 32);
+			a->hex_ok = 1;
+		}
+		/* a->last in hex: the previous record's hash */
+		memcpy(r->prev, p != NULL ? p->hash : a->last_hex, sizeof(r->prev));
 		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
 		sl_hex(r->hbin, 32, r->hash);
 		if (put_line(out, r, a) != 0)
 			rc = SL_ENOMEM;
 		a->seq = r->seq;
 		memcpy(a->last, r->hbin, 32);
+	}
+	if (p != NULL) { /* the last record's hash, in hex too, for the next batch */
+		memcpy(a->hex_of, p->hbin, 32);
+		memcpy(a->last_hex, p->hash, sizeof(a->last_hex));
+		a->hex_ok = 1;
 	}
 	if (rc == 0 && (rc = journal_reserve(a, out->len)) == 0) {
 		/* A copy into the shared mapping is in the page cache at once:
