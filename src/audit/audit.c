@@ -57,6 +57,9 @@ struct sl_audit {
 	sqlite3 *db;
 	sqlite3_stmt *ins;  /* one record */
 	sqlite3_stmt *insn; /* INS_ROWS records: fewer statement runs per batch */
+	/* per statement (ins, insn): bit 2i+k set while row i's trace id (k=0)
+	 * or span id (k=1) is bound to empty_id (bindings outlive resets) */
+	uint32_t empty_bound[2];
 	sqlite3_stmt *ins_cp;
 	sqlite3_stmt *begin, *commit, *rollback;
 	EVP_PKEY *key;
@@ -374,6 +377,25 @@ prepare_insert(sqlite3 *db, const char *node, size_t node_len, int rows, sqlite3
 	return rc;
 }
 
+static const char empty_id[] = "";
+_Static_assert(INS_ROWS * 2 <= 32, "empty_bound has a bit per row and id");
+
+/* Binds an id; an empty one is bound to empty_id, once: the parameter
+ * keeps it across runs (most records carry no trace context). */
+static void
+bind_id(sqlite3_stmt *st, int col, const char *v, size_t n, uint32_t *mask, uint32_t bit)
+{
+	if (n == 0) {
+		if (!(*mask & bit)) {
+			sqlite3_bind_text(st, col, empty_id, 0, SQLITE_STATIC);
+			*mask |= bit;
+		}
+		return;
+	}
+	sqlite3_bind_text(st, col, v, (int)n, SQLITE_STATIC);
+	*mask &= ~bit;
+}
+
 /* Inserts records whose seq and hash are already assigned, in one
  * transaction (with a checkpoint when due). Called with imu held. */
 static int
@@ -390,6 +412,7 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 	for (r = batch; r;) {
 		struct rec *x = r;
 		sqlite3_stmt *st = a->ins;
+		uint32_t *empties = &a->empty_bound[0];
 		int n = 0;
 
 		/* INS_ROWS at a time while that many are left, then one by one */
@@ -397,10 +420,12 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 			x = x->next;
 			n++;
 		}
-		if (n == INS_ROWS)
+		if (n == INS_ROWS) {
 			st = a->insn;
-		else
+			empties = &a->empty_bound[1];
+		} else {
 			n = 1;
+		}
 		sqlite3_reset(st);
 		for (int i = 0; i < n; i++, r = r->next) {
 			int c = 2 + 9 * i; /* ?1 is the node, bound once */
@@ -410,10 +435,8 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 			sqlite3_bind_text(st, c + 2, r->type, (int)r->len[0], SQLITE_STATIC);
 			sqlite3_bind_text(st, c + 3, r->session ? r->session : "", (int)r->len[1],
 					  SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 4, r->trace ? r->trace : "", (int)r->len[2],
-					  SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 5, r->span ? r->span : "", (int)r->len[3],
-					  SQLITE_STATIC);
+			bind_id(st, c + 4, r->trace, r->len[2], empties, 1u << (2 * i));
+			bind_id(st, c + 5, r->span, r->len[3], empties, 1u << (2 * i + 1));
 			sqlite3_bind_text(st, c + 6, r->data, (int)r->len[4], SQLITE_STATIC);
 			sqlite3_bind_text(st, c + 7, r->prev, 64, SQLITE_STATIC);
 			sqlite3_bind_text(st, c + 8, r->hash, 64, SQLITE_STATIC);
@@ -443,13 +466,25 @@ fail:
 static char *
 put_dec(char *o, uint64_t v, int neg)
 {
+	static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
+				       "25262728293031323334353637383940414243444546474849"
+				       "50515253545556575859606162636465666768697071727374"
+				       "75767778798081828384858687888990919293949596979899";
 	char d[24];
 	size_t i = sizeof(d);
 
-	do {
-		d[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v != 0);
+	/* two digits a division (timestamps have sixteen) */
+	while (v >= 100) {
+		i -= 2;
+		memcpy(d + i, pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10) {
+		i -= 2;
+		memcpy(d + i, pairs + 2 * v, 2);
+	} else {
+		d[--i] = (char)('0' + v);
+	}
 	if (neg)
 		d[--i] = '-';
 	memcpy(o, d + i, sizeof(d) - i);
@@ -466,8 +501,13 @@ put_dec(char *o, uint64_t v, int neg)
 static int
 put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 {
-	static const char *const keys[4] = {
-		",\"type\":", ",\"session\":", ",\"trace_id\":", ",\"span_id\":"};
+	static const struct {
+		const char *s;
+		size_t n;
+	} keys[4] = {{",\"type\":", 8},
+		     {",\"session\":", 11},
+		     {",\"trace_id\":", 12},
+		     {",\"span_id\":", 11}};
 	const char *ids[4] = {r->type, r->session, r->trace, r->span};
 	/* the fixed text, two 20-digit numbers and two hashes: 266 bytes */
 	size_t need = 320 + a->node_json_len + r->len[4];
@@ -487,10 +527,8 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 	memcpy(o, a->node_json, a->node_json_len);
 	o += a->node_json_len;
 	for (int i = 0; i < 4; i++) {
-		size_t kl = strlen(keys[i]);
-
-		memcpy(o, keys[i], kl);
-		o += kl;
+		memcpy(o, keys[i].s, keys[i].n);
+		o += keys[i].n;
 		if (r->plain & (1u << i)) {
 			*o++ = '"';
 			if (r->len[i]) {
