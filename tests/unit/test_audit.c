@@ -182,6 +182,23 @@ test_tamper(void **state)
 	check_tamper("UPDATE checkpoints SET ts = ts + 1", "signature");
 }
 
+/* Appends waited records, pausing pause_us between them, until the audit
+ * refuses one (fail closed); fails the test if it has not within tries.
+ * w outlives a: records still waiting report to it when a is closed. */
+static void
+append_until_refused(struct sl_audit *a, struct waiter *w, int tries, useconds_t pause_us)
+{
+	int r = 0;
+
+	for (int i = 0; i < tries; i++) {
+		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, w);
+		if (r == SL_EIO)
+			break;
+		usleep(pause_us);
+	}
+	assert_int_equal(r, SL_EIO);
+}
+
 /* Another connection holds the store's write lock longer than the busy
  * timeout: the store refuses, and new waited requests are refused (fail
  * closed) once the writer has seen it. Then a is closed while the store is
@@ -192,18 +209,11 @@ close_with_store_down(struct sl_audit *a)
 {
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	sqlite3 *h;
-	int r = 0;
 
 	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
 	sqlite3_busy_timeout(h, 10000); /* the writer may be mid-batch right now */
 	assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
-	for (int i = 0; i < 600; i++) {
-		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
-		if (r == SL_EIO)
-			break;
-		usleep(50000);
-	}
-	assert_int_equal(r, SL_EIO);
+	append_until_refused(a, &w, 600, 50000);
 	sl_audit_close(a);
 	sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
 	sqlite3_close(h);
@@ -263,7 +273,6 @@ test_refused_row_fails_the_whole_batch(void **state)
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	char err[256], msg[512];
 	uint64_t n;
-	int r = 0;
 
 	fresh();
 	cfg = config();
@@ -278,13 +287,7 @@ test_refused_row_fails_the_whole_batch(void **state)
 	sql("INSERT INTO records VALUES (8, 0, 'x', 'x', 'x', '', '', '{}', 'x', 'x')");
 	for (int i = 0; i < 5; i++)
 		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
-	for (int i = 0; i < 200; i++) {
-		r = sl_audit_append(a, "request", "s", NULL, NULL, NULL, done_cb, &w);
-		if (r == SL_EIO)
-			break;
-		usleep(20000);
-	}
-	assert_int_equal(r, SL_EIO);
+	append_until_refused(a, &w, 200, 20000);
 	assert_int_equal(count_rows("seq IN (6, 7)"), 0);
 	sl_audit_close(a);
 	sql("DELETE FROM records WHERE seq = 8");
