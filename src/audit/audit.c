@@ -37,7 +37,7 @@ struct rec {
 	struct rec *next;
 	char *type, *session, *trace, *span;
 	char *data;
-	/* lengths of type, session, trace, span, data (NULL ids: 0) */
+	/* lengths of type, session, trace, span, data */
 	size_t len[5];
 	unsigned plain; /* bit i: id i needs no JSON escaping */
 	sl_audit_done_fn done;
@@ -131,7 +131,8 @@ json_plain(const char *s, size_t n)
 
 /* One allocation per record: the strings live behind the struct (records
  * are made on a worker and freed on the writer thread; one cross-thread
- * free instead of six). NULL ids stay NULL. */
+ * free instead of six). A NULL id is stored as "" (journal, hash and row
+ * all treat the two alike). */
 static struct rec *
 rec_new(const char *type, const char *session, const char *trace, const char *span,
 	const char *data, size_t datalen)
@@ -143,8 +144,10 @@ rec_new(const char *type, const char *session, const char *trace, const char *sp
 	char *p;
 
 	for (int i = 0; i < 4; i++) {
-		len[i] = src[i] ? strlen(src[i]) : 0;
-		total += src[i] ? len[i] + 1 : 0;
+		if (src[i] == NULL)
+			src[i] = "";
+		len[i] = strlen(src[i]);
+		total += len[i] + 1;
 	}
 	r = malloc(total);
 	if (r == NULL)
@@ -157,10 +160,6 @@ rec_new(const char *type, const char *session, const char *trace, const char *sp
 	p = (char *)(r + 1);
 	for (int i = 0; i < 4; i++) {
 		r->len[i] = len[i];
-		if (src[i] == NULL) {
-			r->plain |= 1u << i;
-			continue;
-		}
 		memcpy(p, src[i], len[i] + 1);
 		*dst[i] = p;
 		p += len[i] + 1;
@@ -433,8 +432,7 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 			sqlite3_bind_int64(st, c, (sqlite3_int64)r->seq);
 			sqlite3_bind_int64(st, c + 1, r->ts);
 			sqlite3_bind_text(st, c + 2, r->type, (int)r->len[0], SQLITE_STATIC);
-			sqlite3_bind_text(st, c + 3, r->session ? r->session : "", (int)r->len[1],
-					  SQLITE_STATIC);
+			sqlite3_bind_text(st, c + 3, r->session, (int)r->len[1], SQLITE_STATIC);
 			bind_id(st, c + 4, r->trace, r->len[2], empties, 1u << (2 * i));
 			bind_id(st, c + 5, r->span, r->len[3], empties, 1u << (2 * i + 1));
 			sqlite3_bind_text(st, c + 6, r->data, (int)r->len[4], SQLITE_STATIC);
@@ -531,10 +529,8 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 		o += keys[i].n;
 		if (r->plain & (1u << i)) {
 			*o++ = '"';
-			if (r->len[i]) {
-				memcpy(o, ids[i], r->len[i]);
-				o += r->len[i];
-			}
+			memcpy(o, ids[i], r->len[i]);
+			o += r->len[i];
 			*o++ = '"';
 		} else {
 			b->len = (size_t)(o - (char *)b->data);
@@ -626,12 +622,7 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 	memcpy(last0, a->last, 32);
 	out->len = out->off = 0;
 	for (r = batch, p = NULL; r && rc == 0; p = r, r = r->next) {
-		const char *f[6] = {a->node,
-				    r->type,
-				    r->session ? r->session : "",
-				    r->trace ? r->trace : "",
-				    r->span ? r->span : "",
-				    r->data};
+		const char *f[6] = {a->node, r->type, r->session, r->trace, r->span, r->data};
 		const size_t l[6] = {a->node_len, r->len[0], r->len[1],
 				     r->len[2],	  r->len[3], r->len[4]};
 
