@@ -122,12 +122,10 @@ struct sl_pl_session {
 	char span_id[17];
 	int64_t opened_us;
 	/* "subject":..,"connection":..,"protocol":.. as the request records
-	 * carry them, made once (for the subject and connection it was made
-	 * for) */
+	 * carry them: made at the first record, dropped at every login (the
+	 * connection is fixed at startup, before any) */
 	char *jwho;
 	size_t jwho_len;
-	const char *jwho_subject;
-	const void *jwho_conn;
 };
 
 /* A request as the pipeline sees it. */

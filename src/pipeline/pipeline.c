@@ -340,13 +340,12 @@ jtextn(struct sl_buf *b, const char *k, size_t kl, struct sl_gw *gw, struct sl_m
 #define jtext(b, k, gw, ms, tmp, text, len) jtextn((b), "" k, sizeof(k) - 1, gw, ms, tmp, text, len)
 
 /* "subject":..,"connection":..,"protocol":.. for this session's request
- * records, made once (again if the subject or connection changed). */
+ * records, made once (sl_pl_authenticate drops it with the identity it
+ * was made from). */
 static int
 put_who(struct sl_buf *b, struct sl_pl_session *s)
 {
-	const void *conn = s->conn;
-
-	if (s->jwho == NULL || s->jwho_subject != s->ident.subject || s->jwho_conn != conn) {
+	if (s->jwho == NULL) {
 		const char *v[3] = {s->ident.subject, s->conn ? s->conn->name : "", s->protocol};
 		size_t room = 64;
 		struct sl_buf w;
@@ -368,8 +367,6 @@ put_who(struct sl_buf *b, struct sl_pl_session *s)
 		free(s->jwho);
 		s->jwho = (char *)w.data; /* w.data[0] is the '{' */
 		s->jwho_len = w.len;
-		s->jwho_subject = s->ident.subject;
-		s->jwho_conn = conn;
 	}
 	/* s->jwho is {"subject":..,"protocol":.. : after the '{', with a comma */
 	if (sl_buf_append_u8(b, ',') != 0)
