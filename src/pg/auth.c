@@ -558,11 +558,9 @@ on_auth_request(struct sl_pg_upauth *a, uint32_t code, const uint8_t *extra, siz
 			break;
 		if (!(a->allowed & SL_PG_UPAUTH_ALLOW_CLEARTEXT)) {
 			seterr(err, errlen,
-			       "the upstream server asked for the password in cleartext; sluice "
-			       "sends "
-			       "it so only over tls: verify-full (or with "
-			       "allow_cleartext_password: "
-			       "true on the connection)");
+			       "the upstream server asked for the password in cleartext; "
+			       "sluice sends it so only over tls: verify-full "
+			       "(or with allow_cleartext_password: true on the connection)");
 			return SL_EPOLICY;
 		}
 		a->st = UA_PW_SENT;
