@@ -249,30 +249,33 @@ static int
 schema_listed(char *const *pats, unsigned npats, char *const *schemas, size_t n)
 {
 	for (unsigned i = 0; i < npats; i++) {
-		const char *dot = strrchr(pats[i], '.');
+		const char *dot = strrchr(pats[i], '.'), *sch;
+		char sp[256];
+		size_t sl;
+		int glob;
 
-		for (size_t j = 0; j < n; j++) {
-			const char *sch;
-			size_t sl;
-
-			if (dot == NULL || strcmp(schemas[j], "*") == 0)
+		if (n == 0)
+			return 0;
+		if (dot == NULL)
+			return 1;
+		/* the schema is the part before the table ("db.hr.t": hr) */
+		for (sch = dot; sch > pats[i] && sch[-1] != '.'; sch--)
+			;
+		sl = (size_t)(dot - sch);
+		glob = memchr(sch, '*', sl) || memchr(sch, '?', sl) || memchr(sch, '[', sl);
+		if (glob) {
+			if (sl >= sizeof(sp))
 				return 1;
-			/* the schema is the part before the table ("db.hr.t": hr) */
-			for (sch = dot; sch > pats[i] && sch[-1] != '.'; sch--)
-				;
-			sl = (size_t)(dot - sch);
+			memcpy(sp, sch, sl);
+			sp[sl] = '\0';
+		}
+		for (size_t j = 0; j < n; j++) {
+			if (strcmp(schemas[j], "*") == 0)
+				return 1;
 			if (strlen(schemas[j]) == sl && strncasecmp(sch, schemas[j], sl) == 0)
 				return 1;
-			if (memchr(sch, '*', sl) || memchr(sch, '?', sl) || memchr(sch, '[', sl)) {
-				char sp[256];
-
-				if (sl >= sizeof(sp))
-					return 1;
-				memcpy(sp, sch, sl);
-				sp[sl] = '\0';
-				if (sl_glob_match_ci(sp, schemas[j]))
-					return 1;
-			}
+			if (glob && sl_glob_match_ci(sp, schemas[j]))
+				return 1;
 		}
 	}
 	return 0;
