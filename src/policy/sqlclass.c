@@ -506,21 +506,18 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 		json_decref(o);
 		return;
 	}
+	/* a list of names ("objects"), or one ("object", COMMENT ON) */
 	objs = json_object_get(o, "objects");
-	if (objs == NULL) {
-		one = json_array();
-		if (one == NULL || json_array_append(one, json_object_get(o, "object")) != 0) {
-			w->bad = 1;
-			json_decref(one);
-			json_decref(o);
-			return;
-		}
-		objs = one;
+	one = objs ? NULL : json_object_get(o, "object");
+	if (objs == NULL && one == NULL) {
+		w->bad = 1; /* a relation this code cannot read: refuse */
+		json_decref(o);
+		return;
 	}
-	n = json_array_size(objs);
+	n = one ? 1 : json_array_size(objs);
 	for (i = 0; i < n && !w->bad; i++) {
-		json_t *items =
-			json_object_get(json_object_get(json_array_get(objs, i), "List"), "items");
+		json_t *items = json_object_get(
+			json_object_get(one ? one : json_array_get(objs, i), "List"), "items");
 		size_t m = json_array_size(items), len2 = 0;
 		char name[520];
 
@@ -548,7 +545,6 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 		if (!w->bad)
 			add_table(w, name, 0);
 	}
-	json_decref(one);
 	json_decref(o);
 }
 
