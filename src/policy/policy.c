@@ -407,8 +407,9 @@ fill(struct sl_decision *d, const struct cpolicy *cp, const struct crule *cr)
 	}
 }
 
-/* Kinds that refine another: allowing the base allows them, unless a block
- * rule names them (a DELETE without WHERE is still a delete). */
+/* Kinds that refine another: allowing the base allows them (a DELETE without
+ * WHERE is still a delete), unless a block or review rule names them: those
+ * win over any allow. */
 static uint32_t
 refine(uint32_t k)
 {
@@ -425,7 +426,7 @@ int
 sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char *const *groups,
 		 size_t ngroups, const struct sl_request *req, struct sl_decision *d)
 {
-	uint32_t kinds = 0, covered = 0, by_allow = 0;
+	uint32_t kinds = 0, covered = 0;
 	const struct cpolicy *review_pol = NULL, *allow_pol = NULL, *default_pol = NULL;
 	const struct crule *review_rule = NULL, *allow_rule = NULL;
 	int default_allow = 0, any_policy = 0;
@@ -498,7 +499,6 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 				hit = 1;
 			covered |= hit;
 			if (cr->action == SL_ACT_ALLOW) {
-				by_allow |= hit;
 				if (allow_rule == NULL) {
 					allow_pol = cp;
 					allow_rule = cr;
@@ -512,11 +512,12 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 	if (req->proto != SL_PROTO_PG)
 		kinds = 1;
 	covered = refine(covered);
-	by_allow = refine(by_allow);
 	if ((covered & kinds) == kinds || default_allow) {
-		uint32_t need_review = kinds & ~by_allow;
-
-		if (need_review != 0 && review_rule != NULL && (covered & need_review)) {
+		/* The rule order is block, then review, then allow: a review
+		 * rule that matches holds the request even where an allow rule
+		 * (or a policy's default) would let it through. Otherwise
+		 * "allow delete" would silently void "review delete_all". */
+		if (review_rule != NULL) {
 			fill(d, review_pol, review_rule);
 			d->action = SL_ACT_REVIEW;
 			return 0;

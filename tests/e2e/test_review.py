@@ -282,6 +282,46 @@ def test_grant_window_and_webhooks(gateway_factory, pg):
         srv.shutdown()
 
 
+UNBOUNDED_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [select, insert, update, delete, set, transaction] }
+      - { action: review, sql: [delete_all, update_all], approvers: [dba], timeout: 30s, name: unbounded }
+"""
+
+
+def test_review_rule_beats_a_broader_allow(gateway_factory, pg):
+    """"allow delete" must not void "review delete_all": block, then review, then allow."""
+    gw = gateway_factory(policies=UNBOUNDED_POLICIES)
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (9401, 1, 1), (9402, 1, 1)")
+    agent = gw.mint(sub="agent-1", groups="ai-agents")
+    dba = gw.mint(sub="dba-1", groups="dba")
+    # a bounded delete is allowed outright
+    c = gw.connect(token=agent)
+    cur = c.cursor()
+    cur.execute("DELETE FROM orders WHERE id = 9401")
+    assert cur.rowcount == 1
+    c.commit()
+    c.close()
+    before = pg.psql("orders", "SELECT count(*), sum(amount) FROM orders")
+    # an unbounded one (hidden in a CTE, too) is held, and denied runs nothing
+    for sql in ("DELETE FROM orders", "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
+                "UPDATE orders SET amount = 0"):
+        t, res = run_held(gw, sql, token=agent)
+        rev = pending(gw, dba)[0]
+        assert rev["rule"] == "unbounded", rev
+        assert t.is_alive()
+        assert api(gw, dba, "POST", "/api/reviews/%s/deny" % rev["id"], {"reason": "too broad"})[0] == 200
+        t.join(10)
+        assert res["error"].pgcode == "42501" and "too broad" in str(res["error"]), res
+        assert res.get("after") == 1
+    assert pg.psql("orders", "SELECT count(*), sum(amount) FROM orders") == before
+    assert "9402" in pg.psql("orders", "SELECT id FROM orders WHERE id = 9402")
+    assert gw.verify().returncode == 0
+
+
 def raw_admin(gw, data, timeout=8):
     import socket
     s = socket.create_connection(("127.0.0.1", gw.admin_port), timeout)

@@ -264,10 +264,12 @@ test_policy_semantics(void **state)
 		decide(ps, "a", "ai-agents", "orders",
 		       "WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x", &d),
 		SL_ACT_REVIEW);
-	/* tables condition: update on scratch is allowed outright */
+	/* block, then review, then allow: the review rule on update holds an
+	 * update that the allow rule (update on scratch) also covers */
 	assert_int_equal(
 		decide(ps, "a", "ai-agents", "orders", "UPDATE scratch SET a=1 WHERE b=2", &d),
-		SL_ACT_ALLOW);
+		SL_ACT_REVIEW);
+	assert_string_equal(d.rule, "agents#4");
 	/* uncovered kind: default deny */
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "CREATE TABLE x (a int)", &d),
 			 SL_ACT_BLOCK);
@@ -291,6 +293,74 @@ test_policy_semantics(void **state)
 
 		sl_policy_decide(ps, "a", g, 1, &r, &d);
 		assert_int_equal(d.action, SL_ACT_BLOCK);
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
+
+/* DESIGN's rule order, block then review then allow: an allow rule (or a
+ * policy's default) never voids a review rule that matches. */
+static const char review_yaml[] =
+	"connections:\n"
+	"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+	"policies:\n"
+	"  - name: agents\n"
+	"    match: { groups: [ai-agents] }\n"
+	"    rules:\n"
+	"      - { action: allow, sql: [select, insert, update, delete] }\n"
+	"      - { action: review, sql: [delete_all, update_all], approvers: [dba], name: "
+	"unbounded }\n"
+	"  - name: dba\n"
+	"    match: { groups: [dba] }\n"
+	"    default: allow\n";
+
+static void
+test_policy_review_beats_allow(void **state)
+{
+	static const struct {
+		const char *sql;
+		enum sl_action want;
+	} cases[] = {
+		{"DELETE FROM t", SL_ACT_REVIEW},
+		{"delete from t -- all of it", SL_ACT_REVIEW},
+		{"UPDATE t SET a = 1", SL_ACT_REVIEW},
+		{"WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", SL_ACT_REVIEW},
+		{"SELECT 1; DELETE FROM t", SL_ACT_REVIEW},
+		{"DELETE FROM t WHERE id = 1", SL_ACT_ALLOW},
+		{"UPDATE t SET a = 1 WHERE id = 1", SL_ACT_ALLOW},
+		/* an uncovered kind is refused outright, review or not */
+		{"DELETE FROM t; CREATE TABLE u (a int)", SL_ACT_BLOCK},
+	};
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(
+		sl_config_load_data("t", review_yaml, strlen(review_yaml), &cfg, err, sizeof(err)),
+		0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		enum sl_action got = decide(ps, "a", "ai-agents", "orders", cases[i].sql, &d);
+
+		if (got != cases[i].want)
+			fail_msg("%s: got %d, want %d", cases[i].sql, (int)got, (int)cases[i].want);
+		if (got == SL_ACT_REVIEW)
+			assert_string_equal(d.rule, "unbounded");
+	}
+	/* a policy's default: allow does not void another policy's review */
+	{
+		struct sl_sql_class c;
+		struct sl_request r = {.proto = SL_PROTO_PG, .connection = "orders", .sql = &c};
+		const char *groups[2] = {"dba", "ai-agents"};
+
+		sl_sql_classify("DELETE FROM t", 13, &c);
+		assert_int_equal(sl_policy_decide(ps, "a", groups, 2, &r, &d), 0);
+		assert_int_equal(d.action, SL_ACT_REVIEW);
+		assert_int_equal(sl_policy_decide(ps, "a", groups, 1, &r, &d), 0);
+		assert_int_equal(d.action, SL_ACT_ALLOW); /* dba alone */
+		sl_sql_class_fini(&c);
 	}
 	sl_policy_free(ps);
 	sl_config_free(cfg);
@@ -564,6 +634,7 @@ main(void)
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
+		cmocka_unit_test(test_policy_review_beats_allow),
 		cmocka_unit_test(test_policy_qualified_names),
 		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
 		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
