@@ -94,6 +94,7 @@ struct walker {
 	size_t collect_len;
 	int insert_source; /* the next SelectStmt is an INSERT's source */
 	uint32_t target;   /* DML kind of the relation being walked (its "relation") */
+	unsigned rowrefs;  /* ColumnRef / CurrentOfExpr nodes seen so far */
 };
 
 /* Adds s to the list unless it is there; returns its index, or < 0 (and
@@ -571,6 +572,8 @@ walk_object(struct walker *w, const char *node)
 		insert_source = w->insert_source;
 		w->insert_source = 0;
 	}
+	if (node != NULL && (strcmp(node, "ColumnRef") == 0 || strcmp(node, "CurrentOfExpr") == 0))
+		w->rowrefs++;
 	w->p++; /* '{' */
 	for (;;) {
 		char key[128];
@@ -618,6 +621,20 @@ walk_object(struct walker *w, const char *node)
 				w->bad = 1;
 				return k;
 			}
+			continue;
+		}
+		if (strcmp(key, "whereClause") == 0 && node != NULL &&
+		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0)) {
+			/* A condition that names no column (WHERE true, WHERE
+			 * 1=1, WHERE $1) holds for every row or for none: it
+			 * bounds nothing, so it counts as no WHERE. Decided from
+			 * the tree's shape, never from literal values. */
+			unsigned seen = w->rowrefs;
+
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			has_where = w->rowrefs != seen;
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0)
