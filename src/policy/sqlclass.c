@@ -268,6 +268,15 @@ stmt_kind(const char *n)
 		{"DropdbStmt", SL_SQL_DDL | SL_SQL_DROP},
 		{"CreatedbStmt", SL_SQL_DDL},
 		{"LoadStmt", SL_SQL_UTILITY | SL_SQL_DO},
+		/* Reads: SHOW is current_setting(); a cursor is read through
+		 * FETCH/MOVE/CLOSE after DECLARE (or a function) passed its
+		 * query; EXPLAIN and DECLARE are the kinds of the statement
+		 * they carry, which the walk adds. */
+		{"VariableShowStmt", SL_SQL_SELECT},
+		{"FetchStmt", SL_SQL_SELECT},
+		{"ClosePortalStmt", SL_SQL_SELECT},
+		{"ExplainStmt", 0},
+		{"DeclareCursorStmt", 0},
 	};
 
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)

@@ -1058,3 +1058,63 @@ def test_node_postgres_agent(gw):
     assert out["DROP TABLE orders"] == "42501" and out["TRUNCATE orders"] == "42501", out
     assert out["named_drop"] == "42501", out
     assert out["after"] > 0, out
+
+
+# The embedded default's rules for agents: reads, inserts, settings and
+# transactions; deletes and updates held for review; the rest refused.
+READ_ONLY_AGENT = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [drop, truncate, alter_system, copy_program, grant] }
+      - { action: review, sql: [delete, update], approvers: [dba], timeout: 2s }
+      - { action: allow, sql: [select, insert, set, transaction] }
+"""
+
+
+def test_read_only_agent_tools_work(gateway_factory):
+    """What agent tool stacks send on top of their SELECTs (psycopg2 named
+    cursors, SQLAlchemy's connect-time SHOWs, EXPLAIN) runs under a policy
+    that allows select but not utility; what is not a read still is refused."""
+    import sqlalchemy
+    gw = gateway_factory(policies=READ_ONLY_AGENT)
+    token = gw.mint()
+    c = gw.connect(token=token)
+    # psycopg2's server-side cursor: DECLARE ... CURSOR, FETCH FORWARD n, CLOSE
+    cur = c.cursor(name="big")
+    cur.itersize = 2
+    cur.execute("SELECT id FROM orders ORDER BY id")
+    ids = [r[0] for r in cur]
+    cur.close()
+    plain = c.cursor()
+    plain.execute("SELECT id FROM orders ORDER BY id")
+    assert ids == [r[0] for r in plain.fetchall()] and len(ids) >= 3
+    plain.execute("SHOW standard_conforming_strings")
+    assert plain.fetchone()[0] == "on"
+    plain.execute("EXPLAIN SELECT * FROM orders WHERE id = 1")
+    assert "orders" in " ".join(r[0] for r in plain.fetchall())
+    c.rollback()
+    # not reads: refused with 42501, the session stays usable
+    for sql in ("LISTEN ch", "EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", "VACUUM orders"):
+        c.autocommit = True
+        with pytest.raises(psycopg2.Error) as e:
+            plain.execute(sql)
+        assert e.value.pgcode == "42501", (sql, e.value.pgcode)
+        plain.execute("SELECT 1")
+        assert plain.fetchone() == (1,)
+    c.close()
+    # SQLAlchemy (what LangChain's SQLDatabase uses): its first connect runs
+    # version(), current_schema() and SHOW standard_conforming_strings
+    eng = sqlalchemy.create_engine("postgresql+psycopg2://orders:%s@127.0.0.1:%d/orders"
+                                   "?sslmode=disable" % (token, gw.port))
+    with eng.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM orders")).scalar() == len(ids)
+        rows = conn.execution_options(stream_results=True).execute(
+            sqlalchemy.text("SELECT id FROM orders ORDER BY id"))
+        assert [r[0] for r in rows] == ids
+    eng.dispose()
+    recs = gw.export()
+    texts = [r["data"].get("text", "") for r in recs if r["type"] == "request"]
+    assert any(t.startswith("FETCH") for t in texts), texts
+    assert any(t.lower().startswith("show standard_conforming_strings") for t in texts), texts
