@@ -72,8 +72,9 @@ struct sl_cfg_connection {
 	char *user;
 	char *password_env;
 	char *password_file;
-	char *tls;		       /* upstream TLS: disable (default) | require | verify-full */
-	char *ca_file;		       /* for verify-full */
+	char *tls;	       /* upstream TLS: disable (default) | require | verify-full */
+	char *ca_file;	       /* for verify-full */
+	char *channel_binding; /* SCRAM-SHA-256-PLUS: disable | prefer (default) | require */
 	bool allow_cleartext_password; /* send the password in the clear without verify-full */
 	struct sl_cfg_header *inject_header; /* http */
 	char *private_key_file;		     /* ssh */

@@ -75,6 +75,11 @@ sl_stream_backlog(const struct sl_stream *s)
  * Bytes already read past the SSLRequest answer must not exist (callers check). */
 int sl_stream_tls_server(struct sl_stream *s, SSL_CTX *ctx);
 int sl_stream_tls_client(struct sl_stream *s, SSL_CTX *ctx, const char *sni);
+/* RFC 5929 tls-server-end-point of an established client TLS stream: the
+ * peer certificate's hash with its signature's digest (SHA-256 for MD5 and
+ * SHA-1). out holds EVP_MAX_MD_SIZE bytes. SL_EINVAL without TLS, a
+ * certificate, or a digest to use (e.g. an Ed25519 signature). */
+int sl_stream_tls_end_point(const struct sl_stream *s, uint8_t *out, size_t *len);
 /* Closes the handle (idempotent); ops->on_close fires later. */
 void sl_stream_close(struct sl_stream *s);
 

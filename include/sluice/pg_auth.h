@@ -43,6 +43,17 @@ int sl_pg_upauth_set_allowed(struct sl_pg_upauth *a, unsigned methods);
 int sl_pg_upauth_set_allow_cleartext(struct sl_pg_upauth *a, int allow);
 /* Lower the iteration ceiling (1..SL_PG_SCRAM_MAX_ITER). */
 int sl_pg_upauth_set_max_iterations(struct sl_pg_upauth *a, uint32_t max);
+/* Channel binding to the upstream's TLS certificate (RFC 5929
+ * tls-server-end-point; data: the certificate's hash, see
+ * sl_stream_tls_end_point(); len 0: the connection has no TLS).
+ * PREFER (the default, as libpq): SCRAM-SHA-256-PLUS when TLS is up and the
+ * server offers it. REQUIRE: that or nothing (no MD5, cleartext, trust).
+ * DISABLE: never. */
+#define SL_PG_CBIND_DISABLE 0
+#define SL_PG_CBIND_PREFER  1
+#define SL_PG_CBIND_REQUIRE 2
+int sl_pg_upauth_set_channel_binding(struct sl_pg_upauth *a, int mode, const uint8_t *data,
+				     size_t len);
 /* Username inside the SCRAM messages. Default "" as libpq sends (PostgreSQL
  * ignores it and uses the startup packet's user). Escaped per RFC 5802. Max
  * 128 bytes. Exists for RFC test vectors and other SCRAM servers. */
@@ -61,8 +72,9 @@ int sl_pg_upauth_set_client_nonce(struct sl_pg_upauth *a, const char *nonce);
  *                      its SCRAM signature was missing or wrong
  *   SL_EPROTO          unexpected message or malformed authentication data
  *   SL_EPOLICY         the server asked for a method that is not allowed
- *                      (GSS, SSPI, Kerberos, SCRAM-SHA-256-PLUS only, or a
- *                      method switched off with the setters)
+ *                      (GSS, SSPI, Kerberos, SCRAM-SHA-256-PLUS only without
+ *                      TLS, a method switched off with the setters, or
+ *                      anything but SCRAM-SHA-256-PLUS under REQUIRE)
  *   SL_EIO             the crypto library failed
  *   SL_ESTATE          fed after DONE or after an error
  * err (may be NULL) gets a one-line reason on failure; it never holds the
@@ -71,8 +83,8 @@ int sl_pg_upauth_set_client_nonce(struct sl_pg_upauth *a, const char *nonce);
 int sl_pg_upauth_feed(struct sl_pg_upauth *a, const uint8_t *msg, size_t len, struct sl_buf *out,
 		      char *err, size_t errlen);
 
-/* The method that authenticated: "scram-sha-256", "md5", "password", "trust",
- * or NULL before AuthenticationOk. */
+/* The method that authenticated: "scram-sha-256-plus", "scram-sha-256", "md5",
+ * "password", "trust", or NULL before AuthenticationOk. */
 const char *sl_pg_upauth_method(const struct sl_pg_upauth *a);
 
 #endif

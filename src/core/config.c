@@ -105,6 +105,7 @@ static const cyaml_schema_field_t connection_fields[] = {
 	STR("password_file", struct sl_cfg_connection, password_file),
 	STR("tls", struct sl_cfg_connection, tls),
 	STR("ca_file", struct sl_cfg_connection, ca_file),
+	STR("channel_binding", struct sl_cfg_connection, channel_binding),
 	BOOL("allow_cleartext_password", struct sl_cfg_connection, allow_cleartext_password),
 	CYAML_FIELD_MAPPING_PTR("inject_header", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
 				struct sl_cfg_connection, inject_header, header_fields),
@@ -395,6 +396,17 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		    strcmp(cn->tls, "require") != 0 && strcmp(cn->tls, "verify-full") != 0)
 			FAIL("connections[%u] (%s): tls must be disable, require or verify-full", i,
 			     cn->name);
+		if (cn->channel_binding != NULL && strcmp(cn->channel_binding, "disable") != 0 &&
+		    strcmp(cn->channel_binding, "prefer") != 0 &&
+		    strcmp(cn->channel_binding, "require") != 0)
+			FAIL("connections[%u] (%s): channel_binding must be disable, prefer or "
+			     "require",
+			     i, cn->name);
+		if (cn->channel_binding != NULL && strcmp(cn->channel_binding, "require") == 0 &&
+		    (cn->tls == NULL || strcmp(cn->tls, "disable") == 0))
+			FAIL("connections[%u] (%s): channel_binding: require needs tls: require or "
+			     "verify-full",
+			     i, cn->name);
 		if (cn->ca_file != NULL && strcmp(cn->type, "postgres") == 0 &&
 		    (cn->tls == NULL || strcmp(cn->tls, "verify-full") != 0))
 			FAIL("connections[%u] (%s): ca_file is only used with tls: verify-full", i,

@@ -359,6 +359,32 @@ sl_stream_tls_client(struct sl_stream *s, SSL_CTX *ctx, const char *sni)
 	return tls_start(s, ctx, 0, sni);
 }
 
+int
+sl_stream_tls_end_point(const struct sl_stream *s, uint8_t *out, size_t *len)
+{
+	X509 *cert;
+	const EVP_MD *md = NULL;
+	int md_nid = NID_undef, pk_nid;
+	unsigned int n = 0;
+	int r = SL_EINVAL;
+
+	*len = 0;
+	if (s->ssl == NULL || !s->tls_ready || (cert = SSL_get1_peer_certificate(s->ssl)) == NULL)
+		return SL_EINVAL;
+	if (OBJ_find_sigid_algs(X509_get_signature_nid(cert), &md_nid, &pk_nid) == 1) {
+		if (md_nid == NID_md5 || md_nid == NID_sha1)
+			md_nid = NID_sha256;
+		if (md_nid != NID_undef)
+			md = EVP_get_digestbynid(md_nid);
+	}
+	if (md != NULL && X509_digest(cert, md, out, &n) == 1 && n > 0) {
+		*len = n;
+		r = 0;
+	}
+	X509_free(cert);
+	return r;
+}
+
 static void
 on_close_cb(uv_handle_t *h)
 {

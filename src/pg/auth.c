@@ -25,12 +25,17 @@
 
 #include "sluice/pg_codec.h"
 
-#define NONCE_MAX	 64   /* our client nonce */
-#define SRV_NONCE_MAX	 512  /* the combined nonce the server returns */
-#define SALT_MAX	 256  /* decoded salt bytes */
-#define SCRAM_MSG_MAX	 2048 /* server-first / server-final message */
-#define SCRAM_USER_MAX	 128  /* raw username bytes (escaped: up to 3x) */
-#define CLIENT_FIRST_MAX (3 + 3 * SCRAM_USER_MAX + 3 + NONCE_MAX + 1)
+#define NONCE_MAX      64   /* our client nonce */
+#define SRV_NONCE_MAX  512  /* the combined nonce the server returns */
+#define SALT_MAX       256  /* decoded salt bytes */
+#define SCRAM_MSG_MAX  2048 /* server-first / server-final message */
+#define SCRAM_USER_MAX 128  /* raw username bytes (escaped: up to 3x) */
+#define CBIND_MAX      64   /* tls-server-end-point: a certificate hash, up to SHA-512 */
+#define GS2_PLUS       "p=tls-server-end-point,,"
+#define GS2_MAX	       (sizeof(GS2_PLUS) - 1)
+/* base64 of the gs2 header and the channel-binding data */
+#define CBIND64_MAX	 ((GS2_MAX + CBIND_MAX + 2) / 3 * 4 + 1)
+#define CLIENT_FIRST_MAX (GS2_MAX + 3 * SCRAM_USER_MAX + 3 + NONCE_MAX + 1)
 
 /* Authentication request codes (AuthenticationXxx). */
 enum {
@@ -64,6 +69,11 @@ struct sl_pg_upauth {
 	char scram_user[3 * SCRAM_USER_MAX + 1]; /* escaped saslname */
 	char client_first_bare[CLIENT_FIRST_MAX];
 	uint8_t server_sig[32];
+	/* Channel binding (RFC 5929 tls-server-end-point) */
+	uint8_t cbind[CBIND_MAX]; /* the upstream certificate's hash; cbind_len 0: no TLS */
+	size_t cbind_len;
+	int cb_mode;	 /* SL_PG_CBIND_* */
+	const char *gs2; /* the gs2 header sent in client-first */
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -160,6 +170,7 @@ sl_pg_upauth_new(const char *user, const char *password, const uint8_t *nonce_sr
 	a->password = password;
 	a->allowed = SL_PG_UPAUTH_ALLOW_ALL;
 	a->max_iter = SL_PG_SCRAM_MAX_ITER;
+	a->cb_mode = SL_PG_CBIND_PREFER;
 	b64enc(nonce_src, 18, a->nonce);
 	*out = a;
 	return 0;
@@ -201,6 +212,22 @@ sl_pg_upauth_set_max_iterations(struct sl_pg_upauth *a, uint32_t max)
 	if (max < 1 || max > SL_PG_SCRAM_MAX_ITER)
 		return SL_EINVAL;
 	a->max_iter = max;
+	return 0;
+}
+
+int
+sl_pg_upauth_set_channel_binding(struct sl_pg_upauth *a, int mode, const uint8_t *data, size_t len)
+{
+	if (a->started)
+		return SL_ESTATE;
+	if ((mode != SL_PG_CBIND_DISABLE && mode != SL_PG_CBIND_PREFER &&
+	     mode != SL_PG_CBIND_REQUIRE) ||
+	    len > CBIND_MAX || (len > 0 && data == NULL))
+		return SL_EINVAL;
+	a->cb_mode = mode;
+	a->cbind_len = mode == SL_PG_CBIND_DISABLE ? 0 : len;
+	if (a->cbind_len > 0)
+		memcpy(a->cbind, data, len);
 	return 0;
 }
 
@@ -306,6 +333,7 @@ scram_first(struct sl_pg_upauth *a, const uint8_t *mechs, size_t mlen, struct sl
 	    char *err, size_t errlen)
 {
 	int found = 0, plus = 0, ended = 0;
+	const char *mech = "SCRAM-SHA-256";
 	char first[CLIENT_FIRST_MAX + 8];
 	size_t off = 0;
 	int n;
@@ -330,24 +358,44 @@ scram_first(struct sl_pg_upauth *a, const uint8_t *mechs, size_t mlen, struct sl
 		seterr(err, errlen, "malformed SASL mechanism list from upstream");
 		return SL_EPROTO;
 	}
-	if (!found) {
+	/* Channel binding, as libpq does it: SCRAM-SHA-256-PLUS whenever the
+	 * connection is TLS and the server offers it. Bound to the server's
+	 * certificate, the proof cannot be relayed by someone who terminates
+	 * the TLS connection in between (tls: require checks no certificate).
+	 * "y,,": sluice could bind but the server did not offer it (a server
+	 * that did, and sees "y", knows the offer was stripped). */
+	if (a->cbind_len > 0 && plus) {
+		mech = "SCRAM-SHA-256-PLUS";
+		a->gs2 = GS2_PLUS;
+		a->method = "scram-sha-256-plus";
+	} else if (a->cb_mode == SL_PG_CBIND_REQUIRE) {
 		seterr(err, errlen, "%s",
-		       plus ? "upstream requires SCRAM channel binding (SCRAM-SHA-256-PLUS), which "
-			      "sluice does not support"
+		       a->cbind_len == 0
+			       ? "channel_binding: require needs TLS to the upstream server "
+				 "with a certificate whose hash can be bound"
+			       : "the upstream server does not offer SCRAM-SHA-256-PLUS, which "
+				 "channel_binding: require asks for");
+		return SL_EPOLICY;
+	} else if (!found) {
+		seterr(err, errlen, "%s",
+		       plus ? "upstream requires SCRAM channel binding (SCRAM-SHA-256-PLUS), "
+			      "which needs TLS to it"
 			    : "upstream offers no SASL mechanism sluice supports");
 		return SL_EPOLICY;
+	} else {
+		a->gs2 = a->cbind_len > 0 ? "y,," : "n,,";
+		a->method = "scram-sha-256";
 	}
 	n = snprintf(a->client_first_bare, sizeof(a->client_first_bare), "n=%s,r=%s", a->scram_user,
 		     a->nonce);
 	if (n < 0 || (size_t)n >= sizeof(a->client_first_bare))
 		return SL_EINVAL;
-	/* gs2 header "n,,": no channel binding, no authzid. */
-	n = snprintf(first, sizeof(first), "n,,%s", a->client_first_bare);
+	/* gs2 header, no authzid */
+	n = snprintf(first, sizeof(first), "%s%s", a->gs2, a->client_first_bare);
 	if (n < 0 || (size_t)n >= sizeof(first))
 		return SL_EINVAL;
 	a->st = UA_SCRAM_FIRST;
-	a->method = "scram-sha-256";
-	return sl_pg_put_sasl_initial(out, "SCRAM-SHA-256", first, (size_t)n);
+	return sl_pg_put_sasl_initial(out, mech, first, (size_t)n);
 }
 
 struct server_first {
@@ -411,7 +459,10 @@ static int
 scram_continue(struct sl_pg_upauth *a, const uint8_t *data, size_t dlen, struct sl_buf *out,
 	       char *err, size_t errlen)
 {
-	char sf[SCRAM_MSG_MAX], wo_proof[16 + SRV_NONCE_MAX], final[64 + SRV_NONCE_MAX];
+	char sf[SCRAM_MSG_MAX], wo_proof[8 + CBIND64_MAX + SRV_NONCE_MAX];
+	char final[sizeof(wo_proof) + 48], c64[CBIND64_MAX];
+	uint8_t cb[GS2_MAX + CBIND_MAX];
+	size_t cbl = strlen(a->gs2);
 	char authmsg[CLIENT_FIRST_MAX + SCRAM_MSG_MAX + sizeof(wo_proof) + 2];
 	uint8_t salted[32], client_key[32], stored_key[32], client_sig[32], proof[32];
 	uint8_t server_key[32];
@@ -425,8 +476,15 @@ scram_continue(struct sl_pg_upauth *a, const uint8_t *data, size_t dlen, struct 
 	}
 	if ((r = parse_server_first(a, sf, dlen, &s, err, errlen)) != 0)
 		return r;
-	/* "biws" is base64("n,,"): the gs2 header we sent, no channel binding. */
-	n = snprintf(wo_proof, sizeof(wo_proof), "c=biws,r=%.*s", (int)s.nonce_len, s.nonce);
+	/* c=: base64 of the gs2 header we sent ("n,," is "biws"), followed
+	 * by the certificate hash when we bound to it */
+	memcpy(cb, a->gs2, cbl);
+	if (a->gs2[0] == 'p') {
+		memcpy(cb + cbl, a->cbind, a->cbind_len);
+		cbl += a->cbind_len;
+	}
+	b64enc(cb, cbl, c64);
+	n = snprintf(wo_proof, sizeof(wo_proof), "c=%s,r=%.*s", c64, (int)s.nonce_len, s.nonce);
 	if (n < 0 || (size_t)n >= sizeof(wo_proof))
 		return SL_EPROTO;
 	n = snprintf(authmsg, sizeof(authmsg), "%s,%s,%s", a->client_first_bare, sf, wo_proof);
@@ -534,6 +592,16 @@ static int
 on_auth_request(struct sl_pg_upauth *a, uint32_t code, const uint8_t *extra, size_t extralen,
 		struct sl_buf *out, char *err, size_t errlen)
 {
+	if (a->cb_mode == SL_PG_CBIND_REQUIRE && a->st == UA_START &&
+	    (code == AUTH_OK || code == AUTH_CLEARTEXT || code == AUTH_MD5)) {
+		seterr(err, errlen,
+		       "the upstream server asked for %s; channel_binding: require accepts "
+		       "SCRAM-SHA-256-PLUS only",
+		       code == AUTH_OK	  ? "no authentication"
+		       : code == AUTH_MD5 ? "MD5 authentication"
+					  : "a cleartext password");
+		return SL_EPOLICY;
+	}
 	switch (code) {
 	case AUTH_OK:
 		if (a->st == UA_SCRAM_FIRST || a->st == UA_SCRAM_FINAL) {

@@ -140,6 +140,7 @@ struct pg_session {
 	char **fwd_keys, **fwd_vals;
 	size_t nfwd;
 	struct sl_pg_upauth *upauth;
+	const char *up_auth; /* the upstream login's method, once logged in */
 	struct sockaddr_storage up_addr;
 	uv_getaddrinfo_t gai;
 	uint32_t our_pid, our_key, up_pid, up_key;
@@ -1213,6 +1214,20 @@ send_upstream_startup(struct pg_session *s)
 	 * never reveal it. */
 	if (up_verify_ctx(s) == NULL && !s->pl.conn->allow_cleartext_password)
 		sl_pg_upauth_set_allow_cleartext(s->upauth, 0);
+	{
+		/* SCRAM-SHA-256-PLUS over TLS, bound to the certificate the
+		 * server presented (connection key channel_binding) */
+		const char *cb = s->pl.conn->channel_binding;
+		int mode = cb == NULL || strcmp(cb, "prefer") == 0 ? SL_PG_CBIND_PREFER
+			   : strcmp(cb, "require") == 0		   ? SL_PG_CBIND_REQUIRE
+								   : SL_PG_CBIND_DISABLE;
+		uint8_t ep[EVP_MAX_MD_SIZE];
+		size_t eplen = 0;
+
+		if (s->up.tls && sl_stream_tls_end_point(&s->up, ep, &eplen) != 0)
+			eplen = 0;
+		sl_pg_upauth_set_channel_binding(s->upauth, mode, ep, eplen);
+	}
 	sl_buf_init(&b, 0);
 	if (sl_pg_put_startup(&b, keys, vals, n) != 0) {
 		sl_buf_fini(&b);
@@ -1396,6 +1411,7 @@ upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err)
 	if (r == SL_PG_UPAUTH_DONE) {
 		struct sl_buf b;
 
+		s->up_auth = sl_pg_upauth_method(s->upauth); /* a static string */
 		sl_pg_upauth_free(s->upauth);
 		s->upauth = NULL;
 		OPENSSL_cleanse(s->password, strlen(s->password));
@@ -1536,6 +1552,9 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 			json_object_set_new(details, "startup_parameters", params);
 		}
 		json_object_set_new(details, "tls", json_boolean(s->tls));
+		json_object_set_new(details, "upstream_tls", json_boolean(s->up.tls));
+		json_object_set_new(details, "upstream_auth",
+				    json_string(s->up_auth ? s->up_auth : ""));
 		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
 		json_object_set_new(details, "masking",
 				    json_string(s->mask_exempt ? "exempt"

@@ -1118,3 +1118,116 @@ def test_read_only_agent_tools_work(gateway_factory):
     texts = [r["data"].get("text", "") for r in recs if r["type"] == "request"]
     assert any(t.startswith("FETCH") for t in texts), texts
     assert any(t.lower().startswith("show standard_conforming_strings") for t in texts), texts
+
+
+class TlsInterceptor:
+    """Someone in the middle of a tls: require connection: answers sluice's
+    SSLRequest, terminates its TLS with a certificate of its own, opens TLS
+    to the real server and relays the plaintext both ways."""
+
+    def __init__(self, pg_port):
+        import socket
+        import ssl
+        self.dir = tempfile.mkdtemp(prefix="sluice-mitm-")
+        crt, key = make_cert(self.dir, "mitm")
+        self.sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.sctx.load_cert_chain(crt, key)
+        self.cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.cctx.check_hostname = False
+        self.cctx.verify_mode = ssl.CERT_NONE
+        self.pg_port = pg_port
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.relayed = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import socket
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.relay, args=(c, socket), daemon=True).start()
+
+    def relay(self, c, socket):
+        import select
+        try:
+            c.settimeout(10)
+            assert c.recv(8) == struct.pack("!II", 8, 80877103)
+            c.sendall(b"S")
+            a = self.sctx.wrap_socket(c, server_side=True)
+            u = socket.create_connection(("127.0.0.1", self.pg_port), 10)
+            u.sendall(struct.pack("!II", 8, 80877103))
+            assert u.recv(1) == b"S"
+            b = self.cctx.wrap_socket(u)
+            self.relayed += 1
+            while True:
+                r, _, _ = select.select([a, b], [], [], 0.05)
+                for src, dst in ((a, b), (b, a)):
+                    if src in r or src.pending():
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        dst.sendall(data)
+        except (OSError, AssertionError):
+            return
+        finally:
+            c.close()
+
+    def close(self):
+        self.lsock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("binding", ["disable", "prefer", "require"])
+def test_channel_binding_defeats_a_tls_interceptor(gateway_factory, pg, binding):
+    """tls: require checks no certificate. With SCRAM-SHA-256-PLUS (the
+    default, channel_binding: prefer) the login is bound to the certificate
+    sluice saw, the interceptor's, and the real server refuses it; without
+    binding the interceptor gets a logged-in session."""
+    mitm = TlsInterceptor(pg.port)
+    try:
+        gw = gateway_factory(connections=one_connection(
+            "orders_tls", "tlsuser", mitm.port, "require",
+            extra="    channel_binding: %s\n" % binding))
+        if binding == "disable":
+            c = gw.connect("orders_tls")
+            cur = c.cursor()
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == "tlsuser"
+            c.close()
+        else:
+            with pytest.raises(psycopg2.OperationalError):
+                gw.connect("orders_tls")
+            time.sleep(0.2)
+            assert "login to connection orders_tls failed" in gw.logtext(), gw.logtext()[-2000:]
+        assert mitm.relayed >= 1
+    finally:
+        mitm.close()
+    # straight to the server, each mode logs in; the session record names the method
+    gw2 = gateway_factory(connections=one_connection(
+        "orders_tls", "tlsuser", pg.port, "require",
+        extra="    channel_binding: %s\n" % binding))
+    c = gw2.connect("orders_tls")
+    c.cursor().execute("SELECT 1")
+    c.close()
+    opened = [r for r in gw2.export() if r["type"] == "session_open"]
+    want = "scram-sha-256" if binding == "disable" else "scram-sha-256-plus"
+    assert opened and opened[-1]["data"]["upstream_auth"] == want, opened
+    assert opened[-1]["data"]["upstream_tls"] is True
+
+
+def test_channel_binding_config_errors(tmp_path):
+    y = tmp_path / "s.yaml"
+    for body, msg in (("tls: disable, channel_binding: require", "needs tls: require"),
+                      ("channel_binding: require", "needs tls: require"),
+                      ("tls: require, channel_binding: maybe", "disable, prefer or require")):
+        y.write_text("""
+connections:
+  - { name: a, type: postgres, target: "localhost:5432", %s }
+""" % body)
+        r = subprocess.run([SLUICE, "config", "check", str(y)], capture_output=True, text=True)
+        assert r.returncode != 0 and msg in r.stderr, (body, r.stderr)

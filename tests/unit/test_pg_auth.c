@@ -308,6 +308,169 @@ scram_exchange(const char *client_pw, const char *server_pw, enum tamper tamper,
 	return scram_exchange_iter(client_pw, server_pw, tamper, 4096, err, errlen);
 }
 
+/* Splits a SASLInitialResponse in out into its mechanism and payload. */
+static void
+sasl_initial(const struct sl_buf *out, const char **mech, const char **payload, size_t *plen)
+{
+	size_t ml;
+
+	assert_true(out->len > 5 && out->data[0] == 'p');
+	*mech = (const char *)out->data + 5;
+	ml = strlen(*mech);
+	*payload = *mech + ml + 1 + 4;
+	*plen = out->len - 5 - ml - 1 - 4;
+}
+
+/* SCRAM-SHA-256-PLUS (RFC 5929 tls-server-end-point): a server computed here
+ * checks the client's c= binding and proof; the other modes and refusals. */
+static void
+test_scram_channel_binding(void **state)
+{
+	static const char both[] = "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0";
+	static const char plain[] = "SCRAM-SHA-256\0";
+	static const char plus_only[] = "SCRAM-SHA-256-PLUS\0";
+	uint8_t cbind[32], salt[16], salted[32], ckey[32], skey[32], stored[32], sig[32];
+	uint8_t gs2cb[64];
+	char c64[128], sfirst[256], cbare[128], wo[512], authmsg[1024], sfinal[64], err[256];
+	const char *mech, *pl;
+	struct sl_pg_upauth *a;
+	struct sl_buf out;
+	unsigned int l = 32;
+	size_t plen;
+
+	(void)state;
+	memset(cbind, 0xab, sizeof(cbind));
+	sl_buf_init(&out, 0);
+
+	/* prefer + TLS + offered: PLUS, and the proof checks out */
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 32), 0);
+	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	sasl_initial(&out, &mech, &pl, &plen);
+	assert_string_equal(mech, "SCRAM-SHA-256-PLUS");
+	assert_true(plen > 24 && memcmp(pl, "p=tls-server-end-point,,n=,r=", 29) == 0);
+	snprintf(cbare, sizeof(cbare), "%.*s", (int)(plen - 24), pl + 24);
+	snprintf(sfirst, sizeof(sfirst), "r=%sSRV,s=%s,i=4096", cbare + 5, salt64);
+	out.len = 0;
+	assert_int_equal(feed_str(a, 11, sfirst, &out, err, sizeof(err)), 0);
+	memcpy(gs2cb, "p=tls-server-end-point,,", 24);
+	memcpy(gs2cb + 24, cbind, 32);
+	EVP_EncodeBlock((unsigned char *)c64, gs2cb, 56);
+	snprintf(wo, sizeof(wo), "c=%s,r=%sSRV", c64, cbare + 5);
+	assert_memory_equal(out.data + 5, wo, strlen(wo));
+	assert_memory_equal(out.data + 5 + strlen(wo), ",p=", 3);
+	EVP_DecodeBlock(salt, (const unsigned char *)salt64, (int)strlen(salt64));
+	PKCS5_PBKDF2_HMAC("pencil", 6, salt, 16, 4096, EVP_sha256(), 32, salted);
+	HMAC(EVP_sha256(), salted, 32, (const uint8_t *)"Client Key", 10, ckey, &l);
+	SHA256(ckey, 32, stored);
+	snprintf(authmsg, sizeof(authmsg), "%s,%s,%s", cbare, sfirst, wo);
+	{
+		uint8_t csig[32], proof[33], check[32];
+
+		HMAC(EVP_sha256(), stored, 32, (const uint8_t *)authmsg, strlen(authmsg), csig, &l);
+		EVP_DecodeBlock(proof, out.data + 5 + strlen(wo) + 3, 44);
+		for (int i = 0; i < 32; i++)
+			proof[i] ^= csig[i];
+		SHA256(proof, 32, check);
+		assert_memory_equal(check, stored, 32);
+	}
+	HMAC(EVP_sha256(), salted, 32, (const uint8_t *)"Server Key", 10, skey, &l);
+	HMAC(EVP_sha256(), skey, 32, (const uint8_t *)authmsg, strlen(authmsg), sig, &l);
+	strcpy(sfinal, "v=");
+	EVP_EncodeBlock((unsigned char *)sfinal + 2, sig, 32);
+	out.len = 0;
+	assert_int_equal(feed_str(a, 12, sfinal, &out, err, sizeof(err)), 0);
+	assert_int_equal(feed_auth(a, 0, NULL, 0, &out, err, sizeof(err)), SL_PG_UPAUTH_DONE);
+	assert_string_equal(sl_pg_upauth_method(a), "scram-sha-256-plus");
+	sl_pg_upauth_free(a);
+
+	/* prefer + TLS, not offered: plain SCRAM with "y,," (c=eSws), so a
+	 * server that did offer PLUS sees the offer was stripped */
+	out.len = 0;
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 32), 0);
+	assert_int_equal(feed_auth(a, 10, plain, sizeof(plain), &out, err, sizeof(err)), 0);
+	sasl_initial(&out, &mech, &pl, &plen);
+	assert_string_equal(mech, "SCRAM-SHA-256");
+	assert_memory_equal(pl, "y,,n=,r=", 8);
+	snprintf(cbare, sizeof(cbare), "%.*s", (int)(plen - 3), pl + 3);
+	snprintf(sfirst, sizeof(sfirst), "r=%sSRV,s=%s,i=4096", cbare + 5, salt64);
+	out.len = 0;
+	assert_int_equal(feed_str(a, 11, sfirst, &out, err, sizeof(err)), 0);
+	assert_memory_equal(out.data + 5, "c=eSws,r=", 9);
+	sl_pg_upauth_free(a);
+
+	/* disable: never PLUS, even when offered over TLS */
+	out.len = 0;
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_DISABLE, cbind, 32), 0);
+	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	sasl_initial(&out, &mech, &pl, &plen);
+	assert_string_equal(mech, "SCRAM-SHA-256");
+	assert_memory_equal(pl, "n,,n=,r=", 8);
+	sl_pg_upauth_free(a);
+
+	/* no TLS, the server offers PLUS only: refused, saying why */
+	out.len = 0;
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(feed_auth(a, 10, plus_only, sizeof(plus_only), &out, err, sizeof(err)),
+			 SL_EPOLICY);
+	assert_non_null(strstr(err, "TLS"));
+	assert_int_equal(out.len, 0);
+	sl_pg_upauth_free(a);
+
+	/* require: PLUS not offered, no TLS, or any other method: refused
+	 * before anything is sent */
+	{
+		static const struct {
+			uint32_t code;
+			const char *data;
+			size_t len;
+			int tls;
+		} refused[] = {
+			{10, plain, sizeof(plain), 1},
+			{10, both, sizeof(both), 0},
+			{0, NULL, 0, 1},
+			{3, NULL, 0, 1},
+			{5, "salt", 4, 1},
+		};
+
+		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+			out.len = 0;
+			assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+			assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_REQUIRE,
+									  cbind,
+									  refused[i].tls ? 32 : 0),
+					 0);
+			assert_int_equal(feed_auth(a, refused[i].code, refused[i].data,
+						   refused[i].len, &out, err, sizeof(err)),
+					 SL_EPOLICY);
+			assert_non_null(strstr(err, "channel_binding"));
+			assert_int_equal(out.len, 0);
+			sl_pg_upauth_free(a);
+		}
+	}
+	/* require + TLS + offered: PLUS */
+	out.len = 0;
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_REQUIRE, cbind, 32), 0);
+	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	sasl_initial(&out, &mech, &pl, &plen);
+	assert_string_equal(mech, "SCRAM-SHA-256-PLUS");
+	/* setters: bad arguments, and too late once started */
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 32),
+			 SL_ESTATE);
+	sl_pg_upauth_free(a);
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, 7, cbind, 32), SL_EINVAL);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 65),
+			 SL_EINVAL);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, NULL, 32),
+			 SL_EINVAL);
+	sl_pg_upauth_free(a);
+	sl_buf_fini(&out);
+}
+
 static void
 test_scram_exchange(void **state)
 {
@@ -819,6 +982,7 @@ main(void)
 		cmocka_unit_test(test_scram_rfc7677_vector),
 		cmocka_unit_test(test_scram_rfc7677_bad_signature),
 		cmocka_unit_test(test_scram_exchange),
+		cmocka_unit_test(test_scram_channel_binding),
 		cmocka_unit_test(test_scram_iteration_ceiling),
 		cmocka_unit_test(test_scram_iteration_counts),
 		cmocka_unit_test(test_scram_iteration_syntax),
