@@ -69,6 +69,8 @@ struct sl_mask_binding {
 	struct sl_mask_plan *plan;
 };
 
+#define SL_CANCEL_BUCKETS 4096
+
 struct sl_gw {
 	struct sl_config *cfg;
 	struct sl_idp *idp;
@@ -93,9 +95,9 @@ struct sl_gw {
 	char node[64];
 	atomic_uint_fast64_t next_session;
 	atomic_int stopping;
-	/* cancel-key map: our (pid, key) -> upstream */
+	/* cancel-key map: our (pid, key) -> upstream; buckets by pid */
 	pthread_mutex_t cancel_mu;
-	void *cancel_map;
+	void **cancel_map; /* SL_CANCEL_BUCKETS lists, made at the first login */
 };
 
 /* Posts c to w's loop (thread-safe). */

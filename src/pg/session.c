@@ -140,7 +140,8 @@ struct pg_session {
 	char **fwd_keys, **fwd_vals;
 	size_t nfwd;
 	struct sl_pg_upauth *upauth;
-	const char *up_auth; /* the upstream login's method, once logged in */
+	const char *up_auth;	   /* the upstream login's method, once logged in */
+	struct cancel_ent *cancel; /* this session's entry in the cancel map */
 	struct sockaddr_storage up_addr;
 	uv_getaddrinfo_t gai;
 	uint32_t our_pid, our_key, up_pid, up_key;
@@ -761,16 +762,29 @@ struct cancel_ent {
 	struct sockaddr_storage addr;
 	SSL_CTX *tls;	/* the connection's upstream TLS (NULL: plain) */
 	char host[256]; /* tls: verify-full: the name its certificate must carry */
-	struct cancel_ent *next;
+	struct cancel_ent *next, **pprev;
 };
+
+/* Cancel keys are looked up by pid in one of SL_CANCEL_BUCKETS lists (our
+ * pids are random): a CancelRequest, which needs no login, never walks
+ * every session while holding the lock that logins and closes take, and a
+ * session leaves the map in O(1). */
+static void cancel_unregister(struct pg_session *s);
+
+static struct cancel_ent **
+cancel_bucket(struct sl_gw *gw, uint32_t pid)
+{
+	return (struct cancel_ent **)&gw->cancel_map[pid % SL_CANCEL_BUCKETS];
+}
 
 static void
 cancel_register(struct pg_session *s)
 {
 	struct sl_gw *gw = s->gw;
-	struct cancel_ent *c = calloc(1, sizeof(*c));
+	struct cancel_ent *c, **b;
 
-	if (c == NULL)
+	cancel_unregister(s); /* one entry per session */
+	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return;
 	c->pid = s->our_pid;
 	c->key = s->our_key;
@@ -787,8 +801,19 @@ cancel_register(struct pg_session *s)
 			c->host[0] = '\0'; /* cannot happen: the session connected with it */
 	}
 	pthread_mutex_lock(&gw->cancel_mu);
-	c->next = gw->cancel_map;
-	gw->cancel_map = c;
+	if (gw->cancel_map == NULL &&
+	    (gw->cancel_map = calloc(SL_CANCEL_BUCKETS, sizeof(void *))) == NULL) {
+		pthread_mutex_unlock(&gw->cancel_mu);
+		free(c); /* no cancel for this session; it works otherwise */
+		return;
+	}
+	b = cancel_bucket(gw, c->pid);
+	c->next = *b;
+	if (c->next)
+		c->next->pprev = &c->next;
+	c->pprev = b;
+	*b = c;
+	s->cancel = c;
 	pthread_mutex_unlock(&gw->cancel_mu);
 }
 
@@ -796,19 +821,17 @@ static void
 cancel_unregister(struct pg_session *s)
 {
 	struct sl_gw *gw = s->gw;
+	struct cancel_ent *c = s->cancel;
 
+	if (c == NULL)
+		return;
 	pthread_mutex_lock(&gw->cancel_mu);
-	for (struct cancel_ent **pp = (struct cancel_ent **)&gw->cancel_map; *pp;
-	     pp = &(*pp)->next) {
-		if ((*pp)->pid == s->our_pid && (*pp)->key == s->our_key) {
-			struct cancel_ent *c = *pp;
-
-			*pp = c->next;
-			free(c);
-			break;
-		}
-	}
+	*c->pprev = c->next;
+	if (c->next)
+		c->next->pprev = c->pprev;
 	pthread_mutex_unlock(&gw->cancel_mu);
+	s->cancel = NULL;
+	free(c);
 }
 
 /*
@@ -959,7 +982,8 @@ cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 	struct sl_buf b;
 
 	pthread_mutex_lock(&gw->cancel_mu);
-	for (struct cancel_ent *c = gw->cancel_map; c; c = c->next) {
+	for (struct cancel_ent *c = gw->cancel_map ? *cancel_bucket(gw, pid) : NULL; c;
+	     c = c->next) {
 		if (c->pid == pid && sl_memeq_ct(&c->key, &key, sizeof(key))) {
 			found = *c;
 			have = 1;

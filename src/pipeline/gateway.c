@@ -391,6 +391,7 @@ out:
 		if (gw->conn_tls[i])
 			SSL_CTX_free(gw->conn_tls[i]);
 	free(gw->conn_tls);
+	free(gw->cancel_map); /* its lists are empty: each session left its own */
 	free(gw->workers);
 	free(gw);
 	if (rc == 0)

@@ -634,6 +634,26 @@ def test_cancel_request(gw):
     c.close()
 
 
+def test_cancel_among_many_sessions_and_after_others_close(gw):
+    """Each session's cancel key reaches its own upstream backend, whatever
+    order sessions opened and closed in (the map is keyed by pid)."""
+    conns = [gw.connect() for _ in range(40)]
+    for i in range(0, 40, 3):
+        conns[i].close()
+    left = [c for c in conns if not c.closed]
+    for c in (left[0], left[len(left) // 2], left[-1]):
+        cancels_a_sleep(c)
+    # the others were not touched
+    for c in left:
+        cur = c.cursor()
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+        c.close()
+    late = gw.connect()
+    cancels_a_sleep(late)
+    late.close()
+
+
 def test_cancel_with_wrong_key_cancels_nothing(gw):
     c = gw.connect()
     cur = c.cursor()
