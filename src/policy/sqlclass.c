@@ -277,6 +277,10 @@ stmt_kind(const char *n)
 		{"ClosePortalStmt", SL_SQL_SELECT},
 		{"ExplainStmt", 0},
 		{"DeclareCursorStmt", 0},
+		/* Session cleanup, like RESET: drop this session's own
+		 * listens and prepared statements (pool resets send them). */
+		{"UnlistenStmt", SL_SQL_SET},
+		{"DeallocateStmt", SL_SQL_SET},
 	};
 
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)

@@ -1251,3 +1251,34 @@ connections:
 """ % body)
         r = subprocess.run([SLUICE, "config", "check", str(y)], capture_output=True, text=True)
         assert r.returncode != 0 and msg in r.stderr, (body, r.stderr)
+
+
+def test_asyncpg_agent(gateway_factory):
+    """asyncpg (Debian's python3-asyncpg): named prepared statements over the
+    extended protocol, type introspection, a pool whose release resets the
+    session, and a refused DROP that leaves the connection usable."""
+    import asyncio
+    import asyncpg
+    gw = gateway_factory(policies=READ_ONLY_AGENT)
+    token = gw.mint()
+
+    async def main():
+        kw = dict(host="127.0.0.1", port=gw.port, user="orders", database="orders",
+                  password=token, ssl=False)
+        c = await asyncpg.connect(**kw)
+        rows = await c.fetch("SELECT id, amount FROM orders WHERE id = $1", 1)
+        assert [r["id"] for r in rows] == [1]
+        st = await c.prepare("SELECT count(*) FROM orders WHERE id > $1")
+        assert await st.fetchval(0) >= 3
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+            await c.execute("DROP TABLE orders")
+        assert await c.fetchval("SELECT 41 + $1::int", 1) == 42
+        async with c.transaction():
+            assert await c.fetchval("SELECT count(*) FROM orders") >= 3
+        await c.close()
+        pool = await asyncpg.create_pool(min_size=1, max_size=2, **kw)
+        for _ in range(3):  # each release runs asyncpg's reset query
+            async with pool.acquire() as pc:
+                assert await pc.fetchval("SELECT 1") == 1
+        await pool.close()
+    asyncio.run(main())
