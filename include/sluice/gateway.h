@@ -70,6 +70,7 @@ struct sl_mask_binding {
 };
 
 #define SL_CANCEL_BUCKETS 4096
+struct cancel_ent; /* pg/session.c */
 
 struct sl_gw {
 	struct sl_config *cfg;
@@ -97,7 +98,7 @@ struct sl_gw {
 	atomic_int stopping;
 	/* cancel-key map: our (pid, key) -> upstream; buckets by pid */
 	pthread_mutex_t cancel_mu;
-	void **cancel_map; /* SL_CANCEL_BUCKETS lists, made at the first login */
+	struct cancel_ent **cancel_map; /* SL_CANCEL_BUCKETS lists, made at the first login */
 };
 
 /* Posts c to w's loop (thread-safe). */

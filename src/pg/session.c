@@ -774,7 +774,7 @@ static void cancel_unregister(struct pg_session *s);
 static struct cancel_ent **
 cancel_bucket(struct sl_gw *gw, uint32_t pid)
 {
-	return (struct cancel_ent **)&gw->cancel_map[pid % SL_CANCEL_BUCKETS];
+	return &gw->cancel_map[pid % SL_CANCEL_BUCKETS];
 }
 
 static void
@@ -802,7 +802,7 @@ cancel_register(struct pg_session *s)
 	}
 	pthread_mutex_lock(&gw->cancel_mu);
 	if (gw->cancel_map == NULL &&
-	    (gw->cancel_map = calloc(SL_CANCEL_BUCKETS, sizeof(void *))) == NULL) {
+	    (gw->cancel_map = calloc(SL_CANCEL_BUCKETS, sizeof(*gw->cancel_map))) == NULL) {
 		pthread_mutex_unlock(&gw->cancel_mu);
 		free(c); /* no cancel for this session; it works otherwise */
 		return;
