@@ -6,7 +6,8 @@
  *   2  the same with room for 2 columns (SL_ETOOBIG paths)
  *   3  sl_pg_upauth_feed over a hostile server's login messages
  *   4  the same with a fixed client nonce "fuzz" and at most 4096 SCRAM
- *      iterations, so inputs can reach SASLContinue/SASLFinal
+ *      iterations, so inputs can reach SASLContinue/SASLFinal; the
+ *      input's length modulo 3 picks no channel binding, PREFER or REQUIRE
  *   5  builders: NUL-separated strings in, build, parse back, compare
  *      (also into a buffer with unread bytes that compacts mid-message)
  * Invariants are checked with abort(): borrowed pointers stay inside the
@@ -151,12 +152,21 @@ run_upauth(const uint8_t *p, size_t n, int scram)
 	char err[256];
 	uint8_t type;
 	size_t total;
+	int plus_ok = 0, require = 0;
 
 	if (sl_pg_upauth_new("u", "pw", nonce, sizeof(nonce), &a) != 0)
 		return;
 	if (scram) {
+		/* the input's length picks channel binding: none, PREFER or
+		 * REQUIRE with a (fake) certificate hash */
+		static const uint8_t cb[32] = {0xab};
+		int mode = (int)(n % 3);
+
 		sl_pg_upauth_set_client_nonce(a, "fuzz");
 		sl_pg_upauth_set_max_iterations(a, 4096);
+		sl_pg_upauth_set_channel_binding(a, mode, cb, mode ? sizeof(cb) : 0);
+		plus_ok = mode != 0;
+		require = mode == 2;
 	}
 	sl_buf_init(&out, 1 << 20);
 	while (n > 0 && sl_pg_frame(p, n, 1 << 20, &type, &total) == 0) {
@@ -169,8 +179,14 @@ run_upauth(const uint8_t *p, size_t n, int scram)
 			CHECK(sl_pg_upauth_feed(a, p, total, &out, err, sizeof(err)) == SL_ESTATE);
 			break;
 		}
-		if (r == SL_PG_UPAUTH_DONE)
-			CHECK(sl_pg_upauth_method(a) != NULL);
+		if (r == SL_PG_UPAUTH_DONE) {
+			const char *m = sl_pg_upauth_method(a);
+
+			CHECK(m != NULL);
+			/* PLUS only with a certificate hash; REQUIRE: PLUS only */
+			CHECK(plus_ok || strcmp(m, "scram-sha-256-plus") != 0);
+			CHECK(!require || strcmp(m, "scram-sha-256-plus") == 0);
+		}
 		p += total;
 		n -= total;
 	}
