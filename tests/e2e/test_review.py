@@ -73,6 +73,18 @@ def run_held(gw, sql, token=None):
     return t, res
 
 
+def run_now(gw, sql, token):
+    """Runs sql to completion in its own session (it must not be held); returns the rowcount."""
+    c = gw.connect(token=token)
+    try:
+        cur = c.cursor()
+        cur.execute(sql)
+        c.commit()
+        return cur.rowcount
+    finally:
+        c.close()
+
+
 def cli(gw, token, *args):
     env = dict(os.environ, SLUICE_TOKEN=token)
     return subprocess.run([SLUICE, "--config", gw.config, "review"] + list(args), env=env,
@@ -257,12 +269,7 @@ def test_grant_window_and_webhooks(gateway_factory, pg):
         t.join(10)
         assert res.get("rowcount") == 1
         # within the grant window the same subject+connection+rule runs without a new review
-        c = gw.connect(token=agent)
-        cur = c.cursor()
-        cur.execute("DELETE FROM orders WHERE id = 9302")
-        assert cur.rowcount == 1
-        c.commit()
-        c.close()
+        assert run_now(gw, "DELETE FROM orders WHERE id = 9302", agent) == 1
         # ...but not for somebody else
         other = gw.mint(sub="agent-2", groups="ai-agents")
         t, res = run_held(gw, "DELETE FROM orders WHERE id = 1", token=other)
@@ -299,12 +306,7 @@ def test_review_rule_beats_a_broader_allow(gateway_factory, pg):
     agent = gw.mint(sub="agent-1", groups="ai-agents")
     dba = gw.mint(sub="dba-1", groups="dba")
     # a bounded delete is allowed outright
-    c = gw.connect(token=agent)
-    cur = c.cursor()
-    cur.execute("DELETE FROM orders WHERE id = 9401")
-    assert cur.rowcount == 1
-    c.commit()
-    c.close()
+    assert run_now(gw, "DELETE FROM orders WHERE id = 9401", agent) == 1
     before = pg.psql("orders", "SELECT count(*), sum(amount) FROM orders")
     # an unbounded one (hidden in a CTE, too) is held, and denied runs nothing
     for sql in ("DELETE FROM orders", "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",

@@ -321,6 +321,21 @@ sasl_initial(const struct sl_buf *out, const char **mech, const char **payload, 
 	*plen = out->len - 5 - ml - 1 - 4;
 }
 
+/* A client for the channel-binding cases: mode, with a 32-byte certificate
+ * hash when tls, fed one authentication request (code, data). */
+static int
+cb_client(struct sl_pg_upauth **a, int mode, int tls, uint32_t code, const char *data, size_t len,
+	  struct sl_buf *out, char *err, size_t errlen)
+{
+	uint8_t cbind[32];
+
+	memset(cbind, 0xab, sizeof(cbind));
+	out->len = 0;
+	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, a), 0);
+	assert_int_equal(sl_pg_upauth_set_channel_binding(*a, mode, cbind, tls ? 32 : 0), 0);
+	return feed_auth(*a, code, data, len, out, err, errlen);
+}
+
 /* SCRAM-SHA-256-PLUS (RFC 5929 tls-server-end-point): a server computed here
  * checks the client's c= binding and proof; the other modes and refusals. */
 static void
@@ -343,9 +358,9 @@ test_scram_channel_binding(void **state)
 	sl_buf_init(&out, 0);
 
 	/* prefer + TLS + offered: PLUS, and the proof checks out */
-	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 32), 0);
-	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	assert_int_equal(cb_client(&a, SL_PG_CBIND_PREFER, 1, 10, both, sizeof(both), &out, err,
+				   sizeof(err)),
+			 0);
 	sasl_initial(&out, &mech, &pl, &plen);
 	assert_string_equal(mech, "SCRAM-SHA-256-PLUS");
 	assert_true(plen > 24 && memcmp(pl, "p=tls-server-end-point,,n=,r=", 29) == 0);
@@ -386,10 +401,9 @@ test_scram_channel_binding(void **state)
 
 	/* prefer + TLS, not offered: plain SCRAM with "y,," (c=eSws), so a
 	 * server that did offer PLUS sees the offer was stripped */
-	out.len = 0;
-	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_PREFER, cbind, 32), 0);
-	assert_int_equal(feed_auth(a, 10, plain, sizeof(plain), &out, err, sizeof(err)), 0);
+	assert_int_equal(cb_client(&a, SL_PG_CBIND_PREFER, 1, 10, plain, sizeof(plain), &out, err,
+				   sizeof(err)),
+			 0);
 	sasl_initial(&out, &mech, &pl, &plen);
 	assert_string_equal(mech, "SCRAM-SHA-256");
 	assert_memory_equal(pl, "y,,n=,r=", 8);
@@ -401,19 +415,17 @@ test_scram_channel_binding(void **state)
 	sl_pg_upauth_free(a);
 
 	/* disable: never PLUS, even when offered over TLS */
-	out.len = 0;
-	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_DISABLE, cbind, 32), 0);
-	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	assert_int_equal(cb_client(&a, SL_PG_CBIND_DISABLE, 1, 10, both, sizeof(both), &out, err,
+				   sizeof(err)),
+			 0);
 	sasl_initial(&out, &mech, &pl, &plen);
 	assert_string_equal(mech, "SCRAM-SHA-256");
 	assert_memory_equal(pl, "n,,n=,r=", 8);
 	sl_pg_upauth_free(a);
 
 	/* no TLS, the server offers PLUS only: refused, saying why */
-	out.len = 0;
-	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-	assert_int_equal(feed_auth(a, 10, plus_only, sizeof(plus_only), &out, err, sizeof(err)),
+	assert_int_equal(cb_client(&a, SL_PG_CBIND_PREFER, 0, 10, plus_only, sizeof(plus_only),
+				   &out, err, sizeof(err)),
 			 SL_EPOLICY);
 	assert_non_null(strstr(err, "TLS"));
 	assert_int_equal(out.len, 0);
@@ -436,14 +448,9 @@ test_scram_channel_binding(void **state)
 		};
 
 		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
-			out.len = 0;
-			assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-			assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_REQUIRE,
-									  cbind,
-									  refused[i].tls ? 32 : 0),
-					 0);
-			assert_int_equal(feed_auth(a, refused[i].code, refused[i].data,
-						   refused[i].len, &out, err, sizeof(err)),
+			assert_int_equal(cb_client(&a, SL_PG_CBIND_REQUIRE, refused[i].tls,
+						   refused[i].code, refused[i].data, refused[i].len,
+						   &out, err, sizeof(err)),
 					 SL_EPOLICY);
 			assert_non_null(strstr(err, "channel_binding"));
 			assert_int_equal(out.len, 0);
@@ -451,10 +458,9 @@ test_scram_channel_binding(void **state)
 		}
 	}
 	/* require + TLS + offered: PLUS */
-	out.len = 0;
-	assert_int_equal(sl_pg_upauth_new("app", "pencil", nonce24, 24, &a), 0);
-	assert_int_equal(sl_pg_upauth_set_channel_binding(a, SL_PG_CBIND_REQUIRE, cbind, 32), 0);
-	assert_int_equal(feed_auth(a, 10, both, sizeof(both), &out, err, sizeof(err)), 0);
+	assert_int_equal(cb_client(&a, SL_PG_CBIND_REQUIRE, 1, 10, both, sizeof(both), &out, err,
+				   sizeof(err)),
+			 0);
 	sasl_initial(&out, &mech, &pl, &plen);
 	assert_string_equal(mech, "SCRAM-SHA-256-PLUS");
 	/* setters: bad arguments, and too late once started */
