@@ -993,28 +993,21 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	if (gethostname(a->node, sizeof(a->node) - 1) != 0)
 		snprintf(a->node, sizeof(a->node), "sluice");
 	a->node_len = strlen(a->node);
-	{
-		struct sl_buf nb;
-
-		sl_buf_init(&nb, 0);
-		if (sl_json_put_str(&nb, a->node, a->node_len) != 0 ||
-		    nb.len > sizeof(a->node_json)) {
-			sl_buf_fini(&nb);
-			free(a->path);
-			free(a->sidecar);
-			free(a->jpath);
-			free(a);
-			return SL_ENOMEM;
-		}
-		memcpy(a->node_json, nb.data, nb.len);
-		a->node_json_len = nb.len;
-		sl_buf_fini(&nb);
-	}
 	sl_buf_init(&a->jline, 0);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_mutex_init(&a->wmu, NULL);
 	pthread_mutex_init(&a->imu, NULL);
 	pthread_cond_init(&a->cv, NULL);
+	/* the node as a JSON string, made once for every journal line (in the
+	 * journal line buffer, emptied again) */
+	if (sl_json_put_str(&a->jline, a->node, a->node_len) != 0 ||
+	    a->jline.len > sizeof(a->node_json)) {
+		r = SL_ENOMEM;
+		goto fail;
+	}
+	memcpy(a->node_json, a->jline.data, a->jline.len);
+	a->node_json_len = a->jline.len;
+	a->jline.len = 0;
 	if (load_or_create_key(cfg->gateway.data_dir, &a->key, err, errlen) != 0)
 		goto fail;
 	/* NOMUTEX: one thread at a time uses the connection (this one, then
