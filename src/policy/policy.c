@@ -248,14 +248,14 @@ any_listed(char *const *pats, unsigned npats, char *const *names, size_t n, int 
 static int
 schema_listed(char *const *pats, unsigned npats, char *const *schemas, size_t n)
 {
+	if (n == 0)
+		return 0;
 	for (unsigned i = 0; i < npats; i++) {
 		const char *dot = strrchr(pats[i], '.'), *sch;
 		char sp[256];
 		size_t sl;
 		int glob;
 
-		if (n == 0)
-			return 0;
 		if (dot == NULL)
 			return 1;
 		/* the schema is the part before the table ("db.hr.t": hr) */
