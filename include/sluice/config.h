@@ -76,6 +76,12 @@ struct sl_cfg_connection {
 	char *ca_file;	       /* for verify-full */
 	char *channel_binding; /* SCRAM-SHA-256-PLUS: disable | prefer (default) | require */
 	bool allow_cleartext_password; /* send the password in the clear without verify-full */
+	/* postgres: logged-in upstream connections kept (per worker) for the
+	 * next session, after DISCARD ALL: "0" turns reuse off */
+	char *pool_size;	 /* default "8" */
+	char *pool_idle_timeout; /* an idle one is closed after this; default "60s" */
+	unsigned pool_max;	 /* the two above, checked and parsed at load */
+	int64_t pool_idle_ms;
 	struct sl_cfg_header *inject_header; /* http */
 	char *private_key_file;		     /* ssh */
 	char *host_key; /* ssh: expected upstream host key (known_hosts line) */

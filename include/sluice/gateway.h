@@ -62,6 +62,11 @@ struct sl_worker {
 	atomic_int done;     /* the loop has returned */
 	unsigned nsessions;
 	void *sessions; /* protocol adapters' intrusive list heads */
+	/* PostgreSQL upstream connections kept for reuse (pg/session.c) */
+	void *pg_pool; /* list of struct pg_upconn: being reset or idle */
+	unsigned pg_npool;
+	uv_timer_t pg_pool_timer; /* closes the ones idle too long */
+	unsigned pg_pool_timer_on : 1, pg_pool_timer_init : 1;
 };
 
 struct sl_mask_binding {

@@ -107,6 +107,8 @@ static const cyaml_schema_field_t connection_fields[] = {
 	STR("ca_file", struct sl_cfg_connection, ca_file),
 	STR("channel_binding", struct sl_cfg_connection, channel_binding),
 	BOOL("allow_cleartext_password", struct sl_cfg_connection, allow_cleartext_password),
+	STR("pool_size", struct sl_cfg_connection, pool_size),
+	STR("pool_idle_timeout", struct sl_cfg_connection, pool_idle_timeout),
 	CYAML_FIELD_MAPPING_PTR("inject_header", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
 				struct sl_cfg_connection, inject_header, header_fields),
 	STR("private_key_file", struct sl_cfg_connection, private_key_file),
@@ -416,6 +418,25 @@ validate(struct sl_config *c, char *err, size_t errlen)
 			     cn->ca_file);
 		if (strcmp(cn->type, "postgres") == 0 && strchr(cn->target, ':') == NULL)
 			FAIL("connections[%u] (%s): target must be host:port", i, cn->name);
+		cn->pool_max = 8;
+		if (cn->pool_size != NULL) {
+			const char *v = cn->pool_size;
+
+			if (v[0] == '\0' || strspn(v, "0123456789") != strlen(v) || strlen(v) > 4 ||
+			    atoi(v) > 1000)
+				FAIL("connections[%u] (%s): pool_size must be a number from 0 to "
+				     "1000",
+				     i, cn->name);
+			cn->pool_max = (unsigned)atoi(v);
+		}
+		cn->pool_idle_ms = 60000;
+		if (cn->pool_idle_timeout != NULL &&
+		    (sl_parse_duration_ms(cn->pool_idle_timeout, &cn->pool_idle_ms) != 0 ||
+		     cn->pool_idle_ms <= 0))
+			FAIL("connections[%u] (%s): pool_idle_timeout: bad duration \"%s\" (use "
+			     "e.g. "
+			     "30s, 5m)",
+			     i, cn->name, cn->pool_idle_timeout);
 		for (unsigned j = 0; j < i; j++)
 			if (strcmp(c->connections[j].name, cn->name) == 0)
 				FAIL("connections: duplicate name \"%s\"", cn->name);

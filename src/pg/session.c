@@ -124,17 +124,55 @@ struct blocked_msg {
 
 #define MAX_INFLIGHT 100000
 
+/*
+ * A logged-in upstream connection. A session owns it while it runs. When the
+ * session ends cleanly with nothing in flight and no transaction open, the
+ * connection goes to its worker's pool (connection key pool_size), is reset
+ * there with DISCARD ALL (prepared statements, portals, temporary tables,
+ * settings, role, advisory locks, LISTEN: all gone) and is handed to the
+ * next session of the same connection that asks for the same database, user
+ * and startup parameters. That session skips the upstream login (a SCRAM
+ * exchange and a fresh backend process); its client still proves itself
+ * with its own token, and its policy, audit and masking are its own.
+ */
+enum uc_state { UC_SESSION, UC_RESET, UC_IDLE };
+
+struct pg_upconn {
+	struct sl_stream st;
+	struct sl_buf in;
+	struct sl_worker *w;
+	struct pg_upconn *next, *prev; /* in the worker's pool */
+	const struct sl_cfg_connection *conn;
+	char *key; /* database, user and forwarded parameters: NUL-separated */
+	size_t keylen;
+	char **pnames, **pvals; /* ParameterStatus as the server last reported it */
+	size_t nparams;
+	uint32_t pid, secret;	      /* its BackendKeyData */
+	struct sockaddr_storage addr; /* where it is connected (cancels go there) */
+	const char *auth;	      /* how it logged in (a static string) */
+	int64_t since_us;	      /* put in the pool at */
+	uint8_t state;		      /* UC_* */
+	unsigned discarded : 1, noreuse : 1;
+};
+
+/* Longest a DISCARD ALL may take before the connection is dropped. */
+#define POOL_RESET_MS 10000
+
 struct pg_session {
 	struct pg_session *next, *prev;
 	struct sl_worker *w;
 	struct sl_gw *gw;
 	struct sl_pl_session pl;
 	enum pg_state state;
-	struct sl_stream cli, up;
-	struct sl_buf cin, uin;
+	struct sl_stream cli;
+	struct sl_buf cin;
+	struct pg_upconn *upc; /* the upstream connection, once there is one */
 	unsigned cli_open : 1, up_open : 1, up_inited : 1, tls : 1, hold : 1, barrier : 1,
 		terminating : 1, freeing : 1, in_process : 1;
-	unsigned pending; /* async work that still points at this session */
+	unsigned reusable : 1, /* the client left cleanly: its upstream may be pooled */
+		up_reused : 1, /* the upstream came from the pool */
+		replay : 1;    /* its login messages wait in upc->in */
+	unsigned pending;      /* async work that still points at this session */
 	/* startup */
 	char *client_user, *client_db;
 	char **fwd_keys, **fwd_vals;
@@ -249,6 +287,9 @@ static int scram_offload(struct pg_session *s, const uint8_t *msg, size_t len);
 static int upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static int catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static void stop_login_timer(struct pg_session *s);
+static int pool_put(struct pg_session *s, int was_ready);
+static void upc_free(struct pg_upconn *u);
+static int upc_param(struct pg_upconn *u, const char *name, const char *value);
 static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 			   const struct sl_sql_class *cls, const struct sl_decision *d,
 			   const char *trace, const char *span);
@@ -285,10 +326,17 @@ cli_send(struct pg_session *s, const void *p, size_t n)
 static void
 up_send(struct pg_session *s, const void *p, size_t n)
 {
-	if (!s->up_open || s->up.closing)
+	if (!s->up_open || s->upc->st.closing)
 		return;
-	if (sl_stream_queue(&s->up, p, n) != 0)
+	if (sl_stream_queue(&s->upc->st, p, n) != 0)
 		session_close(s, "upstream output failed");
+}
+
+static void
+up_flush(struct pg_session *s)
+{
+	if (s->up_open)
+		sl_stream_flush(&s->upc->st);
 }
 
 /* Sends an error to the client; FATAL closes the session after flushing. */
@@ -1033,7 +1081,6 @@ session_free(struct pg_session *s)
 	w->nsessions--;
 	cancel_unregister(s);
 	sl_buf_fini(&s->cin);
-	sl_buf_fini(&s->uin);
 	free(s->client_user);
 	free(s->client_db);
 	for (size_t i = 0; i < s->nfwd; i++) {
@@ -1118,6 +1165,8 @@ login_timeout(uv_timer_t *t)
 static void
 session_close(struct pg_session *s, const char *why)
 {
+	int was_ready = s->state == PG_ST_READY;
+
 	if (s->state == PG_ST_CLOSING)
 		return;
 	if (s->pl.authenticated)
@@ -1131,14 +1180,16 @@ session_close(struct pg_session *s, const char *why)
 		sl_stream_flush(&s->cli);
 		sl_stream_close(&s->cli);
 	}
+	if (s->up_open && pool_put(s, was_ready) == 0)
+		s->up_open = 0; /* the pool has it now */
 	if (s->up_open) {
-		if (s->up_inited && !s->up.closing && s->up.tls == s->up.tls_ready) {
+		if (s->up_inited && !s->upc->st.closing && s->upc->st.tls == s->upc->st.tls_ready) {
 			uint8_t x[5] = {'X', 0, 0, 0, 4};
 
-			sl_stream_queue(&s->up, x, sizeof(x));
-			sl_stream_flush(&s->up);
+			sl_stream_queue(&s->upc->st, x, sizeof(x));
+			up_flush(s);
 		}
-		sl_stream_close(&s->up);
+		sl_stream_close(&s->upc->st);
 	}
 	maybe_free(s);
 }
@@ -1158,6 +1209,8 @@ up_closed(struct sl_stream *st)
 	struct pg_session *s = st->owner;
 
 	s->up_open = 0;
+	upc_free(s->upc);
+	s->upc = NULL;
 	maybe_free(s);
 }
 
@@ -1177,6 +1230,365 @@ static const struct sl_stream_ops up_ops = {
 	.on_connect = up_connect_cb,
 	.on_close = up_closed,
 };
+
+/* ------------------------------------------------------------ upstream pool */
+
+/* What made the upstream session: database, user, forwarded parameters. */
+static char *
+upc_key(const struct pg_session *s, size_t *lenp)
+{
+	const struct sl_cfg_connection *c = s->pl.conn;
+	const char *db = c->database ? c->database : (s->client_db ? s->client_db : c->name);
+	const char *user = c->user ? c->user : c->name;
+	size_t n = strlen(db) + strlen(user) + 2, o = 0;
+	char *k;
+
+	for (size_t i = 0; i < s->nfwd; i++)
+		n += strlen(s->fwd_keys[i]) + strlen(s->fwd_vals[i]) + 2;
+	k = malloc(n);
+	if (k == NULL)
+		return NULL;
+#define PUT(str)                                                                                   \
+	do {                                                                                       \
+		size_t l_ = strlen(str) + 1;                                                       \
+		memcpy(k + o, (str), l_);                                                          \
+		o += l_;                                                                           \
+	} while (0)
+	PUT(db);
+	PUT(user);
+	for (size_t i = 0; i < s->nfwd; i++) {
+		PUT(s->fwd_keys[i]);
+		PUT(s->fwd_vals[i]);
+	}
+#undef PUT
+	*lenp = o;
+	return k;
+}
+
+/* A new upstream connection for s (not connected yet). */
+static struct pg_upconn *
+upc_new(struct pg_session *s)
+{
+	struct pg_upconn *u = calloc(1, sizeof(*u));
+
+	if (u == NULL)
+		return NULL;
+	u->w = s->w;
+	u->conn = s->pl.conn;
+	u->key = upc_key(s, &u->keylen);
+	sl_buf_init(&u->in, s->gw->max_message + (128u << 10));
+	if (u->key == NULL || sl_stream_init(&u->st, &s->w->loop, &up_ops, s, &u->in) != 0) {
+		free(u->key);
+		sl_buf_fini(&u->in);
+		free(u);
+		return NULL;
+	}
+	return u;
+}
+
+/* Frees u once its stream is closed. */
+static void
+upc_free(struct pg_upconn *u)
+{
+	if (u == NULL)
+		return;
+	for (size_t i = 0; i < u->nparams; i++) {
+		free(u->pnames[i]);
+		free(u->pvals[i]);
+	}
+	free(u->pnames);
+	free(u->pvals);
+	free(u->key);
+	sl_buf_fini(&u->in);
+	free(u);
+}
+
+/* Records a ParameterStatus; a connection whose record failed is not reused
+ * (its next session would be told stale settings). */
+static int
+upc_param(struct pg_upconn *u, const char *name, const char *value)
+{
+	char *v, **pn, **pv;
+	size_t i;
+
+	for (i = 0; i < u->nparams; i++)
+		if (strcmp(u->pnames[i], name) == 0)
+			break;
+	if (i == u->nparams && i >= 64) {
+		u->noreuse = 1; /* PostgreSQL reports about 15 */
+		return SL_ETOOBIG;
+	}
+	v = strdup(value);
+	if (v == NULL)
+		goto oom;
+	if (i < u->nparams) {
+		free(u->pvals[i]);
+		u->pvals[i] = v;
+		return 0;
+	}
+	pn = realloc(u->pnames, (i + 1) * sizeof(*pn));
+	if (pn)
+		u->pnames = pn;
+	pv = realloc(u->pvals, (i + 1) * sizeof(*pv));
+	if (pv)
+		u->pvals = pv;
+	if (pn == NULL || pv == NULL || (u->pnames[i] = strdup(name)) == NULL) {
+		free(v);
+		goto oom;
+	}
+	u->pvals[i] = v;
+	u->nparams++;
+	return 0;
+oom:
+	u->noreuse = 1;
+	return SL_ENOMEM;
+}
+
+static void
+pool_unlink(struct pg_upconn *u)
+{
+	struct sl_worker *w = u->w;
+
+	if (u->prev)
+		u->prev->next = u->next;
+	else
+		w->pg_pool = u->next;
+	if (u->next)
+		u->next->prev = u->prev;
+	u->next = u->prev = NULL;
+	w->pg_npool--;
+}
+
+/* Takes u out of the pool and closes it (Terminate first when it can). */
+static void
+pool_drop(struct pg_upconn *u)
+{
+	if (u->st.closing)
+		return;
+	pool_unlink(u);
+	if (!u->st.eof && u->st.tls == u->st.tls_ready) {
+		uint8_t x[5] = {'X', 0, 0, 0, 4};
+
+		sl_stream_queue(&u->st, x, sizeof(x));
+		sl_stream_flush(&u->st);
+	}
+	sl_stream_close(&u->st);
+}
+
+/* Answers to DISCARD ALL, and anything a pooled connection hears. */
+static void
+pool_read_cb(struct sl_stream *st, size_t n)
+{
+	struct pg_upconn *u = st->owner;
+
+	(void)n;
+	while (!u->st.closing) {
+		uint8_t type;
+		size_t total;
+		const uint8_t *msg = sl_buf_head(&u->in);
+		const char *k, *v;
+		int r = sl_pg_frame(msg, sl_buf_unread(&u->in), u->w->gw->max_message, &type,
+				    &total);
+
+		if (r == SL_AGAIN)
+			return;
+		switch (r != 0 ? 0 : type) {
+		case 'S':
+			if (sl_pg_parse_param_status(msg, total, &k, &v) != 0 ||
+			    upc_param(u, k, v) != 0)
+				goto drop;
+			break;
+		case 'N': /* a notice, or a notification the last session */
+		case 'A': /* listened for: nobody's now */
+			break;
+		case 'C':
+			if (u->state != UC_RESET || total != 17 ||
+			    memcmp(msg + 5, "DISCARD ALL", 12) != 0)
+				goto drop;
+			u->discarded = 1;
+			break;
+		case 'Z':
+			if (u->state != UC_RESET || !u->discarded || total != 6 || msg[5] != 'I')
+				goto drop;
+			u->state = UC_IDLE;
+			u->since_us = sl_mono_us();
+			break;
+		default: /* an error (the reset failed, the server is shutting down) */
+			goto drop;
+		}
+		sl_buf_consume(&u->in, total);
+	}
+	return;
+drop:
+	pool_drop(u);
+}
+
+static void
+pool_eof_cb(struct sl_stream *st, int err)
+{
+	(void)err;
+	pool_drop(st->owner);
+}
+
+static void
+pool_nop_cb(struct sl_stream *st)
+{
+	(void)st;
+}
+
+static void
+pool_closed(struct sl_stream *st)
+{
+	upc_free(st->owner);
+}
+
+static const struct sl_stream_ops pool_ops = {
+	.on_read = pool_read_cb,
+	.on_eof = pool_eof_cb,
+	.on_drain = pool_nop_cb,
+	.on_close = pool_closed,
+};
+
+/* Closes connections idle longer than their connection's pool_idle_timeout
+ * (and resets that take too long). Runs only while the pool holds any. */
+static void
+pool_tick(uv_timer_t *t)
+{
+	struct sl_worker *w = t->data;
+	int64_t now = sl_mono_us();
+	struct pg_upconn *u, *next;
+
+	for (u = w->pg_pool; u; u = next) {
+		next = u->next;
+		if ((u->state == UC_IDLE && now - u->since_us >= u->conn->pool_idle_ms * 1000) ||
+		    (u->state == UC_RESET && now - u->since_us >= POOL_RESET_MS * 1000))
+			pool_drop(u);
+	}
+	if (w->pg_pool == NULL) {
+		uv_timer_stop(t);
+		w->pg_pool_timer_on = 0;
+	}
+}
+
+/* Hands the session's upstream connection to the pool, if the session ended
+ * cleanly and the connection is in a known, idle state. 0: the pool has it
+ * (the session no longer does). */
+static int
+pool_put(struct pg_session *s, int was_ready)
+{
+	struct pg_upconn *u = s->upc, *p;
+	struct sl_worker *w = s->w;
+	unsigned n = 0;
+	struct sl_buf b;
+
+	if (!s->reusable || !was_ready || !s->up_inited || u == NULL || u->noreuse ||
+	    u->st.closing || u->st.eof || u->st.tls != u->st.tls_ready || s->txstatus != 'I' ||
+	    s->ents_len != 0 || s->ops != NULL || s->ext_open || s->hold || s->barrier ||
+	    s->review_id[0] != '\0' || s->catalog == 1 || sl_buf_unread(&u->in) != 0 ||
+	    w->stopping || atomic_load(&s->gw->stopping) || !w->pg_pool_timer_init)
+		return -1;
+	for (p = w->pg_pool; p; p = p->next)
+		n += p->conn == u->conn;
+	if (n >= u->conn->pool_max)
+		return -1;
+	sl_buf_init(&b, 0);
+	if (sl_pg_put_query(&b, "DISCARD ALL") != 0 ||
+	    sl_stream_queue(&u->st, b.data, b.len) != 0) {
+		sl_buf_fini(&b);
+		return -1;
+	}
+	sl_buf_fini(&b);
+	s->upc = NULL;
+	u->st.owner = u;
+	u->st.ops = &pool_ops;
+	u->pid = s->up_pid;
+	u->secret = s->up_key;
+	u->addr = s->up_addr;
+	u->auth = s->up_auth;
+	u->state = UC_RESET;
+	u->discarded = 0;
+	u->since_us = sl_mono_us();
+	u->next = w->pg_pool;
+	if (u->next)
+		u->next->prev = u;
+	u->prev = NULL;
+	w->pg_pool = u;
+	w->pg_npool++;
+	sl_stream_flush(&u->st);
+	if (sl_stream_read_start(&u->st) != 0) {
+		pool_drop(u);
+		return 0;
+	}
+	if (!w->pg_pool_timer_on) {
+		uv_timer_start(&w->pg_pool_timer, pool_tick, 1000, 1000);
+		w->pg_pool_timer_on = 1;
+	}
+	return 0;
+}
+
+/* Gives s an idle pooled connection made for the same database, user and
+ * parameters, replaying what its login said (ParameterStatus, the backend's
+ * key, ReadyForQuery) through the usual login path. -1: none. */
+static int
+pool_take(struct pg_session *s)
+{
+	struct sl_worker *w = s->w;
+	struct pg_upconn *u;
+	struct sl_buf b;
+	size_t keylen;
+	char *key;
+	int r = 0;
+
+	if (w->pg_pool == NULL || (key = upc_key(s, &keylen)) == NULL)
+		return -1;
+	for (u = w->pg_pool; u; u = u->next)
+		if (u->state == UC_IDLE && u->conn == s->pl.conn && u->keylen == keylen &&
+		    memcmp(u->key, key, keylen) == 0 && !u->st.closing && !u->st.eof &&
+		    sl_buf_unread(&u->in) == 0)
+			break;
+	free(key);
+	if (u == NULL)
+		return -1;
+	/* the login's messages, as the server sent them then */
+	sl_buf_init(&b, 0);
+	for (size_t i = 0; i < u->nparams && r == 0; i++)
+		r = sl_pg_put_param_status(&b, u->pnames[i], u->pvals[i]);
+	if (r != 0 || sl_pg_put_backend_key(&b, u->pid, u->secret) != 0 ||
+	    sl_pg_put_ready(&b, 'I') != 0 || sl_buf_append(&u->in, b.data, b.len) != 0) {
+		sl_buf_fini(&b);
+		sl_buf_consume(&u->in, sl_buf_unread(&u->in));
+		return -1;
+	}
+	sl_buf_fini(&b);
+	pool_unlink(u);
+	u->state = UC_SESSION;
+	u->st.owner = s;
+	u->st.ops = &up_ops;
+	s->upc = u;
+	s->up_open = 1;
+	s->up_inited = 1;
+	s->up_reused = 1;
+	s->up_auth = u->auth;
+	s->up_addr = u->addr;
+	set_state(s, PG_ST_UPINIT);
+	sl_buf_init(&b, 0);
+	sl_pg_put_auth(&b, 0, NULL, 0);
+	cli_send(s, b.data, b.len);
+	sl_buf_fini(&b);
+	s->replay = 1; /* run by replay_pooled() once the caller is done with the input */
+	return 0;
+}
+
+/* Feeds the login messages pool_take() queued through the login path. */
+static void
+replay_pooled(struct pg_session *s)
+{
+	if (!s->replay)
+		return;
+	s->replay = 0;
+	if (s->state == PG_ST_UPINIT)
+		process_upstream(s);
+}
 
 static int
 load_password(struct pg_session *s)
@@ -1248,7 +1660,7 @@ send_upstream_startup(struct pg_session *s)
 		uint8_t ep[EVP_MAX_MD_SIZE];
 		size_t eplen = 0;
 
-		if (s->up.tls && sl_stream_tls_end_point(&s->up, ep, &eplen) != 0)
+		if (s->upc->st.tls && sl_stream_tls_end_point(&s->upc->st, ep, &eplen) != 0)
 			eplen = 0;
 		sl_pg_upauth_set_channel_binding(s->upauth, mode, ep, eplen);
 	}
@@ -1260,7 +1672,7 @@ send_upstream_startup(struct pg_session *s)
 	}
 	up_send(s, b.data, b.len);
 	sl_buf_fini(&b);
-	sl_stream_flush(&s->up);
+	up_flush(s);
 	set_state(s, PG_ST_UPAUTH);
 }
 
@@ -1284,10 +1696,10 @@ up_tls_start(struct pg_session *s)
 	int port;
 
 	if (vctx == NULL)
-		return sl_stream_tls_client(&s->up, s->gw->up_tls, NULL);
+		return sl_stream_tls_client(&s->upc->st, s->gw->up_tls, NULL);
 	if (sl_net_split(s->pl.conn->target, host, sizeof(host), &port) != 0)
 		return SL_EINVAL;
-	return sl_stream_tls_client(&s->up, vctx, host);
+	return sl_stream_tls_client(&s->upc->st, vctx, host);
 }
 
 static void
@@ -1327,7 +1739,7 @@ up_connect_cb(struct sl_stream *st, int status)
 		fatal(s, "08006", "sluice: could not connect to the upstream server");
 		return;
 	}
-	if (sl_stream_read_start(&s->up) != 0) {
+	if (sl_stream_read_start(&s->upc->st) != 0) {
 		fatal(s, "08006", "sluice: upstream read failed");
 		return;
 	}
@@ -1336,7 +1748,7 @@ up_connect_cb(struct sl_stream *st, int status)
 		sl_pg_put_ssl_request(&b);
 		up_send(s, b.data, b.len);
 		sl_buf_fini(&b);
-		sl_stream_flush(&s->up);
+		up_flush(s);
 		return; /* answer handled in up_read_cb (UPCONN state) */
 	}
 	send_upstream_startup(s);
@@ -1362,7 +1774,7 @@ gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	}
 	memcpy(&s->up_addr, res->ai_addr, res->ai_addrlen);
 	uv_freeaddrinfo(res);
-	if (sl_stream_connect(&s->up, (struct sockaddr *)&s->up_addr) != 0)
+	if (sl_stream_connect(&s->upc->st, (struct sockaddr *)&s->up_addr) != 0)
 		fatal(s, "08006", "sluice: could not connect to the upstream server");
 }
 
@@ -1375,13 +1787,14 @@ start_upstream(struct pg_session *s)
 	char port_s[16];
 
 	set_state(s, PG_ST_UPCONN);
-	if (sl_stream_init(&s->up, &s->w->loop, &up_ops, s, &s->uin) != 0) {
+	s->upc = upc_new(s);
+	if (s->upc == NULL) {
 		fatal(s, "08006", "sluice: could not create the upstream connection");
 		return;
 	}
 	s->up_open = 1;
 	if (sl_net_parse_addr(s->pl.conn->target, &s->up_addr) == 0) {
-		if (sl_stream_connect(&s->up, (struct sockaddr *)&s->up_addr) != 0)
+		if (sl_stream_connect(&s->upc->st, (struct sockaddr *)&s->up_addr) != 0)
 			fatal(s, "08006", "sluice: could not connect to the upstream server");
 		return;
 	}
@@ -1431,7 +1844,7 @@ upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err)
 	if (out->len > 0)
 		up_send(s, out->data, out->len);
 	sl_buf_fini(out);
-	sl_stream_flush(&s->up);
+	up_flush(s);
 	if (r == SL_PG_UPAUTH_DONE) {
 		struct sl_buf b;
 
@@ -1576,9 +1989,11 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 			json_object_set_new(details, "startup_parameters", params);
 		}
 		json_object_set_new(details, "tls", json_boolean(s->tls));
-		json_object_set_new(details, "upstream_tls", json_boolean(s->up.tls));
+		json_object_set_new(details, "upstream_tls", json_boolean(s->upc->st.tls));
 		json_object_set_new(details, "upstream_auth",
 				    json_string(s->up_auth ? s->up_auth : ""));
+		json_object_set_new(details, "upstream_pid", json_integer(s->up_pid));
+		json_object_set_new(details, "upstream_reused", json_boolean(s->up_reused));
 		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
 		json_object_set_new(details, "masking",
 				    json_string(s->mask_exempt ? "exempt"
@@ -1599,6 +2014,8 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 static void
 track_param(struct pg_session *s, const char *name, const char *value)
 {
+	if (s->up_open)
+		upc_param(s->upc, name, value); /* replayed to the next session if pooled */
 	if (strcasecmp(name, "standard_conforming_strings") == 0) {
 		s->scs_on = strcasecmp(value, "on") == 0;
 	} else if (strcasecmp(name, "client_encoding") == 0) {
@@ -1829,7 +2246,7 @@ catalog_ask(struct pg_session *s)
 		return 0; /* no lookup: rules match result names only */
 	}
 	up_send(s, m.data, m.len);
-	sl_stream_flush(&s->up);
+	up_flush(s);
 	sl_buf_fini(&m);
 	sl_buf_fini(&q);
 	s->catalog = 1;
@@ -2214,8 +2631,11 @@ mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 static void
 process_upstream(struct pg_session *s)
 {
-	struct sl_buf *in = &s->uin;
+	struct sl_buf *in;
 
+	if (!s->up_open)
+		return;
+	in = &s->upc->in;
 	while (s->state != PG_ST_CLOSING && !s->scram_busy) {
 		uint8_t type;
 		size_t total;
@@ -2374,8 +2794,8 @@ process_upstream(struct pg_session *s)
 	if (s->cli_open)
 		sl_stream_flush(&s->cli);
 	/* Backpressure: a slow client stops us reading the server. */
-	if (sl_stream_backlog(&s->cli) >= SL_STREAM_HIGH_WATER)
-		sl_stream_read_stop(&s->up);
+	if (sl_stream_backlog(&s->cli) >= SL_STREAM_HIGH_WATER && s->up_open)
+		sl_stream_read_stop(&s->upc->st);
 	/* A barrier (exact lexing needs settled settings) lifts once idle. */
 	if (s->barrier && s->ents_len == 0) {
 		s->barrier = 0;
@@ -2424,7 +2844,7 @@ cli_drain_cb(struct sl_stream *st)
 	struct pg_session *s = st->owner;
 
 	if (s->up_open && s->state == PG_ST_READY)
-		sl_stream_read_start(&s->up);
+		sl_stream_read_start(&s->upc->st);
 }
 
 /* ------------------------------------------------------------ relay: client -> server */
@@ -2501,7 +2921,7 @@ audit_done(struct sl_completion *c)
 	sl_buf_consume(&s->cin, s->held_len);
 	s->hold = 0;
 	s->in_process = 1;
-	sl_stream_flush(&s->up);
+	up_flush(s);
 	process_client(s);
 	s->in_process = 0;
 	maybe_free(s);
@@ -2584,7 +3004,7 @@ review_done_loop(struct sl_completion *c)
 	}
 	sl_buf_consume(&s->cin, s->held_len);
 	s->hold = 0;
-	sl_stream_flush(&s->up);
+	up_flush(s);
 	process_client(s);
 	s->in_process = 0;
 	maybe_free(s);
@@ -3359,6 +3779,7 @@ process_client(struct pg_session *s)
 		}
 		case 'X':
 			s->terminating = 1;
+			s->reusable = 1;
 			sl_buf_consume(in, total);
 			session_close(s, "client terminated");
 			return;
@@ -3377,11 +3798,11 @@ process_client(struct pg_session *s)
 	if (s->state == PG_ST_CLOSING)
 		return;
 	if (s->up_open)
-		sl_stream_flush(&s->up);
+		up_flush(s);
 	/* While a message is held, keep reading (bounded) so that a client
 	 * that goes away is noticed and its review cancelled. */
 	if ((s->hold && sl_buf_unread(&s->cin) > (1u << 20)) ||
-	    sl_stream_backlog(&s->up) >= SL_STREAM_HIGH_WATER)
+	    (s->up_open && sl_stream_backlog(&s->upc->st) >= SL_STREAM_HIGH_WATER))
 		sl_stream_read_stop(&s->cli);
 	else if (s->state == PG_ST_READY)
 		sl_stream_read_start(&s->cli);
@@ -3652,6 +4073,7 @@ refresh_done(uv_work_t *req, int status)
 	}
 	set_state(s, PG_ST_AUTH);
 	auth_with_token(s, s->verify_token, s->verify_len, 1);
+	replay_pooled(s);
 	maybe_free(s);
 }
 
@@ -3686,7 +4108,8 @@ auth_with_token(struct pg_session *s, const char *tok, size_t len, int retried)
 		fatal(s, "28P01", msg);
 		return;
 	}
-	start_upstream(s);
+	if (pool_take(s) != 0)
+		start_upstream(s);
 }
 
 static void
@@ -3703,6 +4126,7 @@ handle_password(struct pg_session *s, const uint8_t *msg, size_t total)
 	auth_with_token(s, pw, pwlen, 0);
 	if (s->state != PG_ST_CLOSING)
 		sl_buf_consume(&s->cin, total);
+	replay_pooled(s);
 }
 
 static void
@@ -3755,6 +4179,7 @@ cli_eof_cb(struct sl_stream *st, int err)
 	struct pg_session *s = st->owner;
 
 	s->in_process = 1;
+	s->reusable = err == 0;
 	session_close(s, err == 0 ? "client disconnected" : "client connection error");
 	s->in_process = 0;
 	maybe_free(s);
@@ -3780,7 +4205,6 @@ on_accept(uv_stream_t *server, int status)
 	s->enc_safe = 1;
 	s->txstatus = 'I';
 	sl_buf_init(&s->cin, s->gw->max_message + (128u << 10));
-	sl_buf_init(&s->uin, s->gw->max_message + (128u << 10));
 	sl_pl_session_init(s->gw, &s->pl, "postgres");
 	s->pl.scratch = w->mscratch;
 	sl_buf_init(&s->mout, 0);
@@ -3830,6 +4254,10 @@ sl_pg_listen(struct sl_worker *w)
 		return r;
 	w->pg_listener.data = w;
 	w->pg_listening = 1;
+	if (!w->pg_pool_timer_init && uv_timer_init(&w->loop, &w->pg_pool_timer) == 0) {
+		w->pg_pool_timer.data = w;
+		w->pg_pool_timer_init = 1;
+	}
 	return 0;
 }
 
@@ -3842,6 +4270,14 @@ listener_closed(uv_handle_t *h)
 void
 sl_pg_stop_listening(struct sl_worker *w)
 {
+	if (w->pg_pool_timer_init) {
+		/* no session will take these any more */
+		while (w->pg_pool)
+			pool_drop(w->pg_pool);
+		w->pg_pool_timer_init = 0;
+		w->pg_pool_timer_on = 0;
+		uv_close((uv_handle_t *)&w->pg_pool_timer, listener_closed);
+	}
 	if (!w->pg_listening)
 		return;
 	w->pg_listening = 0;

@@ -185,8 +185,9 @@ policies:
 
 class Gateway:
     def __init__(self, pg, policies=DEFAULT_POLICIES, extra="", connections=None, mode="strict",
-                 env=None, tls=False, login_timeout="15s"):
+                 env=None, tls=False, login_timeout="15s", workers=2):
         self.dir = tempfile.mkdtemp(prefix="sluice-gw-")
+        self.workers = workers
         listen_extra = ""
         if tls:
             crt, key = make_cert(self.dir, "gw")
@@ -260,7 +261,7 @@ connections:
         with open(self.config, "w") as f:
             f.write("""gateway:
   data_dir: %s
-  workers: 2
+  workers: %d
   log_level: info
   shutdown_timeout: 5s
   login_timeout: %s
@@ -273,7 +274,7 @@ audit:
 %s
 %s
 %s
-""" % (self.data, login_timeout, self.port, listen_extra, self.admin_port, self.data, mode,
+""" % (self.data, self.workers, login_timeout, self.port, listen_extra, self.admin_port, self.data, mode,
        connections, policies, extra))
 
     def run(self, *args, check=True):

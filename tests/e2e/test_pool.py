@@ -1,0 +1,325 @@
+"""Upstream connection reuse (connection keys pool_size, pool_idle_timeout).
+
+A session that ends cleanly, idle and outside a transaction, leaves its
+logged-in upstream connection to the worker's pool; the pool resets it with
+DISCARD ALL and hands it to the next session of the same connection asking
+for the same database, user and startup parameters. Every test runs one
+worker so that consecutive sessions meet the same pool.
+"""
+import os
+import subprocess
+import time
+
+import psycopg2
+import pytest
+
+import pgwire
+from conftest import SLUICE
+
+
+def orders_conn(pg, extra=""):
+    return """
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+%s""" % (pg.port, extra)
+
+
+def one(gw, sql, token=None, **kw):
+    c = gw.connect(token=token, **kw)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute(sql)
+    row = cur.fetchone()
+    c.close()
+    return row
+
+
+def settled(pg, pid):
+    """Waits until the pool's DISCARD ALL on backend pid is answered: a client's
+    close returns before sluice has reset the connection, and a session that
+    comes in the meantime gets a new one."""
+    wait_for(lambda: pg.scalar(
+        "postgres", "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND "
+                    "state = 'idle' AND query = 'DISCARD ALL'" % pid) == "1", timeout=3)
+    time.sleep(0.05)
+
+
+def backend_pid(gw, pg=None, **kw):
+    pid = one(gw, "SELECT pg_backend_pid()", **kw)[0]
+    if pg is not None:
+        settled(pg, pid)
+    return pid
+
+
+def opens(gw):
+    return [r["data"] for r in gw.export() if r["type"] == "session_open"]
+
+
+def app_backends(pg, tag):
+    """Backends of this test's sessions (other tests' gateways may still be
+    closing theirs): the sessions name themselves with application_name."""
+    return int(pg.scalar("postgres", "SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE application_name = '%s'" % tag))
+
+
+def unique_tag():
+    return "pooltest-%d-%d" % (os.getpid(), int(time.time() * 1e6))
+
+
+def wait_for(pred, timeout=5.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_next_session_reuses_the_upstream_and_audit_says_so(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    tok = gw.mint()
+    first = backend_pid(gw, pg, token=tok)
+    second = backend_pid(gw, pg, token=tok)
+    third = backend_pid(gw, pg, token=gw.mint(sub="agent-2"))
+    assert first == second == third
+    recs = opens(gw)
+    assert [r["upstream_reused"] for r in recs] == [False, True, True], recs
+    assert [r["upstream_pid"] for r in recs] == [first] * 3
+    assert gw.verify().returncode == 0
+
+
+def test_nothing_of_a_session_reaches_the_next(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    c = gw.connect(token=gw.mint(sub="dba-1", groups="dba"))  # may create a temp table
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    cur.execute("SET work_mem = '77MB'")
+    cur.execute("SET search_path = pg_catalog")
+    cur.execute("SELECT set_config('application_name', 'leaky', false)")
+    cur.execute("PREPARE leftover AS SELECT 1")
+    cur.execute("CREATE TEMP TABLE scratch (secret text)")
+    cur.execute("INSERT INTO scratch VALUES ('from-session-one')")
+    cur.execute("SELECT pg_advisory_lock(4242)")
+    cur.execute("LISTEN chan")
+    cur.execute("DECLARE held CURSOR WITH HOLD FOR SELECT 1")
+    cur.execute("SET ROLE NONE")
+    c.close()
+    settled(pg, pid)
+
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid(), current_setting('work_mem'), "
+                "current_setting('search_path'), current_setting('application_name'), "
+                "(SELECT count(*) FROM pg_prepared_statements), "
+                "(SELECT count(*) FROM pg_cursors), "
+                "(SELECT count(*) FROM pg_class WHERE relname = 'scratch' "
+                "   AND relpersistence = 't'), "
+                "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'), "
+                "(SELECT count(*) FROM pg_listening_channels())")
+    row = cur.fetchone()
+    # the same backend, with nothing left of the first session
+    assert row[0] == pid
+    assert row[1:] == ("4MB", '"$user", public', "", 0, 0, 0, 0, 0), row
+    # the client was told the settings as they are now
+    assert c.get_parameter_status("application_name") == ""
+    c.close()
+
+
+def test_a_session_left_in_a_transaction_is_not_reused(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    c = gw.connect()
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 987654)")
+    c.close()  # psycopg2 is in a transaction: the server rolls it back
+    assert backend_pid(gw) != pid
+    assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = 987654") == "0"
+    assert wait_for(lambda: pg.scalar(
+        "postgres", "SELECT count(*) FROM pg_stat_activity WHERE pid = %d" % pid) == "0")
+
+
+def wire_pid(gw, conn):
+    conn.send(pgwire.query("SELECT pg_backend_pid()"))
+    msgs = conn.until_ready()
+    rows = [b for t, b in msgs if t == b"D"]
+    assert rows, msgs
+    # DataRow: int16 ncols, int32 len, value
+    return int(rows[0][6:].decode())
+
+
+@pytest.mark.parametrize("pending", [
+    pgwire.query("SELECT pg_sleep(30)"),                    # a statement still running
+    pgwire.parse("", "SELECT 1") + pgwire.bind("", ""),     # extended messages, no Sync
+    pgwire.query("BEGIN"),                                  # answered, but in a transaction
+])
+def test_a_session_that_ends_unsettled_is_not_reused(gateway_factory, pending):
+    gw = gateway_factory(workers=1)
+    c = pgwire.Conn(gw.port)
+    c.login("orders", gw.mint())
+    pid = wire_pid(gw, c)
+    c.send(pending)
+    time.sleep(0.3)
+    c.send(pgwire.msg(b"X"))
+    assert c.closed()
+    c.close()
+    assert backend_pid(gw) != pid
+
+
+def test_different_startup_parameters_get_their_own_upstream(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    a = backend_pid(gw, pg, application_name="tool-a")
+    b = backend_pid(gw, pg, application_name="tool-b")
+    assert a != b
+    assert backend_pid(gw, pg, application_name="tool-a") == a
+    assert backend_pid(gw, pg, application_name="tool-b") == b
+    assert one(gw, "SELECT current_setting('application_name')",
+               application_name="tool-b")[0] == "tool-b"
+
+
+def test_policy_and_masking_are_the_new_sessions_own(gateway_factory, pg):
+    policies = """
+policies:
+  - name: readers
+    match: { groups: [readers] }
+    rules:
+      - { action: allow, sql: [select] }
+    mask:
+      columns: [ssn]
+  - name: writers
+    match: { groups: [writers] }
+    rules:
+      - { action: allow, sql: [select, insert, update, delete] }
+"""
+    gw = gateway_factory(workers=1, policies=policies)
+    writer = gw.mint(sub="w", groups="writers")
+    reader = gw.mint(sub="r", groups="readers")
+    pid, ssn = one(gw, "SELECT pg_backend_pid(), ssn FROM customers WHERE id = 1",
+                   token=writer)
+    assert ssn == "123-45-6789"
+    settled(pg, pid)
+    pid2, ssn2 = one(gw, "SELECT pg_backend_pid(), ssn FROM customers WHERE id = 1",
+                     token=reader)
+    assert pid2 == pid
+    assert ssn2 != "123-45-6789" and "123-45" not in ssn2
+    c = gw.connect(token=reader)
+    c.autocommit = True
+    with pytest.raises(psycopg2.Error) as e:
+        c.cursor().execute("UPDATE customers SET name = 'x' WHERE id = 1")
+    assert e.value.pgcode == "42501"
+    c.close()
+
+
+def test_pool_size_zero_turns_reuse_off(gateway_factory, pg):
+    gw = gateway_factory(workers=1, connections=orders_conn(pg, "    pool_size: 0\n"))
+    assert backend_pid(gw) != backend_pid(gw)
+    assert all(not r["upstream_reused"] for r in opens(gw))
+
+
+def test_pool_size_bounds_the_idle_connections(gateway_factory, pg):
+    gw = gateway_factory(workers=1, connections=orders_conn(pg, "    pool_size: 2\n"))
+    tag = unique_tag()
+    conns = [gw.connect(application_name=tag) for _ in range(5)]
+    for c in conns:
+        c.autocommit = True
+        c.cursor().execute("SELECT 1")
+    assert app_backends(pg, tag) == 5
+    for c in conns:
+        c.close()
+    assert wait_for(lambda: app_backends(pg, tag) == 2), app_backends(pg, tag)
+
+
+def test_idle_connections_close_after_the_idle_timeout(gateway_factory, pg):
+    gw = gateway_factory(workers=1, connections=orders_conn(pg, "    pool_idle_timeout: 1s\n"))
+    tag = unique_tag()
+    pid = backend_pid(gw, application_name=tag)
+    assert app_backends(pg, tag) == 1
+    settled(pg, pid)
+    assert backend_pid(gw, application_name=tag) == pid  # reused within the timeout
+    assert wait_for(lambda: app_backends(pg, tag) == 0, timeout=6)
+    assert backend_pid(gw, application_name=tag) != pid
+
+
+def test_an_upstream_that_dies_in_the_pool_is_not_handed_out(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    pid = backend_pid(gw, pg)
+    pg.scalar("postgres", "SELECT pg_terminate_backend(%d)" % pid)
+    assert wait_for(lambda: pg.scalar(
+        "postgres", "SELECT count(*) FROM pg_stat_activity WHERE pid = %d" % pid) == "0")
+    time.sleep(0.2)
+    pid2 = backend_pid(gw, pg)
+    assert pid2 != pid
+    assert backend_pid(gw) == pid2
+
+
+def test_cancel_reaches_a_reused_upstream(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    backend_pid(gw, pg)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT 1")
+    import threading
+    t = threading.Timer(0.5, c.cancel)
+    t.start()
+    with pytest.raises(psycopg2.Error) as e:
+        cur.execute("SELECT pg_sleep(20)")
+    t.join()
+    assert e.value.pgcode == "57014"
+    assert [r["upstream_reused"] for r in opens(gw)][-1] is True
+
+
+def test_shutdown_closes_pooled_connections(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    tag = unique_tag()
+    for _ in range(3):
+        backend_pid(gw, pg, application_name=tag)
+    assert app_backends(pg, tag) == 1
+    t0 = time.time()
+    assert gw.stop() == 0
+    assert time.time() - t0 < 4
+    assert wait_for(lambda: app_backends(pg, tag) == 0)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ("    pool_size: lots\n", "pool_size must be a number"),
+    ("    pool_size: 100000\n", "pool_size must be a number"),
+    ("    pool_idle_timeout: 0s\n", "pool_idle_timeout"),
+    ("    pool_idle_timeout: soon\n", "pool_idle_timeout"),
+])
+def test_pool_config_errors(tmp_path, pg, extra, msg):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("gateway: { data_dir: %s }\n%s" % (tmp_path, orders_conn(pg, extra)))
+    r = subprocess.run([SLUICE, "config", "check", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert msg in r.stderr + r.stdout, r.stderr + r.stdout
+
+
+def test_pgbench_through_a_pool(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    tok = gw.mint()
+    tag = unique_tag()
+    env = dict(os.environ, PGPASSWORD=tok, PGSSLMODE="disable", PGAPPNAME=tag)
+    for _ in range(2):
+        r = subprocess.run(["pgbench", "-n", "-h", "127.0.0.1", "-p", str(gw.port), "-U",
+                            "orders", "-c", "4", "-t", "50", "-M", "prepared", "-f", "-",
+                            "orders"],
+                           input="SELECT count(*) FROM orders;\n", env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "number of transactions actually processed: 200/200" in r.stdout
+        wait_for(lambda: pg.scalar(
+            "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
+                        "AND state = 'idle' AND query = 'DISCARD ALL'" % tag) == "4", timeout=3)
+        time.sleep(0.05)
+    recs = opens(gw)
+    assert sum(1 for x in recs if x["upstream_reused"]) >= 4
+    assert app_backends(pg, tag) == 4
