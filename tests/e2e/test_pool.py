@@ -323,3 +323,123 @@ def test_pgbench_through_a_pool(gateway_factory, pg):
     recs = opens(gw)
     assert sum(1 for x in recs if x["upstream_reused"]) >= 4
     assert app_backends(pg, tag) == 4
+
+
+class FakeServer:
+    """A PostgreSQL stand-in (trust login) that answers SELECT 1 and answers
+    DISCARD ALL as told, and counts the connections it accepts: the pool's
+    check of the reset's answer, seen from the server's side."""
+
+    def __init__(self, discard):
+        import socket
+        import threading
+        self.discard = discard
+        self.accepted = 0
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.stop = False
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        import threading
+        while not self.stop:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.session, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def recv_exact(s, n):
+        b = b""
+        while len(b) < n:
+            d = s.recv(n - len(b))
+            if not d:
+                raise EOFError
+            b += d
+        return b
+
+    def session(self, s):
+        import struct
+        m = pgwire.msg
+        try:
+            (n,) = struct.unpack("!I", self.recv_exact(s, 4))
+            self.recv_exact(s, n - 4)  # the startup packet
+            out = m(b"R", struct.pack("!I", 0))
+            for k, v in (("server_version", "15.0"), ("client_encoding", "UTF8"),
+                         ("standard_conforming_strings", "on"), ("DateStyle", "ISO, MDY"),
+                         ("integer_datetimes", "on"), ("application_name", "")):
+                out += m(b"S", pgwire.cstr(k) + pgwire.cstr(v))
+            out += m(b"K", struct.pack("!II", 4242, 99)) + m(b"Z", b"I")
+            s.sendall(out)
+            while True:
+                t = self.recv_exact(s, 1)
+                (n,) = struct.unpack("!I", self.recv_exact(s, 4))
+                body = self.recv_exact(s, n - 4)
+                if t == b"X":
+                    break
+                if t != b"Q":
+                    continue
+                if body.rstrip(b"\0") == b"DISCARD ALL":
+                    a = {"ok": m(b"C", pgwire.cstr("DISCARD ALL")) + m(b"Z", b"I"),
+                         "notify": m(b"A", struct.pack("!I", 7) + pgwire.cstr("chan")
+                                     + pgwire.cstr("for the old session"))
+                         + m(b"C", pgwire.cstr("DISCARD ALL")) + m(b"Z", b"I"),
+                         "error": m(b"E", b"SERROR\0C0A000\0Mno\0\0") + m(b"Z", b"I"),
+                         "tag": m(b"C", pgwire.cstr("DISCARD PLANS")) + m(b"Z", b"I"),
+                         "in-transaction": m(b"C", pgwire.cstr("DISCARD ALL")) + m(b"Z", b"T"),
+                         "silent": b""}[self.discard]
+                    s.sendall(a)
+                    continue
+                s.sendall(m(b"T", struct.pack("!H", 1) + pgwire.cstr("x")
+                            + struct.pack("!IHIhih", 0, 0, 23, 4, -1, 0))
+                          + m(b"D", struct.pack("!HI", 1, 1) + b"1")
+                          + m(b"C", pgwire.cstr("SELECT 1")) + m(b"Z", b"I"))
+        except (EOFError, OSError):
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.stop = True
+        self.ls.close()
+
+
+@pytest.mark.parametrize("discard,reused", [
+    ("ok", True),
+    ("notify", True),             # a notification for the old session is dropped
+    ("error", False),
+    ("tag", False),               # answered, but not as DISCARD ALL
+    ("in-transaction", False),    # ReadyForQuery not idle
+    ("silent", False),            # no answer: never handed out
+])
+def test_only_a_confirmed_reset_is_reused(gateway_factory, discard, reused):
+    fake = FakeServer(discard)
+    try:
+        gw = gateway_factory(workers=1, connections="""
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: fake
+""" % fake.port)
+        tok = gw.mint()
+        for _ in range(2):
+            c = gw.connect(token=tok)
+            c.autocommit = True
+            cur = c.cursor()
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+            notes = list(c.notifies)
+            c.close()
+            assert notes == []
+            time.sleep(0.3)
+        assert fake.accepted == (1 if reused else 2)
+        assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
+    finally:
+        fake.close()
