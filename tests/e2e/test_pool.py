@@ -174,6 +174,21 @@ def test_a_session_that_ends_unsettled_is_not_reused(gateway_factory, pending):
     assert backend_pid(gw) != pid
 
 
+def test_a_tls_upstream_is_reused_with_its_tls(gateway_factory, pg):
+    gw = gateway_factory(workers=1)
+    tok = gw.mint()
+    a = backend_pid(gw, pg, conn="orders_tls", token=tok)
+    c = gw.connect(conn="orders_tls", token=tok)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert cur.fetchone() == (a, True)
+    c.close()
+    recs = opens(gw)
+    assert [(r["upstream_reused"], r["upstream_tls"], r["upstream_auth"]) for r in recs] == [
+        (False, True, "scram-sha-256-plus"), (True, True, "scram-sha-256-plus")]
+
+
 def test_different_startup_parameters_get_their_own_upstream(gateway_factory, pg):
     gw = gateway_factory(workers=1)
     a = backend_pid(gw, pg, application_name="tool-a")
