@@ -153,6 +153,7 @@ struct pg_upconn {
 	int64_t since_us;	      /* put in the pool at */
 	uint8_t state;		      /* UC_* */
 	unsigned discarded : 1, noreuse : 1;
+	struct pg_session *waiter; /* UC_RESET: the session it goes to once reset */
 };
 
 /* Longest a DISCARD ALL may take before the connection is dropped. */
@@ -166,7 +167,8 @@ struct pg_session {
 	enum pg_state state;
 	struct sl_stream cli;
 	struct sl_buf cin;
-	struct pg_upconn *upc; /* the upstream connection, once there is one */
+	struct pg_upconn *upc;	    /* the upstream connection, once there is one */
+	struct pg_upconn *upc_wait; /* a pooled one being reset for this session */
 	unsigned cli_open : 1, up_open : 1, up_inited : 1, tls : 1, hold : 1, barrier : 1,
 		terminating : 1, freeing : 1, in_process : 1;
 	unsigned reusable : 1, /* the client left cleanly: its upstream may be pooled */
@@ -288,6 +290,9 @@ static int upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, si
 static int catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
 static void stop_login_timer(struct pg_session *s);
 static int pool_put(struct pg_session *s, int was_ready);
+static int pool_attach(struct pg_session *s, struct pg_upconn *u);
+static void replay_pooled(struct pg_session *s);
+static void start_upstream(struct pg_session *s);
 static void upc_free(struct pg_upconn *u);
 static int upc_param(struct pg_upconn *u, const char *name, const char *value);
 static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
@@ -1169,6 +1174,10 @@ session_close(struct pg_session *s, const char *why)
 
 	if (s->state == PG_ST_CLOSING)
 		return;
+	if (s->upc_wait != NULL) {
+		s->upc_wait->waiter = NULL;
+		s->upc_wait = NULL;
+	}
 	if (s->pl.authenticated)
 		sl_pl_session_closed(s->gw, &s->pl, why);
 	sl_debug("pg session %s closing: %s", s->pl.id, why);
@@ -1363,9 +1372,19 @@ pool_unlink(struct pg_upconn *u)
 static void
 pool_drop(struct pg_upconn *u)
 {
+	struct pg_session *s = u->waiter;
+
 	if (u->st.closing)
 		return;
 	pool_unlink(u);
+	if (s != NULL) {
+		u->waiter = NULL;
+		s->upc_wait = NULL;
+		s->in_process = 1;
+		start_upstream(s);
+		s->in_process = 0;
+		maybe_free(s);
+	}
 	if (!u->st.eof && u->st.tls == u->st.tls_ready) {
 		uint8_t x[5] = {'X', 0, 0, 0, 4};
 
@@ -1412,7 +1431,22 @@ pool_read_cb(struct sl_stream *st, size_t n)
 				goto drop;
 			u->state = UC_IDLE;
 			u->since_us = sl_mono_us();
-			break;
+			sl_buf_consume(&u->in, total);
+			if (u->waiter != NULL) {
+				struct pg_session *s = u->waiter;
+
+				u->waiter = NULL;
+				s->upc_wait = NULL;
+				s->in_process = 1;
+				if (sl_buf_unread(&u->in) != 0 || pool_attach(s, u) != 0)
+					start_upstream(s);
+				else
+					replay_pooled(s);
+				s->in_process = 0;
+				maybe_free(s);
+				return;
+			}
+			continue;
 		default: /* an error (the reset failed, the server is shutting down) */
 			goto drop;
 		}
@@ -1533,22 +1567,48 @@ static int
 pool_take(struct pg_session *s)
 {
 	struct sl_worker *w = s->w;
-	struct pg_upconn *u;
-	struct sl_buf b;
+	struct pg_upconn *u, *resetting = NULL;
 	size_t keylen;
 	char *key;
-	int r = 0;
 
 	if (w->pg_pool == NULL || (key = upc_key(s, &keylen)) == NULL)
 		return -1;
-	for (u = w->pg_pool; u; u = u->next)
-		if (u->state == UC_IDLE && u->conn == s->pl.conn && u->keylen == keylen &&
-		    memcmp(u->key, key, keylen) == 0 && !u->st.closing && !u->st.eof &&
-		    sl_buf_unread(&u->in) == 0)
+	for (u = w->pg_pool; u; u = u->next) {
+		if (u->conn != s->pl.conn || u->keylen != keylen ||
+		    memcmp(u->key, key, keylen) != 0 || u->st.closing || u->st.eof)
+			continue;
+		if (u->state == UC_IDLE && sl_buf_unread(&u->in) == 0)
 			break;
+		if (u->state == UC_RESET && u->waiter == NULL && resetting == NULL)
+			resetting = u;
+	}
 	free(key);
+	if (u == NULL && resetting != NULL) {
+		/* A client that closes and reconnects at once (a connection per
+		 * tool call) comes back while its last connection is still
+		 * being reset: waiting the reset's round trip beats a new
+		 * login (a backend start takes milliseconds, more on a busy
+		 * server). pool_read_cb() hands it over, pool_drop() logs in
+		 * afresh instead. */
+		resetting->waiter = s;
+		s->upc_wait = resetting;
+		set_state(s, PG_ST_UPCONN);
+		return 0;
+	}
 	if (u == NULL)
 		return -1;
+	return pool_attach(s, u);
+}
+
+/* Gives s the pooled connection u, replaying what its login said
+ * (ParameterStatus, the backend's key, ReadyForQuery) through the usual login
+ * path once replay_pooled() runs. */
+static int
+pool_attach(struct pg_session *s, struct pg_upconn *u)
+{
+	struct sl_buf b;
+	int r = 0;
+
 	/* the login's messages, as the server sent them then */
 	sl_buf_init(&b, 0);
 	for (size_t i = 0; i < u->nparams && r == 0; i++)

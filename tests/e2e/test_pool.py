@@ -93,6 +93,17 @@ def test_next_session_reuses_the_upstream_and_audit_says_so(gateway_factory, pg)
     assert gw.verify().returncode == 0
 
 
+def test_reconnecting_at_once_waits_for_the_reset(gateway_factory, pg):
+    """A connection per tool call: the next session comes while the last
+    one's upstream is still being reset, and gets it once reset rather than
+    a new backend."""
+    gw = gateway_factory(workers=1)
+    tok = gw.mint()
+    pids = [backend_pid(gw, token=tok) for _ in range(20)]
+    assert set(pids) == {pids[0]}, pids
+    assert [r["upstream_reused"] for r in opens(gw)] == [False] + [True] * 19
+
+
 def test_nothing_of_a_session_reaches_the_next(gateway_factory, pg):
     gw = gateway_factory(workers=1)
     c = gw.connect(token=gw.mint(sub="dba-1", groups="dba"))  # may create a temp table
@@ -407,7 +418,12 @@ class FakeServer:
                          "error": m(b"E", b"SERROR\0C0A000\0Mno\0\0") + m(b"Z", b"I"),
                          "tag": m(b"C", pgwire.cstr("DISCARD PLANS")) + m(b"Z", b"I"),
                          "in-transaction": m(b"C", pgwire.cstr("DISCARD ALL")) + m(b"Z", b"T"),
-                         "silent": b""}[self.discard]
+                         "silent": b"",
+                         "slow": m(b"C", pgwire.cstr("DISCARD ALL")) + m(b"Z", b"I"),
+                         "slow-error": m(b"E", b"SERROR\0C0A000\0Mno\0\0") + m(b"Z", b"I"),
+                         }[self.discard]
+                    if self.discard.startswith("slow"):
+                        time.sleep(0.5)
                     s.sendall(a)
                     continue
                 s.sendall(m(b"T", struct.pack("!H", 1) + pgwire.cstr("x")
@@ -454,6 +470,34 @@ connections:
             c.close()
             assert notes == []
             time.sleep(0.3)
+        assert fake.accepted == (1 if reused else 2)
+        assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("discard,reused", [("slow", True), ("slow-error", False)])
+def test_a_session_waits_for_a_reset_in_progress(gateway_factory, discard, reused):
+    """The reset takes 0.5 s: the next session, already there, waits for it
+    and gets the connection; if the reset fails, it logs in afresh."""
+    fake = FakeServer(discard)
+    try:
+        gw = gateway_factory(workers=1, connections="""
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: fake
+""" % fake.port)
+        tok = gw.mint()
+        for _ in range(2):
+            c = gw.connect(token=tok)
+            c.autocommit = True
+            cur = c.cursor()
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+            c.close()
         assert fake.accepted == (1 if reused else 2)
         assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
     finally:
