@@ -135,7 +135,8 @@ struct blocked_msg {
  * exchange and a fresh backend process); its client still proves itself
  * with its own token, and its policy, audit and masking are its own.
  */
-enum uc_state { UC_SESSION, UC_RESET, UC_IDLE };
+/* UC_PREP: setting application_name for the waiting session */
+enum uc_state { UC_SESSION, UC_RESET, UC_IDLE, UC_PREP };
 
 struct pg_upconn {
 	struct sl_stream st;
@@ -147,16 +148,16 @@ struct pg_upconn {
 	size_t keylen;
 	char **pnames, **pvals; /* ParameterStatus as the server last reported it */
 	size_t nparams;
-	uint32_t pid, secret;	      /* its BackendKeyData */
-	struct sockaddr_storage addr; /* where it is connected (cancels go there) */
-	const char *auth;	      /* how it logged in (a static string) */
-	int64_t since_us;	      /* put in the pool at */
-	uint8_t state;		      /* UC_* */
-	unsigned discarded : 1, noreuse : 1;
-	struct pg_session *waiter; /* UC_RESET: the session it goes to once reset */
+	uint32_t pid, secret;		    /* its BackendKeyData */
+	struct sockaddr_storage addr;	    /* where it is connected (cancels go there) */
+	const char *auth;		    /* how it logged in (a static string) */
+	int64_t since_us;		    /* put in the pool at */
+	uint8_t state;			    /* UC_* */
+	unsigned answered : 1, noreuse : 1; /* answered: the reset's (or SET's) CommandComplete */
+	struct pg_session *waiter;	    /* UC_RESET: the session it goes to once reset */
 };
 
-/* Longest a DISCARD ALL may take before the connection is dropped. */
+/* Longest a DISCARD ALL (or SET) may take before the connection is dropped. */
 #define POOL_RESET_MS 10000
 
 struct pg_session {
@@ -291,6 +292,7 @@ static int catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, s
 static void stop_login_timer(struct pg_session *s);
 static int pool_put(struct pg_session *s, int was_ready);
 static int pool_attach(struct pg_session *s, struct pg_upconn *u);
+static int pool_claim(struct pg_session *s, struct pg_upconn *u);
 static void replay_pooled(struct pg_session *s);
 static void start_upstream(struct pg_session *s);
 static void upc_free(struct pg_upconn *u);
@@ -1254,6 +1256,8 @@ upc_key(const struct pg_session *s, size_t *lenp)
 
 	for (size_t i = 0; i < s->nfwd; i++)
 		n += strlen(s->fwd_keys[i]) + strlen(s->fwd_vals[i]) + 2;
+	/* application_name's value is set on the connection when it differs
+	 * (pool_claim): a traceparent per connection must not defeat reuse */
 	k = malloc(n);
 	if (k == NULL)
 		return NULL;
@@ -1267,7 +1271,7 @@ upc_key(const struct pg_session *s, size_t *lenp)
 	PUT(user);
 	for (size_t i = 0; i < s->nfwd; i++) {
 		PUT(s->fwd_keys[i]);
-		PUT(s->fwd_vals[i]);
+		PUT(strcasecmp(s->fwd_keys[i], "application_name") == 0 ? "" : s->fwd_vals[i]);
 	}
 #undef PUT
 	*lenp = o;
@@ -1399,6 +1403,7 @@ static void
 pool_read_cb(struct sl_stream *st, size_t n)
 {
 	struct pg_upconn *u = st->owner;
+	int was_prep;
 
 	(void)n;
 	while (!u->st.closing) {
@@ -1421,26 +1426,33 @@ pool_read_cb(struct sl_stream *st, size_t n)
 		case 'A': /* listened for: nobody's now */
 			break;
 		case 'C':
-			if (u->state != UC_RESET || total != 17 ||
-			    memcmp(msg + 5, "DISCARD ALL", 12) != 0)
+			if (!(u->state == UC_RESET && total == 17 &&
+			      memcmp(msg + 5, "DISCARD ALL", 12) == 0) &&
+			    !(u->state == UC_PREP && total == 9 && memcmp(msg + 5, "SET", 4) == 0))
 				goto drop;
-			u->discarded = 1;
+			u->answered = 1;
 			break;
 		case 'Z':
-			if (u->state != UC_RESET || !u->discarded || total != 6 || msg[5] != 'I')
+			if ((u->state != UC_RESET && u->state != UC_PREP) || !u->answered ||
+			    total != 6 || msg[5] != 'I')
 				goto drop;
-			u->state = UC_IDLE;
+			was_prep = u->state == UC_PREP;
 			u->since_us = sl_mono_us();
+			u->state = UC_IDLE;
 			sl_buf_consume(&u->in, total);
 			if (u->waiter != NULL) {
 				struct pg_session *s = u->waiter;
+				int r;
 
 				u->waiter = NULL;
 				s->upc_wait = NULL;
 				s->in_process = 1;
-				if (sl_buf_unread(&u->in) != 0 || pool_attach(s, u) != 0)
+				r = sl_buf_unread(&u->in) != 0 ? -1
+				    : was_prep		       ? pool_attach(s, u)
+							       : pool_claim(s, u);
+				if (r < 0)
 					start_upstream(s);
-				else
+				else if (r == 0)
 					replay_pooled(s);
 				s->in_process = 0;
 				maybe_free(s);
@@ -1495,7 +1507,8 @@ pool_tick(uv_timer_t *t)
 	for (u = w->pg_pool; u; u = next) {
 		next = u->next;
 		if ((u->state == UC_IDLE && now - u->since_us >= u->conn->pool_idle_ms * 1000) ||
-		    (u->state == UC_RESET && now - u->since_us >= POOL_RESET_MS * 1000))
+		    ((u->state == UC_RESET || u->state == UC_PREP) &&
+		     now - u->since_us >= POOL_RESET_MS * 1000))
 			pool_drop(u);
 	}
 	if (w->pg_pool == NULL) {
@@ -1540,7 +1553,7 @@ pool_put(struct pg_session *s, int was_ready)
 	u->addr = s->up_addr;
 	u->auth = s->up_auth;
 	u->state = UC_RESET;
-	u->discarded = 0;
+	u->answered = 0;
 	u->since_us = sl_mono_us();
 	u->next = w->pg_pool;
 	if (u->next)
@@ -1579,6 +1592,7 @@ pool_take(struct pg_session *s)
 			continue;
 		if (u->state == UC_IDLE && sl_buf_unread(&u->in) == 0)
 			break;
+		/* (not UC_PREP: that one sets another session's application_name) */
 		if (u->state == UC_RESET && u->waiter == NULL && resetting == NULL)
 			resetting = u;
 	}
@@ -1597,7 +1611,67 @@ pool_take(struct pg_session *s)
 	}
 	if (u == NULL)
 		return -1;
-	return pool_attach(s, u);
+	return pool_claim(s, u) < 0 ? -1 : 0;
+}
+
+/* The application_name s asked for at startup, or NULL. */
+static const char *
+session_appname(const struct pg_session *s)
+{
+	for (size_t i = 0; i < s->nfwd; i++)
+		if (strcasecmp(s->fwd_keys[i], "application_name") == 0)
+			return s->fwd_vals[i];
+	return NULL;
+}
+
+static const char *
+upc_param_value(const struct pg_upconn *u, const char *name)
+{
+	for (size_t i = 0; i < u->nparams; i++)
+		if (strcmp(u->pnames[i], name) == 0)
+			return u->pvals[i];
+	return NULL;
+}
+
+/* s takes the idle pooled connection u. 0: attached (replay_pooled() shows
+ * the client its login); 1: u first sets the application_name s asked for,
+ * and pool_read_cb() comes back here; -1: u cannot serve s. */
+static int
+pool_claim(struct pg_session *s, struct pg_upconn *u)
+{
+	const char *want = session_appname(s), *have = upc_param_value(u, "application_name");
+	const char *scs = upc_param_value(u, "standard_conforming_strings");
+	struct sl_buf b, sql;
+	int r;
+
+	if (want == NULL || (have != NULL && strcmp(want, have) == 0))
+		return pool_attach(s, u);
+	/* Quoted as a standard string: only where the server reads it so and
+	 * the value has no backslash (the server keeps printable ASCII of it
+	 * anyway). The answer is checked like the reset's. */
+	if (scs == NULL || strcmp(scs, "on") != 0 || strchr(want, '\\') != NULL)
+		return -1;
+	sl_buf_init(&sql, 0);
+	sl_buf_init(&b, 0);
+	r = sl_buf_append(&sql, "SET application_name TO '", 25);
+	for (const char *p = want; *p && r == 0; p++)
+		r = *p == '\'' ? sl_buf_append(&sql, "''", 2) : sl_buf_append_u8(&sql, (uint8_t)*p);
+	if (r == 0)
+		r = sl_buf_append(&sql, "'", 2); /* with the NUL */
+	if (r == 0 && (r = sl_pg_put_query(&b, (const char *)sql.data)) == 0)
+		r = sl_stream_queue(&u->st, b.data, b.len);
+	sl_buf_fini(&sql);
+	sl_buf_fini(&b);
+	if (r != 0)
+		return -1;
+	sl_stream_flush(&u->st);
+	u->state = UC_PREP;
+	u->since_us = sl_mono_us();
+	u->answered = 0;
+	u->waiter = s;
+	s->upc_wait = u;
+	set_state(s, PG_ST_UPCONN);
+	return 1;
 }
 
 /* Gives s the pooled connection u, replaying what its login said

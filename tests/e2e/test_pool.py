@@ -202,13 +202,44 @@ def test_a_tls_upstream_is_reused_with_its_tls(gateway_factory, pg):
 
 def test_different_startup_parameters_get_their_own_upstream(gateway_factory, pg):
     gw = gateway_factory(workers=1)
-    a = backend_pid(gw, pg, application_name="tool-a")
-    b = backend_pid(gw, pg, application_name="tool-b")
+    a = backend_pid(gw, pg, client_encoding="LATIN1")
+    b = backend_pid(gw, pg, client_encoding="UTF8")
     assert a != b
-    assert backend_pid(gw, pg, application_name="tool-a") == a
-    assert backend_pid(gw, pg, application_name="tool-b") == b
-    assert one(gw, "SELECT current_setting('application_name')",
-               application_name="tool-b")[0] == "tool-b"
+    assert backend_pid(gw, pg, client_encoding="LATIN1") == a
+    assert backend_pid(gw, pg, client_encoding="UTF8") == b
+    assert one(gw, "SELECT current_setting('client_encoding')",
+               client_encoding="LATIN1")[0] == "LATIN1"
+
+
+def appname_session(gw, name):
+    c = gw.connect(application_name=name)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid(), current_setting('application_name')")
+    pid, server_side = cur.fetchone()
+    told = c.get_parameter_status("application_name")
+    c.close()
+    return pid, server_side, told
+
+
+def test_each_session_gets_its_own_application_name_on_a_reused_upstream(gateway_factory, pg):
+    """An agent that puts a traceparent in application_name per connection
+    still reuses upstreams: sluice sets the name on the connection first."""
+    gw = gateway_factory(workers=1)
+    names = ["00-%032x-%016x-01" % (i + 1, i + 7) for i in range(3)] + ["o'brien", "plain"]
+    got = []
+    for n in names:
+        got.append(appname_session(gw, n))
+        settled(pg, got[-1][0])
+    assert len({g[0] for g in got}) == 1, got
+    assert [(g[1], g[2]) for g in got] == [(n, n) for n in names]
+    recs = opens(gw)
+    assert [r["upstream_reused"] for r in recs] == [False] + [True] * 4
+    traces = [r["trace_id"] for r in gw.export() if r["type"] == "request"]
+    assert traces[:3] == ["%032x" % (i + 1) for i in range(3)], traces
+    # a name that cannot be quoted as a standard string gets its own login
+    pid, server_side, told = appname_session(gw, "back\\slash")
+    assert pid != got[0][0] and server_side == told == "back\\slash"
 
 
 def test_policy_and_masking_are_the_new_sessions_own(gateway_factory, pg):
