@@ -1545,6 +1545,14 @@ pool_put(struct pg_session *s, int was_ready)
 		return -1;
 	}
 	sl_buf_fini(&b);
+	if (u->in.cap > ((size_t)64 << 10)) {
+		/* a session that read large rows: an idle connection keeps no
+		 * megabytes (it holds nothing unread here) */
+		size_t max = u->in.max;
+
+		sl_buf_fini(&u->in);
+		sl_buf_init(&u->in, max);
+	}
 	s->upc = NULL;
 	u->st.owner = u;
 	u->st.ops = &pool_ops;

@@ -144,6 +144,17 @@ def test_nothing_of_a_session_reaches_the_next(gateway_factory, pg):
     c.close()
 
 
+def test_reuse_after_a_large_result(gateway_factory, pg):
+    """The pool gives back the input buffer a large result grew."""
+    gw = gateway_factory(workers=1)
+    pid, n = one(gw, "SELECT pg_backend_pid(), length(repeat('x', 3000000))")
+    big = one(gw, "SELECT repeat('x', 3000000)")[0]
+    assert len(big) == 3000000 and n == 3000000
+    settled(pg, pid)
+    pid2, v = one(gw, "SELECT pg_backend_pid(), repeat('y', 10)")
+    assert pid2 == pid and v == "y" * 10
+
+
 def test_a_session_left_in_a_transaction_is_not_reused(gateway_factory, pg):
     gw = gateway_factory(workers=1)
     c = gw.connect()
