@@ -80,8 +80,9 @@ struct sl_cfg_connection {
 	 * next session, after DISCARD ALL: "0" turns reuse off */
 	char *pool_size;	 /* default "8" */
 	char *pool_idle_timeout; /* an idle one is closed after this; default "60s" */
-	unsigned pool_max;	 /* the two above, checked and parsed at load */
-	int64_t pool_idle_ms;
+	char *pool_lifetime;	 /* none is reused once this old; default "1h" */
+	unsigned pool_max;	 /* the three above, checked and parsed at load */
+	int64_t pool_idle_ms, pool_lifetime_ms;
 	struct sl_cfg_header *inject_header; /* http */
 	char *private_key_file;		     /* ssh */
 	char *host_key; /* ssh: expected upstream host key (known_hosts line) */

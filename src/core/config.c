@@ -109,6 +109,7 @@ static const cyaml_schema_field_t connection_fields[] = {
 	BOOL("allow_cleartext_password", struct sl_cfg_connection, allow_cleartext_password),
 	STR("pool_size", struct sl_cfg_connection, pool_size),
 	STR("pool_idle_timeout", struct sl_cfg_connection, pool_idle_timeout),
+	STR("pool_lifetime", struct sl_cfg_connection, pool_lifetime),
 	CYAML_FIELD_MAPPING_PTR("inject_header", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
 				struct sl_cfg_connection, inject_header, header_fields),
 	STR("private_key_file", struct sl_cfg_connection, private_key_file),
@@ -437,6 +438,14 @@ validate(struct sl_config *c, char *err, size_t errlen)
 			     "e.g. "
 			     "30s, 5m)",
 			     i, cn->name, cn->pool_idle_timeout);
+		cn->pool_lifetime_ms = 3600000;
+		if (cn->pool_lifetime != NULL &&
+		    (sl_parse_duration_ms(cn->pool_lifetime, &cn->pool_lifetime_ms) != 0 ||
+		     cn->pool_lifetime_ms <= 0))
+			FAIL("connections[%u] (%s): pool_lifetime: bad duration \"%s\" (use e.g. "
+			     "30m, "
+			     "1h)",
+			     i, cn->name, cn->pool_lifetime);
 		for (unsigned j = 0; j < i; j++)
 			if (strcmp(c->connections[j].name, cn->name) == 0)
 				FAIL("connections: duplicate name \"%s\"", cn->name);

@@ -152,6 +152,7 @@ struct pg_upconn {
 	struct sockaddr_storage addr;	    /* where it is connected (cancels go there) */
 	const char *auth;		    /* how it logged in (a static string) */
 	int64_t since_us;		    /* put in the pool at */
+	int64_t born_us;		    /* logged in at */
 	uint8_t state;			    /* UC_* */
 	unsigned answered : 1, noreuse : 1; /* answered: the reset's (or SET's) CommandComplete */
 	struct pg_session *waiter;	    /* UC_RESET: the session it goes to once reset */
@@ -1288,6 +1289,7 @@ upc_new(struct pg_session *s)
 		return NULL;
 	u->w = s->w;
 	u->conn = s->pl.conn;
+	u->born_us = sl_mono_us();
 	u->key = upc_key(s, &u->keylen);
 	sl_buf_init(&u->in, s->gw->max_message + (128u << 10));
 	if (u->key == NULL || sl_stream_init(&u->st, &s->w->loop, &up_ops, s, &u->in) != 0) {
@@ -1506,7 +1508,9 @@ pool_tick(uv_timer_t *t)
 
 	for (u = w->pg_pool; u; u = next) {
 		next = u->next;
-		if ((u->state == UC_IDLE && now - u->since_us >= u->conn->pool_idle_ms * 1000) ||
+		if ((u->state == UC_IDLE &&
+		     (now - u->since_us >= u->conn->pool_idle_ms * 1000 ||
+		      now - u->born_us >= u->conn->pool_lifetime_ms * 1000)) ||
 		    ((u->state == UC_RESET || u->state == UC_PREP) &&
 		     now - u->since_us >= POOL_RESET_MS * 1000))
 			pool_drop(u);
@@ -1536,7 +1540,7 @@ pool_put(struct pg_session *s, int was_ready)
 		return -1;
 	for (p = w->pg_pool; p; p = p->next)
 		n += p->conn == u->conn;
-	if (n >= u->conn->pool_max)
+	if (n >= u->conn->pool_max || sl_mono_us() - u->born_us >= u->conn->pool_lifetime_ms * 1000)
 		return -1;
 	sl_buf_init(&b, 0);
 	if (sl_pg_put_query(&b, "DISCARD ALL") != 0 ||

@@ -316,6 +316,23 @@ def test_idle_connections_close_after_the_idle_timeout(gateway_factory, pg):
     assert backend_pid(gw, application_name=tag) != pid
 
 
+def test_no_connection_is_reused_past_its_lifetime(gateway_factory, pg):
+    gw = gateway_factory(workers=1, connections=orders_conn(pg, "    pool_lifetime: 2s\n"))
+    tag = unique_tag()
+    pid = backend_pid(gw, pg, application_name=tag)
+    assert backend_pid(gw, pg, application_name=tag) == pid  # young: reused
+    time.sleep(2.2)
+    assert wait_for(lambda: app_backends(pg, tag) == 0, timeout=3)  # idle and old: closed
+    pid2 = backend_pid(gw, application_name=tag)
+    assert pid2 != pid
+    # in use when it gets old: closed when its session ends, not pooled
+    c = gw.connect(application_name=tag)
+    c.autocommit = True
+    c.cursor().execute("SELECT pg_sleep(2.2)")
+    c.close()
+    assert wait_for(lambda: app_backends(pg, tag) == 0, timeout=3)
+
+
 def test_an_upstream_that_dies_in_the_pool_is_not_handed_out(gateway_factory, pg):
     gw = gateway_factory(workers=1)
     pid = backend_pid(gw, pg)
@@ -362,6 +379,7 @@ def test_shutdown_closes_pooled_connections(gateway_factory, pg):
     ("    pool_size: 100000\n", "pool_size must be a number"),
     ("    pool_idle_timeout: 0s\n", "pool_idle_timeout"),
     ("    pool_idle_timeout: soon\n", "pool_idle_timeout"),
+    ("    pool_lifetime: 0s\n", "pool_lifetime"),
 ])
 def test_pool_config_errors(tmp_path, pg, extra, msg):
     cfg = tmp_path / "s.yaml"
