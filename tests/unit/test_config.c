@@ -100,6 +100,41 @@ test_errors(void **state)
 }
 
 static void
+test_pool_keys(void **state)
+{
+	static const char base[] =
+		"connections:\n"
+		"  - { name: a, type: postgres, target: \"127.0.0.1:5432\" }\n"
+		"  - { name: b, type: postgres, target: \"127.0.0.1:5432\",\n"
+		"      pool_size: 0, pool_idle_timeout: 5m, pool_lifetime: 30s }\n";
+	struct sl_config *cfg;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(sl_config_load_data("t", base, strlen(base), &cfg, err, sizeof(err)), 0);
+	/* defaults: 8 per worker, 60 s idle, 1 h lifetime */
+	assert_int_equal(cfg->connections[0].pool_max, 8);
+	assert_int_equal(cfg->connections[0].pool_idle_ms, 60000);
+	assert_int_equal(cfg->connections[0].pool_lifetime_ms, 3600000);
+	assert_int_equal(cfg->connections[1].pool_max, 0);
+	assert_int_equal(cfg->connections[1].pool_idle_ms, 300000);
+	assert_int_equal(cfg->connections[1].pool_lifetime_ms, 30000);
+	sl_config_free(cfg);
+	expect_error("connections:\n  - { name: a, type: postgres, target: \"h:1\", "
+		     "pool_size: -1 }\n",
+		     "pool_size must be a number from 0 to 1000");
+	expect_error("connections:\n  - { name: a, type: postgres, target: \"h:1\", "
+		     "pool_size: 1001 }\n",
+		     "pool_size must be a number from 0 to 1000");
+	expect_error("connections:\n  - { name: a, type: postgres, target: \"h:1\", "
+		     "pool_idle_timeout: 0s }\n",
+		     "pool_idle_timeout");
+	expect_error("connections:\n  - { name: a, type: postgres, target: \"h:1\", "
+		     "pool_lifetime: forever }\n",
+		     "pool_lifetime");
+}
+
+static void
 test_file_errors(void **state)
 {
 	struct sl_config *cfg;
@@ -166,6 +201,7 @@ main(void)
 		cmocka_unit_test(test_embedded_default_and_example),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_file_errors),
+		cmocka_unit_test(test_pool_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
