@@ -321,6 +321,18 @@ check_duration(const char *what, const char *v, char *err, size_t errlen)
 	return 0;
 }
 
+/* A connection's pool duration: v, else dflt; more than zero. */
+static int
+pool_duration(unsigned i, const struct sl_cfg_connection *cn, const char *key, const char *v,
+	      int64_t dflt, int64_t *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	if (v != NULL && (sl_parse_duration_ms(v, out) != 0 || *out <= 0))
+		FAIL("connections[%u] (%s): %s: bad duration \"%s\" (use e.g. 30s, 5m, 1h)", i,
+		     cn->name, key, v);
+	return 0;
+}
+
 static int
 check_listener(const char *what, const struct sl_cfg_listener *l, char *err, size_t errlen)
 {
@@ -430,22 +442,11 @@ validate(struct sl_config *c, char *err, size_t errlen)
 				     i, cn->name);
 			cn->pool_max = (unsigned)atoi(v);
 		}
-		cn->pool_idle_ms = 60000;
-		if (cn->pool_idle_timeout != NULL &&
-		    (sl_parse_duration_ms(cn->pool_idle_timeout, &cn->pool_idle_ms) != 0 ||
-		     cn->pool_idle_ms <= 0))
-			FAIL("connections[%u] (%s): pool_idle_timeout: bad duration \"%s\" (use "
-			     "e.g. "
-			     "30s, 5m)",
-			     i, cn->name, cn->pool_idle_timeout);
-		cn->pool_lifetime_ms = 3600000;
-		if (cn->pool_lifetime != NULL &&
-		    (sl_parse_duration_ms(cn->pool_lifetime, &cn->pool_lifetime_ms) != 0 ||
-		     cn->pool_lifetime_ms <= 0))
-			FAIL("connections[%u] (%s): pool_lifetime: bad duration \"%s\" (use e.g. "
-			     "30m, "
-			     "1h)",
-			     i, cn->name, cn->pool_lifetime);
+		if ((r = pool_duration(i, cn, "pool_idle_timeout", cn->pool_idle_timeout, 60000,
+				       &cn->pool_idle_ms, err, errlen)) != 0 ||
+		    (r = pool_duration(i, cn, "pool_lifetime", cn->pool_lifetime, 3600000,
+				       &cn->pool_lifetime_ms, err, errlen)) != 0)
+			return r;
 		for (unsigned j = 0; j < i; j++)
 			if (strcmp(c->connections[j].name, cn->name) == 0)
 				FAIL("connections: duplicate name \"%s\"", cn->name);

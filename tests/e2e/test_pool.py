@@ -500,6 +500,31 @@ class FakeServer:
         self.ls.close()
 
 
+def two_sessions_through(gateway_factory, fake, pause):
+    """Two sessions, one after the other, through a gateway whose connection
+    is the stand-in server; neither sees a notification."""
+    gw = gateway_factory(workers=1, connections="""
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: fake
+""" % fake.port)
+    tok = gw.mint()
+    for _ in range(2):
+        c = gw.connect(token=tok)
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+        notes = list(c.notifies)
+        c.close()
+        assert notes == []
+        time.sleep(pause)
+    return gw
+
+
 @pytest.mark.parametrize("discard,reused", [
     ("ok", True),
     ("notify", True),             # a notification for the old session is dropped
@@ -511,25 +536,7 @@ class FakeServer:
 def test_only_a_confirmed_reset_is_reused(gateway_factory, discard, reused):
     fake = FakeServer(discard)
     try:
-        gw = gateway_factory(workers=1, connections="""
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: fake
-""" % fake.port)
-        tok = gw.mint()
-        for _ in range(2):
-            c = gw.connect(token=tok)
-            c.autocommit = True
-            cur = c.cursor()
-            cur.execute("SELECT 1")
-            assert cur.fetchone() == (1,)
-            notes = list(c.notifies)
-            c.close()
-            assert notes == []
-            time.sleep(0.3)
+        gw = two_sessions_through(gateway_factory, fake, 0.3)
         assert fake.accepted == (1 if reused else 2)
         assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
     finally:
@@ -542,22 +549,7 @@ def test_a_session_waits_for_a_reset_in_progress(gateway_factory, discard, reuse
     and gets the connection; if the reset fails, it logs in afresh."""
     fake = FakeServer(discard)
     try:
-        gw = gateway_factory(workers=1, connections="""
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: fake
-""" % fake.port)
-        tok = gw.mint()
-        for _ in range(2):
-            c = gw.connect(token=tok)
-            c.autocommit = True
-            cur = c.cursor()
-            cur.execute("SELECT 1")
-            assert cur.fetchone() == (1,)
-            c.close()
+        gw = two_sessions_through(gateway_factory, fake, 0)
         assert fake.accepted == (1 if reused else 2)
         assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
     finally:
