@@ -1585,9 +1585,10 @@ pool_put(struct pg_session *s, int was_ready)
 	return 0;
 }
 
-/* Gives s an idle pooled connection made for the same database, user and
- * parameters, replaying what its login said (ParameterStatus, the backend's
- * key, ReadyForQuery) through the usual login path. -1: none. */
+/* Finds s a pooled connection made for the same database, user and
+ * parameters. 0: s has it (replay_pooled() shows the client its login), or
+ * waits for it to be reset or given s's application_name (s->upc_wait);
+ * -1: none, log in. */
 static int
 pool_take(struct pg_session *s)
 {
