@@ -94,9 +94,10 @@ def test_next_session_reuses_the_upstream_and_audit_says_so(gateway_factory, pg)
 
 
 def test_reconnecting_at_once_waits_for_the_reset(gateway_factory, pg):
-    """A connection per tool call: the next session comes while the last
-    one's upstream is still being reset, and gets it once reset rather than
-    a new backend."""
+    """A connection per tool call, twenty in a row without a pause: all get
+    the one backend (whether the reset is already done when the next session
+    comes or the session waits for it; test_a_session_waits_for_a_reset_in_progress
+    makes the reset slow to force the wait)."""
     gw = gateway_factory(workers=1)
     tok = gw.mint()
     pids = [backend_pid(gw, token=tok) for _ in range(20)]
