@@ -63,8 +63,7 @@ struct sl_worker {
 	unsigned nsessions;
 	void *sessions; /* protocol adapters' intrusive list heads */
 	/* PostgreSQL upstream connections kept for reuse (pg/session.c) */
-	void *pg_pool; /* list of struct pg_upconn: being reset or idle */
-	unsigned pg_npool;
+	void *pg_pool;		  /* list of struct pg_upconn: being reset or idle */
 	uv_timer_t pg_pool_timer; /* closes the ones idle too long */
 	unsigned pg_pool_timer_on : 1, pg_pool_timer_init : 1;
 };

@@ -297,6 +297,8 @@ static int pool_claim(struct pg_session *s, struct pg_upconn *u);
 static void replay_pooled(struct pg_session *s);
 static void start_upstream(struct pg_session *s);
 static void upc_free(struct pg_upconn *u);
+static void upc_close(struct pg_upconn *u, int logged_in);
+static void pool_serve_waiter(struct pg_upconn *u, int usable, int was_prep);
 static int upc_param(struct pg_upconn *u, const char *name, const char *value);
 static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 			   const struct sl_sql_class *cls, const struct sl_decision *d,
@@ -1194,15 +1196,8 @@ session_close(struct pg_session *s, const char *why)
 	}
 	if (s->up_open && pool_put(s, was_ready) == 0)
 		s->up_open = 0; /* the pool has it now */
-	if (s->up_open) {
-		if (s->up_inited && !s->upc->st.closing && s->upc->st.tls == s->upc->st.tls_ready) {
-			uint8_t x[5] = {'X', 0, 0, 0, 4};
-
-			sl_stream_queue(&s->upc->st, x, sizeof(x));
-			up_flush(s);
-		}
-		sl_stream_close(&s->upc->st);
-	}
+	if (s->up_open)
+		upc_close(s->upc, s->up_inited);
 	maybe_free(s);
 }
 
@@ -1318,6 +1313,20 @@ upc_free(struct pg_upconn *u)
 	free(u);
 }
 
+/* Closes u's stream, saying Terminate first when it is logged in and can
+ * still send. */
+static void
+upc_close(struct pg_upconn *u, int logged_in)
+{
+	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+
+	if (logged_in && !u->st.closing && !u->st.eof && u->st.tls == u->st.tls_ready) {
+		sl_stream_queue(&u->st, terminate, sizeof(terminate));
+		sl_stream_flush(&u->st);
+	}
+	sl_stream_close(&u->st);
+}
+
 /* Records a ParameterStatus; a connection whose record failed is not reused
  * (its next session would be told stale settings). */
 static int
@@ -1371,33 +1380,40 @@ pool_unlink(struct pg_upconn *u)
 	if (u->next)
 		u->next->prev = u->prev;
 	u->next = u->prev = NULL;
-	w->pg_npool--;
 }
 
 /* Takes u out of the pool and closes it (Terminate first when it can). */
 static void
 pool_drop(struct pg_upconn *u)
 {
-	struct pg_session *s = u->waiter;
-
 	if (u->st.closing)
 		return;
 	pool_unlink(u);
-	if (s != NULL) {
-		u->waiter = NULL;
-		s->upc_wait = NULL;
-		s->in_process = 1;
-		start_upstream(s);
-		s->in_process = 0;
-		maybe_free(s);
-	}
-	if (!u->st.eof && u->st.tls == u->st.tls_ready) {
-		uint8_t x[5] = {'X', 0, 0, 0, 4};
+	pool_serve_waiter(u, 0, 0);
+	upc_close(u, 1);
+}
 
-		sl_stream_queue(&u->st, x, sizeof(x));
-		sl_stream_flush(&u->st);
-	}
-	sl_stream_close(&u->st);
+/* The session waiting for u gets it — usable: u is idle, its reset or SET
+ * answered (was_prep: the SET was this session's) — or logs in afresh. */
+static void
+pool_serve_waiter(struct pg_upconn *u, int usable, int was_prep)
+{
+	struct pg_session *s = u->waiter;
+	int r = -1;
+
+	if (s == NULL)
+		return;
+	u->waiter = NULL;
+	s->upc_wait = NULL;
+	s->in_process = 1;
+	if (usable)
+		r = was_prep ? pool_attach(s, u) : pool_claim(s, u);
+	if (r < 0)
+		start_upstream(s);
+	else if (r == 0)
+		replay_pooled(s);
+	s->in_process = 0;
+	maybe_free(s);
 }
 
 /* Answers to DISCARD ALL, and anything a pooled connection hears. */
@@ -1443,21 +1459,7 @@ pool_read_cb(struct sl_stream *st, size_t n)
 			u->state = UC_IDLE;
 			sl_buf_consume(&u->in, total);
 			if (u->waiter != NULL) {
-				struct pg_session *s = u->waiter;
-				int r;
-
-				u->waiter = NULL;
-				s->upc_wait = NULL;
-				s->in_process = 1;
-				r = sl_buf_unread(&u->in) != 0 ? -1
-				    : was_prep		       ? pool_attach(s, u)
-							       : pool_claim(s, u);
-				if (r < 0)
-					start_upstream(s);
-				else if (r == 0)
-					replay_pooled(s);
-				s->in_process = 0;
-				maybe_free(s);
+				pool_serve_waiter(u, sl_buf_unread(&u->in) == 0, was_prep);
 				return;
 			}
 			continue;
@@ -1572,7 +1574,6 @@ pool_put(struct pg_session *s, int was_ready)
 		u->next->prev = u;
 	u->prev = NULL;
 	w->pg_pool = u;
-	w->pg_npool++;
 	sl_stream_flush(&u->st);
 	if (sl_stream_read_start(&u->st) != 0) {
 		pool_drop(u);
@@ -1696,17 +1697,15 @@ pool_attach(struct pg_session *s, struct pg_upconn *u)
 	struct sl_buf b;
 	int r = 0;
 
-	/* the login's messages, as the server sent them then */
-	sl_buf_init(&b, 0);
+	/* the login's messages, as the server sent them then, where the
+	 * server's own would be read (u->in holds nothing unread) */
 	for (size_t i = 0; i < u->nparams && r == 0; i++)
-		r = sl_pg_put_param_status(&b, u->pnames[i], u->pvals[i]);
-	if (r != 0 || sl_pg_put_backend_key(&b, u->pid, u->secret) != 0 ||
-	    sl_pg_put_ready(&b, 'I') != 0 || sl_buf_append(&u->in, b.data, b.len) != 0) {
-		sl_buf_fini(&b);
+		r = sl_pg_put_param_status(&u->in, u->pnames[i], u->pvals[i]);
+	if (r != 0 || sl_pg_put_backend_key(&u->in, u->pid, u->secret) != 0 ||
+	    sl_pg_put_ready(&u->in, 'I') != 0) {
 		sl_buf_consume(&u->in, sl_buf_unread(&u->in));
 		return -1;
 	}
-	sl_buf_fini(&b);
 	pool_unlink(u);
 	u->state = UC_SESSION;
 	u->st.owner = s;
