@@ -501,10 +501,13 @@ class FakeServer:
         self.ls.close()
 
 
-def two_sessions_through(gateway_factory, fake, pause):
-    """Two sessions, one after the other, through a gateway whose connection
-    is the stand-in server; neither sees a notification."""
-    gw = gateway_factory(workers=1, connections="""
+def two_sessions_through(gateway_factory, discard, pause, reused):
+    """Two sessions, pause seconds apart, through a gateway whose connection
+    is a stand-in server answering DISCARD ALL as discard says; neither sees
+    a notification, and the second reuses the first's upstream or not."""
+    fake = FakeServer(discard)
+    try:
+        gw = gateway_factory(workers=1, connections="""
 connections:
   - name: orders
     type: postgres
@@ -512,18 +515,21 @@ connections:
     database: orders
     user: fake
 """ % fake.port)
-    tok = gw.mint()
-    for _ in range(2):
-        c = gw.connect(token=tok)
-        c.autocommit = True
-        cur = c.cursor()
-        cur.execute("SELECT 1")
-        assert cur.fetchone() == (1,)
-        notes = list(c.notifies)
-        c.close()
-        assert notes == []
-        time.sleep(pause)
-    return gw
+        tok = gw.mint()
+        for _ in range(2):
+            c = gw.connect(token=tok)
+            c.autocommit = True
+            cur = c.cursor()
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+            notes = list(c.notifies)
+            c.close()
+            assert notes == []
+            time.sleep(pause)
+        assert fake.accepted == (1 if reused else 2)
+        assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
+    finally:
+        fake.close()
 
 
 @pytest.mark.parametrize("discard,reused", [
@@ -535,23 +541,11 @@ connections:
     ("silent", False),            # no answer: never handed out
 ])
 def test_only_a_confirmed_reset_is_reused(gateway_factory, discard, reused):
-    fake = FakeServer(discard)
-    try:
-        gw = two_sessions_through(gateway_factory, fake, 0.3)
-        assert fake.accepted == (1 if reused else 2)
-        assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
-    finally:
-        fake.close()
+    two_sessions_through(gateway_factory, discard, 0.3, reused)
 
 
 @pytest.mark.parametrize("discard,reused", [("slow", True), ("slow-error", False)])
 def test_a_session_waits_for_a_reset_in_progress(gateway_factory, discard, reused):
     """The reset takes 0.5 s: the next session, already there, waits for it
     and gets the connection; if the reset fails, it logs in afresh."""
-    fake = FakeServer(discard)
-    try:
-        gw = two_sessions_through(gateway_factory, fake, 0)
-        assert fake.accepted == (1 if reused else 2)
-        assert [r["upstream_reused"] for r in opens(gw)] == [False, reused]
-    finally:
-        fake.close()
+    two_sessions_through(gateway_factory, discard, 0, reused)
