@@ -95,7 +95,103 @@ struct walker {
 	int insert_source; /* the next SelectStmt is an INSERT's source */
 	uint32_t target;   /* DML kind of the relation being walked (its "relation") */
 	unsigned rowrefs;  /* ColumnRef / CurrentOfExpr nodes seen so far */
+	unsigned tf;	   /* the value just walked: TF_* (object) or TA_* (array) */
 };
+
+/* Whether a WHERE bounds anything is read from its shape, never from
+ * values: for each expression, whether it may hold for every row of the
+ * table (TF_T) and whether it may fail for every row (TF_F). One that names
+ * no column can do either (WHERE true, WHERE $1); so can an OR with such an
+ * arm (WHERE id = 1 OR true), an AND of such arms, NOT of one that may fail
+ * everywhere, COALESCE / GREATEST / CASE results that may, and whatever
+ * takes one in (a cast, IS TRUE, a comparison, a function). A column, or a
+ * comparison of columns, is taken as bounding (a tautology over columns,
+ * WHERE id = id, is not recognised). */
+#define TF_T 1u
+#define TF_F 2u
+/* An array's elements: any / all of them (those naming no column count as
+ * both) may hold / fail everywhere, and T / F among those naming a column. */
+#define TA_ANY_T 1u
+#define TA_ANY_F 2u
+#define TA_ALL_T 4u
+#define TA_ALL_F 8u
+#define TA_COL_T 16u
+#define TA_COL_F 32u
+#define TA_ARRAY 64u
+
+/* A child's flags as an expression's: cols says whether it names a column. */
+static unsigned
+tf_of(unsigned tf, int cols)
+{
+	if (!cols)
+		return TF_T | TF_F;
+	if (tf & TA_ARRAY)
+		return (tf >> 4) & (TF_T | TF_F);
+	return tf & (TF_T | TF_F);
+}
+
+/* What an object's children said, by key. */
+struct tfacc {
+	unsigned gen;  /* T / F of the children that name a column */
+	unsigned args; /* the "args" array (TA_*) */
+	unsigned arg, result, defresult;
+	int has_def;
+};
+
+static void
+tf_note(struct tfacc *acc, const char *key, unsigned tf, int cols)
+{
+	unsigned t = tf_of(tf, cols);
+
+	if (cols)
+		acc->gen |= t;
+	if (strcmp(key, "args") == 0)
+		acc->args = tf & TA_ARRAY ? tf : 0;
+	else if (strcmp(key, "arg") == 0)
+		acc->arg = t;
+	else if (strcmp(key, "result") == 0)
+		acc->result = t;
+	else if (strcmp(key, "defresult") == 0) {
+		acc->defresult = t;
+		acc->has_def = 1;
+	}
+}
+
+/* An object's flags from its children's (it names a column). */
+static unsigned
+tf_node(const char *node, const char *op, const struct tfacc *acc)
+{
+	unsigned a = acc->args, t = 0;
+
+	if (node == NULL)
+		return acc->gen;
+	if (strcmp(node, "BoolExpr") == 0) {
+		if (strcmp(op, "AND_EXPR") == 0)
+			t = (a & TA_ALL_T ? TF_T : 0) | (a & TA_ANY_F ? TF_F : 0);
+		else if (strcmp(op, "OR_EXPR") == 0)
+			t = (a & TA_ANY_T ? TF_T : 0) | (a & TA_ALL_F ? TF_F : 0);
+		else if (strcmp(op, "NOT_EXPR") == 0)
+			t = (a & TA_ANY_F ? TF_T : 0) | (a & TA_ANY_T ? TF_F : 0);
+		else
+			t = TF_T | TF_F;
+		return t;
+	}
+	if (strcmp(node, "BooleanTest") == 0) {
+		if (strcmp(op, "IS_TRUE") == 0 || strcmp(op, "IS_NOT_FALSE") == 0)
+			return acc->arg;
+		if (strcmp(op, "IS_FALSE") == 0 || strcmp(op, "IS_NOT_TRUE") == 0)
+			return (acc->arg & TF_T ? TF_F : 0) | (acc->arg & TF_F ? TF_T : 0);
+		return TF_T | TF_F;
+	}
+	if (strcmp(node, "CoalesceExpr") == 0 || strcmp(node, "MinMaxExpr") == 0)
+		return a & (TA_ANY_T | TA_ANY_F);
+	if (strcmp(node, "CaseWhen") == 0)
+		return acc->result;
+	if (strcmp(node, "CaseExpr") == 0)
+		/* no ELSE: NULL, which fails */
+		return (a & (TA_ANY_T | TA_ANY_F)) | (acc->has_def ? acc->defresult : TF_F);
+	return acc->gen;
+}
 
 /* Adds s to the list unless it is there; returns its index, or < 0 (and
  * marks the statement bad) when it cannot be kept. */
@@ -570,6 +666,9 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
 	int first = 1;
+	unsigned seen = w->rowrefs, before = 0;
+	struct tfacc acc = {0};
+	char pending[128] = ""; /* the last key walked, not yet noted in acc */
 	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
 						strcmp(node, "CommentStmt") == 0 ||
 						strcmp(node, "SecLabelStmt") == 0 ||
@@ -591,6 +690,10 @@ walk_object(struct walker *w, const char *node)
 	for (;;) {
 		char key[128];
 
+		if (pending[0]) {
+			tf_note(&acc, pending, w->tf, w->rowrefs != before);
+			pending[0] = '\0';
+		}
 		ws(w);
 		if (w->p >= w->end) {
 			w->bad = 1;
@@ -620,15 +723,21 @@ walk_object(struct walker *w, const char *node)
 		}
 		w->p++;
 		ws(w);
+		memcpy(pending, key, sizeof(pending));
+		before = w->rowrefs;
+		w->tf = TF_T | TF_F;
 		if (w->p < w->end && *w->p == '"' &&
 		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
-		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0)) {
+		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
+		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0)) {
+			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
+				 strcmp(key, "booltesttype") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
-				    : strcmp(key, "kind") == 0	     ? kindval
+				    : op			     ? kindval
 								     : name;
-			size_t dl = strcmp(key, "kind") == 0 ? sizeof(kindval) : sizeof(name);
+			size_t dl = op ? sizeof(kindval) : sizeof(name);
 
 			if (read_string(w, dst, dl) != 0) {
 				w->bad = 1;
@@ -638,16 +747,13 @@ walk_object(struct walker *w, const char *node)
 		}
 		if (strcmp(key, "whereClause") == 0 && node != NULL &&
 		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0)) {
-			/* A condition that names no column (WHERE true, WHERE
-			 * 1=1, WHERE $1) holds for every row or for none: it
-			 * bounds nothing, so it counts as no WHERE. Decided from
-			 * the tree's shape, never from literal values. */
-			unsigned seen = w->rowrefs;
-
+			/* A condition that may hold for every row (WHERE true,
+			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
+			 * nothing, so it counts as no WHERE (see TF_T). */
 			k |= walk_value(w, key, NULL);
 			if (w->bad)
 				return k;
-			has_where = w->rowrefs != seen;
+			has_where = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0)
@@ -734,6 +840,7 @@ walk_object(struct walker *w, const char *node)
 		if (w->bad)
 			return k;
 	}
+	w->tf = w->rowrefs == seen ? TF_T | TF_F : tf_node(node, kindval, &acc);
 	if (objstart != NULL)
 		object_names(w, node, objstart, (size_t)(w->p - objstart));
 	if (relname[0]) {
@@ -831,6 +938,7 @@ walk_array(struct walker *w, const char *key)
 {
 	uint32_t k = 0;
 	int first = 1;
+	unsigned agg = TA_ALL_T | TA_ALL_F | TA_ARRAY, before;
 
 	w->p++; /* '[' */
 	for (;;) {
@@ -841,6 +949,7 @@ walk_array(struct walker *w, const char *key)
 		}
 		if (*w->p == ']') {
 			w->p++;
+			w->tf = agg;
 			return k;
 		}
 		if (!first) {
@@ -852,9 +961,19 @@ walk_array(struct walker *w, const char *key)
 			ws(w);
 		}
 		first = 0;
+		before = w->rowrefs;
 		k |= walk_value(w, key, NULL);
 		if (w->bad)
 			return k;
+		{
+			int cols = w->rowrefs != before;
+			unsigned t = tf_of(w->tf, cols);
+
+			agg |= (t & TF_T ? TA_ANY_T : 0) | (t & TF_F ? TA_ANY_F : 0);
+			agg &= ~((t & TF_T ? 0 : TA_ALL_T) | (t & TF_F ? 0 : TA_ALL_F));
+			if (cols)
+				agg |= t << 4;
+		}
 	}
 }
 
@@ -882,10 +1001,12 @@ walk_value(struct walker *w, const char *key, const char *node)
 	case '"':
 		if (read_string(w, NULL, 0) != 0)
 			w->bad = 1;
+		w->tf = TF_T | TF_F;
 		break;
 	default:
 		while (w->p < w->end && *w->p != ',' && *w->p != '}' && *w->p != ']')
 			w->p++;
+		w->tf = TF_T | TF_F;
 		break;
 	}
 	w->depth--;

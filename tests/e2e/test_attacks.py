@@ -179,6 +179,57 @@ def test_values_statement_is_a_query(gateway_factory, pg):
     assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE amount = 919191") == "1"
 
 
+BOUNDED_DELETES = """
+policies:
+  - name: cleanup
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [delete_all, update_all], message: "whole-table writes are not allowed" }
+      - { action: allow, sql: [select, insert, update, delete] }
+"""
+
+
+@pytest.mark.parametrize("where", [
+    "amount = 1 OR true",
+    "true OR amount = 1",
+    "amount = 1 OR 1 = 1",
+    "NOT (amount = 1 AND false)",
+    "(amount = 1 OR true) IS TRUE",
+    "coalesce(amount = 1, true)",
+    "CASE WHEN amount = 1 THEN true ELSE true END",
+    "(amount = 1 OR %s)::boolean",
+])
+def test_tautology_beside_a_column_does_not_bound_a_delete(gateway_factory, pg, where):
+    # A rule that lets an agent delete rows but not empty a table must not
+    # be passed by a condition that names a column yet holds for every row;
+    # psycopg2 sends the parameterised one with its value inlined, pgwire
+    # through Parse/Bind with the value as a parameter.
+    gw = gateway_factory(policies=BOUNDED_DELETES)
+    c = autocommit(gw)
+    cur = c.cursor()
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 929292)")
+    before = pg.scalar("orders", "SELECT count(*) FROM orders")
+    sql = "DELETE FROM orders WHERE " + where
+    import psycopg2
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute(sql, (True,) if "%s" in where else None)
+    assert ei.value.pgcode == "42501" and "whole-table writes" in str(ei.value), ei.value
+    refused(cur, "UPDATE orders SET amount = 0 WHERE " + where.replace("%s", "true"),
+            "whole-table writes")
+    if "%s" in where:
+        cn = session(gw)
+        cn.send(pgwire.parse("", sql.replace("%s", "$1")) + pgwire.bind("", "", ["t"]) +
+                pgwire.execute() + pgwire.SYNC)
+        got = cn.until_ready()
+        assert any(t == b"E" and b"42501" in body for t, body in got), got
+        cn.close()
+    assert pg.scalar("orders", "SELECT count(*) FROM orders") == before
+    # a bounded delete still runs
+    cur.execute("DELETE FROM orders WHERE amount = 929292 AND (customer = 1 OR true)")
+    assert count(pg, 929292) == "0"
+    c.close()
+
+
 # ------------------------------------------------- audit tampering
 
 def _rehash_chain(db):
