@@ -415,8 +415,9 @@ static uint32_t set_config_kind(struct walker *w);
  * never a bypass.
  *  - the server's own file system, like COPY to or from a file: copy_program
  *  - SQL run where this statement does not show it (dblink, and the
- *    built-ins that run a query given as a string: query_to_xml*, ts_stat):
- *    do (opaque)
+ *    built-ins that run a query given as a string: query_to_xml*, ts_stat,
+ *    tablefunc's crosstab*; connectby reads a table named by a string):
+ *    do (opaque); so do database_to_xml* (every table in the database)
  *  - server administration (signals, configuration reload, WAL, backups,
  *    replication slots): alter_system
  *  - data changed by a call: setval (a sequence), large objects
@@ -426,6 +427,14 @@ static const struct fn_kind {
 	const char *name;
 	uint32_t kind;
 } fn_kinds[] = {
+	{"connectby", SL_SQL_DO},
+	{"crosstab", SL_SQL_DO},
+	{"crosstab2", SL_SQL_DO},
+	{"crosstab3", SL_SQL_DO},
+	{"crosstab4", SL_SQL_DO},
+	{"database_to_xml", SL_SQL_DO},
+	{"database_to_xml_and_xmlschema", SL_SQL_DO},
+	{"database_to_xmlschema", SL_SQL_DO},
 	{"dblink", SL_SQL_DO},
 	{"dblink_exec", SL_SQL_DO},
 	{"dblink_open", SL_SQL_DO},
@@ -509,6 +518,112 @@ function_kind(const char *fname)
 					  sizeof(fn_kinds[0]), fn_kind_cmp);
 
 	return f ? f->kind : 0;
+}
+
+/* The built-ins that read a whole table or schema named by their first
+ * argument (a string, not a relation in the FROM list): table_to_xml* read
+ * the table, schema_to_xml* every table in the schema. Returns 1 (table) or
+ * 2 (schema) for such a name, else 0. */
+static int
+names_by_argument(const char *fname)
+{
+	static const char *const tables[] = {"table_to_xml", "table_to_xml_and_xmlschema",
+					     "table_to_xmlschema"};
+	static const char *const schemas[] = {"schema_to_xml", "schema_to_xml_and_xmlschema",
+					      "schema_to_xmlschema"};
+
+	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+		if (strcmp(fname, tables[i]) == 0)
+			return 1;
+		if (strcmp(fname, schemas[i]) == 0)
+			return 2;
+	}
+	return 0;
+}
+
+/* A regclass text ('hr.payroll', '"Hr"."Pay roll"') as the parser names
+ * the relation: unquoted parts folded to lower case, a database part
+ * dropped, "schema.table" or "table". Returns -1 when it is not a plain
+ * qualified name. */
+static int
+regclass_name(const char *s, char *out, size_t outlen)
+{
+	char part[3][256];
+	int np = 0;
+
+	for (;;) {
+		size_t n = 0;
+
+		while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+			s++;
+		if (np == 3)
+			return -1;
+		if (*s == '"') {
+			for (s++;; s++) {
+				if (*s == '\0')
+					return -1;
+				if (*s == '"' && s[1] != '"')
+					break;
+				if (*s == '"')
+					s++;
+				if (n + 1 >= sizeof(part[0]))
+					return -1;
+				part[np][n++] = *s;
+			}
+			s++;
+		} else {
+			while (*s != '\0' && *s != '.' && *s != ' ' && *s != '\t' && *s != '\n' &&
+			       *s != '\r' && *s != '"') {
+				if (n + 1 >= sizeof(part[0]))
+					return -1;
+				part[np][n++] = (char)tolower((unsigned char)*s);
+				s++;
+			}
+		}
+		if (n == 0)
+			return -1;
+		part[np++][n] = '\0';
+		while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+			s++;
+		if (*s == '\0')
+			break;
+		if (*s != '.')
+			return -1;
+		s++;
+	}
+	if (np == 1)
+		snprintf(out, outlen, "%s", part[0]);
+	else
+		snprintf(out, outlen, "%s.%s", part[np - 2], part[np - 1]);
+	return 0;
+}
+
+/* The relation or schema a names_by_argument() function reads, from its
+ * args array (json, len): a string constant, cast or not ('t'::regclass).
+ * Anything else (an OID, a column, a parameter, an expression) cannot be
+ * told, so the call is do (opaque): refused unless do is allowed. */
+static uint32_t
+argument_names(struct walker *w, int what, const char *json, size_t len)
+{
+	json_t *a = json_loadb(json, len, 0, NULL), *first, *tc;
+	const char *v;
+	char name[520];
+	uint32_t k = SL_SQL_DO;
+
+	first = json_array_get(a, 0);
+	if ((tc = json_object_get(first, "TypeCast")) != NULL)
+		first = json_object_get(tc, "arg");
+	v = json_string_value(json_object_get(
+		json_object_get(json_object_get(first, "A_Const"), "sval"), "sval"));
+	if (v != NULL && what == 1 && regclass_name(v, name, sizeof(name)) == 0) {
+		add_table(w, name, SL_SQL_SELECT);
+		k = 0;
+	} else if (v != NULL && what == 2 && v[0] != '\0') {
+		add_str(w, &w->c->schemas, &w->c->nschemas, v);
+		k = 0;
+	}
+	json_decref(a);
+	return k;
 }
 
 /* Walks an object. node: the node type this object is the body of (or NULL). */
@@ -665,6 +780,7 @@ walk_object(struct walker *w, const char *node)
 	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
+	int byarg = 0;
 	int first = 1;
 	unsigned seen = w->rowrefs, before = 0;
 	struct tfacc acc = {0};
@@ -817,11 +933,21 @@ walk_object(struct walker *w, const char *node)
 					setcfg = 1;
 					k |= SL_SQL_SET;
 				}
+				byarg = names_by_argument(dot ? dot + 1 : fname);
 			}
 			continue;
 		}
 		if (setcfg && strcmp(key, "args") == 0)
 			k |= set_config_kind(w);
+		if (byarg && strcmp(key, "args") == 0) {
+			const char *start = w->p;
+
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			k |= argument_names(w, byarg, start, (size_t)(w->p - start));
+			continue;
+		}
 		if (node != NULL && strcmp(key, "relation") == 0 &&
 		    (strcmp(node, "InsertStmt") == 0 || strcmp(node, "UpdateStmt") == 0 ||
 		     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0)) {
@@ -1099,12 +1225,15 @@ ident_char(unsigned char ch)
 	return isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80;
 }
 
-/* Whether the text may call set_config, whose kinds depend on a literal. */
+/* Whether the text may call set_config or table_to_xml / schema_to_xml,
+ * whose kinds or tables depend on a literal. */
 static int
 names_set_config(const char *sql, size_t len)
 {
 	for (const char *p = sql; (p = memchr(p, '_', len - (size_t)(p - sql))) != NULL; p++) {
 		if (p >= sql + 3 && sql + len - p >= 7 && strncasecmp(p - 3, "set_config", 10) == 0)
+			return 1;
+		if (sql + len - p >= 7 && strncasecmp(p, "_to_xml", 7) == 0)
 			return 1;
 	}
 	return 0;

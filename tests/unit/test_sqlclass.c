@@ -97,6 +97,59 @@ test_functions_tables_names(void **state)
 	sl_sql_class_fini(&c);
 }
 
+/* The built-ins that read a table or schema named by a string argument
+ * name it like a FROM list would; one that cannot be read is opaque. */
+static void
+test_relations_named_by_argument(void **state)
+{
+	static const struct {
+		const char *sql, *table, *schema;
+		uint32_t kinds;
+	} cases[] = {
+		{"SELECT table_to_xml('hr.payroll', true, false, '')", "hr.payroll", NULL,
+		 SL_SQL_SELECT},
+		{"SELECT pg_catalog.table_to_xml_and_xmlschema(' HR . \"Pay \"\"Roll\"\" "
+		 "\"'::regclass, "
+		 "true, false, '')",
+		 "hr.Pay \"Roll\" ", NULL, SL_SQL_SELECT},
+		{"SELECT table_to_xmlschema('mydb.hr.payroll', true, false, '')", "hr.payroll",
+		 NULL, SL_SQL_SELECT},
+		{"SELECT Table_To_Xml('Payroll', true, false, '')", "payroll", NULL, SL_SQL_SELECT},
+		{"SELECT schema_to_xml('hr', true, false, '')", NULL, "hr", SL_SQL_SELECT},
+		{"SELECT table_to_xml(16384, true, false, '')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT table_to_xml($1, true, false, '')", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT table_to_xml('a.b.c.d', true, false, '')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT table_to_xml('hr.', true, false, '')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT table_to_xml('\"hr', true, false, '')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT schema_to_xml(current_schema(), true, false, '')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT database_to_xml(true, false, '')", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
+		{"SELECT * FROM crosstab('SELECT a, b, c FROM hr.payroll')", NULL, NULL,
+		 SL_SQL_SELECT | SL_SQL_DO},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sl_sql_class c;
+		int t = 0, sc = 0;
+
+		assert_int_equal(sl_sql_classify(cases[i].sql, strlen(cases[i].sql), &c), 0);
+		for (size_t j = 0; j < c.ntables; j++)
+			t |= cases[i].table != NULL && strcmp(c.tables[j], cases[i].table) == 0;
+		for (size_t j = 0; j < c.nschemas; j++)
+			sc |= cases[i].schema != NULL && strcmp(c.schemas[j], cases[i].schema) == 0;
+		if (c.kinds != cases[i].kinds || t != (cases[i].table != NULL) ||
+		    sc != (cases[i].schema != NULL) || c.ntables != (cases[i].table != NULL))
+			fail_msg("%s: kinds %x tables %zu schemas %zu", cases[i].sql, c.kinds,
+				 c.ntables, c.nschemas);
+		sl_sql_class_fini(&c);
+	}
+}
+
 static void
 test_shape(void **state)
 {
@@ -631,6 +684,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fixture_cases),
 		cmocka_unit_test(test_functions_tables_names),
+		cmocka_unit_test(test_relations_named_by_argument),
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
