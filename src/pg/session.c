@@ -2358,8 +2358,11 @@ catalog_ask(struct pg_session *s)
 		return 0;
 	sl_buf_init(&q, 0);
 	sl_buf_append_cstr(&q, "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
-			       "a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a "
+			       "a.attname::pg_catalog.text, c.reltype::pg_catalog.int8, "
+			       "coalesce(t.typarray, 0)::pg_catalog.int8 "
+			       "FROM pg_catalog.pg_attribute a "
 			       "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+			       "LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype "
 			       "WHERE a.attnum > 0 AND NOT a.attisdropped "
 			       "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
 	q.len--; /* no NUL yet */
@@ -2399,12 +2402,36 @@ catalog_ask(struct pg_session *s)
 	return 1;
 }
 
-/* One message of the catalog answer. Returns 1 at its ReadyForQuery. */
+/* Notes key (a table column, or a row type as attnum 0) with style st. */
+static int
+catalog_add(struct pg_session *s, uint64_t key, enum sl_mask_style st)
+{
+	struct catcol *c;
+
+	if (s->ncatcols >= CATALOG_MAX)
+		return -1;
+	if ((s->ncatcols & (s->ncatcols - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
+		c = realloc(s->catcols, (s->ncatcols ? 2 * s->ncatcols : 1) * sizeof(*c));
+		if (c == NULL)
+			return -1;
+		s->catcols = c;
+	}
+	s->catcols[s->ncatcols].key = key;
+	s->catcols[s->ncatcols].style = (int8_t)st;
+	s->ncatcols++;
+	return 0;
+}
+
+/* One message of the catalog answer. Returns 1 at its ReadyForQuery. Each
+ * row is a table column a rule matches, with the table's row type and the
+ * array of it: a whole row of that table in a result (SELECT c FROM
+ * customers c, array_agg(c)) holds the column's value, so a result column
+ * of either type is masked as a rule's column (not text: NULL). */
 static int
 catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 {
-	int32_t lens[3];
-	uint32_t offs[3];
+	int32_t lens[5];
+	uint32_t offs[5];
 	uint16_t n;
 
 	if (type == 'Z') {
@@ -2420,14 +2447,13 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 			s->pl.id);
 		return 0;
 	}
-	if (type != 'D' || s->ncatcols >= CATALOG_MAX ||
-	    sl_pg_parse_data_row(msg, len, 3, &n, offs, lens) != 0 || n != 3 || lens[0] <= 0 ||
-	    lens[1] <= 0 || lens[2] <= 0 || lens[0] > 20 || lens[1] > 6 || lens[2] > 63)
+	if (type != 'D' || sl_pg_parse_data_row(msg, len, 5, &n, offs, lens) != 0 || n != 5 ||
+	    lens[0] <= 0 || lens[1] <= 0 || lens[2] <= 0 || lens[3] <= 0 || lens[4] <= 0 ||
+	    lens[0] > 20 || lens[1] > 6 || lens[2] > 63 || lens[3] > 20 || lens[4] > 20)
 		return 0;
 	{
-		char oid[24], att[8], name[64];
+		char oid[24], att[8], name[64], rowtype[24], arrtype[24];
 		enum sl_mask_style st;
-		struct catcol *c;
 
 		memcpy(oid, msg + offs[0], (size_t)lens[0]);
 		oid[lens[0]] = '\0';
@@ -2435,19 +2461,22 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		att[lens[1]] = '\0';
 		memcpy(name, msg + offs[2], (size_t)lens[2]);
 		name[lens[2]] = '\0';
+		memcpy(rowtype, msg + offs[3], (size_t)lens[3]);
+		rowtype[lens[3]] = '\0';
+		memcpy(arrtype, msg + offs[4], (size_t)lens[4]);
+		arrtype[lens[4]] = '\0';
 		if (!sl_mask_plan_column(s->mplan, name, &st))
 			return 0;
-		if ((s->ncatcols & (s->ncatcols - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
-			c = realloc(s->catcols, (s->ncatcols ? 2 * s->ncatcols : 1) * sizeof(*c));
-			if (c == NULL)
-				return 0;
-			s->catcols = c;
-		}
-		c = s->catcols;
-		c[s->ncatcols].key = (uint64_t)strtoull(oid, NULL, 10) << 16 |
-				     (uint64_t)(strtoul(att, NULL, 10) & 0xffff);
-		c[s->ncatcols].style = (int8_t)st;
-		s->ncatcols++;
+		if (catalog_add(s,
+				(uint64_t)strtoull(oid, NULL, 10) << 16 |
+					(uint64_t)(strtoul(att, NULL, 10) & 0xffff),
+				st) != 0)
+			return 0;
+		/* attnum 0: a type (no table column has attnum 0) */
+		if (strtoull(rowtype, NULL, 10) != 0)
+			catalog_add(s, (uint64_t)strtoull(rowtype, NULL, 10) << 16, st);
+		if (strtoull(arrtype, NULL, 10) != 0)
+			catalog_add(s, (uint64_t)strtoull(arrtype, NULL, 10) << 16, st);
 	}
 	return 0;
 }
@@ -2483,6 +2512,11 @@ on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 		} else if (f[i].table_oid != 0 && f[i].attnum > 0 &&
 			   catalog_find(s, f[i].table_oid, f[i].attnum, &st)) {
 			/* a rule's column under another name (an alias, a view) */
+			c->rule = 1;
+			c->style = (int8_t)st;
+		} else if (catalog_find(s, f[i].type_oid, 0, &st)) {
+			/* a whole row (or an array of rows) of a table with
+			 * such a column */
 			c->rule = 1;
 			c->style = (int8_t)st;
 		}

@@ -111,6 +111,47 @@ def test_column_rules_follow_the_source_column(mgw):
     assert got[0][0] == "***-**-6789"
 
 
+def test_whole_rows_of_a_table_with_rule_columns_are_masked(mgw, pg):
+    # A whole-row reference carries every column, the rule's too: such a
+    # row (or an array of them) is masked like the rule's column; not text,
+    # so it is NULL. No detector sees this password: only the rule can.
+    # A row of a table without rule columns passes.
+    pg.psql("orders", "CREATE TABLE IF NOT EXISTS svc_accounts "
+                      "(id int, label text, db_password text); "
+                      "TRUNCATE svc_accounts; INSERT INTO svc_accounts VALUES (1, 'svc', 'hunter2xyz'); "
+                      "ALTER TABLE svc_accounts OWNER TO app")
+    raw = rows(mgw, "SELECT s FROM svc_accounts s", groups="auditors")
+    assert raw == [("(1,svc,hunter2xyz)",)]  # what the agent must not see
+    for sql in ("SELECT s FROM svc_accounts s",
+                "SELECT s AS harmless FROM svc_accounts s",
+                "SELECT (SELECT s FROM svc_accounts s LIMIT 1)",
+                "SELECT array_agg(s) FROM svc_accounts s",
+                "SELECT s FROM svc_accounts s WHERE s.id IN (SELECT 1)"):
+        got = rows(mgw, sql)
+        assert got == [(None,)], (sql, got)
+    # through the extended protocol and binary results too
+    c = mgw.connect(token=mgw.mint(groups="ai-agents"))
+    cur = c.cursor(name="whole")
+    cur.execute("SELECT s FROM svc_accounts s")
+    assert cur.fetchall() == [(None,)]
+    c.close()
+    cn = pgwire.Conn(mgw.port)
+    assert cn.login("orders", mgw.mint(groups="ai-agents"))[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("", "SELECT s FROM svc_accounts s") +
+            pgwire.msg(b"B", b"\0\0" + struct.pack("!HHHH", 0, 0, 1, 1)) +
+            pgwire.describe_portal() + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    drows = [body for t, body in got if t == b"D"]
+    assert len(drows) == 1 and struct.unpack("!i", drows[0][2:6])[0] == -1, got
+    assert b"hunter2xyz" not in b"".join(body for _, body in got)
+    cn.close()
+    # the plain columns still follow their rules; a table without rule
+    # columns is untouched
+    assert rows(mgw, "SELECT s.label, s.db_password FROM svc_accounts s") == [("svc", "******2xyz")]
+    got = rows(mgw, "SELECT o FROM orders o ORDER BY id LIMIT 1")
+    assert got[0][0] is not None and got[0][0].startswith("(")
+
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "pii")
 
 
