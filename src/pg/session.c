@@ -52,6 +52,9 @@ struct entry {
 	char sqlstate[6];
 	char trace_id[33];
 	uint8_t rfmt; /* result formats its Bind asked for: RFMT_* */
+	/* ENT_EXEC: sluice describes the portal itself (need_desc), and the
+	 * answer to that Describe is still to come (own_desc) */
+	uint8_t need_desc, own_desc;
 };
 
 /* Result formats of a Bind: all text, all binary, or mixed. */
@@ -235,6 +238,10 @@ struct pg_session {
 	/* masking */
 	const struct sl_mask_plan *mplan;
 	int mask_exempt;
+	/* the portal the client's last message described (Describe 'P'), if
+	 * that message came just before this one (descp_prev) */
+	char descp[64];
+	uint8_t descp_set, descp_prev;
 	/* table columns whose names match a column rule, read from the catalog
 	 * at login, so `SELECT ssn AS x` is still masked: sorted keys */
 	struct catcol *catcols;
@@ -282,6 +289,7 @@ struct colinfo {
 static struct pg_session *sessions_of(struct sl_worker *w);
 static void process_client(struct pg_session *s);
 static void process_upstream(struct pg_session *s);
+static void up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_t len);
 static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
@@ -2820,6 +2828,7 @@ process_upstream(struct pg_session *s)
 		uint8_t type;
 		size_t total;
 		const uint8_t *msg;
+		struct entry *e0;
 		int r;
 
 		if (s->state == PG_ST_UPCONN) {
@@ -2869,6 +2878,17 @@ process_upstream(struct pg_session *s)
 				sl_stream_read_start(&s->cli);
 				process_client(s);
 			}
+			continue;
+		}
+		if ((type == 'T' || type == 'n') && (e0 = ent_head(s)) != NULL &&
+		    e0->kind == ENT_EXEC && e0->own_desc) {
+			/* the answer to sluice's own Describe (up_send_request) */
+			e0->own_desc = 0;
+			if (type == 'T')
+				on_row_desc(s, msg, total);
+			else
+				s->ncols = 0;
+			sl_buf_consume(in, total);
 			continue;
 		}
 		if (s->mplan != NULL) {
@@ -3096,7 +3116,7 @@ audit_done(struct sl_completion *c)
 		substitute(s, msg[0], "",
 			   "sluice: the audit trail is unavailable, request refused");
 	} else {
-		up_send(s, msg, s->held_len);
+		up_send_request(s, ent_last(s), msg, s->held_len);
 	}
 	sl_buf_consume(&s->cin, s->held_len);
 	s->hold = 0;
@@ -3164,7 +3184,7 @@ review_done_loop(struct sl_completion *c)
 			substitute(s, msg[0], "",
 				   "sluice: the audit trail is unavailable, request refused");
 		} else {
-			up_send(s, msg, s->held_len);
+			up_send_request(s, e, msg, s->held_len);
 		}
 	} else {
 		char m[300];
@@ -3743,6 +3763,40 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 	return 0;
 }
 
+/*
+ * Forwards a client message that was held or decided. Column rules need the
+ * RowDescription of what an Execute returns, and a client that executes a
+ * statement it described earlier (asyncpg, JDBC after prepareThreshold)
+ * does not ask for one: the server then sends rows with no description, and
+ * only the detectors would see them. So before such an Execute sluice sends
+ * its own Describe of the portal; its answer (RowDescription or NoData) is
+ * read by sluice and never reaches the client (process_upstream).
+ */
+static void
+up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_t len)
+{
+	const char *portal;
+	uint32_t maxrows;
+
+	if (msg[0] == 'E' && e != NULL && e->kind == ENT_EXEC && e->need_desc &&
+	    sl_pg_parse_execute(msg, len, &portal, &maxrows) == 0) {
+		size_t n = strlen(portal) + 1;
+		uint8_t hdr[6] = {'D', 0, 0, 0, 0, 'P'};
+		uint32_t l = (uint32_t)(4 + 1 + n);
+
+		hdr[1] = (uint8_t)(l >> 24);
+		hdr[2] = (uint8_t)(l >> 16);
+		hdr[3] = (uint8_t)(l >> 8);
+		hdr[4] = (uint8_t)l;
+		up_send(s, hdr, sizeof(hdr));
+		up_send(s, portal, n);
+		e->own_desc = 1;
+	}
+	if (e != NULL)
+		e->need_desc = 0;
+	up_send(s, msg, len);
+}
+
 static int
 handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 {
@@ -3771,6 +3825,10 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		return -1;
 	}
 	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
+	/* column rules and no Describe of this portal just before: sluice
+	 * describes it (up_send_request) */
+	e->need_desc = s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL &&
+		       !(s->descp_prev && strcmp(s->descp, portal) == 0);
 	memset(&rq, 0, sizeof(rq));
 	memset(&cls, 0, sizeof(cls));
 	memset(&d, 0, sizeof(d));
@@ -3855,7 +3913,7 @@ record:
 		fatal(s, "58000", "sluice: the audit trail is unavailable, request refused");
 		return -1;
 	}
-	up_send(s, msg, total);
+	up_send_request(s, e, msg, total);
 	return 0;
 }
 
@@ -3892,6 +3950,8 @@ process_client(struct pg_session *s)
 			s->ext_open = 1;
 		else if (type == 'S')
 			s->ext_open = 0;
+		s->descp_prev = s->descp_set;
+		s->descp_set = 0;
 		switch (type) {
 		case 'Q':
 			r = handle_query(s, msg, total);
@@ -3935,6 +3995,10 @@ process_client(struct pg_session *s)
 			if (sl_pg_parse_describe_close(msg, total, &kind, &name) != 0) {
 				fatal(s, "08P01", "sluice: malformed Describe message");
 				return;
+			}
+			if (kind == 'P' && strlen(name) < sizeof(s->descp)) {
+				memcpy(s->descp, name, strlen(name) + 1);
+				s->descp_set = 1;
 			}
 			up_send(s, msg, total);
 			break;

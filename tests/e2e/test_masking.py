@@ -311,3 +311,67 @@ def test_million_rows_constant_memory(mgw):
     c.close()
     # psycopg2 buffers the whole result client-side; the gateway must not
     assert peak - before < 64 * 1024, (before, peak)
+
+
+def test_column_rules_apply_when_the_client_does_not_describe(mgw):
+    # asyncpg describes a statement once, then runs it with Bind/Execute
+    # only (JDBC too, after prepareThreshold): the server sends rows with no
+    # RowDescription. sluice describes the portal itself, so column rules
+    # still apply; the client sees exactly what it asked for.
+    import asyncio
+    import asyncpg
+    want = [(1, "*" * len("tok_live_abc"), "***-**-6789"),
+            (2, "*" * len("tok_live_def"), "***-**-7890")]
+
+    async def main():
+        c = await asyncpg.connect(host="127.0.0.1", port=mgw.port, user="orders",
+                                  database="orders", password=mgw.mint(groups="ai-agents"),
+                                  ssl=False)
+        for _ in range(3):  # the 2nd and 3rd run from asyncpg's statement cache
+            got = await c.fetch("SELECT id, api_token AS t, ssn FROM customers ORDER BY id")
+            assert [tuple(r) for r in got] == want
+        st = await c.prepare("SELECT api_token FROM customers WHERE id = $1")
+        for _ in range(2):
+            assert await st.fetchval(1) == "*" * len("tok_live_abc")
+        async with c.transaction():  # a cursor: Execute with a row limit, again and again
+            got = [tuple(r) async for r in c.cursor(
+                "SELECT id, api_token, ssn FROM customers ORDER BY id", prefetch=1)]
+        assert got == want
+        await c.close()
+    asyncio.run(main())
+
+    cn = pgwire.Conn(mgw.port)
+    assert cn.login("orders", mgw.mint(groups="ai-agents"))[-1] == (b"Z", b"I")
+    # text and binary results, no Describe: masked, and no RowDescription
+    # or NoData reaches the client that did not ask for one
+    for fmt in (0, 1):
+        cn.send(pgwire.parse("", "SELECT api_token, name FROM customers ORDER BY id") +
+                pgwire.msg(b"B", b"\0\0" + struct.pack("!HHHH", 0, 0, 1, fmt)) +
+                pgwire.execute() + pgwire.SYNC)
+        got = cn.until_ready()
+        assert [t for t, _ in got] == [b"1", b"2", b"D", b"D", b"C", b"Z"], got
+        body = b"".join(b for _, b in got)
+        assert b"tok_live" not in body and b"************" in body and b"Ada" in body, got
+    # a named portal run in two pieces across syncs, with a statement that
+    # returns nothing in between
+    cn.send(pgwire.query("BEGIN"))
+    cn.until_ready()
+    cn.send(pgwire.parse("s1", "SELECT api_token FROM customers ORDER BY id") +
+            pgwire.bind("p1", "s1") + pgwire.execute("p1", 1) + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"1", b"2", b"D", b"s", b"Z"], got
+    cn.send(pgwire.parse("", "SET LOCAL work_mem = '4MB'") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.execute("p1", 0) + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"1", b"2", b"C", b"D", b"C", b"Z"], got
+    assert b"tok_live" not in b"".join(b for _, b in got)
+    # a client that describes gets its one RowDescription; an unknown portal
+    # fails as the server says
+    cn.send(pgwire.bind("p2", "s1") + pgwire.describe_portal("p2") + pgwire.execute("p2") +
+            pgwire.execute("nope") + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"2", b"T", b"D", b"D", b"C", b"E", b"Z"], got
+    assert b"34000" in got[5][1] and b"nope" in got[5][1], got
+    cn.send(pgwire.query("COMMIT"))
+    assert cn.until_ready()[-1] == (b"Z", b"I")
+    cn.close()
