@@ -52,9 +52,8 @@ struct entry {
 	char sqlstate[6];
 	char trace_id[33];
 	uint8_t rfmt; /* result formats its Bind asked for: RFMT_* */
-	/* ENT_EXEC: sluice describes the portal itself (need_desc), and the
-	 * answer to that Describe is still to come (own_desc) */
-	uint8_t need_desc, own_desc;
+	/* ENT_EXEC: sluice describes the portal itself (up_send_request) */
+	uint8_t need_desc;
 };
 
 /* Result formats of a Bind: all text, all binary, or mixed. */
@@ -242,6 +241,12 @@ struct pg_session {
 	 * that message came just before this one (descp_prev) */
 	char descp[64];
 	uint8_t descp_set, descp_prev;
+	/* Describe messages sent upstream and not answered yet, oldest first:
+	 * sync group << 1 | 1 if sluice's own. The server answers them in
+	 * order (RowDescription or NoData) or skips them after an error until
+	 * Sync (dropped at that group's ReadyForQuery). */
+	uint64_t *dq;
+	size_t dq_head, dq_len, dq_cap;
 	/* table columns whose names match a column rule, read from the catalog
 	 * at login, so `SELECT ssn AS x` is still masked: sorted keys */
 	struct catcol *catcols;
@@ -679,6 +684,53 @@ ops_group_failed(struct pg_session *s)
 	}
 }
 
+/* Notes a Describe sent upstream (own: sluice's). */
+static int
+dq_push(struct pg_session *s, int own)
+{
+	if (s->dq_len == s->dq_cap) {
+		size_t ncap = s->dq_cap ? s->dq_cap * 2 : 8;
+		uint64_t *n;
+
+		if (s->dq_cap >= MAX_INFLIGHT || (n = malloc(ncap * sizeof(*n))) == NULL)
+			return -1;
+		for (size_t i = 0; i < s->dq_len; i++)
+			n[i] = s->dq[(s->dq_head + i) % s->dq_cap];
+		free(s->dq);
+		s->dq = n;
+		s->dq_cap = ncap;
+		s->dq_head = 0;
+	}
+	s->dq[(s->dq_head + s->dq_len) % s->dq_cap] = s->grp_sent << 1 | (uint64_t)(own != 0);
+	s->dq_len++;
+	return 0;
+}
+
+/* Takes the oldest pending Describe: 1 if it was sluice's own, 0 if the
+ * client's, -1 if none is pending. */
+static int
+dq_pop(struct pg_session *s)
+{
+	uint64_t v;
+
+	if (s->dq_len == 0)
+		return -1;
+	v = s->dq[s->dq_head];
+	s->dq_head = (s->dq_head + 1) % s->dq_cap;
+	s->dq_len--;
+	return (int)(v & 1);
+}
+
+/* At a group's ReadyForQuery: its Describes still pending were skipped. */
+static void
+dq_group_done(struct pg_session *s)
+{
+	while (s->dq_len > 0 && (s->dq[s->dq_head] >> 1) < s->grp_done) {
+		s->dq_head = (s->dq_head + 1) % s->dq_cap;
+		s->dq_len--;
+	}
+}
+
 /* ReadyForQuery: the group is over; settles what it left. */
 static void
 ops_group_done(struct pg_session *s)
@@ -687,6 +739,7 @@ ops_group_done(struct pg_session *s)
 		op_resolve(s, &s->ops, s->ops->kind == OP_PREPARE && !s->grp_failed);
 	s->grp_done++;
 	s->grp_failed = 0;
+	dq_group_done(s);
 }
 
 /* Whether a change of name (map: opnames or pnames) awaits the server's
@@ -1117,6 +1170,7 @@ session_free(struct pg_session *s)
 		free(s->verify_token);
 	}
 	free(s->ents);
+	free(s->dq);
 	while (s->ops)
 		op_resolve(s, &s->ops, 0);
 	for (size_t i = 0; i < s->stmts.cap; i++)
@@ -2880,10 +2934,10 @@ process_upstream(struct pg_session *s)
 			}
 			continue;
 		}
-		if ((type == 'T' || type == 'n') && (e0 = ent_head(s)) != NULL &&
-		    e0->kind == ENT_EXEC && e0->own_desc) {
-			/* the answer to sluice's own Describe (up_send_request) */
-			e0->own_desc = 0;
+		/* A RowDescription or NoData outside a simple Query answers
+		 * the oldest pending Describe; sluice's own stays here. */
+		if ((type == 'T' || type == 'n') &&
+		    ((e0 = ent_head(s)) == NULL || e0->kind != ENT_QUERY) && dq_pop(s) == 1) {
 			if (type == 'T')
 				on_row_desc(s, msg, total);
 			else
@@ -3779,7 +3833,7 @@ up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_
 	uint32_t maxrows;
 
 	if (msg[0] == 'E' && e != NULL && e->kind == ENT_EXEC && e->need_desc &&
-	    sl_pg_parse_execute(msg, len, &portal, &maxrows) == 0) {
+	    sl_pg_parse_execute(msg, len, &portal, &maxrows) == 0 && dq_push(s, 1) == 0) {
 		size_t n = strlen(portal) + 1;
 		uint8_t hdr[6] = {'D', 0, 0, 0, 0, 'P'};
 		uint32_t l = (uint32_t)(4 + 1 + n);
@@ -3790,7 +3844,6 @@ up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_
 		hdr[4] = (uint8_t)l;
 		up_send(s, hdr, sizeof(hdr));
 		up_send(s, portal, n);
-		e->own_desc = 1;
 	}
 	if (e != NULL)
 		e->need_desc = 0;
@@ -3999,6 +4052,10 @@ process_client(struct pg_session *s)
 			if (kind == 'P' && strlen(name) < sizeof(s->descp)) {
 				memcpy(s->descp, name, strlen(name) + 1);
 				s->descp_set = 1;
+			}
+			if (dq_push(s, 0) != 0) {
+				fatal(s, "54000", "sluice: too many statements in flight");
+				return;
 			}
 			up_send(s, msg, total);
 			break;

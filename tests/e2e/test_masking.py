@@ -374,4 +374,25 @@ def test_column_rules_apply_when_the_client_does_not_describe(mgw):
     assert b"34000" in got[5][1] and b"nope" in got[5][1], got
     cn.send(pgwire.query("COMMIT"))
     assert cn.until_ready()[-1] == (b"Z", b"I")
+    # a Describe of another portal earlier in the batch: the client gets the
+    # answer to its own Describe (Y's columns), X's rows are still masked
+    cn.send(pgwire.parse("sy", "SELECT name AS who FROM customers ORDER BY id") +
+            pgwire.bind("py", "sy") + pgwire.describe_portal("py") +
+            pgwire.bind("px", "s1") + pgwire.execute("px") + pgwire.execute("py") +
+            pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"1", b"2", b"T", b"2", b"D", b"D", b"C", b"D", b"D",
+                                   b"C", b"Z"], got
+    assert b"who" in got[2][1] and b"api_token" not in got[2][1], got
+    assert b"tok_live" not in b"".join(b for _, b in got) and b"Ada" in got[7][1], got
+    # Describes the server skips after an error are not waited for
+    cn.send(pgwire.bind("pz", "no_such_statement") + pgwire.describe_portal("pz") +
+            pgwire.execute("pz") + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"E", b"Z"], got
+    cn.send(pgwire.parse("", "SELECT api_token FROM customers WHERE id = 1") +
+            pgwire.bind("", "") + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert [t for t, _ in got] == [b"1", b"2", b"D", b"C", b"Z"], got
+    assert b"tok_live" not in got[2][1] and b"************" in got[2][1], got
     cn.close()
