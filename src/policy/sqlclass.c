@@ -839,7 +839,7 @@ walk_object(struct walker *w, const char *node)
 		}
 		w->p++;
 		ws(w);
-		memcpy(pending, key, sizeof(pending));
+		memcpy(pending, key, strlen(key) + 1); /* key is shorter than pending */
 		before = w->rowrefs;
 		w->tf = TF_T | TF_F;
 		if (w->p < w->end && *w->p == '"' &&
