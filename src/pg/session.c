@@ -251,6 +251,13 @@ struct pg_session {
 	 * at login, so `SELECT ssn AS x` is still masked: sorted keys */
 	struct catcol *catcols;
 	size_t ncatcols;
+	/* the same columns by name (schema, table, column), for COPY ... TO,
+	 * whose output names no column; catalog_failed: the lookup failed */
+	struct mtable {
+		char nsp[64], rel[64], col[64];
+	} * mtables;
+	size_t nmtables;
+	int catalog_failed;
 	unsigned catalog : 2; /* 0 not asked, 1 query running, 2 done */
 	struct colinfo *cols;
 	uint16_t ncols;
@@ -1171,6 +1178,7 @@ session_free(struct pg_session *s)
 	}
 	free(s->ents);
 	free(s->dq);
+	free(s->mtables);
 	while (s->ops)
 		op_resolve(s, &s->ops, 0);
 	for (size_t i = 0; i < s->stmts.cap; i++)
@@ -2421,9 +2429,11 @@ catalog_ask(struct pg_session *s)
 	sl_buf_init(&q, 0);
 	sl_buf_append_cstr(&q, "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
 			       "a.attname::pg_catalog.text, c.reltype::pg_catalog.int8, "
-			       "coalesce(t.typarray, 0)::pg_catalog.int8 "
+			       "coalesce(t.typarray, 0)::pg_catalog.int8, "
+			       "n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
 			       "FROM pg_catalog.pg_attribute a "
 			       "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+			       "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 			       "LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype "
 			       "WHERE a.attnum > 0 AND NOT a.attisdropped "
 			       "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
@@ -2492,8 +2502,8 @@ catalog_add(struct pg_session *s, uint64_t key, enum sl_mask_style st)
 static int
 catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 {
-	int32_t lens[5];
-	uint32_t offs[5];
+	int32_t lens[7];
+	uint32_t offs[7];
 	uint16_t n;
 
 	if (type == 'Z') {
@@ -2507,11 +2517,13 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		sl_warn("pg session %s: cannot read the catalog for column rules; they match "
 			"result column names only",
 			s->pl.id);
+		s->catalog_failed = 1;
 		return 0;
 	}
-	if (type != 'D' || sl_pg_parse_data_row(msg, len, 5, &n, offs, lens) != 0 || n != 5 ||
+	if (type != 'D' || sl_pg_parse_data_row(msg, len, 7, &n, offs, lens) != 0 || n != 7 ||
 	    lens[0] <= 0 || lens[1] <= 0 || lens[2] <= 0 || lens[3] <= 0 || lens[4] <= 0 ||
-	    lens[0] > 20 || lens[1] > 6 || lens[2] > 63 || lens[3] > 20 || lens[4] > 20)
+	    lens[5] <= 0 || lens[6] <= 0 || lens[0] > 20 || lens[1] > 6 || lens[2] > 63 ||
+	    lens[3] > 20 || lens[4] > 20 || lens[5] > 63 || lens[6] > 63)
 		return 0;
 	{
 		char oid[24], att[8], name[64], rowtype[24], arrtype[24];
@@ -2539,6 +2551,23 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 			catalog_add(s, (uint64_t)strtoull(rowtype, NULL, 10) << 16, st);
 		if (strtoull(arrtype, NULL, 10) != 0)
 			catalog_add(s, (uint64_t)strtoull(arrtype, NULL, 10) << 16, st);
+		if ((s->nmtables & (s->nmtables - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
+			struct mtable *m = realloc(s->mtables, (s->nmtables ? 2 * s->nmtables : 1) *
+								       sizeof(*m));
+
+			if (m == NULL)
+				return 0;
+			s->mtables = m;
+		}
+		{
+			struct mtable *m = &s->mtables[s->nmtables++];
+
+			memcpy(m->nsp, msg + offs[5], (size_t)lens[5]);
+			m->nsp[lens[5]] = '\0';
+			memcpy(m->rel, msg + offs[6], (size_t)lens[6]);
+			m->rel[lens[6]] = '\0';
+			memcpy(m->col, name, sizeof(m->col));
+		}
 	}
 	return 0;
 }
@@ -3408,6 +3437,53 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
  * returns 1 with msg filled. Audits the request: for an allowed request in
  * strict mode the caller must wait (returns 2 with the completion armed).
  */
+/*
+ * COPY ... TO sends rows as CopyData, which name no column: column rules
+ * cannot follow them there (detectors still run). A COPY whose source is a
+ * table with a rule's column (COPY t, COPY t (cols), or a query reading t)
+ * is refused instead of letting the column's values pass unmasked; SELECT
+ * masks them. An unqualified name matches such a table in any schema. If
+ * the catalog could not be read, every COPY ... TO is refused.
+ */
+static void
+copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d)
+{
+	if (d->action == SL_ACT_BLOCK || !(cls->kinds & SL_SQL_COPY_TO) || s->mplan == NULL ||
+	    sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+		return;
+	if (s->catalog_failed) {
+		snprintf(d->reason, sizeof(d->reason), "%s",
+			 "sluice: COPY ... TO is refused while column rules apply and the "
+			 "catalog could not be read; use SELECT");
+		goto block;
+	}
+	for (size_t i = 0; i < cls->ntables; i++) {
+		const char *t = cls->tables[i], *dot = strrchr(t, '.');
+
+		for (size_t j = 0; j < s->nmtables; j++) {
+			const struct mtable *m = &s->mtables[j];
+			int hit = dot != NULL
+					  ? strlen(m->nsp) == (size_t)(dot - t) &&
+						    strncmp(m->nsp, t, (size_t)(dot - t)) == 0 &&
+						    strcmp(m->rel, dot + 1) == 0
+					  : strcmp(m->rel, t) == 0;
+
+			if (hit) {
+				snprintf(d->reason, sizeof(d->reason),
+					 "sluice: COPY ... TO of %s.%s would pass its masked "
+					 "column %s unmasked; use SELECT",
+					 m->nsp, m->rel, m->col);
+				goto block;
+			}
+		}
+	}
+	return;
+block:
+	d->action = SL_ACT_BLOCK;
+	d->message = d->reason;
+	d->rule = NULL;
+}
+
 static int
 decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
        const char *trace, const char *span, struct entry *e, char *msg, size_t msglen, int *waiting)
@@ -3434,6 +3510,7 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 		d.action = SL_ACT_BLOCK;
 		d.message = "sluice: policy evaluation failed";
 	}
+	copy_check(s, cls, &d);
 	if (d.action == SL_ACT_REVIEW) {
 		int hr = hold_for_review(s, sql, len, cls, &d, trace, span);
 
@@ -3661,6 +3738,8 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
 			return -1;
 		}
+		if (r == 0)
+			copy_check(s, c, &d);
 		if (r == 0 && d.action == SL_ACT_REVIEW) {
 			/* Parsing runs nothing: the approval is asked for when
 			 * the statement is executed, with its parameters. */

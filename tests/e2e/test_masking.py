@@ -256,7 +256,8 @@ def test_copy_error_detail_and_notify_masked(mgw):
     c.autocommit = True
     cur = c.cursor()
     buf = io.StringIO()
-    cur.copy_expert("COPY (SELECT email, ssn FROM customers ORDER BY id) TO STDOUT", buf)
+    cur.execute("CREATE TEMP TABLE contacts AS SELECT email, ssn AS tax_id FROM customers")
+    cur.copy_expert("COPY (SELECT email, tax_id FROM contacts ORDER BY 1) TO STDOUT", buf)
     out = buf.getvalue()
     assert "123-45-6789" not in out and "ada@example.com" not in out
     assert out.splitlines()[0] == "a**@example.com\t***-**-6789"
@@ -395,4 +396,39 @@ def test_column_rules_apply_when_the_client_does_not_describe(mgw):
     got = cn.until_ready()
     assert [t for t, _ in got] == [b"1", b"2", b"D", b"C", b"Z"], got
     assert b"tok_live" not in got[2][1] and b"************" in got[2][1], got
+    cn.close()
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY customers TO STDOUT",
+    "COPY public.customers (id, api_token) TO STDOUT",
+    "COPY customers (id, name) TO STDOUT WITH (FORMAT csv)",
+    "COPY (SELECT api_token FROM customers) TO STDOUT",
+    "COPY (SELECT c.* FROM public.customers c JOIN orders o ON o.customer = c.id) TO STDOUT",
+])
+def test_copy_out_of_a_table_with_rule_columns_is_refused(mgw, sql):
+    # CopyData names no column, so a column rule cannot follow its column
+    # there (tok_live_abc matches no detector): such a COPY is refused with
+    # the column named, the session stays usable, and SELECT masks.
+    c = mgw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.copy_expert(sql, io.StringIO())
+    assert ei.value.pgcode == "42501", ei.value
+    assert "customers" in str(ei.value) and "use SELECT" in str(ei.value), ei.value
+    cur.execute("SELECT api_token FROM customers ORDER BY id LIMIT 1")
+    assert cur.fetchone()[0] == "*" * len("tok_live_abc")
+    # a table without rule columns copies out as before
+    buf = io.StringIO()
+    cur.copy_expert("COPY (SELECT id, amount FROM orders ORDER BY id LIMIT 2) TO STDOUT", buf)
+    assert buf.getvalue() == "1\t1\n2\t2\n"
+    c.close()
+    # the same through the extended protocol (a driver that prepares COPY)
+    cn = pgwire.Conn(mgw.port)
+    assert cn.login("orders", mgw.mint(groups="ai-agents"))[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("", sql) + pgwire.bind("", "") + pgwire.execute() + pgwire.SYNC)
+    got = cn.until_ready()
+    assert any(t == b"E" and b"42501" in b for t, b in got), got
+    assert not any(t in (b"H", b"d") for t, _ in got), got
     cn.close()
