@@ -2459,7 +2459,8 @@ catalog_ask(struct pg_session *s)
 		}
 		sl_buf_append(&q, "' ESCAPE '!'", 12);
 	}
-	sl_buf_append_cstr(&q, ")");
+	/* by table: catalog_msg() keeps one name per table */
+	sl_buf_append_cstr(&q, ") ORDER BY 6, 7");
 	sl_buf_init(&m, 0);
 	if (sl_pg_put_query(&m, (const char *)q.data) != 0) {
 		sl_buf_fini(&m);
@@ -2551,6 +2552,11 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 			catalog_add(s, (uint64_t)strtoull(rowtype, NULL, 10) << 16, st);
 		if (strtoull(arrtype, NULL, 10) != 0)
 			catalog_add(s, (uint64_t)strtoull(arrtype, NULL, 10) << 16, st);
+		if (s->nmtables > 0 && (size_t)lens[5] == strlen(s->mtables[s->nmtables - 1].nsp) &&
+		    memcmp(s->mtables[s->nmtables - 1].nsp, msg + offs[5], (size_t)lens[5]) == 0 &&
+		    (size_t)lens[6] == strlen(s->mtables[s->nmtables - 1].rel) &&
+		    memcmp(s->mtables[s->nmtables - 1].rel, msg + offs[6], (size_t)lens[6]) == 0)
+			return 0; /* that table again (rows come by table) */
 		if ((s->nmtables & (s->nmtables - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
 			struct mtable *m = realloc(s->mtables, (s->nmtables ? 2 * s->nmtables : 1) *
 								       sizeof(*m));
