@@ -89,6 +89,8 @@ int sl_pg_put_parse(struct sl_buf *b, const char *stmt, const char *sql, const u
 		    uint16_t noids);
 /* 'E' Execute; portal NULL is the unnamed portal, maxrows 0 = all. */
 int sl_pg_put_execute(struct sl_buf *b, const char *portal, uint32_t maxrows);
+/* 'D': kind 'S' (statement) or 'P' (portal) */
+int sl_pg_put_describe(struct sl_buf *b, char kind, const char *name);
 
 /* ---- parsers */
 struct sl_pg_error_fields {

@@ -392,6 +392,17 @@ sl_pg_put_execute(struct sl_buf *b, const char *portal, uint32_t maxrows)
 }
 
 int
+sl_pg_put_describe(struct sl_buf *b, char kind, const char *name)
+{
+	struct mark m;
+	int r = begin(b, 'D', &m);
+
+	r = r ? r : sl_buf_append_u8(b, (uint8_t)kind);
+	r = r ? r : put_cstr(b, name ? name : "");
+	return finish(b, &m, r);
+}
+
+int
 sl_pg_put_command_complete(struct sl_buf *b, const char *tag)
 {
 	struct mark m;

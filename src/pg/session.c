@@ -2521,59 +2521,47 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		s->catalog_failed = 1;
 		return 0;
 	}
-	if (type != 'D' || sl_pg_parse_data_row(msg, len, 7, &n, offs, lens) != 0 || n != 7 ||
-	    lens[0] <= 0 || lens[1] <= 0 || lens[2] <= 0 || lens[3] <= 0 || lens[4] <= 0 ||
-	    lens[5] <= 0 || lens[6] <= 0 || lens[0] > 20 || lens[1] > 6 || lens[2] > 63 ||
-	    lens[3] > 20 || lens[4] > 20 || lens[5] > 63 || lens[6] > 63)
+	if (type != 'D' || sl_pg_parse_data_row(msg, len, 7, &n, offs, lens) != 0 || n != 7)
 		return 0;
 	{
-		char oid[24], att[8], name[64], rowtype[24], arrtype[24];
+		/* attrelid, attnum, attname, reltype, typarray, nspname, relname */
+		static const int32_t maxlen[7] = {20, 6, 63, 20, 20, 63, 63};
+		char f[7][64];
+		uint64_t rowtype, arrtype;
 		enum sl_mask_style st;
+		struct mtable *m;
 
-		memcpy(oid, msg + offs[0], (size_t)lens[0]);
-		oid[lens[0]] = '\0';
-		memcpy(att, msg + offs[1], (size_t)lens[1]);
-		att[lens[1]] = '\0';
-		memcpy(name, msg + offs[2], (size_t)lens[2]);
-		name[lens[2]] = '\0';
-		memcpy(rowtype, msg + offs[3], (size_t)lens[3]);
-		rowtype[lens[3]] = '\0';
-		memcpy(arrtype, msg + offs[4], (size_t)lens[4]);
-		arrtype[lens[4]] = '\0';
-		if (!sl_mask_plan_column(s->mplan, name, &st))
+		for (int i = 0; i < 7; i++) {
+			if (lens[i] <= 0 || lens[i] > maxlen[i])
+				return 0;
+			memcpy(f[i], msg + offs[i], (size_t)lens[i]);
+			f[i][lens[i]] = '\0';
+		}
+		if (!sl_mask_plan_column(s->mplan, f[2], &st))
 			return 0;
 		if (catalog_add(s,
-				(uint64_t)strtoull(oid, NULL, 10) << 16 |
-					(uint64_t)(strtoul(att, NULL, 10) & 0xffff),
+				(uint64_t)strtoull(f[0], NULL, 10) << 16 |
+					(uint64_t)(strtoul(f[1], NULL, 10) & 0xffff),
 				st) != 0)
 			return 0;
 		/* attnum 0: a type (no table column has attnum 0) */
-		if (strtoull(rowtype, NULL, 10) != 0)
-			catalog_add(s, (uint64_t)strtoull(rowtype, NULL, 10) << 16, st);
-		if (strtoull(arrtype, NULL, 10) != 0)
-			catalog_add(s, (uint64_t)strtoull(arrtype, NULL, 10) << 16, st);
-		if (s->nmtables > 0 && (size_t)lens[5] == strlen(s->mtables[s->nmtables - 1].nsp) &&
-		    memcmp(s->mtables[s->nmtables - 1].nsp, msg + offs[5], (size_t)lens[5]) == 0 &&
-		    (size_t)lens[6] == strlen(s->mtables[s->nmtables - 1].rel) &&
-		    memcmp(s->mtables[s->nmtables - 1].rel, msg + offs[6], (size_t)lens[6]) == 0)
+		if ((rowtype = strtoull(f[3], NULL, 10)) != 0)
+			catalog_add(s, rowtype << 16, st);
+		if ((arrtype = strtoull(f[4], NULL, 10)) != 0)
+			catalog_add(s, arrtype << 16, st);
+		m = s->nmtables > 0 ? &s->mtables[s->nmtables - 1] : NULL;
+		if (m != NULL && strcmp(m->nsp, f[5]) == 0 && strcmp(m->rel, f[6]) == 0)
 			return 0; /* that table again (rows come by table) */
 		if ((s->nmtables & (s->nmtables - 1)) == 0) { /* 0, 1, 2, 4, ...: double */
-			struct mtable *m = realloc(s->mtables, (s->nmtables ? 2 * s->nmtables : 1) *
-								       sizeof(*m));
-
+			m = realloc(s->mtables, (s->nmtables ? 2 * s->nmtables : 1) * sizeof(*m));
 			if (m == NULL)
 				return 0;
 			s->mtables = m;
 		}
-		{
-			struct mtable *m = &s->mtables[s->nmtables++];
-
-			memcpy(m->nsp, msg + offs[5], (size_t)lens[5]);
-			m->nsp[lens[5]] = '\0';
-			memcpy(m->rel, msg + offs[6], (size_t)lens[6]);
-			m->rel[lens[6]] = '\0';
-			memcpy(m->col, name, sizeof(m->col));
-		}
+		m = &s->mtables[s->nmtables++];
+		memcpy(m->nsp, f[5], sizeof(m->nsp));
+		memcpy(m->rel, f[6], sizeof(m->rel));
+		memcpy(m->col, f[2], sizeof(m->col));
 	}
 	return 0;
 }
@@ -3174,10 +3162,7 @@ substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char
 	} else if (type == 'E') {
 		/* Execute of a portal that cannot exist: the server answers
 		 * with an error naming it, inside the current batch. */
-		sl_buf_append_u8(&out, 'E');
-		sl_buf_append_u32be(&out, (uint32_t)(4 + strlen(sql) + 1 + 4));
-		sl_buf_append_cstr(&out, sql);
-		sl_buf_append_u32be(&out, 0);
+		sl_pg_put_execute(&out, sql, 0);
 	} else {
 		sl_pg_put_query(&out, sql);
 	}
@@ -3918,17 +3903,13 @@ up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_
 	uint32_t maxrows;
 
 	if (msg[0] == 'E' && e != NULL && e->kind == ENT_EXEC && e->need_desc &&
-	    sl_pg_parse_execute(msg, len, &portal, &maxrows) == 0 && dq_push(s, 1) == 0) {
-		size_t n = strlen(portal) + 1;
-		uint8_t hdr[6] = {'D', 0, 0, 0, 0, 'P'};
-		uint32_t l = (uint32_t)(4 + 1 + n);
+	    sl_pg_parse_execute(msg, len, &portal, &maxrows) == 0) {
+		struct sl_buf d;
 
-		hdr[1] = (uint8_t)(l >> 24);
-		hdr[2] = (uint8_t)(l >> 16);
-		hdr[3] = (uint8_t)(l >> 8);
-		hdr[4] = (uint8_t)l;
-		up_send(s, hdr, sizeof(hdr));
-		up_send(s, portal, n);
+		sl_buf_init(&d, 0);
+		if (sl_pg_put_describe(&d, 'P', portal) == 0 && dq_push(s, 1) == 0)
+			up_send(s, d.data, d.len);
+		sl_buf_fini(&d);
 	}
 	if (e != NULL)
 		e->need_desc = 0;

@@ -1228,7 +1228,7 @@ ident_char(unsigned char ch)
 /* Whether the text may call set_config or table_to_xml / schema_to_xml,
  * whose kinds or tables depend on a literal. */
 static int
-names_set_config(const char *sql, size_t len)
+names_literal_dependent(const char *sql, size_t len)
 {
 	for (const char *p = sql; (p = memchr(p, '_', len - (size_t)(p - sql))) != NULL; p++) {
 		if (p >= sql + 3 && sql + len - p >= 7 && strncasecmp(p - 3, "set_config", 10) == 0)
@@ -1265,7 +1265,7 @@ shape_into(const char *sql, size_t len, char *o, size_t *outlen)
 	size_t i = 0, n = 0;
 	int folded = 0;
 
-	if (memchr(sql, '\0', len) != NULL || names_set_config(sql, len))
+	if (memchr(sql, '\0', len) != NULL || names_literal_dependent(sql, len))
 		goto exact;
 	while (i < len) {
 		unsigned char ch = (unsigned char)sql[i];
