@@ -37,6 +37,12 @@ struct sl_decision {
 	int mask_exempt;
 	char reason[256];
 };
+/* Whether a statement reaches a table one of pats[0..n) names, as a block
+ * rule's tables: a listed name (an unqualified one matches the table part
+ * of a qualified pattern, globs allowed, any case) or a schema the
+ * statement acts on as a whole (DROP SCHEMA, schema_to_xml). */
+int sl_policy_reaches(char *const *pats, unsigned n, const struct sl_sql_class *cls);
+
 struct sl_policy_set;
 int sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char *err,
 		      size_t errlen);

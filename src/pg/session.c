@@ -3431,10 +3431,12 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
 /*
  * COPY ... TO sends rows as CopyData, which name no column: column rules
  * cannot follow them there (detectors still run). A COPY whose source is a
- * table with a rule's column (COPY t, COPY t (cols), or a query reading t)
- * is refused instead of letting the column's values pass unmasked; SELECT
- * masks them. An unqualified name matches such a table in any schema. If
- * the catalog could not be read, every COPY ... TO is refused.
+ * table with a rule's column (COPY t, COPY t (cols), a query reading t, or
+ * one acting on t's whole schema like schema_to_xml) is refused instead of
+ * letting the column's values pass unmasked; SELECT masks them. The table
+ * is matched as a block rule's "schema.table" would be (an unqualified name
+ * matches it in any schema). If the catalog could not be read, every COPY
+ * ... TO is refused.
  */
 static void
 copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d)
@@ -3448,24 +3450,17 @@ copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decis
 			 "catalog could not be read; use SELECT");
 		goto block;
 	}
-	for (size_t i = 0; i < cls->ntables; i++) {
-		const char *t = cls->tables[i], *dot = strrchr(t, '.');
+	for (size_t j = 0; j < s->nmtables; j++) {
+		const struct mtable *m = &s->mtables[j];
+		char name[sizeof(m->nsp) + sizeof(m->rel)], *pat = name;
 
-		for (size_t j = 0; j < s->nmtables; j++) {
-			const struct mtable *m = &s->mtables[j];
-			int hit = dot != NULL
-					  ? strlen(m->nsp) == (size_t)(dot - t) &&
-						    strncmp(m->nsp, t, (size_t)(dot - t)) == 0 &&
-						    strcmp(m->rel, dot + 1) == 0
-					  : strcmp(m->rel, t) == 0;
-
-			if (hit) {
-				snprintf(d->reason, sizeof(d->reason),
-					 "sluice: COPY ... TO of %s.%s would pass its masked "
-					 "column %s unmasked; use SELECT",
-					 m->nsp, m->rel, m->col);
-				goto block;
-			}
+		snprintf(name, sizeof(name), "%s.%s", m->nsp, m->rel);
+		if (sl_policy_reaches(&pat, 1, cls)) {
+			snprintf(d->reason, sizeof(d->reason),
+				 "sluice: COPY ... TO of %s.%s would pass masked column %s; use "
+				 "SELECT",
+				 m->nsp, m->rel, m->col);
+			goto block;
 		}
 	}
 	return;

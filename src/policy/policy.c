@@ -281,6 +281,13 @@ schema_listed(char *const *pats, unsigned npats, char *const *schemas, size_t n)
 	return 0;
 }
 
+int
+sl_policy_reaches(char *const *pats, unsigned n, const struct sl_sql_class *cls)
+{
+	return any_listed(pats, n, cls->tables, cls->ntables, 1) ||
+	       schema_listed(pats, n, cls->schemas, cls->nschemas);
+}
+
 /* Whether there are names and every one matches one of the patterns. */
 static int
 all_listed(char *const *pats, unsigned npats, char *const *names, size_t n)
@@ -321,10 +328,7 @@ conditions_hold(const struct crule *cr, const struct sl_request *req)
 			return 0;
 		/* an allow rule's tables are checked per kind (allow_covers) */
 		if (r->tables_count > 0 && restrictive &&
-		    !(any_listed(r->tables, r->tables_count, req->sql->tables, req->sql->ntables,
-				 1) ||
-		      schema_listed(r->tables, r->tables_count, req->sql->schemas,
-				    req->sql->nschemas)))
+		    !sl_policy_reaches(r->tables, r->tables_count, req->sql))
 			return 0;
 		return 1;
 	case SL_PROTO_HTTP:

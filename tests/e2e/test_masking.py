@@ -405,6 +405,8 @@ def test_column_rules_apply_when_the_client_does_not_describe(mgw):
     "COPY customers (id, name) TO STDOUT WITH (FORMAT csv)",
     "COPY (SELECT api_token FROM customers) TO STDOUT",
     "COPY (SELECT c.* FROM public.customers c JOIN orders o ON o.customer = c.id) TO STDOUT",
+    "COPY (SELECT schema_to_xml('public', true, false, '')) TO STDOUT",
+    "COPY (SELECT table_to_xml('Public.Customers', true, false, '')) TO STDOUT",
 ])
 def test_copy_out_of_a_table_with_rule_columns_is_refused(mgw, sql):
     # CopyData names no column, so a column rule cannot follow its column
