@@ -118,6 +118,10 @@ struct portal {
  * every other session shares. Over it: FATAL 54000. */
 #define SESSION_HELD_MAX ((size_t)64 << 20)
 
+/* The refusal sluice sends when the audit trail cannot take a statement's
+ * record: not a policy decision, so it gets its own SQLSTATE and hint. */
+static const char audit_down_msg[] = "sluice: the audit trail is unavailable, request refused";
+
 struct blocked_msg {
 	char nonce[24];
 	char message[256];
@@ -2282,9 +2286,15 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 	if (rew != NULL) {
 		struct sl_buf b;
 
+		int down = strcmp(rew, audit_down_msg) == 0;
+
 		sl_buf_init(&b, 0);
-		sl_pg_put_error(&b, "ERROR", "42501", rew, NULL,
-				"sluice blocked this statement by policy");
+		/* 58000 (system_error) like the login-time refusal: an outage,
+		 * worth a retry, not a permission */
+		sl_pg_put_error(&b, "ERROR", down ? "58000" : "42501", rew, NULL,
+				down ? "sluice records each statement before it runs and cannot "
+				       "record now; retry later"
+				     : "sluice blocked this statement by policy");
 		cli_send(s, b.data, b.len);
 		sl_buf_fini(&b);
 	} else if (s->mplan != NULL) {
@@ -3187,8 +3197,7 @@ audit_done(struct sl_completion *c)
 
 		if (e != NULL)
 			e->blocked = 1;
-		substitute(s, msg[0], "",
-			   "sluice: the audit trail is unavailable, request refused");
+		substitute(s, msg[0], "", audit_down_msg);
 	} else {
 		up_send_request(s, ent_last(s), msg, s->held_len);
 	}
@@ -3255,8 +3264,7 @@ review_done_loop(struct sl_completion *c)
 		if (rc < 0) {
 			if (e)
 				e->blocked = 1;
-			substitute(s, msg[0], "",
-				   "sluice: the audit trail is unavailable, request refused");
+			substitute(s, msg[0], "", audit_down_msg);
 		} else {
 			up_send_request(s, e, msg, s->held_len);
 		}
@@ -3531,7 +3539,7 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 		return 0;
 	}
 	if (rc < 0) {
-		snprintf(msg, msglen, "sluice: the audit trail is unavailable, request refused");
+		snprintf(msg, msglen, "%s", audit_down_msg);
 		e->blocked = 1;
 		return 1;
 	}
@@ -4024,7 +4032,7 @@ record:
 		return 1;
 	}
 	if (r < 0) {
-		fatal(s, "58000", "sluice: the audit trail is unavailable, request refused");
+		fatal(s, "58000", audit_down_msg);
 		return -1;
 	}
 	up_send_request(s, e, msg, total);

@@ -561,6 +561,61 @@ def test_audit_tail_cut_while_running_detected(gateway_factory):
     assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
 
 
+def test_audit_store_outage_refuses_then_recovers(gw):
+    # Another process holds the store's write lock: sluice keeps journaling
+    # until the store has refused a batch (its busy timeout), then refuses
+    # statements with an outage error (58000, not a policy refusal) and the
+    # session stays usable; once the lock is gone statements run again, and
+    # every statement that ran is in the trail, which verifies.
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    ran, refused = [], []
+    h = sqlite3.connect(os.path.join(gw.data, "audit.db"), timeout=10)
+    h.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(200):
+            try:
+                cur.execute("SELECT %d AS outage_probe" % (1000 + i))
+                assert cur.fetchone()[0] == 1000 + i
+                ran.append(1000 + i)
+            except psycopg2.Error as e:
+                refused.append(e)
+                if len(refused) == 2:
+                    break
+            time.sleep(0.1)
+        assert len(refused) == 2, "never refused while the store was locked"
+        for e in refused:
+            assert e.pgcode == "58000", (e.pgcode, e.pgerror)
+            assert "audit trail is unavailable" in e.pgerror
+            assert "by policy" not in e.pgerror and "retry" in e.pgerror
+        # extended protocol gets the same refusal and its session survives
+        with pytest.raises(psycopg2.Error) as ex:
+            cur.execute("SELECT %s::int AS outage_probe", (5,))
+        assert ex.value.pgcode == "58000", ex.value.pgerror
+    finally:
+        h.execute("ROLLBACK")
+        h.close()
+    for _ in range(100):
+        try:
+            cur.execute("SELECT 2000 AS outage_probe")
+            break
+        except psycopg2.Error as e:
+            assert e.pgcode == "58000", e.pgerror
+            time.sleep(0.1)
+    assert cur.fetchone()[0] == 2000
+    ran.append(2000)
+    c2 = gw.connect()
+    c2.cursor().execute("SELECT 1")
+    c2.close()
+    c.close()
+    texts = [r["data"].get("text", "") for r in gw.export() if r["type"] == "request"]
+    for n in ran:
+        assert any("SELECT %d AS outage_probe" % n in t for t in texts), n
+    v = gw.verify()
+    assert v.returncode == 0, v.stderr
+
+
 # ------------------------------------------------------------------ abuse
 
 ABUSE = [
