@@ -29,6 +29,8 @@ struct sl_cfg_gateway {
 	unsigned max_message_bytes; /* hard cap on one protocol message; default 16 MiB */
 	char *shutdown_timeout;	    /* drain time on SIGTERM; default "10s" */
 	char *login_timeout;	    /* startup + authentication must finish within; default "15s" */
+	unsigned max_connections;   /* client sessions at once; default 0 = what the file
+				       descriptor limit allows */
 };
 
 struct sl_cfg_issuer {

@@ -50,8 +50,15 @@ struct sl_worker {
 	uv_async_t async;
 	pthread_mutex_t mu;
 	struct sl_completion *head, *tail;
-	uv_tcp_t pg_listener;
+	/* The PostgreSQL listener: sluice accepts itself (not uv_listen) so
+	 * that running out of descriptors pauses accepting for a moment
+	 * instead of spinning on a socket that stays readable. */
+	uv_poll_t pg_listener;
+	int pg_lfd;
 	int pg_listening;
+	uv_timer_t pg_accept_timer; /* resumes accepting after a pause */
+	unsigned pg_accept_timer_init : 1;
+	int64_t pg_emfile_warned_us, pg_full_warned_us;
 	struct sl_sql_cache *sqlcache;
 	struct sl_mask_scratch *mscratch;
 	struct sl_buf rtext; /* the audit's copy of a statement text, reused */
@@ -97,6 +104,11 @@ struct sl_gw {
 	size_t max_message;
 	int64_t leeway_s;
 	int64_t login_timeout_ms;
+	/* client sessions: admitted ones count against max_clients; past it a
+	 * few more (max_over) are let in to be told so (53300), the rest are
+	 * closed at once */
+	unsigned max_clients, max_over;
+	atomic_uint nclients, nover;
 	char node[64];
 	atomic_uint_fast64_t next_session;
 	atomic_int stopping;

@@ -93,8 +93,8 @@ int sl_net_split(const char *hostport, char *host, size_t hostlen, int *port);
 int sl_net_is_loopback(const struct sockaddr *sa);
 /* Formats an address "ip:port". */
 void sl_net_addr_str(const struct sockaddr *sa, char *buf, size_t len);
-/* Opens a listening uv_tcp_t on addr with SO_REUSEPORT (one per worker loop). */
-int sl_net_listen(uv_loop_t *loop, uv_tcp_t *h, const struct sockaddr *addr, int backlog,
-		  uv_connection_cb cb);
+/* Opens a non-blocking listening socket on addr with SO_REUSEPORT (one per
+ * worker loop). Returns the descriptor, or -1 with errno set. */
+int sl_net_listen_fd(const struct sockaddr *addr, int backlog);
 
 #endif

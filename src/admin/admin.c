@@ -385,8 +385,15 @@ admin_main(void *arg)
 		if (pf[1].revents)
 			break;
 		c = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0)
+		if (c < 0) {
+			/* Out of descriptors the listening socket stays
+			 * readable: wait a moment (or for the stop) rather
+			 * than spin. */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				poll(&pf[1], 1, 250);
 			continue;
+		}
 		serve_conn(a, c);
 		close(c);
 	}

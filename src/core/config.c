@@ -53,6 +53,7 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	UINT("max_message_bytes", struct sl_cfg_gateway, max_message_bytes),
 	STR("shutdown_timeout", struct sl_cfg_gateway, shutdown_timeout),
 	STR("login_timeout", struct sl_cfg_gateway, login_timeout),
+	UINT("max_connections", struct sl_cfg_gateway, max_connections),
 	CYAML_FIELD_END,
 };
 

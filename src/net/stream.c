@@ -535,27 +535,22 @@ sl_net_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 }
 
 int
-sl_net_listen(uv_loop_t *loop, uv_tcp_t *h, const struct sockaddr *addr, int backlog,
-	      uv_connection_cb cb)
+sl_net_listen_fd(const struct sockaddr *addr, int backlog)
 {
-	int fd, one = 1;
+	int fd, one = 1, e;
 	socklen_t alen = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 						     : sizeof(struct sockaddr_in);
 
 	fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
-		return SL_EIO;
+		return -1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (bind(fd, addr, alen) != 0) {
+	if (bind(fd, addr, alen) != 0 || listen(fd, backlog) != 0) {
+		e = errno;
 		close(fd);
-		return SL_EIO;
+		errno = e;
+		return -1;
 	}
-	if (uv_tcp_init(loop, h) != 0 || uv_tcp_open(h, fd) != 0) {
-		close(fd);
-		return SL_EIO;
-	}
-	if (uv_listen((uv_stream_t *)h, backlog, cb) != 0)
-		return SL_EIO;
-	return 0;
+	return fd;
 }

@@ -13,9 +13,12 @@
 #include "sluice/pg_session.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "sluice/mask.h"
 #include "sluice/review.h"
@@ -181,7 +184,9 @@ struct pg_session {
 		terminating : 1, freeing : 1, in_process : 1;
 	unsigned reusable : 1, /* the client left cleanly: its upstream may be pooled */
 		up_reused : 1, /* the upstream came from the pool */
-		replay : 1;    /* its login messages wait in upc->in */
+		replay : 1,    /* its login messages wait in upc->in */
+		admitted : 1,  /* counted in gw->nclients */
+		over : 1;      /* past max_connections: told so at its startup (gw->nover) */
 	unsigned pending;      /* async work that still points at this session */
 	/* startup */
 	char *client_user, *client_db;
@@ -1161,6 +1166,10 @@ session_free(struct pg_session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	w->nsessions--;
+	if (s->admitted)
+		atomic_fetch_sub(&s->gw->nclients, 1);
+	if (s->over)
+		atomic_fetch_sub(&s->gw->nover, 1);
 	cancel_unregister(s);
 	sl_buf_fini(&s->cin);
 	free(s->client_user);
@@ -4296,6 +4305,14 @@ put_negotiate(struct sl_buf *b, const struct sl_pg_startup *st)
 	return sl_pg_put_negotiate(b, SL_PG_PROTO_V3, opts, nopt);
 }
 
+/* What a client is told when the gateway has max_connections sessions. */
+static void
+full_message(struct sl_gw *gw, char *m, size_t len)
+{
+	snprintf(m, len, "sluice: sorry, too many clients already (gateway.max_connections = %u)",
+		 gw->max_clients);
+}
+
 static void
 handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 {
@@ -4331,6 +4348,15 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		cancel_forward(s->w, st.cancel_pid, st.cancel_key);
 		sl_buf_consume(&s->cin, total);
 		session_close(s, "cancel request");
+		return;
+	}
+	if (s->over) {
+		/* A cancel still goes through when the gateway is full (above);
+		 * a login does not. PostgreSQL's own answer when it is full. */
+		char m[160];
+
+		full_message(s->gw, m, sizeof(m));
+		fatal(s, "53300", m);
 		return;
 	}
 	user = sl_pg_startup_get(&st, "user");
@@ -4555,21 +4581,63 @@ cli_eof_cb(struct sl_stream *st, int err)
 	maybe_free(s);
 }
 
+/* Past max_connections and past the few let in to be told at their startup
+ * packet: told at once, with no session (no memory, no timer). The answer
+ * fits an empty socket buffer; whatever the client sent already is read
+ * away first so the close does not reset the connection under it. */
 static void
-on_accept(uv_stream_t *server, int status)
+refuse_now(struct sl_gw *gw, int fd)
 {
-	struct sl_worker *w = server->data;
+	char m[160], junk[512];
+	struct sl_buf b;
+
+	full_message(gw, m, sizeof(m));
+	sl_buf_init(&b, 0);
+	if (sl_pg_put_error(&b, "FATAL", "53300", m, NULL, NULL) == 0 &&
+	    write(fd, b.data, b.len) < 0) {
+		/* nothing more to tell a client that is gone */
+	}
+	sl_buf_fini(&b);
+	shutdown(fd, SHUT_WR);
+	for (int i = 0; i < 4 && read(fd, junk, sizeof(junk)) > 0; i++)
+		;
+	close(fd);
+}
+
+/* A session for an accepted connection (fd is ours either way). */
+static void
+session_start(struct sl_worker *w, int fd)
+{
+	struct sl_gw *gw = w->gw;
 	struct pg_session *s;
 	struct sockaddr_storage ss;
-	int len = sizeof(ss);
+	int len = sizeof(ss), admitted = 0, over = 0;
 
-	if (status != 0 || w->stopping)
-		return;
+	if (atomic_fetch_add(&gw->nclients, 1) < gw->max_clients) {
+		admitted = 1;
+	} else {
+		atomic_fetch_sub(&gw->nclients, 1);
+		if (sl_mono_us() - w->pg_full_warned_us > 10 * 1000000) {
+			w->pg_full_warned_us = sl_mono_us();
+			sl_warn("postgres listener: %u sessions, gateway.max_connections reached; "
+				"refusing new logins (53300)",
+				gw->max_clients);
+		}
+		if (atomic_fetch_add(&gw->nover, 1) < gw->max_over) {
+			over = 1;
+		} else {
+			atomic_fetch_sub(&gw->nover, 1);
+			refuse_now(gw, fd);
+			return;
+		}
+	}
 	s = calloc(1, sizeof(*s));
 	if (s == NULL)
-		return;
+		goto fail;
 	s->w = w;
-	s->gw = w->gw;
+	s->gw = gw;
+	s->admitted = admitted;
+	s->over = over;
 	s->state = PG_ST_STARTUP;
 	s->scs_on = 1;
 	s->enc_safe = 1;
@@ -4582,7 +4650,7 @@ on_accept(uv_stream_t *server, int status)
 	if (sl_stream_init(&s->cli, &w->loop, &cli_ops, s, &s->cin) != 0) {
 		sl_pl_session_fini(&s->pl);
 		free(s);
-		return;
+		goto fail;
 	}
 	s->cli_open = 1;
 	s->next = w->sessions;
@@ -4590,7 +4658,8 @@ on_accept(uv_stream_t *server, int status)
 		s->next->prev = s;
 	w->sessions = s;
 	w->nsessions++;
-	if (uv_accept(server, (uv_stream_t *)&s->cli.tcp) != 0) {
+	if (uv_tcp_open(&s->cli.tcp, fd) != 0) {
+		close(fd);
 		session_close(s, "accept failed");
 		return;
 	}
@@ -4605,6 +4674,63 @@ on_accept(uv_stream_t *server, int status)
 		sl_net_addr_str((struct sockaddr *)&ss, s->pl.client_addr,
 				sizeof(s->pl.client_addr));
 	sl_stream_read_start(&s->cli);
+	return;
+fail:
+	close(fd);
+	atomic_fetch_sub(admitted ? &gw->nclients : &gw->nover, 1);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events);
+
+static void
+accept_resume(uv_timer_t *t)
+{
+	struct sl_worker *w = t->data;
+
+	if (w->pg_listening && !w->stopping)
+		uv_poll_start(&w->pg_listener, UV_READABLE, on_accept);
+}
+
+/* Accepts what is waiting, a bounded number per wake-up so that sessions
+ * already running get their turn. Out of descriptors (or kernel memory),
+ * the listening socket stays readable: instead of trying again at once,
+ * which would spin this loop and starve its sessions, timers and shutdown
+ * (the login timeouts that free descriptors never fire), accepting pauses
+ * for a moment; the connections wait in the kernel's queue meanwhile. */
+static void
+on_accept(uv_poll_t *h, int status, int events)
+{
+	struct sl_worker *w = h->data;
+
+	(void)events;
+	if (status != 0 || w->stopping)
+		return;
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(w->pg_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd >= 0) {
+			session_start(w, fd);
+			continue;
+		}
+		if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return;
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			int64_t now = sl_mono_us();
+
+			if (now - w->pg_emfile_warned_us > 10 * 1000000) {
+				w->pg_emfile_warned_us = now;
+				sl_warn("postgres listener: %s with %u sessions; not accepting "
+					"for 250 ms (raise the file descriptor limit or lower "
+					"gateway.max_connections)",
+					strerror(errno), atomic_load(&w->gw->nclients));
+			}
+			uv_poll_stop(&w->pg_listener);
+			uv_timer_start(&w->pg_accept_timer, accept_resume, 250, 0);
+		}
+		return;
+	}
 }
 
 static struct pg_session *
@@ -4618,12 +4744,21 @@ sl_pg_listen(struct sl_worker *w)
 {
 	int r;
 
-	r = sl_net_listen(&w->loop, &w->pg_listener, (struct sockaddr *)&w->gw->pg_addr, 511,
-			  on_accept);
-	if (r != 0)
-		return r;
+	w->pg_lfd = sl_net_listen_fd((struct sockaddr *)&w->gw->pg_addr, 511);
+	if (w->pg_lfd < 0)
+		return SL_EIO;
+	r = uv_poll_init(&w->loop, &w->pg_listener, w->pg_lfd);
+	if (r != 0) {
+		close(w->pg_lfd);
+		return SL_EIO;
+	}
 	w->pg_listener.data = w;
 	w->pg_listening = 1;
+	uv_poll_start(&w->pg_listener, UV_READABLE, on_accept);
+	if (uv_timer_init(&w->loop, &w->pg_accept_timer) == 0) {
+		w->pg_accept_timer.data = w;
+		w->pg_accept_timer_init = 1;
+	}
 	if (!w->pg_pool_timer_init && uv_timer_init(&w->loop, &w->pg_pool_timer) == 0) {
 		w->pg_pool_timer.data = w;
 		w->pg_pool_timer_init = 1;
@@ -4637,6 +4772,16 @@ listener_closed(uv_handle_t *h)
 	(void)h;
 }
 
+/* The descriptor is closed once libuv no longer polls it. */
+static void
+lfd_closed(uv_handle_t *h)
+{
+	struct sl_worker *w = h->data;
+
+	close(w->pg_lfd);
+	w->pg_lfd = -1;
+}
+
 void
 sl_pg_stop_listening(struct sl_worker *w)
 {
@@ -4648,10 +4793,14 @@ sl_pg_stop_listening(struct sl_worker *w)
 		w->pg_pool_timer_on = 0;
 		uv_close((uv_handle_t *)&w->pg_pool_timer, listener_closed);
 	}
+	if (w->pg_accept_timer_init) {
+		w->pg_accept_timer_init = 0;
+		uv_close((uv_handle_t *)&w->pg_accept_timer, listener_closed);
+	}
 	if (!w->pg_listening)
 		return;
 	w->pg_listening = 0;
-	uv_close((uv_handle_t *)&w->pg_listener, listener_closed);
+	uv_close((uv_handle_t *)&w->pg_listener, lfd_closed);
 }
 
 unsigned

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,6 +206,49 @@ level_of(const char *s)
 	return SL_LOG_INFO;
 }
 
+/* Descriptors kept aside for everything that is not a client session: the
+ * audit store and journal, pooled upstreams beyond one per session, TLS
+ * and JWKS fetches, the admin API, logs. */
+#define FD_RESERVE 128
+
+/* Raises the soft descriptor limit to the hard one (a service manager's
+ * default soft limit, often 1024, would cap a gateway at a few hundred
+ * sessions) and sizes the session limit from it: a session holds two
+ * descriptors (client, upstream). A configured limit the descriptors
+ * cannot carry is kept but warned about; running out is handled anyway
+ * (accepting pauses; see sl_pg_listen). */
+static void
+size_sessions(struct sl_gw *gw)
+{
+	struct rlimit rl;
+	rlim_t fds = 1024;
+	rlim_t reserve;
+	unsigned fit;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		if (rl.rlim_cur < rl.rlim_max) {
+			struct rlimit up = rl;
+
+			up.rlim_cur = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
+			if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+				rl = up;
+		}
+		fds = rl.rlim_cur == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_cur;
+	}
+	reserve = fds / 4 < FD_RESERVE ? fds / 4 : FD_RESERVE;
+	fit = fds - reserve >= ((rlim_t)2 << 20) ? 1u << 20 : (unsigned)((fds - reserve) / 2);
+	if (fit < 1)
+		fit = 1;
+	gw->max_clients = gw->cfg->gateway.max_connections ? gw->cfg->gateway.max_connections : fit;
+	if (gw->max_clients > fit)
+		sl_warn("gateway.max_connections %u needs more file descriptors than the limit "
+			"(%llu) gives (about %u sessions); raise it (LimitNOFILE=, ulimit -n)",
+			gw->max_clients, (unsigned long long)fds, fit);
+	gw->max_over = 16 + gw->max_clients / 16;
+	if (gw->max_over > 256)
+		gw->max_over = 256;
+}
+
 int
 sl_gateway_run(struct sl_config *cfg)
 {
@@ -239,6 +283,7 @@ sl_gateway_run(struct sl_config *cfg)
 	if (cfg->identity.issuers_count > 0 && cfg->identity.issuers[0].leeway)
 		sl_parse_duration_ms(cfg->identity.issuers[0].leeway, &leeway_ms);
 	gw->leeway_s = leeway_ms / 1000;
+	size_sessions(gw);
 	if (gethostname(gw->node, sizeof(gw->node) - 1) != 0)
 		snprintf(gw->node, sizeof(gw->node), "sluice");
 	if (mkdir_p(cfg->gateway.data_dir) != 0) {
@@ -330,9 +375,9 @@ sl_gateway_run(struct sl_config *cfg)
 	}
 	for (unsigned i = 0; i < gw->nworkers; i++)
 		uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
-	sl_info("sluice serving: postgres %s, %u workers, audit %s (%s)",
+	sl_info("sluice serving: postgres %s, %u workers, up to %u sessions, audit %s (%s)",
 		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,
-		cfg->audit.store, cfg->audit.mode);
+		gw->max_clients, cfg->audit.store, cfg->audit.mode);
 	sigwait(&set, &sig);
 	sl_info("signal %d: draining sessions (up to %lld ms)", sig, (long long)drain_ms);
 	rc = 0;

@@ -48,6 +48,17 @@ def wait_port(port, proc=None, timeout=15):
     raise RuntimeError("port %d not ready" % port)
 
 
+def limit_nofile(n):
+    """preexec_fn giving the child a descriptor limit of n (soft and hard)."""
+    if n is None:
+        return None
+
+    def apply():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
+
+
 def rss_kb(pid):
     """Resident memory of a process, in KiB."""
     with open("/proc/%d/status" % pid) as f:
@@ -185,9 +196,11 @@ policies:
 
 class Gateway:
     def __init__(self, pg, policies=DEFAULT_POLICIES, extra="", connections=None, mode="strict",
-                 env=None, tls=False, login_timeout="15s", workers=2):
+                 env=None, tls=False, login_timeout="15s", workers=2, gateway_extra="",
+                 nofile=None):
         self.dir = tempfile.mkdtemp(prefix="sluice-gw-")
         self.workers = workers
+        self.gateway_extra = gateway_extra
         listen_extra = ""
         if tls:
             crt, key = make_cert(self.dir, "gw")
@@ -242,7 +255,8 @@ connections:
                     raise
             self.log = open(os.path.join(self.dir, "sluice.log"), "w+")
             self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config], env=e,
-                                         stdout=self.log, stderr=subprocess.STDOUT)
+                                         stdout=self.log, stderr=subprocess.STDOUT,
+                                         preexec_fn=limit_nofile(nofile))
             try:
                 wait_port(self.port, self.proc)
                 return
@@ -265,7 +279,7 @@ connections:
   log_level: info
   shutdown_timeout: 5s
   login_timeout: %s
-  postgres: { listen: "127.0.0.1:%d"%s }
+%s  postgres: { listen: "127.0.0.1:%d"%s }
   admin: { listen: "127.0.0.1:%d" }
 audit:
   store: sqlite:%s/audit.db
@@ -274,7 +288,8 @@ audit:
 %s
 %s
 %s
-""" % (self.data, self.workers, login_timeout, self.port, listen_extra, self.admin_port, self.data, mode,
+""" % (self.data, self.workers, login_timeout, self.gateway_extra, self.port, listen_extra,
+       self.admin_port, self.data, mode,
        connections, policies, extra))
 
     def run(self, *args, check=True):

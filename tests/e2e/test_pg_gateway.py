@@ -6,6 +6,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -614,6 +615,101 @@ def test_audit_store_outage_refuses_then_recovers(gw):
         assert any("SELECT %d AS outage_probe" % n in t for t in texts), n
     v = gw.verify()
     assert v.returncode == 0, v.stderr
+
+
+# ------------------------------------------------------------------ capacity
+
+def proc_cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return int(parts[11]) + int(parts[12])  # utime + stime
+
+
+def refused_as_full(port):
+    """Logs in raw and returns the FATAL's fields (or None if let in)."""
+    cn = pgwire.Conn(port)
+    try:
+        cn.send(pgwire.startup("orders", "orders"))
+        m = cn.read_msg()
+        return pgwire.fields(m[1]) if m and m[0] == b"E" else None
+    finally:
+        cn.close()
+
+
+def test_full_gateway_refuses_logins_with_53300_and_still_cancels(gateway_factory):
+    gw = gateway_factory(gateway_extra="  max_connections: 3\n")
+    conns = [gw.connect() for _ in range(3)]
+    for c in conns:
+        c.cursor().execute("SELECT 1")
+    # a fourth login is told why, in PostgreSQL's words, over psycopg2 and raw
+    with pytest.raises(psycopg2.OperationalError) as ex:
+        gw.connect()
+    assert "too many clients already" in str(ex.value), ex.value
+    assert "max_connections = 3" in str(ex.value)
+    f = refused_as_full(gw.port)
+    assert f is not None and f.get("C") == "53300" and f.get("S") == "FATAL", f
+    # a cancel is a connection too, and still goes through when full
+    cur = conns[0].cursor()
+    t = threading.Timer(0.5, conns[0].cancel)
+    t.start()
+    with pytest.raises(psycopg2.extensions.QueryCanceledError):
+        cur.execute("SELECT pg_sleep(30)")
+    t.join()
+    conns[0].rollback()
+    cur.execute("SELECT 2")
+    assert cur.fetchone()[0] == 2
+    # a slot that frees up is there for the next login
+    conns.pop().close()
+    for _ in range(100):
+        try:
+            c = gw.connect()
+            break
+        except psycopg2.OperationalError as e:
+            assert "too many clients" in str(e), e
+            time.sleep(0.05)
+    c.cursor().execute("SELECT 3")
+    conns.append(c)
+    for c in conns:
+        c.close()
+    assert "max_connections reached" in gw.logtext()
+
+
+def test_connection_flood_past_the_descriptor_limit(gateway_factory):
+    # 192 descriptors: 72 sessions. A flood of idle connections far past
+    # that must not spin the workers (accept failing with EMFILE on a socket
+    # that stays readable did: the loop never got to the login timeouts
+    # that free descriptors, nor to SIGTERM), clients past the limit are
+    # told so, and once the flood goes the gateway serves again.
+    gw = gateway_factory(nofile=192, login_timeout="3s")
+    assert "up to 72 sessions" in gw.logtext()
+    flood = []
+    for _ in range(400):
+        try:
+            flood.append(socket.create_connection(("127.0.0.1", gw.port), 2))
+        except OSError:
+            break
+    assert len(flood) > 200
+    time.sleep(0.5)
+    t0, c0 = time.time(), proc_cpu_ticks(gw.proc.pid)
+    time.sleep(2)
+    used = (proc_cpu_ticks(gw.proc.pid) - c0) / os.sysconf("SC_CLK_TCK")
+    assert used < 0.5 * (time.time() - t0), "sluice spun for %.2f s of CPU" % used
+    f = refused_as_full(gw.port)
+    assert f is not None and f.get("C") == "53300", f
+    for s in flood:
+        s.close()
+    for _ in range(100):
+        try:
+            c = gw.connect()
+            break
+        except psycopg2.OperationalError as e:
+            assert "too many clients" in str(e), e
+            time.sleep(0.1)
+    cur = c.cursor()
+    cur.execute("SELECT 4")
+    assert cur.fetchone()[0] == 4
+    c.close()
+    # the fixture checks that SIGTERM still stops it cleanly (exit 0)
 
 
 # ------------------------------------------------------------------ abuse
