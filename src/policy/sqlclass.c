@@ -418,15 +418,26 @@ static uint32_t set_config_kind(struct walker *w);
  *    built-ins that run a query given as a string: query_to_xml*, ts_stat,
  *    tablefunc's crosstab*; connectby reads a table named by a string):
  *    do (opaque); so do database_to_xml* (every table in the database)
+ *    and pageinspect's bt_page_items (an index, whose keys are row values,
+ *    named by a string)
  *  - server administration (signals, configuration reload, WAL, backups,
- *    replication slots): alter_system
+ *    replication slots and origins, and reading decoded changes of every
+ *    table from a slot, get or peek): alter_system
  *  - data changed by a call: setval (a sequence), large objects
+ *  - what a statement of another kind does: pg_notify (NOTIFY: utility),
+ *    pg_import_system_collations (creates collations: ddl), BRIN/GIN index
+ *    maintenance (brin_summarize_*, gin_clean_pending_list: utility, like
+ *    VACUUM)
  * Sorted by name (bsearch).
  */
 static const struct fn_kind {
 	const char *name;
 	uint32_t kind;
 } fn_kinds[] = {
+	{"brin_desummarize_range", SL_SQL_UTILITY},
+	{"brin_summarize_new_values", SL_SQL_UTILITY},
+	{"brin_summarize_range", SL_SQL_UTILITY},
+	{"bt_page_items", SL_SQL_DO},
 	{"connectby", SL_SQL_DO},
 	{"crosstab", SL_SQL_DO},
 	{"crosstab2", SL_SQL_DO},
@@ -439,6 +450,7 @@ static const struct fn_kind {
 	{"dblink_exec", SL_SQL_DO},
 	{"dblink_open", SL_SQL_DO},
 	{"dblink_send_query", SL_SQL_DO},
+	{"gin_clean_pending_list", SL_SQL_UTILITY},
 	{"lo_creat", SL_SQL_INSERT},
 	{"lo_create", SL_SQL_INSERT},
 	{"lo_export", SL_SQL_COPY_PROGRAM},
@@ -462,11 +474,14 @@ static const struct fn_kind {
 	{"pg_file_sync", SL_SQL_COPY_PROGRAM},
 	{"pg_file_unlink", SL_SQL_COPY_PROGRAM},
 	{"pg_file_write", SL_SQL_COPY_PROGRAM},
+	{"pg_import_system_collations", SL_SQL_DDL},
 	{"pg_log_backend_memory_contexts", SL_SQL_ALTER_SYSTEM},
 	{"pg_logdir_ls", SL_SQL_COPY_PROGRAM},
 	{"pg_logical_emit_message", SL_SQL_ALTER_SYSTEM},
 	{"pg_logical_slot_get_binary_changes", SL_SQL_ALTER_SYSTEM},
 	{"pg_logical_slot_get_changes", SL_SQL_ALTER_SYSTEM},
+	{"pg_logical_slot_peek_binary_changes", SL_SQL_ALTER_SYSTEM},
+	{"pg_logical_slot_peek_changes", SL_SQL_ALTER_SYSTEM},
 	{"pg_ls_archive_statusdir", SL_SQL_COPY_PROGRAM},
 	{"pg_ls_dir", SL_SQL_COPY_PROGRAM},
 	{"pg_ls_logdir", SL_SQL_COPY_PROGRAM},
@@ -475,6 +490,7 @@ static const struct fn_kind {
 	{"pg_ls_replslotdir", SL_SQL_COPY_PROGRAM},
 	{"pg_ls_tmpdir", SL_SQL_COPY_PROGRAM},
 	{"pg_ls_waldir", SL_SQL_COPY_PROGRAM},
+	{"pg_notify", SL_SQL_UTILITY},
 	{"pg_promote", SL_SQL_ALTER_SYSTEM},
 	{"pg_read_binary_file", SL_SQL_COPY_PROGRAM},
 	{"pg_read_file", SL_SQL_COPY_PROGRAM},
@@ -482,6 +498,9 @@ static const struct fn_kind {
 	{"pg_replication_origin_advance", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_create", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_drop", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_session_reset", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_session_setup", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_xact_setup", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_slot_advance", SL_SQL_ALTER_SYSTEM},
 	{"pg_rotate_logfile", SL_SQL_ALTER_SYSTEM},
 	{"pg_start_backup", SL_SQL_ALTER_SYSTEM},
@@ -491,6 +510,7 @@ static const struct fn_kind {
 	{"pg_stat_reset_single_function_counters", SL_SQL_ALTER_SYSTEM},
 	{"pg_stat_reset_single_table_counters", SL_SQL_ALTER_SYSTEM},
 	{"pg_stat_reset_slru", SL_SQL_ALTER_SYSTEM},
+	{"pg_stat_statements_reset", SL_SQL_ALTER_SYSTEM},
 	{"pg_stop_backup", SL_SQL_ALTER_SYSTEM},
 	{"pg_switch_wal", SL_SQL_ALTER_SYSTEM},
 	{"pg_terminate_backend", SL_SQL_ALTER_SYSTEM},
@@ -522,11 +542,17 @@ function_kind(const char *fname)
 
 /* The built-ins that read a whole table or schema named by their first
  * argument (a string, not a relation in the FROM list): table_to_xml* read
- * the table, schema_to_xml* every table in the schema. Returns 1 (table) or
- * 2 (schema) for such a name, else 0. */
+ * the table (so does pageinspect's get_raw_page, a page at a time),
+ * schema_to_xml* every table in the schema. Returns 1 (table) or 2
+ * (schema) for such a name, 3 for ts_rewrite (its two-argument form runs
+ * a query given as a string, its three-argument form does not), else 0. */
 static int
 names_by_argument(const char *fname)
 {
+	if (strcmp(fname, "get_raw_page") == 0)
+		return 1;
+	if (strcmp(fname, "ts_rewrite") == 0)
+		return 3;
 	static const char *const tables[] = {"table_to_xml", "table_to_xml_and_xmlschema",
 					     "table_to_xmlschema"};
 	static const char *const schemas[] = {"schema_to_xml", "schema_to_xml_and_xmlschema",
@@ -610,6 +636,11 @@ argument_names(struct walker *w, int what, const char *json, size_t len)
 	char name[520];
 	uint32_t k = SL_SQL_DO;
 
+	if (what == 3) { /* ts_rewrite(query, 'SELECT ...') */
+		k = a == NULL || json_array_size(a) == 2 ? SL_SQL_DO : 0;
+		json_decref(a);
+		return k;
+	}
 	first = json_array_get(a, 0);
 	if ((tc = json_object_get(first, "TypeCast")) != NULL)
 		first = json_object_get(tc, "arg");
@@ -1225,8 +1256,8 @@ ident_char(unsigned char ch)
 	return isalnum(ch) || ch == '_' || ch == '$' || ch >= 0x80;
 }
 
-/* Whether the text may call set_config or table_to_xml / schema_to_xml,
- * whose kinds or tables depend on a literal. */
+/* Whether the text may call set_config, table_to_xml / schema_to_xml or
+ * get_raw_page, whose kinds or tables depend on a literal. */
 static int
 names_literal_dependent(const char *sql, size_t len)
 {
@@ -1234,6 +1265,9 @@ names_literal_dependent(const char *sql, size_t len)
 		if (p >= sql + 3 && sql + len - p >= 7 && strncasecmp(p - 3, "set_config", 10) == 0)
 			return 1;
 		if (sql + len - p >= 7 && strncasecmp(p, "_to_xml", 7) == 0)
+			return 1;
+		if (p >= sql + 3 && sql + len - p >= 9 &&
+		    strncasecmp(p - 3, "get_raw_page", 12) == 0)
 			return 1;
 	}
 	return 0;

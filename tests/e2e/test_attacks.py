@@ -721,6 +721,36 @@ def test_side_effect_functions_are_not_selects(gateway_factory):
     c.close()
 
 
+def test_functions_that_notify_or_run_query_text_are_not_selects(gateway_factory, pg):
+    # pg_notify is NOTIFY (a job queue listening on the channel would run
+    # work a read-only agent must not start); ts_rewrite's two-argument
+    # form runs a query given as a string, like query_to_xml. A listener
+    # straight on the server hears nothing from the refused call.
+    import select
+    import time
+    import psycopg2
+    gw = gateway_factory(policies=SELECT_ONLY)
+    lis = psycopg2.connect(host="127.0.0.1", port=pg.port, user="app", password=APP_PASSWORD,
+                           dbname="orders")
+    lis.autocommit = True
+    lis.cursor().execute("LISTEN jobs")
+    c = autocommit(gw)
+    cur = c.cursor()
+    refused(cur, "SELECT pg_notify('jobs', 'drop everything')",
+            "statement kind utility is not allowed")
+    refused(cur, "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, "
+                 "''b''::tsquery FROM orders')", "statement kind do is not allowed")
+    # the pure three-argument form is a select and runs
+    cur.execute("SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)::text")
+    assert cur.fetchone()[0] == "'b' & 'c'"
+    time.sleep(0.3)
+    select.select([lis], [], [], 0.2)
+    lis.poll()
+    assert lis.notifies == []
+    lis.close()
+    c.close()
+
+
 # ------------------------------------ allow rules scoped to tables
 #
 # "allow update on scratch" must not let an UPDATE of another table through

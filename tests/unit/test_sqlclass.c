@@ -130,6 +130,10 @@ test_relations_named_by_argument(void **state)
 		{"SELECT database_to_xml(true, false, '')", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
 		{"SELECT * FROM crosstab('SELECT a, b, c FROM hr.payroll')", NULL, NULL,
 		 SL_SQL_SELECT | SL_SQL_DO},
+		/* pageinspect reads a table's pages named by a string */
+		{"SELECT * FROM heap_page_items(get_raw_page('hr.payroll', 0))", "hr.payroll", NULL,
+		 SL_SQL_SELECT},
+		{"SELECT get_raw_page($1, 0)", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
 	};
 
 	(void)state;
