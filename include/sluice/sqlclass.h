@@ -88,4 +88,16 @@ int sl_sql_cache_classify(struct sl_sql_cache *c, const char *sql, size_t len,
  * exact text is the key. Exposed for tests. */
 int sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen);
 
+/* Overwrites with '*', in place and length-preserving, the contents of the
+ * string literals that give a secret by name: a literal right after a word
+ * ending in password, passwd, passphrase, secret or token (an '=' between
+ * allowed), so CREATE/ALTER ROLE ... PASSWORD '...', OPTIONS (password
+ * '...') of a server or user mapping and WHERE api_token = '...' are stored
+ * and shown without the value. Lexes like the server with
+ * standard_conforming_strings on ('...', E'...', U&'...', $tag$...$tag$,
+ * quoted names, nested comments); a literal it cannot bound for sure (a
+ * backslash in a plain one, an unterminated one) is redacted to the end of
+ * the text. Returns how many literals it redacted. */
+size_t sl_sql_redact_secrets(char *sql, size_t len);
+
 #endif

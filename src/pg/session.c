@@ -3347,7 +3347,9 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 		sl_buf_fini(&t);
 		return SL_ENOMEM;
 	}
-	/* approvers see literals masked; the hash binds the exact bytes */
+	/* approvers see literals masked and secrets given by name redacted;
+	 * the hash binds the exact bytes */
+	sl_sql_redact_secrets((char *)t.data, len);
 	if (s->gw->audit_plan)
 		mr = sl_mask_value(s->gw->audit_plan, s->w->mscratch, t.data, len, &alt, NULL);
 	if (mr == SL_MASK_REPLACED)

@@ -306,22 +306,29 @@ jend(struct sl_buf *b)
 }
 
 /* The statement text as it may be stored: every detector runs over it
- * (literals can be card numbers or passwords). tmp is a reusable copy
- * buffer (the masker rewrites in place). */
+ * (literals can be card numbers or passwords), and SQL's secrets given by
+ * name (PASSWORD '...') are redacted. tmp is a reusable copy buffer (both
+ * rewrite in place). */
 static void
 jtextn(struct sl_buf *b, const char *k, size_t kl, struct sl_gw *gw, struct sl_mask_scratch *ms,
-       struct sl_buf *tmp, const char *text, size_t len)
+       struct sl_buf *tmp, const char *text, size_t len, int sql)
 {
 	struct sl_buf alt;
 	int mr = SL_MASK_UNCHANGED;
 
 	tmp->len = tmp->off = 0;
 	sl_buf_init(&alt, 0);
-	if (text != NULL && len > 0 && ms != NULL && gw->audit_plan != NULL) {
+	if (text != NULL && len > 0 && ((ms != NULL && gw->audit_plan != NULL) || sql)) {
 		if (sl_buf_append(tmp, text, len) != 0)
 			mr = SL_ENOMEM;
-		else
-			mr = sl_mask_value(gw->audit_plan, ms, tmp->data, len, &alt, NULL);
+		else if (sql && sl_sql_redact_secrets((char *)tmp->data, len) > 0)
+			mr = SL_MASK_IN_PLACE;
+		if (mr >= 0 && ms != NULL && gw->audit_plan != NULL) {
+			int m = sl_mask_value(gw->audit_plan, ms, tmp->data, len, &alt, NULL);
+
+			if (m != SL_MASK_UNCHANGED)
+				mr = m;
+		}
 	}
 	if (mr == SL_MASK_REPLACED)
 		jstrn(b, k, kl, (const char *)alt.data, alt.len);
@@ -337,7 +344,8 @@ jtextn(struct sl_buf *b, const char *k, size_t kl, struct sl_gw *gw, struct sl_m
 		sl_buf_fini(tmp);
 }
 
-#define jtext(b, k, gw, ms, tmp, text, len) jtextn((b), "" k, sizeof(k) - 1, gw, ms, tmp, text, len)
+#define jtext(b, k, gw, ms, tmp, text, len, sql)                                                   \
+	jtextn((b), "" k, sizeof(k) - 1, gw, ms, tmp, text, len, sql)
 
 /* "subject":..,"connection":..,"protocol":.. for this session's request
  * records, made once (sl_pl_authenticate drops it with the identity it
@@ -405,12 +413,13 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 	if (put_who(b, s) != 0)
 		return SL_ENOMEM;
 	if (w != NULL) {
-		jtext(b, "text", gw, w->mscratch, &w->rtext, r->text, r->textlen);
+		jtext(b, "text", gw, w->mscratch, &w->rtext, r->text, r->textlen,
+		      r->proto == SL_PROTO_PG);
 	} else {
 		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		jtext(b, "text", gw, NULL, &t, r->text, r->textlen);
+		jtext(b, "text", gw, NULL, &t, r->text, r->textlen, r->proto == SL_PROTO_PG);
 		sl_buf_fini(&t);
 	}
 	if (r->sql != NULL) {
@@ -478,7 +487,7 @@ sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const char
 		struct sl_buf t;
 
 		sl_buf_init(&t, 0);
-		jtext(b, "error", gw, s->scratch, &t, error_msg, strlen(error_msg));
+		jtext(b, "error", gw, s->scratch, &t, error_msg, strlen(error_msg), 0);
 		sl_buf_fini(&t);
 	}
 	if (mask_stats) {

@@ -1572,3 +1572,227 @@ sl_sql_cache_classify(struct sl_sql_cache *c, const char *sql, size_t len,
 	*out = &e->cls;
 	return 0;
 }
+
+/* ------------------------------------------------------------ secrets in text */
+
+/* Whether the word w[0..n) names a secret: it ends in one of these (any
+ * case), so password, sslpassword, "Password", api_token, client_secret. */
+static int
+secret_word(const char *w, size_t n)
+{
+	static const char *const ends[] = {"password", "passwd", "passphrase", "secret", "token"};
+
+	for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+		size_t el = strlen(ends[i]);
+
+		if (n >= el && strncasecmp(w + n - el, ends[i], el) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static int
+word_start(unsigned char ch)
+{
+	return isalpha(ch) || ch == '_' || ch >= 0x80;
+}
+
+/* End (index past the closing quote) of the literal or quoted name
+ * starting at i with quote q: doubled quotes stay inside, and so do
+ * backslash escapes when esc. Unterminated: len, and *open set. */
+static size_t
+quoted_end(const char *s, size_t len, size_t i, char q, int esc, int *open)
+{
+	*open = 0;
+	for (i++; i < len; i++) {
+		if (esc && s[i] == '\\') {
+			i++;
+			continue;
+		}
+		if (s[i] == q) {
+			if (i + 1 < len && s[i + 1] == q) {
+				i++;
+				continue;
+			}
+			return i + 1;
+		}
+	}
+	*open = 1;
+	return len;
+}
+
+/* The dollar-quote tag starting at i ("$$" or "$name$"), its length, else 0. */
+static size_t
+dollar_tag(const char *s, size_t len, size_t i)
+{
+	size_t j = i + 1;
+
+	if (j < len && s[j] == '$')
+		return 2;
+	if (j >= len || !word_start((unsigned char)s[j]))
+		return 0;
+	while (j < len &&
+	       (isalnum((unsigned char)s[j]) || s[j] == '_' || (unsigned char)s[j] >= 0x80))
+		j++;
+	return j < len && s[j] == '$' ? j - i + 1 : 0;
+}
+
+static void
+stars(char *s, size_t from, size_t to)
+{
+	if (to > from)
+		memset(s + from, '*', to - from);
+}
+
+/* One lexing of s (with backslashes escaping in plain literals too when
+ * bs_plain, as with standard_conforming_strings off), redacting into out
+ * (s itself, or a copy of it being redacted). */
+static size_t
+redact_pass(const char *s, char *out, size_t len, int bs_plain)
+{
+	size_t i = 0, n = 0;
+	int armed = 0;	   /* the last token was a secret's name (or '=' after one) */
+	int redacting = 0; /* a redacted literal may continue ('a'<newline>'b') */
+
+	while (i < len) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (isspace(ch)) {
+			i++;
+			continue;
+		}
+		if (ch == '-' && i + 1 < len && s[i + 1] == '-') {
+			while (i < len && s[i] != '\n')
+				i++;
+			continue;
+		}
+		if (ch == '/' && i + 1 < len && s[i + 1] == '*') {
+			int depth = 1;
+
+			for (i += 2; i < len && depth > 0; i++) {
+				if (s[i] == '/' && i + 1 < len && s[i + 1] == '*')
+					depth++, i++;
+				else if (s[i] == '*' && i + 1 < len && s[i + 1] == '/')
+					depth--, i++;
+			}
+			continue;
+		}
+		{
+			/* a string literal: plain and N'' (backslashes as
+			 * standard_conforming_strings says), E'' (backslash
+			 * escapes), B''/X'' (digits), U&'' (a quote always ends
+			 * it; not allowed with standard_conforming_strings off) */
+			size_t q = i, pre = 0;
+			int esc = 0, plain = 0;
+
+			if ((ch == 'E' || ch == 'e') && i + 1 < len && s[i + 1] == '\'')
+				esc = 1, pre = 1;
+			else if (ch == '\'')
+				plain = 1;
+			else if ((ch == 'N' || ch == 'n') && i + 1 < len && s[i + 1] == '\'')
+				plain = 1, pre = 1;
+			else if ((ch == 'B' || ch == 'b' || ch == 'X' || ch == 'x') &&
+				 i + 1 < len && s[i + 1] == '\'')
+				pre = 1;
+			else if ((ch == 'U' || ch == 'u') && i + 2 < len && s[i + 1] == '&' &&
+				 s[i + 2] == '\'')
+				pre = 2;
+			q = i + pre;
+			if (plain)
+				esc = bs_plain;
+			if (s[q] == '\'') {
+				int open;
+				size_t end = quoted_end(s, len, q, '\'', esc, &open);
+
+				if (armed || redacting) {
+					/* Unterminated, or a backslash in a plain
+					 * literal (where it ends depends on
+					 * standard_conforming_strings): to the end. */
+					if (open || (plain && !esc &&
+						     memchr(s + q, '\\', end - q) != NULL)) {
+						stars(out, q + 1, len);
+						end = len;
+					} else {
+						stars(out, q + 1, end - 1);
+					}
+					n++;
+					redacting = 1;
+				}
+				armed = 0;
+				i = end;
+				continue;
+			}
+		}
+		redacting = 0;
+		if (ch == '$') {
+			size_t tl = dollar_tag(s, len, i);
+
+			if (tl > 0) {
+				const char *close = NULL;
+
+				for (size_t j = i + tl; j + tl <= len; j++)
+					if (s[j] == '$' && memcmp(s + j, s + i, tl) == 0) {
+						close = s + j;
+						break;
+					}
+				if (armed) {
+					stars(out, i + tl, close ? (size_t)(close - s) : len);
+					n++;
+				}
+				armed = 0;
+				i = close ? (size_t)(close - s) + tl : len;
+				continue;
+			}
+		}
+		if (ch == '"' || ((ch == 'U' || ch == 'u') && i + 2 < len && s[i + 1] == '&' &&
+				  s[i + 2] == '"')) {
+			int open;
+			size_t q = ch == '"' ? i : i + 2,
+			       end = quoted_end(s, len, q, '"', 0, &open);
+
+			armed = secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
+			i = end;
+			continue;
+		}
+		if (word_start(ch)) {
+			size_t j = i;
+
+			while (j < len && (isalnum((unsigned char)s[j]) || s[j] == '_' ||
+					   s[j] == '$' || (unsigned char)s[j] >= 0x80))
+				j++;
+			armed = secret_word(s + i, j - i);
+			i = j;
+			continue;
+		}
+		if (ch == '=' && armed) {
+			i++; /* password = '...' */
+			continue;
+		}
+		armed = 0;
+		i++;
+	}
+	return n;
+}
+
+size_t
+sl_sql_redact_secrets(char *s, size_t len)
+{
+	char *orig;
+	size_t n;
+
+	if (memchr(s, '\\', len) == NULL)
+		return redact_pass(s, s, len, 0);
+	/* Backslashes: where plain literals end depends on
+	 * standard_conforming_strings. Both readings, each over the original
+	 * text, so every literal either reading sees as a secret is hidden. */
+	orig = malloc(len);
+	if (orig == NULL) {
+		stars(s, 0, len);
+		return 1;
+	}
+	memcpy(orig, s, len);
+	n = redact_pass(orig, s, len, 0);
+	n += redact_pass(orig, s, len, 1);
+	free(orig);
+	return n;
+}

@@ -227,6 +227,63 @@ def test_extended_protocol_review_binds_parameters(rgw, pg):
     assert "9201" not in pg.psql("orders", "SELECT id FROM orders WHERE id = 9201")
 
 
+SECRET_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: review, sql: [ddl, grant], approvers: [dba], timeout: 30s, name: changes }
+      - { action: allow, sql: [select] }
+"""
+
+
+def test_secrets_given_by_name_never_reach_the_trail_or_approvers(gateway_factory):
+    # A password in CREATE/ALTER ROLE or in a server's / user mapping's
+    # OPTIONS matches no detector (any text can be a password): sluice
+    # redacts the literal by the name before it, in the audit trail and in
+    # what approvers see.
+    secrets = ["Tr0ub4dor-and-3", "pa55-mapping-xyz", "ssl-key-pass-77", "tok-in-where-42"]
+    gw = gateway_factory(policies=SECRET_POLICIES)
+    agent = gw.mint(sub="agent-1", groups="ai-agents")
+    dba = gw.mint(sub="dba-1", groups="dba")
+    held = [("ALTER ROLE app WITH ENCRYPTED PASSWORD '%s'" % secrets[0],
+             "ALTER ROLE app WITH ENCRYPTED PASSWORD '%s'" % ("*" * len(secrets[0]))),
+            ("CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'bob', password '%s')"
+             % secrets[1],
+             "OPTIONS (user 'bob', password '%s')" % ("*" * len(secrets[1]))),
+            ("ALTER SERVER s OPTIONS (ADD sslpassword $$%s$$)" % secrets[2],
+             "sslpassword $$%s$$" % ("*" * len(secrets[2])))]
+    for sql, shown in held:
+        t, res = run_held(gw, sql, agent)
+        rev = pending(gw, dba)[0]
+        assert shown in rev["text"], rev
+        code, body = api(gw, dba, "GET", "/api/reviews/%s" % rev["id"])
+        assert code == 200 and not any(x in json.dumps(body) for x in secrets), body
+        assert api(gw, dba, "POST", "/api/reviews/%s/deny" % rev["id"], {"reason": "no"})[0] == 200
+        t.join(10)
+        assert "error" in res and "no" in str(res["error"]), res
+    c = gw.connect(token=agent)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT count(*) FROM (SELECT 'a' AS api_token) t "
+                "WHERE api_token = '%s' OR 'y' = 'api_token'" % secrets[3])
+    assert cur.fetchone()[0] == 0
+    c.close()
+    recs = gw.export()
+    blob = json.dumps(recs) + gw.logtext()
+    for sec in secrets:
+        assert sec not in blob, sec
+    # literals that only look like names are left alone
+    texts = [r["data"].get("text", "") for r in recs if r["type"] == "request"]
+    assert any("'y' = 'api_token'" in x for x in texts), texts
+    for name in os.listdir(gw.data):  # the store, its WAL, the journal
+        if name.startswith("audit.db"):
+            with open(os.path.join(gw.data, name), "rb") as f:
+                raw = f.read()
+            for sec in secrets:
+                assert sec.encode() not in raw, (name, sec)
+
+
 GRANT_POLICIES = """
 policies:
   - name: agents

@@ -155,6 +155,58 @@ test_relations_named_by_argument(void **state)
 }
 
 static void
+test_redact_secrets(void **state)
+{
+	static const struct {
+		const char *in, *out;
+		size_t n;
+	} cases[] = {
+		{"CREATE ROLE a LOGIN PASSWORD 'hunter2'", "CREATE ROLE a LOGIN PASSWORD '*******'",
+		 1},
+		{"alter user a with encrypted password 'it''s'",
+		 "alter user a with encrypted password '*****'", 1},
+		{"ALTER ROLE a PASSWORD E'x\\'y' VALID UNTIL '2030-01-01'",
+		 "ALTER ROLE a PASSWORD E'****' VALID UNTIL '2030-01-01'", 1},
+		{"ALTER ROLE a PASSWORD $p$se'cr$p$", "ALTER ROLE a PASSWORD $p$*****$p$", 1},
+		{"ALTER ROLE a PASSWORD /* c */ U&'d\\0061t' ",
+		 "ALTER ROLE a PASSWORD /* c */ U&'*******' ", 1},
+		{"ALTER ROLE a PASSWORD 'ab'\n'cd' LOGIN", "ALTER ROLE a PASSWORD '**'\n'**' LOGIN",
+		 2},
+		{"CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'bob', password 'pw1')",
+		 "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'bob', password '***')", 1},
+		{"ALTER SERVER s OPTIONS (ADD sslpassword 'k')",
+		 "ALTER SERVER s OPTIONS (ADD sslpassword '*')", 1},
+		{"SELECT * FROM t WHERE api_token = 'tok' AND \"Password\"='x' AND b = 'keep'",
+		 "SELECT * FROM t WHERE api_token = '***' AND \"Password\"='*' AND b = 'keep'", 2},
+		/* names in literals, comments and quoted names of other words are not secrets */
+		{"SELECT 'password', x FROM t -- password 'a'\n WHERE \"a password\" = 'b'",
+		 "SELECT 'password', x FROM t -- password 'a'\n WHERE \"a password\" = '*'", 1},
+		{"SELECT password_hash FROM t WHERE id = 'a'", NULL, 0},
+		{"SELECT $1, password, 'x' FROM t", NULL, 0},
+		{"ALTER ROLE a PASSWORD NULL", NULL, 0},
+		/* unterminated: to the end */
+		{"ALTER ROLE a PASSWORD 'abc", "ALTER ROLE a PASSWORD '***", 1},
+		{"ALTER ROLE a PASSWORD $$abc", "ALTER ROLE a PASSWORD $$***", 1},
+		/* a backslash in a plain literal: both readings of where it ends */
+		{"ALTER ROLE a PASSWORD 'a\\' LOGIN", "ALTER ROLE a PASSWORD '*********", 1},
+		{"SELECT 'a\\', password 'b' FROM t", "SELECT 'a\\', password '*' FROM t", 1},
+		/* a secret only the standard_conforming_strings = off reading sees */
+		{"SELECT 'x\\'', password 'pw' --'", "SELECT 'x\\'', password '**' --'", 1},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *s = strdup(cases[i].in);
+		size_t n = sl_sql_redact_secrets(s, strlen(s));
+		const char *want = cases[i].out ? cases[i].out : cases[i].in;
+
+		if ((n > 0) != (cases[i].n > 0) || strcmp(s, want) != 0)
+			fail_msg("%s -> %s (%zu)", cases[i].in, s, n);
+		free(s);
+	}
+}
+
+static void
 test_shape(void **state)
 {
 	char *a, *b;
@@ -689,6 +741,7 @@ main(void)
 		cmocka_unit_test(test_fixture_cases),
 		cmocka_unit_test(test_functions_tables_names),
 		cmocka_unit_test(test_relations_named_by_argument),
+		cmocka_unit_test(test_redact_secrets),
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
