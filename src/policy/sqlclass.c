@@ -92,10 +92,11 @@ struct walker {
 	struct sl_sql_class *c;
 	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
-	int insert_source; /* the next SelectStmt is an INSERT's source */
-	uint32_t target;   /* DML kind of the relation being walked (its "relation") */
-	unsigned rowrefs;  /* ColumnRef / CurrentOfExpr nodes seen so far */
-	unsigned tf;	   /* the value just walked: TF_* (object) or TA_* (array) */
+	int insert_source;   /* the next SelectStmt is an INSERT's source */
+	uint32_t target;     /* DML kind of the relation being walked (its "relation") */
+	unsigned rowrefs;    /* ColumnRef / CurrentOfExpr nodes seen so far */
+	unsigned tf;	     /* the value just walked: TF_* (object) or TA_* (array) */
+	unsigned setcfg_col; /* set_config(name, ...) calls: grant unless settings_pinned() */
 };
 
 /* Whether a WHERE bounds anything is read from its shape, never from
@@ -1062,18 +1063,25 @@ walk_object(struct walker *w, const char *node)
  * set_config(name, value, is_local) is SET by another name: like SET ROLE
  * and SET SESSION AUTHORIZATION, set_config('role', ...) changes
  * privileges, so it is a grant; so is a name that is not a string
- * constant (a parameter, a column, an expression: it cannot be told). w->p
- * is at the args array, which is not consumed. sl_sql_shape() keeps texts
- * naming set_config exact, so the cached kinds never outlive the literal.
+ * constant (a parameter, a column, an expression: it cannot be told),
+ * except for the column name of pg_settings pinned by the WHERE clause
+ * (settings_pinned()). w->p is at the args array, which is not consumed.
+ * sl_sql_shape() keeps texts naming set_config exact, so the cached kinds
+ * never outlive the literal.
  */
 static uint32_t
 set_config_kind(struct walker *w)
 {
 	static const char pre[] = "[{\"A_Const\":{\"sval\":{\"sval\":\"";
+	static const char col[] = "[{\"ColumnRef\":{\"fields\":[{\"String\":{\"sval\":\"name\"}}],";
 	char lname[64];
 	size_t n = 0;
 	const char *q;
 
+	if ((size_t)(w->end - w->p) > sizeof(col) - 1 && memcmp(w->p, col, sizeof(col) - 1) == 0) {
+		w->setcfg_col++; /* decided once the whole statement is read */
+		return 0;
+	}
 	if ((size_t)(w->end - w->p) <= sizeof(pre) - 1 || memcmp(w->p, pre, sizeof(pre) - 1) != 0)
 		return SL_SQL_GRANT;
 	for (q = w->p + sizeof(pre) - 1; q < w->end && *q != '"' && n + 1 < sizeof(lname); q++) {
@@ -1088,6 +1096,118 @@ set_config_kind(struct walker *w)
 	if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
 		return SL_SQL_GRANT;
 	return 0;
+}
+
+/*
+ * pg_dump (since the fix for CVE-2024-7348) sends
+ *   SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings
+ *   WHERE name = 'restrict_nonsystem_relation_kind'
+ * whose set_config names its parameter by a column. The WHERE clause pins
+ * that column to one constant, so the parameter is known after all. This
+ * reads the whole tree and accepts only that form: one SELECT (no WITH, no
+ * set operation), one target, the set_config call, FROM exactly pg_settings
+ * (or pg_catalog.pg_settings; pg_catalog is searched first), WHERE exactly
+ * name = '<constant>' with the constant neither role nor
+ * session_authorization. Returns 1 and notes the parameter when it holds.
+ */
+static int
+settings_pinned(struct walker *w, const char *tree)
+{
+	static const char *const allowed[] = {"targetList", "fromClause", "whereClause",
+					      "limitOption", "op"};
+	json_t *root = json_loads(tree, 0, NULL), *stmts, *sel, *t, *fn, *from, *rv, *wh, *v;
+	const char *key, *param = NULL, *s;
+	char lname[64];
+	int ok = 0;
+
+	stmts = json_object_get(root, "stmts");
+	sel = json_object_get(json_object_get(json_array_get(stmts, 0), "stmt"), "SelectStmt");
+	if (json_array_size(stmts) != 1 || sel == NULL)
+		goto out;
+	json_object_foreach(sel, key, v)
+	{
+		size_t i = 0;
+
+		while (i < sizeof(allowed) / sizeof(allowed[0]) && strcmp(key, allowed[i]) != 0)
+			i++;
+		if (i == sizeof(allowed) / sizeof(allowed[0]))
+			goto out;
+	}
+	s = json_string_value(json_object_get(sel, "op"));
+	t = json_object_get(sel, "targetList");
+	fn = json_object_get(
+		json_object_get(json_object_get(json_array_get(t, 0), "ResTarget"), "val"),
+		"FuncCall");
+	from = json_object_get(sel, "fromClause");
+	rv = json_object_get(json_array_get(from, 0), "RangeVar");
+	wh = json_object_get(json_object_get(sel, "whereClause"), "A_Expr");
+	if (s == NULL || strcmp(s, "SETOP_NONE") != 0 || json_array_size(t) != 1 || fn == NULL ||
+	    json_array_size(from) != 1 || rv == NULL || wh == NULL)
+		goto out;
+	/* the call: [pg_catalog.]set_config(name, ...) */
+	{
+		json_t *names = json_object_get(fn, "funcname");
+		size_t nn = json_array_size(names);
+		const char *last = json_string_value(json_object_get(
+			json_object_get(json_array_get(names, nn - 1), "String"), "sval"));
+		const char *first = json_string_value(json_object_get(
+			json_object_get(json_array_get(names, 0), "String"), "sval"));
+		json_t *f = json_object_get(
+			json_object_get(json_array_get(json_object_get(fn, "args"), 0),
+					"ColumnRef"),
+			"fields");
+
+		if (nn < 1 || nn > 2 || last == NULL || strcmp(last, "set_config") != 0 ||
+		    (nn == 2 && (first == NULL || strcmp(first, "pg_catalog") != 0)) ||
+		    json_array_size(f) != 1 ||
+		    json_string_value(json_object_get(
+			    json_object_get(json_array_get(f, 0), "String"), "sval")) == NULL ||
+		    strcmp(json_string_value(json_object_get(
+				   json_object_get(json_array_get(f, 0), "String"), "sval")),
+			   "name") != 0)
+			goto out;
+	}
+	/* FROM [pg_catalog.]pg_settings */
+	s = json_string_value(json_object_get(rv, "relname"));
+	if (s == NULL || strcmp(s, "pg_settings") != 0 || json_object_get(rv, "catalogname") ||
+	    ((v = json_object_get(rv, "schemaname")) != NULL &&
+	     (json_string_value(v) == NULL || strcmp(json_string_value(v), "pg_catalog") != 0)))
+		goto out;
+	/* WHERE name = 'constant' */
+	{
+		json_t *op =
+			json_object_get(json_array_get(json_object_get(wh, "name"), 0), "String");
+		json_t *lf = json_object_get(json_object_get(wh, "lexpr"), "ColumnRef");
+		json_t *lfs = json_object_get(lf, "fields");
+		const char *lcol = json_string_value(
+			json_object_get(json_object_get(json_array_get(lfs, 0), "String"), "sval"));
+
+		s = json_string_value(json_object_get(wh, "kind"));
+		if (s == NULL || strcmp(s, "AEXPR_OP") != 0 ||
+		    json_array_size(json_object_get(wh, "name")) != 1 ||
+		    json_string_value(json_object_get(op, "sval")) == NULL ||
+		    strcmp(json_string_value(json_object_get(op, "sval")), "=") != 0 ||
+		    json_array_size(lfs) != 1 || lcol == NULL || strcmp(lcol, "name") != 0)
+			goto out;
+		param = json_string_value(json_object_get(
+			json_object_get(json_object_get(json_object_get(wh, "rexpr"), "A_Const"),
+					"sval"),
+			"sval"));
+	}
+	if (param == NULL || strlen(param) >= sizeof(lname))
+		goto out;
+	for (size_t i = 0;; i++) {
+		lname[i] = (char)tolower((unsigned char)param[i]);
+		if (param[i] == '\0')
+			break;
+	}
+	if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
+		goto out;
+	add_str(w, &w->c->set_params, &w->c->nset_params, lname);
+	ok = 1;
+out:
+	json_decref(root);
+	return ok;
 }
 
 static uint32_t
@@ -1215,6 +1335,8 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 		}
 	}
 	out->kinds = walk_value(&w, NULL, NULL);
+	if (w.setcfg_col > 0 && !(w.setcfg_col == 1 && settings_pinned(&w, res.parse_tree)))
+		out->kinds |= SL_SQL_GRANT;
 	if (w.bad) {
 		out->kinds |= SL_SQL_UNPARSEABLE;
 		if (out->error == NULL)

@@ -153,6 +153,42 @@ def test_pgbench(gw, pg, mode):
     assert tps > 50
 
 
+DUMP_POLICIES = """
+policies:
+  - name: backup
+    match: { groups: [backup] }
+    rules:
+      - { action: allow, sql: [select, copy_to, set, transaction, utility] }
+"""
+
+
+def test_pg_dump_under_a_read_only_policy(gateway_factory, tmp_path):
+    # pg_dump reads with COPY ... TO, SETs, a read-only snapshot (shared
+    # with its parallel workers) and, since CVE-2024-7348's fix,
+    # set_config(name, ...) FROM pg_settings WHERE name = '...': a setting
+    # named by a column, but pinned to one constant by the WHERE clause, so
+    # no grant. The same form naming role stays a grant and is refused.
+    gw = gateway_factory(policies=DUMP_POLICIES)
+    env = dict(os.environ, PGPASSWORD=gw.mint(sub="backup-1", groups="backup"),
+               PGSSLMODE="disable")
+    base = ["-h", "127.0.0.1", "-p", str(gw.port), "-U", "orders", "orders"]
+    r = subprocess.run(["pg_dump"] + base, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "CREATE TABLE public.orders" in r.stdout and "COPY public.orders" in r.stdout
+    out = tmp_path / "dir"
+    r = subprocess.run(["pg_dump", "-Fd", "-j", "2", "-f", str(out)] + base, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["pg_restore", "-l", str(out)], capture_output=True, text=True)
+    assert "TABLE DATA public orders" in r.stdout, r.stdout
+    r = run_psql(gw, "SELECT set_config(name, 'app', false) FROM pg_settings "
+                     "WHERE name = 'role'", token=env["PGPASSWORD"])
+    assert r.returncode != 0 and "statement kind grant is not allowed" in r.stderr, r.stderr
+    kinds = [x["data"].get("kind") for x in gw.export() if x["type"] == "request" and
+             "restrict_nonsystem_relation_kind" in x["data"].get("text", "")]
+    assert kinds and all(k == "select,set" for k in kinds), kinds
+
+
 # ------------------------------------------------------------------ identity
 
 def b64u(b):
