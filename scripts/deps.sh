@@ -9,7 +9,7 @@ PKGS="meson ninja-build pkg-config gcc clang libclang-rt-14-dev
  libcyaml-dev libssh-dev libcurl4-openssl-dev libsqlite3-dev libpq-dev libcmocka-dev node-llhttp
  libpcre2-dev postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer haproxy nginx
  wrk hyperfine valgrind python3 python3-pytest python3-psycopg2 python3-requests
- python3-paramiko python3-cryptography python3-sqlalchemy python3-asyncpg openssh-server openssh-client openssl curl sqlite3
+ python3-paramiko python3-cryptography python3-sqlalchemy python3-asyncpg python3-psycopg openssh-server openssh-client openssl curl sqlite3
  nodejs npm"
 
 # Every installed package name and every name an installed package provides.

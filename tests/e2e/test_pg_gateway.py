@@ -1440,6 +1440,48 @@ connections:
         assert r.returncode != 0 and msg in r.stderr, (body, r.stderr)
 
 
+def test_psycopg3_agent(gateway_factory):
+    """psycopg 3 (Debian's python3-psycopg): statements it prepares by itself
+    after a few runs, pipeline mode with a refused statement in the middle
+    (the rest of the pipeline is not run, the connection goes on), COPY TO
+    STDOUT, a server-side cursor and binary results."""
+    import psycopg
+    gw = gateway_factory(policies=READ_ONLY_AGENT +
+                         "      - { action: allow, sql: [copy_to], tables: [orders] }\n")
+    conn = psycopg.connect(host="127.0.0.1", port=gw.port, user="orders", dbname="orders",
+                           password=gw.mint(), sslmode="disable", autocommit=True,
+                           prepare_threshold=2)
+    cur = conn.cursor()
+    for i in range(1, 6):  # prepared as _pg3_N from the third run on
+        cur.execute("SELECT id FROM orders WHERE id = %s", (i,))
+        assert cur.fetchone() == (i,)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as ex:
+        with conn.pipeline():
+            cur.execute("SELECT 1")
+            cur.execute("DROP TABLE orders")
+            cur.execute("INSERT INTO orders (id, customer, amount) VALUES (-77, 1, 1)")
+    assert "by policy" in str(ex.value)
+    cur.execute("SELECT count(*) FROM orders WHERE id = -77")
+    assert cur.fetchone() == (0,)
+    with conn.pipeline():
+        c1, c2 = conn.cursor(), conn.cursor()
+        c1.execute("SELECT %s::int + 1", (41,))
+        c2.execute("SELECT count(*) FROM orders WHERE id BETWEEN 1 AND 100")
+    assert c1.fetchall() == [(42,)] and c2.fetchall() == [(100,)]
+    with cur.copy("COPY (SELECT id FROM orders WHERE id <= 3 ORDER BY id) TO STDOUT") as cp:
+        assert [r for r in cp.rows()] == [("1",), ("2",), ("3",)]
+    with conn.transaction():
+        sc = conn.cursor(name="agent_cursor")
+        sc.execute("SELECT id FROM orders WHERE id <= 100 ORDER BY id")
+        assert sc.fetchmany(3) == [(1,), (2,), (3,)]
+        sc.close()
+    cur.execute("SELECT %b::int", (7,), binary=True)
+    assert cur.fetchone() == (7,)
+    conn.close()
+    texts = [r["data"]["text"] for r in gw.export() if r["type"] == "request"]
+    assert any("DROP TABLE orders" in t for t in texts)
+
+
 def test_asyncpg_agent(gateway_factory):
     """asyncpg (Debian's python3-asyncpg): named prepared statements over the
     extended protocol, type introspection, a pool whose release resets the
