@@ -153,6 +153,23 @@ def test_pgbench(gw, pg, mode):
     assert tps > 50
 
 
+SELECT_ONLY = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [select] }
+"""
+
+
+@pytest.mark.parametrize("meta", [r"\d", r"\d+ orders", r"\dt", r"\df", r"\dn", r"\l", r"\du",
+                                  r"\dx", r"\di", r"\dp", r"\sf now"])
+def test_psql_describe_commands_under_a_select_only_policy(gateway_factory, meta):
+    gw = gateway_factory(policies=SELECT_ONLY)
+    r = run_psql(gw, meta)
+    assert r.returncode == 0 and not r.stderr, (meta, r.stderr)
+
+
 DUMP_POLICIES = """
 policies:
   - name: backup
