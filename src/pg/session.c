@@ -2294,7 +2294,6 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 	sl_pg_parse_error(msg, len, &f);
 	if (rew != NULL) {
 		struct sl_buf b;
-
 		int down = strcmp(rew, audit_down_msg) == 0;
 
 		sl_buf_init(&b, 0);

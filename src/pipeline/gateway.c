@@ -226,10 +226,12 @@ size_sessions(struct sl_gw *gw)
 	unsigned fit;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-		if (rl.rlim_cur < rl.rlim_max) {
-			struct rlimit up = rl;
+		/* to the hard limit, but at most 2^20 (some hosts set 2^30) */
+		rlim_t want = rl.rlim_max > ((rlim_t)1 << 20) ? (rlim_t)1 << 20 : rl.rlim_max;
 
-			up.rlim_cur = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
+		if (rl.rlim_cur < want) {
+			struct rlimit up = {want, rl.rlim_max};
+
 			if (setrlimit(RLIMIT_NOFILE, &up) == 0)
 				rl = up;
 		}
