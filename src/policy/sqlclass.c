@@ -1703,7 +1703,10 @@ static int
 secret_word(const char *w, size_t n)
 {
 	static const char *const ends[] = {"password", "passwd", "passphrase", "secret", "token"};
+	int last = n ? w[n - 1] | 0x20 : 0;
 
+	if (last != 'd' && last != 'e' && last != 't' && last != 'n')
+		return 0; /* most words: no compare at all */
 	for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
 		size_t el = strlen(ends[i]);
 
@@ -1775,6 +1778,8 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 	size_t i = 0, n = 0;
 	int armed = 0;	   /* the last token was a secret's name (or '=' after one) */
 	int redacting = 0; /* a redacted literal may continue ('a'<newline>'b') */
+	int uident = 0;	   /* the last token was a U&"..." name (UESCAPE may follow) */
+	int uesc = 0;	   /* the next literal is that name's UESCAPE character */
 
 	while (i < len) {
 		unsigned char ch = (unsigned char)s[i];
@@ -1826,6 +1831,12 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				int open;
 				size_t end = quoted_end(s, len, q, '\'', esc, &open);
 
+				if (uesc) { /* U&"..." UESCAPE '!': still armed */
+					uesc = uident = 0;
+					i = end;
+					continue;
+				}
+				uident = 0;
 				if (armed || redacting) {
 					/* Unterminated, or a backslash in a plain
 					 * literal (where it ends depends on
@@ -1861,7 +1872,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
 				}
-				armed = 0;
+				armed = uident = uesc = 0;
 				i = close ? (size_t)(close - s) + tl : len;
 				continue;
 			}
@@ -1872,7 +1883,11 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			size_t q = ch == '"' ? i : i + 2,
 			       end = quoted_end(s, len, q, '"', 0, &open);
 
-			armed = secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
+			/* a U&"..." name can spell any word with escapes:
+			 * taken as a secret's name (over-redaction only) */
+			uident = ch != '"';
+			armed = uident || secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
+			uesc = 0;
 			i = end;
 			continue;
 		}
@@ -1882,6 +1897,12 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			while (j < len && (isalnum((unsigned char)s[j]) || s[j] == '_' ||
 					   s[j] == '$' || (unsigned char)s[j] >= 0x80))
 				j++;
+			if (uident && j - i == 7 && strncasecmp(s + i, "uescape", 7) == 0) {
+				uesc = 1;
+				i = j;
+				continue;
+			}
+			uident = uesc = 0;
 			armed = secret_word(s + i, j - i);
 			i = j;
 			continue;
@@ -1890,10 +1911,36 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			i++; /* password = '...' */
 			continue;
 		}
-		armed = 0;
+		armed = uident = uesc = 0;
 		i++;
 	}
 	return n;
+}
+
+/* Whether the text may name a secret at all: every name secret_word()
+ * knows holds "ss", "cret" or "oken" (any case); a U&"..." name may spell
+ * one with escapes. Most statements hold none of them and skip the lexing.
+ * (b | 0x20 lowers letters, and the first byte is one of the table's.) */
+static int
+may_name_secret(const char *s, size_t len)
+{
+	static const uint8_t first[256] = {
+		['s'] = 1, ['S'] = 1, ['c'] = 1, ['C'] = 1, ['o'] = 1, ['O'] = 1, ['&'] = 1};
+
+	for (size_t i = 0; i + 1 < len; i++) {
+		int c, d;
+
+		if (!first[(unsigned char)s[i]])
+			continue;
+		c = s[i] | 0x20;
+		d = s[i + 1] | 0x20;
+		if ((c == 's' && d == 's') || (c == '&' && s[i + 1] == '"'))
+			return 1;
+		if (i + 3 < len && ((c == 'c' && d == 'r') || (c == 'o' && d == 'k')) &&
+		    (s[i + 2] | 0x20) == 'e' && (s[i + 3] | 0x20) == (c == 'c' ? 't' : 'n'))
+			return 1;
+	}
+	return 0;
 }
 
 size_t
@@ -1902,6 +1949,8 @@ sl_sql_redact_secrets(char *s, size_t len)
 	char *orig;
 	size_t n;
 
+	if (!may_name_secret(s, len))
+		return 0;
 	if (memchr(s, '\\', len) == NULL)
 		return redact_pass(s, s, len, 0);
 	/* Backslashes: where plain literals end depends on

@@ -184,6 +184,14 @@ test_redact_secrets(void **state)
 		{"SELECT password_hash FROM t WHERE id = 'a'", NULL, 0},
 		{"SELECT $1, password, 'x' FROM t", NULL, 0},
 		{"ALTER ROLE a PASSWORD NULL", NULL, 0},
+		/* a U&"..." name may spell password with escapes: taken as one */
+		{"ALTER SERVER s OPTIONS (SET U&\"pass\\0077ord\" 'k1')",
+		 "ALTER SERVER s OPTIONS (SET U&\"pass\\0077ord\" '**')", 1},
+		{"ALTER SERVER s OPTIONS (SET U&\"pass!0077ord\" UESCAPE '!' 'k1')",
+		 "ALTER SERVER s OPTIONS (SET U&\"pass!0077ord\" UESCAPE '!' '**')", 1},
+		{"ALTER SERVER s OPTIONS (SET u&\"p\\0061\\0073\\0073word\" 'k1')",
+		 "ALTER SERVER s OPTIONS (SET u&\"p\\0061\\0073\\0073word\" '**')", 1},
+		{"SELECT abalance FROM pgbench_accounts WHERE aid = '5'", NULL, 0},
 		/* unterminated: to the end */
 		{"ALTER ROLE a PASSWORD 'abc", "ALTER ROLE a PASSWORD '***", 1},
 		{"ALTER ROLE a PASSWORD $$abc", "ALTER ROLE a PASSWORD $$***", 1},
