@@ -93,6 +93,8 @@ struct sl_audit {
 	size_t node_json_len;
 	struct sl_buf jline; /* journal lines being built (under wmu), kept */
 	int hex_ok;	     /* last_hex is the hex of hex_of (under wmu) */
+	int jfailed;	     /* the last journal write failed (under wmu) */
+	char store_err[160]; /* why the last store failed (under imu) */
 	uint8_t hex_of[32];
 	char last_hex[65];
 };
@@ -406,8 +408,10 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 
 	memcpy(h0, a->stored_hash, 32);
 	sqlite3_reset(a->begin);
-	if (sqlite3_step(a->begin) != SQLITE_DONE)
+	if (sqlite3_step(a->begin) != SQLITE_DONE) {
+		snprintf(a->store_err, sizeof(a->store_err), "%s", sqlite3_errmsg(a->db));
 		return SL_EIO;
+	}
 	for (r = batch; r;) {
 		struct rec *x = r;
 		sqlite3_stmt *st = a->ins;
@@ -453,6 +457,8 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 		goto fail;
 	return 0;
 fail:
+	/* the reason, before the rollback's own result replaces it */
+	snprintf(a->store_err, sizeof(a->store_err), "%s", sqlite3_errmsg(a->db));
 	sqlite3_reset(a->rollback);
 	sqlite3_step(a->rollback);
 	a->stored_seq = seq0;
@@ -567,7 +573,7 @@ journal_reserve(struct sl_audit *a, size_t n)
 		return 0;
 	while (cap < need)
 		cap *= 2;
-	if (posix_fallocate(a->jfd, 0, (off_t)cap) != 0)
+	if ((errno = posix_fallocate(a->jfd, 0, (off_t)cap)) != 0)
 		return SL_EIO;
 	m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, a->jfd, 0);
 	if (m == MAP_FAILED)
@@ -689,8 +695,14 @@ journal_queue(struct sl_audit *a, struct rec **batch_out)
 	if (batch == NULL)
 		return 0;
 	rc = journal_batch(a, batch);
-	if (rc != 0)
-		sl_error("audit: cannot write the journal %s", a->jpath);
+	/* once per outage, not once per refused request */
+	if (rc != 0 && !a->jfailed)
+		sl_error("audit: cannot write the journal %s (%s); requests are refused until it "
+			 "takes writes again",
+			 a->jpath, strerror(errno));
+	else if (rc == 0 && a->jfailed)
+		sl_info("audit: the journal %s takes writes again", a->jpath);
+	a->jfailed = rc != 0;
 	return rc;
 }
 
@@ -766,7 +778,10 @@ store_taken(struct sl_audit *a, struct rec *batch, int force_cp)
 	pthread_mutex_unlock(&a->imu);
 	if (rc != 0) {
 		if (!a->failed)
-			sl_error("audit: cannot write to %s: %s", a->path, sqlite3_errmsg(a->db));
+			sl_error("audit: cannot write to %s: %s; requests are refused until it "
+				 "takes "
+				 "writes again",
+				 a->path, a->store_err);
 		a->failed = 1;
 		if (batch) {
 			struct rec *last = batch;
@@ -782,6 +797,8 @@ store_taken(struct sl_audit *a, struct rec *batch, int force_cp)
 		}
 		return rc;
 	}
+	if (a->failed)
+		sl_info("audit: %s takes writes again", a->path);
 	a->failed = 0;
 	for (r = batch; r; r = next) {
 		next = r->next;
@@ -1047,6 +1064,14 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		r = SL_EIO;
 		goto fail;
 	}
+	/* Its first chunk now: a file system without room for it fails the
+	 * start with a reason, rather than every request afterwards. */
+	if (journal_reserve(a, 0) != 0) {
+		snprintf(err, errlen, "cannot allocate the audit journal %s (%zu MiB): %s",
+			 a->jpath, JOURNAL_CHUNK >> 20, strerror(errno));
+		r = SL_EIO;
+		goto fail;
+	}
 	if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
 		r = SL_EIO;
 		goto fail;
@@ -1062,6 +1087,8 @@ fail:
 	sqlite3_finalize(a->rollback);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
+	if (a->jmap != NULL)
+		munmap(a->jmap, a->jcap);
 	if (a->jfd >= 0)
 		close(a->jfd);
 	sl_buf_fini(&a->jline);

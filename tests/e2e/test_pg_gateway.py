@@ -668,6 +668,10 @@ def test_audit_store_outage_refuses_then_recovers(gw):
         assert any("SELECT %d AS outage_probe" % n in t for t in texts), n
     v = gw.verify()
     assert v.returncode == 0, v.stderr
+    # the operator reads why, once, and when it is over
+    log = gw.logtext()
+    assert log.count("cannot write to") == 1 and "database is locked" in log, log
+    assert "takes writes again" in log, log
 
 
 # ------------------------------------------------------------------ capacity
