@@ -27,6 +27,16 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, interrupt)
 
 
+# An agent that may only read.
+SELECT_ONLY = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: allow, sql: [select] }
+"""
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

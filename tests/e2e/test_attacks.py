@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import pgwire
-from conftest import APP_PASSWORD
+from conftest import APP_PASSWORD, SELECT_ONLY
 
 REVIEW_POLICIES = """
 policies:
@@ -683,15 +683,6 @@ def test_prepared_statement_memory_per_session_is_bounded(gw):
 # signal other backends or reload its configuration by calling a function
 # from a SELECT: such calls carry the kind they amount to (COPY to/from a
 # file is copy_program, and so is pg_read_file), so default deny refuses them.
-
-SELECT_ONLY = """
-policies:
-  - name: agents
-    match: { groups: [ai-agents] }
-    rules:
-      - { action: allow, sql: [select] }
-"""
-
 
 def test_side_effect_functions_are_not_selects(gateway_factory):
     gw = gateway_factory(policies=SELECT_ONLY)

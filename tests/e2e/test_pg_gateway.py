@@ -18,7 +18,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import APP_PASSWORD, MD5_PASSWORD, SLUICE, make_cert
+from conftest import APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, make_cert
 import pgwire
 
 
@@ -151,15 +151,6 @@ def test_pgbench(gw, pg, mode):
     assert "number of failed transactions: 0" in r.stdout
     tps = float(r.stdout.split("tps = ")[1].split()[0])
     assert tps > 50
-
-
-SELECT_ONLY = """
-policies:
-  - name: agents
-    match: { groups: [ai-agents] }
-    rules:
-      - { action: allow, sql: [select] }
-"""
 
 
 @pytest.mark.parametrize("meta", [r"\d", r"\d+ orders", r"\dt", r"\df", r"\dn", r"\l", r"\du",
@@ -693,6 +684,18 @@ def refused_as_full(port):
         cn.close()
 
 
+def connect_once_free(gw, tries=100, pause=0.05):
+    """Connects, retrying while sluice says it is full (a slot frees when the
+    session that held it is gone)."""
+    for _ in range(tries):
+        try:
+            return gw.connect()
+        except psycopg2.OperationalError as e:
+            assert "too many clients" in str(e), e
+            time.sleep(pause)
+    return gw.connect()
+
+
 def test_full_gateway_refuses_logins_with_53300_and_still_cancels(gateway_factory):
     gw = gateway_factory(gateway_extra="  max_connections: 3\n")
     conns = [gw.connect() for _ in range(3)]
@@ -717,13 +720,7 @@ def test_full_gateway_refuses_logins_with_53300_and_still_cancels(gateway_factor
     assert cur.fetchone()[0] == 2
     # a slot that frees up is there for the next login
     conns.pop().close()
-    for _ in range(100):
-        try:
-            c = gw.connect()
-            break
-        except psycopg2.OperationalError as e:
-            assert "too many clients" in str(e), e
-            time.sleep(0.05)
+    c = connect_once_free(gw)
     c.cursor().execute("SELECT 3")
     conns.append(c)
     for c in conns:
@@ -755,17 +752,10 @@ def test_connection_flood_past_the_descriptor_limit(gateway_factory):
     assert f is not None and f.get("C") == "53300", f
     for s in flood:
         s.close()
-    for _ in range(100):
-        try:
-            c = gw.connect()
-            break
-        except psycopg2.OperationalError as e:
-            assert "too many clients" in str(e), e
-            time.sleep(0.1)
-    cur = c.cursor()
+    cur = connect_once_free(gw, pause=0.1).cursor()
     cur.execute("SELECT 4")
     assert cur.fetchone()[0] == 4
-    c.close()
+    cur.connection.close()
     # the fixture checks that SIGTERM still stops it cleanly (exit 0)
 
 
