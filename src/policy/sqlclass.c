@@ -194,6 +194,63 @@ tf_node(const char *node, const char *op, const struct tfacc *acc)
 	return acc->gen;
 }
 
+/* The fields of a ColumnRef's JSON span ({"ColumnRef":{"fields":[...],
+ * "location":N}}), without its location: *len, or NULL if it is not one. */
+static const char *
+colref_fields(const char *p, const char *e, size_t *len)
+{
+	static const char pre[] = "{\"ColumnRef\":{\"fields\":[";
+	const char *loc;
+
+	if (p == NULL || (size_t)(e - p) <= sizeof(pre) - 1 || memcmp(p, pre, sizeof(pre) - 1) != 0)
+		return NULL;
+	loc = memmem(p, (size_t)(e - p), "],\"location\":", 13);
+	if (loc == NULL)
+		return NULL;
+	*len = (size_t)(loc - p);
+	return p;
+}
+
+/* An A_Expr comparing a column with itself ("id = id", "a.b <> a.b", "x IS
+ * DISTINCT FROM x"): its TF_* from the operator alone, or 0 when it is not
+ * one. = >= <= hold for every row whose value is not NULL and fail for
+ * the others, so either may be every row; <> < > fail for every row; IS
+ * NOT DISTINCT FROM holds for every row, IS DISTINCT FROM for none. The
+ * operator is read from its JSON (> and < come escaped). Recognising one
+ * can only make a statement an update_all / delete_all, never less. */
+static unsigned
+tf_same_column(const char *kind, const char *l, const char *le, const char *r, const char *re,
+	       const char *op, const char *ope)
+{
+	static const struct {
+		const char *name;
+		unsigned tf;
+	} ops[] = {
+		{"[{\"String\":{\"sval\":\"=\"}}]", TF_T | TF_F},
+		{"[{\"String\":{\"sval\":\"\\u003e=\"}}]", TF_T | TF_F},
+		{"[{\"String\":{\"sval\":\"\\u003c=\"}}]", TF_T | TF_F},
+		{"[{\"String\":{\"sval\":\"\\u003c\\u003e\"}}]", TF_F},
+		{"[{\"String\":{\"sval\":\"\\u003c\"}}]", TF_F},
+		{"[{\"String\":{\"sval\":\"\\u003e\"}}]", TF_F},
+	};
+	size_t ll, rl;
+	const char *a = colref_fields(l, le, &ll), *b = colref_fields(r, re, &rl);
+
+	if (a == NULL || b == NULL || ll != rl || memcmp(a, b, ll) != 0 || op == NULL)
+		return 0;
+	if (strcmp(kind, "AEXPR_NOT_DISTINCT") == 0)
+		return TF_T;
+	if (strcmp(kind, "AEXPR_DISTINCT") == 0)
+		return TF_F;
+	if (strcmp(kind, "AEXPR_OP") != 0)
+		return 0;
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if ((size_t)(ope - op) == strlen(ops[i].name) &&
+		    memcmp(op, ops[i].name, (size_t)(ope - op)) == 0)
+			return ops[i].tf;
+	return 0;
+}
+
 /* Adds s to the list unless it is there; returns its index, or < 0 (and
  * marks the statement bad) when it cannot be kept. */
 static int
@@ -814,6 +871,8 @@ walk_object(struct walker *w, const char *node)
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
 	int byarg = 0;
 	int first = 1;
+	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
+	const char *lx = NULL, *lxe = NULL, *rx = NULL, *rxe = NULL, *opn = NULL, *opne = NULL;
 	unsigned seen = w->rowrefs, before = 0;
 	struct tfacc acc = {0};
 	char pending[128] = ""; /* the last key walked, not yet noted in acc */
@@ -991,14 +1050,30 @@ walk_object(struct walker *w, const char *node)
 				return k;
 			continue;
 		}
-		if (is_node_name(key))
-			k |= walk_value(w, key, key);
-		else
-			k |= walk_value(w, key, NULL);
-		if (w->bad)
-			return k;
+		{
+			const char *vstart = w->p;
+
+			if (is_node_name(key))
+				k |= walk_value(w, key, key);
+			else
+				k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			if (aexpr && strcmp(key, "lexpr") == 0)
+				lx = vstart, lxe = w->p;
+			else if (aexpr && strcmp(key, "rexpr") == 0)
+				rx = vstart, rxe = w->p;
+			else if (aexpr && strcmp(key, "name") == 0)
+				opn = vstart, opne = w->p;
+		}
 	}
 	w->tf = w->rowrefs == seen ? TF_T | TF_F : tf_node(node, kindval, &acc);
+	if (aexpr) {
+		unsigned same = tf_same_column(kindval, lx, lxe, rx, rxe, opn, opne);
+
+		if (same)
+			w->tf = same;
+	}
 	if (objstart != NULL)
 		object_names(w, node, objstart, (size_t)(w->p - objstart));
 	if (relname[0]) {

@@ -198,6 +198,9 @@ policies:
     "coalesce(amount = 1, true)",
     "CASE WHEN amount = 1 THEN true ELSE true END",
     "(amount = 1 OR %s)::boolean",
+    "amount = amount",
+    "orders.id >= orders.id OR amount = %s",
+    "id IS NOT DISTINCT FROM id",
 ])
 def test_tautology_beside_a_column_does_not_bound_a_delete(gateway_factory, pg, where):
     # A rule that lets an agent delete rows but not empty a table must not
