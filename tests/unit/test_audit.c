@@ -372,7 +372,7 @@ test_journal_reset_in_place(void **state)
 	struct sl_audit *a;
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	char err[256], msg[512], jpath[256], big[2049];
-	long long minseq;
+	long long minseq, stored;
 	uint64_t n;
 	int r, lines = -1;
 
@@ -399,14 +399,19 @@ test_journal_reset_in_place(void **state)
 		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
 	close_with_store_down(a);
 	lines = journal_lines(jpath, &minseq);
-	assert_true(lines >= 4); /* the 3, plus the ones close_with_store_down() added */
+	/* the ones close_with_store_down() added, and those of the 3 the
+	 * writer's tick did not store before the lock was taken */
+	assert_true(lines >= 1);
 	assert_true(minseq > 2500);
 	assert_int_equal(w.done, 2500);
 	assert_int_equal(w.status, 0);
+	stored = count_rows("1");
+	assert_true(stored >= 2500 && stored <= 2503);
 	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
 	sl_audit_close(a);
 	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
-	assert_int_equal(n, 2500 + (uint64_t)lines);
+	/* every journal line replayed, none twice */
+	assert_int_equal(n, (uint64_t)stored + (uint64_t)lines);
 	sl_config_free(cfg);
 }
 
