@@ -63,7 +63,13 @@ struct sl_sql_class {
 	size_t nexecuted;
 	char **set_params; /* parameters SET/RESET, lowercased; "all" for RESET ALL */
 	size_t nset_params;
-	char *error; /* parse error, or NULL */
+	/* columns (last part of the name) referenced inside a result list
+	 * (SELECT list, RETURNING) at any depth, except as count()'s argument:
+	 * the values an expression in a result may carry */
+	char **target_cols;
+	size_t ntarget_cols;
+	int indirect; /* FETCH or EXECUTE: its rows come from a statement run earlier */
+	char *error;  /* parse error, or NULL */
 };
 
 #define SL_SQL_MAX_TEXT (1u << 20)

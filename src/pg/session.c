@@ -57,6 +57,7 @@ struct entry {
 	uint8_t rfmt; /* result formats its Bind asked for: RFMT_* */
 	/* ENT_EXEC: sluice describes the portal itself (up_send_request) */
 	uint8_t need_desc;
+	uint8_t taint; /* computed result columns carry a rule's column: style + 1 */
 };
 
 /* Result formats of a Bind: all text, all binary, or mixed. */
@@ -72,6 +73,7 @@ struct stmt {
 	int review;		/* executing it needs approval (decided at Parse) */
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	unsigned unknown : 1;	/* the server may hold another definition: refused */
+	uint8_t taint;		/* as entry.taint, for its executions */
 	size_t *held, cost;	/* charged to its session's held_bytes */
 };
 
@@ -2588,11 +2590,16 @@ static void
 on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 {
 	struct sl_pg_field *f;
+	struct entry *e;
+	uint8_t taint;
 	uint16_t n = 0;
 
 	s->ncols = 0;
 	if (s->mplan == NULL)
 		return;
+	/* the statement this describes: the one being answered */
+	e = ent_head(s);
+	taint = e != NULL && (e->kind == ENT_QUERY || e->kind == ENT_EXEC) ? e->taint : 0;
 	f = malloc(PG_MAX_COLUMNS * sizeof(*f));
 	if (s->cols == NULL)
 		s->cols = calloc(PG_MAX_COLUMNS, sizeof(*s->cols));
@@ -2622,6 +2629,10 @@ on_row_desc(struct pg_session *s, const uint8_t *msg, size_t total)
 			 * such a column */
 			c->rule = 1;
 			c->style = (int8_t)st;
+		} else if (taint && f[i].table_oid == 0) {
+			/* computed from a rule's column (taint_of) */
+			c->rule = 1;
+			c->style = (int8_t)(taint - 1);
 		}
 		/* Every value is scanned: text in place; any other value (a
 		 * bytea, a jsonb or a text[] in binary format, an int8 or
@@ -3583,6 +3594,30 @@ classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class 
 
 /* SQL PREPAREs count once the server says the statement ran (grp: its sync
  * group; poison: a failure may come after they ran). */
+/*
+ * Whether the computed columns of a statement's results (an expression, a
+ * literal: RowDescription names no table column for them) may carry the
+ * value of a column a rule masks: it names such a column inside its SELECT
+ * or RETURNING list (ssn || '', upper(ssn), a scalar subquery selecting
+ * ssn, a subquery's computed column). Then every such result column is
+ * masked with that rule's style (over-masking: count(ssn) is exempt, but
+ * length(ssn) is not). FETCH and EXECUTE show nothing of the statement
+ * whose rows they return: with column rules at all, their computed columns
+ * are masked in full. Returns style + 1, or 0.
+ */
+static uint8_t
+taint_of(struct pg_session *s, const struct sl_sql_class *c)
+{
+	enum sl_mask_style st;
+
+	if (s->mplan == NULL || c == NULL || sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+		return 0;
+	for (size_t i = 0; i < c->ntarget_cols; i++)
+		if (sl_mask_plan_column(s->mplan, c->target_cols[i], &st))
+			return (uint8_t)(st + 1);
+	return c->indirect ? (uint8_t)(SL_MASK_FULL + 1) : 0;
+}
+
 static int
 remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char *sql, size_t len,
 		  uint64_t grp, int poison)
@@ -3590,6 +3625,8 @@ remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char
 	for (size_t i = 0; i < c->nprepared; i++) {
 		struct stmt *t = stmt_new(s, c->prepared[i], sql, len, c->prepared_kinds[i]);
 
+		if (t != NULL)
+			t->taint = taint_of(s, c);
 		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, NULL, grp, poison) != 0)
 			return SL_ENOMEM;
 	}
@@ -3656,6 +3693,8 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "54000", "sluice: too many statements in flight");
 		return -1;
 	}
+	if (why == NULL)
+		e->taint = taint_of(s, c);
 	if (sl_pl_trace_from_text(sql, len, trace, span))
 		memcpy(e->trace_id, trace, sizeof(trace));
 	if (why != NULL) {
@@ -3750,6 +3789,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			struct stmt *t = stmt_new(s, p.stmt, p.sql, p.sqllen, c->kinds);
 
 			if (t != NULL) {
+				t->taint = taint_of(s, c);
 				t->review = 1;
 				t->dec = d;
 				if (d.message == d.reason)
@@ -3779,6 +3819,8 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		{
 			struct stmt *t = stmt_new(s, p.stmt, p.sql, p.sqllen, c->kinds);
 
+			if (t != NULL)
+				t->taint = taint_of(s, c);
 			if (t == NULL || op_push(s, OP_PARSE, NULL, t, NULL, s->grp_sent, 0) != 0 ||
 			    remember_prepared(s, c, p.sql, p.sqllen, s->grp_sent, 1) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
@@ -3957,6 +3999,11 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		return -1;
 	}
 	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
+	/* an unknown portal: a cursor declared in SQL, whose query is not here */
+	if (p != NULL)
+		e->taint = p->st->taint;
+	else if (s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL)
+		e->taint = SL_MASK_FULL + 1;
 	/* column rules and no Describe of this portal just before: sluice
 	 * describes it (up_send_request) */
 	e->need_desc = s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL &&

@@ -97,6 +97,11 @@ struct walker {
 	unsigned rowrefs;    /* ColumnRef / CurrentOfExpr nodes seen so far */
 	unsigned tf;	     /* the value just walked: TF_* (object) or TA_* (array) */
 	unsigned setcfg_col; /* set_config(name, ...) calls: grant unless settings_pinned() */
+	int in_target;	     /* inside a SELECT list or RETURNING list */
+	int in_count;	     /* inside count()'s arguments */
+	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
+	int direct_val;	     /* walking a column that is a statement's own result column */
+	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
 };
 
 /* Whether a WHERE bounds anything is read from its shape, never from
@@ -872,6 +877,7 @@ walk_object(struct walker *w, const char *node)
 	int byarg = 0;
 	int first = 1;
 	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
+	int is_count = 0;
 	const char *lx = NULL, *lxe = NULL, *rx = NULL, *rxe = NULL, *opn = NULL, *opne = NULL;
 	unsigned seen = w->rowrefs, before = 0;
 	struct tfacc acc = {0};
@@ -890,6 +896,7 @@ walk_object(struct walker *w, const char *node)
 	if (node != NULL && strcmp(node, "SelectStmt") == 0) {
 		insert_source = w->insert_source;
 		w->insert_source = 0;
+		w->sel_depth++;
 	}
 	if (node != NULL && (strcmp(node, "ColumnRef") == 0 || strcmp(node, "CurrentOfExpr") == 0))
 		w->rowrefs++;
@@ -950,6 +957,8 @@ walk_object(struct walker *w, const char *node)
 				w->bad = 1;
 				return k;
 			}
+			if (dst == name && node != NULL && strcmp(node, "String") == 0)
+				snprintf(w->lastsval, sizeof(w->lastsval), "%s", name);
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0 && node != NULL &&
@@ -1025,6 +1034,7 @@ walk_object(struct walker *w, const char *node)
 					k |= SL_SQL_SET;
 				}
 				byarg = names_by_argument(dot ? dot + 1 : fname);
+				is_count = strcmp(dot ? dot + 1 : fname, "count") == 0;
 			}
 			continue;
 		}
@@ -1052,11 +1062,33 @@ walk_object(struct walker *w, const char *node)
 		}
 		{
 			const char *vstart = w->p;
+			int list =
+				strcmp(key, "targetList") == 0 || strcmp(key, "returningList") == 0;
+			int cnt = is_count && strcmp(key, "args") == 0;
+			/* a plain column as a result column of the statement's
+			 * own SELECT: RowDescription names its table column,
+			 * and the rules see it there (not so for RETURNING) */
+			int direct = node != NULL && strcmp(node, "ResTarget") == 0 &&
+				     strcmp(key, "val") == 0 && w->sel_depth == 1 &&
+				     (size_t)(w->end - w->p) > 13 &&
+				     memcmp(w->p, "{\"ColumnRef\":", 13) == 0;
 
+			/* the arms of a UNION / INTERSECT / EXCEPT: results
+			 * of a set operation name no table column */
+			int arm = strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0;
+
+			w->in_target += list;
+			w->in_count += cnt;
+			w->direct_val += direct;
+			w->sel_depth += arm;
 			if (is_node_name(key))
 				k |= walk_value(w, key, key);
 			else
 				k |= walk_value(w, key, NULL);
+			w->in_target -= list;
+			w->in_count -= cnt;
+			w->direct_val -= direct;
+			w->sel_depth -= arm;
 			if (w->bad)
 				return k;
 			if (aexpr && strcmp(key, "lexpr") == 0)
@@ -1067,6 +1099,15 @@ walk_object(struct walker *w, const char *node)
 				opn = vstart, opne = w->p;
 		}
 	}
+	if (node != NULL && strcmp(node, "A_Star") == 0)
+		w->lastsval[0] = '\0'; /* t.* names no column */
+	if (node != NULL && (strcmp(node, "FetchStmt") == 0 || strcmp(node, "ExecuteStmt") == 0))
+		w->c->indirect = 1;
+	if (node != NULL && strcmp(node, "ColumnRef") == 0 && w->in_target > 0 && !w->in_count &&
+	    !w->direct_val && w->lastsval[0])
+		add_str(w, &w->c->target_cols, &w->c->ntarget_cols, w->lastsval);
+	if (node != NULL && strcmp(node, "SelectStmt") == 0)
+		w->sel_depth--;
 	w->tf = w->rowrefs == seen ? TF_T | TF_F : tf_node(node, kindval, &acc);
 	if (aexpr) {
 		unsigned same = tf_same_column(kindval, lx, lxe, rx, rxe, opn, opne);
@@ -1441,6 +1482,7 @@ sl_sql_class_fini(struct sl_sql_class *c)
 	free(c->prepared_kinds);
 	free_list(c->executed, c->nexecuted);
 	free_list(c->set_params, c->nset_params);
+	free_list(c->target_cols, c->ntarget_cols);
 	free(c->error);
 	memset(c, 0, sizeof(*c));
 }

@@ -280,6 +280,57 @@ def test_copy_error_detail_and_notify_masked(mgw):
     c2.close()
 
 
+def test_expressions_over_rule_columns_are_masked(mgw):
+    # A value computed from a rule's column (ssn || '', upper(), a scalar
+    # subquery, a renamed column in a CTE, a UNION) has no table column in
+    # RowDescription; the statement names the column in its result list,
+    # so its computed columns are masked with that rule's style. Plain
+    # columns and computed columns of statements that name no rule column
+    # are left alone; count() of the column is exempt.
+    full = "*" * len("tok_live_abc")
+    cases = [
+        ("SELECT api_token || '' FROM customers WHERE id = 1", [(full,)]),
+        ("SELECT upper(api_token) AS u, name FROM customers WHERE id = 1", [(full, "Ada")]),
+        ("SELECT (SELECT api_token FROM customers WHERE id = 1) AS x", [(full,)]),
+        ("WITH c AS (SELECT api_token AS z FROM customers WHERE id = 1) SELECT z || '' FROM c",
+         [(full,)]),
+        ("SELECT api_token AS t FROM customers WHERE id = 1 UNION ALL SELECT 'x'",
+         [(full,), ("*",)]),
+        ("SELECT pg_backend_pid() > 0, api_token, name || '!' FROM customers WHERE id = 1",
+         [(True, full, "Ada!")]),
+        ("SELECT count(api_token) FROM customers WHERE id = 1", [(1,)]),
+        ("SELECT name || '!' FROM customers WHERE id = 1", [("Ada!",)]),
+    ]
+    for sql, want in cases:
+        assert rows(mgw, sql) == want, sql
+    # the same through Parse/Bind (psycopg2 inlines; pgwire binds), and
+    # through statements whose rows come from one run earlier
+    got = rows(mgw, "SELECT api_token || %s FROM customers WHERE id = 1", params=("",))
+    assert got == [(full,)]
+    cn = pgwire.Conn(mgw.port)
+    cn.login("orders", mgw.mint())
+    cn.send(pgwire.parse("", "SELECT lower(api_token) FROM customers WHERE id = $1") +
+            pgwire.bind("", "", ["1"]) + pgwire.describe_portal("") + pgwire.execute() +
+            pgwire.SYNC)
+    out = cn.until_ready()
+    data = [body for t, body in out if t == b"D"]
+    assert data and b"tok_live" not in data[0] and full.encode() in data[0], out
+    cn.close()
+    c = mgw.connect()
+    cur = c.cursor()
+    cur.execute("DECLARE cc CURSOR FOR SELECT api_token || '' FROM customers ORDER BY id")
+    cur.execute("FETCH 1 FROM cc")
+    assert cur.fetchall() == [(full,)]
+    cur.execute("PREPARE pp AS SELECT substr(api_token, 1) FROM customers WHERE id = 1")
+    cur.execute("EXECUTE pp")
+    assert cur.fetchall() == [(full,)]
+    c.rollback()
+    named = c.cursor(name="agent_named")
+    named.execute("SELECT api_token || '' FROM customers ORDER BY id")
+    assert named.fetchmany(1) == [(full,)]
+    c.close()
+
+
 def test_audit_keeps_counts_never_values(mgw):
     rows(mgw, "SELECT email, ssn FROM customers WHERE ssn = '123-45-6789'")
     recs = mgw.export()

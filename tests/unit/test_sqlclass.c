@@ -154,6 +154,47 @@ test_relations_named_by_argument(void **state)
 	}
 }
 
+/* Columns a result's computed values may carry (taint for column rules). */
+static void
+test_result_expression_columns(void **state)
+{
+	static const struct {
+		const char *sql, *cols; /* comma-separated, in order found */
+		int indirect;
+	} cases[] = {
+		{"SELECT ssn FROM t", "", 0},
+		{"SELECT pg_backend_pid(), ssn, t.name FROM t", "", 0},
+		{"SELECT ssn || '' FROM t", "ssn", 0},
+		{"SELECT upper(t.ssn) AS x, name FROM t", "ssn", 0},
+		{"SELECT count(ssn), count(*) FROM t", "", 0},
+		{"SELECT count(ssn), length(ssn) FROM t", "ssn", 0},
+		{"SELECT (SELECT ssn FROM t LIMIT 1)", "ssn", 0},
+		{"SELECT x FROM (SELECT ssn AS x FROM t) s", "ssn", 0},
+		{"WITH c AS (SELECT ssn AS z FROM t) SELECT z || 1 FROM c", "z,ssn", 0},
+		{"SELECT ssn FROM t UNION SELECT name FROM u", "ssn,name", 0},
+		{"SELECT t.* FROM t", "", 0},
+		{"SELECT id FROM t WHERE ssn = '1'", "", 0},
+		{"DELETE FROM t WHERE id = 1 RETURNING ssn", "ssn", 0},
+		{"FETCH 10 FROM c", "", 1},
+		{"EXECUTE p(1)", "", 1},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sl_sql_class c;
+		char got[256] = "";
+		size_t o = 0;
+
+		assert_int_equal(sl_sql_classify(cases[i].sql, strlen(cases[i].sql), &c), 0);
+		for (size_t j = 0; j < c.ntarget_cols; j++)
+			o += (size_t)snprintf(got + o, sizeof(got) - o, "%s%s", j ? "," : "",
+					      c.target_cols[j]);
+		if (strcmp(got, cases[i].cols) != 0 || c.indirect != cases[i].indirect)
+			fail_msg("%s: [%s] indirect %d", cases[i].sql, got, c.indirect);
+		sl_sql_class_fini(&c);
+	}
+}
+
 static void
 test_redact_secrets(void **state)
 {
@@ -750,6 +791,7 @@ main(void)
 		cmocka_unit_test(test_functions_tables_names),
 		cmocka_unit_test(test_relations_named_by_argument),
 		cmocka_unit_test(test_redact_secrets),
+		cmocka_unit_test(test_result_expression_columns),
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_policy_semantics),
