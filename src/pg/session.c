@@ -3592,8 +3592,6 @@ classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class 
 	return wait;
 }
 
-/* SQL PREPAREs count once the server says the statement ran (grp: its sync
- * group; poison: a failure may come after they ran). */
 /*
  * Whether the computed columns of a statement's results (an expression, a
  * literal: RowDescription names no table column for them) may carry the
@@ -3618,6 +3616,8 @@ taint_of(struct pg_session *s, const struct sl_sql_class *c)
 	return c->indirect ? (uint8_t)(SL_MASK_FULL + 1) : 0;
 }
 
+/* SQL PREPAREs count once the server says the statement ran (grp: its sync
+ * group; poison: a failure may come after they ran). */
 static int
 remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char *sql, size_t len,
 		  uint64_t grp, int poison)
