@@ -1886,6 +1886,53 @@ stars(char *s, size_t from, size_t to)
 		memset(s + from, '*', to - from);
 }
 
+/* pgcrypto's functions whose arguments are secrets: bit i of args is the
+ * i-th argument (the password crypt() hashes, the keys and passwords of
+ * the pgp_* and raw encryption functions, hmac's key). Any schema. */
+static unsigned
+secret_args(const char *w, size_t n)
+{
+	static const struct {
+		const char *name;
+		unsigned args;
+	} fns[] = {
+		{"crypt", 1u << 0},
+		{"decrypt", 1u << 1},
+		{"decrypt_iv", 1u << 1 | 1u << 2},
+		{"encrypt", 1u << 1},
+		{"encrypt_iv", 1u << 1 | 1u << 2},
+		{"hmac", 1u << 1},
+		{"pgp_pub_decrypt", 1u << 2},
+		{"pgp_pub_decrypt_bytea", 1u << 2},
+		{"pgp_sym_decrypt", 1u << 1},
+		{"pgp_sym_decrypt_bytea", 1u << 1},
+		{"pgp_sym_encrypt", 1u << 1},
+		{"pgp_sym_encrypt_bytea", 1u << 1},
+	};
+
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+		if (n == strlen(fns[i].name) && strncasecmp(w, fns[i].name, n) == 0)
+			return fns[i].args;
+	return 0;
+}
+
+#define SECRET_CALLS 16 /* nesting of such calls followed */
+
+struct secret_call {
+	int depth;	     /* parenthesis depth of its arguments */
+	unsigned args, argi; /* its secret arguments; the one being read */
+};
+
+/* Whether the lexer is inside a secret argument of one of the calls. */
+static int
+in_secret_arg(const struct secret_call *call, int ncall)
+{
+	for (int i = 0; i < ncall; i++)
+		if (call[i].argi < 32 && (call[i].args >> call[i].argi) & 1u)
+			return 1;
+	return 0;
+}
+
 /* One lexing of s (with backslashes escaping in plain literals too when
  * bs_plain, as with standard_conforming_strings off), redacting into out
  * (s itself, or a copy of it being redacted). */
@@ -1897,6 +1944,10 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 	int redacting = 0; /* a redacted literal may continue ('a'<newline>'b') */
 	int uident = 0;	   /* the last token was a U&"..." name (UESCAPE may follow) */
 	int uesc = 0;	   /* the next literal is that name's UESCAPE character */
+	/* calls of secret_args() functions being read */
+	struct secret_call call[SECRET_CALLS];
+	int ncall = 0, depth = 0;
+	unsigned fn = 0; /* the last token was such a function's name */
 
 	while (i < len) {
 		unsigned char ch = (unsigned char)s[i];
@@ -1954,7 +2005,8 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 					continue;
 				}
 				uident = 0;
-				if (armed || redacting) {
+				fn = 0;
+				if (armed || redacting || in_secret_arg(call, ncall)) {
 					/* Unterminated, or a backslash in a plain
 					 * literal (where it ends depends on
 					 * standard_conforming_strings): to the end. */
@@ -1985,11 +2037,12 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 						close = s + j;
 						break;
 					}
-				if (armed) {
+				if (armed || in_secret_arg(call, ncall)) {
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
 				}
 				armed = uident = uesc = 0;
+				fn = 0;
 				i = close ? (size_t)(close - s) + tl : len;
 				continue;
 			}
@@ -2004,6 +2057,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			 * taken as a secret's name (over-redaction only) */
 			uident = ch != '"';
 			armed = uident || secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
+			fn = ch == '"' ? secret_args(s + q + 1, end - q - 1 - (open ? 0 : 1)) : 0;
 			uesc = 0;
 			i = end;
 			continue;
@@ -2021,6 +2075,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			}
 			uident = uesc = 0;
 			armed = secret_word(s + i, j - i);
+			fn = secret_args(s + i, j - i);
 			i = j;
 			continue;
 		}
@@ -2028,21 +2083,39 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			i++; /* password = '...' */
 			continue;
 		}
+		if (ch == '(' || ch == '[') {
+			depth++;
+			if (ch == '(' && fn != 0 && ncall < SECRET_CALLS) {
+				call[ncall].depth = depth;
+				call[ncall].args = fn;
+				call[ncall].argi = 0;
+				ncall++;
+			}
+		} else if (ch == ')' || ch == ']') {
+			if (ncall > 0 && call[ncall - 1].depth == depth)
+				ncall--;
+			if (depth > 0)
+				depth--;
+		} else if (ch == ',' && ncall > 0 && call[ncall - 1].depth == depth) {
+			call[ncall - 1].argi++;
+		}
 		armed = uident = uesc = 0;
+		fn = 0;
 		i++;
 	}
 	return n;
 }
 
 /* Whether the text may name a secret at all: every name secret_word()
- * knows holds "ss", "cret" or "oken" (any case); a U&"..." name may spell
- * one with escapes. Most statements hold none of them and skip the lexing.
- * (b | 0x20 lowers letters, and the first byte is one of the table's.) */
+ * knows holds "ss", "cret" or "oken" (any case), every secret_args()
+ * function "cryp" or "hmac"; a U&"..." name may spell one with escapes.
+ * Most statements hold none of them and skip the lexing. (b | 0x20 lowers
+ * letters, and the first byte is one of the table's.) */
 static int
 may_name_secret(const char *s, size_t len)
 {
-	static const uint8_t first[256] = {
-		['s'] = 1, ['S'] = 1, ['c'] = 1, ['C'] = 1, ['o'] = 1, ['O'] = 1, ['&'] = 1};
+	static const uint8_t first[256] = {['s'] = 1, ['S'] = 1, ['c'] = 1, ['C'] = 1, ['o'] = 1,
+					   ['O'] = 1, ['h'] = 1, ['H'] = 1, ['&'] = 1};
 
 	for (size_t i = 0; i + 1 < len; i++) {
 		int c, d;
@@ -2055,6 +2128,10 @@ may_name_secret(const char *s, size_t len)
 			return 1;
 		if (i + 3 < len && ((c == 'c' && d == 'r') || (c == 'o' && d == 'k')) &&
 		    (s[i + 2] | 0x20) == 'e' && (s[i + 3] | 0x20) == (c == 'c' ? 't' : 'n'))
+			return 1;
+		if (i + 3 < len && ((c == 'c' && d == 'r') || (c == 'h' && d == 'm')) &&
+		    (s[i + 2] | 0x20) == (c == 'c' ? 'y' : 'a') &&
+		    (s[i + 3] | 0x20) == (c == 'c' ? 'p' : 'c'))
 			return 1;
 	}
 	return 0;
