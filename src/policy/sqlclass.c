@@ -1948,6 +1948,13 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 	struct secret_call call[SECRET_CALLS];
 	int ncall = 0, depth = 0;
 	unsigned fn = 0; /* the last token was such a function's name */
+	/* INSERT ... (cols) VALUES (...): which columns name a secret (bit
+	 * i: the i-th of the first 64), and where in a VALUES row we are */
+	enum { INS_NONE, INS_SEEN, INS_COLS, INS_AFTER, INS_VALUES } ins = INS_NONE;
+	uint64_t ins_secret = 0;
+	unsigned ins_col = 0;
+	int ins_depth = 0; /* depth of the column list, then of a VALUES row */
+	int ins_base = 0;  /* depth the word VALUES stood at */
 
 	while (i < len) {
 		unsigned char ch = (unsigned char)s[i];
@@ -2006,7 +2013,9 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				}
 				uident = 0;
 				fn = 0;
-				if (armed || redacting || in_secret_arg(call, ncall)) {
+				if (armed || redacting || in_secret_arg(call, ncall) ||
+				    (ins == INS_VALUES && depth >= ins_depth && ins_depth > 0 &&
+				     ins_col < 64 && (ins_secret >> ins_col) & 1u)) {
 					/* Unterminated, or a backslash in a plain
 					 * literal (where it ends depends on
 					 * standard_conforming_strings): to the end. */
@@ -2037,7 +2046,9 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 						close = s + j;
 						break;
 					}
-				if (armed || in_secret_arg(call, ncall)) {
+				if (armed || in_secret_arg(call, ncall) ||
+				    (ins == INS_VALUES && depth >= ins_depth && ins_depth > 0 &&
+				     ins_col < 64 && (ins_secret >> ins_col) & 1u)) {
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
 				}
@@ -2058,6 +2069,8 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			uident = ch != '"';
 			armed = uident || secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
 			fn = ch == '"' ? secret_args(s + q + 1, end - q - 1 - (open ? 0 : 1)) : 0;
+			if (ins == INS_COLS && depth == ins_depth && ins_col < 64 && armed)
+				ins_secret |= (uint64_t)1 << ins_col;
 			uesc = 0;
 			i = end;
 			continue;
@@ -2076,6 +2089,21 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			uident = uesc = 0;
 			armed = secret_word(s + i, j - i);
 			fn = secret_args(s + i, j - i);
+			if (j - i == 6 && strncasecmp(s + i, "insert", 6) == 0) {
+				ins = INS_SEEN;
+				ins_secret = 0;
+			} else if (j - i == 6 && strncasecmp(s + i, "values", 6) == 0 &&
+				   (ins == INS_AFTER || ins == INS_SEEN)) {
+				ins = ins == INS_AFTER && ins_secret ? INS_VALUES : INS_NONE;
+				ins_depth = 0;
+				ins_base = depth;
+			} else if (ins == INS_VALUES && ins_depth == 0 &&
+				   ((j - i == 2 && strncasecmp(s + i, "on", 2) == 0) ||
+				    (j - i == 9 && strncasecmp(s + i, "returning", 9) == 0))) {
+				ins = INS_NONE; /* past the rows */
+			} else if (ins == INS_COLS && depth == ins_depth && ins_col < 64 && armed) {
+				ins_secret |= (uint64_t)1 << ins_col;
+			}
 			i = j;
 			continue;
 		}
@@ -2083,8 +2111,19 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			i++; /* password = '...' */
 			continue;
 		}
+		if (ch == ';')
+			ins = INS_NONE;
 		if (ch == '(' || ch == '[') {
 			depth++;
+			if (ch == '(' && ins == INS_SEEN) { /* INSERT INTO t (a, b, ...) */
+				ins = INS_COLS;
+				ins_depth = depth;
+				ins_col = 0;
+			} else if (ch == '(' && ins == INS_VALUES && ins_depth == 0 &&
+				   depth == ins_base + 1) {
+				ins_depth = depth; /* a VALUES row */
+				ins_col = 0;
+			}
 			if (ch == '(' && fn != 0 && ncall < SECRET_CALLS) {
 				call[ncall].depth = depth;
 				call[ncall].args = fn;
@@ -2094,10 +2133,17 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 		} else if (ch == ')' || ch == ']') {
 			if (ncall > 0 && call[ncall - 1].depth == depth)
 				ncall--;
+			if (ins == INS_COLS && ch == ')' && depth == ins_depth)
+				ins = INS_AFTER;
+			else if (ins == INS_VALUES && ch == ')' && depth == ins_depth)
+				ins_depth = 0; /* the row ends; another may follow */
 			if (depth > 0)
 				depth--;
-		} else if (ch == ',' && ncall > 0 && call[ncall - 1].depth == depth) {
-			call[ncall - 1].argi++;
+		} else if (ch == ',') {
+			if (ncall > 0 && call[ncall - 1].depth == depth)
+				call[ncall - 1].argi++;
+			if ((ins == INS_COLS || ins == INS_VALUES) && depth == ins_depth)
+				ins_col++;
 		}
 		armed = uident = uesc = 0;
 		fn = 0;

@@ -243,7 +243,7 @@ def test_secrets_given_by_name_never_reach_the_trail_or_approvers(gateway_factor
     # redacts the literal by the name before it, in the audit trail and in
     # what approvers see.
     secrets = ["Tr0ub4dor-and-3", "pa55-mapping-xyz", "ssl-key-pass-77", "tok-in-where-42",
-               "crypt-pw-8080"]
+               "crypt-pw-8080", "inserted-pw-31"]
     gw = gateway_factory(policies=SECRET_POLICIES)
     agent = gw.mint(sub="agent-1", groups="ai-agents")
     dba = gw.mint(sub="dba-1", groups="dba")
@@ -273,6 +273,10 @@ def test_secrets_given_by_name_never_reach_the_trail_or_approvers(gateway_factor
     # refuses it; the request is recorded all the same
     with pytest.raises(psycopg2.Error):
         cur.execute("SELECT crypt('%s', gen_salt('bf'))" % secrets[4])
+    # an INSERT the policy refuses is recorded too
+    with pytest.raises(psycopg2.Error):
+        cur.execute("INSERT INTO agents_creds (name, password) VALUES ('ann', '%s')"
+                    % secrets[5])
     c.close()
     recs = gw.export()
     blob = json.dumps(recs) + gw.logtext()
@@ -282,6 +286,7 @@ def test_secrets_given_by_name_never_reach_the_trail_or_approvers(gateway_factor
     texts = [r["data"].get("text", "") for r in recs if r["type"] == "request"]
     assert any("'y' = 'api_token'" in x for x in texts), texts
     assert any("crypt('%s', gen_salt('bf'))" % ("*" * len(secrets[4])) in x for x in texts), texts
+    assert any("VALUES ('ann', '%s')" % ("*" * len(secrets[5])) in x for x in texts), texts
     for name in os.listdir(gw.data):  # the store, its WAL, the journal
         if name.startswith("audit.db"):
             with open(os.path.join(gw.data, name), "rb") as f:

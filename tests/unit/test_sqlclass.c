@@ -246,6 +246,21 @@ test_redact_secrets(void **state)
 		{"SELECT encrypt_iv('data', 'key', 'iv', 'aes'), decrypt(x, 'k', 'bf') FROM t",
 		 "SELECT encrypt_iv('data', '***', '**', 'aes'), decrypt(x, '*', 'bf') FROM t", 1},
 		{"SELECT crypted, 'crypt(''a'')' FROM t", NULL, 0},
+		/* INSERT: values of columns that name a secret, row by row */
+		{"INSERT INTO users (name, password, n) VALUES ('ann', 'pw1', 1), ('bob', f('x', "
+		 "'pw2'), 2) RETURNING name",
+		 "INSERT INTO users (name, password, n) VALUES ('ann', '***', 1), ('bob', f('*', "
+		 "'***'), 2) RETURNING name",
+		 1},
+		{"WITH x AS (INSERT INTO t (\"API_Token\", a) VALUES ($$t1$$, 'a') RETURNING *) "
+		 "SELECT 'b' FROM x",
+		 "WITH x AS (INSERT INTO t (\"API_Token\", a) VALUES ($$**$$, 'a') RETURNING *) "
+		 "SELECT 'b' FROM x",
+		 1},
+		{"INSERT INTO t (a, b) VALUES ('pass', 'word') ON CONFLICT (a) DO NOTHING", NULL,
+		 0},
+		{"INSERT INTO t VALUES ('secret', 'token')", NULL, 0},
+		{"INSERT INTO t (token) SELECT 'x'", NULL, 0},
 		/* unterminated: to the end */
 		{"ALTER ROLE a PASSWORD 'abc", "ALTER ROLE a PASSWORD '***", 1},
 		{"ALTER ROLE a PASSWORD $$abc", "ALTER ROLE a PASSWORD $$***", 1},
