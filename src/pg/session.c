@@ -317,6 +317,13 @@ static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
 static int catalog_ask(struct pg_session *s);
+
+/* Whether the session's masking has column rules (not only detectors). */
+static int
+column_rules(const struct pg_session *s)
+{
+	return s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL;
+}
 static int upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err);
 static int scram_offload(struct pg_session *s, const uint8_t *msg, size_t len);
 static int upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
@@ -2444,7 +2451,7 @@ catalog_ask(struct pg_session *s)
 	struct sl_buf q, m;
 	const char *g;
 
-	if (s->mplan == NULL || sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+	if (!column_rules(s))
 		return 0;
 	sl_buf_init(&q, 0);
 	sl_buf_append_cstr(&q, "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
@@ -3470,8 +3477,7 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
 static void
 copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d)
 {
-	if (d->action == SL_ACT_BLOCK || !(cls->kinds & SL_SQL_COPY_TO) || s->mplan == NULL ||
-	    sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+	if (d->action == SL_ACT_BLOCK || !(cls->kinds & SL_SQL_COPY_TO) || !column_rules(s))
 		return;
 	if (s->catalog_failed) {
 		snprintf(d->reason, sizeof(d->reason), "%s",
@@ -3608,7 +3614,7 @@ taint_of(struct pg_session *s, const struct sl_sql_class *c)
 {
 	enum sl_mask_style st;
 
-	if (s->mplan == NULL || c == NULL || sl_mask_plan_column_glob(s->mplan, 0) == NULL)
+	if (c == NULL || !column_rules(s))
 		return 0;
 	for (size_t i = 0; i < c->ntarget_cols; i++)
 		if (sl_mask_plan_column(s->mplan, c->target_cols[i], &st))
@@ -4002,12 +4008,11 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	/* an unknown portal: a cursor declared in SQL, whose query is not here */
 	if (p != NULL)
 		e->taint = p->st->taint;
-	else if (s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL)
+	else if (column_rules(s))
 		e->taint = SL_MASK_FULL + 1;
 	/* column rules and no Describe of this portal just before: sluice
 	 * describes it (up_send_request) */
-	e->need_desc = s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL &&
-		       !(s->descp_prev && strcmp(s->descp, portal) == 0);
+	e->need_desc = column_rules(s) && !(s->descp_prev && strcmp(s->descp, portal) == 0);
 	memset(&rq, 0, sizeof(rq));
 	memset(&cls, 0, sizeof(cls));
 	memset(&d, 0, sizeof(d));

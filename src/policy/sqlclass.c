@@ -1955,6 +1955,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 	unsigned ins_col = 0;
 	int ins_depth = 0; /* depth of the column list, then of a VALUES row */
 	int ins_base = 0;  /* depth the word VALUES stood at */
+	int vsecret;
 
 	while (i < len) {
 		unsigned char ch = (unsigned char)s[i];
@@ -1969,16 +1970,19 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 			continue;
 		}
 		if (ch == '/' && i + 1 < len && s[i + 1] == '*') {
-			int depth = 1;
+			int nest = 1; /* comments nest */
 
-			for (i += 2; i < len && depth > 0; i++) {
+			for (i += 2; i < len && nest > 0; i++) {
 				if (s[i] == '/' && i + 1 < len && s[i + 1] == '*')
-					depth++, i++;
+					nest++, i++;
 				else if (s[i] == '*' && i + 1 < len && s[i + 1] == '/')
-					depth--, i++;
+					nest--, i++;
 			}
 			continue;
 		}
+		/* a value of a VALUES row for a column named like a secret */
+		vsecret = ins == INS_VALUES && ins_depth > 0 && depth >= ins_depth &&
+			  ins_col < 64 && (ins_secret >> ins_col) & 1u;
 		{
 			/* a string literal: plain and N'' (backslashes as
 			 * standard_conforming_strings says), E'' (backslash
@@ -2013,9 +2017,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				}
 				uident = 0;
 				fn = 0;
-				if (armed || redacting || in_secret_arg(call, ncall) ||
-				    (ins == INS_VALUES && depth >= ins_depth && ins_depth > 0 &&
-				     ins_col < 64 && (ins_secret >> ins_col) & 1u)) {
+				if (armed || redacting || vsecret || in_secret_arg(call, ncall)) {
 					/* Unterminated, or a backslash in a plain
 					 * literal (where it ends depends on
 					 * standard_conforming_strings): to the end. */
@@ -2046,9 +2048,7 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 						close = s + j;
 						break;
 					}
-				if (armed || in_secret_arg(call, ncall) ||
-				    (ins == INS_VALUES && depth >= ins_depth && ins_depth > 0 &&
-				     ins_col < 64 && (ins_secret >> ins_col) & 1u)) {
+				if (armed || vsecret || in_secret_arg(call, ncall)) {
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
 				}
