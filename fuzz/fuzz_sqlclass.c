@@ -1,5 +1,6 @@
 /* Fuzz target: SQL classification; the shape cache must agree with a direct
- * classification on every input (a disagreement is a policy bypass). Also
+ * classification on every input, kinds and read_write (a disagreement is a
+ * policy bypass). Also
  * the redaction of secrets in statement text: in place, every byte kept or
  * turned into '*'. */
 #include <stdint.h>
@@ -35,7 +36,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (sl_sql_classify((const char *)data, size, &direct) != 0)
 		return 0;
 	if (sl_sql_cache_classify(cache, (const char *)data, size, &cached) == 0 &&
-	    cached->kinds != direct.kinds)
+	    (cached->kinds != direct.kinds || cached->read_write != direct.read_write))
 		abort();
 	sl_sql_class_fini(&direct);
 	return 0;

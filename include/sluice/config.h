@@ -78,6 +78,10 @@ struct sl_cfg_connection {
 	char *ca_file;	       /* for verify-full */
 	char *channel_binding; /* SCRAM-SHA-256-PLUS: disable | prefer (default) | require */
 	bool allow_cleartext_password; /* send the password in the clear without verify-full */
+	/* postgres: every upstream session is logged in with
+	 * default_transaction_read_only=on, and no statement may turn it off:
+	 * the server itself refuses writes, also those of functions */
+	bool read_only;
 	/* postgres: logged-in upstream connections kept (per worker) for the
 	 * next session, after DISCARD ALL: "0" turns reuse off */
 	char *pool_size;	 /* default "8" */

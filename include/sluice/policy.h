@@ -20,6 +20,7 @@ struct sl_request {
 	enum sl_proto proto;
 	const char *connection;
 	const struct sl_sql_class *sql;
+	int read_only; /* the connection's read_only: read_write statements are refused */
 	const char *http_method, *http_path;
 	const char *ssh_command;
 };

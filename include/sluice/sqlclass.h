@@ -69,7 +69,13 @@ struct sl_sql_class {
 	char **target_cols;
 	size_t ntarget_cols;
 	int indirect; /* FETCH or EXECUTE: its rows come from a statement run earlier */
-	char *error;  /* parse error, or NULL */
+	/* asks for read-write transactions: SET (or set_config) of
+	 * default_transaction_read_only or transaction_read_only to anything
+	 * but on/true/yes/1, READ WRITE in BEGIN, START TRANSACTION, SET
+	 * TRANSACTION or SET SESSION CHARACTERISTICS, or a set_config whose
+	 * parameter cannot be told (connection key read_only refuses these) */
+	int read_write;
+	char *error; /* parse error, or NULL */
 };
 
 #define SL_SQL_MAX_TEXT (1u << 20)

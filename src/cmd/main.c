@@ -159,6 +159,8 @@ cmd_policy(int argc, char **argv, const struct sl_config *cfg)
 	memset(&req, 0, sizeof(req));
 	req.proto = SL_PROTO_PG;
 	req.connection = conn;
+	req.read_only = sl_config_connection(cfg, conn) != NULL &&
+			sl_config_connection(cfg, conn)->read_only;
 	req.sql = &cls;
 	sl_policy_decide(ps, sub, (const char *const *)gv, ng, &req, &d);
 	sl_sql_kinds_str(cls.kinds, kinds, sizeof(kinds));
@@ -169,6 +171,8 @@ cmd_policy(int argc, char **argv, const struct sl_config *cfg)
 		printf("schema:   %s (the whole schema)\n", cls.schemas[i]);
 	for (size_t i = 0; i < cls.nfunctions; i++)
 		printf("function: %s\n", cls.functions[i]);
+	if (cls.read_write)
+		printf("asks:     read-write transactions\n");
 	if (cls.error)
 		printf("error:    %s\n", cls.error);
 	printf("decision: %s\n", d.action == SL_ACT_ALLOW    ? "allow"

@@ -21,7 +21,18 @@
 	CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, 0,            \
 			       CYAML_UNLIMITED)
 #define UINT(key, st, m) CYAML_FIELD_UINT(key, CYAML_FLAG_OPTIONAL, st, m)
-#define BOOL(key, st, m) CYAML_FIELD_BOOL(key, CYAML_FLAG_OPTIONAL, st, m)
+/* libcyaml reads any bool value that is not a known false word as true: a
+ * typo ("ture", "maybe") would switch on allow_cleartext or read_only
+ * silently. As a strict enum only YAML's usual spellings load; anything
+ * else is an error naming the line. */
+static const cyaml_strval_t bool_words[] = {
+	{"false", 0}, {"False", 0}, {"FALSE", 0}, {"no", 0},   {"No", 0},   {"NO", 0},
+	{"off", 0},   {"Off", 0},   {"OFF", 0},	  {"true", 1}, {"True", 1}, {"TRUE", 1},
+	{"yes", 1},   {"Yes", 1},   {"YES", 1},	  {"on", 1},   {"On", 1},   {"ON", 1},
+};
+#define BOOL(key, st, m)                                                                           \
+	CYAML_FIELD_ENUM(key, CYAML_FLAG_OPTIONAL | CYAML_FLAG_STRICT, st, m, bool_words,          \
+			 CYAML_ARRAY_LEN(bool_words))
 #define STRSEQ(key, st, m)                                                                         \
 	CYAML_FIELD_SEQUENCE(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, &string_entry,  \
 			     0, CYAML_UNLIMITED)
@@ -108,6 +119,7 @@ static const cyaml_schema_field_t connection_fields[] = {
 	STR("ca_file", struct sl_cfg_connection, ca_file),
 	STR("channel_binding", struct sl_cfg_connection, channel_binding),
 	BOOL("allow_cleartext_password", struct sl_cfg_connection, allow_cleartext_password),
+	BOOL("read_only", struct sl_cfg_connection, read_only),
 	STR("pool_size", struct sl_cfg_connection, pool_size),
 	STR("pool_idle_timeout", struct sl_cfg_connection, pool_idle_timeout),
 	STR("pool_lifetime", struct sl_cfg_connection, pool_lifetime),
@@ -430,6 +442,9 @@ validate(struct sl_config *c, char *err, size_t errlen)
 		if (cn->ca_file != NULL && access(cn->ca_file, R_OK) != 0)
 			FAIL("connections[%u] (%s): ca_file %s cannot be read", i, cn->name,
 			     cn->ca_file);
+		if (cn->read_only && strcmp(cn->type, "postgres") != 0)
+			FAIL("connections[%u] (%s): read_only applies to postgres connections only",
+			     i, cn->name);
 		if (strcmp(cn->type, "postgres") == 0 && strchr(cn->target, ':') == NULL)
 			FAIL("connections[%u] (%s): target must be host:port", i, cn->name);
 		cn->pool_max = 8;

@@ -1419,6 +1419,16 @@ upc_close(struct pg_upconn *u, int logged_in)
 	sl_stream_close(&u->st);
 }
 
+/* Whether the server reports a read_only connection's session as no
+ * longer read-only: something (a function calling set_config, say) turned
+ * default_transaction_read_only off. */
+static int
+ro_broken(const struct sl_cfg_connection *c, const char *name, const char *value)
+{
+	return c != NULL && c->read_only &&
+	       strcasecmp(name, "default_transaction_read_only") == 0 && strcmp(value, "on") != 0;
+}
+
 /* Records a ParameterStatus; a connection whose record failed is not reused
  * (its next session would be told stale settings). */
 static int
@@ -1529,7 +1539,7 @@ pool_read_cb(struct sl_stream *st, size_t n)
 		switch (r != 0 ? 0 : type) {
 		case 'S':
 			if (sl_pg_parse_param_status(msg, total, &k, &v) != 0 ||
-			    upc_param(u, k, v) != 0)
+			    ro_broken(u->conn, k, v) || upc_param(u, k, v) != 0)
 				goto drop;
 			break;
 		case 'N': /* a notice, or a notification the last session */
@@ -1869,6 +1879,12 @@ send_upstream_startup(struct pg_session *s)
 	for (size_t i = 0; i < s->nfwd && n < SL_PG_MAX_PARAMS; i++) {
 		keys[n] = s->fwd_keys[i];
 		vals[n++] = s->fwd_vals[i];
+	}
+	if (c->read_only) {
+		/* the server refuses every write, functions' too; set at login,
+		 * RESET, SET ... TO DEFAULT and DISCARD ALL come back to it */
+		keys[n] = "default_transaction_read_only";
+		vals[n++] = "on";
 	}
 	sl_random(nonce, sizeof(nonce));
 	if (load_password(s) != 0) {
@@ -2249,9 +2265,20 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 
 /* ------------------------------------------------------------ relay: server -> client */
 
-static void
+static int
 track_param(struct pg_session *s, const char *name, const char *value)
 {
+	if (ro_broken(s->pl.conn, name, value)) {
+		/* The statement that did it has run; none after it may (the
+		 * connection is dropped, never pooled). */
+		if (s->up_open)
+			s->upc->noreuse = 1;
+		fatal(s, "25006",
+		      "sluice: this connection is read-only and the server reports "
+		      "default_transaction_read_only = off (a function turned it off); the "
+		      "session is closed");
+		return -1;
+	}
 	if (s->up_open)
 		upc_param(s->upc, name, value); /* replayed to the next session if pooled */
 	if (strcasecmp(name, "standard_conforming_strings") == 0) {
@@ -2273,6 +2300,7 @@ track_param(struct pg_session *s, const char *name, const char *value)
 			memcpy(s->pl.span_id, sp, sizeof(sp));
 		}
 	}
+	return 0;
 }
 
 /* Returns the blocked message to show if this ErrorResponse is the answer to
@@ -2980,8 +3008,9 @@ process_upstream(struct pg_session *s)
 				if (type == 'S') {
 					const char *k, *v;
 
-					if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
-						track_param(s, k, v);
+					if (sl_pg_parse_param_status(msg, total, &k, &v) == 0 &&
+					    track_param(s, k, v) != 0)
+						return;
 				}
 				cli_send(s, msg, total);
 			}
@@ -3024,8 +3053,9 @@ process_upstream(struct pg_session *s)
 				 * makes the server report a row value. */
 				const char *k, *v;
 
-				if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
-					track_param(s, k, v);
+				if (sl_pg_parse_param_status(msg, total, &k, &v) == 0 &&
+				    track_param(s, k, v) != 0)
+					return;
 				mask_message(s, (uint8_t *)msg, total);
 				sl_buf_consume(in, total);
 				continue;
@@ -3078,8 +3108,9 @@ process_upstream(struct pg_session *s)
 		case 'S': {
 			const char *k, *v;
 
-			if (sl_pg_parse_param_status(msg, total, &k, &v) == 0)
-				track_param(s, k, v);
+			if (sl_pg_parse_param_status(msg, total, &k, &v) == 0 &&
+			    track_param(s, k, v) != 0)
+				return;
 			cli_send(s, msg, total);
 			break;
 		}
@@ -4457,6 +4488,19 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		if (strcmp(st.keys[i], "user") == 0 || strcmp(st.keys[i], "database") == 0 ||
 		    strncmp(st.keys[i], "_pq_.", 5) == 0)
 			continue;
+		if (conn->read_only &&
+		    strcasecmp(st.keys[i], "default_transaction_read_only") == 0) {
+			const char *v = st.vals[i];
+
+			/* sluice sends it, always on */
+			if (strcasecmp(v, "on") == 0 || strcasecmp(v, "true") == 0 ||
+			    strcasecmp(v, "yes") == 0 || strcmp(v, "1") == 0)
+				continue;
+			fatal(s, "28000",
+			      "sluice: this connection is read-only; default_transaction_read_only "
+			      "cannot be turned off");
+			return;
+		}
 		if (!param_allowed(st.keys[i])) {
 			char m[160], k[48];
 			size_t n = 0;
@@ -4478,7 +4522,7 @@ handle_startup(struct pg_session *s, const uint8_t *msg, size_t total)
 		s->fwd_vals[s->nfwd] = strdup(st.vals[i]);
 		s->nfwd++;
 		if (strcasecmp(st.keys[i], "application_name") == 0)
-			track_param(s, "application_name", st.vals[i]);
+			(void)track_param(s, "application_name", st.vals[i]);
 	}
 	sl_buf_consume(&s->cin, total);
 	/* The JWT travels as a cleartext password: only over TLS, loopback,

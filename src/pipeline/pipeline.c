@@ -162,6 +162,7 @@ sl_pl_decide(struct sl_gw *gw, struct sl_pl_session *s, const struct sl_pl_reque
 	memset(&req, 0, sizeof(req));
 	req.proto = r->proto;
 	req.connection = s->conn ? s->conn->name : "";
+	req.read_only = s->conn ? s->conn->read_only : 0;
 	req.sql = r->sql;
 	req.http_method = r->http_method;
 	req.http_path = r->http_path;

@@ -447,6 +447,17 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 				     "classify";
 			return 0;
 		}
+		if (req->read_only && req->sql->read_write) {
+			/* before any rule: no policy can make a read-only
+			 * connection read-write */
+			d->rule = "read_only";
+			snprintf(d->reason, sizeof(d->reason),
+				 "connection %s is read-only: its transactions cannot be made "
+				 "read-write",
+				 req->connection ? req->connection : "?");
+			d->message = d->reason;
+			return 0;
+		}
 		if (req->sql->nstatements == 0 && kinds == 0) {
 			d->action = SL_ACT_ALLOW;
 			return 0;

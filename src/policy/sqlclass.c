@@ -238,7 +238,7 @@ tf_same_column(const char *kind, const char *l, const char *le, const char *r, c
 		{"[{\"String\":{\"sval\":\"\\u003c\"}}]", TF_F},
 		{"[{\"String\":{\"sval\":\"\\u003e\"}}]", TF_F},
 	};
-	size_t ll, rl;
+	size_t ll = 0, rl = 0;
 	const char *a = colref_fields(l, le, &ll), *b = colref_fields(r, re, &rl);
 
 	if (a == NULL || b == NULL || ll != rl || memcmp(a, b, ll) != 0 || op == NULL)
@@ -1326,6 +1326,122 @@ out:
 	return ok;
 }
 
+/* The two settings whose value makes a transaction read-write. */
+static int
+read_only_guc(const char *name)
+{
+	return name != NULL && (strcasecmp(name, "default_transaction_read_only") == 0 ||
+				strcasecmp(name, "transaction_read_only") == 0);
+}
+
+/* Whether v is a constant the server reads as true for a boolean setting:
+ * on, true, yes, 1 (as a string or a number) or TRUE. Anything else (off,
+ * an abbreviation, an expression) is taken as a request for read-write. */
+static int
+true_const(json_t *v)
+{
+	json_t *c = json_object_get(v, "A_Const"), *x;
+	const char *sv;
+
+	if (c == NULL)
+		return 0;
+	if ((x = json_object_get(json_object_get(c, "ival"), "ival")) != NULL)
+		return json_integer_value(x) == 1;
+	if ((x = json_object_get(json_object_get(c, "boolval"), "boolval")) != NULL)
+		return json_is_true(x);
+	sv = json_string_value(json_object_get(json_object_get(c, "sval"), "sval"));
+	return sv != NULL && (strcasecmp(sv, "on") == 0 || strcasecmp(sv, "true") == 0 ||
+			      strcasecmp(sv, "yes") == 0 || strcmp(sv, "1") == 0);
+}
+
+/* Sets *rw where the tree n asks for read-write transactions (struct
+ * sl_sql_class.read_write); *colname where set_config's parameter is the
+ * column "name" (settings_pinned() decides). */
+static void
+read_write_walk(json_t *n, int *rw, int *colname)
+{
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_array(n)) {
+		json_array_foreach(n, i, v) read_write_walk(v, rw, colname);
+		return;
+	}
+	if (!json_is_object(n))
+		return;
+	json_object_foreach(n, key, v)
+	{
+		if (strcmp(key, "VariableSetStmt") == 0) {
+			const char *kind = json_string_value(json_object_get(v, "kind"));
+			json_t *args = json_object_get(v, "args");
+
+			/* SET x = ..., SET x FROM CURRENT; TO DEFAULT and RESET
+			 * go back to the value sluice logged in with */
+			if (read_only_guc(json_string_value(json_object_get(v, "name"))) &&
+			    (kind == NULL || (strcmp(kind, "VAR_SET_DEFAULT") != 0 &&
+					      strcmp(kind, "VAR_RESET") != 0)) &&
+			    !(json_array_size(args) == 1 && true_const(json_array_get(args, 0))))
+				*rw = 1;
+		} else if (strcmp(key, "DefElem") == 0) {
+			/* READ WRITE of BEGIN, START TRANSACTION, SET TRANSACTION
+			 * and SET SESSION CHARACTERISTICS */
+			if (read_only_guc(json_string_value(json_object_get(v, "defname"))) &&
+			    !true_const(json_object_get(v, "arg")))
+				*rw = 1;
+		} else if (strcmp(key, "FuncCall") == 0) {
+			json_t *fn = json_object_get(v, "funcname"),
+			       *args = json_object_get(v, "args");
+			const char *last = json_string_value(json_object_get(
+				json_object_get(json_array_get(fn, json_array_size(fn) - 1),
+						"String"),
+				"sval"));
+			json_t *a0 = json_array_get(args, 0);
+			const char *name = json_string_value(json_object_get(
+				json_object_get(json_object_get(a0, "A_Const"), "sval"), "sval"));
+
+			if (last != NULL && strcmp(last, "set_config") == 0) {
+				if (name != NULL) {
+					if (read_only_guc(name) &&
+					    !true_const(json_array_get(args, 1)))
+						*rw = 1;
+				} else if (json_object_get(a0, "ColumnRef") != NULL) {
+					*colname = 1;
+				} else {
+					*rw = 1; /* cannot be told */
+				}
+			}
+		}
+		read_write_walk(v, rw, colname);
+	}
+}
+
+/* struct sl_sql_class.read_write for a parsed text. pinned: the statement
+ * is settings_pinned()'s form. Only texts whose tree names the setting or
+ * set_config are read again (the JSON holds every name decoded, so U&""
+ * spellings are caught too). */
+static int
+read_write_asked(const char *tree, const struct sl_sql_class *c, int pinned)
+{
+	json_t *root;
+	int rw = 0, colname = 0;
+
+	if (strcasestr(tree, "transaction_read_only") == NULL && strstr(tree, "set_config") == NULL)
+		return 0;
+	if ((root = json_loads(tree, 0, NULL)) == NULL)
+		return 1; /* out of memory: refuse */
+	read_write_walk(root, &rw, &colname);
+	json_decref(root);
+	if (colname) {
+		/* set_config(name, ...) FROM pg_settings WHERE name = '...' */
+		if (!pinned)
+			rw = 1;
+		for (size_t i = 0; i < c->nset_params; i++)
+			rw |= read_only_guc(c->set_params[i]);
+	}
+	return rw;
+}
+
 static uint32_t
 walk_array(struct walker *w, const char *key)
 {
@@ -1412,6 +1528,7 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 	PgQueryParseResult res;
 	struct walker w;
 	char *text;
+	int pinned = 0;
 
 	memset(out, 0, sizeof(*out));
 	if (len > SL_SQL_MAX_TEXT) {
@@ -1451,8 +1568,13 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 		}
 	}
 	out->kinds = walk_value(&w, NULL, NULL);
-	if (w.setcfg_col > 0 && !(w.setcfg_col == 1 && settings_pinned(&w, res.parse_tree)))
-		out->kinds |= SL_SQL_GRANT;
+	if (w.setcfg_col > 0) {
+		pinned = w.setcfg_col == 1 && settings_pinned(&w, res.parse_tree);
+		if (!pinned)
+			out->kinds |= SL_SQL_GRANT;
+	}
+	if (!w.bad)
+		out->read_write = read_write_asked(res.parse_tree, out, pinned);
 	if (w.bad) {
 		out->kinds |= SL_SQL_UNPARSEABLE;
 		if (out->error == NULL)
@@ -1496,7 +1618,8 @@ ident_char(unsigned char ch)
 }
 
 /* Whether the text may call set_config, table_to_xml / schema_to_xml or
- * get_raw_page, whose kinds or tables depend on a literal. */
+ * get_raw_page, whose kinds or tables depend on a literal, or name
+ * [default_]transaction_read_only, whose value decides read_write. */
 static int
 names_literal_dependent(const char *sql, size_t len)
 {
@@ -1507,6 +1630,10 @@ names_literal_dependent(const char *sql, size_t len)
 			return 1;
 		if (p >= sql + 3 && sql + len - p >= 9 &&
 		    strncasecmp(p - 3, "get_raw_page", 12) == 0)
+			return 1;
+		/* SET [default_]transaction_read_only = 'off' or 0: the
+		 * literal decides read_write */
+		if (sql + len - p >= 10 && strncasecmp(p, "_read_only", 10) == 0)
 			return 1;
 	}
 	return 0;

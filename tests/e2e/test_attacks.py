@@ -848,3 +848,151 @@ def test_block_rule_on_a_table_sees_functions_that_read_it_by_name(gateway_facto
     refused(cur, "SELECT * FROM crosstab('SELECT who, who, pay FROM hr.payroll') "
                  "AS t(a text, b int)")
     c.close()
+
+
+# ------------------------------------------------------------ read-only connections
+
+def ro_connections(pg):
+    return """
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+  - name: orders_ro
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+    read_only: true
+""" % (pg.port, pg.port)
+
+
+@pytest.fixture
+def ro_objects(pg):
+    # what a database already holds and a select-only policy cannot see
+    # into: a function that writes, a sequence, and a function that turns
+    # read-only off for the rest of the session
+    pg.psql("orders", """
+        CREATE TABLE ro_visits (who text);
+        CREATE SEQUENCE ro_seq;
+        CREATE FUNCTION ro_log_visit(w text) RETURNS int LANGUAGE sql
+          AS $$ INSERT INTO ro_visits VALUES (w) RETURNING 1 $$;
+        CREATE FUNCTION ro_flip() RETURNS text LANGUAGE sql
+          AS $$ SELECT set_config('default_transaction_read_only', 'off', false) $$;
+        GRANT ALL ON ro_visits, ro_seq TO app;
+    """)
+    yield
+    pg.psql("orders", "DROP FUNCTION ro_flip(); DROP FUNCTION ro_log_visit(text); "
+                      "DROP SEQUENCE ro_seq; DROP TABLE ro_visits")
+
+
+def test_read_only_connection_refuses_writes_even_through_functions(gateway_factory, pg,
+                                                                    ro_objects):
+    """connections[].read_only: the server itself keeps every transaction
+    read-only (sluice logs in with default_transaction_read_only=on), so a
+    write the classifier cannot see (a function, nextval) fails with the
+    server's 25006 even where policy allows writes; statements that would
+    turn it off are refused in every spelling; a function that turns it
+    off ends the session before anything else runs on it."""
+    import psycopg
+    import psycopg2
+    gw = gateway_factory(connections=ro_connections(pg))  # policy allows insert
+    tok = gw.mint()
+    visits = lambda: pg.scalar("orders", "SELECT count(*) FROM ro_visits")  # noqa: E731
+
+    c = gw.connect(conn="orders_ro", token=tok)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT count(*) > 0 FROM customers")
+    assert cur.fetchone() == (True,)
+    cur.execute("SHOW default_transaction_read_only")
+    assert cur.fetchone() == ("on",)
+    for sql in ("INSERT INTO ro_visits VALUES ('x')", "SELECT ro_log_visit('x')",
+                "SELECT nextval('ro_seq')", "UPDATE customers SET name = name"):
+        with pytest.raises(psycopg2.Error) as ex:
+            cur.execute(sql)
+        assert ex.value.pgcode == "25006", (sql, ex.value.pgerror)
+    for sql in ("SET default_transaction_read_only = off",
+                "SET default_transaction_read_only TO 'false'",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                "BEGIN READ WRITE",
+                "SELECT set_config('default_transaction_read_only', 'off', false)",
+                'SET U&"default_transaction_read_onl\\0079" = off',
+                "SELECT 1; SET transaction_read_only = 0"):
+        with pytest.raises(psycopg2.Error) as ex:
+            cur.execute(sql)
+        assert ex.value.pgcode == "42501", (sql, ex.value.pgerror)
+        assert "orders_ro is read-only" in ex.value.pgerror, ex.value.pgerror
+    # what only goes back to the login's value is fine, and stays read-only
+    for sql in ("RESET ALL", "DISCARD ALL", "SET default_transaction_read_only TO DEFAULT",
+                "SET transaction_read_only = on"):
+        cur.execute(sql)
+    with pytest.raises(psycopg2.Error) as ex:
+        cur.execute("SELECT ro_log_visit('x')")
+    assert ex.value.pgcode == "25006"
+    # psycopg2's own read-only switch works; asking it for read-write is refused
+    c2 = gw.connect(conn="orders_ro", token=tok)
+    c2.set_session(readonly=True)
+    k = c2.cursor()
+    k.execute("SELECT count(*) > 0 FROM orders")
+    assert k.fetchone() == (True,)
+    c2.rollback()
+    c2.set_session(readonly=False)
+    with pytest.raises(psycopg2.Error) as ex:
+        c2.cursor().execute("SELECT 1")
+    assert ex.value.pgcode == "42501"
+    c2.close()
+    # the extended protocol (psycopg 3 prepares) is decided the same way
+    with psycopg.connect(host="127.0.0.1", port=gw.port, user="orders_ro", dbname="orders",
+                         password=tok, sslmode="disable", autocommit=True) as c3:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c3.execute("SELECT set_config(%s, 'off', false)",
+                       ("default_transaction_read_only",), prepare=True)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            c3.execute("SELECT ro_log_visit(%s)", ("y",), prepare=True)
+        assert c3.execute("SELECT 1", prepare=True).fetchone() == (1,)
+    # a client cannot log in with it turned off
+    raw = pgwire.Conn(gw.port)
+    raw.send(pgwire.startup("orders_ro", "orders", {"default_transaction_read_only": "off"}))
+    t, body = raw.read_msg()
+    assert t == b"E" and "cannot be turned off" in pgwire.fields(body)["M"], body
+    raw.close()
+    # a function that turns it off: the session ends at once, with the
+    # reason (a FATAL after the statement's result, as the server's own)
+    with psycopg.connect(host="127.0.0.1", port=gw.port, user="orders_ro", dbname="orders",
+                         password=tok, sslmode="disable", autocommit=True) as c3:
+        with pytest.raises(psycopg.OperationalError) as ex:
+            c3.execute("SELECT ro_flip()")
+        assert "read-only" in str(ex.value) and "session is closed" in str(ex.value)
+        with pytest.raises(psycopg.OperationalError):
+            c3.execute("SELECT ro_log_visit('z')")
+    with pytest.raises(psycopg2.Error):  # the same through psycopg2
+        cur.execute("SELECT ro_flip()")
+    with pytest.raises(psycopg2.Error):
+        cur.execute("SELECT ro_log_visit('z')")
+    c.close()
+    assert visits() == "0"
+    # the next session (maybe on a pooled upstream connection) is read-only again
+    c = gw.connect(conn="orders_ro", token=tok)
+    c.autocommit = True
+    with pytest.raises(psycopg2.Error) as ex:
+        c.cursor().execute("SELECT ro_log_visit('x')")
+    assert ex.value.pgcode == "25006"
+    c.close()
+    assert visits() == "0"
+    # the same database through the connection without read_only writes
+    c = gw.connect(conn="orders", token=tok)
+    c.autocommit = True
+    c.cursor().execute("SELECT ro_log_visit('w')")
+    c.close()
+    assert visits() == "1"
+    recs = gw.export()
+    refused = [r for r in recs if r["type"] == "request" and r["data"].get("rule") == "read_only"]
+    assert len(refused) >= 7, refused
+    assert any("read-only" in r["data"].get("reason", "") for r in recs
+               if r["type"] == "session_close"), "no session_close names the reason"
+    assert gw.verify().returncode == 0

@@ -76,6 +76,15 @@ test_errors(void **state)
 	expect_error("connections: {name: a}\n", "line");
 	expect_error("gateway:\n  workers: many\n", "line");
 	expect_error("connections:\n  - {name: a, type: mysql, target: 'h:1'}\n", "type must be");
+	expect_error(
+		"connections:\n  - {name: a, type: http, target: 'http://h', read_only: true}\n",
+		"read_only applies to postgres");
+	/* a bool that is not a bool is an error, not true (libcyaml's own reading) */
+	expect_error(
+		"connections:\n  - {name: a, type: postgres, target: 'h:1', read_only: maybe}\n",
+		"read_only");
+	expect_error("gateway:\n  postgres: { listen: '0.0.0.0:1', allow_cleartext: ture }\n",
+		     "allow_cleartext");
 	expect_error("connections:\n  - {name: a, type: postgres, target: 'h:1'}\n"
 		     "  - {name: a, type: postgres, target: 'h:2'}\n",
 		     "duplicate name");

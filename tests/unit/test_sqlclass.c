@@ -381,6 +381,93 @@ test_cache_differential(void **state)
 	sl_sql_cache_free(cache);
 }
 
+/* read_write: what would make a read_only connection's transactions
+ * read-write, however spelled; the cache must not let a literal change it. */
+static void
+test_read_write(void **state)
+{
+	static const struct {
+		int rw;
+		const char *sql;
+	} cases[] = {
+		{1, "SET default_transaction_read_only = off"},
+		{1, "SET SESSION default_transaction_read_only TO 'off'"},
+		{1, "set local transaction_read_only = 0"},
+		{1, "SET transaction_read_only = false"},
+		{1, "SET default_transaction_read_only = t"}, /* an abbreviation: refused */
+		{1, "SET \"Default_Transaction_Read_Only\" = off"},
+		{1, "SET U&\"default_transaction_read_onl\\0079\" = off"},
+		{1, "SET TRANSACTION READ WRITE"},
+		{1, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE"},
+		{1, "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"},
+		{1, "BEGIN READ WRITE"},
+		{1, "BEGIN TRANSACTION READ ONLY, READ WRITE"},
+		{1, "START TRANSACTION READ WRITE"},
+		{1, "SELECT 1; BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE"},
+		{1, "SELECT set_config('default_transaction_read_only', 'off', false)"},
+		{1, "SELECT pg_catalog.set_config('TRANSACTION_READ_ONLY', 'false', true)"},
+		{1, "SELECT set_config('default_transaction_read_only', $1, false)"},
+		{1, "SELECT set_config($1, 'off', false)"},
+		{1, "SELECT set_config(lower('DEFAULT_TRANSACTION_READ_ONLY'), 'off', false)"},
+		{1, "SELECT x FROM t WHERE set_config(name, 'off', false) IS NULL"},
+		{1, "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = "
+		    "'default_transaction_read_only'"},
+		{1, "WITH s AS (SELECT set_config('transaction_read_only', 'off', true)) SELECT * "
+		    "FROM s"},
+		{0, "SET default_transaction_read_only = on"},
+		{0, "SET default_transaction_read_only TO 'true'"},
+		{0, "SET transaction_read_only = 1"},
+		{0, "SET default_transaction_read_only TO DEFAULT"},
+		{0, "RESET default_transaction_read_only"},
+		{0, "RESET ALL"},
+		{0, "DISCARD ALL"},
+		{0, "SET TRANSACTION READ ONLY"},
+		{0, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE"},
+		{0, "BEGIN"},
+		{0, "START TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
+		{0, "COMMIT AND CHAIN"},
+		{0, "SET search_path = public"},
+		{0, "SELECT set_config('application_name', 'off', false)"},
+		{0, "SELECT set_config('default_transaction_read_only', 'on', false)"},
+		{0, "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE "
+		    "name = 'restrict_nonsystem_relation_kind'"},
+		{0, "SELECT 'transaction_read_only', 'set_config' FROM t"},
+		{0, "SHOW default_transaction_read_only"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sl_sql_class c;
+
+		assert_int_equal(sl_sql_classify(cases[i].sql, strlen(cases[i].sql), &c), 0);
+		if (c.read_write != cases[i].rw)
+			fail_msg("read_write %d for: %s", c.read_write, cases[i].sql);
+		assert_false(c.kinds & SL_SQL_UNPARSEABLE);
+		sl_sql_class_fini(&c);
+	}
+	/* same shape, different answer: the cache keys these texts exactly */
+	{
+		static const char *seq[] = {
+			"SET default_transaction_read_only = 'on'",
+			"SET default_transaction_read_only = 'off'",
+			"SET transaction_read_only = 1",
+			"SET transaction_read_only = 0",
+			"SELECT set_config('default_transaction_read_only', 'on', false)",
+			"SELECT set_config('default_transaction_read_only', 'no', false)",
+		};
+		struct sl_sql_cache *cache = sl_sql_cache_new(16);
+
+		for (size_t i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
+			const struct sl_sql_class *c;
+
+			assert_int_equal(sl_sql_cache_classify(cache, seq[i], strlen(seq[i]), &c),
+					 0);
+			assert_int_equal(c->read_write, (int)(i % 2));
+		}
+		sl_sql_cache_free(cache);
+	}
+}
+
 static const char policy_yaml[] =
 	"connections:\n"
 	"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
@@ -499,6 +586,46 @@ static const char review_yaml[] =
 	"  - name: dba\n"
 	"    match: { groups: [dba] }\n"
 	"    default: allow\n";
+
+/* A read_only connection refuses read_write statements before any rule:
+ * not even a policy that allows everything lets them through. */
+static void
+test_policy_read_only(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_policy_set *ps;
+	struct sl_decision d;
+	struct sl_sql_class c;
+	const char *sql[] = {"SET TRANSACTION READ WRITE", "SELECT 1"};
+	char err[512];
+
+	(void)state;
+	assert_int_equal(
+		sl_config_load_data("t", policy_yaml, strlen(policy_yaml), &cfg, err, sizeof(err)),
+		0);
+	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+	for (int ro = 0; ro <= 1; ro++) {
+		for (size_t i = 0; i < 2; i++) {
+			struct sl_request r = {.proto = SL_PROTO_PG,
+					       .connection = "orders",
+					       .sql = &c,
+					       .read_only = ro};
+
+			sl_sql_classify(sql[i], strlen(sql[i]), &c);
+			assert_int_equal(sl_policy_decide(ps, "alice", NULL, 0, &r, &d), 0);
+			sl_sql_class_fini(&c);
+			if (ro && i == 0) {
+				assert_int_equal(d.action, SL_ACT_BLOCK);
+				assert_string_equal(d.rule, "read_only");
+				assert_non_null(strstr(d.message, "orders is read-only"));
+			} else {
+				assert_int_equal(d.action, SL_ACT_ALLOW);
+			}
+		}
+	}
+	sl_policy_free(ps);
+	sl_config_free(cfg);
+}
 
 static void
 test_policy_review_beats_allow(void **state)
@@ -822,8 +949,10 @@ main(void)
 		cmocka_unit_test(test_result_expression_columns),
 		cmocka_unit_test(test_shape),
 		cmocka_unit_test(test_cache_differential),
+		cmocka_unit_test(test_read_write),
 		cmocka_unit_test(test_policy_semantics),
 		cmocka_unit_test(test_policy_review_beats_allow),
+		cmocka_unit_test(test_policy_read_only),
 		cmocka_unit_test(test_policy_qualified_names),
 		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
 		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
