@@ -197,6 +197,15 @@ void sl_pl_result(struct sl_gw *gw, struct sl_pl_session *s, uint64_t seq, const
  * Returns 1 and fills trace_id/span_id when found. */
 int sl_pl_trace_from_text(const char *text, size_t len, char trace_id[33], char span_id[17]);
 
+/* The text of a request as sluice may store or show it (audit records,
+ * approvers): with sql, SQL's secrets given by name (PASSWORD '...') are
+ * redacted; with ms, every audit detector runs over it (literals can be card
+ * numbers). Written to out (reset first), NUL-terminated. Returns 0, or a
+ * negative SL_E* when it could not be masked: then out holds nothing the
+ * text said ("<withheld: could not be masked>", or nothing at all). */
+int sl_pl_safe_text(struct sl_gw *gw, struct sl_mask_scratch *ms, const char *text, size_t len,
+		    int sql, struct sl_buf *out);
+
 /* Masking plan for a decision (NULL = nothing to mask). */
 const struct sl_mask_plan *sl_pl_mask_plan(struct sl_gw *gw, const struct sl_decision *d);
 /* Masking plan for an authenticated session (NULL = none); *exempt = 1 when

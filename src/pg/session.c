@@ -3383,25 +3383,20 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 		      const char *span)
 {
 	struct sl_review_req q;
-	struct sl_buf t, alt;
+	struct sl_buf t;
 	char kstr[256];
-	int r, mr = SL_MASK_UNCHANGED;
+	int r;
 
 	if (s->gw->review == NULL)
 		return SL_ESTATE;
+	/* approvers see literals masked and secrets given by name redacted
+	 * (the hash binds the exact bytes); what cannot be shown so is not
+	 * held for approval: nobody should approve what they cannot read */
 	sl_buf_init(&t, 0);
-	sl_buf_init(&alt, 0);
-	if (sl_buf_append(&t, sql, len) != 0 || sl_buf_append_u8(&t, 0) != 0) {
+	if ((r = sl_pl_safe_text(s->gw, s->w->mscratch, sql, len, 1, &t)) != 0) {
 		sl_buf_fini(&t);
-		return SL_ENOMEM;
+		return r;
 	}
-	/* approvers see literals masked and secrets given by name redacted;
-	 * the hash binds the exact bytes */
-	sl_sql_redact_secrets((char *)t.data, len);
-	if (s->gw->audit_plan)
-		mr = sl_mask_value(s->gw->audit_plan, s->w->mscratch, t.data, len, &alt, NULL);
-	if (mr == SL_MASK_REPLACED)
-		sl_buf_append_u8(&alt, 0);
 	sl_sql_kinds_str(kinds, kstr, sizeof(kstr));
 	memset(&q, 0, sizeof(q));
 	q.session_id = s->pl.id;
@@ -3410,7 +3405,7 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 	q.ngroups = s->pl.ident.ngroups;
 	q.connection = s->pl.conn->name;
 	q.protocol = "postgres";
-	q.text = mr == SL_MASK_REPLACED ? (const char *)alt.data : (const char *)t.data;
+	q.text = (const char *)t.data;
 	q.bytes = bytes;
 	q.nbytes = nbytes;
 	q.policy = d->policy;
@@ -3435,7 +3430,6 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 		s->review_id[0] = '\0';
 	}
 	sl_buf_fini(&t);
-	sl_buf_fini(&alt);
 	return r;
 }
 

@@ -306,40 +306,58 @@ jend(struct sl_buf *b)
 	return b->data == NULL ? SL_ENOMEM : sl_buf_append_u8(b, '}');
 }
 
-/* The statement text as it may be stored: every detector runs over it
- * (literals can be card numbers or passwords), and SQL's secrets given by
- * name (PASSWORD '...') are redacted. tmp is a reusable copy buffer (both
- * rewrite in place). */
+static const char withheld[] = "<withheld: could not be masked>";
+
+int
+sl_pl_safe_text(struct sl_gw *gw, struct sl_mask_scratch *ms, const char *text, size_t len, int sql,
+		struct sl_buf *out)
+{
+	struct sl_buf alt;
+	int m = SL_MASK_UNCHANGED, rc = 0;
+
+	out->len = out->off = 0;
+	if (sl_buf_reserve(out, len + sizeof(withheld)) != 0)
+		return SL_ENOMEM;
+	if (len > 0)
+		memcpy(out->data, text, len);
+	out->len = len;
+	if (sql)
+		sl_sql_redact_secrets((char *)out->data, len);
+	if (ms != NULL && gw->audit_plan != NULL) {
+		sl_buf_init(&alt, 0);
+		m = sl_mask_value(gw->audit_plan, ms, out->data, len, &alt, NULL);
+		out->len = 0;
+		if (m == SL_MASK_REPLACED)
+			rc = sl_buf_append(out, alt.data, alt.len);
+		else if (m == SL_MASK_UNCHANGED || m == SL_MASK_IN_PLACE)
+			out->len = len;
+		else /* an error, or the whole text masked to NULL */
+			rc = m < 0 ? m : SL_EINVAL;
+		sl_buf_fini(&alt);
+	}
+	if (rc != 0) {
+		out->len = 0;
+		sl_buf_append(out, withheld, sizeof(withheld) - 1); /* reserved above */
+	}
+	if (sl_buf_append_u8(out, 0) != 0)
+		return SL_ENOMEM;
+	out->len--; /* NUL-terminated, not counted */
+	return rc;
+}
+
+/* "k":text as sl_pl_safe_text() makes it. tmp is a reusable copy buffer. */
 static void
 jtextn(struct sl_buf *b, const char *k, size_t kl, struct sl_gw *gw, struct sl_mask_scratch *ms,
        struct sl_buf *tmp, const char *text, size_t len, int sql)
 {
-	struct sl_buf alt;
-	int mr = SL_MASK_UNCHANGED;
-
-	tmp->len = tmp->off = 0;
-	sl_buf_init(&alt, 0);
-	if (text != NULL && len > 0 && ((ms != NULL && gw->audit_plan != NULL) || sql)) {
-		if (sl_buf_append(tmp, text, len) != 0)
-			mr = SL_ENOMEM;
-		else if (sql && sl_sql_redact_secrets((char *)tmp->data, len) > 0)
-			mr = SL_MASK_IN_PLACE;
-		if (mr >= 0 && ms != NULL && gw->audit_plan != NULL) {
-			int m = sl_mask_value(gw->audit_plan, ms, tmp->data, len, &alt, NULL);
-
-			if (m != SL_MASK_UNCHANGED)
-				mr = m;
-		}
+	if (text == NULL || len == 0 || ((ms == NULL || gw->audit_plan == NULL) && !sql)) {
+		jstrn(b, k, kl, text ? text : "", text ? len : 0); /* nothing to do */
+		return;
 	}
-	if (mr == SL_MASK_REPLACED)
-		jstrn(b, k, kl, (const char *)alt.data, alt.len);
-	else if (mr < 0 || mr == SL_MASK_TO_NULL)
-		jcstrn(b, k, kl, "<withheld: could not be masked>");
-	else if (mr == SL_MASK_IN_PLACE)
-		jstrn(b, k, kl, (const char *)tmp->data, len);
+	if (sl_pl_safe_text(gw, ms, text, len, sql, tmp) != 0)
+		jcstrn(b, k, kl, withheld);
 	else
-		jstrn(b, k, kl, text ? text : "", text ? len : 0);
-	sl_buf_fini(&alt);
+		jstrn(b, k, kl, (const char *)tmp->data, tmp->len);
 	/* a huge statement's copy is not kept around */
 	if (tmp->cap > 65536)
 		sl_buf_fini(tmp);
