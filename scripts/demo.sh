@@ -143,29 +143,17 @@ AGENT_PID=""
 wait "$TAIL_PID" || true
 sleep 0.2
 
-say "the audit trail for trace $TRACE"
 # A clean shutdown writes the final signed checkpoint.
 kill -TERM "$GW_PID"
 wait "$GW_PID" || die "sluice did not shut down cleanly: $(tail -5 "$T/sluice.log")"
 GW_PID=""
-sl audit export --format jsonl --trace "$TRACE" >"$T/trail.jsonl"
-/usr/bin/python3 - "$T/trail.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line); d = r["data"]
-    if r["type"] == "request":
-        print("  #%-4d %-8s %-6s %-16s %s" % (r["seq"], d.get("subject"), d["decision"],
-                                              d.get("kind"), d["text"].split(" /*")[0][:60]))
-        if d.get("message"):
-            print("        reason: %s" % d["message"])
-    elif r["type"].startswith("review_"):
-        print("  #%-4d %-15s %s %s" % (r["seq"], r["type"],
-                                        d.get("decided_by") or d.get("approver") or "",
-                                        d.get("reason") or ""))
-PY
 
 say "verifying the hash chain and its signed checkpoints"
 sl audit verify || die "the audit trail does not verify"
+
+say "the audit trail for trace $TRACE (sluice audit replay --trace)"
+sl audit replay --trace "$TRACE" || die "the audit trail cannot be replayed"
+sl audit export --format jsonl --trace "$TRACE" >"$T/trail.jsonl"
 
 # The story below is checked, not assumed.
 /usr/bin/python3 - "$T/trail.jsonl" "$T/agent.out" "$DEMO_PW" <<'PY' || die "see above"

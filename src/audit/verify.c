@@ -393,6 +393,52 @@ out:
 	return r;
 }
 
+/*
+ * Writes n bytes of s for a terminal. Records hold what clients sent: a
+ * statement can carry escape sequences that would move the cursor, clear the
+ * screen, retitle the window or hide the lines before it when printed as
+ * they are. Control characters (C0 but tab, DEL, and C1 written as UTF-8)
+ * are shown as \xNN / \u00NN; a newline is shown as "\n" on one line
+ * (indent NULL) or continues on a new line that starts with indent.
+ */
+static void
+put_safe(FILE *out, const char *s, size_t n, const char *indent)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '\n' && indent != NULL) {
+			fputc('\n', out);
+			fputs(indent, out);
+		} else if (c == '\n') {
+			fputs("\\n", out);
+		} else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+			fprintf(out, "\\x%02x", c);
+		} else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+			   (unsigned char)s[i + 1] <= 0x9f) {
+			fprintf(out, "\\u%04x", (unsigned char)s[++i]);
+		} else {
+			fputc(c, out);
+		}
+	}
+}
+
+/* s cut to at most max bytes, at a character boundary, "..." if cut. */
+static void
+put_safe_cut(FILE *out, const char *s, size_t max)
+{
+	size_t n = strlen(s);
+
+	if (n <= max) {
+		put_safe(out, s, n, NULL);
+		return;
+	}
+	while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
+		max--;
+	put_safe(out, s, max, NULL);
+	fputs("...", out);
+}
+
 static void
 print_line(const struct sl_audit_row *row, FILE *out)
 {
@@ -417,16 +463,24 @@ print_line(const struct sl_audit_row *row, FILE *out)
 		if (reason == NULL)
 			reason = json_string_value(json_object_get(d, "error"));
 	}
-	fprintf(out, "%6llu %s %-13s %-16s %-10s", (unsigned long long)row->seq, when, row->type,
-		row->session, subject ? subject : "-");
+	fprintf(out, "%6llu %s %-13s %-16s ", (unsigned long long)row->seq, when, row->type,
+		row->session);
+	put_safe_cut(out, subject ? subject : "-", 64);
+	for (size_t k = strlen(subject ? subject : "-"); k < 10; k++)
+		fputc(' ', out);
 	if (decision)
 		fprintf(out, " %-6s", decision);
 	if (kind)
 		fprintf(out, " [%s]", kind);
-	if (text)
-		fprintf(out, " %.100s%s", text, strlen(text) > 100 ? "..." : "");
-	if (reason)
-		fprintf(out, " (%s)", reason);
+	if (text) {
+		fputc(' ', out);
+		put_safe_cut(out, text, 100);
+	}
+	if (reason) {
+		fputs(" (", out);
+		put_safe_cut(out, reason, 200);
+		fputc(')', out);
+	}
 	if (row->trace_id[0])
 		fprintf(out, " trace=%s", row->trace_id);
 	fputc('\n', out);
@@ -481,6 +535,273 @@ out:
 	return r;
 }
 
+/* ------------------------------------------------------------ replay */
+
+static const char *
+jstr(json_t *o, const char *k)
+{
+	return json_string_value(json_object_get(o, k));
+}
+
+/* "  key: value" when the value is there. */
+static void
+put_field(FILE *out, const char *label, const char *v)
+{
+	if (v == NULL || v[0] == '\0')
+		return;
+	if (label[0] != '\0')
+		fprintf(out, " %s", label);
+	fputc(' ', out);
+	put_safe_cut(out, v, 200);
+}
+
+static void
+replay_open(FILE *out, json_t *d)
+{
+	json_t *id = json_object_get(d, "identity"), *g = json_object_get(id, "groups"), *v;
+	json_t *sp = json_object_get(d, "startup_parameters");
+	size_t i;
+	const char *k;
+
+	fputs("session opened by ", out);
+	put_safe_cut(out, jstr(id, "subject") ? jstr(id, "subject") : "?", 200);
+	put_field(out, "issuer", jstr(id, "issuer"));
+	if (json_array_size(g) > 0) {
+		fputs(" groups", out);
+		json_array_foreach(g, i, v)
+		{
+			fputs(i ? "," : " ", out);
+			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 100);
+		}
+	}
+	fputs("\n                           ", out);
+	put_field(out, "connection", jstr(d, "connection"));
+	if (jstr(d, "protocol")) {
+		fputs(" (", out);
+		put_safe_cut(out, jstr(d, "protocol"), 32);
+		fputc(')', out);
+	}
+	put_field(out, "from", jstr(d, "client_addr"));
+	fprintf(out, " tls %s", json_is_true(json_object_get(d, "tls")) ? "yes" : "no");
+	put_field(out, "masking", jstr(d, "masking"));
+	if (json_integer_value(json_object_get(d, "upstream_pid")) > 0)
+		fprintf(out, "\n                            upstream pid %lld%s,",
+			(long long)json_integer_value(json_object_get(d, "upstream_pid")),
+			json_is_true(json_object_get(d, "upstream_reused")) ? " (reused)" : "");
+	put_field(out, "login", jstr(d, "upstream_auth"));
+	if (json_object_size(sp) > 0) {
+		fputs("\n                           ", out);
+		fputs(" startup", out);
+		json_object_foreach(sp, k, v)
+		{
+			fputc(' ', out);
+			put_safe_cut(out, k, 64);
+			fputc('=', out);
+			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 200);
+		}
+	}
+	fputc('\n', out);
+}
+
+static void
+replay_request(FILE *out, json_t *d)
+{
+	const char *dec = jstr(d, "decision"), *text = jstr(d, "text");
+
+	fprintf(out, "#%lld %s", (long long)json_integer_value(json_object_get(d, "seq")),
+		dec ? dec : "?");
+	put_field(out, "", jstr(d, "kind"));
+	if (jstr(d, "policy") || jstr(d, "rule")) {
+		fputs(" (", out);
+		put_safe_cut(out, jstr(d, "policy") ? jstr(d, "policy") : "-", 100);
+		fputc('/', out);
+		put_safe_cut(out, jstr(d, "rule") ? jstr(d, "rule") : "-", 100);
+		fputc(')', out);
+	}
+	if (jstr(d, "message")) {
+		fputs(": ", out);
+		put_safe_cut(out, jstr(d, "message"), 300);
+	}
+	if (text == NULL)
+		text = jstr(d, "command") ? jstr(d, "command") : jstr(d, "path");
+	if (text != NULL) {
+		fputs("\n                            ", out);
+		put_safe(out, text, strlen(text), "                            ");
+	}
+	fputc('\n', out);
+}
+
+static void
+replay_result(FILE *out, json_t *d)
+{
+	json_t *rows = json_object_get(d, "rows"), *m = json_object_get(d, "masked");
+
+	fprintf(out, "#%lld ->", (long long)json_integer_value(json_object_get(d, "seq")));
+	if (jstr(d, "sqlstate")) {
+		fputs(" ERROR ", out);
+		put_safe_cut(out, jstr(d, "sqlstate"), 8);
+		if (jstr(d, "error")) {
+			fputc(' ', out);
+			put_safe_cut(out, jstr(d, "error"), 300);
+		}
+	} else {
+		put_field(out, "", jstr(d, "tag"));
+	}
+	if (json_is_integer(rows) && jstr(d, "sqlstate") == NULL)
+		fprintf(out, ", %lld row%s", (long long)json_integer_value(rows),
+			json_integer_value(rows) == 1 ? "" : "s");
+	fprintf(out, ", %.3f ms",
+		(double)json_integer_value(json_object_get(d, "duration_us")) / 1000.0);
+	if (json_object_size(m) > 0) {
+		char *ms = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
+
+		fputs(", masked ", out);
+		if (ms)
+			put_safe_cut(out, ms, 300);
+		free(ms);
+	}
+	fputc('\n', out);
+}
+
+static void
+replay_review(FILE *out, const char *type, json_t *d)
+{
+	fputs(type, out);
+	put_field(out, "", jstr(d, "id"));
+	put_field(out, "by", jstr(d, "approver") ? jstr(d, "approver") : jstr(d, "decided_by"));
+	if (strcmp(type, "review_created") == 0) {
+		json_t *a = json_object_get(d, "approvers"), *v;
+		size_t i;
+
+		fputs(" for", out);
+		json_array_foreach(a, i, v)
+		{
+			fputs(i ? "," : " ", out);
+			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 100);
+		}
+		fprintf(out, " (%lld needed)",
+			(long long)json_integer_value(json_object_get(d, "min_approvals")));
+	}
+	{
+		const char *why =
+			jstr(d, "vote_reason") ? jstr(d, "vote_reason") : jstr(d, "reason");
+
+		if (why && why[0]) {
+			fputs(": ", out);
+			put_safe_cut(out, why, 300);
+		}
+	}
+	if (strcmp(type, "grant_used") == 0 && jstr(d, "text")) {
+		fputs("\n                            ", out);
+		put_safe(out, jstr(d, "text"), strlen(jstr(d, "text")),
+			 "                            ");
+	}
+	fputc('\n', out);
+}
+
+/* What one session did (or, with trace, everything done under one trace
+ * id), in order, for a person: who opened it from where, each statement
+ * with its decision and its result, reviews, the close. Statement texts are
+ * as stored (masked, secrets redacted) and printed terminal-safe. */
+static int
+replay(const char *path, const char *session, const char *trace, FILE *out)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t t0 = 0;
+	uint64_t n = 0;
+	int r = 0;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(
+		    db,
+		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
+		    -1, &st, NULL) != SQLITE_OK) {
+		fprintf(stderr, "sluice: cannot read %s\n", path);
+		r = 1;
+		goto out;
+	}
+	if (session)
+		sqlite3_bind_text(st, 1, session, -1, SQLITE_STATIC);
+	if (trace)
+		sqlite3_bind_text(st, 2, trace, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct sl_audit_row row;
+		json_t *d;
+		time_t t;
+		struct tm tm;
+		char when[32];
+
+		sl_audit_row_from_stmt(st, &row);
+		d = json_loads(row.data, 0, NULL);
+		if (n++ == 0) {
+			t = (time_t)(row.ts / 1000000);
+			gmtime_r(&t, &tm);
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+			fprintf(out, "%s %s, from %s.%06lldZ (node ", session ? "session" : "trace",
+				session ? session : trace, when, (long long)(row.ts % 1000000));
+			put_safe_cut(out, row.node, 100);
+			fputs(")\n", out);
+			t0 = row.ts;
+		}
+		fprintf(out, "%+10.3fs  seq %-8llu ", (double)(row.ts - t0) / 1e6,
+			(unsigned long long)row.seq);
+		if (session == NULL) {
+			put_safe_cut(out, row.session, 40);
+			fputc(' ', out);
+		}
+		if (d == NULL) {
+			fputs(row.type, out);
+			fputs(" (data is not JSON)\n", out);
+		} else if (strcmp(row.type, "session_open") == 0) {
+			replay_open(out, d);
+		} else if (strcmp(row.type, "request") == 0) {
+			replay_request(out, d);
+		} else if (strcmp(row.type, "result") == 0) {
+			replay_result(out, d);
+		} else if (strcmp(row.type, "session_close") == 0) {
+			fputs("session closed", out);
+			if (jstr(d, "reason")) {
+				fputs(" (", out);
+				put_safe_cut(out, jstr(d, "reason"), 300);
+				fputc(')', out);
+			}
+			fprintf(out, " after %.3f s\n",
+				(double)json_integer_value(json_object_get(d, "duration_ms")) /
+					1000.0);
+		} else if (strcmp(row.type, "auth_failure") == 0) {
+			fputs("login refused", out);
+			put_field(out, "from", jstr(d, "client_addr"));
+			put_field(out, ":", jstr(d, "reason"));
+			fputc('\n', out);
+		} else if (strncmp(row.type, "review_", 7) == 0 ||
+			   strncmp(row.type, "grant_", 6) == 0) {
+			replay_review(out, row.type, d);
+		} else {
+			char *x = json_dumps(d, JSON_COMPACT);
+
+			put_safe_cut(out, row.type, 64);
+			fputc(' ', out);
+			if (x)
+				put_safe_cut(out, x, 500);
+			free(x);
+			fputc('\n', out);
+		}
+		json_decref(d);
+	}
+	if (n == 0) {
+		fprintf(stderr, "sluice audit replay: no records for %s %s\n",
+			session ? "session" : "trace", session ? session : trace);
+		r = 1;
+	}
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return r;
+}
+
 /* Whether the store holds signed checkpoints (in the database or its
  * sidecar): 1 yes, 0 no. Unreadable counts as yes. */
 static int
@@ -512,7 +833,7 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 	const char *format = "jsonl", *output = NULL;
 	char defpub[4200], msg[512];
 	long n = 20;
-	int follow = 0, rc;
+	int follow = 0, no_verify = 0, rc;
 	char *path;
 	FILE *out = stdout;
 
@@ -533,6 +854,8 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 			n = atol(argv[++i]);
 		else if (strcmp(argv[i], "--follow") == 0 || strcmp(argv[i], "-f") == 0)
 			follow = 1;
+		else if (strcmp(argv[i], "--no-verify") == 0)
+			no_verify = 1;
 		else {
 			fprintf(stderr, "sluice audit: unknown argument %s\n", argv[i]);
 			return 2;
@@ -543,9 +866,14 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 		fprintf(stderr, "sluice audit: unsupported store %s\n", store ? store : "(none)");
 		return 2;
 	}
-	if (strcmp(argv[0], "verify") == 0) {
+	if (strcmp(argv[0], "verify") == 0 || (strcmp(argv[0], "replay") == 0 && !no_verify)) {
 		uint64_t nrec;
 
+		if (strcmp(argv[0], "replay") == 0 && session == NULL && trace == NULL) {
+			fprintf(stderr, "sluice audit replay: give --session ID or --trace ID\n");
+			free(path);
+			return 2;
+		}
 		if (pubkey == NULL) {
 			snprintf(defpub, sizeof(defpub), "%s/audit-signing.pub",
 				 cfg->gateway.data_dir);
@@ -563,12 +891,31 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 			return 1;
 		}
 		rc = sl_audit_verify_store(path, pubkey, msg, sizeof(msg), &nrec);
-		if (rc == 0)
-			printf("%s\n", msg);
-		else
+		if (rc != 0) {
+			/* a transcript from a trail that does not verify would
+			 * be shown as if it could be trusted */
 			fprintf(stderr, "audit verify FAILED: %s\n", msg);
+			free(path);
+			return 1;
+		}
+		if (strcmp(argv[0], "verify") == 0) {
+			printf("%s\n", msg);
+			free(path);
+			return 0;
+		}
+		printf("audit trail verified: %s\n", msg);
+	}
+	if (strcmp(argv[0], "replay") == 0) {
+		if (session == NULL && trace == NULL) {
+			fprintf(stderr, "sluice audit replay: give --session ID or --trace ID\n");
+			free(path);
+			return 2;
+		}
+		if (no_verify)
+			printf("audit trail NOT verified (--no-verify)\n");
+		rc = replay(path, session, trace, stdout);
 		free(path);
-		return rc == 0 ? 0 : 1;
+		return rc;
 	}
 	if (strcmp(argv[0], "export") == 0) {
 		if (strcmp(format, "jsonl") != 0) {
@@ -593,6 +940,7 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 		return rc;
 	}
 	free(path);
-	fprintf(stderr, "sluice audit: unknown subcommand %s (verify, tail, export)\n", argv[0]);
+	fprintf(stderr, "sluice audit: unknown subcommand %s (verify, tail, export, replay)\n",
+		argv[0]);
 	return 2;
 }

@@ -17,20 +17,20 @@
 static void
 usage(FILE *f)
 {
-	fprintf(f,
-		"usage: sluice <command> [--config FILE] ...\n"
-		"  serve                                  run the gateway\n"
-		"  config check [FILE]                    validate a configuration\n"
-		"  config default                         print the embedded default "
-		"configuration\n"
-		"  token init [--force]                   create the dev issuer's key pair and "
-		"JWKS\n"
-		"  token mint --sub S [--groups a,b] [--ttl 1h] [--aud A] [--iss I]\n"
-		"  audit verify|tail|export ...           check, follow, export the audit trail\n"
-		"  review list|show|approve|deny|wait ... approvals over the admin API\n"
-		"  policy explain --as SUB [--groups G] --connection C -- \"SQL\"\n"
-		"  version\n"
-		"--config defaults to ./sluice.yaml, else the embedded default.\n");
+	fprintf(f, "usage: sluice <command> [--config FILE] ...\n"
+		   "  serve                                  run the gateway\n"
+		   "  config check [FILE]                    validate a configuration\n"
+		   "  config default                         print the embedded default "
+		   "configuration\n"
+		   "  token init [--force]                   create the dev issuer's key pair and "
+		   "JWKS\n"
+		   "  token mint --sub S [--groups a,b] [--ttl 1h] [--aud A] [--iss I]\n"
+		   "  audit verify|tail|export|replay ...    check, follow, export, replay the "
+		   "audit trail\n"
+		   "  review list|show|approve|deny|wait ... approvals over the admin API\n"
+		   "  policy explain --as SUB [--groups G] --connection C -- \"SQL\"\n"
+		   "  version\n"
+		   "--config defaults to ./sluice.yaml, else the embedded default.\n");
 }
 
 /* Removes "--config F" / "--config=F" from argv; returns F or NULL. */

@@ -568,6 +568,66 @@ def test_audit_tamper_detected(gateway_factory, edit, expect):
     assert expect in v.stderr, v.stderr
 
 
+def test_audit_replay_session_and_trace(gateway_factory):
+    """sluice audit replay: a session as a transcript an auditor reads (who,
+    from where, each statement with its decision and result, the close),
+    or everything done under one trace id across sessions; verified first,
+    and what clients wrote cannot drive the auditor's terminal."""
+    gw = gateway_factory()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    tp = "00-%s-00f067aa0ba902b7-01" % trace
+    c = gw.connect(application_name=tp)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT id FROM orders WHERE id < 3 ORDER BY id")
+    with pytest.raises(psycopg2.Error):
+        cur.execute("DROP TABLE orders")
+    with pytest.raises(psycopg2.Error):
+        cur.execute("SELECT * FROM no_such_table")
+    # an escape sequence that would clear the screen, and a second line
+    cur.execute("SELECT 1 /* \x1b[2J\x1b]0;owned\x07 */ AS a,\n 2 AS b")
+    c.close()
+    c = gw.connect(application_name=tp)  # a second session, same trace
+    c.cursor().execute("SELECT 42")
+    c.close()
+    recs = gw.export()
+    sid = next(r["session"] for r in recs if r["type"] == "session_open")
+    r = gw.run("audit", "replay", "--session", sid)
+    out = r.stdout
+    assert r.returncode == 0, r.stderr
+    assert out.startswith("audit trail verified:"), out
+    assert "session opened by agent-1" in out and "connection orders (postgres)" in out, out
+    assert "#1 allow select" in out and "SELECT id FROM orders WHERE id < 3" in out, out
+    assert "#1 -> SELECT 2, 2 rows" in out, out
+    assert "#2 block ddl,drop (agents/agents#1)" in out and "destructive statements are not allowed" in out, out
+    assert "#3 -> ERROR 42P01 relation \"no_such_table\" does not exist," in out, out
+    assert "session closed (client terminated)" in out and "SELECT 42" not in out, out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "\\x1b[2J" in out, out
+    lines = out.splitlines()
+    i = next(k for k, ln in enumerate(lines) if "\\x1b[2J" in ln)
+    assert lines[i + 1].strip() == "2 AS b", lines[i:i + 2]  # the second line, indented
+    # everything under the trace id, both sessions
+    r = gw.run("audit", "replay", "--trace", trace)
+    assert r.returncode == 0 and "SELECT 42" in r.stdout and "#2 block ddl,drop" in r.stdout
+    assert r.stdout.count("session opened by") == 2, r.stdout
+    # tail is terminal-safe too
+    t = gw.run("audit", "tail", "-n", "100").stdout
+    assert "\x1b" not in t and "\\x1b[2J" in t, repr(t)
+    # a trail that does not verify is not replayed (unless asked)
+    assert gw.stop() == 0
+    tamper(gw, "UPDATE records SET data = replace(data, 'DROP TABLE', 'drop table') "
+               "WHERE type = 'request' AND data LIKE '%DROP TABLE%'")
+    r = gw.run("audit", "replay", "--session", sid, check=False)
+    assert r.returncode == 1 and "audit verify FAILED" in r.stderr and r.stdout == "", r
+    r = gw.run("audit", "replay", "--session", sid, "--no-verify", check=False)
+    assert r.returncode == 0 and "NOT verified" in r.stdout and "drop table" in r.stdout
+    r = gw.run("audit", "replay", "--session", "0000000000000000", "--no-verify", check=False)
+    assert r.returncode == 1 and "no records" in r.stderr
+    r = gw.run("audit", "replay", check=False)
+    assert r.returncode == 2
+
+
 def test_audit_truncated_tail_detected(gateway_factory):
     gw = gateway_factory()
     c = gw.connect()
