@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* Error codes: 0 ok, negative error, SL_AGAIN (positive) = need more bytes. */
 #define SL_OK	    0
@@ -123,6 +124,20 @@ int64_t sl_mono_us(void);
 /* Parses "300s", "5m", "1h", "250ms", "2d" or a bare number of seconds into
  * milliseconds. Returns 0 or SL_EINVAL. */
 int sl_parse_duration_ms(const char *s, int64_t *out_ms);
+/*
+ * Writes n bytes of s for a terminal. What clients sent (statement texts,
+ * names, reasons) can carry escape sequences that move the cursor, clear
+ * the screen, retitle the window or hide the lines before them, and bidi
+ * controls that reorder what is shown: an approver could be shown a
+ * harmless statement while approving another. C0 controls but tab, DEL,
+ * C1 controls (as UTF-8) and the bidi embedding/override/isolate marks are
+ * shown escaped (\x1b, \u009b, \u202e); a newline is "\n" (indent NULL)
+ * or continues on a new line that starts with indent.
+ */
+void sl_fput_safe(FILE *out, const char *s, size_t n, const char *indent);
+/* The same for a NUL-terminated s cut to at most max bytes (at a character
+ * boundary, "..." when cut); NULL prints as "-". */
+void sl_fput_safe_cut(FILE *out, const char *s, size_t max);
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void sl_hex(const uint8_t *in, size_t n, char *out);
 /* SHA-256 without OpenSSL 3's per-call provider overhead (sha256.c). */

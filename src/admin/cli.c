@@ -71,26 +71,46 @@ read_token(const char *file)
 	return getenv("SLUICE_TOKEN") ? strdup(getenv("SLUICE_TOKEN")) : NULL;
 }
 
+/* Field k of r, terminal-safe: what a review shows comes from the agent (its
+ * statement text above all) and must not be able to rewrite what the
+ * approver sees. */
+static void
+put(json_t *r, const char *k, size_t max)
+{
+	sl_fput_safe_cut(stdout, json_string_value(json_object_get(r, k)), max);
+}
+
 static void
 print_review(json_t *r)
 {
 	json_t *v;
+	const char *text = json_string_value(json_object_get(r, "text"));
 	size_t i;
 
-	printf("%s  %-9s  %s on %s  [%s]  approvals %zu/%lld\n  %s\n",
-	       json_string_value(json_object_get(r, "id")),
-	       json_string_value(json_object_get(r, "status")),
-	       json_string_value(json_object_get(r, "subject")),
-	       json_string_value(json_object_get(r, "connection")),
-	       json_string_value(json_object_get(r, "kind")),
-	       json_array_size(json_object_get(r, "approvals")),
-	       (long long)json_integer_value(json_object_get(r, "min_approvals")),
-	       json_string_value(json_object_get(r, "text")));
-	printf("  hash %s", json_string_value(json_object_get(r, "request_hash")));
-	if ((v = json_object_get(r, "reason")) != NULL)
-		printf("  reason: %s", json_string_value(v));
+	put(r, "id", 64);
+	fputs("  ", stdout);
+	put(r, "status", 16);
+	fputs("  ", stdout);
+	put(r, "subject", 200);
+	fputs(" on ", stdout);
+	put(r, "connection", 200);
+	fputs("  [", stdout);
+	put(r, "kind", 200);
+	printf("]  approvals %zu/%lld\n    ", json_array_size(json_object_get(r, "approvals")),
+	       (long long)json_integer_value(json_object_get(r, "min_approvals")));
+	if (text != NULL)
+		sl_fput_safe(stdout, text, strlen(text), "    ");
+	fputs("\n  hash ", stdout);
+	put(r, "request_hash", 80);
+	if (json_object_get(r, "reason") != NULL) {
+		fputs("  reason: ", stdout);
+		put(r, "reason", 500);
+	}
 	json_array_foreach(json_object_get(r, "approvals"), i, v)
-		printf("%s%s", i ? ", " : "  approved by ", json_string_value(v));
+	{
+		fputs(i ? ", " : "  approved by ", stdout);
+		sl_fput_safe_cut(stdout, json_string_value(v), 200);
+	}
 	printf("\n");
 }
 

@@ -393,52 +393,6 @@ out:
 	return r;
 }
 
-/*
- * Writes n bytes of s for a terminal. Records hold what clients sent: a
- * statement can carry escape sequences that would move the cursor, clear the
- * screen, retitle the window or hide the lines before it when printed as
- * they are. Control characters (C0 but tab, DEL, and C1 written as UTF-8)
- * are shown as \xNN / \u00NN; a newline is shown as "\n" on one line
- * (indent NULL) or continues on a new line that starts with indent.
- */
-static void
-put_safe(FILE *out, const char *s, size_t n, const char *indent)
-{
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (c == '\n' && indent != NULL) {
-			fputc('\n', out);
-			fputs(indent, out);
-		} else if (c == '\n') {
-			fputs("\\n", out);
-		} else if ((c < 0x20 && c != '\t') || c == 0x7f) {
-			fprintf(out, "\\x%02x", c);
-		} else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
-			   (unsigned char)s[i + 1] <= 0x9f) {
-			fprintf(out, "\\u%04x", (unsigned char)s[++i]);
-		} else {
-			fputc(c, out);
-		}
-	}
-}
-
-/* s cut to at most max bytes, at a character boundary, "..." if cut. */
-static void
-put_safe_cut(FILE *out, const char *s, size_t max)
-{
-	size_t n = strlen(s);
-
-	if (n <= max) {
-		put_safe(out, s, n, NULL);
-		return;
-	}
-	while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
-		max--;
-	put_safe(out, s, max, NULL);
-	fputs("...", out);
-}
-
 static void
 print_line(const struct sl_audit_row *row, FILE *out)
 {
@@ -465,7 +419,7 @@ print_line(const struct sl_audit_row *row, FILE *out)
 	}
 	fprintf(out, "%6llu %s %-13s %-16s ", (unsigned long long)row->seq, when, row->type,
 		row->session);
-	put_safe_cut(out, subject ? subject : "-", 64);
+	sl_fput_safe_cut(out, subject ? subject : "-", 64);
 	for (size_t k = strlen(subject ? subject : "-"); k < 10; k++)
 		fputc(' ', out);
 	if (decision)
@@ -474,11 +428,11 @@ print_line(const struct sl_audit_row *row, FILE *out)
 		fprintf(out, " [%s]", kind);
 	if (text) {
 		fputc(' ', out);
-		put_safe_cut(out, text, 100);
+		sl_fput_safe_cut(out, text, 100);
 	}
 	if (reason) {
 		fputs(" (", out);
-		put_safe_cut(out, reason, 200);
+		sl_fput_safe_cut(out, reason, 200);
 		fputc(')', out);
 	}
 	if (row->trace_id[0])
@@ -552,7 +506,7 @@ put_field(FILE *out, const char *label, const char *v)
 	if (label[0] != '\0')
 		fprintf(out, " %s", label);
 	fputc(' ', out);
-	put_safe_cut(out, v, 200);
+	sl_fput_safe_cut(out, v, 200);
 }
 
 static void
@@ -564,21 +518,22 @@ replay_open(FILE *out, json_t *d)
 	const char *k;
 
 	fputs("session opened by ", out);
-	put_safe_cut(out, jstr(id, "subject") ? jstr(id, "subject") : "?", 200);
+	sl_fput_safe_cut(out, jstr(id, "subject") ? jstr(id, "subject") : "?", 200);
 	put_field(out, "issuer", jstr(id, "issuer"));
 	if (json_array_size(g) > 0) {
 		fputs(" groups", out);
 		json_array_foreach(g, i, v)
 		{
 			fputs(i ? "," : " ", out);
-			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 100);
+			sl_fput_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?",
+					 100);
 		}
 	}
 	fputs("\n                           ", out);
 	put_field(out, "connection", jstr(d, "connection"));
 	if (jstr(d, "protocol")) {
 		fputs(" (", out);
-		put_safe_cut(out, jstr(d, "protocol"), 32);
+		sl_fput_safe_cut(out, jstr(d, "protocol"), 32);
 		fputc(')', out);
 	}
 	put_field(out, "from", jstr(d, "client_addr"));
@@ -595,9 +550,10 @@ replay_open(FILE *out, json_t *d)
 		json_object_foreach(sp, k, v)
 		{
 			fputc(' ', out);
-			put_safe_cut(out, k, 64);
+			sl_fput_safe_cut(out, k, 64);
 			fputc('=', out);
-			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 200);
+			sl_fput_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?",
+					 200);
 		}
 	}
 	fputc('\n', out);
@@ -613,20 +569,20 @@ replay_request(FILE *out, json_t *d)
 	put_field(out, "", jstr(d, "kind"));
 	if (jstr(d, "policy") || jstr(d, "rule")) {
 		fputs(" (", out);
-		put_safe_cut(out, jstr(d, "policy") ? jstr(d, "policy") : "-", 100);
+		sl_fput_safe_cut(out, jstr(d, "policy") ? jstr(d, "policy") : "-", 100);
 		fputc('/', out);
-		put_safe_cut(out, jstr(d, "rule") ? jstr(d, "rule") : "-", 100);
+		sl_fput_safe_cut(out, jstr(d, "rule") ? jstr(d, "rule") : "-", 100);
 		fputc(')', out);
 	}
 	if (jstr(d, "message")) {
 		fputs(": ", out);
-		put_safe_cut(out, jstr(d, "message"), 300);
+		sl_fput_safe_cut(out, jstr(d, "message"), 300);
 	}
 	if (text == NULL)
 		text = jstr(d, "command") ? jstr(d, "command") : jstr(d, "path");
 	if (text != NULL) {
 		fputs("\n                            ", out);
-		put_safe(out, text, strlen(text), "                            ");
+		sl_fput_safe(out, text, strlen(text), "                            ");
 	}
 	fputc('\n', out);
 }
@@ -639,10 +595,10 @@ replay_result(FILE *out, json_t *d)
 	fprintf(out, "#%lld ->", (long long)json_integer_value(json_object_get(d, "seq")));
 	if (jstr(d, "sqlstate")) {
 		fputs(" ERROR ", out);
-		put_safe_cut(out, jstr(d, "sqlstate"), 8);
+		sl_fput_safe_cut(out, jstr(d, "sqlstate"), 8);
 		if (jstr(d, "error")) {
 			fputc(' ', out);
-			put_safe_cut(out, jstr(d, "error"), 300);
+			sl_fput_safe_cut(out, jstr(d, "error"), 300);
 		}
 	} else {
 		put_field(out, "", jstr(d, "tag"));
@@ -657,7 +613,7 @@ replay_result(FILE *out, json_t *d)
 
 		fputs(", masked ", out);
 		if (ms)
-			put_safe_cut(out, ms, 300);
+			sl_fput_safe_cut(out, ms, 300);
 		free(ms);
 	}
 	fputc('\n', out);
@@ -677,7 +633,8 @@ replay_review(FILE *out, const char *type, json_t *d)
 		json_array_foreach(a, i, v)
 		{
 			fputs(i ? "," : " ", out);
-			put_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?", 100);
+			sl_fput_safe_cut(out, json_string_value(v) ? json_string_value(v) : "?",
+					 100);
 		}
 		fprintf(out, " (%lld needed)",
 			(long long)json_integer_value(json_object_get(d, "min_approvals")));
@@ -688,13 +645,13 @@ replay_review(FILE *out, const char *type, json_t *d)
 
 		if (why && why[0]) {
 			fputs(": ", out);
-			put_safe_cut(out, why, 300);
+			sl_fput_safe_cut(out, why, 300);
 		}
 	}
 	if (strcmp(type, "grant_used") == 0 && jstr(d, "text")) {
 		fputs("\n                            ", out);
-		put_safe(out, jstr(d, "text"), strlen(jstr(d, "text")),
-			 "                            ");
+		sl_fput_safe(out, jstr(d, "text"), strlen(jstr(d, "text")),
+			     "                            ");
 	}
 	fputc('\n', out);
 }
@@ -742,14 +699,14 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
 			fprintf(out, "%s %s, from %s.%06lldZ (node ", session ? "session" : "trace",
 				session ? session : trace, when, (long long)(row.ts % 1000000));
-			put_safe_cut(out, row.node, 100);
+			sl_fput_safe_cut(out, row.node, 100);
 			fputs(")\n", out);
 			t0 = row.ts;
 		}
 		fprintf(out, "%+10.3fs  seq %-8llu ", (double)(row.ts - t0) / 1e6,
 			(unsigned long long)row.seq);
 		if (session == NULL) {
-			put_safe_cut(out, row.session, 40);
+			sl_fput_safe_cut(out, row.session, 40);
 			fputc(' ', out);
 		}
 		if (d == NULL) {
@@ -765,7 +722,7 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 			fputs("session closed", out);
 			if (jstr(d, "reason")) {
 				fputs(" (", out);
-				put_safe_cut(out, jstr(d, "reason"), 300);
+				sl_fput_safe_cut(out, jstr(d, "reason"), 300);
 				fputc(')', out);
 			}
 			fprintf(out, " after %.3f s\n",
@@ -782,10 +739,10 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 		} else {
 			char *x = json_dumps(d, JSON_COMPACT);
 
-			put_safe_cut(out, row.type, 64);
+			sl_fput_safe_cut(out, row.type, 64);
 			fputc(' ', out);
 			if (x)
-				put_safe_cut(out, x, 500);
+				sl_fput_safe_cut(out, x, 500);
 			free(x);
 			fputc('\n', out);
 		}

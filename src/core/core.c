@@ -325,6 +325,54 @@ sl_parse_duration_ms(const char *s, int64_t *out_ms)
 }
 
 void
+sl_fput_safe(FILE *out, const char *s, size_t n, const char *indent)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		unsigned char c1 = i + 1 < n ? (unsigned char)s[i + 1] : 0;
+		unsigned char c2 = i + 2 < n ? (unsigned char)s[i + 2] : 0;
+
+		if (c == '\n' && indent != NULL) {
+			fputc('\n', out);
+			fputs(indent, out);
+		} else if (c == '\n') {
+			fputs("\\n", out);
+		} else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+			fprintf(out, "\\x%02x", c);
+		} else if (c == 0xc2 && c1 >= 0x80 && c1 <= 0x9f) {
+			fprintf(out, "\\u%04x", c1); /* C1: U+0080..U+009F */
+			i++;
+		} else if (c == 0xe2 && ((c1 == 0x80 && ((c2 >= 0xaa && c2 <= 0xae) || c2 == 0x8e ||
+							 c2 == 0x8f)) ||
+					 (c1 == 0x81 && c2 >= 0xa6 && c2 <= 0xa9))) {
+			/* U+202A..U+202E, U+200E/F, U+2066..U+2069 */
+			fprintf(out, "\\u%04x", 0x2000 | ((c1 & 0x3f) << 6) | (c2 & 0x3f));
+			i += 2;
+		} else {
+			fputc(c, out);
+		}
+	}
+}
+
+void
+sl_fput_safe_cut(FILE *out, const char *s, size_t max)
+{
+	size_t n;
+
+	if (s == NULL)
+		s = "-";
+	n = strlen(s);
+	if (n <= max) {
+		sl_fput_safe(out, s, n, NULL);
+		return;
+	}
+	while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
+		max--;
+	sl_fput_safe(out, s, max, NULL);
+	fputs("...", out);
+}
+
+void
 sl_hex(const uint8_t *in, size_t n, char *out)
 {
 	/* every byte's two digits: one table load per byte */

@@ -435,3 +435,29 @@ def test_admin_malformed_json_and_methods(rgw):
                       headers={"Authorization": "Bearer " + dba}, data="{not json", timeout=5)
     assert r.status_code == 400
     assert api(rgw, dba, "POST", "/api/reviews/doesnotexist/approve")[0] == 404
+
+
+def test_review_cli_shows_what_the_agent_sent_terminal_safe(rgw):
+    """An agent's statement can carry escape sequences and bidi marks that,
+    printed as they are, would make an approver's terminal show a harmless
+    statement over the DELETE being approved (cursor up, erase line,
+    carriage return, right-to-left override). `sluice review list/show`
+    print them escaped, the whole statement visible."""
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    sql = ("DELETE FROM orders WHERE id = 9101 /*\x1b[1A\x1b[2K\r SELECT 1 \u202e "
+           "\u009b2J */")
+    t, res = run_held(rgw, sql, token=agent)
+    rev = pending(rgw, dba)[0]
+    for args in (("list", "--status", "pending"), ("show", rev["id"])):
+        out = cli(rgw, dba, *args)
+        assert out.returncode == 0, out.stderr
+        shown = out.stdout
+        for raw in ("\x1b", "\r", "\u202e", "\u009b"):
+            assert raw not in shown, (args, repr(shown))
+        assert "DELETE FROM orders WHERE id = 9101 /*\\x1b[1A\\x1b[2K\\x0d SELECT 1 \\u202e " \
+               "\\u009b2J */" in shown, repr(shown)
+    out = cli(rgw, dba, "deny", rev["id"], "--reason", "hidden text")
+    assert out.returncode == 0, out.stderr
+    t.join(10)
+    assert res["error"].pgcode == "42501"

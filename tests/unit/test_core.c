@@ -124,6 +124,74 @@ test_strmap_grows_and_empties(void **state)
 	free(names);
 }
 
+static char *
+safe(const char *in, size_t max, const char *indent)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	assert_non_null(f);
+	if (max)
+		sl_fput_safe_cut(f, in, max);
+	else
+		sl_fput_safe(f, in, strlen(in), indent);
+	fclose(f);
+	return buf;
+}
+
+/* What clients wrote, printed for a terminal: nothing that a terminal
+ * acts on passes through as it is. */
+static void
+test_fput_safe(void **state)
+{
+	static const struct {
+		const char *in, *indent, *want;
+	} cases[] = {
+		{"SELECT 1", NULL, "SELECT 1"},
+		{"a\tb", NULL, "a\tb"},
+		{"a\x1b[2Jb\rc\x07\x7f", NULL, "a\\x1b[2Jb\\x0dc\\x07\\x7f"},
+		{"one\ntwo", NULL, "one\\ntwo"},
+		{"one\ntwo", "  ", "one\n  two"},
+		{"caf\xc3\xa9 \xc2\xa0", NULL, "caf\xc3\xa9 \xc2\xa0"}, /* é, NBSP kept */
+		{"x\xc2\x9b"
+		 "2J",
+		 NULL, "x\\u009b2J"}, /* C1 CSI */
+		{"a\xe2\x80\xae"
+		 "b",
+		 NULL, "a\\u202eb"}, /* RLO */
+		{"\xe2\x81\xa6"
+		 "x\xe2\x81\xa9",
+		 NULL, "\\u2066x\\u2069"},	   /* LRI, PDI */
+		{"\xe2\x80\x8f", NULL, "\\u200f"}, /* RLM */
+		{"\xe2\x80\x94 \xe2\x80\x99", NULL,
+		 "\xe2\x80\x94 \xe2\x80\x99"}, /* dash, quote kept */
+		{"\xc2", NULL, "\xc2"},	       /* a lone lead byte at the end */
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *got = safe(cases[i].in, 0, cases[i].indent);
+
+		assert_string_equal(got, cases[i].want);
+		free(got);
+	}
+	{
+		char *got = safe("ab\xc3\xa9"
+				 "cd",
+				 3, NULL); /* never half a character */
+
+		assert_string_equal(got, "ab...");
+		free(got);
+		got = safe(NULL, 10, NULL);
+		assert_string_equal(got, "-");
+		free(got);
+		got = safe("abc", 3, NULL);
+		assert_string_equal(got, "abc");
+		free(got);
+	}
+}
+
 int
 main(void)
 {
@@ -131,6 +199,7 @@ main(void)
 		cmocka_unit_test(test_siphash_known_answer),
 		cmocka_unit_test(test_strmap_matches_model),
 		cmocka_unit_test(test_strmap_grows_and_empties),
+		cmocka_unit_test(test_fput_safe),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
