@@ -251,6 +251,35 @@ size_sessions(struct sl_gw *gw)
 		gw->max_over = 256;
 }
 
+/* SIGHUP, which service managers and scripts send to "reload": the
+ * configuration is not applied while running (sessions, pools and pending
+ * reviews hold the one they started with), so the file is checked and the
+ * log says what a restart would do with it. */
+static void
+hangup(const struct sl_config *cfg)
+{
+	struct sl_config *next = NULL;
+	struct sl_policy_set *ps = NULL;
+	char err[1024] = "";
+
+	if (cfg->path == NULL) {
+		sl_warn("SIGHUP: running on the embedded default configuration; nothing to "
+			"reload");
+		return;
+	}
+	if (sl_config_load(cfg->path, &next, err, sizeof(err)) != 0 ||
+	    sl_policy_compile(next, &ps, err, sizeof(err)) != 0)
+		sl_warn("SIGHUP: %s has errors, a restart would fail: %s", cfg->path, err);
+	else
+		sl_warn("SIGHUP: %s is valid; sluice applies configuration changes when it "
+			"restarts (SIGTERM drains sessions first), the running configuration "
+			"is unchanged",
+			cfg->path);
+	sl_policy_free(ps);
+	if (next != NULL)
+		sl_config_free(next);
+}
+
 int
 sl_gateway_run(struct sl_config *cfg)
 {
@@ -269,6 +298,7 @@ sl_gateway_run(struct sl_config *cfg)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP); /* whose default action would end the process on the spot */
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	gw = calloc(1, sizeof(*gw));
 	if (gw == NULL)
@@ -380,7 +410,9 @@ sl_gateway_run(struct sl_config *cfg)
 	sl_info("sluice serving: postgres %s, %u workers, up to %u sessions, audit %s (%s)",
 		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,
 		gw->max_clients, cfg->audit.store, cfg->audit.mode);
-	sigwait(&set, &sig);
+	while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
+		hangup(cfg);
+	sigdelset(&set, SIGHUP); /* a second SIGTERM/SIGINT cuts the drain short, not a HUP */
 	sl_info("signal %d: draining sessions (up to %lld ms)", sig, (long long)drain_ms);
 	rc = 0;
 stop:

@@ -1295,7 +1295,8 @@ def _sig_blocked(status_path):
             if line.startswith("SigBlk:"):
                 mask = int(line.split()[1], 16)
                 return bool(mask & (1 << (signal.SIGTERM - 1))) and \
-                    bool(mask & (1 << (signal.SIGINT - 1)))
+                    bool(mask & (1 << (signal.SIGINT - 1))) and \
+                    bool(mask & (1 << (signal.SIGHUP - 1)))
     return False
 
 
@@ -1316,6 +1317,40 @@ def test_sigterm_right_after_start_drains_cleanly(gateway_factory):
     for _ in range(5):
         g = gateway_factory()
         assert g.stop() == 0, g.logtext()[-2000:]
+
+
+def test_sighup_neither_kills_nor_changes_the_running_gateway(gateway_factory):
+    # systemd's ExecReload and many scripts send SIGHUP to "reload"; its
+    # default action would end the gateway on the spot (sessions cut, no
+    # drain, no final checkpoint). sluice checks the file, says what a
+    # restart would do, and keeps running as it is.
+    g = gateway_factory()
+    c = g.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    with open(g.config) as f:
+        good = f.read()
+    with open(g.config, "w") as f:
+        f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: [bogus,"))
+    g.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while "SIGHUP" not in g.logtext() and time.time() < deadline:
+        time.sleep(0.05)
+    assert g.proc.poll() is None, g.logtext()[-2000:]
+    assert "has errors, a restart would fail" in g.logtext() and "bogus" in g.logtext()
+    cur.execute("SELECT 1")  # the same session goes on, under the same policy
+    assert cur.fetchone() == (1,)
+    with open(g.config, "w") as f:
+        f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: ["))
+    g.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while "is valid" not in g.logtext() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "is valid; sluice applies configuration changes when it restarts" in g.logtext()
+    cur.execute("SELECT 2")  # the running policy still allows select
+    assert cur.fetchone() == (2,)
+    c.close()
+    assert g.stop() == 0, g.logtext()[-2000:]
 
 
 NODE_DIR = os.path.join(os.path.dirname(__file__), "node")
