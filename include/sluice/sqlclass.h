@@ -72,8 +72,10 @@ struct sl_sql_class {
 	/* asks for read-write transactions: SET (or set_config) of
 	 * default_transaction_read_only or transaction_read_only to anything
 	 * but on/true/yes/1, READ WRITE in BEGIN, START TRANSACTION, SET
-	 * TRANSACTION or SET SESSION CHARACTERISTICS, or a set_config whose
-	 * parameter cannot be told (connection key read_only refuses these) */
+	 * TRANSACTION or SET SESSION CHARACTERISTICS, a set_config whose
+	 * parameter cannot be told, or code that can leave the transaction:
+	 * DO and CALL (they may COMMIT and go on read-write), LOAD, dblink (a
+	 * connection of its own). Connection key read_only refuses these. */
 	int read_write;
 	char *error; /* parse error, or NULL */
 };

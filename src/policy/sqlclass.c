@@ -1372,7 +1372,12 @@ read_write_walk(json_t *n, int *rw, int *colname)
 		return;
 	json_object_foreach(n, key, v)
 	{
-		if (strcmp(key, "VariableSetStmt") == 0) {
+		if (strcmp(key, "DoStmt") == 0 || strcmp(key, "CallStmt") == 0 ||
+		    strcmp(key, "LoadStmt") == 0) {
+			/* code sluice cannot see that can COMMIT and go on in a
+			 * transaction of its own, or load a library */
+			*rw = 1;
+		} else if (strcmp(key, "VariableSetStmt") == 0) {
 			const char *kind = json_string_value(json_object_get(v, "kind"));
 			json_t *args = json_object_get(v, "args");
 
@@ -1400,6 +1405,8 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			const char *name = json_string_value(json_object_get(
 				json_object_get(json_object_get(a0, "A_Const"), "sval"), "sval"));
 
+			if (last != NULL && strncmp(last, "dblink", 6) == 0)
+				*rw = 1; /* a connection of its own */
 			if (last != NULL && strcmp(last, "set_config") == 0) {
 				if (name != NULL) {
 					if (read_only_guc(name) &&
@@ -1426,7 +1433,10 @@ read_write_asked(const char *tree, const struct sl_sql_class *c, int pinned)
 	json_t *root;
 	int rw = 0, colname = 0;
 
-	if (strcasestr(tree, "transaction_read_only") == NULL && strstr(tree, "set_config") == NULL)
+	if (strcasestr(tree, "transaction_read_only") == NULL &&
+	    strstr(tree, "set_config") == NULL && strstr(tree, "\"DoStmt\"") == NULL &&
+	    strstr(tree, "\"CallStmt\"") == NULL && strstr(tree, "\"LoadStmt\"") == NULL &&
+	    strstr(tree, "dblink") == NULL)
 		return 0;
 	if ((root = json_loads(tree, 0, NULL)) == NULL)
 		return 1; /* out of memory: refuse */

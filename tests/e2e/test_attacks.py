@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import pgwire
-from conftest import APP_PASSWORD, SELECT_ONLY
+from conftest import APP_PASSWORD, DEFAULT_POLICIES, SELECT_ONLY
 
 REVIEW_POLICIES = """
 policies:
@@ -900,7 +900,9 @@ def test_read_only_connection_refuses_writes_even_through_functions(gateway_fact
     off ends the session before anything else runs on it."""
     import psycopg
     import psycopg2
-    gw = gateway_factory(connections=ro_connections(pg))  # policy allows insert
+    # the policy allows insert, DO and CALL: only read_only stands in the way
+    gw = gateway_factory(connections=ro_connections(pg), policies=DEFAULT_POLICIES.replace(
+        "copy_to, utility]", "copy_to, utility, do, call]"))
     tok = gw.mint()
     visits = lambda: pg.scalar("orders", "SELECT count(*) FROM ro_visits")  # noqa: E731
 
@@ -922,7 +924,11 @@ def test_read_only_connection_refuses_writes_even_through_functions(gateway_fact
                 "BEGIN READ WRITE",
                 "SELECT set_config('default_transaction_read_only', 'off', false)",
                 'SET U&"default_transaction_read_onl\\0079" = off',
-                "SELECT 1; SET transaction_read_only = 0"):
+                "SELECT 1; SET transaction_read_only = 0",
+                # a DO block may COMMIT and go on in a transaction of its own
+                "DO $$ BEGIN PERFORM set_config('default_transaction_read_only', 'off', "
+                "false); COMMIT; INSERT INTO ro_visits VALUES ('do'); END $$",
+                "SELECT dblink_exec('dbname=orders', 'INSERT INTO ro_visits VALUES (1)')"):
         with pytest.raises(psycopg2.Error) as ex:
             cur.execute(sql)
         assert ex.value.pgcode == "42501", (sql, ex.value.pgerror)

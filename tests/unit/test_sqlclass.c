@@ -414,6 +414,16 @@ test_read_write(void **state)
 		    "'default_transaction_read_only'"},
 		{1, "WITH s AS (SELECT set_config('transaction_read_only', 'off', true)) SELECT * "
 		    "FROM s"},
+		/* code that can COMMIT and go on read-write, or connect again */
+		{1, "DO $$ BEGIN PERFORM set_config('default_transaction_read_only', 'off', "
+		    "false); COMMIT; INSERT INTO t VALUES (1); END $$"},
+		{1, "DO LANGUAGE plpgsql 'BEGIN NULL; END'"},
+		{1, "CALL archive_orders(30)"},
+		{1, "SELECT x FROM dblink('dbname=orders', 'DELETE FROM t RETURNING 1') AS t(x int)"},
+		{1, "SELECT public.dblink_exec('INSERT INTO t VALUES (1)')"},
+		{1, "LOAD 'auto_explain'"},
+		{0, "SELECT * FROM crosstab('SELECT a, b, c FROM t') AS ct(a text, b int)"},
+		{0, "SELECT 'DoStmt', 'CallStmt', 'dblink_exec' FROM t"},
 		{0, "SET default_transaction_read_only = on"},
 		{0, "SET default_transaction_read_only TO 'true'"},
 		{0, "SET transaction_read_only = 1"},
@@ -596,7 +606,9 @@ test_policy_read_only(void **state)
 	struct sl_policy_set *ps;
 	struct sl_decision d;
 	struct sl_sql_class c;
-	const char *sql[] = {"SET TRANSACTION READ WRITE", "SELECT 1"};
+	const char *sql[] = {"SET TRANSACTION READ WRITE", "SELECT 1",
+			     "COPY orders TO PROGRAM 'psql -c \"DELETE FROM orders\"'",
+			     "SELECT * FROM orders"};
 	char err[512];
 
 	(void)state;
@@ -605,7 +617,7 @@ test_policy_read_only(void **state)
 		0);
 	assert_int_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
 	for (int ro = 0; ro <= 1; ro++) {
-		for (size_t i = 0; i < 2; i++) {
+		for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
 			struct sl_request r = {.proto = SL_PROTO_PG,
 					       .connection = "orders",
 					       .sql = &c,
@@ -614,7 +626,7 @@ test_policy_read_only(void **state)
 			sl_sql_classify(sql[i], strlen(sql[i]), &c);
 			assert_int_equal(sl_policy_decide(ps, "alice", NULL, 0, &r, &d), 0);
 			sl_sql_class_fini(&c);
-			if (ro && i == 0) {
+			if (ro && i % 2 == 0) {
 				assert_int_equal(d.action, SL_ACT_BLOCK);
 				assert_string_equal(d.rule, "read_only");
 				assert_non_null(strstr(d.message, "orders is read-only"));
