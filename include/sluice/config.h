@@ -31,6 +31,9 @@ struct sl_cfg_gateway {
 	char *login_timeout;	    /* startup + authentication must finish within; default "15s" */
 	unsigned max_connections;   /* client sessions at once; default 0 = what the file
 				       descriptor limit allows */
+	/* connections from one client address not logged in yet (before their
+	 * token is verified); default 0 = min(64, max(8, sessions / 4)) */
+	unsigned max_logins_per_address;
 };
 
 struct sl_cfg_issuer {

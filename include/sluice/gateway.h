@@ -58,7 +58,7 @@ struct sl_worker {
 	int pg_listening;
 	uv_timer_t pg_accept_timer; /* resumes accepting after a pause */
 	unsigned pg_accept_timer_init : 1;
-	int64_t pg_emfile_warned_us, pg_full_warned_us;
+	int64_t pg_emfile_warned_us, pg_full_warned_us, pg_perip_warned_us;
 	struct sl_sql_cache *sqlcache;
 	struct sl_mask_scratch *mscratch;
 	struct sl_buf rtext; /* the audit's copy of a statement text, reused */
@@ -109,6 +109,10 @@ struct sl_gw {
 	 * closed at once */
 	unsigned max_clients, max_over;
 	atomic_uint nclients, nover;
+	/* connections still logging in, per client address (login_slot_*) */
+	unsigned max_logins;
+	pthread_mutex_t login_mu;
+	struct login_addr **login_map; /* SL_LOGIN_BUCKETS chains */
 	char node[64];
 	atomic_uint_fast64_t next_session;
 	atomic_int stopping;
@@ -116,6 +120,19 @@ struct sl_gw {
 	pthread_mutex_t cancel_mu;
 	struct cancel_ent **cancel_map; /* SL_CANCEL_BUCKETS lists, made at the first login */
 };
+
+#define SL_LOGIN_BUCKETS 1024
+
+/* A client address as a key: 0 and 4 bytes (IPv4, also IPv4-mapped IPv6),
+ * 6 and 16 bytes (IPv6), or all zero (anything else, never limited). */
+struct sl_addr_key {
+	uint8_t b[17];
+};
+/* Counts a connection from sa as logging in. 0: counted (*key says whose;
+ * give it back with sl_gw_login_done); SL_EPOLICY: gateway.max_logins_per_address
+ * connections from there are logging in already. */
+int sl_gw_login_take(struct sl_gw *gw, const struct sockaddr *sa, struct sl_addr_key *key);
+void sl_gw_login_done(struct sl_gw *gw, const struct sl_addr_key *key);
 
 /* Posts c to w's loop (thread-safe). */
 void sl_worker_post(struct sl_worker *w, struct sl_completion *c);

@@ -65,6 +65,7 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	STR("shutdown_timeout", struct sl_cfg_gateway, shutdown_timeout),
 	STR("login_timeout", struct sl_cfg_gateway, login_timeout),
 	UINT("max_connections", struct sl_cfg_gateway, max_connections),
+	UINT("max_logins_per_address", struct sl_cfg_gateway, max_logins_per_address),
 	CYAML_FIELD_END,
 };
 

@@ -184,12 +184,13 @@ struct pg_session {
 	struct pg_upconn *upc_wait; /* a pooled one being reset for this session */
 	unsigned cli_open : 1, up_open : 1, up_inited : 1, tls : 1, hold : 1, barrier : 1,
 		terminating : 1, freeing : 1, in_process : 1;
-	unsigned reusable : 1, /* the client left cleanly: its upstream may be pooled */
-		up_reused : 1, /* the upstream came from the pool */
-		replay : 1,    /* its login messages wait in upc->in */
-		admitted : 1,  /* counted in gw->nclients */
-		over : 1;      /* past max_connections: told so at its startup (gw->nover) */
-	unsigned pending;      /* async work that still points at this session */
+	unsigned reusable : 1,	/* the client left cleanly: its upstream may be pooled */
+		up_reused : 1,	/* the upstream came from the pool */
+		replay : 1,	/* its login messages wait in upc->in */
+		logging_in : 1, /* counted in gw's logins of its address (login_key) */
+		admitted : 1,	/* counted in gw->nclients */
+		over : 1;	/* past max_connections: told so at its startup (gw->nover) */
+	unsigned pending;	/* async work that still points at this session */
 	/* startup */
 	char *client_user, *client_db;
 	char **fwd_keys, **fwd_vals;
@@ -235,6 +236,7 @@ struct pg_session {
 	struct portal *portals_old, *portals_new; /* the same, in Bind order */
 	size_t held_bytes;			  /* statements and portals (SESSION_HELD_MAX) */
 	struct blocked_msg *blocked;
+	struct sl_addr_key login_key;
 	uint64_t reqseq;
 	/* held client message (strict audit / barrier) */
 	struct sl_completion comp;
@@ -1179,6 +1181,8 @@ session_free(struct pg_session *s)
 		atomic_fetch_sub(&s->gw->nclients, 1);
 	if (s->over)
 		atomic_fetch_sub(&s->gw->nover, 1);
+	if (s->logging_in)
+		sl_gw_login_done(s->gw, &s->login_key);
 	cancel_unregister(s);
 	sl_buf_fini(&s->cin);
 	free(s->client_user);
@@ -4595,6 +4599,11 @@ auth_with_token(struct pg_session *s, const char *tok, size_t len, int retried)
 		fatal(s, "28P01", msg);
 		return;
 	}
+	if (s->logging_in) {
+		/* the token holds: no longer one of its address's logins */
+		sl_gw_login_done(s->gw, &s->login_key);
+		s->logging_in = 0;
+	}
 	if (pool_take(s) != 0)
 		start_upstream(s);
 }
@@ -4677,12 +4686,15 @@ cli_eof_cb(struct sl_stream *st, int err)
  * fits an empty socket buffer; whatever the client sent already is read
  * away first so the close does not reset the connection under it. */
 static void
-refuse_now(struct sl_gw *gw, int fd)
+refuse_now(struct sl_gw *gw, int fd, const char *why)
 {
 	char m[160], junk[512];
 	struct sl_buf b;
 
-	full_message(gw, m, sizeof(m));
+	if (why != NULL)
+		snprintf(m, sizeof(m), "%s", why);
+	else
+		full_message(gw, m, sizeof(m));
 	sl_buf_init(&b, 0);
 	if (sl_pg_put_error(&b, "FATAL", "53300", m, NULL, NULL) == 0 &&
 	    write(fd, b.data, b.len) < 0) {
@@ -4697,13 +4709,34 @@ refuse_now(struct sl_gw *gw, int fd)
 
 /* A session for an accepted connection (fd is ours either way). */
 static void
-session_start(struct sl_worker *w, int fd)
+session_start(struct sl_worker *w, int fd, const struct sockaddr *peer)
 {
 	struct sl_gw *gw = w->gw;
 	struct pg_session *s;
 	struct sockaddr_storage ss;
+	struct sl_addr_key lk;
 	int len = sizeof(ss), admitted = 0, over = 0;
 
+	if (sl_gw_login_take(gw, peer, &lk) != 0) {
+		char m[160], a[64] = "";
+
+		sl_net_addr_str(peer, a, sizeof(a));
+		if (strrchr(a, ':') != NULL)
+			*strrchr(a, ':') = '\0'; /* the address, not its port */
+		snprintf(m, sizeof(m),
+			 "sluice: too many connections from %s are logging in at once "
+			 "(gateway.max_logins_per_address = %u)",
+			 a, gw->max_logins);
+		if (sl_mono_us() - w->pg_perip_warned_us > 10 * 1000000) {
+			w->pg_perip_warned_us = sl_mono_us();
+			sl_warn("postgres listener: %u connections from %s are logging in; "
+				"refusing "
+				"more from there (53300, gateway.max_logins_per_address)",
+				gw->max_logins, a);
+		}
+		refuse_now(gw, fd, m);
+		return;
+	}
 	if (atomic_fetch_add(&gw->nclients, 1) < gw->max_clients) {
 		admitted = 1;
 	} else {
@@ -4718,7 +4751,8 @@ session_start(struct sl_worker *w, int fd)
 			over = 1;
 		} else {
 			atomic_fetch_sub(&gw->nover, 1);
-			refuse_now(gw, fd);
+			sl_gw_login_done(gw, &lk);
+			refuse_now(gw, fd, NULL);
 			return;
 		}
 	}
@@ -4727,6 +4761,8 @@ session_start(struct sl_worker *w, int fd)
 		goto fail;
 	s->w = w;
 	s->gw = gw;
+	s->login_key = lk;
+	s->logging_in = 1;
 	s->admitted = admitted;
 	s->over = over;
 	s->state = PG_ST_STARTUP;
@@ -4768,6 +4804,7 @@ session_start(struct sl_worker *w, int fd)
 	return;
 fail:
 	close(fd);
+	sl_gw_login_done(gw, &lk);
 	atomic_fetch_sub(admitted ? &gw->nclients : &gw->nover, 1);
 }
 
@@ -4797,10 +4834,13 @@ on_accept(uv_poll_t *h, int status, int events)
 	if (status != 0 || w->stopping)
 		return;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(w->pg_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage peer;
+		socklen_t plen = sizeof(peer);
+		int fd = accept4(w->pg_lfd, (struct sockaddr *)&peer, &plen,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd >= 0) {
-			session_start(w, fd);
+			session_start(w, fd, (struct sockaddr *)&peer);
 			continue;
 		}
 		if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)

@@ -5,6 +5,7 @@
 #include "sluice/gateway.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -249,6 +250,120 @@ size_sessions(struct sl_gw *gw)
 	gw->max_over = 16 + gw->max_clients / 16;
 	if (gw->max_over > 256)
 		gw->max_over = 256;
+	/* A flood from one address must not hold every slot until
+	 * login_timeout: honest clients log in within milliseconds, so a few
+	 * dozen at once from one place is plenty. */
+	gw->max_logins = gw->cfg->gateway.max_logins_per_address;
+	if (gw->max_logins == 0) {
+		gw->max_logins = gw->max_clients / 4 < 8 ? 8 : gw->max_clients / 4;
+		if (gw->max_logins > 64)
+			gw->max_logins = 64;
+	}
+}
+
+/* ------------------------------------------------------------ logins per address */
+
+struct login_addr {
+	struct sl_addr_key key;
+	unsigned n;
+	struct login_addr *next;
+};
+
+static void
+addr_key(const struct sockaddr *sa, struct sl_addr_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	if (sa->sa_family == AF_INET) {
+		k->b[0] = 4;
+		memcpy(k->b + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+		static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+		if (memcmp(a, mapped, 12) == 0) {
+			k->b[0] = 4;
+			memcpy(k->b + 1, a + 12, 4);
+		} else {
+			k->b[0] = 6;
+			memcpy(k->b + 1, a, 16);
+		}
+	}
+}
+
+static unsigned
+addr_bucket(const struct sl_addr_key *k)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < sizeof(k->b); i++)
+		h = (h ^ k->b[i]) * 16777619u;
+	return h % SL_LOGIN_BUCKETS;
+}
+
+int
+sl_gw_login_take(struct sl_gw *gw, const struct sockaddr *sa, struct sl_addr_key *key)
+{
+	struct login_addr *e;
+	unsigned b;
+	int r = 0;
+
+	addr_key(sa, key);
+	if (key->b[0] == 0 || gw->max_logins == 0)
+		return 0;
+	b = addr_bucket(key);
+	pthread_mutex_lock(&gw->login_mu);
+	if (gw->login_map == NULL)
+		gw->login_map = calloc(SL_LOGIN_BUCKETS, sizeof(*gw->login_map));
+	for (e = gw->login_map ? gw->login_map[b] : NULL; e; e = e->next)
+		if (memcmp(&e->key, key, sizeof(*key)) == 0)
+			break;
+	if (e == NULL && gw->login_map != NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+		e->key = *key;
+		e->next = gw->login_map[b];
+		gw->login_map[b] = e;
+	}
+	if (e == NULL)
+		key->b[0] = 0; /* out of memory: not counted, not refused */
+	else if (e->n >= gw->max_logins)
+		r = SL_EPOLICY;
+	else
+		e->n++;
+	pthread_mutex_unlock(&gw->login_mu);
+	return r;
+}
+
+void
+sl_gw_login_done(struct sl_gw *gw, const struct sl_addr_key *key)
+{
+	struct login_addr **pp, *e;
+
+	if (key->b[0] == 0 || gw->login_map == NULL)
+		return;
+	pthread_mutex_lock(&gw->login_mu);
+	for (pp = &gw->login_map[addr_bucket(key)]; (e = *pp) != NULL; pp = &e->next) {
+		if (memcmp(&e->key, key, sizeof(*key)) != 0)
+			continue;
+		if (--e->n == 0) {
+			*pp = e->next;
+			free(e);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&gw->login_mu);
+}
+
+static void
+login_map_free(struct sl_gw *gw)
+{
+	for (unsigned i = 0; gw->login_map && i < SL_LOGIN_BUCKETS; i++)
+		while (gw->login_map[i]) {
+			struct login_addr *e = gw->login_map[i];
+
+			gw->login_map[i] = e->next;
+			free(e);
+		}
+	free(gw->login_map);
+	gw->login_map = NULL;
 }
 
 /* SIGHUP, which service managers and scripts send to "reload": the
@@ -305,6 +420,7 @@ sl_gateway_run(struct sl_config *cfg)
 		return 1;
 	gw->cfg = cfg;
 	pthread_mutex_init(&gw->cancel_mu, NULL);
+	pthread_mutex_init(&gw->login_mu, NULL);
 	gw->max_message =
 		cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes : 16u << 20;
 	if (cfg->gateway.shutdown_timeout)
@@ -407,9 +523,10 @@ sl_gateway_run(struct sl_config *cfg)
 	}
 	for (unsigned i = 0; i < gw->nworkers; i++)
 		uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
-	sl_info("sluice serving: postgres %s, %u workers, up to %u sessions, audit %s (%s)",
+	sl_info("sluice serving: postgres %s, %u workers, up to %u sessions (%u logging in "
+		"at once per client address), audit %s (%s)",
 		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,
-		gw->max_clients, cfg->audit.store, cfg->audit.mode);
+		gw->max_clients, gw->max_logins, cfg->audit.store, cfg->audit.mode);
 	while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
 		hangup(cfg);
 	sigdelset(&set, SIGHUP); /* a second SIGTERM/SIGINT cuts the drain short, not a HUP */
@@ -471,6 +588,7 @@ out:
 			SSL_CTX_free(gw->conn_tls[i]);
 	free(gw->conn_tls);
 	free(gw->cancel_map); /* its lists are empty: each session left its own */
+	login_map_free(gw);   /* empty too, unless a session was never freed */
 	free(gw->workers);
 	free(gw);
 	if (rc == 0)

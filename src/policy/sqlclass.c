@@ -1424,9 +1424,9 @@ read_write_walk(json_t *n, int *rw, int *colname)
 }
 
 /* struct sl_sql_class.read_write for a parsed text. pinned: the statement
- * is settings_pinned()'s form. Only texts whose tree names the setting or
- * set_config are read again (the JSON holds every name decoded, so U&""
- * spellings are caught too). */
+ * is settings_pinned()'s form. Only texts whose tree names the setting,
+ * set_config, dblink or holds DO, CALL or LOAD are read again (the JSON holds
+ * every name decoded, so U&"" spellings are caught too). */
 static int
 read_write_asked(const char *tree, const struct sl_sql_class *c, int pinned)
 {
