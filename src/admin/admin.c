@@ -416,6 +416,23 @@ sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review
 			 cfg->gateway.admin.listen);
 		return SL_EINVAL;
 	}
+	/* Approvers send their tokens here: never in the clear over a network
+	 * unless the operator says a TLS proxy or a private link covers it,
+	 * and never under a TLS setting this listener would ignore. */
+	if (cfg->gateway.admin.tls_cert != NULL || cfg->gateway.admin.tls_key != NULL) {
+		snprintf(err, errlen,
+			 "gateway.admin: tls_cert/tls_key are not supported (the admin API speaks "
+			 "plain HTTP); terminate TLS in a proxy in front of it");
+		return SL_EINVAL;
+	}
+	if (!sl_net_is_loopback((struct sockaddr *)&ss) && !cfg->gateway.admin.allow_cleartext) {
+		snprintf(err, errlen,
+			 "gateway.admin.listen %s is not a loopback address: approvers' tokens "
+			 "would cross the network in the clear; keep it on loopback behind a "
+			 "TLS-terminating proxy, or set gateway.admin.allow_cleartext: true",
+			 cfg->gateway.admin.listen);
+		return SL_EINVAL;
+	}
 	a = calloc(1, sizeof(*a));
 	if (a == NULL)
 		return SL_ENOMEM;

@@ -18,7 +18,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, make_cert
+from conftest import APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, free_port, make_cert
 import pgwire
 
 
@@ -1082,6 +1082,22 @@ connections:
 """)
     r = subprocess.run([SLUICE, "config", "check", str(y)], capture_output=True, text=True)
     assert r.returncode != 0 and "only used with tls: verify-full" in r.stderr, r.stderr
+
+
+def test_admin_api_never_takes_tokens_in_the_clear_off_loopback(tmp_path):
+    # Approvers send their bearer tokens to the admin API (plain HTTP): on a
+    # non-loopback address sluice refuses to start unless told a proxy or a
+    # private link covers it; a TLS setting it would ignore is refused too.
+    # (Nothing is bound: the check comes first.)
+    for admin, want in (('{ listen: "0.0.0.0:1" }', "not a loopback address"),
+                        ('{ listen: "127.0.0.1:1", tls_cert: c.pem, tls_key: k.pem }',
+                         "tls_cert/tls_key are not supported")):
+        y = tmp_path / "s.yaml"
+        y.write_text("gateway:\n  data_dir: %s\n  admin: %s\n  postgres: { listen: "
+                     "\"127.0.0.1:%d\" }\n" % (tmp_path / "var", admin, free_port()))
+        r = subprocess.run([SLUICE, "serve", "--config", str(y)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 1 and want in r.stderr, r.stderr
 
 
 class FirstBytesRelay:
