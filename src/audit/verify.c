@@ -352,6 +352,28 @@ row_json(const struct sl_audit_row *row)
 	return o;
 }
 
+/* The records of one session and/or trace id (NULL: any), in order. */
+static int
+open_records(const char *path, const char *session, const char *trace, sqlite3 **db,
+	     sqlite3_stmt **st)
+{
+	if (sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(
+		    *db,
+		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
+		    -1, st, NULL) != SQLITE_OK) {
+		fprintf(stderr, "sluice: cannot read %s\n", path);
+		return -1;
+	}
+	if (session)
+		sqlite3_bind_text(*st, 1, session, -1, SQLITE_STATIC);
+	if (trace)
+		sqlite3_bind_text(*st, 2, trace, -1, SQLITE_STATIC);
+	return 0;
+}
+
 static int
 export_jsonl(const char *path, const char *session, const char *trace, FILE *out)
 {
@@ -359,21 +381,10 @@ export_jsonl(const char *path, const char *session, const char *trace, FILE *out
 	sqlite3_stmt *st = NULL;
 	int r = 0;
 
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(
-		    db,
-		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
-		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
-		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
-		    -1, &st, NULL) != SQLITE_OK) {
-		fprintf(stderr, "sluice: cannot read %s\n", path);
+	if (open_records(path, session, trace, &db, &st) != 0) {
 		r = 1;
 		goto out;
 	}
-	if (session)
-		sqlite3_bind_text(st, 1, session, -1, SQLITE_STATIC);
-	if (trace)
-		sqlite3_bind_text(st, 2, trace, -1, SQLITE_STATIC);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct sl_audit_row row;
 		json_t *o;
@@ -669,21 +680,10 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 	uint64_t n = 0;
 	int r = 0;
 
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(
-		    db,
-		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
-		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
-		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
-		    -1, &st, NULL) != SQLITE_OK) {
-		fprintf(stderr, "sluice: cannot read %s\n", path);
+	if (open_records(path, session, trace, &db, &st) != 0) {
 		r = 1;
 		goto out;
 	}
-	if (session)
-		sqlite3_bind_text(st, 1, session, -1, SQLITE_STATIC);
-	if (trace)
-		sqlite3_bind_text(st, 2, trace, -1, SQLITE_STATIC);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct sl_audit_row row;
 		json_t *d;

@@ -37,6 +37,29 @@ policies:
 """
 
 
+def orders_conn(pg, extra=""):
+    """The connection "orders" (as app, its vaulted password) and extra entries."""
+    return """
+connections:
+  - name: orders
+    type: postgres
+    target: 127.0.0.1:%d
+    database: orders
+    user: app
+    password_env: TEST_APP_PW
+%s""" % (pg.port, extra)
+
+
+def wait_for(pred, timeout=5.0):
+    """Polls pred until it holds or timeout passes; returns its last answer."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -218,15 +241,7 @@ class Gateway:
         self.data = os.path.join(self.dir, "var")
         self.config = os.path.join(self.dir, "sluice.yaml")
         if connections is None:
-            connections = """
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: app
-    password_env: TEST_APP_PW
-  - name: orders_md5
+            connections = orders_conn(pg, """  - name: orders_md5
     type: postgres
     target: 127.0.0.1:%d
     database: orders
@@ -244,7 +259,7 @@ connections:
     user: tlsuser
     password_env: TEST_APP_PW
     tls: require
-""" % (pg.port, pg.port, pg.port, pg.port)
+""" % (pg.port, pg.port, pg.port))
         self.run_args = (login_timeout, listen_extra, mode, connections, policies, extra)
         e = dict(os.environ, TEST_APP_PW=APP_PASSWORD, TEST_MD5_PW=MD5_PASSWORD)
         if env:

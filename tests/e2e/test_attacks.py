@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import pgwire
-from conftest import APP_PASSWORD, DEFAULT_POLICIES, SELECT_ONLY
+from conftest import APP_PASSWORD, DEFAULT_POLICIES, SELECT_ONLY, orders_conn
 
 REVIEW_POLICIES = """
 policies:
@@ -853,22 +853,14 @@ def test_block_rule_on_a_table_sees_functions_that_read_it_by_name(gateway_facto
 # ------------------------------------------------------------ read-only connections
 
 def ro_connections(pg):
-    return """
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: app
-    password_env: TEST_APP_PW
-  - name: orders_ro
+    return orders_conn(pg, """  - name: orders_ro
     type: postgres
     target: 127.0.0.1:%d
     database: orders
     user: app
     password_env: TEST_APP_PW
     read_only: true
-""" % (pg.port, pg.port)
+""" % pg.port)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import time
 import psycopg2
 import pytest
 
-from conftest import APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, free_port, make_cert
+from conftest import (APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, free_port, make_cert,
+                      wait_for)
 import pgwire
 
 
@@ -1396,9 +1397,7 @@ def test_sighup_neither_kills_nor_changes_the_running_gateway(gateway_factory):
     with open(g.config, "w") as f:
         f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: [bogus,"))
     g.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + 5
-    while "SIGHUP" not in g.logtext() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "SIGHUP" in g.logtext())
     assert g.proc.poll() is None, g.logtext()[-2000:]
     assert "has errors, a restart would fail" in g.logtext() and "bogus" in g.logtext()
     cur.execute("SELECT 1")  # the same session goes on, under the same policy
@@ -1406,9 +1405,7 @@ def test_sighup_neither_kills_nor_changes_the_running_gateway(gateway_factory):
     with open(g.config, "w") as f:
         f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: ["))
     g.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + 5
-    while "is valid" not in g.logtext() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "is valid" in g.logtext())
     assert "is valid; sluice applies configuration changes when it restarts" in g.logtext()
     cur.execute("SELECT 2")  # the running policy still allows select
     assert cur.fetchone() == (2,)

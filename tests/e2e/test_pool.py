@@ -14,19 +14,7 @@ import psycopg2
 import pytest
 
 import pgwire
-from conftest import SLUICE
-
-
-def orders_conn(pg, extra=""):
-    return """
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: app
-    password_env: TEST_APP_PW
-%s""" % (pg.port, extra)
+from conftest import SLUICE, orders_conn, wait_for
 
 
 def one(gw, sql, token=None, **kw):
@@ -69,15 +57,6 @@ def app_backends(pg, tag):
 
 def unique_tag():
     return "pooltest-%d-%d" % (os.getpid(), int(time.time() * 1e6))
-
-
-def wait_for(pred, timeout=5.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_next_session_reuses_the_upstream_and_audit_says_so(gateway_factory, pg):
