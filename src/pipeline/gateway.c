@@ -308,16 +308,16 @@ sl_gw_login_take(struct sl_gw *gw, const struct sockaddr *sa, struct sl_addr_key
 	int r = 0;
 
 	addr_key(sa, key);
-	if (key->b[0] == 0 || gw->max_logins == 0)
+	if (key->b[0] == 0 || gw->max_logins == 0 || gw->login_map == NULL) {
+		key->b[0] = 0; /* not counted */
 		return 0;
+	}
 	b = addr_bucket(key);
 	pthread_mutex_lock(&gw->login_mu);
-	if (gw->login_map == NULL)
-		gw->login_map = calloc(SL_LOGIN_BUCKETS, sizeof(*gw->login_map));
-	for (e = gw->login_map ? gw->login_map[b] : NULL; e; e = e->next)
+	for (e = gw->login_map[b]; e; e = e->next)
 		if (memcmp(&e->key, key, sizeof(*key)) == 0)
 			break;
-	if (e == NULL && gw->login_map != NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+	if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
 		e->key = *key;
 		e->next = gw->login_map[b];
 		gw->login_map[b] = e;
@@ -421,6 +421,7 @@ sl_gateway_run(struct sl_config *cfg)
 	gw->cfg = cfg;
 	pthread_mutex_init(&gw->cancel_mu, NULL);
 	pthread_mutex_init(&gw->login_mu, NULL);
+	gw->login_map = calloc(SL_LOGIN_BUCKETS, sizeof(*gw->login_map)); /* NULL: no limit */
 	gw->max_message =
 		cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes : 16u << 20;
 	if (cfg->gateway.shutdown_timeout)
