@@ -508,7 +508,8 @@ jstr(json_t *o, const char *k)
 	return json_string_value(json_object_get(o, k));
 }
 
-/* "  key: value" when the value is there. */
+/* " label value" (" value" for an empty label), terminal-safe, when the
+ * value is there. */
 static void
 put_field(FILE *out, const char *label, const char *v)
 {
@@ -710,7 +711,7 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 			fputc(' ', out);
 		}
 		if (d == NULL) {
-			fputs(row.type, out);
+			sl_fput_safe_cut(out, row.type, 64);
 			fputs(" (data is not JSON)\n", out);
 		} else if (strcmp(row.type, "session_open") == 0) {
 			replay_open(out, d);
