@@ -210,6 +210,8 @@ int sl_config_load(const char *path, struct sl_config **out, char *err, size_t e
 int sl_config_load_data(const char *name, const char *yaml, size_t len, struct sl_config **out,
 			char *err, size_t errlen);
 void sl_config_free(struct sl_config *cfg);
+/* Whether a and b say the same outside policies (what a reload can apply). */
+int sl_config_same_but_policies(const struct sl_config *a, const struct sl_config *b);
 const struct sl_cfg_connection *sl_config_connection(const struct sl_config *cfg, const char *name);
 
 /* The embedded default (demo gateway on loopback, dev issuer), used when no

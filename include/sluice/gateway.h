@@ -83,16 +83,29 @@ struct sl_mask_binding {
 #define SL_CANCEL_BUCKETS 4096
 struct cancel_ent; /* pg/session.c */
 
+/* The policies in force, compiled, with their masking plans. SIGHUP makes a
+ * new generation and publishes it; a generation is never freed before the
+ * gateway stops (decisions, held reviews and sessions' masking plans point
+ * into it). */
+struct sl_policy_gen {
+	struct sl_config *cfg; /* owns the policies; NULL for the first (gw->cfg) */
+	struct sl_policy_set *policy;
+	struct sl_mask_binding *masks;
+	size_t nmasks;
+	unsigned number; /* 1, 2, ... */
+	struct sl_policy_gen *older;
+};
+
 struct sl_gw {
 	struct sl_config *cfg;
 	struct sl_idp *idp;
-	struct sl_policy_set *policy;
+	_Atomic(struct sl_policy_gen *) gen; /* read with sl_gw_policies() */
 	struct sl_audit *audit;
 	struct sl_review_mgr *review;
 	struct sl_admin *admin;
 	struct sl_mask_db *maskdb;
-	struct sl_mask_binding *masks;
-	size_t nmasks;
+	uint8_t mask_key[32]; /* the "hash" style's key, for plans made on reload */
+	size_t mask_keylen;
 	struct sl_mask_plan *audit_plan; /* every detector: statement text in audit records */
 	struct sl_worker *workers;
 	unsigned nworkers;
@@ -133,6 +146,14 @@ struct sl_addr_key {
  * connections from there are logging in already. */
 int sl_gw_login_take(struct sl_gw *gw, const struct sockaddr *sa, struct sl_addr_key *key);
 void sl_gw_login_done(struct sl_gw *gw, const struct sl_addr_key *key);
+
+/* The policy generation in force now (one load; hold on to it for one
+ * request so that its decision and masking plan come from the same one). */
+static inline struct sl_policy_gen *
+sl_gw_policies(struct sl_gw *gw)
+{
+	return atomic_load_explicit(&gw->gen, memory_order_acquire);
+}
 
 /* Posts c to w's loop (thread-safe). */
 void sl_worker_post(struct sl_worker *w, struct sl_completion *c);
@@ -232,6 +253,10 @@ const struct sl_mask_plan *sl_pl_session_mask(struct sl_gw *gw, struct sl_pl_ses
 /* Builds masking state at start-up: detector database, per-policy plans,
  * the audit plan, the hash key. */
 int sl_pl_mask_init(struct sl_gw *gw, char *err, size_t errlen);
+/* Masking plans for the policies of g (g->cfg, else gw->cfg), with the
+ * detector database and key sl_pl_mask_init() made. */
+int sl_pl_gen_masks(struct sl_gw *gw, struct sl_policy_gen *g, char *err, size_t errlen);
+void sl_pl_gen_free(struct sl_policy_gen *g);
 void sl_pl_mask_fini(struct sl_gw *gw);
 
 #endif

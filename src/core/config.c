@@ -598,6 +598,27 @@ sl_config_load(const char *path, struct sl_config **out, char *err, size_t errle
 	return r;
 }
 
+int
+sl_config_same_but_policies(const struct sl_config *a, const struct sl_config *b)
+{
+	struct sl_config x = *a, y = *b;
+	char *ya = NULL, *yb = NULL;
+	size_t la = 0, lb = 0;
+	int same;
+
+	/* the same keys written out the same way: only what YAML says (not
+	 * the file's name or values derived from it) */
+	x.policies = y.policies = NULL;
+	x.policies_count = y.policies_count = 0;
+	x.path = y.path = NULL;
+	same = cyaml_save_data(&ya, &la, &cyaml_cfg, &top_schema, &x, 0) == CYAML_OK &&
+	       cyaml_save_data(&yb, &lb, &cyaml_cfg, &top_schema, &y, 0) == CYAML_OK && la == lb &&
+	       memcmp(ya, yb, la) == 0;
+	cyaml_cfg.mem_fn(cyaml_cfg.mem_ctx, ya, 0);
+	cyaml_cfg.mem_fn(cyaml_cfg.mem_ctx, yb, 0);
+	return same;
+}
+
 void
 sl_config_free(struct sl_config *cfg)
 {

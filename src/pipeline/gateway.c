@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/err.h>
 
 #include "sluice/audit.h"
@@ -366,33 +367,81 @@ login_map_free(struct sl_gw *gw)
 	gw->login_map = NULL;
 }
 
-/* SIGHUP, which service managers and scripts send to "reload": the
- * configuration is not applied while running (sessions, pools and pending
- * reviews hold the one they started with), so the file is checked and the
- * log says what a restart would do with it. */
+/*
+ * SIGHUP (what `systemctl reload` sends): the policies are read again from
+ * the configuration file and, if the whole file is valid, a new generation
+ * of them is published. From then on every session's next statement is
+ * decided by it; masking plans are made per session at login, so new
+ * masking rules reach the sessions that log in afterwards. Everything else
+ * (listeners, connections, identity, audit, review, mask patterns) is read
+ * at start only: a change there is logged as waiting for a restart. The
+ * reload is an audit record of its own (the file's SHA-256, the policies).
+ */
 static void
-hangup(const struct sl_config *cfg)
+hangup(struct sl_gw *gw)
 {
-	struct sl_config *next = NULL;
-	struct sl_policy_set *ps = NULL;
-	char err[1024] = "";
+	const struct sl_config *cfg = gw->cfg;
+	struct sl_policy_gen *cur = sl_gw_policies(gw), *g;
+	char err[1024] = "", hex[65] = "";
+	char *text = NULL;
+	size_t len = 0;
+	int other;
 
 	if (cfg->path == NULL) {
 		sl_warn("SIGHUP: running on the embedded default configuration; nothing to "
 			"reload");
 		return;
 	}
-	if (sl_config_load(cfg->path, &next, err, sizeof(err)) != 0 ||
-	    sl_policy_compile(next, &ps, err, sizeof(err)) != 0)
-		sl_warn("SIGHUP: %s has errors, a restart would fail: %s", cfg->path, err);
-	else
-		sl_warn("SIGHUP: %s is valid; sluice applies configuration changes when it "
-			"restarts (SIGTERM drains sessions first), the running configuration "
-			"is unchanged",
-			cfg->path);
-	sl_policy_free(ps);
-	if (next != NULL)
-		sl_config_free(next);
+	g = calloc(1, sizeof(*g));
+	if (g == NULL) {
+		sl_warn("SIGHUP: out of memory; the running policies stay");
+		return;
+	}
+	if (sl_read_file(cfg->path, 4u << 20, &text, &len) == 0) {
+		uint8_t h[32];
+
+		sl_sha256(text, len, h);
+		sl_hex(h, 32, hex);
+		free(text);
+	}
+	if (sl_config_load(cfg->path, &g->cfg, err, sizeof(err)) != 0 ||
+	    sl_policy_compile(g->cfg, &g->policy, err, sizeof(err)) != 0 ||
+	    sl_pl_gen_masks(gw, g, err, sizeof(err)) != 0) {
+		sl_warn("SIGHUP: %s not reloaded, the running policies stay: %s", cfg->path, err);
+		sl_pl_gen_free(g);
+		return;
+	}
+	other = !sl_config_same_but_policies(cfg, g->cfg);
+	g->number = cur->number + 1;
+	g->older = cur;
+	{
+		json_t *d = json_object(), *names = json_array();
+
+		for (unsigned i = 0; i < g->cfg->policies_count; i++)
+			json_array_append_new(names, json_string(g->cfg->policies[i].name
+									 ? g->cfg->policies[i].name
+									 : ""));
+		json_object_set_new(d, "generation", json_integer(g->number));
+		json_object_set_new(d, "file", json_string(cfg->path));
+		json_object_set_new(d, "file_sha256", json_string(hex));
+		json_object_set_new(d, "policies", names);
+		json_object_set_new(d, "other_sections_changed", json_boolean(other));
+		/* recorded before it decides anything */
+		if (sl_audit_append(gw->audit, "policy_reload", "", NULL, NULL, d, NULL, NULL) !=
+		    0) {
+			sl_warn("SIGHUP: the reload cannot be recorded in the audit trail; the "
+				"running policies stay");
+			g->older = NULL;
+			sl_pl_gen_free(g);
+			return;
+		}
+	}
+	atomic_store_explicit(&gw->gen, g, memory_order_release);
+	sl_warn("SIGHUP: policies reloaded from %s (generation %u, %u policies): they decide "
+		"every session's next statement; new masking rules apply to sessions that log in "
+		"from now on%s",
+		cfg->path, g->number, g->cfg->policies_count,
+		other ? "; changes outside policies take effect at restart" : "");
 }
 
 int
@@ -447,9 +496,17 @@ sl_gateway_run(struct sl_config *cfg)
 		sl_error("identity: cannot start the JWKS refresh thread");
 		goto out;
 	}
-	if (sl_policy_compile(cfg, &gw->policy, err, sizeof(err)) != 0) {
-		sl_error("policy: %s", err);
-		goto out;
+	{
+		struct sl_policy_gen *g0 = calloc(1, sizeof(*g0));
+
+		if (g0 == NULL)
+			goto out;
+		g0->number = 1;
+		atomic_store(&gw->gen, g0); /* freed at the end even if the compile fails */
+		if (sl_policy_compile(cfg, &g0->policy, err, sizeof(err)) != 0) {
+			sl_error("policy: %s", err);
+			goto out;
+		}
 	}
 	if (sl_pl_mask_init(gw, err, sizeof(err)) != 0) {
 		sl_error("mask: %s", err);
@@ -529,7 +586,7 @@ sl_gateway_run(struct sl_config *cfg)
 		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,
 		gw->max_clients, gw->max_logins, cfg->audit.store, cfg->audit.mode);
 	while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
-		hangup(cfg);
+		hangup(gw);
 	sigdelset(&set, SIGHUP); /* a second SIGTERM/SIGINT cuts the drain short, not a HUP */
 	sl_info("signal %d: draining sessions (up to %lld ms)", sig, (long long)drain_ms);
 	rc = 0;
@@ -577,7 +634,7 @@ out:
 	sl_admin_stop(gw->admin);
 	sl_review_mgr_free(gw->review);
 	sl_audit_close(gw->audit);
-	sl_policy_free(gw->policy);
+	sl_pl_gen_free(atomic_load(&gw->gen)); /* every generation; before the detector db */
 	sl_pl_mask_fini(gw);
 	sl_idp_free(gw->idp);
 	if (gw->pg_tls)

@@ -167,8 +167,8 @@ sl_pl_decide(struct sl_gw *gw, struct sl_pl_session *s, const struct sl_pl_reque
 	req.http_method = r->http_method;
 	req.http_path = r->http_path;
 	req.ssh_command = r->ssh_command;
-	return sl_policy_decide(gw->policy, s->ident.subject, (const char *const *)s->ident.groups,
-				s->ident.ngroups, &req, d);
+	return sl_policy_decide(sl_gw_policies(gw)->policy, s->ident.subject,
+				(const char *const *)s->ident.groups, s->ident.ngroups, &req, d);
 }
 
 static void
@@ -594,9 +594,12 @@ sl_pl_mask_plan(struct sl_gw *gw, const struct sl_decision *d)
 {
 	if (d == NULL || d->mask == NULL || d->mask_exempt)
 		return NULL;
-	for (size_t i = 0; i < gw->nmasks; i++)
-		if (gw->masks[i].cfg == d->mask)
-			return gw->masks[i].plan;
+	/* the generation that made the decision: the newest, or an older one
+	 * when a reload came between */
+	for (const struct sl_policy_gen *g = sl_gw_policies(gw); g; g = g->older)
+		for (size_t i = 0; i < g->nmasks; i++)
+			if (g->masks[i].cfg == d->mask)
+				return g->masks[i].plan;
 	return NULL;
 }
 
@@ -606,8 +609,9 @@ sl_pl_session_mask(struct sl_gw *gw, struct sl_pl_session *s, int *exempt)
 	const struct sl_cfg_policy_mask *m;
 	struct sl_decision d;
 
-	sl_policy_mask_for(gw->policy, s->ident.subject, (const char *const *)s->ident.groups,
-			   s->ident.ngroups, s->conn ? s->conn->name : "", &m, exempt);
+	sl_policy_mask_for(sl_gw_policies(gw)->policy, s->ident.subject,
+			   (const char *const *)s->ident.groups, s->ident.ngroups,
+			   s->conn ? s->conn->name : "", &m, exempt);
 	if (*exempt || m == NULL)
 		return NULL;
 	memset(&d, 0, sizeof(d));
@@ -683,33 +687,58 @@ sl_pl_mask_init(struct sl_gw *gw, char *err, size_t errlen)
 		return r;
 	if ((r = sl_mask_plan_all(gw->maskdb, key, keylen, &gw->audit_plan)) != 0)
 		return r;
-	gw->masks = calloc(gw->cfg->policies_count + 1, sizeof(*gw->masks));
-	if (gw->masks == NULL)
+	memcpy(gw->mask_key, key, sizeof(key));
+	gw->mask_keylen = keylen;
+	OPENSSL_cleanse(key, sizeof(key));
+	return sl_pl_gen_masks(gw, sl_gw_policies(gw), err, errlen);
+}
+
+int
+sl_pl_gen_masks(struct sl_gw *gw, struct sl_policy_gen *g, char *err, size_t errlen)
+{
+	const struct sl_config *cfg = g->cfg ? g->cfg : gw->cfg;
+
+	g->masks = calloc(cfg->policies_count + 1, sizeof(*g->masks));
+	if (g->masks == NULL)
 		return SL_ENOMEM;
-	for (unsigned i = 0; i < gw->cfg->policies_count; i++) {
-		const struct sl_cfg_policy_mask *pm = gw->cfg->policies[i].mask;
+	for (unsigned i = 0; i < cfg->policies_count; i++) {
+		const struct sl_cfg_policy_mask *pm = cfg->policies[i].mask;
 		char e2[256];
 
 		if (pm == NULL || pm->exempt)
 			continue;
-		if (sl_mask_plan_new(gw->maskdb, pm, key, keylen, &gw->masks[gw->nmasks].plan, e2,
-				     sizeof(e2)) != 0) {
+		if (sl_mask_plan_new(gw->maskdb, pm, gw->mask_key, gw->mask_keylen,
+				     &g->masks[g->nmasks].plan, e2, sizeof(e2)) != 0) {
 			snprintf(err, errlen, "policies[%u] (%s): %s", i,
-				 gw->cfg->policies[i].name ? gw->cfg->policies[i].name : "", e2);
+				 cfg->policies[i].name ? cfg->policies[i].name : "", e2);
 			return SL_EINVAL;
 		}
-		gw->masks[gw->nmasks++].cfg = pm;
+		g->masks[g->nmasks++].cfg = pm;
 	}
-	OPENSSL_cleanse(key, sizeof(key));
 	return 0;
+}
+
+void
+sl_pl_gen_free(struct sl_policy_gen *g)
+{
+	while (g != NULL) {
+		struct sl_policy_gen *older = g->older;
+
+		for (size_t i = 0; i < g->nmasks; i++)
+			sl_mask_plan_free(g->masks[i].plan);
+		free(g->masks);
+		sl_policy_free(g->policy);
+		if (g->cfg != NULL)
+			sl_config_free(g->cfg);
+		free(g);
+		g = older;
+	}
 }
 
 void
 sl_pl_mask_fini(struct sl_gw *gw)
 {
-	for (size_t i = 0; i < gw->nmasks; i++)
-		sl_mask_plan_free(gw->masks[i].plan);
-	free(gw->masks);
 	sl_mask_plan_free(gw->audit_plan);
 	sl_mask_db_free(gw->maskdb);
+	OPENSSL_cleanse(gw->mask_key, sizeof(gw->mask_key));
 }

@@ -1383,33 +1383,57 @@ def test_sigterm_right_after_start_drains_cleanly(gateway_factory):
         assert g.stop() == 0, g.logtext()[-2000:]
 
 
-def test_sighup_neither_kills_nor_changes_the_running_gateway(gateway_factory):
-    # systemd's ExecReload and many scripts send SIGHUP to "reload"; its
-    # default action would end the gateway on the spot (sessions cut, no
-    # drain, no final checkpoint). sluice checks the file, says what a
-    # restart would do, and keeps running as it is.
+def test_sighup_reloads_policies_into_running_sessions(gateway_factory):
+    # systemctl reload sends SIGHUP (its default action would end the
+    # gateway on the spot). sluice reads the policies again: a file with an
+    # error changes nothing; a valid one decides every session's next
+    # statement, is an audit record of its own, and new masking rules reach
+    # sessions that log in afterwards. Other sections wait for a restart.
     g = gateway_factory()
     c = g.connect()
     c.autocommit = True
     cur = c.cursor()
     with open(g.config) as f:
         good = f.read()
-    with open(g.config, "w") as f:
-        f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: [bogus,"))
-    g.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "SIGHUP" in g.logtext())
-    assert g.proc.poll() is None, g.logtext()[-2000:]
-    assert "has errors, a restart would fail" in g.logtext() and "bogus" in g.logtext()
-    cur.execute("SELECT 1")  # the same session goes on, under the same policy
-    assert cur.fetchone() == (1,)
-    with open(g.config, "w") as f:
-        f.write(good.replace("action: allow, sql: [select,", "action: allow, sql: ["))
-    g.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "is valid" in g.logtext())
-    assert "is valid; sluice applies configuration changes when it restarts" in g.logtext()
-    cur.execute("SELECT 2")  # the running policy still allows select
-    assert cur.fetchone() == (2,)
+
+    def reload(text, expect):
+        with open(g.config, "w") as f:
+            f.write(text)
+        n = g.logtext().count("SIGHUP")
+        g.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: g.logtext().count("SIGHUP") > n), g.logtext()[-2000:]
+        assert g.proc.poll() is None, g.logtext()[-2000:]
+        assert expect in g.logtext().split("SIGHUP")[-1], g.logtext()[-2000:]
+
+    reload(good.replace("action: allow, sql: [select,", "action: allow, sql: [bogus,"),
+           "not reloaded, the running policies stay")
+    assert "bogus" in g.logtext()
+    cur.execute("SELECT count(*) > 0 FROM customers")  # nothing changed
+    assert cur.fetchone() == (True,)
+    blocked = good.replace("    rules:\n", "    rules:\n      - { action: block, sql: [select], "
+                           "tables: [customers], message: \"no customers now\" }\n", 1)
+    reload(blocked, "policies reloaded from %s (generation 2, 2 policies)" % g.config)
+    with pytest.raises(psycopg2.Error) as ei:  # the same session, its next statement
+        cur.execute("SELECT count(*) FROM customers")
+    assert ei.value.pgcode == "42501" and "no customers now" in ei.value.pgerror
+    cur.execute("SELECT 1")
+    masked = good.replace("  - name: dba", "    mask:\n      columns: [ssn]\n  - name: dba", 1)
+    reload(masked.replace("login_timeout: 15s", "login_timeout: 14s"),
+           "changes outside policies take effect at restart")
+    cur.execute("SELECT count(*) > 0 FROM customers")  # the block rule is gone
+    c2 = g.connect()  # a session logging in now gets the new masking rule
+    k = c2.cursor()
+    k.execute("SELECT ssn FROM customers WHERE id = 1")
+    assert k.fetchone()[0] != "123-45-6789"
+    c2.close()
     c.close()
+    recs = [r for r in g.export() if r["type"] == "policy_reload"]
+    assert [r["data"]["generation"] for r in recs] == [2, 3], recs
+    assert recs[1]["data"]["other_sections_changed"] is True
+    assert recs[0]["data"]["other_sections_changed"] is False
+    assert len(recs[0]["data"]["file_sha256"]) == 64
+    assert recs[0]["data"]["policies"] == ["agents", "dba"]
+    assert g.verify().returncode == 0
     assert g.stop() == 0, g.logtext()[-2000:]
 
 
