@@ -1405,6 +1405,7 @@ def test_sighup_reloads_policies_into_running_sessions(gateway_factory):
         assert g.proc.poll() is None, g.logtext()[-2000:]
         assert expect in g.logtext().split("SIGHUP")[-1], g.logtext()[-2000:]
 
+    reload(good, "is unchanged; nothing to reload")
     reload(good.replace("action: allow, sql: [select,", "action: allow, sql: [bogus,"),
            "not reloaded, the running policies stay")
     assert "bogus" in g.logtext()
