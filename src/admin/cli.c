@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -25,6 +26,29 @@ collect(char *p, size_t sz, size_t n, void *arg)
 }
 
 /* Performs one request; returns the HTTP status (0 on transport failure). */
+static const char *cacert; /* --cacert: the CA of an https:// admin URL */
+
+/* Whether url is plain http:// to a host other than this one: the bearer
+ * token would cross a network in the clear. */
+static int
+cleartext_off_host(const char *url)
+{
+	static const char *const local[] = {"localhost", "127.", "[::1]", "0.0.0.0"};
+	const char *h;
+
+	if (strncasecmp(url, "http://", 7) != 0)
+		return 0;
+	h = url + 7;
+	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+		size_t n = strlen(local[i]);
+
+		if (strncasecmp(h, local[i], n) == 0 &&
+		    (local[i][n - 1] == '.' || h[n] == '\0' || h[n] == ':' || h[n] == '/'))
+			return 0;
+	}
+	return 1;
+}
+
 static long
 call(const char *url, const char *token, const char *method, const char *body, struct resp *out)
 {
@@ -40,6 +64,8 @@ call(const char *url, const char *token, const char *method, const char *body, s
 	h = curl_slist_append(h, "Content-Type: application/json");
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (cacert != NULL)
+		curl_easy_setopt(c, CURLOPT_CAINFO, cacert);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -130,6 +156,8 @@ sl_review_cli(int argc, char **argv, const struct sl_config *cfg)
 
 		if (strcmp(argv[i], "--url") == 0 && v)
 			url = v, i++;
+		else if (strcmp(argv[i], "--cacert") == 0 && v)
+			cacert = v, i++;
 		else if (strcmp(argv[i], "--token-file") == 0 && v)
 			token_file = v, i++;
 		else if (strcmp(argv[i], "--reason") == 0 && v)
@@ -156,6 +184,13 @@ sl_review_cli(int argc, char **argv, const struct sl_config *cfg)
 		}
 		snprintf(base, sizeof(base), "http://%s", cfg->gateway.admin.listen);
 		url = base;
+	} else if (cleartext_off_host(url)) {
+		fprintf(stderr,
+			"sluice review: %s is plain HTTP to another host: your token would cross "
+			"the network in the clear; use https:// (the TLS proxy in front of the "
+			"admin API, --cacert FILE for its CA)\n",
+			url);
+		return 2;
 	}
 	if (strcmp(sub, "list") != 0 && id == NULL) {
 		fprintf(stderr, "sluice review %s: a review id is required\n", sub);

@@ -461,3 +461,56 @@ def test_review_cli_shows_what_the_agent_sent_terminal_safe(rgw):
     assert out.returncode == 0, out.stderr
     t.join(10)
     assert res["error"].pgcode == "42501"
+
+
+def test_review_cli_through_a_tls_proxy_and_never_in_the_clear(rgw, tmp_path):
+    """The admin API speaks plain HTTP; approvers elsewhere reach it through
+    a TLS-terminating proxy (nginx here, on loopback). `sluice review`
+    verifies the proxy's certificate (--cacert), and refuses to send a
+    token over plain http:// to another host."""
+    from conftest import free_port, make_cert
+    crt, key = make_cert(str(tmp_path), "proxy")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("""
+daemon off;
+master_process off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy;
+  fastcgi_temp_path %(d)s/fcgi; uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
+  server {
+    listen 127.0.0.1:%(port)d ssl;
+    ssl_certificate %(crt)s; ssl_certificate_key %(key)s;
+    location / { proxy_pass http://127.0.0.1:%(admin)d; }
+  }
+}
+""" % {"d": tmp_path, "port": port, "crt": crt, "key": key, "admin": rgw.admin_port})
+    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        from conftest import wait_port
+        wait_port(port, nginx)
+        agent = rgw.mint(sub="agent-1", groups="ai-agents")
+        dba = rgw.mint(sub="dba-1", groups="dba")
+        t, res = run_held(rgw, "DELETE FROM orders WHERE id = 9201", token=agent)
+        rev = pending(rgw, dba)[0]
+        url = "https://localhost:%d" % port
+        out = cli(rgw, dba, "list", "--url", url, "--cacert", crt)
+        assert out.returncode == 0 and rev["id"] in out.stdout, out
+        out = cli(rgw, dba, "list", "--url", url)  # the proxy's certificate is not trusted
+        assert out.returncode != 0 and rev["id"] not in out.stdout, out
+        out = cli(rgw, dba, "deny", rev["id"], "--url", "http://192.0.2.10:8080",
+                  "--reason", "x")
+        assert out.returncode == 2 and "in the clear" in out.stderr, out
+        out = cli(rgw, dba, "deny", rev["id"], "--url", url, "--cacert", crt,
+                  "--reason", "through the proxy")
+        assert out.returncode == 0, out
+        t.join(10)
+        assert res["error"].pgcode == "42501" and "through the proxy" in str(res["error"])
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
