@@ -352,18 +352,29 @@ row_json(const struct sl_audit_row *row)
 	return o;
 }
 
-/* The records of one session and/or trace id (NULL: any), in order. */
+/* The records of one session and/or trace id (NULL: any), in order; with
+ * reloads, also the policy reloads that happened while that session ran
+ * (they changed what decided its statements). */
 static int
-open_records(const char *path, const char *session, const char *trace, sqlite3 **db,
+open_records(const char *path, const char *session, const char *trace, int reloads, sqlite3 **db,
 	     sqlite3_stmt **st)
 {
+	static const char plain[] =
+		"SELECT seq, ts, node, type, session, trace_id, span_id, data, "
+		"prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) "
+		"AND (?2 IS NULL OR trace_id = ?2) ORDER BY seq";
+	static const char with_reloads[] =
+		"SELECT seq, ts, node, type, session, trace_id, span_id, data, prev_hash, hash "
+		"FROM records WHERE ((?1 IS NULL OR session = ?1) AND (?2 IS NULL OR trace_id = "
+		"?2)) "
+		"OR (type = 'policy_reload' AND seq BETWEEN "
+		"(SELECT min(seq) FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+		"(?2 IS NULL OR trace_id = ?2)) AND "
+		"(SELECT max(seq) FROM records WHERE (?1 IS NULL OR session = ?1) AND "
+		"(?2 IS NULL OR trace_id = ?2))) ORDER BY seq";
+
 	if (sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(
-		    *db,
-		    "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
-		    "prev_hash, hash FROM records WHERE (?1 IS NULL OR session = ?1) AND "
-		    "(?2 IS NULL OR trace_id = ?2) ORDER BY seq",
-		    -1, st, NULL) != SQLITE_OK) {
+	    sqlite3_prepare_v2(*db, reloads ? with_reloads : plain, -1, st, NULL) != SQLITE_OK) {
 		fprintf(stderr, "sluice: cannot read %s\n", path);
 		return -1;
 	}
@@ -381,7 +392,7 @@ export_jsonl(const char *path, const char *session, const char *trace, FILE *out
 	sqlite3_stmt *st = NULL;
 	int r = 0;
 
-	if (open_records(path, session, trace, &db, &st) != 0) {
+	if (open_records(path, session, trace, 0, &db, &st) != 0) {
 		r = 1;
 		goto out;
 	}
@@ -681,7 +692,7 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 	uint64_t n = 0;
 	int r = 0;
 
-	if (open_records(path, session, trace, &db, &st) != 0) {
+	if (open_records(path, session, trace, 1, &db, &st) != 0) {
 		r = 1;
 		goto out;
 	}
@@ -734,6 +745,12 @@ replay(const char *path, const char *session, const char *trace, FILE *out)
 			put_field(out, "from", jstr(d, "client_addr"));
 			put_field(out, ":", jstr(d, "reason"));
 			fputc('\n', out);
+		} else if (strcmp(row.type, "policy_reload") == 0) {
+			fprintf(out, "policies reloaded (generation %lld",
+				(long long)json_integer_value(json_object_get(d, "generation")));
+			put_field(out, "from", jstr(d, "file"));
+			put_field(out, "sha256", jstr(d, "file_sha256"));
+			fputs("): later statements are decided by them\n", out);
 		} else if (strncmp(row.type, "review_", 7) == 0 ||
 			   strncmp(row.type, "grant_", 6) == 0) {
 			replay_review(out, row.type, d);

@@ -1435,6 +1435,11 @@ def test_sighup_reloads_policies_into_running_sessions(gateway_factory):
     assert len(recs[0]["data"]["file_sha256"]) == 64
     assert recs[0]["data"]["policies"] == ["agents", "dba"]
     assert g.verify().returncode == 0
+    # the first session's transcript shows where its policies changed
+    sid = next(r["session"] for r in g.export() if r["type"] == "session_open")
+    out = g.run("audit", "replay", "--session", sid).stdout
+    i = out.index("policies reloaded (generation 2")
+    assert i < out.index("no customers now") < out.index("policies reloaded (generation 3"), out
     assert g.stop() == 0, g.logtext()[-2000:]
 
 
