@@ -1273,11 +1273,24 @@ session_close(struct pg_session *s, const char *why)
 {
 	int was_ready = s->state == PG_ST_READY;
 
+	char why2[256];
+
 	if (s->state == PG_ST_CLOSING)
 		return;
 	if (s->upc_wait != NULL) {
 		s->upc_wait->waiter = NULL;
 		s->upc_wait = NULL;
+	}
+	if (was_ready && s->up_open && s->up_inited && s->ents_len > 0) {
+		/* A statement is running upstream for a client that is gone (an
+		 * agent's tool call timed out, say): the server would go on
+		 * with it until it tries to send, for as long as it runs. Cancel
+		 * it, the way the client itself could have; the connection is
+		 * closed below, never pooled. */
+		cancel_forward(s->w, s->our_pid, s->our_key);
+		snprintf(why2, sizeof(why2), "%s; the statement it left running was cancelled",
+			 why);
+		why = why2;
 	}
 	if (s->pl.authenticated)
 		sl_pl_session_closed(s->gw, &s->pl, why);

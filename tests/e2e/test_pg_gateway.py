@@ -985,6 +985,28 @@ def test_cancel_with_wrong_key_cancels_nothing(gw):
     c.close()
 
 
+def test_a_statement_left_running_by_a_gone_client_is_cancelled(gw, pg):
+    # An agent whose tool call timed out drops its connection; the server
+    # would go on with the statement (until it tries to send) for as long
+    # as it runs. sluice cancels it upstream and says so in the trail; a
+    # session that closes with nothing running cancels nothing.
+    tag = "gone-client-%d" % os.getpid()
+    cn = pgwire.Conn(gw.port)
+    assert cn.login("orders", gw.mint())[-1] == (b"Z", b"I")
+    cn.send(pgwire.query("SELECT pg_sleep(60) /* %s */" % tag))
+    running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND " \
+              "query LIKE '%%%s%%' AND pid <> pg_backend_pid()" % tag
+    assert wait_for(lambda: pg.scalar("orders", running) == "1"), "never started"
+    cn.close()
+    assert wait_for(lambda: pg.scalar("orders", running) == "0"), "still running"
+    c = gw.connect()
+    c.cursor().execute("SELECT 1")
+    c.close()
+    closes = [r["data"]["reason"] for r in gw.export() if r["type"] == "session_close"]
+    assert "client disconnected; the statement it left running was cancelled" in closes, closes
+    assert sum("cancelled" in x for x in closes) == 1, closes
+
+
 def test_sigterm_clean_and_chain_verifies(gateway_factory):
     gw = gateway_factory()
     c = gw.connect()
