@@ -188,7 +188,8 @@ struct sl_cfg_review {
 };
 
 struct sl_config {
-	char *path; /* file it was loaded from (not a YAML key) */
+	char *path;	 /* file it was loaded from; NULL from data (not a YAML key) */
+	char sha256[65]; /* of the text it was loaded from, hex (not a YAML key) */
 	struct sl_cfg_gateway gateway;
 	struct sl_cfg_identity identity;
 	struct sl_cfg_audit audit;

@@ -92,8 +92,7 @@ struct sl_policy_gen {
 	struct sl_policy_set *policy;
 	struct sl_mask_binding *masks;
 	size_t nmasks;
-	unsigned number;      /* 1, 2, ... */
-	char file_sha256[65]; /* of the file it was read from ("" unknown) */
+	unsigned number; /* 1, 2, ... */
 	struct sl_policy_gen *older;
 };
 

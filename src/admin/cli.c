@@ -10,6 +10,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 
@@ -29,24 +31,28 @@ collect(char *p, size_t sz, size_t n, void *arg)
 static const char *cacert; /* --cacert: the CA of an https:// admin URL */
 
 /* Whether url is plain http:// to a host other than this one: the bearer
- * token would cross a network in the clear. */
+ * token would cross a network in the clear. This host: localhost, [::1],
+ * 0.0.0.0 or an IPv4 address in 127.0.0.0/8 (not a name that merely starts
+ * with "127."). */
 static int
 cleartext_off_host(const char *url)
 {
-	static const char *const local[] = {"localhost", "127.", "[::1]", "0.0.0.0"};
-	const char *h;
+	char host[256];
+	struct in_addr a;
+	size_t n;
 
 	if (strncasecmp(url, "http://", 7) != 0)
 		return 0;
-	h = url + 7;
-	for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
-		size_t n = strlen(local[i]);
-
-		if (strncasecmp(h, local[i], n) == 0 &&
-		    (local[i][n - 1] == '.' || h[n] == '\0' || h[n] == ':' || h[n] == '/'))
-			return 0;
-	}
-	return 1;
+	url += 7;
+	n = url[0] == '[' ? strcspn(url, "]") + 1 : strcspn(url, ":/?#");
+	if (n >= sizeof(host) || (url[0] == '[' && url[n - 1] != ']'))
+		return 1;
+	memcpy(host, url, n);
+	host[n] = '\0';
+	if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 ||
+	    strcmp(host, "0.0.0.0") == 0)
+		return 0;
+	return !(inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127);
 }
 
 static long

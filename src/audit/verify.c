@@ -513,6 +513,10 @@ out:
 
 /* ------------------------------------------------------------ replay */
 
+/* Where a record's continuation lines start: under its text, past the time
+ * and seq columns. */
+#define REPLAY_INDENT "                            "
+
 static const char *
 jstr(json_t *o, const char *k)
 {
@@ -552,8 +556,11 @@ replay_open(FILE *out, json_t *d)
 					 100);
 		}
 	}
-	fputs("\n                           ", out);
-	put_field(out, "connection", jstr(d, "connection"));
+	fputs("\n" REPLAY_INDENT, out);
+	if (jstr(d, "connection") != NULL && jstr(d, "connection")[0] != '\0') {
+		fputs("connection ", out);
+		sl_fput_safe_cut(out, jstr(d, "connection"), 200);
+	}
 	if (jstr(d, "protocol")) {
 		fputs(" (", out);
 		sl_fput_safe_cut(out, jstr(d, "protocol"), 32);
@@ -563,13 +570,12 @@ replay_open(FILE *out, json_t *d)
 	fprintf(out, " tls %s", json_is_true(json_object_get(d, "tls")) ? "yes" : "no");
 	put_field(out, "masking", jstr(d, "masking"));
 	if (json_integer_value(json_object_get(d, "upstream_pid")) > 0)
-		fprintf(out, "\n                            upstream pid %lld%s,",
+		fprintf(out, "\n" REPLAY_INDENT "upstream pid %lld%s,",
 			(long long)json_integer_value(json_object_get(d, "upstream_pid")),
 			json_is_true(json_object_get(d, "upstream_reused")) ? " (reused)" : "");
 	put_field(out, "login", jstr(d, "upstream_auth"));
 	if (json_object_size(sp) > 0) {
-		fputs("\n                           ", out);
-		fputs(" startup", out);
+		fputs("\n" REPLAY_INDENT "startup", out);
 		json_object_foreach(sp, k, v)
 		{
 			fputc(' ', out);
@@ -604,8 +610,8 @@ replay_request(FILE *out, json_t *d)
 	if (text == NULL)
 		text = jstr(d, "command") ? jstr(d, "command") : jstr(d, "path");
 	if (text != NULL) {
-		fputs("\n                            ", out);
-		sl_fput_safe(out, text, strlen(text), "                            ");
+		fputs("\n" REPLAY_INDENT, out);
+		sl_fput_safe(out, text, strlen(text), REPLAY_INDENT);
 	}
 	fputc('\n', out);
 }
@@ -672,9 +678,8 @@ replay_review(FILE *out, const char *type, json_t *d)
 		}
 	}
 	if (strcmp(type, "grant_used") == 0 && jstr(d, "text")) {
-		fputs("\n                            ", out);
-		sl_fput_safe(out, jstr(d, "text"), strlen(jstr(d, "text")),
-			     "                            ");
+		fputs("\n" REPLAY_INDENT, out);
+		sl_fput_safe(out, jstr(d, "text"), strlen(jstr(d, "text")), REPLAY_INDENT);
 	}
 	fputc('\n', out);
 }

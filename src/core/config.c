@@ -559,8 +559,13 @@ sl_config_load_data(const char *name, const char *yaml, size_t len, struct sl_co
 			 lb.text);
 		return SL_EINVAL;
 	}
-	c->path = strdup(name);
-	if (c->path == NULL || fill_defaults(c) != 0) {
+	{
+		uint8_t h[32];
+
+		sl_sha256(yaml, len, h);
+		sl_hex(h, 32, c->sha256);
+	}
+	if (fill_defaults(c) != 0) {
 		sl_config_free(c);
 		snprintf(err, errlen, "%s: out of memory", name);
 		return SL_ENOMEM;
@@ -595,6 +600,12 @@ sl_config_load(const char *path, struct sl_config **out, char *err, size_t errle
 	}
 	r = sl_config_load_data(path, data, len, out, err, errlen);
 	free(data);
+	if (r == 0 && ((*out)->path = strdup(path)) == NULL) {
+		sl_config_free(*out);
+		*out = NULL;
+		snprintf(err, errlen, "%s: out of memory", path);
+		return SL_ENOMEM;
+	}
 	return r;
 }
 
@@ -610,7 +621,7 @@ sl_config_same_but_policies(const struct sl_config *a, const struct sl_config *b
 	 * the file's name or values derived from it) */
 	x.policies = y.policies = NULL;
 	x.policies_count = y.policies_count = 0;
-	x.path = y.path = NULL;
+	x.path = y.path = NULL; /* (sha256 is not in the schema either) */
 	same = cyaml_save_data(&ya, &la, &cyaml_cfg, &top_schema, &x, 0) == CYAML_OK &&
 	       cyaml_save_data(&yb, &lb, &cyaml_cfg, &top_schema, &y, 0) == CYAML_OK && la == lb &&
 	       memcmp(ya, yb, la) == 0;

@@ -367,23 +367,6 @@ login_map_free(struct sl_gw *gw)
 	gw->login_map = NULL;
 }
 
-/* The SHA-256 of a configuration file in hex, or "" if it cannot be read. */
-static void
-file_hash(const char *path, char hex[65])
-{
-	char *text = NULL;
-	size_t len = 0;
-
-	hex[0] = '\0';
-	if (path != NULL && sl_read_file(path, 4u << 20, &text, &len) == 0) {
-		uint8_t h[32];
-
-		sl_sha256(text, len, h);
-		sl_hex(h, 32, hex);
-		free(text);
-	}
-}
-
 /*
  * SIGHUP (what `systemctl reload` sends): the policies are read again from
  * the configuration file and, if the whole file is valid, a new generation
@@ -399,7 +382,8 @@ hangup(struct sl_gw *gw)
 {
 	const struct sl_config *cfg = gw->cfg;
 	struct sl_policy_gen *cur = sl_gw_policies(gw), *g;
-	char err[1024] = "", hex[65] = "";
+	const struct sl_config *running = cur->cfg ? cur->cfg : cfg;
+	char err[1024] = "";
 	int other;
 
 	if (cfg->path == NULL) {
@@ -407,20 +391,23 @@ hangup(struct sl_gw *gw)
 			"reload");
 		return;
 	}
-	file_hash(cfg->path, hex);
-	if (hex[0] != '\0' && strcmp(hex, cur->file_sha256) == 0) {
-		/* also bounds what repeated signals can make us keep */
-		sl_warn("SIGHUP: %s is unchanged; nothing to reload", cfg->path);
-		return;
-	}
 	g = calloc(1, sizeof(*g));
 	if (g == NULL) {
 		sl_warn("SIGHUP: out of memory; the running policies stay");
 		return;
 	}
-	memcpy(g->file_sha256, hex, sizeof(hex));
-	if (sl_config_load(cfg->path, &g->cfg, err, sizeof(err)) != 0 ||
-	    sl_policy_compile(g->cfg, &g->policy, err, sizeof(err)) != 0 ||
+	if (sl_config_load(cfg->path, &g->cfg, err, sizeof(err)) != 0) {
+		sl_warn("SIGHUP: %s not reloaded, the running policies stay: %s", cfg->path, err);
+		sl_pl_gen_free(g);
+		return;
+	}
+	if (strcmp(g->cfg->sha256, running->sha256) == 0) {
+		/* also bounds what repeated signals can make us keep */
+		sl_warn("SIGHUP: %s is unchanged; nothing to reload", cfg->path);
+		sl_pl_gen_free(g);
+		return;
+	}
+	if (sl_policy_compile(g->cfg, &g->policy, err, sizeof(err)) != 0 ||
 	    sl_pl_gen_masks(gw, g, err, sizeof(err)) != 0) {
 		sl_warn("SIGHUP: %s not reloaded, the running policies stay: %s", cfg->path, err);
 		sl_pl_gen_free(g);
@@ -438,7 +425,7 @@ hangup(struct sl_gw *gw)
 									 : ""));
 		json_object_set_new(d, "generation", json_integer(g->number));
 		json_object_set_new(d, "file", json_string(cfg->path));
-		json_object_set_new(d, "file_sha256", json_string(hex));
+		json_object_set_new(d, "file_sha256", json_string(g->cfg->sha256));
 		json_object_set_new(d, "policies", names);
 		json_object_set_new(d, "other_sections_changed", json_boolean(other));
 		/* recorded before it decides anything */
@@ -517,7 +504,6 @@ sl_gateway_run(struct sl_config *cfg)
 		if (g0 == NULL)
 			goto out;
 		g0->number = 1;
-		file_hash(cfg->path, g0->file_sha256); /* what a SIGHUP compares with */
 		atomic_store(&gw->gen, g0); /* freed at the end even if the compile fails */
 		if (sl_policy_compile(cfg, &g0->policy, err, sizeof(err)) != 0) {
 			sl_error("policy: %s", err);

@@ -453,14 +453,14 @@ sl_policy_decide(const struct sl_policy_set *ps, const char *subject, const char
 			 * programs (COPY ... PROGRAM, lo_export) are outside
 			 * what a read-only transaction guards. */
 			d->rule = "read_only";
-			snprintf(
-				d->reason, sizeof(d->reason), "connection %s is read-only: %s",
-				req->connection ? req->connection : "?",
-				req->sql->read_write
-					? "its transactions cannot be made read-write, and code "
-					  "that "
-					  "can leave them (DO, CALL, dblink) is not run"
-					: "the server's files and programs are out of its bounds");
+			snprintf(d->reason, sizeof(d->reason), "connection %s is read-only: %s",
+				 req->connection ? req->connection : "?",
+				 req->sql->read_write
+					 ? "its transactions cannot be made read-write, "
+					   "and code that can leave them (DO, CALL, "
+					   "dblink) is not run"
+					 : "the server's files and programs are out of "
+					   "its bounds");
 			d->message = d->reason;
 			return 0;
 		}

@@ -37,8 +37,9 @@ policies:
 """
 
 
-def orders_conn(pg, extra=""):
-    """The connection "orders" (as app, its vaulted password) and extra entries."""
+def orders_conn(pg, extra="", password_env="TEST_APP_PW"):
+    """The connection "orders" (as app, its vaulted password from
+    password_env) and extra entries."""
     return """
 connections:
   - name: orders
@@ -46,8 +47,8 @@ connections:
     target: 127.0.0.1:%d
     database: orders
     user: app
-    password_env: TEST_APP_PW
-%s""" % (pg.port, extra)
+    password_env: %s
+%s""" % (pg.port, password_env, extra)
 
 
 def wait_for(pred, timeout=5.0):

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from conftest import (APP_PASSWORD, MD5_PASSWORD, SELECT_ONLY, SLUICE, free_port, make_cert,
-                      wait_for)
+                      orders_conn, wait_for)
 import pgwire
 
 
@@ -114,16 +114,8 @@ def test_client_never_sees_upstream_password(gw):
 
 def test_upstream_login_failure_does_not_leak(gateway_factory, pg):
     wrong = "wrong-Secret-pw-4242"
-    conns = """
-connections:
-  - name: orders
-    type: postgres
-    target: 127.0.0.1:%d
-    database: orders
-    user: app
-    password_env: TEST_WRONG_PW
-""" % pg.port
-    gw = gateway_factory(connections=conns, env={"TEST_WRONG_PW": wrong})
+    gw = gateway_factory(connections=orders_conn(pg, password_env="TEST_WRONG_PW"),
+                         env={"TEST_WRONG_PW": wrong})
     cn = pgwire.Conn(gw.port)
     msgs = cn.login("orders", gw.mint())
     if msgs and msgs[-1][0] == b"Z":  # an adapter that logs in upstream lazily

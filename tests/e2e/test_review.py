@@ -503,9 +503,9 @@ http {
         assert out.returncode == 0 and rev["id"] in out.stdout, out
         out = cli(rgw, dba, "list", "--url", url)  # the proxy's certificate is not trusted
         assert out.returncode != 0 and rev["id"] not in out.stdout, out
-        out = cli(rgw, dba, "deny", rev["id"], "--url", "http://192.0.2.10:8080",
-                  "--reason", "x")
-        assert out.returncode == 2 and "in the clear" in out.stderr, out
+        for off_host in ("http://192.0.2.10:8080", "http://127.evil.example:8080"):
+            out = cli(rgw, dba, "deny", rev["id"], "--url", off_host, "--reason", "x")
+            assert out.returncode == 2 and "in the clear" in out.stderr, out
         out = cli(rgw, dba, "deny", rev["id"], "--url", url, "--cacert", crt,
                   "--reason", "through the proxy")
         assert out.returncode == 0, out

@@ -60,10 +60,22 @@ test_embedded_default_and_example(void **state)
 	assert_int_equal(cfg->policies_count, 3);
 	assert_string_equal(cfg->policies[0].rules[1].action, "block");
 	assert_string_equal(cfg->policies[0].rules[2].action, "review");
+	/* from data: no file to read again (SIGHUP), the text's SHA-256 */
+	assert_null(cfg->path);
+	{
+		uint8_t h[32];
+		char hex[65];
+
+		sl_sha256(sl_config_default_yaml, strlen(sl_config_default_yaml), h);
+		sl_hex(h, 32, hex);
+		assert_string_equal(cfg->sha256, hex);
+	}
 	sl_config_free(cfg);
 	snprintf(path, sizeof(path), "%s/../../examples/sluice.yaml", SL_FIXTURES);
 	assert_int_equal(sl_config_load(path, &cfg, err, sizeof(err)), 0);
 	assert_true(cfg->connections_count >= 3);
+	assert_string_equal(cfg->path, path);
+	assert_int_equal(strlen(cfg->sha256), 64);
 	sl_config_free(cfg);
 }
 
