@@ -1,7 +1,10 @@
 /*
- * audit.c - audit writer: a queue drained by one thread that assigns
- * sequence numbers, chains hashes, inserts a batch in one SQLite transaction
- * (group commit) and then reports durability to every waiting request.
+ * audit.c - audit writer. A record is durable once it is in the journal (a
+ * shared mapping: a memory copy, made by the request's own thread when no
+ * one else is writing, with its seq and time); the request waiting for it is
+ * told so then. The writer thread chains the hashes and inserts what was
+ * journaled into SQLite in one transaction per batch (group commit), off
+ * the requests' path.
  */
 #include "sluice/audit.h"
 
@@ -45,6 +48,8 @@ struct rec {
 	/* assigned when journaled */
 	uint64_t seq;
 	int64_t ts;
+	/* chained by the writer before it is stored (chain_batch) */
+	int chained;
 	char prev[65], hash[65];
 	uint8_t hbin[32];
 };
@@ -66,8 +71,8 @@ struct sl_audit {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	pthread_mutex_t wmu;	   /* chain head + journal: the writer thread or an inline leader */
-	pthread_mutex_t imu;	   /* SQLite connection */
+	pthread_mutex_t wmu;	   /* seq + journal: the writer thread or an inline leader */
+	pthread_mutex_t imu;	   /* SQLite connection and the chain head (last) */
 	struct rec *ihead, *itail; /* journaled, not yet in SQLite (under mu) */
 	size_t ingest;
 	char *jpath;
@@ -81,8 +86,8 @@ struct sl_audit {
 	size_t queued;
 	int stop;
 	int failed;
-	uint64_t seq;
-	uint8_t last[32];
+	uint64_t seq;	  /* the last seq journaled (under wmu) */
+	uint8_t last[32]; /* the hash of the last record chained (under imu) */
 	uint64_t since_cp;
 	uint64_t cp_every;
 	int64_t cp_interval_us;
@@ -92,7 +97,7 @@ struct sl_audit {
 	char node_json[6 * 64 + 3]; /* node as a JSON string */
 	size_t node_json_len;
 	struct sl_buf jline; /* journal lines being built (under wmu), kept */
-	int hex_ok;	     /* last_hex is the hex of hex_of (under wmu) */
+	int hex_ok;	     /* last_hex is the hex of hex_of (under imu) */
 	int jfailed;	     /* the last journal write failed (under wmu) */
 	char store_err[160]; /* why the last store failed (under imu) */
 	uint8_t hex_of[32];
@@ -498,10 +503,12 @@ put_dec(char *o, uint64_t v, int neg)
 #define PUT_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) += sizeof(lit) - 1)
 
 /* One journal line: {"seq":..,"ts":..,"node":..,"type":..,"session":..,
- * "trace_id":..,"span_id":..,"prev_hash":..,"hash":..,"data":<data>}\n.
- * data (already canonical JSON) goes last, verbatim, so recovery gets back
- * the exact bytes. The ids sluice makes need no escaping and are copied;
- * one reserve covers the line (escaping at most sextuples a byte). */
+ * "trace_id":..,"span_id":..,"data":<data>}\n. data (already canonical
+ * JSON) goes last, verbatim, so recovery gets back the exact bytes. The
+ * hashes are not in it: the chain follows from the lines in seq order
+ * (recover_journal computes it as the writer does). The ids sluice makes
+ * need no escaping and are copied; one reserve covers the line (escaping at
+ * most sextuples a byte). */
 static int
 put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 {
@@ -513,8 +520,8 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 		     {",\"trace_id\":", 12},
 		     {",\"span_id\":", 11}};
 	const char *ids[4] = {r->type, r->session, r->trace, r->span};
-	/* the fixed text, two 20-digit numbers and two hashes: 266 bytes */
-	size_t need = 320 + a->node_json_len + r->len[4];
+	/* the fixed text and two 20-digit numbers: about 110 bytes */
+	size_t need = 160 + a->node_json_len + r->len[4];
 	char *o;
 	int rc;
 
@@ -544,13 +551,7 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 			o = (char *)b->data + b->len;
 		}
 	}
-	PUT_LIT(o, ",\"prev_hash\":\"");
-	memcpy(o, r->prev, 64);
-	o += 64;
-	PUT_LIT(o, "\",\"hash\":\"");
-	memcpy(o, r->hash, 64);
-	o += 64;
-	PUT_LIT(o, "\",\"data\":");
+	PUT_LIT(o, ",\"data\":");
 	memcpy(o, r->data, r->len[4]);
 	o += r->len[4];
 	PUT_LIT(o, "}\n");
@@ -609,49 +610,28 @@ journal_reset(struct sl_audit *a)
 		a->jsize = 0; /* journal_reserve() maps a fresh chunk */
 }
 
-/* Assigns seq/prev/hash to a batch and appends it to the journal: from
- * then on the records are durable (as durable as a committed SQLite WAL
+/* Assigns seq and time to a batch and appends it to the journal: from then
+ * on the records are durable (as durable as a committed SQLite WAL
  * transaction with synchronous=NORMAL: they survive a crash of the
- * process, not of the machine). Called with wmu held. On failure the
- * chain head is restored. */
+ * process, not of the machine). Their hashes are chained later, by the
+ * writer (chain_batch): the journal's order fixes them. Called with wmu
+ * held. On failure seq is restored. */
 static int
 journal_batch(struct sl_audit *a, struct rec *batch)
 {
 	uint64_t seq0 = a->seq;
-	uint8_t last0[32];
 	struct sl_buf *out = &a->jline;
-	struct rec *r, *p;
+	struct rec *r;
 	int64_t now = sl_now_us(); /* the batch is journaled at one instant */
 	size_t wrote;
 	int rc = 0;
 
-	memcpy(last0, a->last, 32);
 	out->len = out->off = 0;
-	for (r = batch, p = NULL; r && rc == 0; p = r, r = r->next) {
-		const char *f[6] = {a->node, r->type, r->session, r->trace, r->span, r->data};
-		const size_t l[6] = {a->node_len, r->len[0], r->len[1],
-				     r->len[2],	  r->len[3], r->len[4]};
-
-		r->seq = a->seq + 1;
+	for (r = batch; r && rc == 0; r = r->next) {
+		r->seq = ++a->seq;
 		r->ts = now;
-		if (p == NULL && (!a->hex_ok || memcmp(a->hex_of, a->last, 32) != 0)) {
-			sl_hex(a->last, 32, a->last_hex);
-			memcpy(a->hex_of, a->last, 32);
-			a->hex_ok = 1;
-		}
-		/* a->last in hex: the previous record's hash */
-		memcpy(r->prev, p != NULL ? p->hash : a->last_hex, sizeof(r->prev));
-		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
-		sl_hex(r->hbin, 32, r->hash);
 		if (put_line(out, r, a) != 0)
 			rc = SL_ENOMEM;
-		a->seq = r->seq;
-		memcpy(a->last, r->hbin, 32);
-	}
-	if (p != NULL) { /* the last record's hash, in hex too, for the next batch */
-		memcpy(a->hex_of, p->hbin, 32);
-		memcpy(a->last_hex, p->hash, sizeof(a->last_hex));
-		a->hex_ok = 1;
 	}
 	if (rc == 0 && (rc = journal_reserve(a, out->len)) == 0) {
 		/* A copy into the shared mapping is in the page cache at once:
@@ -670,11 +650,42 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		sl_buf_fini(out);
 	if (rc != 0) {
 		a->seq = seq0;
-		memcpy(a->last, last0, 32);
 		return rc;
 	}
 	a->jsize += (off_t)wrote; /* under wmu */
 	return 0;
+}
+
+/* Chains the records of a batch that are not chained yet (a batch the store
+ * refused comes back chained): prev is the last chained record's hash.
+ * Called by the writer with imu held, in journal order. */
+static void
+chain_batch(struct sl_audit *a, struct rec *batch)
+{
+	struct rec *r, *p = NULL;
+
+	for (r = batch; r; p = r, r = r->next) {
+		const char *f[6] = {a->node, r->type, r->session, r->trace, r->span, r->data};
+		const size_t l[6] = {a->node_len, r->len[0], r->len[1],
+				     r->len[2],	  r->len[3], r->len[4]};
+
+		if (r->chained)
+			continue;
+		if (p == NULL || !p->chained || memcmp(p->hbin, a->last, 32) != 0) {
+			if (!a->hex_ok || memcmp(a->hex_of, a->last, 32) != 0) {
+				sl_hex(a->last, 32, a->last_hex);
+				memcpy(a->hex_of, a->last, 32);
+				a->hex_ok = 1;
+			}
+			memcpy(r->prev, a->last_hex, sizeof(r->prev));
+		} else {
+			memcpy(r->prev, p->hash, sizeof(r->prev)); /* a->last in hex */
+		}
+		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
+		sl_hex(r->hbin, 32, r->hash);
+		memcpy(a->last, r->hbin, 32);
+		r->chained = 1;
+	}
 }
 
 /* Takes the queue, journals it (wmu held by the caller) and hands it to the
@@ -707,7 +718,9 @@ journal_queue(struct sl_audit *a, struct rec **batch_out)
 }
 
 /* Calls completions; moves journaled records to the ingest list, frees failed
- * ones. self: a record whose completion the caller reports itself. */
+ * ones. self: a record whose completion the caller reports itself. Called
+ * with wmu held, right after journal_queue: the ingest list is in seq order
+ * (the writer chains the hashes in that order). */
 static void
 complete(struct sl_audit *a, struct rec *batch, int rc, struct rec *self)
 {
@@ -770,6 +783,7 @@ store_taken(struct sl_audit *a, struct rec *batch, int force_cp)
 	int rc;
 
 	pthread_mutex_lock(&a->imu);
+	chain_batch(a, batch);
 	/* Quiet after a burst: the last records still get their checkpoint
 	 * within checkpoint_interval, so a truncated tail shows in verify. */
 	if (batch == NULL && checkpoint_due(a))
@@ -856,8 +870,8 @@ writer_main(void *arg)
 		pthread_mutex_unlock(&a->mu);
 		pthread_mutex_lock(&a->wmu);
 		rc = journal_queue(a, &batch);
-		pthread_mutex_unlock(&a->wmu);
 		complete(a, batch, rc, NULL);
+		pthread_mutex_unlock(&a->wmu);
 		ingest(a, 0);
 		if (stop) {
 			pthread_mutex_lock(&a->mu);
@@ -887,7 +901,7 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 	while (rc == 0 && (n = getline(&line, &cap, f)) > 0) {
 		json_t *o;
 		struct rec *r;
-		const char *type, *session, *trace, *span, *data, *prev, *hash;
+		const char *type, *session, *trace, *span, *data, *prev = NULL, *hash = NULL;
 		json_int_t seq, ts;
 		struct sl_audit_row row;
 		uint8_t h[32];
@@ -911,7 +925,7 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 			}
 		}
 		if (o == NULL ||
-		    json_unpack(o, "{s:I, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "seq", &seq, "ts",
+		    json_unpack(o, "{s:I, s:I, s:s, s:s, s:s, s:s, s?s, s?s}", "seq", &seq, "ts",
 				&ts, "type", &type, "session", &session, "trace_id", &trace,
 				"span_id", &span, "prev_hash", &prev, "hash", &hash) != 0) {
 			json_decref(o);
@@ -932,12 +946,14 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 		row.trace_id = trace;
 		row.span_id = span;
 		row.data = data;
-		row.prev_hash = prev;
+		sl_hex(a->last, 32, lasthex);
+		/* Lines carry no hashes (an older sluice's did: then they
+		 * must agree): the chain continues from the store's head. */
+		row.prev_hash = lasthex;
 		sl_audit_hash_row(&row, h);
 		sl_hex(h, 32, hex);
-		sl_hex(a->last, 32, lasthex);
-		if ((uint64_t)seq != a->seq + 1 || strcmp(prev, lasthex) != 0 ||
-		    strcmp(hex, hash) != 0) {
+		if ((uint64_t)seq != a->seq + 1 || (prev != NULL && strcmp(prev, lasthex) != 0) ||
+		    (hash != NULL && strcmp(hex, hash) != 0)) {
 			json_decref(o);
 			snprintf(err, errlen,
 				 "audit journal %s does not continue the chain at seq %lld",
@@ -953,9 +969,10 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 		}
 		r->seq = (uint64_t)seq;
 		r->ts = ts;
-		memcpy(r->prev, prev, 65);
+		memcpy(r->prev, lasthex, 65);
 		memcpy(r->hash, hex, 65);
 		memcpy(r->hbin, h, 32);
+		r->chained = 1;
 		json_decref(o);
 		a->seq = r->seq;
 		memcpy(a->last, h, 32);
@@ -1256,11 +1273,13 @@ enqueue(struct sl_audit *a, struct rec *r, sl_audit_done_fn done)
 		int rc, mine = 0;
 
 		rc = journal_queue(a, &batch);
-		pthread_mutex_unlock(&a->wmu);
 		for (x = batch; x; x = x->next)
 			if (x == r)
 				mine = 1;
+		/* under wmu: batches reach the ingest list in journal order,
+		 * the order the writer chains them in */
 		complete(a, batch, rc, mine ? r : NULL);
+		pthread_mutex_unlock(&a->wmu);
 		if (!mine)
 			return 0; /* the writer took it first and reports as usual */
 		return rc == 0 ? SL_AUDIT_DURABLE : SL_EIO;

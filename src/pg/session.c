@@ -13,6 +13,7 @@
 #include "sluice/pg_session.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,18 @@ struct entry {
 	/* ENT_EXEC: sluice describes the portal itself (up_send_request) */
 	uint8_t need_desc;
 	uint8_t taint; /* computed result columns carry a rule's column: style + 1 */
+};
+
+/* A statement's result as the server reported it (ent_finish). */
+struct result {
+	uint64_t seq;
+	int64_t duration_us, rows;
+	json_t *mask_stats;
+	char *error; /* a copy: the server's message is consumed before it is recorded */
+	char tag[48];
+	char sqlstate[6];
+	char trace_id[33];
+	uint8_t has_tag, has_sqlstate;
 };
 
 /* Result formats of a Bind: all text, all binary, or mixed. */
@@ -217,6 +230,11 @@ struct pg_session {
 	int enc_safe;
 	struct entry *ents;
 	size_t ents_head, ents_len, ents_cap;
+	/* Results taken from the server's answers, recorded once the answer
+	 * is on its way to the client (results_record): the record is not the
+	 * client's wait. */
+	struct result *results;
+	size_t nresults, results_cap;
 	/* Names a client picks live in hash maps: a client with thousands of
 	 * prepared statements or a long pipeline must not make each message
 	 * cost a walk over all of them (a worker serves many sessions). */
@@ -498,13 +516,68 @@ take_mask_stats(struct pg_session *s)
 }
 
 static void
+result_record(struct pg_session *s, const struct result *r)
+{
+	sl_pl_result(s->gw, &s->pl, r->seq, r->trace_id[0] ? r->trace_id : NULL, r->duration_us,
+		     r->rows, r->has_tag ? r->tag : NULL, r->has_sqlstate ? r->sqlstate : NULL,
+		     r->error, r->mask_stats);
+}
+
+/* Records the results taken so far, in the order the server gave them. Runs
+ * after the client's stream is flushed (process_upstream) and before
+ * anything else of the session is recorded (session_close). */
+static void
+results_record(struct pg_session *s)
+{
+	for (size_t i = 0; i < s->nresults; i++) {
+		struct result *r = &s->results[i];
+
+		result_record(s, r); /* takes mask_stats */
+		free(r->error);
+	}
+	s->nresults = 0;
+}
+
+/* Takes the result of a finished statement, to be recorded after the answer
+ * is flushed to the client; recorded at once when it cannot be kept. */
+static void
 ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const char *errmsg)
 {
+	struct result one, *r = &one;
+
 	if (e->blocked)
 		return;
-	sl_pl_result(s->gw, &s->pl, e->seq, e->trace_id[0] ? e->trace_id : NULL,
-		     sl_mono_us() - e->start_us, e->rows, e->tag[0] ? e->tag : NULL, sqlstate,
-		     errmsg, take_mask_stats(s));
+	if (s->nresults == s->results_cap) {
+		size_t ncap = s->results_cap ? s->results_cap * 2 : 8;
+		struct result *n = realloc(s->results, ncap * sizeof(*n));
+
+		if (n != NULL) {
+			s->results = n;
+			s->results_cap = ncap;
+		}
+	}
+	if (s->nresults < s->results_cap)
+		r = &s->results[s->nresults];
+	memset(r, 0, offsetof(struct result, tag));
+	r->seq = e->seq;
+	r->duration_us = sl_mono_us() - e->start_us;
+	r->rows = e->rows;
+	r->mask_stats = take_mask_stats(s);
+	memcpy(r->trace_id, e->trace_id, sizeof(r->trace_id));
+	if ((r->has_tag = e->tag[0] != '\0'))
+		memcpy(r->tag, e->tag, sizeof(r->tag));
+	if ((r->has_sqlstate = sqlstate != NULL))
+		snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", sqlstate);
+	if (r == &one || (errmsg != NULL && (r->error = strdup(errmsg)) == NULL)) {
+		/* no room to keep it: recorded now, after the ones before it */
+		results_record(s);
+		r->error = NULL;
+		sl_pl_result(s->gw, &s->pl, r->seq, r->trace_id[0] ? r->trace_id : NULL,
+			     r->duration_us, r->rows, r->has_tag ? r->tag : NULL,
+			     r->has_sqlstate ? r->sqlstate : NULL, errmsg, r->mask_stats);
+		return;
+	}
+	s->nresults++;
 }
 
 static struct stmt *
@@ -1202,6 +1275,8 @@ session_free(struct pg_session *s)
 		OPENSSL_cleanse(s->verify_token, s->verify_len);
 		free(s->verify_token);
 	}
+	results_record(s); /* none left: session_close took them */
+	free(s->results);
 	free(s->ents);
 	free(s->dq);
 	free(s->mtables);
@@ -1277,6 +1352,7 @@ session_close(struct pg_session *s, const char *why)
 
 	if (s->state == PG_ST_CLOSING)
 		return;
+	results_record(s);
 	if (s->upc_wait != NULL) {
 		s->upc_wait->waiter = NULL;
 		s->upc_wait = NULL;
@@ -3154,6 +3230,7 @@ process_upstream(struct pg_session *s)
 		return;
 	if (s->cli_open)
 		sl_stream_flush(&s->cli);
+	results_record(s);
 	/* Backpressure: a slow client stops us reading the server. */
 	if (sl_stream_backlog(&s->cli) >= SL_STREAM_HIGH_WATER && s->up_open)
 		sl_stream_read_stop(&s->upc->st);

@@ -334,6 +334,75 @@ test_journal_cut_copy_recovers(void **state)
 	sl_config_free(cfg);
 }
 
+static void
+put_journal(const char *text)
+{
+	char jpath[256];
+	FILE *f;
+
+	snprintf(jpath, sizeof(jpath), "%s.journal", db);
+	f = fopen(jpath, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+	fclose(f);
+}
+
+/* Journal lines carry no hashes: the writer chains records when it stores
+ * them, and recovery chains the lines the store lacks the same way. What
+ * recovery still refuses: a line that does not continue the stored
+ * sequence, and a line of an older sluice (with hashes) whose hashes do not
+ * continue the chain. Lines that do are stored and verify. */
+static void
+test_journal_recovery_continues_the_chain(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[256], msg[512];
+	uint64_t n;
+	static const char l4[] = "{\"seq\":4,\"ts\":5,\"node\":\"n\",\"type\":\"request\","
+				 "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				 "\"data\":{\"text\":\"SELECT 4\"}}\n";
+	static const char l5[] = "{\"seq\":5,\"ts\":6,\"node\":\"n\",\"type\":\"result\","
+				 "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				 "\"data\":{\"rows\":1}}\n";
+	static const char l6[] = "{\"seq\":6,\"ts\":6,\"node\":\"n\",\"type\":\"result\","
+				 "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				 "\"data\":{}}\n";
+	char text[2048];
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 3; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	sl_audit_close(a); /* seq 1-3 stored (and a checkpoint) */
+	assert_int_equal(count_rows("1"), 3);
+	/* an older sluice's line whose hash is not the chain's: refused,
+	 * nothing stored */
+	put_journal("{\"seq\":4,\"ts\":5,\"node\":\"n\",\"type\":\"request\",\"session\":\"s\","
+		    "\"trace_id\":\"\",\"span_id\":\"\",\"prev_hash\":\"00\",\"hash\":\"00\","
+		    "\"data\":{}}\n");
+	assert_int_not_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "does not continue the chain at seq 4"));
+	assert_int_equal(count_rows("1"), 3);
+	/* a gap: 4 continues the chain and is stored, 6 is refused */
+	snprintf(text, sizeof(text), "%s%s", l4, l6);
+	put_journal(text);
+	assert_int_not_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "does not continue the chain at seq 6"));
+	assert_int_equal(count_rows("seq = 4 AND data = '{\"text\":\"SELECT 4\"}'"), 1);
+	assert_int_equal(count_rows("seq > 4"), 0);
+	/* 4 again (stored: skipped) and 5: stored, the whole chain verifies */
+	snprintf(text, sizeof(text), "%s%s", l4, l5);
+	put_journal(text);
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_close(a);
+	assert_int_equal(count_rows("seq IN (4, 5)"), 2);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_true(n >= 5);
+	sl_config_free(cfg);
+}
+
 /* Counts the complete journal lines before the first NUL and the
  * smallest seq among them. */
 static int
@@ -664,6 +733,7 @@ main(void)
 		cmocka_unit_test(test_tamper),
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
+		cmocka_unit_test(test_journal_recovery_continues_the_chain),
 		cmocka_unit_test(test_refused_row_fails_the_whole_batch),
 		cmocka_unit_test(test_journal_reset_in_place),
 		cmocka_unit_test(test_journal_bounded_under_steady_load),
