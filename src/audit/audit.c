@@ -54,6 +54,19 @@ struct rec {
 	uint8_t hbin[32];
 };
 
+/* One of the two journal files. Appends go to one; once it is half a
+ * chunk, appends move to the other (if that one is empty) and the writer
+ * empties this one when everything in it is stored: SQLite is never
+ * written with appends held off. */
+struct journal {
+	char *path;
+	int fd;
+	off_t size;	   /* bytes of records in it */
+	uint8_t *map;	   /* mapped shared: appends are memory copies */
+	size_t cap;	   /* mapped (and allocated) bytes */
+	uint64_t last_seq; /* the last record appended since it was emptied (0: none) */
+};
+
 struct sl_audit {
 	char *path;
 	char *sidecar;
@@ -75,11 +88,8 @@ struct sl_audit {
 	pthread_mutex_t imu;	   /* SQLite connection and the chain head (last) */
 	struct rec *ihead, *itail; /* journaled, not yet in SQLite (under mu) */
 	size_t ingest;
-	char *jpath;
-	int jfd;
-	off_t jsize;   /* bytes of records in the journal */
-	uint8_t *jmap; /* the journal, mapped shared: appends are memory copies */
-	size_t jcap;   /* mapped (and allocated) bytes */
+	struct journal j[2];
+	int jact; /* appends go to j[jact] (under wmu) */
 	uint64_t stored_seq;
 	uint8_t stored_hash[32];
 	struct rec *head, *tail;
@@ -565,24 +575,24 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
  * before they are mapped, so a full disk is an error here and never a
  * SIGBUS on a store. Called with wmu held. */
 static int
-journal_reserve(struct sl_audit *a, size_t n)
+journal_reserve(struct journal *j, size_t n)
 {
-	size_t need = (size_t)a->jsize + n, cap = a->jcap ? a->jcap : JOURNAL_CHUNK;
+	size_t need = (size_t)j->size + n, cap = j->cap ? j->cap : JOURNAL_CHUNK;
 	void *m;
 
-	if (a->jmap != NULL && need <= a->jcap)
+	if (j->map != NULL && need <= j->cap)
 		return 0;
 	while (cap < need)
 		cap *= 2;
-	if ((errno = posix_fallocate(a->jfd, 0, (off_t)cap)) != 0)
+	if ((errno = posix_fallocate(j->fd, 0, (off_t)cap)) != 0)
 		return SL_EIO;
-	m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, a->jfd, 0);
+	m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, j->fd, 0);
 	if (m == MAP_FAILED)
 		return SL_EIO;
-	if (a->jmap != NULL)
-		munmap(a->jmap, a->jcap);
-	a->jmap = m;
-	a->jcap = cap;
+	if (j->map != NULL)
+		munmap(j->map, j->cap);
+	j->map = m;
+	j->cap = cap;
 	return 0;
 }
 
@@ -594,20 +604,21 @@ journal_reserve(struct sl_audit *a, size_t n)
  * it is in SQLite. A journal that grew past one chunk (the store was down
  * for a while) is cut back to give the disk space back. */
 static void
-journal_reset(struct sl_audit *a)
+journal_reset(struct journal *j)
 {
-	if (a->jmap != NULL && a->jcap <= JOURNAL_CHUNK) {
-		memset(a->jmap, 0, (size_t)a->jsize);
-		a->jsize = 0;
+	j->last_seq = 0;
+	if (j->map != NULL && j->cap <= JOURNAL_CHUNK) {
+		memset(j->map, 0, (size_t)j->size);
+		j->size = 0;
 		return;
 	}
-	if (a->jmap != NULL) {
-		munmap(a->jmap, a->jcap);
-		a->jmap = NULL;
-		a->jcap = 0;
+	if (j->map != NULL) {
+		munmap(j->map, j->cap);
+		j->map = NULL;
+		j->cap = 0;
 	}
-	if (ftruncate(a->jfd, 0) == 0)
-		a->jsize = 0; /* journal_reserve() maps a fresh chunk */
+	if (ftruncate(j->fd, 0) == 0)
+		j->size = 0; /* journal_reserve() maps a fresh chunk */
 }
 
 /* Assigns seq and time to a batch and appends it to the journal: from then
@@ -621,6 +632,7 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 {
 	uint64_t seq0 = a->seq;
 	struct sl_buf *out = &a->jline;
+	struct journal *j = &a->j[a->jact];
 	struct rec *r;
 	int64_t now = sl_now_us(); /* the batch is journaled at one instant */
 	size_t wrote;
@@ -633,15 +645,15 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		if (put_line(out, r, a) != 0)
 			rc = SL_ENOMEM;
 	}
-	if (rc == 0 && (rc = journal_reserve(a, out->len)) == 0) {
+	if (rc == 0 && (rc = journal_reserve(j, out->len)) == 0) {
 		/* A copy into the shared mapping is in the page cache at once:
 		 * it survives a crash of this process like a write() would,
 		 * without a system call. The batch's last newline is stored
 		 * last; recovery stops at the first line that is unterminated
 		 * or holds a NUL (a copy cut short), and such a batch was never
 		 * acknowledged. */
-		memcpy(a->jmap + a->jsize, out->data, out->len - 1);
-		__atomic_store_n(&a->jmap[a->jsize + (off_t)out->len - 1], out->data[out->len - 1],
+		memcpy(j->map + j->size, out->data, out->len - 1);
+		__atomic_store_n(&j->map[j->size + (off_t)out->len - 1], out->data[out->len - 1],
 				 __ATOMIC_RELEASE);
 	}
 	wrote = out->len;
@@ -652,7 +664,8 @@ journal_batch(struct sl_audit *a, struct rec *batch)
 		a->seq = seq0;
 		return rc;
 	}
-	a->jsize += (off_t)wrote; /* under wmu */
+	j->size += (off_t)wrote; /* under wmu */
+	j->last_seq = a->seq;
 	return 0;
 }
 
@@ -710,9 +723,9 @@ journal_queue(struct sl_audit *a, struct rec **batch_out)
 	if (rc != 0 && !a->jfailed)
 		sl_error("audit: cannot write the journal %s (%s); requests are refused until it "
 			 "takes writes again",
-			 a->jpath, strerror(errno));
+			 a->j[a->jact].path, strerror(errno));
 	else if (rc == 0 && a->jfailed)
-		sl_info("audit: the journal %s takes writes again", a->jpath);
+		sl_info("audit: the journal %s takes writes again", a->j[a->jact].path);
 	a->jfailed = rc != 0;
 	return rc;
 }
@@ -821,29 +834,40 @@ store_taken(struct sl_audit *a, struct rec *batch, int force_cp)
 	return 0;
 }
 
-/* Moves the ingest list into SQLite and empties the journal when all it
- * holds is stored. Under steady load something journaled is always waiting
- * to be stored, so "everything stored" hardly ever holds by itself: the
- * journal then grew onto fresh pages, and each first write to a page of the
- * shared mapping is a page fault (a few microseconds per statement in all).
- * So once it is large, the records journaled while the batch above was
- * being stored are stored too, with appends held off (wmu: a leader that
- * finds it taken leaves its record to this thread), and the journal is
- * emptied and its pages used again. That tail is what arrived during one
- * store, so appends wait about as long as one store took. */
+/* Moves the ingest list into SQLite, then empties journals all of whose
+ * records are stored. Under steady load something journaled is always
+ * waiting to be stored, so "all stored" hardly ever holds for the journal
+ * appends go to: it would grow onto fresh pages, and each first write to a
+ * page of a shared mapping is a page fault. So once it is half a chunk,
+ * appends move to the other journal (emptied earlier), and this one is
+ * emptied, its pages kept for reuse, once the writer has stored what it
+ * holds. Appends are held off (wmu) only for the switch or for emptying a
+ * journal that is all stored, never while SQLite writes: a store that
+ * takes long (a WAL checkpoint's sync on a large store, a slow disk) does
+ * not reach the requests waiting for their records. */
 static void
 ingest(struct sl_audit *a, int force_cp)
 {
+	struct journal *idle;
+
 	if (store_taken(a, take_ingest(a), force_cp) != 0)
 		return;
 	pthread_mutex_lock(&a->wmu);
-	if ((size_t)a->jsize >= JOURNAL_CHUNK / 2 && a->seq != a->stored_seq)
-		store_taken(a, take_ingest(a), 0);
-	/* Not equal when a leader journaled a batch and has not handed it
-	 * over yet: a later round empties the journal. */
-	if (a->jsize > 0 && a->seq == a->stored_seq)
-		journal_reset(a);
+	{
+		struct journal *act = &a->j[a->jact], *other = &a->j[!a->jact];
+
+		/* Not equal when a leader journaled a batch and has not handed
+		 * it over yet: a later round empties it. */
+		if (act->size > 0 && a->seq == a->stored_seq)
+			journal_reset(act);
+		else if ((size_t)act->size >= JOURNAL_CHUNK / 2 && other->size == 0)
+			a->jact = !a->jact;
+	}
+	idle = &a->j[!a->jact];
 	pthread_mutex_unlock(&a->wmu);
+	/* Nothing appends to the other journal: emptied without wmu. */
+	if (idle->size > 0 && a->stored_seq >= idle->last_seq)
+		journal_reset(idle);
 }
 
 static void *
@@ -886,11 +910,12 @@ writer_main(void *arg)
 	return NULL;
 }
 
-/* Replays journal lines the store does not have yet (after a crash). */
+/* Replays the lines of one journal file the store does not have yet (after
+ * a crash). */
 static int
-recover_journal(struct sl_audit *a, char *err, size_t errlen)
+recover_journal(struct sl_audit *a, const char *path, char *err, size_t errlen)
 {
-	FILE *f = fopen(a->jpath, "r");
+	FILE *f = fopen(path, "r");
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
@@ -929,7 +954,7 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 				&ts, "type", &type, "session", &session, "trace_id", &trace,
 				"span_id", &span, "prev_hash", &prev, "hash", &hash) != 0) {
 			json_decref(o);
-			snprintf(err, errlen, "audit journal %s is corrupt", a->jpath);
+			snprintf(err, errlen, "audit journal %s is corrupt", path);
 			rc = SL_ECORRUPT;
 			break;
 		}
@@ -956,8 +981,8 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 		    (hash != NULL && strcmp(hex, hash) != 0)) {
 			json_decref(o);
 			snprintf(err, errlen,
-				 "audit journal %s does not continue the chain at seq %lld",
-				 a->jpath, (long long)seq);
+				 "audit journal %s does not continue the chain at seq %lld", path,
+				 (long long)seq);
 			rc = SL_ECORRUPT;
 			break;
 		}
@@ -992,6 +1017,67 @@ recover_journal(struct sl_audit *a, char *err, size_t errlen)
 	return rc;
 }
 
+/* The seq of a journal file's first line; 0 when it has none. */
+static uint64_t
+journal_first_seq(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	unsigned long long seq = 0;
+
+	if (f == NULL)
+		return 0;
+	if (fscanf(f, "{\"seq\":%llu", &seq) != 1)
+		seq = 0;
+	fclose(f);
+	return (uint64_t)seq;
+}
+
+/* Both journal files, the one whose records come first first: after a
+ * switch the other one holds the later records only. */
+static int
+recover_journals(struct sl_audit *a, char *err, size_t errlen)
+{
+	uint64_t f0 = journal_first_seq(a->j[0].path), f1 = journal_first_seq(a->j[1].path);
+	int first = f1 != 0 && (f0 == 0 || f1 < f0);
+	int r = recover_journal(a, a->j[first].path, err, errlen);
+
+	return r != 0 ? r : recover_journal(a, a->j[!first].path, err, errlen);
+}
+
+/* Opens journal i empty, its first chunk allocated: a file system without
+ * room for it fails the start with a reason, rather than every request
+ * afterwards. */
+static int
+journal_open(struct journal *j, char *err, size_t errlen)
+{
+	j->fd = open(j->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (j->fd < 0 || ftruncate(j->fd, 0) != 0) {
+		snprintf(err, errlen, "cannot open the audit journal %s", j->path);
+		return SL_EIO;
+	}
+	if (journal_reserve(j, 0) != 0) {
+		snprintf(err, errlen, "cannot allocate the audit journal %s (%zu MiB): %s", j->path,
+			 JOURNAL_CHUNK >> 20, strerror(errno));
+		return SL_EIO;
+	}
+	return 0;
+}
+
+/* Unmaps and closes; keeps exactly the records (the rest of a file is
+ * allocated zeros) when trim. */
+static void
+journal_close(struct journal *j, int trim)
+{
+	if (j->map != NULL)
+		munmap(j->map, j->cap);
+	if (j->fd >= 0) {
+		if (trim && ftruncate(j->fd, j->size) != 0)
+			sl_warn("audit: cannot trim the journal %s", j->path);
+		close(j->fd);
+	}
+	free(j->path);
+}
+
 int
 sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, size_t errlen)
 {
@@ -1010,11 +1096,13 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		free(a);
 		return SL_EINVAL;
 	}
-	a->jfd = -1;
+	a->j[0].fd = a->j[1].fd = -1;
 	if (asprintf(&a->sidecar, "%s.checkpoints", a->path) < 0 ||
-	    asprintf(&a->jpath, "%s.journal", a->path) < 0) {
+	    asprintf(&a->j[0].path, "%s.journal", a->path) < 0 ||
+	    asprintf(&a->j[1].path, "%s.journal2", a->path) < 0) {
 		free(a->path);
 		free(a->sidecar);
+		free(a->j[0].path);
 		free(a);
 		return SL_ENOMEM;
 	}
@@ -1073,22 +1161,11 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 		goto fail;
 	a->stored_seq = a->seq;
 	memcpy(a->stored_hash, a->last, 32);
-	if ((r = recover_journal(a, err, errlen)) != 0)
+	if ((r = recover_journals(a, err, errlen)) != 0)
 		goto fail;
-	a->jfd = open(a->jpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (a->jfd < 0 || ftruncate(a->jfd, 0) != 0) {
-		snprintf(err, errlen, "cannot open the audit journal %s", a->jpath);
-		r = SL_EIO;
+	if ((r = journal_open(&a->j[0], err, errlen)) != 0 ||
+	    (r = journal_open(&a->j[1], err, errlen)) != 0)
 		goto fail;
-	}
-	/* Its first chunk now: a file system without room for it fails the
-	 * start with a reason, rather than every request afterwards. */
-	if (journal_reserve(a, 0) != 0) {
-		snprintf(err, errlen, "cannot allocate the audit journal %s (%zu MiB): %s",
-			 a->jpath, JOURNAL_CHUNK >> 20, strerror(errno));
-		r = SL_EIO;
-		goto fail;
-	}
 	if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
 		r = SL_EIO;
 		goto fail;
@@ -1104,14 +1181,11 @@ fail:
 	sqlite3_finalize(a->rollback);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
-	if (a->jmap != NULL)
-		munmap(a->jmap, a->jcap);
-	if (a->jfd >= 0)
-		close(a->jfd);
+	journal_close(&a->j[0], 0);
+	journal_close(&a->j[1], 0);
 	sl_buf_fini(&a->jline);
 	free(a->path);
 	free(a->sidecar);
-	free(a->jpath);
 	free(a);
 	return r ? r : SL_EIO;
 }
@@ -1315,14 +1389,8 @@ sl_audit_close(struct sl_audit *a)
 	sqlite3_exec(a->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 	sqlite3_close(a->db);
 	EVP_PKEY_free(a->key);
-	if (a->jmap != NULL)
-		munmap(a->jmap, a->jcap);
-	if (a->jfd >= 0) {
-		/* keep exactly the records (the rest is allocated zeros) */
-		if (ftruncate(a->jfd, a->jsize) != 0)
-			sl_warn("audit: cannot trim the journal %s", a->jpath);
-		close(a->jfd);
-	}
+	journal_close(&a->j[0], 1);
+	journal_close(&a->j[1], 1);
 	while (a->ihead) {
 		/* Not stored (store down at shutdown): they stay in the
 		 * journal and are replayed at the next start. */
@@ -1334,6 +1402,5 @@ sl_audit_close(struct sl_audit *a)
 	sl_buf_fini(&a->jline);
 	free(a->path);
 	free(a->sidecar);
-	free(a->jpath);
 	free(a);
 }

@@ -335,16 +335,22 @@ test_journal_cut_copy_recovers(void **state)
 }
 
 static void
-put_journal(const char *text)
+put_journal_file(const char *suffix, const char *text)
 {
 	char jpath[256];
 	FILE *f;
 
-	snprintf(jpath, sizeof(jpath), "%s.journal", db);
+	snprintf(jpath, sizeof(jpath), "%s%s", db, suffix);
 	f = fopen(jpath, "wb");
 	assert_non_null(f);
 	assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
 	fclose(f);
+}
+
+static void
+put_journal(const char *text)
+{
+	put_journal_file(".journal", text);
 }
 
 /* Journal lines carry no hashes: the writer chains records when it stores
@@ -430,24 +436,77 @@ journal_lines(const char *jpath, long long *minseq)
 	return n;
 }
 
-/* Once everything journaled is stored and the journal is large, it is
- * emptied in place: the records appended after that start at the front
- * and no stale line of the earlier records survives behind them (a
- * restart replays exactly the unstored ones). */
+/* Appends move to the second journal file when the first is half full
+ * (the first is emptied once all of it is stored): after a crash either
+ * may hold the earlier records. Recovery takes the one whose first record
+ * comes first, then the other. */
+static void
+test_journal_recovery_takes_both_files_in_order(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[256], msg[512];
+	uint64_t n;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 3; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	sl_audit_close(a);
+	assert_int_equal(count_rows("1"), 3);
+	put_journal_file(".journal", "{\"seq\":6,\"ts\":7,\"node\":\"n\",\"type\":\"result\","
+				     "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				     "\"data\":{\"f\":1}}\n");
+	put_journal_file(".journal2", "{\"seq\":4,\"ts\":5,\"node\":\"n\",\"type\":\"request\","
+				      "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				      "\"data\":{\"f\":2}}\n"
+				      "{\"seq\":5,\"ts\":5,\"node\":\"n\",\"type\":\"request\","
+				      "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
+				      "\"data\":{\"f\":3}}\n");
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_close(a);
+	assert_int_equal(count_rows("seq = 4 AND data = '{\"f\":2}'"), 1);
+	assert_int_equal(count_rows("seq = 5 AND data = '{\"f\":3}'"), 1);
+	assert_int_equal(count_rows("seq = 6 AND data = '{\"f\":1}'"), 1);
+	assert_int_equal(sl_audit_verify_store(db, pub, msg, sizeof(msg), &n), 0);
+	assert_true(n >= 6);
+	sl_config_free(cfg);
+}
+
+/* journal_lines over both journal files (appends move to the second one
+ * once the first is half full, and back). */
+static int
+journals_lines(long long *minseq)
+{
+	char p0[256], p1[256];
+	long long m0, m1;
+	int n;
+
+	snprintf(p0, sizeof(p0), "%s.journal", db);
+	snprintf(p1, sizeof(p1), "%s.journal2", db);
+	n = journal_lines(p0, &m0) + journal_lines(p1, &m1);
+	*minseq = m0 < 0 ? m1 : m1 < 0 ? m0 : m0 < m1 ? m0 : m1;
+	return n;
+}
+
+/* Once everything journaled is stored, the journals are emptied in place:
+ * the records appended after that start at the front and no stale line of
+ * the earlier records survives behind them (a restart replays exactly the
+ * unstored ones). */
 static void
 test_journal_reset_in_place(void **state)
 {
 	struct sl_config *cfg;
 	struct sl_audit *a;
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
-	char err[256], msg[512], jpath[256], big[2049];
+	char err[256], msg[512], big[2049];
 	long long minseq, stored;
 	uint64_t n;
 	int r, lines = -1;
 
 	fresh();
 	cfg = config();
-	snprintf(jpath, sizeof(jpath), "%s.journal", db);
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
@@ -461,13 +520,13 @@ test_journal_reset_in_place(void **state)
 	/* the writer stores them within ~50 ms and then empties the journal */
 	for (int i = 0; i < 200 && lines != 0; i++) {
 		usleep(50000);
-		lines = journal_lines(jpath, &minseq);
+		lines = journals_lines(&minseq);
 	}
 	assert_int_equal(lines, 0);
 	for (int i = 0; i < 3; i++)
 		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
 	close_with_store_down(a);
-	lines = journal_lines(jpath, &minseq);
+	lines = journals_lines(&minseq);
 	/* the ones close_with_store_down() added, and those of the 3 the
 	 * writer's tick did not store before the lock was taken */
 	assert_true(lines >= 1);
@@ -516,8 +575,8 @@ leader(void *arg)
 }
 
 /* Under steady load (two threads journaling strict records without pause
- * while the writer stores), the journal is still emptied and used again:
- * it stays within one chunk (8 MiB) while ~36 MiB of records pass through.
+ * while the writer stores), the journals are still emptied and used again:
+ * each stays within one chunk (8 MiB) while ~36 MiB of records pass through.
  * Before, it was emptied only when everything journaled happened to be
  * stored at that moment, so under load it kept growing onto fresh pages
  * (a page fault per page, and disk). */
@@ -529,7 +588,7 @@ test_journal_bounded_under_steady_load(void **state)
 	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 	struct leader_arg la;
 	pthread_t t[2];
-	char err[256], msg[512], jpath[256];
+	char err[256], msg[512], jpath[256], jpath2[256];
 	off_t most = 0;
 	uint64_t n;
 	int running = 1;
@@ -537,6 +596,7 @@ test_journal_bounded_under_steady_load(void **state)
 	fresh();
 	cfg = config();
 	snprintf(jpath, sizeof(jpath), "%s.journal", db);
+	snprintf(jpath2, sizeof(jpath2), "%s.journal2", db);
 	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
 	la.a = a;
 	la.w = &w;
@@ -547,6 +607,8 @@ test_journal_bounded_under_steady_load(void **state)
 		struct stat st;
 
 		if (stat(jpath, &st) == 0 && st.st_size > most)
+			most = st.st_size;
+		if (stat(jpath2, &st) == 0 && st.st_size > most)
 			most = st.st_size;
 		pthread_mutex_lock(&w.mu);
 		running = w.done < 2 * la.n;
@@ -734,6 +796,7 @@ main(void)
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
 		cmocka_unit_test(test_journal_recovery_continues_the_chain),
+		cmocka_unit_test(test_journal_recovery_takes_both_files_in_order),
 		cmocka_unit_test(test_refused_row_fails_the_whole_batch),
 		cmocka_unit_test(test_journal_reset_in_place),
 		cmocka_unit_test(test_journal_bounded_under_steady_load),
