@@ -13,8 +13,8 @@
 #include "sluice/pg_session.h"
 
 #include <ctype.h>
-#include <stddef.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -525,7 +525,8 @@ result_record(struct pg_session *s, const struct result *r)
 
 /* Records the results taken so far, in the order the server gave them. Runs
  * after the client's stream is flushed (process_upstream) and before
- * anything else of the session is recorded (session_close). */
+ * anything else of the session is handled or recorded (process_client,
+ * session_close). */
 static void
 results_record(struct pg_session *s)
 {
@@ -571,10 +572,8 @@ ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const ch
 	if (r == &one || (errmsg != NULL && (r->error = strdup(errmsg)) == NULL)) {
 		/* no room to keep it: recorded now, after the ones before it */
 		results_record(s);
-		r->error = NULL;
-		sl_pl_result(s->gw, &s->pl, r->seq, r->trace_id[0] ? r->trace_id : NULL,
-			     r->duration_us, r->rows, r->has_tag ? r->tag : NULL,
-			     r->has_sqlstate ? r->sqlstate : NULL, errmsg, r->mask_stats);
+		r->error = (char *)errmsg; /* borrowed: result_record does not free it */
+		result_record(s, r);
 		return;
 	}
 	s->nresults++;
@@ -4224,6 +4223,9 @@ static void
 process_client(struct pg_session *s)
 {
 	struct sl_buf *in = &s->cin;
+
+	if (s->nresults > 0) /* process_upstream records them; kept in order anyway */
+		results_record(s);
 
 	while (s->state == PG_ST_READY && !s->hold) {
 		uint8_t type;
