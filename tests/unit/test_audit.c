@@ -334,6 +334,19 @@ test_journal_cut_copy_recovers(void **state)
 	sl_config_free(cfg);
 }
 
+/* A fresh store holding seq 1-3 (and a checkpoint), the journals empty. */
+static void
+store_three(struct sl_config *cfg)
+{
+	struct sl_audit *a;
+	char err[256];
+
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 3; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	sl_audit_close(a);
+}
+
 static void
 put_journal_file(const char *suffix, const char *text)
 {
@@ -378,10 +391,7 @@ test_journal_recovery_continues_the_chain(void **state)
 
 	fresh();
 	cfg = config();
-	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
-	for (int i = 0; i < 3; i++)
-		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
-	sl_audit_close(a); /* seq 1-3 stored (and a checkpoint) */
+	store_three(cfg); /* seq 1-3 stored (and a checkpoint) */
 	assert_int_equal(count_rows("1"), 3);
 	/* an older sluice's line whose hash is not the chain's: refused,
 	 * nothing stored */
@@ -450,10 +460,7 @@ test_journal_recovery_takes_both_files_in_order(void **state)
 
 	fresh();
 	cfg = config();
-	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
-	for (int i = 0; i < 3; i++)
-		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
-	sl_audit_close(a);
+	store_three(cfg);
 	assert_int_equal(count_rows("1"), 3);
 	put_journal_file(".journal", "{\"seq\":6,\"ts\":7,\"node\":\"n\",\"type\":\"result\","
 				     "\"session\":\"s\",\"trace_id\":\"\",\"span_id\":\"\","
