@@ -1044,7 +1044,7 @@ recover_journals(struct sl_audit *a, char *err, size_t errlen)
 	return r != 0 ? r : recover_journal(a, a->j[!first].path, err, errlen);
 }
 
-/* Opens journal i empty, its first chunk allocated: a file system without
+/* Opens a journal file empty, its first chunk allocated: a file system without
  * room for it fails the start with a reason, rather than every request
  * afterwards. */
 static int
