@@ -27,7 +27,6 @@ collect(char *p, size_t sz, size_t n, void *arg)
 	return sl_buf_append(&r->b, p, sz * n) == 0 ? sz * n : 0;
 }
 
-/* Performs one request; returns the HTTP status (0 on transport failure). */
 static const char *cacert; /* --cacert: the CA of an https:// admin URL */
 
 /* Whether url is plain http:// to a host other than this one: the bearer
@@ -55,6 +54,7 @@ cleartext_off_host(const char *url)
 	return !(inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127);
 }
 
+/* Performs one request; returns the HTTP status (0 on transport failure). */
 static long
 call(const char *url, const char *token, const char *method, const char *body, struct resp *out)
 {

@@ -107,11 +107,8 @@ struct sl_audit {
 	char node_json[6 * 64 + 3]; /* node as a JSON string */
 	size_t node_json_len;
 	struct sl_buf jline; /* journal lines being built (under wmu), kept */
-	int hex_ok;	     /* last_hex is the hex of hex_of (under imu) */
 	int jfailed;	     /* the last journal write failed (under wmu) */
 	char store_err[160]; /* why the last store failed (under imu) */
-	uint8_t hex_of[32];
-	char last_hex[65];
 };
 
 char *
@@ -684,16 +681,13 @@ chain_batch(struct sl_audit *a, struct rec *batch)
 
 		if (r->chained)
 			continue;
-		if (p == NULL || !p->chained || memcmp(p->hbin, a->last, 32) != 0) {
-			if (!a->hex_ok || memcmp(a->hex_of, a->last, 32) != 0) {
-				sl_hex(a->last, 32, a->last_hex);
-				memcpy(a->hex_of, a->last, 32);
-				a->hex_ok = 1;
-			}
-			memcpy(r->prev, a->last_hex, sizeof(r->prev));
-		} else {
-			memcpy(r->prev, p->hash, sizeof(r->prev)); /* a->last in hex */
-		}
+		/* Everything before r in the list is chained (a batch the store
+		 * refused comes back whole, in front): p is the last chained
+		 * record, its hash a->last, already in hex. */
+		if (p != NULL)
+			memcpy(r->prev, p->hash, sizeof(r->prev));
+		else
+			sl_hex(a->last, 32, r->prev);
 		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
 		sl_hex(r->hbin, 32, r->hash);
 		memcpy(a->last, r->hbin, 32);

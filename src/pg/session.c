@@ -14,7 +14,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,12 +65,16 @@ struct result {
 	uint64_t seq;
 	int64_t duration_us, rows;
 	json_t *mask_stats;
-	char *error; /* a copy: the server's message is consumed before it is recorded */
-	char tag[48];
-	char sqlstate[6];
-	char trace_id[33];
-	uint8_t has_tag, has_sqlstate;
+	char *error;	   /* a copy: the server's message is consumed before it is recorded */
+	char tag[48];	   /* as the entry's: empty when the server sent none */
+	char sqlstate[6];  /* with has_sqlstate */
+	char trace_id[33]; /* empty: the session's */
+	uint8_t has_sqlstate;
 };
+_Static_assert(sizeof(((struct result *)0)->tag) == sizeof(((struct entry *)0)->tag) &&
+		       sizeof(((struct result *)0)->trace_id) ==
+			       sizeof(((struct entry *)0)->trace_id),
+	       "a result copies its entry's tag and trace id whole");
 
 /* Result formats of a Bind: all text, all binary, or mixed. */
 enum { RFMT_TEXT = 0, RFMT_BINARY = 1, RFMT_MIXED = 2 };
@@ -519,7 +522,7 @@ static void
 result_record(struct pg_session *s, const struct result *r)
 {
 	sl_pl_result(s->gw, &s->pl, r->seq, r->trace_id[0] ? r->trace_id : NULL, r->duration_us,
-		     r->rows, r->has_tag ? r->tag : NULL, r->has_sqlstate ? r->sqlstate : NULL,
+		     r->rows, r->tag[0] ? r->tag : NULL, r->has_sqlstate ? r->sqlstate : NULL,
 		     r->error, r->mask_stats);
 }
 
@@ -559,14 +562,13 @@ ent_finish(struct pg_session *s, struct entry *e, const char *sqlstate, const ch
 	}
 	if (s->nresults < s->results_cap)
 		r = &s->results[s->nresults];
-	memset(r, 0, offsetof(struct result, tag));
 	r->seq = e->seq;
 	r->duration_us = sl_mono_us() - e->start_us;
 	r->rows = e->rows;
 	r->mask_stats = take_mask_stats(s);
+	r->error = NULL;
+	memcpy(r->tag, e->tag, sizeof(r->tag));
 	memcpy(r->trace_id, e->trace_id, sizeof(r->trace_id));
-	if ((r->has_tag = e->tag[0] != '\0'))
-		memcpy(r->tag, e->tag, sizeof(r->tag));
 	if ((r->has_sqlstate = sqlstate != NULL))
 		snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", sqlstate);
 	if (r == &one || (errmsg != NULL && (r->error = strdup(errmsg)) == NULL)) {
