@@ -7,7 +7,8 @@
 #   MASK=1 sh bench/pg-gateway.sh          also a masking policy (issue 3)
 #   MODES="large" DURATION=10 sh bench/pg-gateway.sh
 #
-# Builds build-release/ (optimised, no sanitizers), writes a config into a
+# Builds build-release/ (optimised with link-time optimisation, no
+# sanitizers: how sluice is built for production, README), writes a config into a
 # temp dir whose connection "bench" points at the cluster pg-bench.sh makes
 # ($BACKEND_HOST:$BACKEND_PORT, trust auth as the bench user), mints a dev
 # token and hands pg-bench.sh a GATEWAY_CMD that starts sluice.
@@ -17,9 +18,9 @@ PG_BENCH=${PG_BENCH:-$ROOT/../shared/bench/pg-bench.sh}
 [ -f "$PG_BENCH" ] || PG_BENCH=/work/shared/bench/pg-bench.sh
 BUILD=$ROOT/build-release
 if [ -d "$BUILD" ]; then
-    meson setup --reconfigure "$BUILD" -Dbuildtype=release >/dev/null
+    meson setup --reconfigure "$BUILD" -Dbuildtype=release -Db_lto=true >/dev/null
 else
-    meson setup "$BUILD" -Dbuildtype=release >/dev/null
+    meson setup "$BUILD" -Dbuildtype=release -Db_lto=true >/dev/null
 fi
 ninja -C "$BUILD" sluice >/dev/null
 TMPD=$(mktemp -d /tmp/sluice-bench.XXXXXX)

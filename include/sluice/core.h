@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 /* Error codes: 0 ok, negative error, SL_AGAIN (positive) = need more bytes. */
 #define SL_OK	    0
@@ -27,6 +28,9 @@
 #define SL_ECORRUPT (-11) /* stored data failed an integrity check */
 #define SL_ESTATE   (-12) /* operation not valid in the current state */
 #define SL_ETIMEOUT (-13)
+
+/* Writes v in decimal at o (at most 20 digits, no NUL); returns the end. */
+char *sl_fmt_u64(char *o, uint64_t v);
 
 /* Returns a static string describing an SL_E* code. */
 const char *sl_strerror(int err);
@@ -48,10 +52,38 @@ struct sl_buf {
 
 void sl_buf_init(struct sl_buf *b, size_t max);
 void sl_buf_fini(struct sl_buf *b);
-/* Make room for n more bytes after len. */
-int sl_buf_reserve(struct sl_buf *b, size_t n);
-int sl_buf_append(struct sl_buf *b, const void *p, size_t n);
-int sl_buf_append_u8(struct sl_buf *b, uint8_t v);
+/* sl_buf_reserve() when the room is not there yet. */
+int sl_buf_grow(struct sl_buf *b, size_t n);
+/* Make room for n more bytes after len. The check is inline: records and
+ * protocol messages reserve and append many small pieces. */
+static inline int
+sl_buf_reserve(struct sl_buf *b, size_t n)
+{
+	return b->cap - b->len >= n ? 0 : sl_buf_grow(b, n);
+}
+static inline int
+sl_buf_append(struct sl_buf *b, const void *p, size_t n)
+{
+	int r;
+
+	if (n == 0)
+		return 0;
+	if ((r = sl_buf_reserve(b, n)) != 0)
+		return r;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+static inline int
+sl_buf_append_u8(struct sl_buf *b, uint8_t v)
+{
+	int r;
+
+	if ((r = sl_buf_reserve(b, 1)) != 0)
+		return r;
+	b->data[b->len++] = v;
+	return 0;
+}
 int sl_buf_append_u16be(struct sl_buf *b, uint16_t v);
 int sl_buf_append_u32be(struct sl_buf *b, uint32_t v);
 /* Appends s including its terminating NUL. */

@@ -132,15 +132,41 @@ static const uint8_t json_special[256] = {
 	[0x7f ... 0xff] = 1,
 };
 
+/* The first byte in [p, end) that leaves a plain run, or end. Eight bytes
+ * at a time: a byte is special if it is below 0x20, is '"', '\\' or DEL,
+ * or has its top bit set (the word tests can flag a byte above a special
+ * one too, never miss one; the byte loop then finds the exact place). */
+static const unsigned char *
+plain_run(const unsigned char *p, const unsigned char *end)
+{
+	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+
+	while (end - p >= 8) {
+		uint64_t x, q, b, d;
+
+		memcpy(&x, p, 8);
+		q = x ^ (ones * '"');
+		b = x ^ (ones * '\\');
+		d = x ^ (ones * 0x7f);
+		if ((x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) |
+		     ((d - ones) & ~d)) &
+		    high)
+			break;
+		p += 8;
+	}
+	while (p < end && !json_special[*p])
+		p++;
+	return p;
+}
+
 /* Whether s goes into JSON as it is (the ids and type names sluice makes
  * always do; anything else is escaped). */
 static int
 json_plain(const char *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		if (json_special[(unsigned char)s[i]])
-			return 0;
-	return 1;
+	const unsigned char *p = (const unsigned char *)s;
+
+	return plain_run(p, p + n) == p + n;
 }
 
 /* One allocation per record: the strings live behind the struct (records
@@ -482,29 +508,9 @@ fail:
 static char *
 put_dec(char *o, uint64_t v, int neg)
 {
-	static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
-				       "25262728293031323334353637383940414243444546474849"
-				       "50515253545556575859606162636465666768697071727374"
-				       "75767778798081828384858687888990919293949596979899";
-	char d[24];
-	size_t i = sizeof(d);
-
-	/* two digits a division (timestamps have sixteen) */
-	while (v >= 100) {
-		i -= 2;
-		memcpy(d + i, pairs + 2 * (v % 100), 2);
-		v /= 100;
-	}
-	if (v >= 10) {
-		i -= 2;
-		memcpy(d + i, pairs + 2 * v, 2);
-	} else {
-		d[--i] = (char)('0' + v);
-	}
 	if (neg)
-		d[--i] = '-';
-	memcpy(o, d + i, sizeof(d) - i);
-	return o + (sizeof(d) - i);
+		*o++ = '-';
+	return sl_fmt_u64(o, v);
 }
 
 #define PUT_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) += sizeof(lit) - 1)
@@ -1241,10 +1247,8 @@ sl_json_put_str(struct sl_buf *b, const char *s, size_t len)
 		size_t n = 1;
 
 		if (!json_special[c]) {
-			const unsigned char *q = p + 1;
+			const unsigned char *q = plain_run(p + 1, end);
 
-			while (q < end && !json_special[*q])
-				q++;
 			memcpy(b->data + b->len, p, (size_t)(q - p));
 			b->len += (size_t)(q - p);
 			p = q;

@@ -84,8 +84,34 @@ sl_buf_compact(struct sl_buf *b)
 	b->off = 0;
 }
 
+char *
+sl_fmt_u64(char *o, uint64_t v)
+{
+	static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
+				       "25262728293031323334353637383940414243444546474849"
+				       "50515253545556575859606162636465666768697071727374"
+				       "75767778798081828384858687888990919293949596979899";
+	char d[20];
+	size_t i = sizeof(d);
+
+	/* two digits a division (timestamps have sixteen) */
+	while (v >= 100) {
+		i -= 2;
+		memcpy(d + i, pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10) {
+		i -= 2;
+		memcpy(d + i, pairs + 2 * v, 2);
+	} else {
+		d[--i] = (char)('0' + v);
+	}
+	memcpy(o, d + i, sizeof(d) - i);
+	return o + (sizeof(d) - i);
+}
+
 int
-sl_buf_reserve(struct sl_buf *b, size_t n)
+sl_buf_grow(struct sl_buf *b, size_t n)
 {
 	size_t need, ncap;
 	uint8_t *p;
@@ -112,26 +138,6 @@ sl_buf_reserve(struct sl_buf *b, size_t n)
 	b->data = p;
 	b->cap = ncap;
 	return 0;
-}
-
-int
-sl_buf_append(struct sl_buf *b, const void *p, size_t n)
-{
-	int r;
-
-	if (n == 0)
-		return 0;
-	if ((r = sl_buf_reserve(b, n)) != 0)
-		return r;
-	memcpy(b->data + b->len, p, n);
-	b->len += n;
-	return 0;
-}
-
-int
-sl_buf_append_u8(struct sl_buf *b, uint8_t v)
-{
-	return sl_buf_append(b, &v, 1);
 }
 
 int

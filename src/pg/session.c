@@ -146,6 +146,7 @@ static const char audit_down_msg[] = "sluice: the audit trail is unavailable, re
 struct blocked_msg {
 	char nonce[24];
 	char message[256];
+	int outage; /* the audit trail could not take the record: not a policy block */
 	struct blocked_msg *next;
 };
 
@@ -365,7 +366,7 @@ static int hold_for_review(struct pg_session *s, const char *sql, size_t len,
 			   const struct sl_sql_class *cls, const struct sl_decision *d,
 			   const char *trace, const char *span);
 static void substitute(struct pg_session *s, uint8_t type, const char *stmt_name,
-		       const char *message);
+		       const char *message, int outage);
 static void audit_done(struct sl_completion *c);
 static char *audit_value(const char *v);
 
@@ -2397,9 +2398,9 @@ track_param(struct pg_session *s, const char *name, const char *value)
 	return 0;
 }
 
-/* Returns the blocked message to show if this ErrorResponse is the answer to
- * one of our substituted statements. */
-static const char *
+/* Returns what to show instead if this ErrorResponse is the answer to one of
+ * our substituted statements. */
+static const struct blocked_msg *
 blocked_rewrite(struct pg_session *s, const uint8_t *msg, size_t len)
 {
 	struct sl_pg_error_fields f;
@@ -2410,7 +2411,7 @@ blocked_rewrite(struct pg_session *s, const uint8_t *msg, size_t len)
 		return NULL;
 	for (struct blocked_msg *b = s->blocked; b; b = b->next)
 		if (strstr(f.message, b->nonce) != NULL)
-			return b->message;
+			return b;
 	return NULL;
 }
 
@@ -2418,19 +2419,19 @@ static void
 on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 {
 	struct sl_pg_error_fields f;
-	const char *rew = blocked_rewrite(s, msg, len);
+	const struct blocked_msg *rew = blocked_rewrite(s, msg, len);
 	struct entry *e;
 
 	memset(&f, 0, sizeof(f));
 	sl_pg_parse_error(msg, len, &f);
 	if (rew != NULL) {
 		struct sl_buf b;
-		int down = strcmp(rew, audit_down_msg) == 0;
+		int down = rew->outage;
 
 		sl_buf_init(&b, 0);
 		/* 58000 (system_error) like the login-time refusal: an outage,
 		 * worth a retry, not a permission */
-		sl_pg_put_error(&b, "ERROR", down ? "58000" : "42501", rew, NULL,
+		sl_pg_put_error(&b, "ERROR", down ? "58000" : "42501", rew->message, NULL,
 				down ? "sluice records each statement before it runs and cannot "
 				       "record now; retry later"
 				     : "sluice blocked this statement by policy");
@@ -3303,7 +3304,8 @@ make_nonce(char *out, size_t len)
 /* Sends the failing stand-in for a blocked statement and remembers how to
  * rewrite the server's answer. */
 static void
-substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char *message)
+substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char *message,
+	   int outage)
 {
 	struct blocked_msg *b = calloc(1, sizeof(*b));
 	char sql[64];
@@ -3315,6 +3317,7 @@ substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char
 	}
 	make_nonce(b->nonce, sizeof(b->nonce));
 	snprintf(b->message, sizeof(b->message), "%s", message);
+	b->outage = outage;
 	b->next = s->blocked;
 	s->blocked = b;
 	snprintf(sql, sizeof(sql), "SLUICE_BLOCKED_%s", b->nonce);
@@ -3349,7 +3352,7 @@ audit_done(struct sl_completion *c)
 
 		if (e != NULL)
 			e->blocked = 1;
-		substitute(s, msg[0], "", audit_down_msg);
+		substitute(s, msg[0], "", audit_down_msg, 1);
 	} else {
 		up_send_request(s, ent_last(s), msg, s->held_len);
 	}
@@ -3416,7 +3419,7 @@ review_done_loop(struct sl_completion *c)
 		if (rc < 0) {
 			if (e)
 				e->blocked = 1;
-			substitute(s, msg[0], "", audit_down_msg);
+			substitute(s, msg[0], "", audit_down_msg, 1);
 		} else {
 			up_send_request(s, e, msg, s->held_len);
 		}
@@ -3434,7 +3437,7 @@ review_done_loop(struct sl_completion *c)
 		s->rdec.action = SL_ACT_BLOCK;
 		s->rdec.message = m;
 		sl_pl_record(s->gw, s->w, &s->pl, &r, &s->rdec, NULL);
-		substitute(s, msg[0], "", m);
+		substitute(s, msg[0], "", m, 0);
 	}
 	sl_buf_consume(&s->cin, s->held_len);
 	s->hold = 0;
@@ -3625,6 +3628,10 @@ block:
 	d->rule = NULL;
 }
 
+/* Decides and records a simple-protocol statement. Returns 0 to forward it
+ * (or, with *waiting, once its record or review is done), 1 when blocked and
+ * 2 when its record cannot be made (msg says why; both are refused), -1 when
+ * the token has expired. */
 static int
 decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_class *cls,
        const char *trace, const char *span, struct entry *e, char *msg, size_t msglen, int *waiting)
@@ -3688,7 +3695,7 @@ decide(struct pg_session *s, const char *sql, size_t len, const struct sl_sql_cl
 	if (rc < 0) {
 		snprintf(msg, msglen, "%s", audit_down_msg);
 		e->blocked = 1;
-		return 1;
+		return 2;
 	}
 	return 0;
 }
@@ -3841,7 +3848,7 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 
 			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
 		}
-		substitute(s, 'Q', "", why);
+		substitute(s, 'Q', "", why, 0);
 		return 0;
 	}
 	r = decide(s, sql, len, c, trace[0] ? trace : NULL, span[0] ? span : NULL, e, bmsg,
@@ -3850,8 +3857,8 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "28000", "sluice: token expired; reconnect with a fresh token");
 		return -1;
 	}
-	if (r == 1) {
-		substitute(s, 'Q', "", bmsg);
+	if (r >= 1) { /* blocked (1) or not recordable (2) */
+		substitute(s, 'Q', "", bmsg, r == 2);
 		return 0;
 	}
 	if (c->nprepared > 0 && !held_ok(s, len * c->nprepared))
@@ -3939,7 +3946,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 			sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
 			/* The substitute fails to parse: the server keeps
 			 * whatever the name meant before, and so do we. */
-			substitute(s, 'P', p.stmt, bmsg);
+			substitute(s, 'P', p.stmt, bmsg, 0);
 			return 0;
 		}
 		{
@@ -3970,7 +3977,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		rq.sql = &un;
 		rq.seq = ++s->reqseq;
 		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-		substitute(s, 'P', p.stmt, why);
+		substitute(s, 'P', p.stmt, why, 0);
 	}
 	return 0;
 }
@@ -4021,7 +4028,7 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		rq.sql = &un;
 		rq.seq = ++s->reqseq;
 		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-		substitute(s, 'E', "", why);
+		substitute(s, 'E', "", why, 0);
 		return 0;
 	}
 	{
@@ -4164,7 +4171,7 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		d.action = SL_ACT_BLOCK;
 		d.message = pipeline_wait_msg;
 		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-		substitute(s, 'E', "", d.message);
+		substitute(s, 'E', "", d.message, 0);
 		return 0;
 	}
 	if (p != NULL && p->st->review) {
@@ -4197,7 +4204,7 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		d.action = SL_ACT_BLOCK;
 		d.message = "statement requires approval, and the approval queue refused it";
 		sl_pl_record(s->gw, s->w, &s->pl, &rq, &d, NULL);
-		substitute(s, 'E', "", d.message);
+		substitute(s, 'E', "", d.message, 0);
 		return 0;
 	}
 	if (sl_pl_check_expiry(s->gw, &s->pl) != 0) {
@@ -4329,7 +4336,8 @@ process_client(struct pg_session *s)
 				return;
 			}
 			e->blocked = 1;
-			substitute(s, 'Q', "", "sluice: fastpath function calls are not allowed");
+			substitute(s, 'Q', "", "sluice: fastpath function calls are not allowed",
+				   0);
 			break;
 		}
 		case 'X':

@@ -217,16 +217,13 @@ jcstrn(struct sl_buf *b, const char *k, size_t kl, const char *v)
 static void
 jintn(struct sl_buf *b, const char *k, size_t kl, long long v)
 {
-	char num[24], *p = num + sizeof(num);
-	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+	char num[24], *p = num;
 
-	do
-		*--p = (char)('0' + u % 10);
-	while ((u /= 10) != 0);
 	if (v < 0)
-		*--p = '-';
+		*p++ = '-';
+	p = sl_fmt_u64(p, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
 	jkeyn(b, k, kl);
-	sl_buf_append(b, p, (size_t)(num + sizeof(num) - p));
+	sl_buf_append(b, num, (size_t)(p - num));
 }
 
 static void
@@ -567,24 +564,25 @@ parse_traceparent(const char *p, size_t avail, char trace_id[33], char span_id[1
 int
 sl_pl_trace_from_text(const char *text, size_t len, char trace_id[33], char span_id[17])
 {
-	static const char key[] = "traceparent=";
-	const char *p = text, *end = text + len;
+	static const char key[] = "traceparent"; /* and '=' */
+	const size_t kl = sizeof(key) - 1;
+	const char *p = text, *end = text + len, *eq;
 
 	if (len == 55 && parse_traceparent(text, len, trace_id, span_id))
 		return 1;
-	while (p < end) {
-		const char *hit = memmem(p, (size_t)(end - p), key, sizeof(key) - 1);
-		const char *v;
+	/* "traceparent=" found by its '=': most statements have one or two,
+	 * and memchr() is cheaper than a substring search over every text */
+	while (p < end && (eq = memchr(p, '=', (size_t)(end - p))) != NULL) {
+		const char *v = eq + 1;
 
-		if (hit == NULL)
-			break;
-		v = hit + sizeof(key) - 1;
+		p = v;
+		if ((size_t)(eq - text) < kl || memcmp(eq - kl, key, kl) != 0)
+			continue;
 		if (v < end && *v == '\'')
 			v++;
 		/* sqlcommenter URL-encodes values; '-' stays as is. */
 		if (parse_traceparent(v, (size_t)(end - v), trace_id, span_id))
 			return 1;
-		p = hit + 1;
 	}
 	return 0;
 }

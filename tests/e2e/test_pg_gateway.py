@@ -659,6 +659,39 @@ def test_audit_tail_cut_while_running_detected(gateway_factory):
     assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
 
 
+OUTAGE_WORDS = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [delete], message: "sluice: the audit trail is unavailable, request refused" }
+      - { action: allow, sql: [select] }
+"""
+
+
+def test_a_block_rule_worded_like_an_outage_is_still_a_policy_refusal(gateway_factory):
+    # The SQLSTATE says what happened, not what the words look like: a rule
+    # may word its message any way, even as sluice's own outage text.
+    gw = gateway_factory(policies=OUTAGE_WORDS)
+    c = gw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    with pytest.raises(psycopg2.Error) as ex:
+        cur.execute("DELETE FROM orders WHERE id = 1")
+    assert ex.value.pgcode == "42501", (ex.value.pgcode, ex.value.pgerror)
+    assert "by policy" in ex.value.pgerror and "retry" not in ex.value.pgerror
+    cur.execute("SELECT 1")
+    assert cur.fetchone()[0] == 1
+    c.close()
+    # the same through Parse (extended protocol)
+    cn = pgwire.Conn(gw.port)
+    assert cn.login("orders", gw.mint())[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("", "DELETE FROM orders WHERE id = 1") + pgwire.SYNC)
+    errs = pgwire.errors(cn.until_ready())
+    assert [e["C"] for e in errs] == ["42501"], errs
+    cn.close()
+
+
 def test_audit_store_outage_refuses_then_recovers(gw):
     # Another process holds the store's write lock: sluice keeps journaling
     # until the store has refused a batch (its busy timeout), then refuses

@@ -689,16 +689,30 @@ test_stalled_store_backlog_is_bounded(void **state)
 static void
 test_json_put_str(void **state)
 {
-	static const char *pieces[] = {
-		"a",	    "\"",   "\\",	"\n",		"\t",
-		"\x01",	    "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
-		"x y z 123"};
+	static const char *pieces[] = {"a",
+				       "\"",
+				       "\\",
+				       "\n",
+				       "\t",
+				       "\x01",
+				       "\x7f",
+				       "\xc3\xa9",
+				       "\xe2\x82\xac",
+				       "\xf0\x9f\x98\x80",
+				       "x y z 123",
+				       "abcdefghijklmnopq",
+				       " !#[]~",
+				       "\x1f",
+				       "\x20\x21\x5b\x5d\x7e\x19"};
+	/* long plain runs and bytes just beside the special ranges: the plain
+	 * scan takes eight bytes at a time */
+	const unsigned npc = sizeof(pieces) / sizeof(pieces[0]);
 	static const char *broken[] = {"\xc3",	   "\xe2\x82", "\xed\xa0\x80",
 				       "\xc0\xaf", "\xff",     "\x80"};
 	unsigned seed = 12345;
 
 	for (int iter = 0; iter < 5000; iter++) {
-		char in[512];
+		char in[1024]; /* up to 39 pieces of at most 17 bytes */
 		size_t len = 0;
 		int valid = 1;
 		struct sl_buf b;
@@ -714,7 +728,7 @@ test_json_put_str(void **state)
 				pc = broken[(seed >> 8) % 6];
 				valid = 0;
 			} else {
-				pc = pieces[(seed >> 8) % 11];
+				pc = pieces[(seed >> 8) % npc];
 			}
 			memcpy(in + len, pc, strlen(pc));
 			len += strlen(pc);
@@ -725,7 +739,8 @@ test_json_put_str(void **state)
 		b.off = (size_t)(iter % 11);
 		assert_int_equal(sl_json_put_str(&b, in, len), 0);
 		{
-			size_t pre = 10 - b.off, outlen = b.len - b.off - pre;
+			/* the unread prefix, wherever compacting moved it */
+			size_t pre = 10 - (size_t)(iter % 11), outlen = b.len - b.off - pre;
 			char *out = malloc(outlen + 1);
 			json_error_t err;
 			json_t *j;
