@@ -101,6 +101,7 @@ struct walker {
 	int in_count;	     /* inside count()'s arguments */
 	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
 	int direct_val;	     /* walking a column that is a statement's own result column */
+	int locking;	     /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
 	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
 };
 
@@ -976,6 +977,8 @@ walk_object(struct walker *w, const char *node)
 			has_where = 1;
 		if (strcmp(key, "intoClause") == 0)
 			has_into = 1;
+		if (strcmp(key, "lockingClause") == 0)
+			w->locking = 1;
 		if (strcmp(key, "valuesLists") == 0)
 			has_values = 1;
 		if (strcmp(key, "fromClause") == 0)
@@ -1578,6 +1581,16 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 		}
 	}
 	out->kinds = walk_value(&w, NULL, NULL);
+	if (w.locking) {
+		/* SELECT ... FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE
+		 * locks rows until the transaction ends (writers wait), and
+		 * PostgreSQL asks UPDATE privilege for it: an update of every
+		 * table the statement names (all of them, not only the ones an
+		 * OF list picks: an alias there names no table by itself). */
+		out->kinds |= SL_SQL_UPDATE;
+		for (size_t i = 0; i < out->ntables; i++)
+			out->table_kinds[i] |= SL_SQL_UPDATE;
+	}
 	if (w.setcfg_col > 0) {
 		pinned = w.setcfg_col == 1 && settings_pinned(&w, res.parse_tree);
 		if (!pinned)

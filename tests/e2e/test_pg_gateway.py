@@ -659,6 +659,35 @@ def test_audit_tail_cut_while_running_detected(gateway_factory):
     assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
 
 
+def test_locking_reads_need_update_not_just_select(gateway_factory, pg):
+    # SELECT ... FOR UPDATE / SHARE holds row locks that stall writers until
+    # the transaction ends (PostgreSQL asks UPDATE privilege for it): a
+    # select-only agent is refused, and its session and plain reads go on.
+    gw = gateway_factory(policies=SELECT_ONLY)
+    c = gw.connect()
+    c.autocommit = True  # select-only: no BEGIN either
+    cur = c.cursor()
+    for q in ("SELECT * FROM orders WHERE id = 1 FOR UPDATE",
+              "SELECT id FROM orders FOR SHARE SKIP LOCKED",
+              "SELECT * FROM (SELECT id FROM orders FOR KEY SHARE) s"):
+        with pytest.raises(psycopg2.Error) as ex:
+            cur.execute(q)
+        assert ex.value.pgcode == "42501" and "update" in ex.value.pgerror, ex.value.pgerror
+    cur.execute("SELECT count(*) FROM orders")
+    assert cur.fetchone()[0] >= 1
+    c.close()
+    # a policy that allows updates runs it (the default test policy)
+    gw2 = gateway_factory()
+    c2 = gw2.connect()
+    cur2 = c2.cursor()
+    cur2.execute("SELECT id FROM orders ORDER BY id LIMIT 1 FOR UPDATE")
+    assert cur2.fetchone() is not None
+    c2.rollback()
+    c2.close()
+    kinds = [r["data"].get("kind") for r in gw.export() if r["type"] == "request"]
+    assert "select,update" in kinds, kinds
+
+
 OUTAGE_WORDS = """
 policies:
   - name: agents

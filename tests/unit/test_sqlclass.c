@@ -554,6 +554,28 @@ test_policy_semantics(void **state)
 		decide(ps, "a", "ai-agents", "orders", "UPDATE scratch SET a=1 WHERE b=2", &d),
 		SL_ACT_REVIEW);
 	assert_string_equal(d.rule, "agents#4");
+	/* a locking read is an update (PostgreSQL asks UPDATE privilege for
+	 * it): held like one, and an allow on update covers it only when
+	 * every table it names is listed */
+	assert_int_equal(decide(ps, "a", "ai-agents", "orders",
+				"SELECT * FROM scratch WHERE id = 1 FOR UPDATE", &d),
+			 SL_ACT_REVIEW);
+	{
+		struct sl_sql_class c;
+		const char *q = "SELECT * FROM scratch s JOIN t USING (id) FOR SHARE OF s";
+		int upd = 0;
+
+		assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+		assert_true(c.kinds & SL_SQL_UPDATE);
+		assert_false(c.kinds & SL_SQL_UPDATE_ALL);
+		for (size_t i = 0; i < c.ntables; i++)
+			upd += (c.table_kinds[i] & SL_SQL_UPDATE) != 0;
+		/* scratch, t and the OF list's s (an alias, kept as a name:
+		 * rules see more names, never fewer) */
+		assert_int_equal(c.ntables, 3);
+		assert_int_equal(upd, 3);
+		sl_sql_class_fini(&c);
+	}
 	/* uncovered kind: default deny */
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "CREATE TABLE x (a int)", &d),
 			 SL_ACT_BLOCK);
