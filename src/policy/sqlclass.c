@@ -874,6 +874,7 @@ walk_object(struct walker *w, const char *node)
 	uint32_t k = 0;
 	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
+	int has_locking = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
 	int byarg = 0;
 	int first = 1;
@@ -978,7 +979,7 @@ walk_object(struct walker *w, const char *node)
 		if (strcmp(key, "intoClause") == 0)
 			has_into = 1;
 		if (strcmp(key, "lockingClause") == 0)
-			w->locking = 1;
+			has_locking = w->locking = 1;
 		if (strcmp(key, "valuesLists") == 0)
 			has_values = 1;
 		if (strcmp(key, "fromClause") == 0)
@@ -1149,6 +1150,12 @@ walk_object(struct walker *w, const char *node)
 		k |= SL_SQL_DELETE_ALL;
 	if (strcmp(node, "SelectStmt") == 0 && has_into)
 		k |= SL_SQL_DDL;
+	/* SELECT ... FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE locks
+	 * rows until the transaction ends (writers wait), and PostgreSQL asks
+	 * UPDATE privilege for it: an update (here, so that a PREPARE keeps it
+	 * for its EXECUTE; the tables are marked at the end) */
+	if (strcmp(node, "SelectStmt") == 0 && has_locking)
+		k |= SL_SQL_UPDATE;
 	if (strcmp(node, "CopyStmt") == 0) {
 		k &= ~SL_SQL_UTILITY;
 		k |= is_from ? SL_SQL_COPY_FROM : SL_SQL_COPY_TO;
@@ -1582,12 +1589,9 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 	}
 	out->kinds = walk_value(&w, NULL, NULL);
 	if (w.locking) {
-		/* SELECT ... FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE
-		 * locks rows until the transaction ends (writers wait), and
-		 * PostgreSQL asks UPDATE privilege for it: an update of every
-		 * table the statement names (all of them, not only the ones an
-		 * OF list picks: an alias there names no table by itself). */
-		out->kinds |= SL_SQL_UPDATE;
+		/* A locking read updates every table the statement names (all
+		 * of them, not only the ones an OF list picks: an alias there
+		 * names no table by itself). */
 		for (size_t i = 0; i < out->ntables; i++)
 			out->table_kinds[i] |= SL_SQL_UPDATE;
 	}

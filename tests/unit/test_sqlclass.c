@@ -575,6 +575,12 @@ test_policy_semantics(void **state)
 		assert_int_equal(c.ntables, 3);
 		assert_int_equal(upd, 3);
 		sl_sql_class_fini(&c);
+		/* a PREPARE keeps it for its EXECUTE */
+		q = "PREPARE l AS SELECT * FROM t WHERE id = $1 FOR NO KEY UPDATE";
+		assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+		assert_int_equal(c.nprepared, 1);
+		assert_true(c.prepared_kinds[0] & SL_SQL_UPDATE);
+		sl_sql_class_fini(&c);
 	}
 	/* uncovered kind: default deny */
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders", "CREATE TABLE x (a int)", &d),
