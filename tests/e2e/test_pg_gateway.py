@@ -659,7 +659,7 @@ def test_audit_tail_cut_while_running_detected(gateway_factory):
     assert v.returncode == 1 and "truncated" in v.stderr, v.stderr
 
 
-def test_locking_reads_need_update_not_just_select(gateway_factory, pg):
+def test_locking_reads_need_update_not_just_select(gateway_factory):
     # SELECT ... FOR UPDATE / SHARE holds row locks that stall writers until
     # the transaction ends (PostgreSQL asks UPDATE privilege for it): a
     # select-only agent is refused, and its session and plain reads go on.

@@ -555,8 +555,8 @@ test_policy_semantics(void **state)
 		SL_ACT_REVIEW);
 	assert_string_equal(d.rule, "agents#4");
 	/* a locking read is an update (PostgreSQL asks UPDATE privilege for
-	 * it): held like one, and an allow on update covers it only when
-	 * every table it names is listed */
+	 * it): held by the review rule on update like one, and every table
+	 * it names counts as updated (what an allow rule's tables: must list) */
 	assert_int_equal(decide(ps, "a", "ai-agents", "orders",
 				"SELECT * FROM scratch WHERE id = 1 FOR UPDATE", &d),
 			 SL_ACT_REVIEW);
