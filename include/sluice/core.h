@@ -29,8 +29,10 @@
 #define SL_ESTATE   (-12) /* operation not valid in the current state */
 #define SL_ETIMEOUT (-13)
 
-/* Writes v in decimal at o (at most 20 digits, no NUL); returns the end. */
+/* Write v in decimal at o (at most 20 digits and a sign, no NUL); return
+ * the end. */
 char *sl_fmt_u64(char *o, uint64_t v);
+char *sl_fmt_i64(char *o, int64_t v);
 
 /* Returns a static string describing an SL_E* code. */
 const char *sl_strerror(int err);

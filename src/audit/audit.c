@@ -505,14 +505,6 @@ fail:
 	return SL_EIO;
 }
 
-static char *
-put_dec(char *o, uint64_t v, int neg)
-{
-	if (neg)
-		*o++ = '-';
-	return sl_fmt_u64(o, v);
-}
-
 #define PUT_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) += sizeof(lit) - 1)
 
 /* One journal line: {"seq":..,"ts":..,"node":..,"type":..,"session":..,
@@ -544,9 +536,9 @@ put_line(struct sl_buf *b, const struct rec *r, const struct sl_audit *a)
 		return rc;
 	o = (char *)b->data + b->len;
 	PUT_LIT(o, "{\"seq\":");
-	o = put_dec(o, r->seq, 0);
+	o = sl_fmt_u64(o, r->seq);
 	PUT_LIT(o, ",\"ts\":");
-	o = put_dec(o, r->ts < 0 ? (uint64_t)0 - (uint64_t)r->ts : (uint64_t)r->ts, r->ts < 0);
+	o = sl_fmt_i64(o, r->ts);
 	PUT_LIT(o, ",\"node\":");
 	memcpy(o, a->node_json, a->node_json_len);
 	o += a->node_json_len;

@@ -110,6 +110,15 @@ sl_fmt_u64(char *o, uint64_t v)
 	return o + (sizeof(d) - i);
 }
 
+char *
+sl_fmt_i64(char *o, int64_t v)
+{
+	if (v >= 0)
+		return sl_fmt_u64(o, (uint64_t)v);
+	*o++ = '-';
+	return sl_fmt_u64(o, (uint64_t)0 - (uint64_t)v);
+}
+
 int
 sl_buf_grow(struct sl_buf *b, size_t n)
 {

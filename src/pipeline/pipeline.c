@@ -217,11 +217,8 @@ jcstrn(struct sl_buf *b, const char *k, size_t kl, const char *v)
 static void
 jintn(struct sl_buf *b, const char *k, size_t kl, long long v)
 {
-	char num[24], *p = num;
+	char num[24], *p = sl_fmt_i64(num, v);
 
-	if (v < 0)
-		*p++ = '-';
-	p = sl_fmt_u64(p, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
 	jkeyn(b, k, kl);
 	sl_buf_append(b, num, (size_t)(p - num));
 }

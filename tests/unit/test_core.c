@@ -192,6 +192,31 @@ test_fput_safe(void **state)
 	}
 }
 
+/* Decimals as printf writes them, at every digit count and both ends. */
+static void
+test_fmt_decimal(void **state)
+{
+	const int64_t iv[] = {
+		0, 1, -1, 9, -9, 10, 99, 100, -100, 12345, 1765000000000000, INT64_MAX, INT64_MIN};
+	char got[32], want[32];
+
+	for (uint64_t v = 1, i = 0; i < 20; i++, v *= 10)
+		for (int d = -1; d <= 1; d++) {
+			uint64_t x = v + (uint64_t)d;
+
+			*sl_fmt_u64(got, x) = '\0';
+			snprintf(want, sizeof(want), "%llu", (unsigned long long)x);
+			assert_string_equal(got, want);
+		}
+	*sl_fmt_u64(got, UINT64_MAX) = '\0';
+	assert_string_equal(got, "18446744073709551615");
+	for (size_t i = 0; i < sizeof(iv) / sizeof(iv[0]); i++) {
+		*sl_fmt_i64(got, iv[i]) = '\0';
+		snprintf(want, sizeof(want), "%lld", (long long)iv[i]);
+		assert_string_equal(got, want);
+	}
+}
+
 int
 main(void)
 {
@@ -200,6 +225,7 @@ main(void)
 		cmocka_unit_test(test_strmap_matches_model),
 		cmocka_unit_test(test_strmap_grows_and_empties),
 		cmocka_unit_test(test_fput_safe),
+		cmocka_unit_test(test_fmt_decimal),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
