@@ -60,6 +60,12 @@ void sl_audit_close(struct sl_audit *a);
  * Returns 0 or SL_ECORRUPT (or SL_EIO if the store cannot be read). */
 int sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg, size_t msglen,
 			  uint64_t *nrecords);
+/* The same with the checkpoint sidecar read from sidecar_path (a copy kept
+ * elsewhere, e.g. on write-once storage; it must exist) instead of
+ * <store_path>.checkpoints (read if it exists). */
+int sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
+			       const char *sidecar_path, char *msg, size_t msglen,
+			       uint64_t *nrecords);
 
 /* `sluice audit verify|tail|export` (argv[0] is the subcommand). */
 int sl_audit_cli(int argc, char **argv, const struct sl_config *cfg);

@@ -307,7 +307,7 @@ resume_chain(struct sl_audit *a, char *err, size_t errlen)
 		sl_audit_row_from_stmt(st, &row);
 		sl_audit_hash_row(&row, h);
 		sl_hex(h, 32, hex);
-		if (strcmp(hex, row.hash) != 0) {
+		if (!row.types_ok || !sl_audit_row_hash_is(&row, hex)) {
 			snprintf(err, errlen,
 				 "the last audit record (seq %llu) does not match its hash; run "
 				 "`sluice audit verify`",
@@ -382,8 +382,12 @@ out:
 static int
 checkpoint_due(const struct sl_audit *a)
 {
+	/* A store's first records are signed at once: a store with records
+	 * and no checkpoint is then always one whose checkpoints were
+	 * deleted (verify says so). */
 	return a->since_cp >= a->cp_every ||
-	       (a->since_cp > 0 && sl_mono_us() - a->last_cp_us >= a->cp_interval_us);
+	       (a->since_cp > 0 &&
+		(a->last_cp_seq == 0 || sl_mono_us() - a->last_cp_us >= a->cp_interval_us));
 }
 
 /* rows records per run. The node is the same in every row: it is ?1,
@@ -686,7 +690,7 @@ chain_batch(struct sl_audit *a, struct rec *batch)
 			memcpy(r->prev, p->hash, sizeof(r->prev));
 		else
 			sl_hex(a->last, 32, r->prev);
-		sl_audit_hash_parts(a->last, NULL, r->seq, r->ts, f, l, r->hbin);
+		sl_audit_hash_parts(a->last, NULL, 0, r->seq, r->ts, f, l, r->hbin);
 		sl_hex(r->hbin, 32, r->hash);
 		memcpy(a->last, r->hbin, 32);
 		r->chained = 1;

@@ -27,20 +27,41 @@ col(sqlite3_stmt *st, int i)
 	return s ? s : "";
 }
 
+/* A TEXT column's value and its length in bytes (which counts a NUL inside
+ * it: strlen would not). */
+static const char *
+col_len(sqlite3_stmt *st, int i, size_t *len, int *types_ok)
+{
+	const char *s = col(st, i);
+
+	if (sqlite3_column_type(st, i) != SQLITE_TEXT)
+		*types_ok = 0;
+	*len = (size_t)sqlite3_column_bytes(st, i);
+	return s;
+}
+
 void
 sl_audit_row_from_stmt(sqlite3_stmt *st, struct sl_audit_row *row)
 {
+	const char **f[6] = {&row->node,     &row->type,    &row->session,
+			     &row->trace_id, &row->span_id, &row->data};
+
+	row->types_ok = sqlite3_column_type(st, 0) == SQLITE_INTEGER &&
+			sqlite3_column_type(st, 1) == SQLITE_INTEGER;
 	row->seq = (uint64_t)sqlite3_column_int64(st, 0);
 	row->ts = sqlite3_column_int64(st, 1);
-	row->node = col(st, 2);
-	row->type = col(st, 3);
-	row->session = col(st, 4);
-	row->trace_id = col(st, 5);
-	row->span_id = col(st, 6);
-	row->data = col(st, 7);
-	row->prev_hash = col(st, 8);
-	row->hash = col(st, 9);
+	for (int i = 0; i < 6; i++)
+		*f[i] = col_len(st, 2 + i, &row->len[i], &row->types_ok);
+	row->prev_hash = col_len(st, 8, &row->prev_len, &row->types_ok);
+	row->hash = col_len(st, 9, &row->hash_len, &row->types_ok);
+	row->has_len = 1;
 	row->prev_bin = NULL;
+}
+
+int
+sl_audit_row_hash_is(const struct sl_audit_row *row, const char hex[65])
+{
+	return row->hash_len == 64 && memcmp(row->hash, hex, 64) == 0;
 }
 
 static size_t
@@ -90,15 +111,17 @@ sl_audit_hash_row(const struct sl_audit_row *row, uint8_t out[32])
 	size_t l[6];
 
 	for (int i = 0; i < 6; i++)
-		l[i] = strlen(f[i]);
-	sl_audit_hash_parts(row->prev_bin, row->prev_hash, row->seq, row->ts, f, l, out);
+		l[i] = row->has_len ? row->len[i] : strlen(f[i]);
+	sl_audit_hash_parts(row->prev_bin, row->prev_hash,
+			    row->has_len ? row->prev_len : strlen(row->prev_hash), row->seq,
+			    row->ts, f, l, out);
 }
 
 void
-sl_audit_hash_parts(const uint8_t *prev_bin, const char *prev_hash, uint64_t seq, int64_t ts,
-		    const char *const f[6], const size_t l[6], uint8_t out[32])
+sl_audit_hash_parts(const uint8_t *prev_bin, const char *prev_hash, size_t prev_len, uint64_t seq,
+		    int64_t ts, const char *const f[6], const size_t l[6], uint8_t out[32])
 {
-	size_t pl = prev_bin ? 0 : strlen(prev_hash), total = 32 + 16 + 8 + pl, o = 0;
+	size_t pl = prev_bin ? 0 : prev_len, total = 32 + 16 + 8 + pl, o = 0;
 	uint8_t stack[2048], *b = stack;
 
 	for (int i = 0; i < 6; i++)
@@ -112,7 +135,7 @@ sl_audit_hash_parts(const uint8_t *prev_bin, const char *prev_hash, uint64_t seq
 	if (prev_bin != NULL) {
 		memcpy(b, prev_bin, 32);
 		o = 32;
-	} else if (unhex(prev_hash, b) == 0) {
+	} else if (pl == 64 && unhex(prev_hash, b) == 0) {
 		o = 32;
 	} else {
 		o = put_str(b, prev_hash, pl);
@@ -144,7 +167,9 @@ check_sig(EVP_PKEY *pub, const char *node, uint64_t seq, const char *hash, int64
 	int sl = (int)strlen(sig64), dl, ok;
 	EVP_MD_CTX *md;
 
-	if (sl == 0 || sl > 120 || sl % 4 != 0)
+	/* a message that does not fit was not signed by a writer (its node
+	 * name is at most 63 bytes): a bad signature, never a read past msg */
+	if (n < 0 || (size_t)n >= sizeof(msg) || sl == 0 || sl > 120 || sl % 4 != 0)
 		return 0;
 	dl = EVP_DecodeBlock(sig, (const unsigned char *)sig64, sl);
 	if (dl < 64)
@@ -154,6 +179,25 @@ check_sig(EVP_PKEY *pub, const char *node, uint64_t seq, const char *hash, int64
 	     EVP_DigestVerify(md, sig, 64, (const uint8_t *)msg, (size_t)n) == 1;
 	EVP_MD_CTX_free(md);
 	return ok;
+}
+
+/* A stored checkpoint row (node, seq, hash, ts, sig) has the types the
+ * writer stores, and no text column holds a NUL (the signed message and the
+ * comparisons would stop at it). */
+static int
+checkpoint_row_ok(sqlite3_stmt *st)
+{
+	static const int want[5] = {SQLITE_TEXT, SQLITE_INTEGER, SQLITE_TEXT, SQLITE_INTEGER,
+				    SQLITE_TEXT};
+
+	for (int i = 0; i < 5; i++) {
+		if (sqlite3_column_type(st, i) != want[i])
+			return 0;
+		if (want[i] == SQLITE_TEXT &&
+		    strlen(col(st, i)) != (size_t)sqlite3_column_bytes(st, i))
+			return 0;
+	}
+	return 1;
 }
 
 /* Verifies one checkpoint against the records. */
@@ -190,16 +234,26 @@ check_checkpoint(sqlite3 *db, EVP_PKEY *pub, const char *node, uint64_t seq, con
 	return r;
 }
 
+/* The sidecar at given (which must exist) or else <path>.checkpoints (if it
+ * exists). */
 static int
-verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, uint64_t last_seq, unsigned *ncp,
-	       char *msg, size_t msglen)
+verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, const char *given, uint64_t last_seq,
+	       unsigned *ncp, char *msg, size_t msglen)
 {
-	char sidecar[4200], line[1024];
+	char buf[4200], line[1024];
+	const char *sidecar = given;
 	FILE *f;
 	int r = 0;
 
-	snprintf(sidecar, sizeof(sidecar), "%s.checkpoints", path);
+	if (sidecar == NULL) {
+		snprintf(buf, sizeof(buf), "%s.checkpoints", path);
+		sidecar = buf;
+	}
 	f = fopen(sidecar, "r");
+	if (f == NULL && given != NULL) {
+		snprintf(msg, msglen, "cannot read checkpoint file %s", given);
+		return SL_EIO;
+	}
 	if (f == NULL)
 		return 0;
 	while (r == 0 && fgets(line, sizeof(line), f) != NULL) {
@@ -225,6 +279,13 @@ verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, uint64_t last_seq, 
 int
 sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg, size_t msglen,
 		      uint64_t *nrecords)
+{
+	return sl_audit_verify_store_with(store_path, pubkey_path, NULL, msg, msglen, nrecords);
+}
+
+int
+sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
+			   const char *sidecar_path, char *msg, size_t msglen, uint64_t *nrecords)
 {
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
@@ -278,9 +339,17 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 			r = SL_ECORRUPT;
 			goto out;
 		}
+		if (!row.types_ok) {
+			snprintf(msg, msglen,
+				 "record seq %llu: a column holds a value of the wrong type "
+				 "(edited?)",
+				 (unsigned long long)row.seq);
+			r = SL_ECORRUPT;
+			goto out;
+		}
 		sl_audit_hash_row(&row, h);
 		sl_hex(h, 32, hex);
-		if (strcmp(row.prev_hash, prevhex) != 0) {
+		if (row.prev_len != 64 || memcmp(row.prev_hash, prevhex, 64) != 0) {
 			snprintf(msg, msglen,
 				 "record seq %llu: previous-hash link broken (reordered, replaced "
 				 "or "
@@ -289,7 +358,7 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 			r = SL_ECORRUPT;
 			goto out;
 		}
-		if (strcmp(hex, row.hash) != 0) {
+		if (!sl_audit_row_hash_is(&row, hex)) {
 			snprintf(msg, msglen, "record seq %llu: hash mismatch (edited?)",
 				 (unsigned long long)row.seq);
 			r = SL_ECORRUPT;
@@ -307,8 +376,23 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 	sqlite3_finalize(st);
 	st = NULL;
 	if (sqlite3_prepare_v2(db, "SELECT node, seq, hash, ts, sig FROM checkpoints ORDER BY id",
-			       -1, &st, NULL) == SQLITE_OK) {
+			       -1, &st, NULL) != SQLITE_OK) {
+		/* the writer creates it with the records table */
+		snprintf(msg, msglen, "cannot read the checkpoints table (dropped?): %s",
+			 sqlite3_errmsg(db));
+		r = SL_ECORRUPT;
+		goto out;
+	} else {
 		while (r == 0 && sqlite3_step(st) == SQLITE_ROW) {
+			if (!checkpoint_row_ok(st)) {
+				snprintf(
+					msg, msglen,
+					"stored checkpoint %u: a column holds a value of the wrong "
+					"type or a NUL (edited?)",
+					ncp + 1);
+				r = SL_ECORRUPT;
+				break;
+			}
 			r = check_checkpoint(db, pub, col(st, 0),
 					     (uint64_t)sqlite3_column_int64(st, 1), col(st, 2),
 					     sqlite3_column_int64(st, 3), col(st, 4), n, "stored",
@@ -318,8 +402,19 @@ sl_audit_verify_store(const char *store_path, const char *pubkey_path, char *msg
 		if (r != 0)
 			goto out;
 	}
-	if ((r = verify_sidecar(db, pub, store_path, n, &ncp, msg, msglen)) != 0)
+	if ((r = verify_sidecar(db, pub, store_path, sidecar_path, n, &ncp, msg, msglen)) != 0)
 		goto out;
+	if (n > 0 && ncp == 0) {
+		/* The writer stores its first records with a checkpoint, in
+		 * one transaction: records and none means they were deleted,
+		 * and then the whole chain could have been rewritten. */
+		snprintf(msg, msglen,
+			 "%llu records but no checkpoint: nothing is signed (checkpoints "
+			 "deleted?), so the chain proves nothing",
+			 (unsigned long long)n);
+		r = SL_ECORRUPT;
+		goto out;
+	}
 	snprintf(msg, msglen, "ok: %llu records, %u checkpoints verified%s, head %s",
 		 (unsigned long long)n, ncp, pub ? " with signatures" : "", n ? prevhex : "-");
 	if (nrecords)
@@ -810,6 +905,7 @@ int
 sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 {
 	const char *store = cfg->audit.store, *pubkey = NULL, *session = NULL, *trace = NULL;
+	const char *sidecar = NULL;
 	const char *format = "jsonl", *output = NULL;
 	char defpub[4200], msg[512];
 	long n = 20;
@@ -822,6 +918,8 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 			store = argv[++i];
 		else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc)
 			pubkey = argv[++i];
+		else if (strcmp(argv[i], "--checkpoints") == 0 && i + 1 < argc)
+			sidecar = argv[++i];
 		else if (strcmp(argv[i], "--session") == 0 && i + 1 < argc)
 			session = argv[++i];
 		else if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc)
@@ -860,7 +958,8 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 			if (access(defpub, R_OK) == 0)
 				pubkey = defpub;
 		}
-		if (pubkey == NULL && access(path, R_OK) == 0 && has_checkpoints(path)) {
+		if (pubkey == NULL &&
+		    (sidecar != NULL || (access(path, R_OK) == 0 && has_checkpoints(path)))) {
 			/* Unsigned, a rewritten chain with matching checkpoint
 			 * hashes would pass: never report that as verified. */
 			fprintf(stderr,
@@ -870,7 +969,7 @@ sl_audit_cli(int argc, char **argv, const struct sl_config *cfg)
 			free(path);
 			return 1;
 		}
-		rc = sl_audit_verify_store(path, pubkey, msg, sizeof(msg), &nrec);
+		rc = sl_audit_verify_store_with(path, pubkey, sidecar, msg, sizeof(msg), &nrec);
 		if (rc != 0) {
 			/* a transcript from a trail that does not verify would
 			 * be shown as if it could be trusted */

@@ -180,6 +180,84 @@ test_tamper(void **state)
 	check_tamper("DELETE FROM records WHERE seq > 25", "truncated");
 	/* forging a checkpoint without the key */
 	check_tamper("UPDATE checkpoints SET ts = ts + 1", "signature");
+	/* every stored byte counts, and every column's type: text after a
+	 * NUL, or a number stored as text SQLite would convert back */
+	check_tamper("UPDATE records SET data = data || char(0) || ',\"text\":\"DROP\"}' "
+		     "WHERE seq = 8",
+		     "seq 8");
+	check_tamper("UPDATE records SET session = session || char(0) || 'other' WHERE seq = 4",
+		     "seq 4");
+	check_tamper("UPDATE records SET hash = hash || char(0) || 'x' WHERE seq = 11", "seq 11");
+	check_tamper("UPDATE records SET prev_hash = prev_hash || char(0) WHERE seq = 13",
+		     "seq 13");
+	check_tamper("UPDATE records SET ts = CAST(ts AS TEXT) || ' forged' WHERE seq = 3",
+		     "seq 3: a column holds a value of the wrong type");
+	check_tamper("UPDATE checkpoints SET hash = hash || char(0) || 'x'", "wrong type or a NUL");
+	/* a node far longer than any signed message: a bad signature, not a
+	 * read past the message buffer */
+	check_tamper("UPDATE checkpoints SET node = replace(hex(zeroblob(1500000)), '0', 'N') "
+		     "WHERE id = (SELECT min(id) FROM checkpoints)",
+		     "signature");
+	check_tamper("DROP TABLE checkpoints", "checkpoints table");
+}
+
+/* All checkpoints gone (the table emptied, the sidecar deleted): nothing
+ * is signed, so the chain could have been rewritten whole; a sidecar kept
+ * elsewhere (--checkpoints) catches a tail cut the store's own miss. */
+static void
+test_checkpoints_deleted_or_kept_elsewhere(void **state)
+{
+	char msg[512], side[160], kept[160], cmd[400];
+	uint64_t n;
+
+	fresh();
+	write_records(30); /* one batch each: checkpoints at 30 and 60 */
+	write_records(30);
+	snprintf(side, sizeof(side), "%s.checkpoints", db);
+	snprintf(kept, sizeof(kept), "%s/kept.checkpoints", dir);
+	snprintf(cmd, sizeof(cmd), "cp %s %s", side, kept);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(verify(msg, sizeof(msg)), 0);
+	/* the tail cut with the checkpoints after it, the local sidecar gone */
+	sql("DELETE FROM records WHERE seq > 45; DELETE FROM checkpoints WHERE seq > 45");
+	assert_int_equal(unlink(side), 0);
+	if (verify(msg, sizeof(msg)) != 0) /* the documented limit */
+		fail_msg("%s", msg);
+	assert_int_equal(sl_audit_verify_store_with(db, pub, kept, msg, sizeof(msg), &n),
+			 SL_ECORRUPT);
+	assert_non_null(strstr(msg, "truncated"));
+	snprintf(cmd, sizeof(cmd), "%s/absent", dir);
+	assert_int_equal(sl_audit_verify_store_with(db, pub, cmd, msg, sizeof(msg), &n), SL_EIO);
+	sql("DELETE FROM checkpoints");
+	assert_int_equal(verify(msg, sizeof(msg)), SL_ECORRUPT);
+	assert_non_null(strstr(msg, "no checkpoint"));
+}
+
+/* A new store's first records are stored with a checkpoint, long before
+ * checkpoint_every or checkpoint_interval: a running gateway's store with
+ * records always verifies. */
+static void
+test_first_records_are_signed_at_once(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[256], msg[512];
+	uint64_t n = 0;
+
+	fresh();
+	cfg = config();
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	for (int i = 0; i < 3; i++)
+		sl_audit_append(a, "request", "s", NULL, NULL, NULL, NULL, NULL);
+	for (int i = 0; i < 200 && n < 3; i++) {
+		usleep(25000);
+		if (sl_audit_verify_store(db, pub, msg, sizeof(msg), &n) != 0)
+			n = 0;
+	}
+	assert_int_equal(n, 3);
+	assert_null(strstr(msg, " 0 checkpoints"));
+	sl_audit_close(a);
+	sl_config_free(cfg);
 }
 
 /* Appends waited records, pausing pause_us between them, until the audit
@@ -815,6 +893,8 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_concurrent_and_reopen),
 		cmocka_unit_test(test_tamper),
+		cmocka_unit_test(test_checkpoints_deleted_or_kept_elsewhere),
+		cmocka_unit_test(test_first_records_are_signed_at_once),
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
 		cmocka_unit_test(test_journal_recovery_continues_the_chain),
