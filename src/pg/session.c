@@ -57,7 +57,8 @@ struct entry {
 	uint8_t rfmt; /* result formats its Bind asked for: RFMT_* */
 	/* ENT_EXEC: sluice describes the portal itself (up_send_request) */
 	uint8_t need_desc;
-	uint8_t taint; /* computed result columns carry a rule's column: style + 1 */
+	uint8_t taint;	   /* computed result columns carry a rule's column: style + 1 */
+	uint8_t copy_gate; /* may start COPY FROM STDIN: see pg_session.copy_gate */
 };
 
 /* A statement's result as the server reported it (ent_finish). */
@@ -207,7 +208,20 @@ struct pg_session {
 		logging_in : 1, /* counted in gw's logins of its address (login_key) */
 		admitted : 1,	/* counted in gw->nclients */
 		over : 1;	/* past max_connections: told so at its startup (gw->nover) */
-	unsigned pending;	/* async work that still points at this session */
+	/* COPY FROM STDIN. The server in COPY IN mode reads only CopyData,
+	 * CopyDone and CopyFail, ignores Sync and Flush (no ReadyForQuery for
+	 * them) and ends the connection at anything else. Whether it enters
+	 * that mode is known only from its answer, so once a statement that
+	 * may start one is sent (copy_gate, the entry marked), the client's
+	 * next messages wait for it: CopyInResponse sets copy_in until the
+	 * client's CopyDone/CopyFail, the entry's end lifts the gate. Else a
+	 * Sync the server ignores would be paired with a later answer, and
+	 * every statement after it with another's result. An Execute runs one
+	 * statement, so its gate lifts at the CopyDone/CopyFail already (the
+	 * server keeps its CommandComplete until the client's next Sync or
+	 * Flush); a Query's may start another COPY and lifts at its end. */
+	unsigned copy_gate : 1, copy_in : 1, copy_resume : 1;
+	unsigned pending; /* async work that still points at this session */
 	/* startup */
 	char *client_user, *client_db;
 	char **fwd_keys, **fwd_vals;
@@ -481,6 +495,10 @@ ent_pop(struct pg_session *s)
 {
 	if (s->ents_len == 0)
 		return;
+	if (s->ents[s->ents_head].copy_gate) {
+		s->copy_gate = s->copy_in = 0;
+		s->copy_resume = 1; /* process_upstream resumes the client */
+	}
 	s->ents_head = (s->ents_head + 1) % s->ents_cap;
 	s->ents_len--;
 }
@@ -3212,6 +3230,19 @@ process_upstream(struct pg_session *s)
 		case 'K':
 			/* A new BackendKeyData mid-session is not expected. */
 			break;
+		case 'G': /* CopyInResponse */
+			if (!s->copy_gate) {
+				/* a COPY FROM STDIN sluice did not see coming: the
+				 * client's messages since may already be counted */
+				fatal(s, "08P01",
+				      "sluice: unexpected COPY FROM STDIN from the upstream "
+				      "server");
+				return;
+			}
+			s->copy_in = 1;
+			s->copy_resume = 1;
+			cli_send(s, msg, total);
+			break;
 		case '1': /* ParseComplete */
 		case '2': /* BindComplete */
 		case '3': /* CloseComplete */
@@ -3240,6 +3271,12 @@ process_upstream(struct pg_session *s)
 	if (s->barrier && s->ents_len == 0) {
 		s->barrier = 0;
 		s->hold = 0;
+		s->copy_resume = 0;
+		process_client(s);
+	}
+	/* COPY IN began, or the statement that might start one is over */
+	if (s->copy_resume && s->state == PG_ST_READY) {
+		s->copy_resume = 0;
 		process_client(s);
 	}
 }
@@ -3867,12 +3904,31 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "53200", "sluice: out of memory");
 		return -1;
 	}
+	if (c->kinds & SL_SQL_COPY_FROM)
+		e->copy_gate = s->copy_gate = 1;
 	if (waiting) {
 		s->held_len = total;
 		return 1;
 	}
 	up_send(s, msg, total);
 	return 0;
+}
+
+/* A statement or portal name as the server keys it: its first
+ * NAMEDATALEN - 1 = 63 bytes (the server's hash tables compare and store no
+ * more, byte-wise, whatever the encoding). Two names that differ after that
+ * are one statement to the server, so they must be one to sluice too: else
+ * a Bind to one and an Execute of the other would run a statement sluice
+ * never decided for that name. Returns name, or buf holding the cut one. */
+#define PG_NAME_MAX 63
+static const char *
+pg_name(const char *name, char buf[PG_NAME_MAX + 1])
+{
+	if (strnlen(name, PG_NAME_MAX + 1) <= PG_NAME_MAX)
+		return name;
+	memcpy(buf, name, PG_NAME_MAX);
+	buf[PG_NAME_MAX] = '\0';
+	return buf;
 }
 
 static int
@@ -3882,12 +3938,14 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 	const char *why;
 	const struct sl_sql_class *c;
 	struct sl_sql_class tmp;
+	char nbuf[PG_NAME_MAX + 1];
 	int r;
 
 	if (sl_pg_parse_parse(msg, total, &p) != 0) {
 		fatal(s, "08P01", "sluice: malformed Parse message");
 		return -1;
 	}
+	p.stmt = pg_name(p.stmt, nbuf);
 	if (!held_ok(s, strlen(p.stmt) + p.sqllen))
 		return -1;
 	r = vet_text(s, p.sql, p.sqllen, &tmp, &c, &why);
@@ -3988,12 +4046,15 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 	struct sl_pg_bind_msg b;
 	struct portal *p;
 	struct stmt *st;
+	char pbuf[PG_NAME_MAX + 1], sbuf[PG_NAME_MAX + 1];
 	int wait, dup;
 
 	if (sl_pg_parse_bind(msg, total, &b) != 0) {
 		fatal(s, "08P01", "sluice: malformed Bind message");
 		return -1;
 	}
+	b.portal = pg_name(b.portal, pbuf);
+	b.stmt = pg_name(b.stmt, sbuf);
 	/* A named portal that exists: the server refuses the Bind (42P03)
 	 * and keeps the old portal, and sluice refuses it first (the portal
 	 * map changes only with the server's answers anyway). The unnamed
@@ -4114,13 +4175,14 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	struct sl_pl_request rq;
 	struct sl_decision d;
 	struct sl_sql_class cls;
-	char trace[33] = "", span[17] = "";
+	char trace[33] = "", span[17] = "", nbuf[PG_NAME_MAX + 1];
 	int r, wait = 0;
 
 	if (sl_pg_parse_execute(msg, total, &portal, &maxrows) != 0) {
 		fatal(s, "08P01", "sluice: malformed Execute message");
 		return -1;
 	}
+	portal = pg_name(portal, nbuf);
 	p = portal_lookup(s, portal, &wait);
 	if (wait && ents_synced(s)) {
 		s->barrier = 1;
@@ -4132,6 +4194,8 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		return -1;
 	}
 	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
+	if (p != NULL && (p->st->kinds & SL_SQL_COPY_FROM))
+		e->copy_gate = s->copy_gate = 1;
 	/* an unknown portal: a cursor declared in SQL, whose query is not here */
 	if (p != NULL)
 		e->taint = p->st->taint;
@@ -4228,6 +4292,21 @@ record:
 	return 0;
 }
 
+/* The client ended a COPY FROM STDIN: an Execute's gate lifts now. */
+static void
+copy_done_exec(struct pg_session *s)
+{
+	for (size_t i = 0; i < s->ents_len; i++) {
+		struct entry *e = &s->ents[(s->ents_head + i) % s->ents_cap];
+
+		if (e->copy_gate) {
+			if (e->kind == ENT_EXEC)
+				e->copy_gate = s->copy_gate = 0;
+			return;
+		}
+	}
+}
+
 static void
 process_client(struct pg_session *s)
 {
@@ -4236,7 +4315,7 @@ process_client(struct pg_session *s)
 	if (s->nresults > 0) /* process_upstream records them; kept in order anyway */
 		results_record(s);
 
-	while (s->state == PG_ST_READY && !s->hold) {
+	while (s->state == PG_ST_READY && !s->hold && !(s->copy_gate && !s->copy_in)) {
 		uint8_t type;
 		size_t total;
 		const uint8_t *msg;
@@ -4254,6 +4333,21 @@ process_client(struct pg_session *s)
 		}
 		msg = sl_buf_head(in);
 		r = 0;
+		if (s->copy_in) {
+			/* what the server reads in COPY IN mode, nothing else */
+			if (type == 'c' || type == 'f') {
+				s->copy_in = 0;
+				copy_done_exec(s);
+			} else if (type != 'd' && type != 'S' && type != 'H') {
+				fatal(s, "08P01",
+				      "sluice: unexpected message during COPY FROM STDIN (only "
+				      "CopyData, CopyDone, CopyFail, Sync and Flush)");
+				return;
+			}
+			up_send(s, msg, total);
+			sl_buf_consume(in, total);
+			continue;
+		}
 		if ((type == 'Q' || type == 'F') && s->ext_open) {
 			fatal(s, "08P01",
 			      "sluice: a simple Query or FunctionCall inside an extended-protocol "
@@ -4287,13 +4381,14 @@ process_client(struct pg_session *s)
 			up_send(s, msg, total);
 			break;
 		case 'C': {
-			char kind;
+			char kind, nbuf[PG_NAME_MAX + 1];
 			const char *name;
 
 			if (sl_pg_parse_describe_close(msg, total, &kind, &name) != 0) {
 				fatal(s, "08P01", "sluice: malformed Close message");
 				return;
 			}
+			name = pg_name(name, nbuf);
 			if (op_push(s, kind == 'S' ? OP_CLOSE : OP_PCLOSE, name, NULL, NULL,
 				    s->grp_sent, 0) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
@@ -4303,13 +4398,14 @@ process_client(struct pg_session *s)
 			break;
 		}
 		case 'D': {
-			char kind;
+			char kind, nbuf[PG_NAME_MAX + 1];
 			const char *name;
 
 			if (sl_pg_parse_describe_close(msg, total, &kind, &name) != 0) {
 				fatal(s, "08P01", "sluice: malformed Describe message");
 				return;
 			}
+			name = pg_name(name, nbuf);
 			if (kind == 'P' && strlen(name) < sizeof(s->descp)) {
 				memcpy(s->descp, name, strlen(name) + 1);
 				s->descp_set = 1;
@@ -4364,7 +4460,7 @@ process_client(struct pg_session *s)
 		up_flush(s);
 	/* While a message is held, keep reading (bounded) so that a client
 	 * that goes away is noticed and its review cancelled. */
-	if ((s->hold && sl_buf_unread(&s->cin) > (1u << 20)) ||
+	if (((s->hold || (s->copy_gate && !s->copy_in)) && sl_buf_unread(&s->cin) > (1u << 20)) ||
 	    (s->up_open && sl_stream_backlog(&s->upc->st) >= SL_STREAM_HIGH_WATER))
 		sl_stream_read_stop(&s->cli);
 	else if (s->state == PG_ST_READY)

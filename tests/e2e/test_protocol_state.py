@@ -1,0 +1,191 @@
+"""sluice's view of the server's protocol state must be the server's own:
+statement and portal names as the server keys them (63 bytes), and COPY FROM
+STDIN, during which the server ignores Sync and Flush. A difference would
+pair answers with the wrong statements: a reviewed statement run under
+another's decision, results recorded against the wrong request."""
+import socket
+
+import pytest
+
+import pgwire
+from test_attacks import count, session
+
+POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: block, sql: [drop, truncate] }
+      - { action: review, sql: [delete], approvers: [dba], timeout: 2s, name: deletes }
+      - { action: allow, sql: [select, insert, set, transaction, copy_from, ddl] }
+"""
+
+
+@pytest.fixture
+def rgw(gateway_factory):
+    return gateway_factory(policies=POLICIES)
+
+
+def close_stmt(name):
+    return pgwire.msg(b"C", b"S" + name.encode() + b"\0")
+
+
+def close_portal(name):
+    return pgwire.msg(b"C", b"P" + name.encode() + b"\0")
+
+
+def statements(gw):
+    return [r["data"] for r in gw.export() if r["type"] == "request"]
+
+
+def until_ready(cn, timeout=10):
+    cn.s.settimeout(timeout)
+    try:
+        return cn.until_ready()
+    except socket.timeout:
+        raise AssertionError("no ReadyForQuery: sluice and the server are out of step")
+
+
+# ----------------------------------------------------------- long names
+
+def test_portal_names_past_63_bytes_are_one_portal(rgw, pg):
+    """The server keys portals by their first 63 bytes: an Execute of
+    C..C2 runs the DELETE bound to C..C1. It must be held for review like
+    any Execute of it (and time out here), not forwarded as a SQL cursor."""
+    amount = 919101
+    pg.psql("orders", "INSERT INTO orders (customer, amount) VALUES (1, %d)" % amount)
+    cn = session(rgw)
+    p1, p2 = "C" * 63 + "1", "C" * 63 + "2"
+    cn.send(pgwire.parse("del", "DELETE FROM orders WHERE amount = %d" % amount) +
+            pgwire.bind(p1, "del") + pgwire.execute(p2) + pgwire.SYNC)
+    got = until_ready(cn)
+    errs = pgwire.errors(got)
+    assert errs and errs[0].get("C") == "42501", got
+    assert count(pg, amount) == "1"
+    cn.close()
+    texts = [d.get("text") for d in statements(rgw)]
+    assert any(t and t.startswith("DELETE") for t in texts), texts
+
+
+def test_statement_names_past_63_bytes_are_one_statement(rgw, pg):
+    """Close of A..A2 closes the server's A..A1 (the same 63 bytes); the
+    DELETE prepared as A..A2 is then what A..A1 means: a Bind of A..A1 must
+    be decided (and reviewed) as the DELETE, never as the first SELECT."""
+    amount = 919102
+    pg.psql("orders", "INSERT INTO orders (customer, amount) VALUES (1, %d)" % amount)
+    cn = session(rgw)
+    x1, x2 = "A" * 63 + "1", "A" * 63 + "2"
+    cn.send(pgwire.parse(x1, "SELECT 1") + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(close_stmt(x2) + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.parse(x2, "DELETE FROM orders WHERE amount = %d" % amount) + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.bind("", x1) + pgwire.execute() + pgwire.SYNC)
+    got = until_ready(cn)
+    assert pgwire.errors(got), got
+    assert count(pg, amount) == "1"
+    cn.close()
+    assert "SELECT 1" not in [d.get("text") for d in statements(rgw)
+                              if d.get("decision") == "allow"]
+
+
+def test_long_names_still_work_for_honest_clients(rgw):
+    cn = session(rgw)
+    name, portal = "s" * 80, "p" * 70
+    cn.send(pgwire.parse(name, "SELECT 41 + 1") + pgwire.bind(portal, name) +
+            pgwire.execute(portal) + pgwire.SYNC)
+    got = until_ready(cn)
+    assert (b"D", b"\x00\x01\x00\x00\x00\x0242") in got, got
+    cn.close()
+
+
+# ----------------------------------------------------------- COPY FROM STDIN
+
+def test_copy_in_through_the_extended_protocol_as_libpq_sends_it(rgw):
+    """libpq (PQexecParams of a COPY): Parse/Bind/Execute/Sync, then the
+    data, CopyDone and another Sync: the server ignores the first Sync, so
+    two Syncs get one ReadyForQuery. Later statements, including ones that
+    need settled settings (a non-ASCII byte), are answered and audited."""
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.parse("", "COPY ci FROM STDIN") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.SYNC)
+    while True:
+        m = cn.read_msg()
+        if m[0] in (b"G", b"E", b"Z"):
+            break
+    assert m[0] == b"G", m
+    cn.send(pgwire.msg(b"d", b"1\n2\n") + pgwire.msg(b"c") + pgwire.SYNC)
+    got = until_ready(cn)
+    assert (b"C", b"COPY 2\x00") in got, got
+    cn.send(pgwire.parse("n1", "SELECT 1") + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.bind("", "n1") + pgwire.execute() + pgwire.SYNC)
+    assert (b"C", b"SELECT 1\x00") in until_ready(cn)
+    cn.send(pgwire.query("SELECT 'é', count(*) FROM ci"))
+    got = until_ready(cn)
+    assert not pgwire.errors(got) and (b"C", b"SELECT 1\x00") in got, got
+    cn.close()
+    recs = rgw.export()
+    results = [r["data"] for r in recs if r["type"] == "result"]
+    tags = [r.get("tag") for r in results]
+    assert tags == ["CREATE TABLE", "COPY 2", "SELECT 1", "SELECT 1"], tags
+
+
+def test_sync_inside_copy_in_never_shifts_answers(rgw, pg):
+    """A Sync sent during COPY IN gets no answer from the server. Counted
+    as one, every later answer would be paired with the statement before:
+    a DELETE parsed under a name would be believed to be the SELECT that
+    the server skipped, and run without review."""
+    amount = 919103
+    pg.psql("orders", "INSERT INTO orders (customer, amount) VALUES (1, %d)" % amount)
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.query("COPY ci FROM STDIN"))
+    assert cn.read_msg()[0] == b"G"
+    cn.send(pgwire.SYNC + pgwire.msg(b"d", b"7\n") + pgwire.msg(b"c"))
+    got = until_ready(cn)
+    assert (b"C", b"COPY 1\x00") in got, got
+    cn.send(pgwire.execute("no_such_portal") + pgwire.parse("s", "SELECT 1") + pgwire.SYNC)
+    assert pgwire.errors(until_ready(cn))
+    cn.send(pgwire.parse("s", "DELETE FROM orders WHERE amount = %d" % amount) + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.bind("", "s") + pgwire.execute() + pgwire.SYNC)
+    got = until_ready(cn)
+    assert pgwire.errors(got), got  # held for review, timed out
+    assert count(pg, amount) == "1"
+    cn.close()
+
+
+def test_copy_that_fails_to_start_keeps_the_session_in_step(rgw):
+    """The server refuses the COPY (no such table): no COPY mode, so the
+    data it gets is ignored and each Sync is answered."""
+    cn = session(rgw)
+    cn.send(pgwire.parse("", "COPY no_such_table FROM STDIN") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.SYNC + pgwire.msg(b"d", b"1\n") + pgwire.msg(b"c") +
+            pgwire.SYNC)
+    got = until_ready(cn)
+    assert pgwire.errors(got)[0]["C"] == "42P01", got
+    assert until_ready(cn) == [(b"Z", b"I")]
+    cn.send(pgwire.query("SELECT 'ok'"))
+    assert (b"C", b"SELECT 1\x00") in until_ready(cn)
+    cn.close()
+
+
+def test_other_messages_during_copy_in_end_the_session(rgw):
+    """The server ends the connection at anything but COPY data, Sync or
+    Flush during COPY IN; sluice says so itself, and records no statement
+    for the Query it would have sent."""
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.query("COPY ci FROM STDIN"))
+    assert cn.read_msg()[0] == b"G"
+    cn.send(pgwire.query("SELECT 42"))
+    got = until_ready(cn)
+    errs = pgwire.errors(got)
+    assert errs and errs[-1]["C"] == "08P01" and "COPY" in errs[-1]["M"], got
+    assert "SELECT 42" not in [d.get("text") for d in statements(rgw)]
