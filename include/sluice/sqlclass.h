@@ -68,6 +68,12 @@ struct sl_sql_class {
 	 * the values an expression in a result may carry */
 	char **target_cols;
 	size_t ntarget_cols;
+	/* every column named in a result list, a plain one too (what a
+	 * CREATE TABLE AS, CREATE VIEW or INSERT ... SELECT copies), and
+	 * whether one holds a * (all of a table's columns) */
+	char **result_cols;
+	size_t nresult_cols;
+	int result_star;
 	int indirect; /* FETCH or EXECUTE: its rows come from a statement run earlier */
 	/* asks for read-write transactions: SET (or set_config) of
 	 * default_transaction_read_only or transaction_read_only to anything

@@ -59,6 +59,7 @@ struct entry {
 	uint8_t need_desc;
 	uint8_t taint;	   /* computed result columns carry a rule's column: style + 1 */
 	uint8_t copy_gate; /* may start COPY FROM STDIN: see pg_session.copy_gate */
+	uint8_t errtaint;  /* the server's messages may carry masked values: errtaint_of */
 };
 
 /* A statement's result as the server reported it (ent_finish). */
@@ -91,6 +92,7 @@ struct stmt {
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	unsigned unknown : 1;	/* the server may hold another definition: refused */
 	uint8_t taint;		/* as entry.taint, for its executions */
+	uint8_t errtaint;	/* as entry.errtaint */
 	size_t *held, cost;	/* charged to its session's held_bytes */
 };
 
@@ -354,6 +356,12 @@ static void up_send_request(struct pg_session *s, struct entry *e, const uint8_t
 static void session_close(struct pg_session *s, const char *why);
 static void maybe_free(struct pg_session *s);
 static void mask_message(struct pg_session *s, uint8_t *msg, size_t total);
+static int ents_errtainted(const struct pg_session *s);
+static void withheld_text(const uint8_t *msg, size_t total, char *buf, size_t len);
+static uint8_t errtaint_of(struct pg_session *s, const struct sl_sql_class *c);
+static uint8_t taint_of(struct pg_session *s, const struct sl_sql_class *c);
+static const struct mtable *masked_table_read(const struct pg_session *s,
+					      const struct sl_sql_class *c);
 static int catalog_ask(struct pg_session *s);
 
 /* Whether the session's masking has column rules (not only detectors). */
@@ -2439,6 +2447,7 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 	struct sl_pg_error_fields f;
 	const struct blocked_msg *rew = blocked_rewrite(s, msg, len);
 	struct entry *e;
+	char wmsg[200];
 
 	memset(&f, 0, sizeof(f));
 	sl_pg_parse_error(msg, len, &f);
@@ -2460,6 +2469,11 @@ on_server_error(struct pg_session *s, const uint8_t *msg, size_t len)
 		mask_message(s, (uint8_t *)msg, len);
 	} else {
 		cli_send(s, msg, len);
+	}
+	if (s->mplan != NULL && ents_errtainted(s)) {
+		/* recorded as the client got it (mask_message) */
+		withheld_text(msg, len, wmsg, sizeof(wmsg));
+		f.message = wmsg;
 	}
 	ops_group_failed(s);
 	e = ent_head(s);
@@ -2998,6 +3012,21 @@ mask_text(struct pg_session *s, uint8_t *v, size_t len, const uint8_t **out, siz
 
 /* CopyData ('d'), NotificationResponse ('A'), Error/Notice ('E'/'N'),
  * ParameterStatus ('S'). */
+/* What replaces the message of a server error or notice whose text may
+ * carry masked values (mask_message). */
+static void
+withheld_text(const uint8_t *msg, size_t total, char *buf, size_t len)
+{
+	struct sl_pg_error_fields f;
+
+	memset(&f, 0, sizeof(f));
+	sl_pg_parse_error(msg, total, &f);
+	snprintf(buf, len,
+		 "sluice: the server's message is withheld: the statement reads a masked "
+		 "column, and the text could carry its values (SQLSTATE %s)",
+		 f.sqlstate ? f.sqlstate : "?");
+}
+
 static void
 mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 {
@@ -3020,9 +3049,15 @@ mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 			return;
 		}
 		sl_buf_append_cstr(o, name);
-		mask_text(s, (uint8_t *)value, strlen(value), &mv, &ml);
-		sl_buf_append(o, mv, ml);
-		sl_buf_append_u8(o, 0);
+		if (ents_errtainted(s)) {
+			/* set_config(name, <a masked column>) from inside a
+			 * function: the reported value may be one */
+			sl_buf_append_cstr(o, "********");
+		} else {
+			mask_text(s, (uint8_t *)value, strlen(value), &mv, &ml);
+			sl_buf_append(o, mv, ml);
+			sl_buf_append_u8(o, 0);
+		}
 	} else if (msg[0] == 'A') {
 		uint32_t pid;
 		const char *chan, *payload;
@@ -3037,9 +3072,14 @@ mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 		sl_buf_append(o, mv, ml);
 		sl_buf_append_u8(o, 0);
 	} else {
-		/* Error/Notice: every field but severity, code and location. */
+		/* Error/Notice: every field but severity, code and location.
+		 * While a statement that reads a masked column runs, the text
+		 * fields are withheld: they may quote its values, which no
+		 * column rule can find in free text. Identifiers stay. */
 		struct sl_rd r;
 		uint8_t code;
+		int withhold = ents_errtainted(s);
+		char wmsg[200];
 
 		sl_rd_init(&r, msg + 5, total - 5);
 		while (sl_rd_u8(&r, &code) == 0 && code != 0) {
@@ -3048,8 +3088,15 @@ mask_message(struct pg_session *s, uint8_t *msg, size_t total)
 
 			if (sl_rd_cstr(&r, &v, &vl) != 0)
 				break;
+			if (withhold && code == 'M') {
+				withheld_text(msg, total, wmsg, sizeof(wmsg));
+				v = wmsg;
+				vl = strlen(wmsg);
+			} else if (withhold && strchr("SVCPpFLRstcdn", code) == NULL) {
+				continue; /* DETAIL, HINT, CONTEXT, internal query */
+			}
 			sl_buf_append_u8(o, code);
-			if (strchr("SVCPpFLR", code) != NULL) {
+			if (strchr("SVCPpFLR", code) != NULL || (withhold && code == 'M')) {
 				sl_buf_append(o, v, vl);
 			} else {
 				mask_text(s, (uint8_t *)v, vl, &mv, &ml);
@@ -3634,10 +3681,84 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
  * matches it in any schema). If the catalog could not be read, every COPY
  * ... TO is refused.
  */
+/* Functions that keep or send a value beyond the statement's result, where
+ * no column rule follows it: a setting (set_config; current_setting reads
+ * it back), a notification's payload, another server, a large object. */
+static int
+calls_storing_function(const struct sl_sql_class *c)
+{
+	static const char *const fns[] = {
+		"set_config",
+		"pg_notify",
+		"dblink",
+		"dblink_exec",
+		"dblink_send_query",
+		"dblink_open",
+		"lo_from_bytea",
+		"lo_put",
+		"pg_logical_emit_message",
+	};
+
+	for (size_t i = 0; i < c->nfunctions; i++) {
+		const char *f = c->functions[i], *dot = strrchr(f, '.');
+
+		if (dot != NULL)
+			continue; /* each call is also there unqualified */
+		for (size_t k = 0; k < sizeof(fns) / sizeof(fns[0]); k++)
+			if (strcmp(f, fns[k]) == 0)
+				return 1;
+	}
+	return 0;
+}
+
+/* Whether the statement's result lists hold a rule's column, plain or in
+ * an expression, or a * over a table that has one: what a CREATE TABLE AS,
+ * a view or an INSERT ... SELECT would copy. */
+static int
+copies_rule_column(struct pg_session *s, const struct sl_sql_class *c)
+{
+	enum sl_mask_style st;
+
+	for (size_t i = 0; i < c->nresult_cols; i++)
+		if (sl_mask_plan_column(s->mplan, c->result_cols[i], &st))
+			return 1;
+	return taint_of(s, c) != 0 || (c->result_star && masked_table_read(s, c) != NULL);
+}
+
+/*
+ * Where column rules cannot follow a masked column's values, the statement
+ * is refused instead of letting them pass unmasked (SELECT masks them):
+ * - COPY ... TO sends rows as CopyData, which name no column. A COPY whose
+ *   source is a table with a rule's column (COPY t, COPY t (cols), a query
+ *   reading t, or one acting on t's whole schema like schema_to_xml) is
+ *   refused; if the catalog could not be read, every COPY ... TO is.
+ * - A statement whose results would carry a rule's column
+ *   (copies_rule_column) and that writes (INSERT ... SELECT, CREATE TABLE AS, CREATE VIEW, UPDATE
+ *   ... SET c = (SELECT ...), MERGE) or calls a function that keeps or
+ *   sends the value (set_config, pg_notify, dblink, large objects): the
+ *   copy would be read back later under another name, unmasked.
+ * The table is matched as a block rule's "schema.table" would be (an
+ * unqualified name matches it in any schema).
+ */
 static void
 copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d)
 {
-	if (d->action == SL_ACT_BLOCK || !(cls->kinds & SL_SQL_COPY_TO) || !column_rules(s))
+	const struct mtable *m;
+
+	if (d->action == SL_ACT_BLOCK || !column_rules(s))
+		return;
+	if ((cls->kinds & (SL_SQL_INSERT | SL_SQL_UPDATE | SL_SQL_MERGE | SL_SQL_DDL)) ||
+	    calls_storing_function(cls)) {
+		if (copies_rule_column(s, cls)) {
+			snprintf(d->reason, sizeof(d->reason), "%s",
+				 "sluice: this statement would store or send a masked column's "
+				 "values where column rules cannot follow them (a table, view, "
+				 "setting or notification read back later); read them with "
+				 "SELECT");
+			goto block;
+		}
+	}
+	if (!(cls->kinds & SL_SQL_COPY_TO))
 		return;
 	if (s->catalog_failed) {
 		snprintf(d->reason, sizeof(d->reason), "%s",
@@ -3645,18 +3766,11 @@ copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decis
 			 "catalog could not be read; use SELECT");
 		goto block;
 	}
-	for (size_t j = 0; j < s->nmtables; j++) {
-		const struct mtable *m = &s->mtables[j];
-		char name[sizeof(m->nsp) + sizeof(m->rel)], *pat = name;
-
-		snprintf(name, sizeof(name), "%s.%s", m->nsp, m->rel);
-		if (sl_policy_reaches(&pat, 1, cls)) {
-			snprintf(d->reason, sizeof(d->reason),
-				 "sluice: COPY ... TO of %s.%s would pass masked column %s; use "
-				 "SELECT",
-				 m->nsp, m->rel, m->col);
-			goto block;
-		}
+	if ((m = masked_table_read(s, cls)) != NULL) {
+		snprintf(d->reason, sizeof(d->reason),
+			 "sluice: COPY ... TO of %s.%s would pass masked column %s; use SELECT",
+			 m->nsp, m->rel, m->col);
+		goto block;
 	}
 	return;
 block:
@@ -3786,6 +3900,50 @@ taint_of(struct pg_session *s, const struct sl_sql_class *c)
 	return c->indirect ? (uint8_t)(SL_MASK_FULL + 1) : 0;
 }
 
+/* The table with a rule's column the statement reads (by name, as a block
+ * rule's "schema.table" would match), or NULL. */
+static const struct mtable *
+masked_table_read(const struct pg_session *s, const struct sl_sql_class *c)
+{
+	for (size_t j = 0; j < s->nmtables; j++) {
+		const struct mtable *m = &s->mtables[j];
+		char name[sizeof(m->nsp) + sizeof(m->rel)], *pat = name;
+
+		snprintf(name, sizeof(name), "%s.%s", m->nsp, m->rel);
+		if (sl_policy_reaches(&pat, 1, c))
+			return m;
+	}
+	return NULL;
+}
+
+/* Whether the server's errors, notices and parameter reports while the
+ * statement runs may carry a masked column's values: it reads a table with
+ * a rule's column anywhere (a cast in a WHERE clause fails with the value
+ * in the message: invalid input syntax for type integer: "<value>"; a
+ * unique violation's DETAIL shows the key), or its rows come from elsewhere,
+ * or the catalog could not be read. Column rules follow result columns
+ * only; the text of those messages names none. */
+static uint8_t
+errtaint_of(struct pg_session *s, const struct sl_sql_class *c)
+{
+	if (!column_rules(s))
+		return 0;
+	if (c == NULL || s->catalog_failed || c->indirect || taint_of(s, c) != 0)
+		return 1;
+	return masked_table_read(s, c) != NULL;
+}
+
+/* Some statement in flight may make the server's messages carry masked
+ * values (its own or one before it in a pipeline): fail closed. */
+static int
+ents_errtainted(const struct pg_session *s)
+{
+	for (size_t i = 0; i < s->ents_len; i++)
+		if (s->ents[(s->ents_head + i) % s->ents_cap].errtaint)
+			return 1;
+	return 0;
+}
+
 /* SQL PREPAREs count once the server says the statement ran (grp: its sync
  * group; poison: a failure may come after they ran). */
 static int
@@ -3795,8 +3953,10 @@ remember_prepared(struct pg_session *s, const struct sl_sql_class *c, const char
 	for (size_t i = 0; i < c->nprepared; i++) {
 		struct stmt *t = stmt_new(s, c->prepared[i], sql, len, c->prepared_kinds[i]);
 
-		if (t != NULL)
+		if (t != NULL) {
 			t->taint = taint_of(s, c);
+			t->errtaint = errtaint_of(s, c);
+		}
 		if (t == NULL || op_push(s, OP_PREPARE, NULL, t, NULL, grp, poison) != 0)
 			return SL_ENOMEM;
 	}
@@ -3863,8 +4023,10 @@ handle_query(struct pg_session *s, const uint8_t *msg, size_t total)
 		fatal(s, "54000", "sluice: too many statements in flight");
 		return -1;
 	}
-	if (why == NULL)
+	if (why == NULL) {
 		e->taint = taint_of(s, c);
+		e->errtaint = errtaint_of(s, c);
+	}
 	if (sl_pl_trace_from_text(sql, len, trace, span))
 		memcpy(e->trace_id, trace, sizeof(trace));
 	if (why != NULL) {
@@ -3981,6 +4143,7 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 
 			if (t != NULL) {
 				t->taint = taint_of(s, c);
+				t->errtaint = errtaint_of(s, c);
 				t->review = 1;
 				t->dec = d;
 				if (d.message == d.reason)
@@ -4010,8 +4173,10 @@ handle_parse(struct pg_session *s, const uint8_t *msg, size_t total)
 		{
 			struct stmt *t = stmt_new(s, p.stmt, p.sql, p.sqllen, c->kinds);
 
-			if (t != NULL)
+			if (t != NULL) {
 				t->taint = taint_of(s, c);
+				t->errtaint = errtaint_of(s, c);
+			}
 			if (t == NULL || op_push(s, OP_PARSE, NULL, t, NULL, s->grp_sent, 0) != 0 ||
 			    remember_prepared(s, c, p.sql, p.sqllen, s->grp_sent, 1) != 0) {
 				fatal(s, "53200", "sluice: out of memory");
@@ -4197,10 +4362,13 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	if (p != NULL && (p->st->kinds & SL_SQL_COPY_FROM))
 		e->copy_gate = s->copy_gate = 1;
 	/* an unknown portal: a cursor declared in SQL, whose query is not here */
-	if (p != NULL)
+	if (p != NULL) {
 		e->taint = p->st->taint;
-	else if (column_rules(s))
+		e->errtaint = p->st->errtaint;
+	} else if (column_rules(s)) {
 		e->taint = SL_MASK_FULL + 1;
+		e->errtaint = 1;
+	}
 	/* column rules and no Describe of this portal just before: sluice
 	 * describes it (up_send_request) */
 	e->need_desc = column_rules(s) && !(s->descp_prev && strcmp(s->descp, portal) == 0);

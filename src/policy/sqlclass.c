@@ -1103,8 +1103,14 @@ walk_object(struct walker *w, const char *node)
 				opn = vstart, opne = w->p;
 		}
 	}
-	if (node != NULL && strcmp(node, "A_Star") == 0)
+	if (node != NULL && strcmp(node, "A_Star") == 0) {
 		w->lastsval[0] = '\0'; /* t.* names no column */
+		if (w->in_target > 0 && !w->in_count)
+			w->c->result_star = 1;
+	}
+	if (node != NULL && strcmp(node, "ColumnRef") == 0 && w->in_target > 0 && !w->in_count &&
+	    w->lastsval[0])
+		add_str(w, &w->c->result_cols, &w->c->nresult_cols, w->lastsval);
 	if (node != NULL && (strcmp(node, "FetchStmt") == 0 || strcmp(node, "ExecuteStmt") == 0))
 		w->c->indirect = 1;
 	if (node != NULL && strcmp(node, "ColumnRef") == 0 && w->in_target > 0 && !w->in_count &&
@@ -1632,6 +1638,7 @@ sl_sql_class_fini(struct sl_sql_class *c)
 	free_list(c->executed, c->nexecuted);
 	free_list(c->set_params, c->nset_params);
 	free_list(c->target_cols, c->ntarget_cols);
+	free_list(c->result_cols, c->nresult_cols);
 	free(c->error);
 	memset(c, 0, sizeof(*c));
 }

@@ -72,11 +72,19 @@ def test_reported_settings_are_masked(mgw):
     c.autocommit = True
     cur = c.cursor()
     cur.execute("SELECT set_config('application_name', "
-                "(SELECT ssn || ' ' || email FROM customers ORDER BY id LIMIT 1), false)")
+                "(SELECT email || ' 123-45-6789' FROM customers ORDER BY id LIMIT 1), false)")
     assert "123-45-6789" not in cur.fetchone()[0]
     reported = c.get_parameter_status("application_name")
-    assert reported and "6789" in reported, reported
-    assert "123-45-6789" not in reported and "ada@example.com" not in reported, reported
+    # the statement reads a table with a rule's column: withheld whole
+    assert reported == "********", reported
+    # a rule's column put into a setting would be read back unmasked later
+    # (SHOW, current_setting): refused
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT set_config('application_name', "
+                    "(SELECT api_token FROM customers ORDER BY id LIMIT 1), false)")
+    assert ei.value.pgcode == "42501" and "store or send a masked column" in str(ei.value)
+    cur.execute("SHOW application_name")
+    assert "tok_live" not in cur.fetchone()[0]
     # an ordinary setting still reports as is
     cur.execute("SET application_name = 'agent-7'")
     assert c.get_parameter_status("application_name") == "agent-7"
@@ -256,7 +264,8 @@ def test_copy_error_detail_and_notify_masked(mgw):
     c.autocommit = True
     cur = c.cursor()
     buf = io.StringIO()
-    cur.execute("CREATE TEMP TABLE contacts AS SELECT email, ssn AS tax_id FROM customers")
+    cur.execute("CREATE TEMP TABLE contacts AS SELECT email, '123-45-6789'::text AS tax_id "
+                "FROM customers")
     cur.copy_expert("COPY (SELECT email, tax_id FROM contacts ORDER BY 1) TO STDOUT", buf)
     out = buf.getvalue()
     assert "123-45-6789" not in out and "ada@example.com" not in out
@@ -418,12 +427,13 @@ def test_column_rules_apply_when_the_client_does_not_describe(mgw):
     assert [t for t, _ in got] == [b"1", b"2", b"C", b"D", b"C", b"Z"], got
     assert b"tok_live" not in b"".join(b for _, b in got)
     # a client that describes gets its one RowDescription; an unknown portal
-    # fails as the server says
+    # fails as the server says (its text withheld: a SQL cursor's rows, or
+    # its errors, may carry masked values)
     cn.send(pgwire.bind("p2", "s1") + pgwire.describe_portal("p2") + pgwire.execute("p2") +
             pgwire.execute("nope") + pgwire.SYNC)
     got = cn.until_ready()
     assert [t for t, _ in got] == [b"2", b"T", b"D", b"D", b"C", b"E", b"Z"], got
-    assert b"34000" in got[5][1] and b"nope" in got[5][1], got
+    assert b"34000" in got[5][1] and b"withheld" in got[5][1], got
     cn.send(pgwire.query("COMMIT"))
     assert cn.until_ready()[-1] == (b"Z", b"I")
     # a Describe of another portal earlier in the batch: the client gets the
@@ -485,3 +495,70 @@ def test_copy_out_of_a_table_with_rule_columns_is_refused(mgw, sql):
     assert any(t == b"E" and b"42501" in b for t, b in got), got
     assert not any(t in (b"H", b"d") for t, _ in got), got
     cn.close()
+
+
+def test_error_text_of_statements_reading_masked_columns_is_withheld(mgw):
+    # The server quotes values in its messages (invalid input syntax ...:
+    # "<value>", JSON token errors with a CONTEXT line): for a statement that
+    # reads a table with a rule's column anywhere (result list, WHERE, a
+    # cast), the text is withheld, the SQLSTATE kept, and the audit trail
+    # records what the client got. One error per row would read a column.
+    c = mgw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    for sql, code in [
+        ("SELECT api_token::int FROM customers WHERE id = 1", "22P02"),
+        ("SELECT id FROM customers WHERE api_token::int = 1", "22P02"),
+        ("SELECT api_token::json FROM customers WHERE id = 1", "22P02"),
+        ("SELECT to_date(api_token, 'YYYY') FROM customers WHERE id = 1", "22007"),
+        ("SELECT api_token::regclass FROM customers WHERE id = 1", "42P01"),
+    ]:
+        with pytest.raises(psycopg2.Error) as ei:
+            cur.execute(sql)
+        text = "%s %s" % (ei.value.pgerror, ei.value.diag.context)
+        assert ei.value.pgcode == code, (sql, ei.value.pgcode, text)
+        assert "tok_" not in text and "withheld" in text, (sql, text)
+    # the same through Parse/Bind/Execute
+    cn = pgwire.Conn(mgw.port)
+    cn.login("orders", mgw.mint())
+    cn.send(pgwire.parse("", "SELECT api_token::int FROM customers WHERE id = $1") +
+            pgwire.bind("", "", ["1"]) + pgwire.execute() + pgwire.SYNC)
+    out = cn.until_ready()
+    assert b"tok_" not in b"".join(body for _, body in out), out
+    assert pgwire.errors(out)[0]["C"] == "22P02"
+    cn.close()
+    # statements that read no masked table keep the server's text
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute("SELECT 'abc'::int")
+    assert '"abc"' in str(ei.value)
+    c.close()
+    errors = [r["data"].get("error", "") for r in mgw.export() if r["type"] == "result"]
+    assert errors and not any("tok_" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TEMP TABLE cp AS SELECT id, api_token AS t FROM customers",
+    "SELECT id, api_token AS t INTO TEMP cp2 FROM customers",
+    "CREATE TEMP VIEW vv AS SELECT id, api_token AS x FROM customers",
+    "WITH c AS (SELECT api_token FROM customers) INSERT INTO notes (body) SELECT * FROM c",
+    "INSERT INTO notes (body) SELECT upper(api_token) FROM customers",
+    "UPDATE notes SET body = (SELECT api_token FROM customers WHERE id = 1)",
+    "SELECT pg_notify('ch', api_token) FROM customers",
+    "SELECT set_config('myapp.x', api_token, false) FROM customers WHERE id = 1",
+])
+def test_statements_that_would_store_masked_values_are_refused(mgw, pg, sql):
+    # A copy under another name (a table, a view, a setting, a notification)
+    # would be read back later with no rule's column in it: unmasked.
+    pg.psql("orders", "CREATE TABLE IF NOT EXISTS notes (body text); "
+                      "GRANT ALL ON notes TO app")
+    c = mgw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    with pytest.raises(psycopg2.Error) as ei:
+        cur.execute(sql)
+    assert ei.value.pgcode == "42501" and "store or send a masked column" in str(ei.value)
+    # copies of other columns are fine
+    cur.execute("CREATE TEMP TABLE ok AS SELECT id, name FROM customers")
+    cur.execute("SELECT count(*) FROM ok")
+    assert cur.fetchone()[0] > 0
+    c.close()
