@@ -221,12 +221,27 @@ rec_free(struct rec *r)
 
 /* ------------------------------------------------------------ keys */
 
+/* The sidecar holds a checkpoint (the store's own may have been removed). */
 static int
-load_or_create_key(const char *dir, EVP_PKEY **out, char *err, size_t errlen)
+sidecar_has_lines(const struct sl_audit *a)
+{
+	struct stat sb;
+
+	return stat(a->sidecar, &sb) == 0 && sb.st_size > 0;
+}
+
+/* Loads data_dir's signing key, or makes one when there is none and the
+ * store holds no checkpoint yet (signed: true when it does). A missing key
+ * beside signed checkpoints is refused: a new key would make every earlier
+ * checkpoint look forged, and the old public key would be overwritten. So
+ * is a key that is not Ed25519, and a public key file that belongs to
+ * another key (it is what auditors check with: never replaced). */
+static int
+load_or_create_key(const char *dir, int signed_store, EVP_PKEY **out, char *err, size_t errlen)
 {
 	char kpath[4096], ppath[4096];
 	FILE *f;
-	EVP_PKEY *k = NULL;
+	EVP_PKEY *k = NULL, *pub;
 
 	snprintf(kpath, sizeof(kpath), "%s/audit-signing.key", dir);
 	snprintf(ppath, sizeof(ppath), "%s/audit-signing.pub", dir);
@@ -238,6 +253,18 @@ load_or_create_key(const char *dir, EVP_PKEY **out, char *err, size_t errlen)
 			snprintf(err, errlen, "cannot read signing key %s", kpath);
 			return SL_EIO;
 		}
+		if (EVP_PKEY_id(k) != EVP_PKEY_ED25519) {
+			EVP_PKEY_free(k);
+			snprintf(err, errlen, "signing key %s is not an Ed25519 key", kpath);
+			return SL_EIO;
+		}
+	} else if (signed_store) {
+		snprintf(err, errlen,
+			 "audit signing key %s is missing, and the store holds checkpoints signed "
+			 "with it: restore the key (a new one would make them all look forged), or "
+			 "move the store aside to start a new trail",
+			 kpath);
+		return SL_EIO;
 	} else {
 		EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
 		int fd;
@@ -260,8 +287,22 @@ load_or_create_key(const char *dir, EVP_PKEY **out, char *err, size_t errlen)
 		}
 		fclose(f);
 	}
-	f = fopen(ppath, "w");
+	f = fopen(ppath, "r");
 	if (f != NULL) {
+		pub = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+		fclose(f);
+		if (pub == NULL || EVP_PKEY_eq(pub, k) != 1) {
+			EVP_PKEY_free(pub);
+			EVP_PKEY_free(k);
+			snprintf(err, errlen,
+				 "%s is not the public key of %s: restore the matching pair (the "
+				 "public key is what auditors verify with; sluice does not "
+				 "replace it)",
+				 ppath, kpath);
+			return SL_EIO;
+		}
+		EVP_PKEY_free(pub);
+	} else if ((f = fopen(ppath, "w")) != NULL) {
 		PEM_write_PUBKEY(f, k);
 		fclose(f);
 	}
@@ -1126,8 +1167,6 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	memcpy(a->node_json, a->jline.data, a->jline.len);
 	a->node_json_len = a->jline.len;
 	a->jline.len = 0;
-	if (load_or_create_key(cfg->gateway.data_dir, &a->key, err, errlen) != 0)
-		goto fail;
 	/* NOMUTEX: one thread at a time uses the connection (this one, then
 	 * the writer under imu, then close after the join), so SQLite's own
 	 * per-call locking is pure cost. */
@@ -1155,6 +1194,11 @@ sl_audit_open(const struct sl_config *cfg, struct sl_audit **out, char *err, siz
 	}
 	if ((r = resume_chain(a, err, errlen)) != 0)
 		goto fail;
+	if (load_or_create_key(cfg->gateway.data_dir, a->last_cp_seq != 0 || sidecar_has_lines(a),
+			       &a->key, err, errlen) != 0) {
+		r = SL_EIO;
+		goto fail;
+	}
 	a->stored_seq = a->seq;
 	memcpy(a->stored_hash, a->last, 32);
 	if ((r = recover_journals(a, err, errlen)) != 0)

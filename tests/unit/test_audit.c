@@ -233,6 +233,46 @@ test_checkpoints_deleted_or_kept_elsewhere(void **state)
 	assert_non_null(strstr(msg, "no checkpoint"));
 }
 
+/* The signing key is never replaced silently: a missing key beside signed
+ * checkpoints, a public key file of another key, a key that is not Ed25519
+ * stop the start (a new key would make every checkpoint look forged). */
+static void
+test_signing_key_never_replaced(void **state)
+{
+	struct sl_config *cfg;
+	struct sl_audit *a;
+	char err[512], key[160], cmd[512], msg[512];
+
+	fresh();
+	write_records(3);
+	cfg = config();
+	snprintf(key, sizeof(key), "%s/audit-signing.key", dir);
+	snprintf(cmd, sizeof(cmd), "mv %s %s.bak", key, key);
+	assert_int_equal(system(cmd), 0);
+	assert_int_not_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "is missing"));
+	/* another pair: the public key on disk is not its own */
+	snprintf(cmd, sizeof(cmd), "openssl genpkey -algorithm ed25519 -out %s 2>/dev/null", key);
+	assert_int_equal(system(cmd), 0);
+	assert_int_not_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "is not the public key"));
+	snprintf(cmd, sizeof(cmd),
+		 "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s "
+		 "2>/dev/null",
+		 key);
+	assert_int_equal(system(cmd), 0);
+	assert_int_not_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "not an Ed25519 key"));
+	/* the right key back: the trail goes on and verifies */
+	snprintf(cmd, sizeof(cmd), "mv %s.bak %s", key, key);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(sl_audit_open(cfg, &a, err, sizeof(err)), 0);
+	sl_audit_append(a, "x", "s", NULL, NULL, NULL, NULL, NULL);
+	sl_audit_close(a);
+	assert_int_equal(verify(msg, sizeof(msg)), 0);
+	sl_config_free(cfg);
+}
+
 /* A new store's first records are stored with a checkpoint, long before
  * checkpoint_every or checkpoint_interval: a running gateway's store with
  * records always verifies. */
@@ -895,6 +935,7 @@ main(void)
 		cmocka_unit_test(test_tamper),
 		cmocka_unit_test(test_checkpoints_deleted_or_kept_elsewhere),
 		cmocka_unit_test(test_first_records_are_signed_at_once),
+		cmocka_unit_test(test_signing_key_never_replaced),
 		cmocka_unit_test(test_store_failure_fails_closed_and_journal_replays),
 		cmocka_unit_test(test_journal_cut_copy_recovers),
 		cmocka_unit_test(test_journal_recovery_continues_the_chain),
