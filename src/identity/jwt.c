@@ -459,8 +459,27 @@ num_claim(json_t *v, int round_up, int64_t *out)
 	return SL_EAUTH;
 }
 
+/* 1 if the UTF-8 sequence at s (n bytes left) is a control character: C0,
+ * DEL, C1 (U+0080..U+009F, a terminal takes U+009B as CSI), the line and
+ * paragraph separators U+2028/U+2029, or a bidi control (U+200E/U+200F,
+ * U+202A..U+202E, U+2066..U+2069) that reorders what a log line shows. The
+ * same set sl_fput_safe escapes. jansson has checked the UTF-8 already. */
+static int
+is_control(const unsigned char *s, size_t n)
+{
+	if (s[0] < 0x20 || s[0] == 0x7f)
+		return 1;
+	if (s[0] == 0xc2 && n >= 2)
+		return s[1] >= 0x80 && s[1] <= 0x9f;
+	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x80)
+		return s[2] == 0x8e || s[2] == 0x8f || (s[2] >= 0xa8 && s[2] <= 0xae);
+	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x81)
+		return s[2] >= 0xa6 && s[2] <= 0xa9;
+	return 0;
+}
+
 /* Subjects and groups reach policy, logs and the audit trail: no control
- * characters, bounded length. */
+ * characters (is_control), bounded length. */
 static int
 name_ok(json_t *v, size_t max)
 {
@@ -470,7 +489,7 @@ name_ok(json_t *v, size_t max)
 	if (s == NULL || n == 0 || n > max)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+		if (is_control((const unsigned char *)s + i, n - i))
 			return 0;
 	return 1;
 }

@@ -464,6 +464,57 @@ test_groups(void **state)
 	c = claims("https://plain.test", "api", NOW + 60);
 	json_object_set_new(c, "sub", json_integer(7));
 	assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err), SL_EAUTH);
+	/* C1 controls (U+009B is CSI to a terminal), U+2028/U+2029 and the bidi
+	 * controls are control characters too, in the subject and in a group */
+	{
+		const char *ctl[] = {"agent-1\xc2\x9b"
+				     "2J",
+				     "a\xc2\x80",
+				     "x\xc2\x85y",
+				     "a\xc2\x9f",
+				     "a\xe2\x80\xa8"
+				     "b",
+				     "a\xe2\x80\xa9",
+				     "evil\xe2\x80\xaetxt",
+				     "a\xe2\x80\xaa",
+				     "a\xe2\x81\xa6",
+				     "a\xe2\x81\xa9",
+				     "a\xe2\x80\x8f",
+				     "\x7f"};
+
+		for (size_t i = 0; i < sizeof(ctl) / sizeof(ctl[0]); i++) {
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "sub", json_string(ctl[i]));
+			assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err),
+					 SL_EAUTH);
+			assert_string_equal(err, "token has no valid subject");
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "groups", json_pack("[s,s]", "ai-agents", ctl[i]));
+			assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err),
+					 SL_EAUTH);
+			assert_string_equal(err, "groups claim malformed");
+		}
+	}
+	/* ...but letters outside ASCII, a no-break space and U+2027/U+202F are not */
+	{
+		const char *fine[] = {"Jos\xc3\xa9",
+				      "\xe6\x97\xa5\xe6\x9c\xac",
+				      "a\xc2\xa0"
+				      "b",
+				      "a\xe2\x80\xa7",
+				      "a\xe2\x80\xaf",
+				      "a\xe2\x81\xa5"};
+		struct sl_identity id;
+
+		for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "sub", json_string(fine[i]));
+			json_object_set_new(c, "groups", json_pack("[s]", fine[i]));
+			assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), 0);
+			assert_string_equal(id.subject, fine[i]);
+			sl_identity_fini(&id);
+		}
+	}
 }
 
 /* ------------------------------------------------------------ refused: claims */
