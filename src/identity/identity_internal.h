@@ -27,7 +27,8 @@ struct sl_jwk {
 
 struct sl_keyset {
 	struct sl_jwk *keys;
-	size_t n;
+	size_t n;	  /* usable keys */
+	size_t published; /* entries in the JWKS, usable or not */
 };
 
 struct sl_issuer {
@@ -65,7 +66,10 @@ struct sl_idp {
 
 int sl_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outmax, size_t *outlen);
 void sl_b64url_encode(const uint8_t *in, size_t n, char *out);
-int sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out);
+/* Parses a JWKS into the keys sluice can use (others are skipped); who names
+ * the issuer in log messages about skipped keys, or NULL for no logging.
+ * Returns 0 with *out owned, SL_EINVAL (not a key set) or SL_ENOMEM. */
+int sl_keyset_parse(const char *json, size_t len, const char *who, struct sl_keyset **out);
 void sl_keyset_free(struct sl_keyset *ks);
 const struct sl_issuer *sl_idp_issuer(struct sl_idp *idp, const char *iss);
 int sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t now,

@@ -135,7 +135,7 @@ fetch_keys(struct sl_issuer *is, struct sl_keyset **out)
 	free(uri);
 	if (r != 0)
 		return r;
-	r = sl_keyset_parse(body, len, out);
+	r = sl_keyset_parse(body, len, is->issuer, out);
 	free(body);
 	return r == 0 ? 0 : SL_EIO;
 }
@@ -151,7 +151,7 @@ load_file_keys(struct sl_issuer *is, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot read JWKS %s", is->jwks_file);
 		return r;
 	}
-	r = sl_keyset_parse(data, len, &is->keys);
+	r = sl_keyset_parse(data, len, is->issuer, &is->keys);
 	free(data);
 	if (r != 0) {
 		snprintf(err, errlen, "JWKS %s is not a valid key set", is->jwks_file);

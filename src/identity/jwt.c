@@ -262,9 +262,22 @@ canon_alg(const char *alg)
 	return NULL;
 }
 
-/* Builds one key from a JWK; returns 0 and fills k, or non-zero to skip it. */
+/* 1 if jwk holds a private or secret member (RFC 7518 6.2.2, 6.3.2, 6.4.1). */
 static int
-parse_jwk(json_t *jwk, struct sl_jwk *k)
+has_private(json_t *jwk)
+{
+	static const char *const priv[] = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"};
+
+	for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+		if (json_object_get(jwk, priv[i]) != NULL)
+			return 1;
+	return 0;
+}
+
+/* Builds one key from a JWK; returns 0 and fills k, or non-zero to skip it.
+ * who names the key set's issuer in log messages (NULL: no logging). */
+static int
+parse_jwk(json_t *jwk, struct sl_jwk *k, const char *who)
 {
 	const char *kty = json_string_value(json_object_get(jwk, "kty"));
 	json_t *kidv = json_object_get(jwk, "kid");
@@ -274,6 +287,25 @@ parse_jwk(json_t *jwk, struct sl_jwk *k)
 
 	if (!json_is_object(jwk) || kty == NULL)
 		return -1;
+	/* A published private key lets anyone sign tokens: never trust it,
+	 * and say so loudly, since the issuer's other keys may be exposed too. */
+	if (has_private(jwk)) {
+		if (who != NULL) {
+			char kid[sizeof(k->kid)];
+			const char *ks = json_string_value(kidv);
+
+			/* The kid comes from the IdP: printable ASCII only in the log. */
+			snprintf(kid, sizeof(kid), "%s", ks ? ks : "");
+			for (unsigned char *c = (unsigned char *)kid; *c; c++)
+				if (*c < 0x20 || *c > 0x7e || *c == '"')
+					*c = '?';
+			sl_error("identity: the JWKS of %s publishes private key material (kty %s, "
+				 "kid \"%s\"): that key is not used; anyone who read it can sign "
+				 "tokens, so have the IdP rotate it",
+				 who, strcmp(kty, "oct") == 0 ? "oct" : "RSA/EC/OKP", kid);
+		}
+		return -1;
+	}
 	if (json_object_get(jwk, "use") != NULL && (use == NULL || strcmp(use, "sig") != 0))
 		return -1;
 	/* A kid that would be truncated could collide with another key's. */
@@ -305,7 +337,7 @@ parse_jwk(json_t *jwk, struct sl_jwk *k)
 }
 
 int
-sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
+sl_keyset_parse(const char *json, size_t len, const char *who, struct sl_keyset **out)
 {
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je), *keys;
@@ -327,8 +359,9 @@ sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 		return SL_ENOMEM;
 	}
 	for (size_t i = 0; i < json_array_size(keys); i++)
-		if (parse_jwk(json_array_get(keys, i), &ks->keys[ks->n]) == 0)
+		if (parse_jwk(json_array_get(keys, i), &ks->keys[ks->n], who) == 0)
 			ks->n++;
+	ks->published = json_array_size(keys);
 	json_decref(root);
 	*out = ks;
 	return 0;

@@ -246,6 +246,52 @@ ed_jwk(EVP_PKEY *k, const char *kid)
 	return out;
 }
 
+/* Captures what is written to stderr (the log) between stderr_begin() and
+ * stderr_end(), which returns it (owned). */
+static int saved_stderr = -1;
+static char cap_path[96];
+
+static void
+stderr_begin(void)
+{
+	int fd;
+
+	snprintf(cap_path, sizeof(cap_path), "%s/stderr.txt", dir);
+	fd = open(cap_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	saved_stderr = dup(2);
+	dup2(fd, 2);
+	close(fd);
+}
+
+static char *
+stderr_end(void)
+{
+	FILE *f;
+	char *out = calloc(1, 65536);
+
+	dup2(saved_stderr, 2);
+	close(saved_stderr);
+	f = fopen(cap_path, "r");
+	assert_non_null(f);
+	assert_non_null(out);
+	if (fread(out, 1, 65535, f) == 0)
+		out[0] = '\0';
+	fclose(f);
+	return out;
+}
+
+/* Number of times needle occurs in hay. */
+static int
+count_of(const char *hay, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
 /* ------------------------------------------------------------ fixture */
 
 static int
@@ -1082,6 +1128,54 @@ test_keysets(void **state)
 		free(pn);
 		free(edl);
 		free(longkid);
+	}
+
+	/* a JWK with private members (an EC key with d, an RSA key with its
+	 * primes, an OKP key with d, an oct key) is never used, and each one is
+	 * logged as an error naming the issuer and kid */
+	{
+		struct sl_identity id;
+		char *log, rd64[64], p64[300], q64[300];
+
+		bn_b64(ec2, OSSL_PKEY_PARAM_PRIV_KEY, rd64, sizeof(rd64), 32);
+		bn_b64(rsa, OSSL_PKEY_PARAM_RSA_FACTOR1, p64, sizeof(p64), 0);
+		bn_b64(rsa, OSSL_PKEY_PARAM_RSA_FACTOR2, q64, sizeof(q64), 0);
+		snprintf(jw, sizeof(jw),
+			 "{\"keys\":[{\"kty\":\"EC\",\"kid\":\"ecpriv\",\"crv\":\"P-256\","
+			 "\"x\":\"%s\",\"y\":\"%s\",\"d\":\"%s\"},"
+			 "{\"kty\":\"RSA\",\"kid\":\"rsapriv\",\"n\":\"%s\",\"e\":\"AQAB\","
+			 "\"p\":\"%s\",\"q\":\"%s\"},"
+			 "{\"kty\":\"OKP\",\"kid\":\"ed\\u001b[2Jpriv\",\"crv\":\"Ed25519\","
+			 "\"x\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\",\"d\":\"AAAA\"},"
+			 "{\"kty\":\"oct\",\"kid\":\"sym\",\"k\":\"c2VjcmV0\"}]}",
+			 x64, y64, rd64, rn64, p64, q64);
+		write_text(path, jw);
+		stderr_begin();
+		assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+		log = stderr_end();
+		assert_int_equal(p->issuers[0].keys->n, 0);
+		assert_int_equal(
+			verify_with(p,
+				    sign("ES256", "ecpriv",
+					 claims("https://ks.test", "a", NOW + 60), ec2, NULL, 0),
+				    NOW, &id, err),
+			SL_ENOKEY);
+		assert_int_equal(
+			verify_with(p,
+				    sign("RS256", "rsapriv",
+					 claims("https://ks.test", "a", NOW + 60), rsa, NULL, 0),
+				    NOW, &id, err),
+			SL_ENOKEY);
+		assert_int_equal(count_of(log, "error: identity: the JWKS of https://ks.test "
+					       "publishes private key material"),
+				 4);
+		assert_non_null(strstr(log, "kid \"ecpriv\""));
+		assert_non_null(strstr(log, "kid \"rsapriv\""));
+		/* the kid is the IdP's text: no escape sequence reaches the log */
+		assert_non_null(strstr(log, "kid \"ed?[2Jpriv\""));
+		assert_null(strchr(log, 0x1b));
+		free(log);
+		sl_idp_free(p);
 	}
 
 	/* an empty key set: SL_ENOKEY, and a file issuer is never refetched */
