@@ -407,6 +407,55 @@ verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_
 	return ok;
 }
 
+/* floor(n / 2) for the order n of P-256. */
+static const uint8_t p256_half_n[32] = {0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00,
+					0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+					0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42,
+					0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8};
+
+/*
+ * The hex SHA-256 that names a verified token (hex, 65 bytes) in the audit
+ * trail. An ECDSA signature (r, s) also verifies as (r, n - s), so anyone who
+ * holds an ES256 token can send a second spelling of it. IdPs do not
+ * normalise s (about half their tokens are high-S), so both are accepted, and
+ * the name is taken over the low-S spelling: one token, one token_sha256.
+ * body is the signed part (header.payload) of token, sig its decoded
+ * signature. Returns 0 or SL_ENOMEM.
+ */
+static int
+token_name(const char *token, size_t len, size_t body, const char *alg, const uint8_t *sig,
+	   size_t siglen, char *hex)
+{
+	uint8_t h[32], low[64];
+	char *canon;
+	BIGNUM *n, *s;
+	int ok;
+
+	if (strcmp(alg, "ES256") != 0 || siglen != 64 || memcmp(sig + 32, p256_half_n, 32) <= 0) {
+		SHA256((const uint8_t *)token, len, h);
+		sl_hex(h, 32, hex);
+		return 0;
+	}
+	n = BN_bin2bn(p256_half_n, 32, NULL);
+	s = BN_bin2bn(sig + 32, 32, NULL);
+	canon = malloc(body + 1 + 90);
+	/* n = 2 * floor(n / 2) + 1 */
+	ok = n != NULL && s != NULL && canon != NULL && BN_lshift1(n, n) && BN_add_word(n, 1) &&
+	     BN_sub(s, n, s) && BN_bn2binpad(s, low + 32, 32) == 32;
+	if (ok) {
+		memcpy(low, sig, 32);
+		memcpy(canon, token, body);
+		canon[body] = '.';
+		sl_b64url_encode(low, sizeof(low), canon + body + 1);
+		SHA256((const uint8_t *)canon, strlen(canon), h);
+		sl_hex(h, 32, hex);
+	}
+	BN_free(n);
+	BN_free(s);
+	free(canon);
+	return ok ? 0 : SL_ENOMEM;
+}
+
 static json_t *
 decode_part(const char *p, size_t n)
 {
@@ -700,7 +749,7 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	json_t *hdr = NULL, *pl = NULL, *v;
 	const struct sl_issuer *is;
 	const struct sl_jwk *key;
-	uint8_t sig[1024], h[32];
+	uint8_t sig[1024];
 	size_t siglen;
 	int r = SL_EAUTH;
 	int64_t exp;
@@ -748,8 +797,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 		FAIL(SL_ENOMEM, "out of memory");
 	if ((r = map_groups(claim(pl, is->groups_claim), out, &why)) != 0)
 		goto out;
-	SHA256((const uint8_t *)token, len, h);
-	sl_hex(h, 32, out->token_sha256);
+	if (token_name(token, len, (size_t)(d2 - token), alg, sig, siglen, out->token_sha256) != 0)
+		FAIL(SL_ENOMEM, "out of memory");
 	r = 0;
 out:
 	json_decref(hdr);

@@ -825,6 +825,80 @@ test_algorithms(void **state)
 		SL_EAUTH);
 }
 
+/* The other spelling of an ES256 token: s replaced by n - s (owned). */
+static char *
+es256_flip(const char *tok)
+{
+	const char *dot = strrchr(tok, '.');
+	uint8_t sig[64];
+	size_t sl;
+	BIGNUM *n = NULL, *s = BN_new();
+	char *sb, *out;
+
+	assert_int_equal(sl_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof(sig), &sl), 0);
+	assert_int_equal(sl, 64);
+	assert_true(
+		BN_hex2bn(&n, "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551") >
+		0);
+	assert_non_null(BN_bin2bn(sig + 32, 32, s));
+	assert_int_equal(BN_sub(s, n, s), 1);
+	assert_int_equal(BN_bn2binpad(s, sig + 32, 32), 32);
+	sb = b64u(sig, 64);
+	out = malloc((size_t)(dot - tok) + strlen(sb) + 2);
+	assert_non_null(out);
+	sprintf(out, "%.*s.%s", (int)(dot - tok), tok, sb);
+	free(sb);
+	BN_free(n);
+	BN_free(s);
+	return out;
+}
+
+/* 1 if the ES256 token's s is above n/2. */
+static int
+es256_high(const char *tok)
+{
+	const char *dot = strrchr(tok, '.');
+	uint8_t sig[64];
+	size_t sl;
+
+	assert_int_equal(sl_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof(sig), &sl), 0);
+	return memcmp(sig + 32,
+		      "\x7f\xff\xff\xff\x80\0\0\0\x7f\xff\xff\xff\xff\xff\xff\xff"
+		      "\xde\x73\x7d\x56\xd3\x8b\xcf\x42\x79\xdc\xe5\x61\x7e\x31\x92\xa8",
+		      32) > 0;
+}
+
+/* ES256 (r, s) and (r, n - s) both verify: both spellings of one token are
+ * accepted (IdPs do not normalise s), and both get the token_sha256 of the
+ * low-S spelling, so the audit trail names one token once. */
+static void
+test_es256_malleability(void **state)
+{
+	for (int i = 0; i < 8; i++) {
+		json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+		char err[256], *t, *f, *low, hex[65];
+		struct sl_identity a, b;
+		uint8_t h[32];
+
+		json_object_set_new(c, "jti", json_integer(i));
+		t = sign("ES256", "e1", c, ec, NULL, 0);
+		f = es256_flip(t);
+		assert_int_not_equal(es256_high(t), es256_high(f));
+		low = es256_high(t) ? f : t;
+		SHA256((const uint8_t *)low, strlen(low), h);
+		for (int j = 0; j < 32; j++)
+			sprintf(hex + 2 * j, "%02x", h[j]);
+		assert_int_equal(sl_idp_verify(idp, t, strlen(t), NOW, &a, err, sizeof(err)), 0);
+		assert_int_equal(sl_idp_verify(idp, f, strlen(f), NOW, &b, err, sizeof(err)), 0);
+		assert_string_equal(a.token_sha256, hex);
+		assert_string_equal(b.token_sha256, hex);
+		sl_identity_fini(&a);
+		sl_identity_fini(&b);
+		free(t);
+		free(f);
+	}
+}
+
 static void
 test_headers(void **state)
 {
@@ -1767,6 +1841,7 @@ main(void)
 		cmocka_unit_test(test_time_and_audience),
 		cmocka_unit_test(test_algorithms),
 		cmocka_unit_test(test_headers),
+		cmocka_unit_test(test_es256_malleability),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_cache),
 		cmocka_unit_test(test_keysets),
