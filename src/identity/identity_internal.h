@@ -15,9 +15,11 @@
 #define SL_JWKS_MAX_KEYS   64		    /* a larger key set is refused whole */
 #define SL_JWKS_FETCH_MAX  (1u << 20)	    /* bytes of a discovery document or JWKS */
 #define SL_JWKS_REFRESH_US (30 * 1000000LL) /* at most one refetch per issuer per 30 s */
-#define SL_JWKS_RETRY_US   (2 * 1000000LL)  /* ...or per 2 s while it has no keys and failed */
-#define SL_NUMERICDATE_MAX 253402300799LL   /* exp/nbf/iat: 9999-12-31T23:59:59Z at most */
-#define SL_LEEWAY_MAX_S	   86400	    /* issuers[].leeway: at most a day */
+#define SL_JWKS_RETRY_US   (2 * 1000000LL)  /* ...or per 2 s while it has no usable key */
+#define SL_JWKS_TIMEOUT_MS 3000		    /* one fetch, discovery and JWKS together */
+#define SL_JWKS_ON_DEMAND  2		  /* token-driven fetches in flight at once, all issuers */
+#define SL_NUMERICDATE_MAX 253402300799LL /* exp/nbf/iat: 9999-12-31T23:59:59Z at most */
+#define SL_LEEWAY_MAX_S	   86400	  /* issuers[].leeway: at most a day */
 
 struct sl_jwk {
 	EVP_PKEY *pkey;
@@ -35,10 +37,13 @@ struct sl_issuer {
 	char *issuer, *audience, *jwks_file, *jwks_uri, *ca_file;
 	char *groups_claim, *subject_claim;
 	int64_t leeway_s;
-	struct sl_keyset *keys; /* read under idp->lock; swapped under fetch_mu + lock */
-	int64_t last_fetch_us;	/* monotonic, end of the last fetch (fetch_mu) */
-	int fetch_failed;	/* the last fetch failed (fetch_mu) */
-	int64_t refresh_us;	/* periodic re-fetch of a remote JWKS (jwks_refresh) */
+	struct sl_keyset *keys; /* read under idp->lock; swapped under it by the fetcher */
+	/* (fetch_mu) */
+	int64_t last_fetch_us; /* monotonic, end of the last fetch */
+	int fetch_failed;      /* the last fetch failed */
+	int fetching;	       /* a fetch is in flight: only its thread swaps keys */
+	int warned_unusable;   /* "no usable key" was logged for the key set in use */
+	int64_t refresh_us;    /* periodic re-fetch of a remote JWKS (jwks_refresh) */
 };
 
 struct cache_slot {
@@ -56,7 +61,10 @@ struct sl_idp {
 	pthread_mutex_t cache_mu;
 	struct cache_slot *cache;
 	size_t ncache;
-	pthread_mutex_t fetch_mu; /* serialises fetches; guards last_fetch_us, fetch_failed */
+	/* Guards the issuers' fetch state and on_demand; never held across I/O,
+	 * so no thread ever waits for another one's fetch. */
+	pthread_mutex_t fetch_mu;
+	int on_demand; /* token-driven fetches in flight (SL_JWKS_ON_DEMAND at most) */
 	/* the periodic JWKS refresh thread (sl_idp_start_refresh) */
 	pthread_t refresher;
 	int refresher_on, stopping;

@@ -1679,9 +1679,12 @@ test_refresh_jwks_uri(void **state)
 	assert_int_equal(atomic_load(&s.jwks_hits), 1);
 	ta = remote_token(iss, "ka", ed, "a");
 	assert_int_equal(now_verify(p, ta), SL_ENOKEY);
-	/* an empty key set is refetched at once */
+	/* an empty key set is refetched, but not within 2 s of the last fetch */
 	snprintf(keys, sizeof(keys), "{\"keys\":[%s]}", ja);
 	srv_set(&s, 200, keys);
+	assert_int_equal(sl_idp_refresh(p, ta, strlen(ta)), SL_ESTATE);
+	assert_int_equal(atomic_load(&s.jwks_hits), 1);
+	age(p);
 	assert_int_equal(sl_idp_refresh(p, ta, strlen(ta)), 0);
 	assert_int_equal(atomic_load(&s.jwks_hits), 2);
 	assert_int_equal(now_verify(p, ta), 0);
@@ -1774,6 +1777,221 @@ test_refresh_jwks_uri(void **state)
 	EVP_PKEY_free(kb);
 }
 
+/* A key set with no usable key (none at all, or only a key sluice skips) is
+ * refetched at most every 2 s however many tokens name a made-up kid, and
+ * logged once, not at every fetch. */
+static void
+test_refresh_unusable(void **state)
+{
+	struct srv s;
+	char uri[128], err[256], keys[2048], n64[600], *t, *log, *ja = ed_jwk(ed, "ka");
+	struct sl_cfg_issuer is = {
+		.issuer = "https://unusable.test", .audience = "sluice", .jwks_uri = uri};
+	struct sl_cfg_identity cfg = {.issuers = &is, .issuers_count = 1};
+	struct sl_idp *p;
+
+	bn_b64(rsa, OSSL_PKEY_PARAM_RSA_N, n64, sizeof(n64), 0);
+	srv_start(&s);
+	snprintf(uri, sizeof(uri), "http://127.0.0.1:%d/jwks.json", s.port);
+	for (int round = 0; round < 2; round++) {
+		int hits;
+
+		if (round == 0)
+			srv_set(&s, 200, "{\"keys\":[]}");
+		else {
+			snprintf(keys, sizeof(keys),
+				 "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"x\",\"alg\":\"RS384\","
+				 "\"n\":\"%s\",\"e\":\"AQAB\"}]}",
+				 n64);
+			srv_set(&s, 200, keys);
+		}
+		stderr_begin();
+		assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+		hits = atomic_load(&s.jwks_hits);
+		for (int i = 0; i < 40; i++) {
+			char kid[16];
+
+			snprintf(kid, sizeof(kid), "k%d", i);
+			t = remote_token(is.issuer, kid, ed, "x");
+			assert_int_equal(now_verify(p, t), SL_ENOKEY);
+			assert_int_equal(sl_idp_refresh(p, t, strlen(t)), SL_ESTATE);
+			free(t);
+		}
+		assert_int_equal(atomic_load(&s.jwks_hits), hits);
+		/* two more fetches, 2 s apart, that find nothing usable either */
+		for (int i = 0; i < 2; i++) {
+			age(p);
+			assert_int_equal(sl_idp_refresh(p, NULL, 0), 0);
+			assert_int_equal(sl_idp_refresh(p, NULL, 0), SL_ESTATE);
+		}
+		assert_int_equal(atomic_load(&s.jwks_hits), hits + 2);
+		log = stderr_end();
+		assert_int_equal(
+			count_of(log, "the JWKS of https://unusable.test has no usable key"), 1);
+		assert_non_null(strstr(log, round == 0 ? "(0 published;" : "(1 published;"));
+		free(log);
+		sl_idp_free(p);
+	}
+	/* once the IdP publishes a usable key it is picked up, and losing it
+	 * again is logged again */
+	stderr_begin();
+	assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s]}", ja);
+	srv_set(&s, 200, keys);
+	age(p);
+	t = remote_token(is.issuer, "ka", ed, "x");
+	assert_int_equal(sl_idp_refresh(p, t, strlen(t)), 0);
+	assert_int_equal(now_verify(p, t), 0);
+	free(t);
+	srv_set(&s, 200, "{\"keys\":[]}");
+	age(p);
+	assert_int_equal(sl_idp_refresh(p, NULL, 0), 0);
+	log = stderr_end();
+	assert_int_equal(count_of(log, "the JWKS of https://unusable.test has no usable key"), 2);
+	free(log);
+	sl_idp_free(p);
+	srv_stop(&s);
+	free(ja);
+}
+
+/* A TCP listener that accepts connections (the kernel does) but never
+ * answers: an IdP that hangs. */
+static int
+hung_listener(int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 64), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+struct refresher_arg {
+	struct sl_idp *p;
+	const char *tok;
+	int r;
+	double secs;
+};
+
+static double
+mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *
+refresh_main(void *arg)
+{
+	struct refresher_arg *a = arg;
+	double t0 = mono_s();
+
+	a->r = sl_idp_refresh(a->p, a->tok, strlen(a->tok));
+	a->secs = mono_s() - t0;
+	return NULL;
+}
+
+/* A hung IdP holds at most the one thread that fetches from it, for at most
+ * SL_JWKS_TIMEOUT_MS: other requests for it, and requests for other issuers,
+ * never wait behind it (they ran on the same libuv pool as every session's
+ * upstream login), and at most SL_JWKS_ON_DEMAND fetches are in flight. */
+static void
+test_refresh_hung_idp(void **state)
+{
+	struct srv s;
+	char u1[128], u2[128], uok[128], err[256], keys[1024], *ja = ed_jwk(ed, "ka");
+	char *th1, *th2, *tok, *tnew;
+	int port1, port2, h1 = hung_listener(&port1), h2 = hung_listener(&port2);
+	struct sl_cfg_issuer is[3] = {
+		{.issuer = "https://hung1.test", .audience = "sluice", .jwks_uri = u1},
+		{.issuer = "https://hung2.test", .audience = "sluice", .jwks_uri = u2},
+		{.issuer = "https://ok.test", .audience = "sluice", .jwks_uri = uok}};
+	struct sl_cfg_identity cfg = {.issuers = is, .issuers_count = 3};
+	struct sl_idp *p;
+	pthread_t t1, t2;
+	struct refresher_arg a1, a2;
+	double t0;
+	EVP_PKEY *kn = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	char *jn = ed_jwk(kn, "kn");
+
+	srv_start(&s);
+	snprintf(u1, sizeof(u1), "http://127.0.0.1:%d/jwks.json", port1);
+	snprintf(u2, sizeof(u2), "http://127.0.0.1:%d/jwks.json", port2);
+	snprintf(uok, sizeof(uok), "http://127.0.0.1:%d/jwks.json", s.port);
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s]}", ja);
+	srv_set(&s, 200, keys);
+	/* the start fetches of the hung IdPs give up after SL_JWKS_TIMEOUT_MS */
+	t0 = mono_s();
+	assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+	assert_true(mono_s() - t0 < 2 * SL_JWKS_TIMEOUT_MS / 1000.0 + 1.5);
+	assert_true(mono_s() - t0 >= 2 * SL_JWKS_TIMEOUT_MS / 1000.0 - 0.5);
+	tok = remote_token("https://ok.test", "ka", ed, "a");
+	assert_int_equal(now_verify(p, tok), 0);
+	th1 = remote_token("https://hung1.test", "zz", ed, "x");
+	th2 = remote_token("https://hung2.test", "zz", ed, "x");
+	age(p);
+	a1 = (struct refresher_arg){.p = p, .tok = th1};
+	a2 = (struct refresher_arg){.p = p, .tok = th2};
+	assert_int_equal(pthread_create(&t1, NULL, refresh_main, &a1), 0);
+	assert_int_equal(pthread_create(&t2, NULL, refresh_main, &a2), 0);
+	usleep(300000);
+	/* more tokens of a hung issuer: "not now", at once */
+	for (int i = 0; i < 10; i++) {
+		t0 = mono_s();
+		assert_int_equal(sl_idp_refresh(p, th1, strlen(th1)), SL_ESTATE);
+		assert_true(mono_s() - t0 < 0.1);
+	}
+	/* another issuer rotates while two fetches hang: its first new-kid
+	 * token is told "not now" at once (two fetches are in flight), and
+	 * nothing was fetched or rate-limited for it */
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s,%s]}", ja, jn);
+	srv_set(&s, 200, keys);
+	tnew = remote_token("https://ok.test", "kn", kn, "n");
+	assert_int_equal(now_verify(p, tnew), SL_ENOKEY);
+	t0 = mono_s();
+	assert_int_equal(sl_idp_refresh(p, tnew, strlen(tnew)), SL_ESTATE);
+	assert_true(mono_s() - t0 < 0.1);
+	/* tokens of the healthy issuer with known keys verify meanwhile */
+	assert_int_equal(now_verify(p, tok), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	assert_int_equal(a1.r, SL_EIO);
+	assert_int_equal(a2.r, SL_EIO);
+	assert_true(a1.secs < SL_JWKS_TIMEOUT_MS / 1000.0 + 1.0);
+	/* once they gave up, the rotated key is picked up by the first token
+	 * that names it */
+	assert_int_equal(sl_idp_refresh(p, tnew, strlen(tnew)), 0);
+	assert_int_equal(now_verify(p, tnew), 0);
+	/* while a hung issuer is fetched, a healthy issuer's fetch goes ahead */
+	age(p);
+	a1 = (struct refresher_arg){.p = p, .tok = th1};
+	assert_int_equal(pthread_create(&t1, NULL, refresh_main, &a1), 0);
+	usleep(300000);
+	t0 = mono_s();
+	assert_int_equal(sl_idp_refresh(p, tok, strlen(tok)), 0);
+	assert_true(mono_s() - t0 < 1.0);
+	pthread_join(t1, NULL);
+	assert_int_equal(a1.r, SL_EIO);
+	sl_idp_free(p);
+	srv_stop(&s);
+	close(h1);
+	close(h2);
+	free(th1);
+	free(th2);
+	free(tok);
+	free(tnew);
+	free(ja);
+	free(jn);
+	EVP_PKEY_free(kn);
+}
+
 static void
 test_refresh_discovery(void **state)
 {
@@ -1849,6 +2067,8 @@ main(void)
 		cmocka_unit_test(test_token_cli),
 		cmocka_unit_test(test_refresh_jwks_uri),
 		cmocka_unit_test(test_refresh_discovery),
+		cmocka_unit_test(test_refresh_unusable),
+		cmocka_unit_test(test_refresh_hung_idp),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
