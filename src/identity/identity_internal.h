@@ -42,6 +42,7 @@ struct sl_issuer {
 	int64_t last_fetch_us; /* monotonic, end of the last fetch */
 	int fetch_failed;      /* the last fetch failed */
 	int fetching;	       /* a fetch is in flight: only its thread swaps keys */
+	int refetched;	       /* a fetch after the one at start ran: the limit applies */
 	int warned_unusable;   /* "no usable key" was logged for the key set in use */
 	int64_t refresh_us;    /* periodic re-fetch of a remote JWKS (jwks_refresh) */
 };

@@ -482,8 +482,10 @@ fetch_claim(struct sl_idp *idp, struct sl_issuer *is, int64_t asked_us, int on_d
 	/* Every fetch counts, whatever it returned: an unknown kid can be
 	 * sprayed by anyone, so an issuer with usable keys is refetched at most
 	 * every 30 s, and one without (none published, none usable, or its IdP
-	 * down) at most every 2 s. */
-	if (age < (have ? SL_JWKS_REFRESH_US : SL_JWKS_RETRY_US))
+	 * down) at most every 2 s. Only the fetch at start is let off, once: an
+	 * IdP that had no keys yet when the gateway started is asked again by
+	 * the first token that needs it. */
+	if (is->refetched && age < (have ? SL_JWKS_REFRESH_US : SL_JWKS_RETRY_US))
 		return FETCH_LIMITED;
 	if (on_demand && idp->on_demand >= SL_JWKS_ON_DEMAND)
 		return FETCH_BUSY;
@@ -521,6 +523,7 @@ fetch_run(struct sl_idp *idp, struct sl_issuer *is, int on_demand)
 	is->last_fetch_us = sl_mono_us();
 	is->fetch_failed = fr != 0;
 	is->fetching = 0;
+	is->refetched = 1;
 	idp->on_demand -= on_demand;
 	/* ks is is->keys: only a later claim of is could replace it. */
 	if (fr == 0)
