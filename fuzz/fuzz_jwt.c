@@ -158,7 +158,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else if (size > 0 && data[0] == 'K') {
 		struct sl_keyset *ks = NULL;
 
-		if (sl_keyset_parse((const char *)data + 1, size - 1, &ks) == 0)
+		if (sl_keyset_parse((const char *)data + 1, size - 1, NULL, &ks) == 0)
 			sl_keyset_free(ks);
 	} else {
 		verify((const char *)data, size);

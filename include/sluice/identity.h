@@ -48,11 +48,14 @@ void sl_idp_free(struct sl_idp *idp);
  * help, then retry once). err gets a client-safe reason, never token contents. */
 int sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 		  struct sl_identity *out, char *err, size_t errlen);
-/* Blocking (libcurl): refetches the JWKS of the token's (unverified) issuer,
- * or of every remote issuer if token is NULL. At most once per 30 s per issuer
- * that has keys; concurrent callers share one fetch. Returns 0 (fetched),
- * SL_ESTATE (rate-limited, unknown or file-based issuer) or SL_EIO (fetch
- * failed; the old keys are kept). */
+/* Blocking (libcurl, at most 3 s): refetches the JWKS of the token's
+ * (unverified) issuer, or of every remote issuer if token is NULL. Every fetch
+ * counts towards a per-issuer limit: once per 30 s for an issuer with usable
+ * keys, per 2 s for one without. Never waits for another caller's fetch: when
+ * that issuer is being fetched already, or two fetches are in flight, it
+ * returns at once. Returns 0 (fetched, or a fetch that ended after the call
+ * began answered it), SL_ESTATE (rate-limited, busy, unknown or file-based
+ * issuer) or SL_EIO (fetch failed; the old keys are kept). */
 int sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len);
 /* Starts a thread that re-fetches each remote JWKS every jwks_refresh (a key
  * the IdP removed stops verifying within that time); stopped by

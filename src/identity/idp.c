@@ -62,23 +62,27 @@ fetch_write(char *p, size_t sz, size_t n, void *arg)
 	return add;
 }
 
+/* GETs url, giving up at deadline_us (monotonic). */
 static int
-http_get(const char *url, const char *ca_file, char **out, size_t *outlen)
+http_get(const char *url, const char *ca_file, int64_t deadline_us, char **out, size_t *outlen)
 {
-	CURL *c = curl_easy_init();
+	long left_ms = (long)((deadline_us - sl_mono_us()) / 1000);
+	CURL *c;
 	struct fetch f = {0};
 	long code = 0;
 	CURLcode rc;
 
-	if (c == NULL)
+	if (left_ms <= 0)
+		return SL_ETIMEOUT;
+	if ((c = curl_easy_init()) == NULL)
 		return SL_ENOMEM;
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "https");
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, left_ms);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, left_ms);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_MAXFILESIZE, (long)FETCH_MAX);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch_write);
@@ -97,13 +101,15 @@ http_get(const char *url, const char *ca_file, char **out, size_t *outlen)
 	return 0;
 }
 
-/* Fetches the issuer's key set (jwks_uri, or discovery). Blocking. */
+/* Fetches the issuer's key set (jwks_uri, or discovery). Blocking, for at
+ * most SL_JWKS_TIMEOUT_MS in all. */
 static int
 fetch_keys(struct sl_issuer *is, struct sl_keyset **out)
 {
 	char *body = NULL, *uri = NULL;
 	size_t len;
 	int r;
+	int64_t deadline = sl_mono_us() + SL_JWKS_TIMEOUT_MS * 1000LL;
 
 	if (is->jwks_uri != NULL) {
 		uri = strdup(is->jwks_uri);
@@ -114,7 +120,7 @@ fetch_keys(struct sl_issuer *is, struct sl_keyset **out)
 
 		snprintf(disc, sizeof(disc), "%s%s.well-known/openid-configuration", is->issuer,
 			 is->issuer[strlen(is->issuer) - 1] == '/' ? "" : "/");
-		if ((r = http_get(disc, is->ca_file, &body, &len)) != 0)
+		if ((r = http_get(disc, is->ca_file, deadline, &body, &len)) != 0)
 			return r;
 		j = json_loadb(body, len, 0, NULL);
 		free(body);
@@ -131,14 +137,16 @@ fetch_keys(struct sl_issuer *is, struct sl_keyset **out)
 	}
 	if (uri == NULL)
 		return SL_ENOMEM;
-	r = http_get(uri, is->ca_file, &body, &len);
+	r = http_get(uri, is->ca_file, deadline, &body, &len);
 	free(uri);
 	if (r != 0)
 		return r;
-	r = sl_keyset_parse(body, len, out);
+	r = sl_keyset_parse(body, len, is->issuer, out);
 	free(body);
 	return r == 0 ? 0 : SL_EIO;
 }
+
+static void note_unusable(struct sl_issuer *is, const struct sl_keyset *ks);
 
 static int
 load_file_keys(struct sl_issuer *is, char *err, size_t errlen)
@@ -151,12 +159,13 @@ load_file_keys(struct sl_issuer *is, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot read JWKS %s", is->jwks_file);
 		return r;
 	}
-	r = sl_keyset_parse(data, len, &is->keys);
+	r = sl_keyset_parse(data, len, is->issuer, &is->keys);
 	free(data);
 	if (r != 0) {
 		snprintf(err, errlen, "JWKS %s is not a valid key set", is->jwks_file);
 		return r;
 	}
+	note_unusable(is, is->keys);
 	return 0;
 }
 
@@ -279,6 +288,8 @@ sl_idp_new(const struct sl_cfg_identity *cfg, const char *data_dir, struct sl_id
 			is->last_fetch_us = sl_mono_us();
 			if (is->fetch_failed)
 				sl_warn("identity: cannot fetch the JWKS of %s yet", is->issuer);
+			else
+				note_unusable(is, ks);
 		}
 	}
 	*out = idp;
@@ -420,31 +431,70 @@ sl_idp_verify(struct sl_idp *idp, const char *token, size_t len, int64_t now,
 	return 0;
 }
 
-/* Whether issuer is may be fetched now, for a request made at asked_us.
- * Returns 1 to fetch, 0 when a fetch that finished after the request already
- * answered it (*r set from its outcome), -1 when rate-limited. */
+/*
+ * Fetching on demand. A token that names an unknown kid makes its session
+ * ask for a refetch on a libuv pool thread, the pool that also runs upstream
+ * SCRAM and DNS for every session. So no thread ever waits for another's
+ * fetch (a hung IdP would hold every pool thread and stall the logins of all
+ * issuers): fetch_mu is held only to read and claim an issuer's fetch state,
+ * never across I/O, and a request that finds its issuer's fetch in flight, or
+ * SL_JWKS_ON_DEMAND fetches in flight already, gets "not now" at once. The
+ * thread that claims a fetch runs it (SL_JWKS_TIMEOUT_MS at most), so the
+ * first token that names a rotated key is the one that picks it up.
+ */
+enum { FETCH_GO = 1, FETCH_SERVED = 0, FETCH_LIMITED = -1, FETCH_BUSY = -2 };
+
+/* Logs, once per key set in use, that an issuer publishes no key sluice can
+ * use (fetch_mu held, or before any other thread runs). */
+static void
+note_unusable(struct sl_issuer *is, const struct sl_keyset *ks)
+{
+	if (ks == NULL || ks->n > 0) {
+		is->warned_unusable = 0;
+		return;
+	}
+	if (is->warned_unusable)
+		return;
+	is->warned_unusable = 1;
+	sl_warn("identity: the JWKS of %s has no usable key (%zu published; sluice uses RS256 with "
+		"RSA of 2048 bits or more, ES256 on P-256, EdDSA on Ed25519, for signing): its "
+		"tokens are refused until it publishes one",
+		is->issuer, ks->published);
+}
+
+/* Whether is may be fetched now, for a request made at asked_us (fetch_mu
+ * held). FETCH_GO: the caller owns the fetch and must finish it with
+ * fetch_run. FETCH_SERVED: a fetch that ended after the request answered it
+ * (*r set from its outcome). FETCH_LIMITED: rate-limited. FETCH_BUSY: a
+ * fetch of is is in flight, or on_demand and too many of all issuers are. */
 static int
-may_fetch(const struct sl_issuer *is, int64_t asked_us, int *r)
+fetch_claim(struct sl_idp *idp, struct sl_issuer *is, int64_t asked_us, int on_demand, int *r)
 {
 	int64_t age = sl_mono_us() - is->last_fetch_us;
 	int have = is->keys != NULL && is->keys->n > 0;
 
+	if (is->fetching)
+		return FETCH_BUSY;
 	if (is->last_fetch_us > asked_us) {
-		/* Several sessions asked at once: one fetch serves them all. */
 		*r = is->fetch_failed ? SL_EIO : 0;
-		return 0;
+		return FETCH_SERVED;
 	}
-	/* An unknown kid can be sprayed by anyone, so a key set in use is
-	 * refetched at most every 30 s. An empty one (the IdP had none, or was
-	 * down at start) is retried at once, or every 2 s while fetches fail. */
-	if (have && age < SL_JWKS_REFRESH_US)
-		return -1;
-	if (!have && is->fetch_failed && age < SL_JWKS_RETRY_US)
-		return -1;
-	return 1;
+	/* Every fetch counts, whatever it returned: an unknown kid can be
+	 * sprayed by anyone, so an issuer with usable keys is refetched at most
+	 * every 30 s, and one without (none published, none usable, or its IdP
+	 * down) at most every 2 s. Only the fetch at start is let off, once: an
+	 * IdP that had no keys yet when the gateway started is asked again by
+	 * the first token that needs it. */
+	if (is->refetched && age < (have ? SL_JWKS_REFRESH_US : SL_JWKS_RETRY_US))
+		return FETCH_LIMITED;
+	if (on_demand && idp->on_demand >= SL_JWKS_ON_DEMAND)
+		return FETCH_BUSY;
+	is->fetching = 1;
+	idp->on_demand += on_demand;
+	return FETCH_GO;
 }
 
-/* Replaces an issuer's keys (fetch_mu held) and retires every cached
+/* Replaces an issuer's keys (its fetch claimed) and retires every cached
  * verification. */
 static void
 install_keys(struct sl_idp *idp, struct sl_issuer *is, struct sl_keyset *ks)
@@ -457,6 +507,29 @@ install_keys(struct sl_idp *idp, struct sl_issuer *is, struct sl_keyset *ks)
 	idp->keys_gen++;
 	pthread_rwlock_unlock(&idp->lock);
 	sl_keyset_free(old);
+}
+
+/* Runs a fetch claimed with fetch_claim, without fetch_mu, and releases the
+ * claim. A failure keeps the keys. Returns 0 or the fetch's error. */
+static int
+fetch_run(struct sl_idp *idp, struct sl_issuer *is, int on_demand)
+{
+	struct sl_keyset *ks = NULL;
+	int fr = fetch_keys(is, &ks);
+
+	if (fr == 0)
+		install_keys(idp, is, ks);
+	pthread_mutex_lock(&idp->fetch_mu);
+	is->last_fetch_us = sl_mono_us();
+	is->fetch_failed = fr != 0;
+	is->fetching = 0;
+	is->refetched = 1;
+	idp->on_demand -= on_demand;
+	/* ks is is->keys: only a later claim of is could replace it. */
+	if (fr == 0)
+		note_unusable(is, ks);
+	pthread_mutex_unlock(&idp->fetch_mu);
+	return fr;
 }
 
 int
@@ -483,26 +556,23 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 			return SL_ESTATE;
 		}
 	}
-	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL;
 		int m, fr = 0;
 
 		if (is->jwks_file != NULL || (want && strcmp(want, is->issuer) != 0))
 			continue;
-		m = may_fetch(is, asked, &fr);
-		if (m < 0)
+		pthread_mutex_lock(&idp->fetch_mu);
+		m = fetch_claim(idp, is, asked, 1, &fr);
+		pthread_mutex_unlock(&idp->fetch_mu);
+		if (m == FETCH_LIMITED || m == FETCH_BUSY)
 			continue;
-		if (m == 0) {
+		if (m == FETCH_SERVED) {
 			r = any && r == 0 ? 0 : fr;
 			any = 1;
 			continue;
 		}
-		fr = fetch_keys(is, &ks);
-		is->last_fetch_us = sl_mono_us();
-		is->fetch_failed = fr != 0;
-		if (fr != 0) {
+		if (fetch_run(idp, is, 1) != 0) {
 			sl_warn("identity: JWKS refetch for %s failed; keeping the old keys",
 				is->issuer);
 			if (!any)
@@ -510,40 +580,35 @@ sl_idp_refresh(struct sl_idp *idp, const char *token, size_t len)
 			any = 1;
 			continue;
 		}
-		install_keys(idp, is, ks);
 		r = 0;
 		any = 1;
 	}
-	pthread_mutex_unlock(&idp->fetch_mu);
 	json_decref(pl);
 	return r;
 }
 
-/* Periodic refresh (jwks_refresh): every remote issuer that is due. A
- * failed fetch keeps the keys it has (an IdP outage must not lock agents
- * out); a new key set retires every cached verification, so a key the IdP
- * removed stops working even for tokens seen before. */
+/* Periodic refresh (jwks_refresh): every remote issuer that is due and not
+ * being fetched already. A failed fetch keeps the keys it has (an IdP outage
+ * must not lock agents out); a new key set retires every cached
+ * verification, so a key the IdP removed stops working even for tokens seen
+ * before. */
 static void
 refresh_due(struct sl_idp *idp)
 {
-	pthread_mutex_lock(&idp->fetch_mu);
 	for (size_t i = 0; i < idp->nissuers; i++) {
 		struct sl_issuer *is = &idp->issuers[i];
-		struct sl_keyset *ks = NULL;
+		int go;
 
-		if (is->jwks_file != NULL ||
-		    sl_mono_us() - is->last_fetch_us < is->refresh_us - 500000)
+		if (is->jwks_file != NULL)
 			continue;
-		is->fetch_failed = fetch_keys(is, &ks) != 0;
-		is->last_fetch_us = sl_mono_us();
-		if (is->fetch_failed) {
+		pthread_mutex_lock(&idp->fetch_mu);
+		go = !is->fetching && sl_mono_us() - is->last_fetch_us >= is->refresh_us - 500000;
+		is->fetching |= go;
+		pthread_mutex_unlock(&idp->fetch_mu);
+		if (go && fetch_run(idp, is, 0) != 0)
 			sl_warn("identity: cannot refresh the JWKS of %s; keeping the keys it had",
 				is->issuer);
-			continue;
-		}
-		install_keys(idp, is, ks);
 	}
-	pthread_mutex_unlock(&idp->fetch_mu);
 }
 
 /* ------------------------------------------------------------ dev issuer */

@@ -262,9 +262,22 @@ canon_alg(const char *alg)
 	return NULL;
 }
 
-/* Builds one key from a JWK; returns 0 and fills k, or non-zero to skip it. */
+/* 1 if jwk holds a private or secret member (RFC 7518 6.2.2, 6.3.2, 6.4.1). */
 static int
-parse_jwk(json_t *jwk, struct sl_jwk *k)
+has_private(json_t *jwk)
+{
+	static const char *const priv[] = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"};
+
+	for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+		if (json_object_get(jwk, priv[i]) != NULL)
+			return 1;
+	return 0;
+}
+
+/* Builds one key from a JWK; returns 0 and fills k, or non-zero to skip it.
+ * who names the key set's issuer in log messages (NULL: no logging). */
+static int
+parse_jwk(json_t *jwk, struct sl_jwk *k, const char *who)
 {
 	const char *kty = json_string_value(json_object_get(jwk, "kty"));
 	json_t *kidv = json_object_get(jwk, "kid");
@@ -274,6 +287,25 @@ parse_jwk(json_t *jwk, struct sl_jwk *k)
 
 	if (!json_is_object(jwk) || kty == NULL)
 		return -1;
+	/* A published private key lets anyone sign tokens: never trust it,
+	 * and say so loudly, since the issuer's other keys may be exposed too. */
+	if (has_private(jwk)) {
+		if (who != NULL) {
+			char kid[sizeof(k->kid)];
+			const char *ks = json_string_value(kidv);
+
+			/* The kid comes from the IdP: printable ASCII only in the log. */
+			snprintf(kid, sizeof(kid), "%s", ks ? ks : "");
+			for (unsigned char *c = (unsigned char *)kid; *c; c++)
+				if (*c < 0x20 || *c > 0x7e || *c == '"')
+					*c = '?';
+			sl_error("identity: the JWKS of %s publishes private key material (kty %s, "
+				 "kid \"%s\"): that key is not used; anyone who read it can sign "
+				 "tokens, so have the IdP rotate it",
+				 who, strcmp(kty, "oct") == 0 ? "oct" : "RSA/EC/OKP", kid);
+		}
+		return -1;
+	}
 	if (json_object_get(jwk, "use") != NULL && (use == NULL || strcmp(use, "sig") != 0))
 		return -1;
 	/* A kid that would be truncated could collide with another key's. */
@@ -305,7 +337,7 @@ parse_jwk(json_t *jwk, struct sl_jwk *k)
 }
 
 int
-sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
+sl_keyset_parse(const char *json, size_t len, const char *who, struct sl_keyset **out)
 {
 	json_error_t je;
 	json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je), *keys;
@@ -327,8 +359,9 @@ sl_keyset_parse(const char *json, size_t len, struct sl_keyset **out)
 		return SL_ENOMEM;
 	}
 	for (size_t i = 0; i < json_array_size(keys); i++)
-		if (parse_jwk(json_array_get(keys, i), &ks->keys[ks->n]) == 0)
+		if (parse_jwk(json_array_get(keys, i), &ks->keys[ks->n], who) == 0)
 			ks->n++;
+	ks->published = json_array_size(keys);
 	json_decref(root);
 	*out = ks;
 	return 0;
@@ -372,6 +405,55 @@ verify_sig(const struct sl_jwk *k, const uint8_t *msg, size_t mlen, const uint8_
 	}
 	EVP_MD_CTX_free(md);
 	return ok;
+}
+
+/* floor(n / 2) for the order n of P-256. */
+static const uint8_t p256_half_n[32] = {0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00,
+					0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+					0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42,
+					0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8};
+
+/*
+ * The hex SHA-256 that names a verified token (hex, 65 bytes) in the audit
+ * trail. An ECDSA signature (r, s) also verifies as (r, n - s), so anyone who
+ * holds an ES256 token can send a second spelling of it. IdPs do not
+ * normalise s (about half their tokens are high-S), so both are accepted, and
+ * the name is taken over the low-S spelling: one token, one token_sha256.
+ * body is the signed part (header.payload) of token, sig its decoded
+ * signature. Returns 0 or SL_ENOMEM.
+ */
+static int
+token_name(const char *token, size_t len, size_t body, const char *alg, const uint8_t *sig,
+	   size_t siglen, char *hex)
+{
+	uint8_t h[32], low[64];
+	char *canon;
+	BIGNUM *n, *s;
+	int ok;
+
+	if (strcmp(alg, "ES256") != 0 || siglen != 64 || memcmp(sig + 32, p256_half_n, 32) <= 0) {
+		SHA256((const uint8_t *)token, len, h);
+		sl_hex(h, 32, hex);
+		return 0;
+	}
+	n = BN_bin2bn(p256_half_n, 32, NULL);
+	s = BN_bin2bn(sig + 32, 32, NULL);
+	canon = malloc(body + 1 + 90);
+	/* n = 2 * floor(n / 2) + 1 */
+	ok = n != NULL && s != NULL && canon != NULL && BN_lshift1(n, n) && BN_add_word(n, 1) &&
+	     BN_sub(s, n, s) && BN_bn2binpad(s, low + 32, 32) == 32;
+	if (ok) {
+		memcpy(low, sig, 32);
+		memcpy(canon, token, body);
+		canon[body] = '.';
+		sl_b64url_encode(low, sizeof(low), canon + body + 1);
+		SHA256((const uint8_t *)canon, strlen(canon), h);
+		sl_hex(h, 32, hex);
+	}
+	BN_free(n);
+	BN_free(s);
+	free(canon);
+	return ok ? 0 : SL_ENOMEM;
 }
 
 static json_t *
@@ -459,8 +541,27 @@ num_claim(json_t *v, int round_up, int64_t *out)
 	return SL_EAUTH;
 }
 
+/* 1 if the UTF-8 sequence at s (n bytes left) is a control character: C0,
+ * DEL, C1 (U+0080..U+009F, a terminal takes U+009B as CSI), the line and
+ * paragraph separators U+2028/U+2029, or a bidi control (U+200E/U+200F,
+ * U+202A..U+202E, U+2066..U+2069) that reorders what a log line shows. The
+ * same set sl_fput_safe escapes. jansson has checked the UTF-8 already. */
+static int
+is_control(const unsigned char *s, size_t n)
+{
+	if (s[0] < 0x20 || s[0] == 0x7f)
+		return 1;
+	if (s[0] == 0xc2 && n >= 2)
+		return s[1] >= 0x80 && s[1] <= 0x9f;
+	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x80)
+		return s[2] == 0x8e || s[2] == 0x8f || (s[2] >= 0xa8 && s[2] <= 0xae);
+	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x81)
+		return s[2] >= 0xa6 && s[2] <= 0xa9;
+	return 0;
+}
+
 /* Subjects and groups reach policy, logs and the audit trail: no control
- * characters, bounded length. */
+ * characters (is_control), bounded length. */
 static int
 name_ok(json_t *v, size_t max)
 {
@@ -470,7 +571,7 @@ name_ok(json_t *v, size_t max)
 	if (s == NULL || n == 0 || n > max)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+		if (is_control((const unsigned char *)s + i, n - i))
 			return 0;
 	return 1;
 }
@@ -648,7 +749,7 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 	json_t *hdr = NULL, *pl = NULL, *v;
 	const struct sl_issuer *is;
 	const struct sl_jwk *key;
-	uint8_t sig[1024], h[32];
+	uint8_t sig[1024];
 	size_t siglen;
 	int r = SL_EAUTH;
 	int64_t exp;
@@ -696,8 +797,8 @@ sl_jwt_verify_with(struct sl_idp *idp, const char *token, size_t len, int64_t no
 		FAIL(SL_ENOMEM, "out of memory");
 	if ((r = map_groups(claim(pl, is->groups_claim), out, &why)) != 0)
 		goto out;
-	SHA256((const uint8_t *)token, len, h);
-	sl_hex(h, 32, out->token_sha256);
+	if (token_name(token, len, (size_t)(d2 - token), alg, sig, siglen, out->token_sha256) != 0)
+		FAIL(SL_ENOMEM, "out of memory");
 	r = 0;
 out:
 	json_decref(hdr);

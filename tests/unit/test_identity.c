@@ -246,6 +246,52 @@ ed_jwk(EVP_PKEY *k, const char *kid)
 	return out;
 }
 
+/* Captures what is written to stderr (the log) between stderr_begin() and
+ * stderr_end(), which returns it (owned). */
+static int saved_stderr = -1;
+static char cap_path[96];
+
+static void
+stderr_begin(void)
+{
+	int fd;
+
+	snprintf(cap_path, sizeof(cap_path), "%s/stderr.txt", dir);
+	fd = open(cap_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	saved_stderr = dup(2);
+	dup2(fd, 2);
+	close(fd);
+}
+
+static char *
+stderr_end(void)
+{
+	FILE *f;
+	char *out = calloc(1, 65536);
+
+	dup2(saved_stderr, 2);
+	close(saved_stderr);
+	f = fopen(cap_path, "r");
+	assert_non_null(f);
+	assert_non_null(out);
+	if (fread(out, 1, 65535, f) == 0)
+		out[0] = '\0';
+	fclose(f);
+	return out;
+}
+
+/* Number of times needle occurs in hay. */
+static int
+count_of(const char *hay, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
 /* ------------------------------------------------------------ fixture */
 
 static int
@@ -464,6 +510,57 @@ test_groups(void **state)
 	c = claims("https://plain.test", "api", NOW + 60);
 	json_object_set_new(c, "sub", json_integer(7));
 	assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err), SL_EAUTH);
+	/* C1 controls (U+009B is CSI to a terminal), U+2028/U+2029 and the bidi
+	 * controls are control characters too, in the subject and in a group */
+	{
+		const char *ctl[] = {"agent-1\xc2\x9b"
+				     "2J",
+				     "a\xc2\x80",
+				     "x\xc2\x85y",
+				     "a\xc2\x9f",
+				     "a\xe2\x80\xa8"
+				     "b",
+				     "a\xe2\x80\xa9",
+				     "evil\xe2\x80\xaetxt",
+				     "a\xe2\x80\xaa",
+				     "a\xe2\x81\xa6",
+				     "a\xe2\x81\xa9",
+				     "a\xe2\x80\x8f",
+				     "\x7f"};
+
+		for (size_t i = 0; i < sizeof(ctl) / sizeof(ctl[0]); i++) {
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "sub", json_string(ctl[i]));
+			assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err),
+					 SL_EAUTH);
+			assert_string_equal(err, "token has no valid subject");
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "groups", json_pack("[s,s]", "ai-agents", ctl[i]));
+			assert_int_equal(verdict(sign("EdDSA", "d1", c, ed, NULL, 0), err),
+					 SL_EAUTH);
+			assert_string_equal(err, "groups claim malformed");
+		}
+	}
+	/* ...but letters outside ASCII, a no-break space and U+2027/U+202F are not */
+	{
+		const char *fine[] = {"Jos\xc3\xa9",
+				      "\xe6\x97\xa5\xe6\x9c\xac",
+				      "a\xc2\xa0"
+				      "b",
+				      "a\xe2\x80\xa7",
+				      "a\xe2\x80\xaf",
+				      "a\xe2\x81\xa5"};
+		struct sl_identity id;
+
+		for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+			c = claims("https://plain.test", "api", NOW + 60);
+			json_object_set_new(c, "sub", json_string(fine[i]));
+			json_object_set_new(c, "groups", json_pack("[s]", fine[i]));
+			assert_int_equal(verify(sign("EdDSA", "d1", c, ed, NULL, 0), &id, err), 0);
+			assert_string_equal(id.subject, fine[i]);
+			sl_identity_fini(&id);
+		}
+	}
 }
 
 /* ------------------------------------------------------------ refused: claims */
@@ -726,6 +823,80 @@ test_algorithms(void **state)
 				 claims("https://idp.test", "sluice", NOW + 60), ec, SIG_DER),
 			err),
 		SL_EAUTH);
+}
+
+/* The other spelling of an ES256 token: s replaced by n - s (owned). */
+static char *
+es256_flip(const char *tok)
+{
+	const char *dot = strrchr(tok, '.');
+	uint8_t sig[64];
+	size_t sl;
+	BIGNUM *n = NULL, *s = BN_new();
+	char *sb, *out;
+
+	assert_int_equal(sl_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof(sig), &sl), 0);
+	assert_int_equal(sl, 64);
+	assert_true(
+		BN_hex2bn(&n, "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551") >
+		0);
+	assert_non_null(BN_bin2bn(sig + 32, 32, s));
+	assert_int_equal(BN_sub(s, n, s), 1);
+	assert_int_equal(BN_bn2binpad(s, sig + 32, 32), 32);
+	sb = b64u(sig, 64);
+	out = malloc((size_t)(dot - tok) + strlen(sb) + 2);
+	assert_non_null(out);
+	sprintf(out, "%.*s.%s", (int)(dot - tok), tok, sb);
+	free(sb);
+	BN_free(n);
+	BN_free(s);
+	return out;
+}
+
+/* 1 if the ES256 token's s is above n/2. */
+static int
+es256_high(const char *tok)
+{
+	const char *dot = strrchr(tok, '.');
+	uint8_t sig[64];
+	size_t sl;
+
+	assert_int_equal(sl_b64url_decode(dot + 1, strlen(dot + 1), sig, sizeof(sig), &sl), 0);
+	return memcmp(sig + 32,
+		      "\x7f\xff\xff\xff\x80\0\0\0\x7f\xff\xff\xff\xff\xff\xff\xff"
+		      "\xde\x73\x7d\x56\xd3\x8b\xcf\x42\x79\xdc\xe5\x61\x7e\x31\x92\xa8",
+		      32) > 0;
+}
+
+/* ES256 (r, s) and (r, n - s) both verify: both spellings of one token are
+ * accepted (IdPs do not normalise s), and both get the token_sha256 of the
+ * low-S spelling, so the audit trail names one token once. */
+static void
+test_es256_malleability(void **state)
+{
+	for (int i = 0; i < 8; i++) {
+		json_t *c = claims("https://idp.test", "sluice", NOW + 60);
+		char err[256], *t, *f, *low, hex[65];
+		struct sl_identity a, b;
+		uint8_t h[32];
+
+		json_object_set_new(c, "jti", json_integer(i));
+		t = sign("ES256", "e1", c, ec, NULL, 0);
+		f = es256_flip(t);
+		assert_int_not_equal(es256_high(t), es256_high(f));
+		low = es256_high(t) ? f : t;
+		SHA256((const uint8_t *)low, strlen(low), h);
+		for (int j = 0; j < 32; j++)
+			sprintf(hex + 2 * j, "%02x", h[j]);
+		assert_int_equal(sl_idp_verify(idp, t, strlen(t), NOW, &a, err, sizeof(err)), 0);
+		assert_int_equal(sl_idp_verify(idp, f, strlen(f), NOW, &b, err, sizeof(err)), 0);
+		assert_string_equal(a.token_sha256, hex);
+		assert_string_equal(b.token_sha256, hex);
+		sl_identity_fini(&a);
+		sl_identity_fini(&b);
+		free(t);
+		free(f);
+	}
 }
 
 static void
@@ -1031,6 +1202,54 @@ test_keysets(void **state)
 		free(pn);
 		free(edl);
 		free(longkid);
+	}
+
+	/* a JWK with private members (an EC key with d, an RSA key with its
+	 * primes, an OKP key with d, an oct key) is never used, and each one is
+	 * logged as an error naming the issuer and kid */
+	{
+		struct sl_identity id;
+		char *log, rd64[64], p64[300], q64[300];
+
+		bn_b64(ec2, OSSL_PKEY_PARAM_PRIV_KEY, rd64, sizeof(rd64), 32);
+		bn_b64(rsa, OSSL_PKEY_PARAM_RSA_FACTOR1, p64, sizeof(p64), 0);
+		bn_b64(rsa, OSSL_PKEY_PARAM_RSA_FACTOR2, q64, sizeof(q64), 0);
+		snprintf(jw, sizeof(jw),
+			 "{\"keys\":[{\"kty\":\"EC\",\"kid\":\"ecpriv\",\"crv\":\"P-256\","
+			 "\"x\":\"%s\",\"y\":\"%s\",\"d\":\"%s\"},"
+			 "{\"kty\":\"RSA\",\"kid\":\"rsapriv\",\"n\":\"%s\",\"e\":\"AQAB\","
+			 "\"p\":\"%s\",\"q\":\"%s\"},"
+			 "{\"kty\":\"OKP\",\"kid\":\"ed\\u001b[2Jpriv\",\"crv\":\"Ed25519\","
+			 "\"x\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\",\"d\":\"AAAA\"},"
+			 "{\"kty\":\"oct\",\"kid\":\"sym\",\"k\":\"c2VjcmV0\"}]}",
+			 x64, y64, rd64, rn64, p64, q64);
+		write_text(path, jw);
+		stderr_begin();
+		assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+		log = stderr_end();
+		assert_int_equal(p->issuers[0].keys->n, 0);
+		assert_int_equal(
+			verify_with(p,
+				    sign("ES256", "ecpriv",
+					 claims("https://ks.test", "a", NOW + 60), ec2, NULL, 0),
+				    NOW, &id, err),
+			SL_ENOKEY);
+		assert_int_equal(
+			verify_with(p,
+				    sign("RS256", "rsapriv",
+					 claims("https://ks.test", "a", NOW + 60), rsa, NULL, 0),
+				    NOW, &id, err),
+			SL_ENOKEY);
+		assert_int_equal(count_of(log, "error: identity: the JWKS of https://ks.test "
+					       "publishes private key material"),
+				 4);
+		assert_non_null(strstr(log, "kid \"ecpriv\""));
+		assert_non_null(strstr(log, "kid \"rsapriv\""));
+		/* the kid is the IdP's text: no escape sequence reaches the log */
+		assert_non_null(strstr(log, "kid \"ed?[2Jpriv\""));
+		assert_null(strchr(log, 0x1b));
+		free(log);
+		sl_idp_free(p);
 	}
 
 	/* an empty key set: SL_ENOKEY, and a file issuer is never refetched */
@@ -1555,6 +1774,224 @@ test_refresh_jwks_uri(void **state)
 	EVP_PKEY_free(kb);
 }
 
+/* A key set with no usable key (none at all, or only a key sluice skips) is
+ * refetched at most every 2 s however many tokens name a made-up kid, and
+ * logged once, not at every fetch. */
+static void
+test_refresh_unusable(void **state)
+{
+	struct srv s;
+	char uri[128], err[256], keys[2048], n64[600], *t, *log, *ja = ed_jwk(ed, "ka");
+	struct sl_cfg_issuer is = {
+		.issuer = "https://unusable.test", .audience = "sluice", .jwks_uri = uri};
+	struct sl_cfg_identity cfg = {.issuers = &is, .issuers_count = 1};
+	struct sl_idp *p;
+
+	bn_b64(rsa, OSSL_PKEY_PARAM_RSA_N, n64, sizeof(n64), 0);
+	srv_start(&s);
+	snprintf(uri, sizeof(uri), "http://127.0.0.1:%d/jwks.json", s.port);
+	for (int round = 0; round < 2; round++) {
+		int hits;
+
+		if (round == 0)
+			srv_set(&s, 200, "{\"keys\":[]}");
+		else {
+			snprintf(keys, sizeof(keys),
+				 "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"x\",\"alg\":\"RS384\","
+				 "\"n\":\"%s\",\"e\":\"AQAB\"}]}",
+				 n64);
+			srv_set(&s, 200, keys);
+		}
+		stderr_begin();
+		assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+		hits = atomic_load(&s.jwks_hits);
+		/* the first token after start may fetch again (the IdP may have
+		 * had no keys yet); the 39 after it may not */
+		for (int i = 0; i < 40; i++) {
+			char kid[16];
+
+			snprintf(kid, sizeof(kid), "k%d", i);
+			t = remote_token(is.issuer, kid, ed, "x");
+			assert_int_equal(now_verify(p, t), SL_ENOKEY);
+			assert_int_equal(sl_idp_refresh(p, t, strlen(t)), i == 0 ? 0 : SL_ESTATE);
+			free(t);
+		}
+		assert_int_equal(atomic_load(&s.jwks_hits), hits + 1);
+		hits++;
+		/* two more fetches, 2 s apart, that find nothing usable either */
+		for (int i = 0; i < 2; i++) {
+			age(p);
+			assert_int_equal(sl_idp_refresh(p, NULL, 0), 0);
+			assert_int_equal(sl_idp_refresh(p, NULL, 0), SL_ESTATE);
+		}
+		assert_int_equal(atomic_load(&s.jwks_hits), hits + 2);
+		log = stderr_end();
+		assert_int_equal(
+			count_of(log, "the JWKS of https://unusable.test has no usable key"), 1);
+		assert_non_null(strstr(log, round == 0 ? "(0 published;" : "(1 published;"));
+		free(log);
+		sl_idp_free(p);
+	}
+	/* once the IdP publishes a usable key it is picked up, and losing it
+	 * again is logged again */
+	stderr_begin();
+	assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s]}", ja);
+	srv_set(&s, 200, keys);
+	age(p);
+	t = remote_token(is.issuer, "ka", ed, "x");
+	assert_int_equal(sl_idp_refresh(p, t, strlen(t)), 0);
+	assert_int_equal(now_verify(p, t), 0);
+	free(t);
+	srv_set(&s, 200, "{\"keys\":[]}");
+	age(p);
+	assert_int_equal(sl_idp_refresh(p, NULL, 0), 0);
+	log = stderr_end();
+	assert_int_equal(count_of(log, "the JWKS of https://unusable.test has no usable key"), 2);
+	free(log);
+	sl_idp_free(p);
+	srv_stop(&s);
+	free(ja);
+}
+
+/* A TCP listener that accepts connections (the kernel does) but never
+ * answers: an IdP that hangs. */
+static int
+hung_listener(int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 64), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+struct refresher_arg {
+	struct sl_idp *p;
+	const char *tok;
+	int r;
+	double secs;
+};
+
+static double
+mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *
+refresh_main(void *arg)
+{
+	struct refresher_arg *a = arg;
+	double t0 = mono_s();
+
+	a->r = sl_idp_refresh(a->p, a->tok, strlen(a->tok));
+	a->secs = mono_s() - t0;
+	return NULL;
+}
+
+/* A hung IdP holds at most the one thread that fetches from it, for at most
+ * SL_JWKS_TIMEOUT_MS: other requests for it, and requests for other issuers,
+ * never wait behind it (they ran on the same libuv pool as every session's
+ * upstream login), and at most SL_JWKS_ON_DEMAND fetches are in flight. */
+static void
+test_refresh_hung_idp(void **state)
+{
+	struct srv s;
+	char u1[128], u2[128], uok[128], err[256], keys[1024], *ja = ed_jwk(ed, "ka");
+	char *th1, *th2, *tok, *tnew;
+	int port1, port2, h1 = hung_listener(&port1), h2 = hung_listener(&port2);
+	struct sl_cfg_issuer is[3] = {
+		{.issuer = "https://hung1.test", .audience = "sluice", .jwks_uri = u1},
+		{.issuer = "https://hung2.test", .audience = "sluice", .jwks_uri = u2},
+		{.issuer = "https://ok.test", .audience = "sluice", .jwks_uri = uok}};
+	struct sl_cfg_identity cfg = {.issuers = is, .issuers_count = 3};
+	struct sl_idp *p;
+	pthread_t t1, t2;
+	struct refresher_arg a1, a2;
+	double t0;
+	EVP_PKEY *kn = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	char *jn = ed_jwk(kn, "kn");
+
+	srv_start(&s);
+	snprintf(u1, sizeof(u1), "http://127.0.0.1:%d/jwks.json", port1);
+	snprintf(u2, sizeof(u2), "http://127.0.0.1:%d/jwks.json", port2);
+	snprintf(uok, sizeof(uok), "http://127.0.0.1:%d/jwks.json", s.port);
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s]}", ja);
+	srv_set(&s, 200, keys);
+	/* the start fetches of the hung IdPs give up after SL_JWKS_TIMEOUT_MS */
+	t0 = mono_s();
+	assert_int_equal(sl_idp_new(&cfg, dir, &p, err, sizeof(err)), 0);
+	assert_true(mono_s() - t0 < 2 * SL_JWKS_TIMEOUT_MS / 1000.0 + 1.5);
+	assert_true(mono_s() - t0 >= 2 * SL_JWKS_TIMEOUT_MS / 1000.0 - 0.5);
+	tok = remote_token("https://ok.test", "ka", ed, "a");
+	assert_int_equal(now_verify(p, tok), 0);
+	th1 = remote_token("https://hung1.test", "zz", ed, "x");
+	th2 = remote_token("https://hung2.test", "zz", ed, "x");
+	age(p);
+	a1 = (struct refresher_arg){.p = p, .tok = th1};
+	a2 = (struct refresher_arg){.p = p, .tok = th2};
+	assert_int_equal(pthread_create(&t1, NULL, refresh_main, &a1), 0);
+	assert_int_equal(pthread_create(&t2, NULL, refresh_main, &a2), 0);
+	usleep(300000);
+	/* more tokens of a hung issuer: "not now", at once */
+	for (int i = 0; i < 10; i++) {
+		t0 = mono_s();
+		assert_int_equal(sl_idp_refresh(p, th1, strlen(th1)), SL_ESTATE);
+		assert_true(mono_s() - t0 < 0.1);
+	}
+	/* another issuer rotates while two fetches hang: its first new-kid
+	 * token is told "not now" at once (two fetches are in flight), and
+	 * nothing was fetched or rate-limited for it */
+	snprintf(keys, sizeof(keys), "{\"keys\":[%s,%s]}", ja, jn);
+	srv_set(&s, 200, keys);
+	tnew = remote_token("https://ok.test", "kn", kn, "n");
+	assert_int_equal(now_verify(p, tnew), SL_ENOKEY);
+	t0 = mono_s();
+	assert_int_equal(sl_idp_refresh(p, tnew, strlen(tnew)), SL_ESTATE);
+	assert_true(mono_s() - t0 < 0.1);
+	/* tokens of the healthy issuer with known keys verify meanwhile */
+	assert_int_equal(now_verify(p, tok), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	assert_int_equal(a1.r, SL_EIO);
+	assert_int_equal(a2.r, SL_EIO);
+	assert_true(a1.secs < SL_JWKS_TIMEOUT_MS / 1000.0 + 1.0);
+	/* once they gave up, the rotated key is picked up by the first token
+	 * that names it */
+	assert_int_equal(sl_idp_refresh(p, tnew, strlen(tnew)), 0);
+	assert_int_equal(now_verify(p, tnew), 0);
+	/* while a hung issuer is fetched, a healthy issuer's fetch goes ahead */
+	age(p);
+	a1 = (struct refresher_arg){.p = p, .tok = th1};
+	assert_int_equal(pthread_create(&t1, NULL, refresh_main, &a1), 0);
+	usleep(300000);
+	t0 = mono_s();
+	assert_int_equal(sl_idp_refresh(p, tok, strlen(tok)), 0);
+	assert_true(mono_s() - t0 < 1.0);
+	pthread_join(t1, NULL);
+	assert_int_equal(a1.r, SL_EIO);
+	sl_idp_free(p);
+	srv_stop(&s);
+	close(h1);
+	close(h2);
+	free(th1);
+	free(th2);
+	free(tok);
+	free(tnew);
+	free(ja);
+	free(jn);
+	EVP_PKEY_free(kn);
+}
+
 static void
 test_refresh_discovery(void **state)
 {
@@ -1622,6 +2059,7 @@ main(void)
 		cmocka_unit_test(test_time_and_audience),
 		cmocka_unit_test(test_algorithms),
 		cmocka_unit_test(test_headers),
+		cmocka_unit_test(test_es256_malleability),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_cache),
 		cmocka_unit_test(test_keysets),
@@ -1629,6 +2067,8 @@ main(void)
 		cmocka_unit_test(test_token_cli),
 		cmocka_unit_test(test_refresh_jwks_uri),
 		cmocka_unit_test(test_refresh_discovery),
+		cmocka_unit_test(test_refresh_unusable),
+		cmocka_unit_test(test_refresh_hung_idp),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
