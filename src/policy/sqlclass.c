@@ -1391,12 +1391,20 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			const char *kind = json_string_value(json_object_get(v, "kind"));
 			json_t *args = json_object_get(v, "args");
 
-			/* SET x = ..., SET x FROM CURRENT; TO DEFAULT and RESET
-			 * go back to the value sluice logged in with */
-			if (read_only_guc(json_string_value(json_object_get(v, "name"))) &&
-			    (kind == NULL || (strcmp(kind, "VAR_SET_DEFAULT") != 0 &&
-					      strcmp(kind, "VAR_RESET") != 0)) &&
-			    !(json_array_size(args) == 1 && true_const(json_array_get(args, 0))))
+			const char *gname = json_string_value(json_object_get(v, "name"));
+			/* SET x = ..., SET x FROM CURRENT. TO DEFAULT and RESET
+			 * go back to the reset value: for
+			 * default_transaction_read_only that is on, the value
+			 * sluice logged in with; transaction_read_only's is its
+			 * boot value, off, which a transaction may still take
+			 * before its first query (so they ask for read-write) */
+			int back = kind != NULL && (strcmp(kind, "VAR_SET_DEFAULT") == 0 ||
+						    strcmp(kind, "VAR_RESET") == 0);
+
+			if (read_only_guc(gname) &&
+			    !(back && strcasecmp(gname, "default_transaction_read_only") == 0) &&
+			    !(!back && json_array_size(args) == 1 &&
+			      true_const(json_array_get(args, 0))))
 				*rw = 1;
 		} else if (strcmp(key, "DefElem") == 0) {
 			/* READ WRITE of BEGIN, START TRANSACTION, SET TRANSACTION
