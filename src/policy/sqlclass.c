@@ -721,6 +721,56 @@ argument_names(struct walker *w, int what, const char *json, size_t len)
 	return k;
 }
 
+/* Notes a call of fname (the name as written, "schema.f" or "f";
+ * lower-cased in place): functions lists it and its last part, calls
+ * (when call) the name as written. Returns the kind the call amounts to
+ * (function_kind()). */
+static uint32_t
+note_call(struct walker *w, char *fname, int call)
+{
+	const char *dot = strrchr(fname, '.');
+
+	for (char *q = fname; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	if (call)
+		add_str(w, &w->c->calls, &w->c->ncalls, fname);
+	add_str(w, &w->c->functions, &w->c->nfunctions, fname);
+	if (dot)
+		add_str(w, &w->c->functions, &w->c->nfunctions, dot + 1);
+	return function_kind(dot ? dot + 1 : fname);
+}
+
+/* The field names of an A_Indirection ((expr).f, (expr).a.b[1]), from its
+ * indirection array (json, len): PostgreSQL reads (expr).f as f(expr)
+ * when expr has no field f, for any function of one argument, so each is
+ * noted as a call (a field of a composite value is taken for one too:
+ * over-refusal, never a bypass). Returns the kinds they amount to. */
+static uint32_t
+field_calls(struct walker *w, const char *json, size_t len)
+{
+	json_t *a = json_loadb(json, len, 0, NULL), *v;
+	uint32_t k = 0;
+	size_t i;
+
+	if (a == NULL) {
+		w->bad = 1;
+		return 0;
+	}
+	json_array_foreach(a, i, v)
+	{
+		const char *sv =
+			json_string_value(json_object_get(json_object_get(v, "String"), "sval"));
+		char fname[256];
+
+		if (sv == NULL)
+			continue; /* a subscript, or .* */
+		snprintf(fname, sizeof(fname), "%s", sv);
+		k |= note_call(w, fname, 1);
+	}
+	json_decref(a);
+	return k;
+}
+
 /* Walks an object. node: the node type this object is the body of (or NULL). */
 /* Adds the sval of every String node in arr (or arr itself) to schemas. */
 static void
@@ -1026,19 +1076,45 @@ walk_object(struct walker *w, const char *node)
 			if (fname[0]) {
 				const char *dot = strrchr(fname, '.');
 
-				for (char *q = fname; *q; q++)
-					*q = (char)tolower((unsigned char)*q);
-				add_str(w, &w->c->calls, &w->c->ncalls, fname);
-				add_str(w, &w->c->functions, &w->c->nfunctions, fname);
-				if (dot)
-					add_str(w, &w->c->functions, &w->c->nfunctions, dot + 1);
-				k |= function_kind(dot ? dot + 1 : fname);
+				k |= note_call(w, fname, 1);
 				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
 					setcfg = 1;
 					k |= SL_SQL_SET;
 				}
 				byarg = names_by_argument(dot ? dot + 1 : fname);
 				is_count = strcmp(dot ? dot + 1 : fname, "count") == 0;
+			}
+			continue;
+		}
+		if (node != NULL && strcmp(node, "A_Indirection") == 0 &&
+		    strcmp(key, "indirection") == 0) {
+			/* (expr).f is f(expr) for any one-argument function */
+			const char *start = w->p;
+
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			k |= field_calls(w, start, (size_t)(w->p - start));
+			continue;
+		}
+		if (node != NULL && strcmp(node, "ColumnRef") == 0 && strcmp(key, "fields") == 0) {
+			/* t.f, where t is a FROM item, is f(t) when t has no
+			 * column f: the last field may be a call on the row */
+			const char *start = w->p;
+			unsigned nf = 0;
+
+			w->lastsval[0] = '\0';
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			for (const char *q = start;
+			     (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL; q++)
+				nf++;
+			if (nf >= 2 && w->lastsval[0]) {
+				char fname[sizeof(w->lastsval)];
+
+				memcpy(fname, w->lastsval, sizeof(fname));
+				k |= note_call(w, fname, 0);
 			}
 			continue;
 		}
@@ -1412,6 +1488,23 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			if (read_only_guc(json_string_value(json_object_get(v, "defname"))) &&
 			    !true_const(json_object_get(v, "arg")))
 				*rw = 1;
+		} else if (strcmp(key, "A_Indirection") == 0 || strcmp(key, "ColumnRef") == 0) {
+			/* (expr).dblink_exec and t.dblink_exec: attribute
+			 * notation calls (see field_calls()) */
+			json_t *f = json_object_get(
+				v, strcmp(key, "ColumnRef") == 0 ? "fields" : "indirection");
+			size_t j, nf = json_array_size(f);
+			json_t *e;
+
+			json_array_foreach(f, j, e)
+			{
+				const char *sv = json_string_value(
+					json_object_get(json_object_get(e, "String"), "sval"));
+
+				if (sv != NULL && strncasecmp(sv, "dblink", 6) == 0 &&
+				    (strcmp(key, "A_Indirection") == 0 || (nf >= 2 && j == nf - 1)))
+					*rw = 1;
+			}
 		} else if (strcmp(key, "FuncCall") == 0) {
 			json_t *fn = json_object_get(v, "funcname"),
 			       *args = json_object_get(v, "args");

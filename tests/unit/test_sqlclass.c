@@ -95,6 +95,25 @@ test_functions_tables_names(void **state)
 	assert_int_equal(c.nset_params, 1);
 	assert_string_equal(c.set_params[0], "standard_conforming_strings");
 	sl_sql_class_fini(&c);
+	/* attribute notation: (expr).f calls f (functions and calls); t.f
+	 * may call f(t) (functions: block and review rules see it) */
+	q = "SELECT ('/etc/passwd'::text).PG_READ_FILE, s.my_fn, s.x FROM (SELECT 1 AS x) s";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	{
+		int rf = 0, my = 0, call_rf = 0, call_my = 0;
+
+		for (size_t i = 0; i < c.nfunctions; i++) {
+			rf |= strcmp(c.functions[i], "pg_read_file") == 0;
+			my |= strcmp(c.functions[i], "my_fn") == 0;
+		}
+		for (size_t i = 0; i < c.ncalls; i++) {
+			call_rf |= strcmp(c.calls[i], "pg_read_file") == 0;
+			call_my |= strcmp(c.calls[i], "my_fn") == 0;
+		}
+		assert_true(rf && my && call_rf && !call_my);
+	}
+	assert_true(c.kinds & SL_SQL_COPY_PROGRAM);
+	sl_sql_class_fini(&c);
 }
 
 /* The built-ins that read a table or schema named by a string argument
@@ -423,6 +442,12 @@ test_read_write(void **state)
 		 "SELECT x FROM dblink('dbname=orders', 'DELETE FROM t RETURNING 1') AS t(x int)"},
 		{1, "SELECT public.dblink_exec('INSERT INTO t VALUES (1)')"},
 		{1, "LOAD 'auto_explain'"},
+		/* attribute notation: (expr).f is f(expr), t.f is f(t) */
+		{1, "SELECT ('dbname=x host=10.0.0.1'::text).dblink_connect"},
+		{1, "SELECT ('DELETE FROM orders'::text).dblink_exec"},
+		{1, "SELECT s.dblink_exec FROM (SELECT 'DELETE FROM orders'::text) s"},
+		{0, "UPDATE t SET c.dblink_exec = 1"},
+		{0, "SELECT dblink_exec FROM t"},
 		/* transaction_read_only's reset value is off (its boot value),
 		 * not the login's on: RESET and TO DEFAULT ask for read-write */
 		{1, "RESET transaction_read_only"},
