@@ -102,6 +102,8 @@ struct walker {
 	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
 	int direct_val;	     /* walking a column that is a statement's own result column */
 	int locking;	     /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
+	int last_target;     /* index in tables of the last statement target added, or -1 */
+	int upsert;	     /* an ON CONFLICT DO UPDATE was walked */
 	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
 };
 
@@ -303,6 +305,8 @@ add_table(struct walker *w, const char *name, uint32_t how)
 	i = add_str(w, &w->c->tables, &w->c->ntables, name);
 	if (i >= 0)
 		tk[i] |= how;
+	if (w->target)
+		w->last_target = i;
 }
 
 static void
@@ -926,7 +930,7 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_locking = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
-	int byarg = 0;
+	int byarg = 0, target = -1;
 	int first = 1;
 	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
 	int is_count = 0;
@@ -996,9 +1000,10 @@ walk_object(struct walker *w, const char *node)
 		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
 		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
-		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0)) {
+		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
+		     strcmp(key, "action") == 0)) {
 			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
-				 strcmp(key, "booltesttype") == 0;
+				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
 				    : op			     ? kindval
@@ -1014,7 +1019,8 @@ walk_object(struct walker *w, const char *node)
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0 && node != NULL &&
-		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0)) {
+		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0 ||
+		     strcmp(node, "OnConflictClause") == 0)) {
 			/* A condition that may hold for every row (WHERE true,
 			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
 			 * nothing, so it counts as no WHERE (see TF_T). */
@@ -1134,8 +1140,35 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0)) {
 			/* the statement's target: the table it writes */
 			w->target = stmt_kind(node);
+			w->last_target = -1;
 			k |= walk_value(w, key, NULL);
 			w->target = 0;
+			target = w->last_target;
+			if (w->bad)
+				return k;
+			continue;
+		}
+		if (node != NULL && strcmp(node, "InsertStmt") == 0 &&
+		    strcmp(key, "onConflictClause") == 0) {
+			/* ON CONFLICT DO UPDATE updates the target's rows */
+			w->upsert = 0;
+			k |= walk_value(w, key, "OnConflictClause");
+			if (w->bad)
+				return k;
+			if (w->upsert && target >= 0)
+				w->c->table_kinds[target] |= SL_SQL_UPDATE;
+			w->upsert = 0;
+			continue;
+		}
+		if (node != NULL && strcmp(node, "SelectStmt") == 0 &&
+		    (strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0)) {
+			/* the arms of a set operation are SELECTs of their own
+			 * (unwrapped): the leftmost arm's INTO makes the whole
+			 * statement a CREATE TABLE AS; the arms name no table
+			 * column of the result */
+			w->sel_depth++;
+			k |= walk_value(w, key, "SelectStmt");
+			w->sel_depth--;
 			if (w->bad)
 				return k;
 			continue;
@@ -1213,6 +1246,13 @@ walk_object(struct walker *w, const char *node)
 
 		snprintf(w->collect + l, w->collect_len - l, "%s%s", l ? "." : "", name);
 		return k;
+	}
+	if (strcmp(node, "OnConflictClause") == 0 && strcmp(kindval, "ONCONFLICT_UPDATE") == 0) {
+		/* an upsert updates every conflicting row: with no WHERE
+		 * (or one that bounds nothing) that may be every row, since
+		 * the rows inserted may come from the table itself */
+		w->upsert = 1;
+		k |= SL_SQL_UPDATE | (has_where ? 0 : SL_SQL_UPDATE_ALL);
 	}
 	if (!ends_with(node, "Stmt"))
 		return k;

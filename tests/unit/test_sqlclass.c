@@ -114,6 +114,23 @@ test_functions_tables_names(void **state)
 	}
 	assert_true(c.kinds & SL_SQL_COPY_PROGRAM);
 	sl_sql_class_fini(&c);
+	/* ON CONFLICT DO UPDATE: the target is updated, its source only read */
+	q = "INSERT INTO hr.t SELECT * FROM src ON CONFLICT (id) DO UPDATE SET a = 0";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 2);
+	for (size_t i = 0; i < c.ntables; i++) {
+		int tgt = strcmp(c.tables[i], "hr.t") == 0;
+
+		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
+		assert_int_equal(c.table_kinds[i],
+				 tgt ? SL_SQL_INSERT | SL_SQL_UPDATE : SL_SQL_SELECT);
+	}
+	sl_sql_class_fini(&c);
+	q = "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 1);
+	assert_int_equal(c.table_kinds[0], SL_SQL_INSERT);
+	sl_sql_class_fini(&c);
 }
 
 /* The built-ins that read a table or schema named by a string argument
