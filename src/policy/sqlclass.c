@@ -2181,6 +2181,41 @@ stars(char *s, size_t from, size_t to)
 		memset(s + from, '*', to - from);
 }
 
+/* The passwords of URLs with credentials (scheme://user:password@host)
+ * in s[from, to), the contents of a literal: starred in out, the user and
+ * host kept. Returns how many. */
+static size_t
+url_passwords(const char *s, char *out, size_t from, size_t to)
+{
+	size_t n = 0;
+
+	for (size_t i = from; i + 3 <= to; i++) {
+		size_t j, colon = 0, at = 0;
+
+		if (s[i] != ':' || s[i + 1] != '/' || s[i + 2] != '/')
+			continue;
+		/* the authority: up to a path, query, fragment, blank or
+		 * quote; the last '@' in it ends the user information */
+		for (j = i + 3; j < to; j++) {
+			unsigned char ch = (unsigned char)s[j];
+
+			if (ch == '/' || ch == '?' || ch == '#' || ch == '\'' || ch == '"' ||
+			    isspace(ch))
+				break;
+			if (ch == ':' && colon == 0 && at == 0)
+				colon = j;
+			if (ch == '@')
+				at = j;
+		}
+		if (colon != 0 && at > colon) {
+			stars(out, colon + 1, at);
+			n++;
+		}
+		i = j > i ? j - 1 : i;
+	}
+	return n;
+}
+
 /* pgcrypto's functions whose arguments are secrets: bit i of args is the
  * i-th argument (the password crypt() hashes, the keys and passwords of
  * the pgp_* and raw encryption functions, hmac's key). Any schema. */
@@ -2325,6 +2360,8 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 					}
 					n++;
 					redacting = 1;
+				} else {
+					n += url_passwords(s, out, q + 1, open ? len : end - 1);
 				}
 				armed = 0;
 				i = end;
@@ -2346,6 +2383,9 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				if (armed || vsecret || in_secret_arg(call, ncall)) {
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
+				} else {
+					n += url_passwords(s, out, i + tl,
+							   close ? (size_t)(close - s) : len);
 				}
 				armed = uident = uesc = 0;
 				fn = 0;
@@ -2382,6 +2422,10 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				continue;
 			}
 			uident = uesc = 0;
+			if (armed && j - i == 2 && strncasecmp(s + i, "to", 2) == 0) {
+				i = j; /* SET x.password TO '...', like '=' */
+				continue;
+			}
 			armed = secret_word(s + i, j - i);
 			fn = secret_args(s + i, j - i);
 			if (j - i == 6 && strncasecmp(s + i, "insert", 6) == 0) {
@@ -2456,7 +2500,7 @@ static int
 may_name_secret(const char *s, size_t len)
 {
 	static const uint8_t first[256] = {['s'] = 1, ['S'] = 1, ['c'] = 1, ['C'] = 1, ['o'] = 1,
-					   ['O'] = 1, ['h'] = 1, ['H'] = 1, ['&'] = 1};
+					   ['O'] = 1, ['h'] = 1, ['H'] = 1, ['&'] = 1, [':'] = 1};
 
 	for (size_t i = 0; i + 1 < len; i++) {
 		int c, d;
@@ -2467,6 +2511,8 @@ may_name_secret(const char *s, size_t len)
 		d = s[i + 1] | 0x20;
 		if ((c == 's' && d == 's') || (c == '&' && s[i + 1] == '"'))
 			return 1;
+		if (s[i] == ':' && s[i + 1] == '/' && i + 2 < len && s[i + 2] == '/')
+			return 1; /* a URL, which may hold a password */
 		if (i + 3 < len && ((c == 'c' && d == 'r') || (c == 'o' && d == 'k')) &&
 		    (s[i + 2] | 0x20) == 'e' && (s[i + 3] | 0x20) == (c == 'c' ? 't' : 'n'))
 			return 1;
