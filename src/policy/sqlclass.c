@@ -431,6 +431,8 @@ stmt_kind(const char *n)
 		{"CompositeTypeStmt", SL_SQL_DDL},
 		{"DropdbStmt", SL_SQL_DDL | SL_SQL_DROP},
 		{"CreatedbStmt", SL_SQL_DDL},
+		/* a new owner holds every privilege on the object */
+		{"AlterOwnerStmt", SL_SQL_GRANT | SL_SQL_DDL},
 		{"LoadStmt", SL_SQL_UTILITY | SL_SQL_DO},
 		/* Reads: SHOW is current_setting(); a cursor is read through
 		 * FETCH/MOVE/CLOSE after DECLARE (or a function) passed its
@@ -484,7 +486,7 @@ static uint32_t set_config_kind(struct walker *w);
  *  - the server's own file system, like COPY to or from a file: copy_program
  *  - SQL run where this statement does not show it (dblink, and the
  *    built-ins that run a query given as a string: query_to_xml*, ts_stat,
- *    tablefunc's crosstab*; connectby reads a table named by a string):
+ *    tablefunc's crosstab*, xml2's xpath_table; connectby reads a table named by a string):
  *    do (opaque); so do database_to_xml* (every table in the database)
  *    and pageinspect's bt_page_items (an index, whose keys are row values,
  *    named by a string)
@@ -519,6 +521,8 @@ static const struct fn_kind {
 	{"dblink_open", SL_SQL_DO},
 	{"dblink_send_query", SL_SQL_DO},
 	{"gin_clean_pending_list", SL_SQL_UTILITY},
+	{"heap_force_freeze", SL_SQL_ALTER_SYSTEM},
+	{"heap_force_kill", SL_SQL_ALTER_SYSTEM},
 	{"lo_creat", SL_SQL_INSERT},
 	{"lo_create", SL_SQL_INSERT},
 	{"lo_export", SL_SQL_COPY_PROGRAM},
@@ -542,6 +546,8 @@ static const struct fn_kind {
 	{"pg_file_sync", SL_SQL_COPY_PROGRAM},
 	{"pg_file_unlink", SL_SQL_COPY_PROGRAM},
 	{"pg_file_write", SL_SQL_COPY_PROGRAM},
+	{"pg_hba_file_rules", SL_SQL_COPY_PROGRAM},
+	{"pg_ident_file_mappings", SL_SQL_COPY_PROGRAM},
 	{"pg_import_system_collations", SL_SQL_DDL},
 	{"pg_log_backend_memory_contexts", SL_SQL_ALTER_SYSTEM},
 	{"pg_logdir_ls", SL_SQL_COPY_PROGRAM},
@@ -568,9 +574,11 @@ static const struct fn_kind {
 	{"pg_replication_origin_drop", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_session_reset", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_session_setup", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_xact_reset", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_xact_setup", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_slot_advance", SL_SQL_ALTER_SYSTEM},
 	{"pg_rotate_logfile", SL_SQL_ALTER_SYSTEM},
+	{"pg_show_all_file_settings", SL_SQL_COPY_PROGRAM},
 	{"pg_start_backup", SL_SQL_ALTER_SYSTEM},
 	{"pg_stat_file", SL_SQL_COPY_PROGRAM},
 	{"pg_stat_reset", SL_SQL_ALTER_SYSTEM},
@@ -582,6 +590,7 @@ static const struct fn_kind {
 	{"pg_stop_backup", SL_SQL_ALTER_SYSTEM},
 	{"pg_switch_wal", SL_SQL_ALTER_SYSTEM},
 	{"pg_terminate_backend", SL_SQL_ALTER_SYSTEM},
+	{"pg_truncate_visibility_map", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_pause", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_resume", SL_SQL_ALTER_SYSTEM},
 	{"query_to_xml", SL_SQL_DO},
@@ -589,6 +598,7 @@ static const struct fn_kind {
 	{"query_to_xmlschema", SL_SQL_DO},
 	{"setval", SL_SQL_UPDATE},
 	{"ts_stat", SL_SQL_DO},
+	{"xpath_table", SL_SQL_DO},
 };
 
 static int
@@ -605,7 +615,16 @@ function_kind(const char *fname)
 	const struct fn_kind *f = bsearch(fname, fn_kinds, sizeof(fn_kinds) / sizeof(fn_kinds[0]),
 					  sizeof(fn_kinds[0]), fn_kind_cmp);
 
-	return f ? f->kind : 0;
+	if (f != NULL)
+		return f->kind;
+	/* every dblink function: a connection to any server (dblink_connect
+	 * reaches any host and port), SQL sent there, or a table named by a
+	 * string (dblink_build_sql_*) */
+	if (strncmp(fname, "dblink", 6) == 0)
+		return SL_SQL_DO;
+	if (strncmp(fname, "pg_stat_reset", 13) == 0)
+		return SL_SQL_ALTER_SYSTEM;
+	return 0;
 }
 
 /* The built-ins that read a whole table or schema named by their first
@@ -635,6 +654,20 @@ names_by_argument(const char *fname)
 	return 0;
 }
 
+/* The length of the name p[0..n) as PostgreSQL keeps it: at most
+ * NAMEDATALEN - 1 (63) bytes, cut before a UTF-8 sequence that would not
+ * fit (truncate_identifier(), namein()). */
+static size_t
+name_clip(const char *p, size_t n)
+{
+	if (n <= 63)
+		return n;
+	n = 63;
+	while (n > 0 && ((unsigned char)p[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
 /* A regclass text ('hr.payroll', '"Hr"."Pay roll"') as the parser names
  * the relation: unquoted parts folded to lower case, a database part
  * dropped, "schema.table" or "table". Returns -1 when it is not a plain
@@ -644,6 +677,10 @@ regclass_name(const char *s, char *out, size_t outlen)
 {
 	char part[3][256];
 	int np = 0;
+
+	/* all digits: regclassin reads an OID, which names no table here */
+	if (s[0] != '\0' && strspn(s, "0123456789") == strlen(s))
+		return -1;
 
 	for (;;) {
 		size_t n = 0;
@@ -676,6 +713,7 @@ regclass_name(const char *s, char *out, size_t outlen)
 		}
 		if (n == 0)
 			return -1;
+		n = name_clip(part[np], n);
 		part[np++][n] = '\0';
 		while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
 			s++;
@@ -718,8 +756,14 @@ argument_names(struct walker *w, int what, const char *json, size_t len)
 		add_table(w, name, SL_SQL_SELECT);
 		k = 0;
 	} else if (v != NULL && what == 2 && v[0] != '\0') {
-		add_str(w, &w->c->schemas, &w->c->nschemas, v);
-		k = 0;
+		size_t n = name_clip(v, strlen(v));
+
+		if (n < sizeof(name)) {
+			memcpy(name, v, n);
+			name[n] = '\0';
+			add_str(w, &w->c->schemas, &w->c->nschemas, name);
+			k = 0;
+		}
 	}
 	json_decref(a);
 	return k;
@@ -922,6 +966,30 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 	json_decref(o);
 }
 
+/* What an ALTER TABLE / ALTER TYPE subcommand (its subtype) does beyond
+ * ddl: destroying or rewriting stored values (DROP COLUMN, DROP
+ * CONSTRAINT, DETACH PARTITION, ALTER COLUMN TYPE) is a drop; giving the
+ * table away or lifting its row security is a grant. */
+static uint32_t
+alter_table_cmd_kind(const char *subtype)
+{
+	static const struct {
+		const char *n;
+		uint32_t k;
+	} map[] = {
+		{"AT_DropColumn", SL_SQL_DROP},		 {"AT_DropConstraint", SL_SQL_DROP},
+		{"AT_DetachPartition", SL_SQL_DROP},	 {"AT_AlterColumnType", SL_SQL_DROP},
+		{"AT_ChangeOwner", SL_SQL_GRANT},	 {"AT_EnableRowSecurity", SL_SQL_GRANT},
+		{"AT_DisableRowSecurity", SL_SQL_GRANT}, {"AT_ForceRowSecurity", SL_SQL_GRANT},
+		{"AT_NoForceRowSecurity", SL_SQL_GRANT},
+	};
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(map[i].n, subtype) == 0)
+			return map[i].k;
+	return 0;
+}
+
 static uint32_t
 walk_object(struct walker *w, const char *node)
 {
@@ -1001,9 +1069,10 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
 		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
 		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
-		     strcmp(key, "action") == 0)) {
+		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0)) {
 			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
-				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0;
+				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
+				 strcmp(key, "subtype") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
 				    : op			     ? kindval
@@ -1254,6 +1323,8 @@ walk_object(struct walker *w, const char *node)
 		w->upsert = 1;
 		k |= SL_SQL_UPDATE | (has_where ? 0 : SL_SQL_UPDATE_ALL);
 	}
+	if (strcmp(node, "AlterTableCmd") == 0)
+		k |= alter_table_cmd_kind(kindval);
 	if (!ends_with(node, "Stmt"))
 		return k;
 	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES
@@ -1281,6 +1352,14 @@ walk_object(struct walker *w, const char *node)
 			k |= SL_SQL_COPY_PROGRAM;
 		(void)has_relation;
 	}
+	/* two-phase commit: PREPARE TRANSACTION keeps locks across
+	 * disconnects and restarts; COMMIT / ROLLBACK PREPARED end any
+	 * session's prepared work (one vaulted role serves many agents) */
+	if (strcmp(node, "TransactionStmt") == 0 &&
+	    (strcmp(kindval, "TRANS_STMT_PREPARE") == 0 ||
+	     strcmp(kindval, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
+	     strcmp(kindval, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
+		k |= SL_SQL_UTILITY;
 	if (strcmp(node, "ExecuteStmt") == 0 && name[0])
 		add_str(w, &w->c->executed, &w->c->nexecuted, name);
 	if (strcmp(node, "VariableSetStmt") == 0) {
@@ -1522,6 +1601,14 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			    !(!back && json_array_size(args) == 1 &&
 			      true_const(json_array_get(args, 0))))
 				*rw = 1;
+		} else if (strcmp(key, "TransactionStmt") == 0) {
+			/* COMMIT / ROLLBACK PREPARED end another transaction's
+			 * (read-write) work, and run in a read-only one */
+			const char *kind = json_string_value(json_object_get(v, "kind"));
+
+			if (kind != NULL && (strcmp(kind, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
+					     strcmp(kind, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
+				*rw = 1;
 		} else if (strcmp(key, "DefElem") == 0) {
 			/* READ WRITE of BEGIN, START TRANSACTION, SET TRANSACTION
 			 * and SET SESSION CHARACTERISTICS */
@@ -1558,6 +1645,8 @@ read_write_walk(json_t *n, int *rw, int *colname)
 
 			if (last != NULL && strncmp(last, "dblink", 6) == 0)
 				*rw = 1; /* a connection of its own */
+			if (last != NULL && strcmp(last, "xpath_table") == 0)
+				*rw = 1; /* runs SQL given as strings, read-write */
 			if (last != NULL && strcmp(last, "set_config") == 0) {
 				if (name != NULL) {
 					if (read_only_guc(name) &&
@@ -1587,7 +1676,8 @@ read_write_asked(const char *tree, const struct sl_sql_class *c, int pinned)
 	if (strcasestr(tree, "transaction_read_only") == NULL &&
 	    strstr(tree, "set_config") == NULL && strstr(tree, "\"DoStmt\"") == NULL &&
 	    strstr(tree, "\"CallStmt\"") == NULL && strstr(tree, "\"LoadStmt\"") == NULL &&
-	    strstr(tree, "dblink") == NULL)
+	    strstr(tree, "dblink") == NULL && strstr(tree, "xpath_table") == NULL &&
+	    strstr(tree, "_PREPARED\"") == NULL)
 		return 0;
 	if ((root = json_loads(tree, 0, NULL)) == NULL)
 		return 1; /* out of memory: refuse */

@@ -154,6 +154,18 @@ test_relations_named_by_argument(void **state)
 		{"SELECT schema_to_xml('hr', true, false, '')", NULL, "hr", SL_SQL_SELECT},
 		{"SELECT table_to_xml(16384, true, false, '')", NULL, NULL,
 		 SL_SQL_SELECT | SL_SQL_DO},
+		/* PostgreSQL keeps 63 bytes of a name */
+		{"SELECT "
+		 "table_to_xml('hr."
+		 "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppzzzz', true, "
+		 "false, '')",
+		 "hr.ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp", NULL,
+		 SL_SQL_SELECT},
+		{"SELECT "
+		 "schema_to_xml('pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppzz'"
+		 ", true, false, '')",
+		 NULL, "ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp",
+		 SL_SQL_SELECT},
 		{"SELECT table_to_xml($1, true, false, '')", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
 		{"SELECT table_to_xml('a.b.c.d', true, false, '')", NULL, NULL,
 		 SL_SQL_SELECT | SL_SQL_DO},
@@ -477,6 +489,11 @@ test_read_write(void **state)
 		 "SELECT x FROM dblink('dbname=orders', 'DELETE FROM t RETURNING 1') AS t(x int)"},
 		{1, "SELECT public.dblink_exec('INSERT INTO t VALUES (1)')"},
 		{1, "LOAD 'auto_explain'"},
+		{1, "SELECT * FROM xpath_table('id', 'd', 't', '/a', 'true; DELETE FROM t') AS "
+		    "x(id int, a text)"},
+		{1, "COMMIT PREPARED 'x'"},
+		{1, "ROLLBACK PREPARED 'x'"},
+		{0, "PREPARE TRANSACTION 'x'"},
 		/* attribute notation: (expr).f is f(expr), t.f is f(t) */
 		{1, "SELECT ('dbname=x host=10.0.0.1'::text).dblink_connect"},
 		{1, "SELECT ('DELETE FROM orders'::text).dblink_exec"},
