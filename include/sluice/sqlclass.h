@@ -110,10 +110,12 @@ int sl_sql_shape(const char *sql, size_t len, char **out, size_t *outlen);
 
 /* Overwrites with '*', in place and length-preserving, the contents of the
  * string literals that give a secret by name: a literal right after a word
- * ending in password, passwd, passphrase, secret or token (an '=' between
- * allowed), so CREATE/ALTER ROLE ... PASSWORD '...', OPTIONS (password
- * '...') of a server or user mapping and WHERE api_token = '...' are stored
- * and shown without the value. Lexes like the server with
+ * ending in password, passwd, passphrase, secret or token (an '=' or TO
+ * between allowed), so CREATE/ALTER ROLE ... PASSWORD '...', OPTIONS
+ * (password '...') of a server or user mapping, SET x.password TO '...'
+ * and WHERE api_token = '...' are stored and shown without the value; and
+ * the password of a URL with credentials (scheme://user:password@host) in
+ * any literal. Lexes like the server with
  * standard_conforming_strings on ('...', E'...', U&'...', $tag$...$tag$,
  * quoted names, nested comments); a literal it cannot bound for sure (a
  * backslash in a plain one, an unterminated one) is redacted to the end of

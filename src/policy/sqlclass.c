@@ -102,6 +102,8 @@ struct walker {
 	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
 	int direct_val;	     /* walking a column that is a statement's own result column */
 	int locking;	     /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
+	int last_target;     /* index in tables of the last statement target added, or -1 */
+	int upsert;	     /* an ON CONFLICT DO UPDATE was walked */
 	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
 };
 
@@ -303,6 +305,8 @@ add_table(struct walker *w, const char *name, uint32_t how)
 	i = add_str(w, &w->c->tables, &w->c->ntables, name);
 	if (i >= 0)
 		tk[i] |= how;
+	if (w->target)
+		w->last_target = i;
 }
 
 static void
@@ -427,6 +431,8 @@ stmt_kind(const char *n)
 		{"CompositeTypeStmt", SL_SQL_DDL},
 		{"DropdbStmt", SL_SQL_DDL | SL_SQL_DROP},
 		{"CreatedbStmt", SL_SQL_DDL},
+		/* a new owner holds every privilege on the object */
+		{"AlterOwnerStmt", SL_SQL_GRANT | SL_SQL_DDL},
 		{"LoadStmt", SL_SQL_UTILITY | SL_SQL_DO},
 		/* Reads: SHOW is current_setting(); a cursor is read through
 		 * FETCH/MOVE/CLOSE after DECLARE (or a function) passed its
@@ -480,7 +486,7 @@ static uint32_t set_config_kind(struct walker *w);
  *  - the server's own file system, like COPY to or from a file: copy_program
  *  - SQL run where this statement does not show it (dblink, and the
  *    built-ins that run a query given as a string: query_to_xml*, ts_stat,
- *    tablefunc's crosstab*; connectby reads a table named by a string):
+ *    tablefunc's crosstab*, xml2's xpath_table; connectby reads a table named by a string):
  *    do (opaque); so do database_to_xml* (every table in the database)
  *    and pageinspect's bt_page_items (an index, whose keys are row values,
  *    named by a string)
@@ -515,6 +521,8 @@ static const struct fn_kind {
 	{"dblink_open", SL_SQL_DO},
 	{"dblink_send_query", SL_SQL_DO},
 	{"gin_clean_pending_list", SL_SQL_UTILITY},
+	{"heap_force_freeze", SL_SQL_ALTER_SYSTEM},
+	{"heap_force_kill", SL_SQL_ALTER_SYSTEM},
 	{"lo_creat", SL_SQL_INSERT},
 	{"lo_create", SL_SQL_INSERT},
 	{"lo_export", SL_SQL_COPY_PROGRAM},
@@ -538,6 +546,8 @@ static const struct fn_kind {
 	{"pg_file_sync", SL_SQL_COPY_PROGRAM},
 	{"pg_file_unlink", SL_SQL_COPY_PROGRAM},
 	{"pg_file_write", SL_SQL_COPY_PROGRAM},
+	{"pg_hba_file_rules", SL_SQL_COPY_PROGRAM},
+	{"pg_ident_file_mappings", SL_SQL_COPY_PROGRAM},
 	{"pg_import_system_collations", SL_SQL_DDL},
 	{"pg_log_backend_memory_contexts", SL_SQL_ALTER_SYSTEM},
 	{"pg_logdir_ls", SL_SQL_COPY_PROGRAM},
@@ -564,9 +574,11 @@ static const struct fn_kind {
 	{"pg_replication_origin_drop", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_session_reset", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_session_setup", SL_SQL_ALTER_SYSTEM},
+	{"pg_replication_origin_xact_reset", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_origin_xact_setup", SL_SQL_ALTER_SYSTEM},
 	{"pg_replication_slot_advance", SL_SQL_ALTER_SYSTEM},
 	{"pg_rotate_logfile", SL_SQL_ALTER_SYSTEM},
+	{"pg_show_all_file_settings", SL_SQL_COPY_PROGRAM},
 	{"pg_start_backup", SL_SQL_ALTER_SYSTEM},
 	{"pg_stat_file", SL_SQL_COPY_PROGRAM},
 	{"pg_stat_reset", SL_SQL_ALTER_SYSTEM},
@@ -578,6 +590,7 @@ static const struct fn_kind {
 	{"pg_stop_backup", SL_SQL_ALTER_SYSTEM},
 	{"pg_switch_wal", SL_SQL_ALTER_SYSTEM},
 	{"pg_terminate_backend", SL_SQL_ALTER_SYSTEM},
+	{"pg_truncate_visibility_map", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_pause", SL_SQL_ALTER_SYSTEM},
 	{"pg_wal_replay_resume", SL_SQL_ALTER_SYSTEM},
 	{"query_to_xml", SL_SQL_DO},
@@ -585,6 +598,7 @@ static const struct fn_kind {
 	{"query_to_xmlschema", SL_SQL_DO},
 	{"setval", SL_SQL_UPDATE},
 	{"ts_stat", SL_SQL_DO},
+	{"xpath_table", SL_SQL_DO},
 };
 
 static int
@@ -601,7 +615,16 @@ function_kind(const char *fname)
 	const struct fn_kind *f = bsearch(fname, fn_kinds, sizeof(fn_kinds) / sizeof(fn_kinds[0]),
 					  sizeof(fn_kinds[0]), fn_kind_cmp);
 
-	return f ? f->kind : 0;
+	if (f != NULL)
+		return f->kind;
+	/* every dblink function: a connection to any server (dblink_connect
+	 * reaches any host and port), SQL sent there, or a table named by a
+	 * string (dblink_build_sql_*) */
+	if (strncmp(fname, "dblink", 6) == 0)
+		return SL_SQL_DO;
+	if (strncmp(fname, "pg_stat_reset", 13) == 0)
+		return SL_SQL_ALTER_SYSTEM;
+	return 0;
 }
 
 /* The built-ins that read a whole table or schema named by their first
@@ -631,6 +654,20 @@ names_by_argument(const char *fname)
 	return 0;
 }
 
+/* The length of the name p[0..n) as PostgreSQL keeps it: at most
+ * NAMEDATALEN - 1 (63) bytes, cut before a UTF-8 sequence that would not
+ * fit (truncate_identifier(), namein()). */
+static size_t
+name_clip(const char *p, size_t n)
+{
+	if (n <= 63)
+		return n;
+	n = 63;
+	while (n > 0 && ((unsigned char)p[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
 /* A regclass text ('hr.payroll', '"Hr"."Pay roll"') as the parser names
  * the relation: unquoted parts folded to lower case, a database part
  * dropped, "schema.table" or "table". Returns -1 when it is not a plain
@@ -640,6 +677,10 @@ regclass_name(const char *s, char *out, size_t outlen)
 {
 	char part[3][256];
 	int np = 0;
+
+	/* all digits: regclassin reads an OID, which names no table here */
+	if (s[0] != '\0' && strspn(s, "0123456789") == strlen(s))
+		return -1;
 
 	for (;;) {
 		size_t n = 0;
@@ -672,6 +713,7 @@ regclass_name(const char *s, char *out, size_t outlen)
 		}
 		if (n == 0)
 			return -1;
+		n = name_clip(part[np], n);
 		part[np++][n] = '\0';
 		while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
 			s++;
@@ -714,8 +756,64 @@ argument_names(struct walker *w, int what, const char *json, size_t len)
 		add_table(w, name, SL_SQL_SELECT);
 		k = 0;
 	} else if (v != NULL && what == 2 && v[0] != '\0') {
-		add_str(w, &w->c->schemas, &w->c->nschemas, v);
-		k = 0;
+		size_t n = name_clip(v, strlen(v));
+
+		if (n < sizeof(name)) {
+			memcpy(name, v, n);
+			name[n] = '\0';
+			add_str(w, &w->c->schemas, &w->c->nschemas, name);
+			k = 0;
+		}
+	}
+	json_decref(a);
+	return k;
+}
+
+/* Notes a call of fname (the name as written, "schema.f" or "f";
+ * lower-cased in place): functions lists it and its last part, calls
+ * (when call) the name as written. Returns the kind the call amounts to
+ * (function_kind()). */
+static uint32_t
+note_call(struct walker *w, char *fname, int call)
+{
+	const char *dot = strrchr(fname, '.');
+
+	for (char *q = fname; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	if (call)
+		add_str(w, &w->c->calls, &w->c->ncalls, fname);
+	add_str(w, &w->c->functions, &w->c->nfunctions, fname);
+	if (dot)
+		add_str(w, &w->c->functions, &w->c->nfunctions, dot + 1);
+	return function_kind(dot ? dot + 1 : fname);
+}
+
+/* The field names of an A_Indirection ((expr).f, (expr).a.b[1]), from its
+ * indirection array (json, len): PostgreSQL reads (expr).f as f(expr)
+ * when expr has no field f, for any function of one argument, so each is
+ * noted as a call (a field of a composite value is taken for one too:
+ * over-refusal, never a bypass). Returns the kinds they amount to. */
+static uint32_t
+field_calls(struct walker *w, const char *json, size_t len)
+{
+	json_t *a = json_loadb(json, len, 0, NULL), *v;
+	uint32_t k = 0;
+	size_t i;
+
+	if (a == NULL) {
+		w->bad = 1;
+		return 0;
+	}
+	json_array_foreach(a, i, v)
+	{
+		const char *sv =
+			json_string_value(json_object_get(json_object_get(v, "String"), "sval"));
+		char fname[256];
+
+		if (sv == NULL)
+			continue; /* a subscript, or .* */
+		snprintf(fname, sizeof(fname), "%s", sv);
+		k |= note_call(w, fname, 1);
 	}
 	json_decref(a);
 	return k;
@@ -868,6 +966,30 @@ object_names(struct walker *w, const char *node, const char *json, size_t len)
 	json_decref(o);
 }
 
+/* What an ALTER TABLE / ALTER TYPE subcommand (its subtype) does beyond
+ * ddl: destroying or rewriting stored values (DROP COLUMN, DROP
+ * CONSTRAINT, DETACH PARTITION, ALTER COLUMN TYPE) is a drop; giving the
+ * table away or lifting its row security is a grant. */
+static uint32_t
+alter_table_cmd_kind(const char *subtype)
+{
+	static const struct {
+		const char *n;
+		uint32_t k;
+	} map[] = {
+		{"AT_DropColumn", SL_SQL_DROP},		 {"AT_DropConstraint", SL_SQL_DROP},
+		{"AT_DetachPartition", SL_SQL_DROP},	 {"AT_AlterColumnType", SL_SQL_DROP},
+		{"AT_ChangeOwner", SL_SQL_GRANT},	 {"AT_EnableRowSecurity", SL_SQL_GRANT},
+		{"AT_DisableRowSecurity", SL_SQL_GRANT}, {"AT_ForceRowSecurity", SL_SQL_GRANT},
+		{"AT_NoForceRowSecurity", SL_SQL_GRANT},
+	};
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(map[i].n, subtype) == 0)
+			return map[i].k;
+	return 0;
+}
+
 static uint32_t
 walk_object(struct walker *w, const char *node)
 {
@@ -876,7 +998,7 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_locking = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
-	int byarg = 0;
+	int byarg = 0, target = -1;
 	int first = 1;
 	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
 	int is_count = 0;
@@ -946,9 +1068,11 @@ walk_object(struct walker *w, const char *node)
 		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
 		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
-		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0)) {
+		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
+		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0)) {
 			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
-				 strcmp(key, "booltesttype") == 0;
+				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
+				 strcmp(key, "subtype") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
 				    : op			     ? kindval
@@ -964,7 +1088,8 @@ walk_object(struct walker *w, const char *node)
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0 && node != NULL &&
-		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0)) {
+		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0 ||
+		     strcmp(node, "OnConflictClause") == 0)) {
 			/* A condition that may hold for every row (WHERE true,
 			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
 			 * nothing, so it counts as no WHERE (see TF_T). */
@@ -1026,19 +1151,45 @@ walk_object(struct walker *w, const char *node)
 			if (fname[0]) {
 				const char *dot = strrchr(fname, '.');
 
-				for (char *q = fname; *q; q++)
-					*q = (char)tolower((unsigned char)*q);
-				add_str(w, &w->c->calls, &w->c->ncalls, fname);
-				add_str(w, &w->c->functions, &w->c->nfunctions, fname);
-				if (dot)
-					add_str(w, &w->c->functions, &w->c->nfunctions, dot + 1);
-				k |= function_kind(dot ? dot + 1 : fname);
+				k |= note_call(w, fname, 1);
 				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
 					setcfg = 1;
 					k |= SL_SQL_SET;
 				}
 				byarg = names_by_argument(dot ? dot + 1 : fname);
 				is_count = strcmp(dot ? dot + 1 : fname, "count") == 0;
+			}
+			continue;
+		}
+		if (node != NULL && strcmp(node, "A_Indirection") == 0 &&
+		    strcmp(key, "indirection") == 0) {
+			/* (expr).f is f(expr) for any one-argument function */
+			const char *start = w->p;
+
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			k |= field_calls(w, start, (size_t)(w->p - start));
+			continue;
+		}
+		if (node != NULL && strcmp(node, "ColumnRef") == 0 && strcmp(key, "fields") == 0) {
+			/* t.f, where t is a FROM item, is f(t) when t has no
+			 * column f: the last field may be a call on the row */
+			const char *start = w->p;
+			unsigned nf = 0;
+
+			w->lastsval[0] = '\0';
+			k |= walk_value(w, key, NULL);
+			if (w->bad)
+				return k;
+			for (const char *q = start;
+			     (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL; q++)
+				nf++;
+			if (nf >= 2 && w->lastsval[0]) {
+				char fname[sizeof(w->lastsval)];
+
+				memcpy(fname, w->lastsval, sizeof(fname));
+				k |= note_call(w, fname, 0);
 			}
 			continue;
 		}
@@ -1058,8 +1209,35 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0)) {
 			/* the statement's target: the table it writes */
 			w->target = stmt_kind(node);
+			w->last_target = -1;
 			k |= walk_value(w, key, NULL);
 			w->target = 0;
+			target = w->last_target;
+			if (w->bad)
+				return k;
+			continue;
+		}
+		if (node != NULL && strcmp(node, "InsertStmt") == 0 &&
+		    strcmp(key, "onConflictClause") == 0) {
+			/* ON CONFLICT DO UPDATE updates the target's rows */
+			w->upsert = 0;
+			k |= walk_value(w, key, "OnConflictClause");
+			if (w->bad)
+				return k;
+			if (w->upsert && target >= 0)
+				w->c->table_kinds[target] |= SL_SQL_UPDATE;
+			w->upsert = 0;
+			continue;
+		}
+		if (node != NULL && strcmp(node, "SelectStmt") == 0 &&
+		    (strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0)) {
+			/* the arms of a set operation are SELECTs of their own
+			 * (unwrapped): the leftmost arm's INTO makes the whole
+			 * statement a CREATE TABLE AS; the arms name no table
+			 * column of the result */
+			w->sel_depth++;
+			k |= walk_value(w, key, "SelectStmt");
+			w->sel_depth--;
 			if (w->bad)
 				return k;
 			continue;
@@ -1144,6 +1322,15 @@ walk_object(struct walker *w, const char *node)
 		snprintf(w->collect + l, w->collect_len - l, "%s%s", l ? "." : "", name);
 		return k;
 	}
+	if (strcmp(node, "OnConflictClause") == 0 && strcmp(kindval, "ONCONFLICT_UPDATE") == 0) {
+		/* an upsert updates every conflicting row: with no WHERE
+		 * (or one that bounds nothing) that may be every row, since
+		 * the rows inserted may come from the table itself */
+		w->upsert = 1;
+		k |= SL_SQL_UPDATE | (has_where ? 0 : SL_SQL_UPDATE_ALL);
+	}
+	if (strcmp(node, "AlterTableCmd") == 0)
+		k |= alter_table_cmd_kind(kindval);
 	if (!ends_with(node, "Stmt"))
 		return k;
 	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES
@@ -1171,6 +1358,14 @@ walk_object(struct walker *w, const char *node)
 			k |= SL_SQL_COPY_PROGRAM;
 		(void)has_relation;
 	}
+	/* two-phase commit: PREPARE TRANSACTION keeps locks across
+	 * disconnects and restarts; COMMIT / ROLLBACK PREPARED end any
+	 * session's prepared work (one vaulted role serves many agents) */
+	if (strcmp(node, "TransactionStmt") == 0 &&
+	    (strcmp(kindval, "TRANS_STMT_PREPARE") == 0 ||
+	     strcmp(kindval, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
+	     strcmp(kindval, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
+		k |= SL_SQL_UTILITY;
 	if (strcmp(node, "ExecuteStmt") == 0 && name[0])
 		add_str(w, &w->c->executed, &w->c->nexecuted, name);
 	if (strcmp(node, "VariableSetStmt") == 0) {
@@ -1397,12 +1592,28 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			const char *kind = json_string_value(json_object_get(v, "kind"));
 			json_t *args = json_object_get(v, "args");
 
-			/* SET x = ..., SET x FROM CURRENT; TO DEFAULT and RESET
-			 * go back to the value sluice logged in with */
-			if (read_only_guc(json_string_value(json_object_get(v, "name"))) &&
-			    (kind == NULL || (strcmp(kind, "VAR_SET_DEFAULT") != 0 &&
-					      strcmp(kind, "VAR_RESET") != 0)) &&
-			    !(json_array_size(args) == 1 && true_const(json_array_get(args, 0))))
+			const char *gname = json_string_value(json_object_get(v, "name"));
+			/* SET x = ..., SET x FROM CURRENT. TO DEFAULT and RESET
+			 * go back to the reset value: for
+			 * default_transaction_read_only that is on, the value
+			 * sluice logged in with; transaction_read_only's is its
+			 * boot value, off, which a transaction may still take
+			 * before its first query (so they ask for read-write) */
+			int back = kind != NULL && (strcmp(kind, "VAR_SET_DEFAULT") == 0 ||
+						    strcmp(kind, "VAR_RESET") == 0);
+
+			if (read_only_guc(gname) &&
+			    !(back && strcasecmp(gname, "default_transaction_read_only") == 0) &&
+			    !(!back && json_array_size(args) == 1 &&
+			      true_const(json_array_get(args, 0))))
+				*rw = 1;
+		} else if (strcmp(key, "TransactionStmt") == 0) {
+			/* COMMIT / ROLLBACK PREPARED end another transaction's
+			 * (read-write) work, and run in a read-only one */
+			const char *kind = json_string_value(json_object_get(v, "kind"));
+
+			if (kind != NULL && (strcmp(kind, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
+					     strcmp(kind, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
 				*rw = 1;
 		} else if (strcmp(key, "DefElem") == 0) {
 			/* READ WRITE of BEGIN, START TRANSACTION, SET TRANSACTION
@@ -1410,6 +1621,23 @@ read_write_walk(json_t *n, int *rw, int *colname)
 			if (read_only_guc(json_string_value(json_object_get(v, "defname"))) &&
 			    !true_const(json_object_get(v, "arg")))
 				*rw = 1;
+		} else if (strcmp(key, "A_Indirection") == 0 || strcmp(key, "ColumnRef") == 0) {
+			/* (expr).dblink_exec and t.dblink_exec: attribute
+			 * notation calls (see field_calls()) */
+			json_t *f = json_object_get(
+				v, strcmp(key, "ColumnRef") == 0 ? "fields" : "indirection");
+			size_t j, nf = json_array_size(f);
+			json_t *e;
+
+			json_array_foreach(f, j, e)
+			{
+				const char *sv = json_string_value(
+					json_object_get(json_object_get(e, "String"), "sval"));
+
+				if (sv != NULL && strncasecmp(sv, "dblink", 6) == 0 &&
+				    (strcmp(key, "A_Indirection") == 0 || (nf >= 2 && j == nf - 1)))
+					*rw = 1;
+			}
 		} else if (strcmp(key, "FuncCall") == 0) {
 			json_t *fn = json_object_get(v, "funcname"),
 			       *args = json_object_get(v, "args");
@@ -1423,6 +1651,8 @@ read_write_walk(json_t *n, int *rw, int *colname)
 
 			if (last != NULL && strncmp(last, "dblink", 6) == 0)
 				*rw = 1; /* a connection of its own */
+			if (last != NULL && strcmp(last, "xpath_table") == 0)
+				*rw = 1; /* runs SQL given as strings, read-write */
 			if (last != NULL && strcmp(last, "set_config") == 0) {
 				if (name != NULL) {
 					if (read_only_guc(name) &&
@@ -1452,7 +1682,8 @@ read_write_asked(const char *tree, const struct sl_sql_class *c, int pinned)
 	if (strcasestr(tree, "transaction_read_only") == NULL &&
 	    strstr(tree, "set_config") == NULL && strstr(tree, "\"DoStmt\"") == NULL &&
 	    strstr(tree, "\"CallStmt\"") == NULL && strstr(tree, "\"LoadStmt\"") == NULL &&
-	    strstr(tree, "dblink") == NULL)
+	    strstr(tree, "dblink") == NULL && strstr(tree, "xpath_table") == NULL &&
+	    strstr(tree, "_PREPARED\"") == NULL)
 		return 0;
 	if ((root = json_loads(tree, 0, NULL)) == NULL)
 		return 1; /* out of memory: refuse */
@@ -2047,6 +2278,41 @@ stars(char *s, size_t from, size_t to)
 		memset(s + from, '*', to - from);
 }
 
+/* The passwords of URLs with credentials (scheme://user:password@host)
+ * in s[from, to), the contents of a literal: starred in out, the user and
+ * host kept. Returns how many. */
+static size_t
+url_passwords(const char *s, char *out, size_t from, size_t to)
+{
+	size_t n = 0;
+
+	for (size_t i = from; i + 3 <= to; i++) {
+		size_t j, colon = 0, at = 0;
+
+		if (s[i] != ':' || s[i + 1] != '/' || s[i + 2] != '/')
+			continue;
+		/* the authority: up to a path, query, fragment, blank or
+		 * quote; the last '@' in it ends the user information */
+		for (j = i + 3; j < to; j++) {
+			unsigned char ch = (unsigned char)s[j];
+
+			if (ch == '/' || ch == '?' || ch == '#' || ch == '\'' || ch == '"' ||
+			    isspace(ch))
+				break;
+			if (ch == ':' && colon == 0 && at == 0)
+				colon = j;
+			if (ch == '@')
+				at = j;
+		}
+		if (colon != 0 && at > colon) {
+			stars(out, colon + 1, at);
+			n++;
+		}
+		i = j > i ? j - 1 : i;
+	}
+	return n;
+}
+
 /* pgcrypto's functions whose arguments are secrets: bit i of args is the
  * i-th argument (the password crypt() hashes, the keys and passwords of
  * the pgp_* and raw encryption functions, hmac's key). Any schema. */
@@ -2191,6 +2457,8 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 					}
 					n++;
 					redacting = 1;
+				} else {
+					n += url_passwords(s, out, q + 1, open ? len : end - 1);
 				}
 				armed = 0;
 				i = end;
@@ -2212,6 +2480,9 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				if (armed || vsecret || in_secret_arg(call, ncall)) {
 					stars(out, i + tl, close ? (size_t)(close - s) : len);
 					n++;
+				} else {
+					n += url_passwords(s, out, i + tl,
+							   close ? (size_t)(close - s) : len);
 				}
 				armed = uident = uesc = 0;
 				fn = 0;
@@ -2248,6 +2519,10 @@ redact_pass(const char *s, char *out, size_t len, int bs_plain)
 				continue;
 			}
 			uident = uesc = 0;
+			if (armed && j - i == 2 && strncasecmp(s + i, "to", 2) == 0) {
+				i = j; /* SET x.password TO '...', like '=' */
+				continue;
+			}
 			armed = secret_word(s + i, j - i);
 			fn = secret_args(s + i, j - i);
 			if (j - i == 6 && strncasecmp(s + i, "insert", 6) == 0) {
@@ -2322,7 +2597,7 @@ static int
 may_name_secret(const char *s, size_t len)
 {
 	static const uint8_t first[256] = {['s'] = 1, ['S'] = 1, ['c'] = 1, ['C'] = 1, ['o'] = 1,
-					   ['O'] = 1, ['h'] = 1, ['H'] = 1, ['&'] = 1};
+					   ['O'] = 1, ['h'] = 1, ['H'] = 1, ['&'] = 1, [':'] = 1};
 
 	for (size_t i = 0; i + 1 < len; i++) {
 		int c, d;
@@ -2333,6 +2608,8 @@ may_name_secret(const char *s, size_t len)
 		d = s[i + 1] | 0x20;
 		if ((c == 's' && d == 's') || (c == '&' && s[i + 1] == '"'))
 			return 1;
+		if (s[i] == ':' && s[i + 1] == '/' && i + 2 < len && s[i + 2] == '/')
+			return 1; /* a URL, which may hold a password */
 		if (i + 3 < len && ((c == 'c' && d == 'r') || (c == 'o' && d == 'k')) &&
 		    (s[i + 2] | 0x20) == 'e' && (s[i + 3] | 0x20) == (c == 'c' ? 't' : 'n'))
 			return 1;

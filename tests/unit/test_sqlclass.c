@@ -95,6 +95,42 @@ test_functions_tables_names(void **state)
 	assert_int_equal(c.nset_params, 1);
 	assert_string_equal(c.set_params[0], "standard_conforming_strings");
 	sl_sql_class_fini(&c);
+	/* attribute notation: (expr).f calls f (functions and calls); t.f
+	 * may call f(t) (functions: block and review rules see it) */
+	q = "SELECT ('/etc/passwd'::text).PG_READ_FILE, s.my_fn, s.x FROM (SELECT 1 AS x) s";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	{
+		int rf = 0, my = 0, call_rf = 0, call_my = 0;
+
+		for (size_t i = 0; i < c.nfunctions; i++) {
+			rf |= strcmp(c.functions[i], "pg_read_file") == 0;
+			my |= strcmp(c.functions[i], "my_fn") == 0;
+		}
+		for (size_t i = 0; i < c.ncalls; i++) {
+			call_rf |= strcmp(c.calls[i], "pg_read_file") == 0;
+			call_my |= strcmp(c.calls[i], "my_fn") == 0;
+		}
+		assert_true(rf && my && call_rf && !call_my);
+	}
+	assert_true(c.kinds & SL_SQL_COPY_PROGRAM);
+	sl_sql_class_fini(&c);
+	/* ON CONFLICT DO UPDATE: the target is updated, its source only read */
+	q = "INSERT INTO hr.t SELECT * FROM src ON CONFLICT (id) DO UPDATE SET a = 0";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 2);
+	for (size_t i = 0; i < c.ntables; i++) {
+		int tgt = strcmp(c.tables[i], "hr.t") == 0;
+
+		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
+		assert_int_equal(c.table_kinds[i],
+				 tgt ? SL_SQL_INSERT | SL_SQL_UPDATE : SL_SQL_SELECT);
+	}
+	sl_sql_class_fini(&c);
+	q = "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 1);
+	assert_int_equal(c.table_kinds[0], SL_SQL_INSERT);
+	sl_sql_class_fini(&c);
 }
 
 /* The built-ins that read a table or schema named by a string argument
@@ -118,6 +154,18 @@ test_relations_named_by_argument(void **state)
 		{"SELECT schema_to_xml('hr', true, false, '')", NULL, "hr", SL_SQL_SELECT},
 		{"SELECT table_to_xml(16384, true, false, '')", NULL, NULL,
 		 SL_SQL_SELECT | SL_SQL_DO},
+		/* PostgreSQL keeps 63 bytes of a name */
+		{"SELECT "
+		 "table_to_xml('hr."
+		 "pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppzzzz', true, "
+		 "false, '')",
+		 "hr.ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp", NULL,
+		 SL_SQL_SELECT},
+		{"SELECT "
+		 "schema_to_xml('pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppzz'"
+		 ", true, false, '')",
+		 NULL, "ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp",
+		 SL_SQL_SELECT},
 		{"SELECT table_to_xml($1, true, false, '')", NULL, NULL, SL_SQL_SELECT | SL_SQL_DO},
 		{"SELECT table_to_xml('a.b.c.d', true, false, '')", NULL, NULL,
 		 SL_SQL_SELECT | SL_SQL_DO},
@@ -261,6 +309,24 @@ test_redact_secrets(void **state)
 		 0},
 		{"INSERT INTO t VALUES ('secret', 'token')", NULL, 0},
 		{"INSERT INTO t (token) SELECT 'x'", NULL, 0},
+		/* SET ... TO is SET ... = */
+		{"SET app.password TO 'x'", "SET app.password TO '*'", 1},
+		{"SET SESSION x.client_secret TO 'abc'", "SET SESSION x.client_secret TO '***'", 1},
+		{"ALTER ROLE r IN DATABASE d SET x.Password TO E'pw'",
+		 "ALTER ROLE r IN DATABASE d SET x.Password TO E'**'", 1},
+		{"ALTER DATABASE d SET x.api_token to $$t$$",
+		 "ALTER DATABASE d SET x.api_token to $$*$$", 1},
+		{"ALTER TABLE t RENAME password TO pw", NULL, 0},
+		{"SET search_path TO 'public'", NULL, 0},
+		/* URLs with credentials, in any literal: the password only */
+		{"SELECT dblink_connect('postgresql://app:s3cr@t@db.example:5432/demo?ssl=1')",
+		 "SELECT dblink_connect('postgresql://app:******@db.example:5432/demo?ssl=1')", 1},
+		{"SELECT $$mysql://root:toor@10.0.0.1/x$$, 'redis://:rpw@cache:6379/0', x FROM t",
+		 "SELECT $$mysql://root:****@10.0.0.1/x$$, 'redis://:***@cache:6379/0', x FROM t",
+		 2},
+		{"INSERT INTO t VALUES ('see https://u:p4ss@example.com/a and amqp://g:gg@h')",
+		 "INSERT INTO t VALUES ('see https://u:****@example.com/a and amqp://g:**@h')", 2},
+		{"SELECT 'postgres://app@h/db', 'http://h:8080/a@b', 'a::b' FROM t", NULL, 0},
 		/* unterminated: to the end */
 		{"ALTER ROLE a PASSWORD 'abc", "ALTER ROLE a PASSWORD '***", 1},
 		{"ALTER ROLE a PASSWORD $$abc", "ALTER ROLE a PASSWORD $$***", 1},
@@ -423,6 +489,25 @@ test_read_write(void **state)
 		 "SELECT x FROM dblink('dbname=orders', 'DELETE FROM t RETURNING 1') AS t(x int)"},
 		{1, "SELECT public.dblink_exec('INSERT INTO t VALUES (1)')"},
 		{1, "LOAD 'auto_explain'"},
+		{1, "SELECT * FROM xpath_table('id', 'd', 't', '/a', 'true; DELETE FROM t') AS "
+		    "x(id int, a text)"},
+		{1, "COMMIT PREPARED 'x'"},
+		{1, "ROLLBACK PREPARED 'x'"},
+		{0, "PREPARE TRANSACTION 'x'"},
+		/* attribute notation: (expr).f is f(expr), t.f is f(t) */
+		{1, "SELECT ('dbname=x host=10.0.0.1'::text).dblink_connect"},
+		{1, "SELECT ('DELETE FROM orders'::text).dblink_exec"},
+		{1, "SELECT s.dblink_exec FROM (SELECT 'DELETE FROM orders'::text) s"},
+		{0, "UPDATE t SET c.dblink_exec = 1"},
+		{0, "SELECT dblink_exec FROM t"},
+		/* transaction_read_only's reset value is off (its boot value),
+		 * not the login's on: RESET and TO DEFAULT ask for read-write */
+		{1, "RESET transaction_read_only"},
+		{1, "SET transaction_read_only TO DEFAULT"},
+		{1, "SET LOCAL transaction_read_only TO DEFAULT"},
+		{1, "BEGIN; RESET transaction_read_only; INSERT INTO t VALUES (1); COMMIT"},
+		{1, "RESET \"Transaction_Read_Only\""},
+		{1, "SET transaction_read_only FROM CURRENT"},
 		{0, "SELECT * FROM crosstab('SELECT a, b, c FROM t') AS ct(a text, b int)"},
 		{0, "SELECT 'DoStmt', 'CallStmt', 'dblink_exec' FROM t"},
 		{0, "SET default_transaction_read_only = on"},
