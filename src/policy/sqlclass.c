@@ -726,7 +726,7 @@ regclass_name(const char *s, char *out, size_t outlen)
 	if (np == 1)
 		snprintf(out, outlen, "%s", part[0]);
 	else
-		snprintf(out, outlen, "%s.%s", part[np - 2], part[np - 1]);
+		snprintf(out, outlen, "%.63s.%.63s", part[np - 2], part[np - 1]); /* clipped */
 	return 0;
 }
 
