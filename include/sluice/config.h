@@ -34,6 +34,10 @@ struct sl_cfg_gateway {
 	/* connections from one client address not logged in yet (before their
 	 * token is verified); default 0 = min(64, max(8, sessions / 4)) */
 	unsigned max_logins_per_address;
+	/* bytes all sessions may hold in message buffers past 1 MiB each (a
+	 * large statement being received, a large row being masked); default
+	 * 512 MiB */
+	unsigned max_buffered_bytes;
 };
 
 struct sl_cfg_issuer {

@@ -115,6 +115,10 @@ struct sl_gw {
 	struct sockaddr_storage pg_addr;
 	int pg_loopback;
 	size_t max_message;
+	/* message buffers over 1 MiB, all sessions (pg_session.charged):
+	 * at most max_buffered */
+	atomic_size_t buffered;
+	size_t max_buffered;
 	int64_t leeway_s;
 	int64_t login_timeout_ms;
 	/* client sessions: admitted ones count against max_clients; past it a

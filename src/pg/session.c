@@ -224,6 +224,7 @@ struct pg_session {
 	 * Flush); a Query's may start another COPY and lifts at its end. */
 	unsigned copy_gate : 1, copy_in : 1, copy_resume : 1;
 	unsigned pending; /* async work that still points at this session */
+	size_t charged;	  /* buffer bytes counted in gw->buffered (charge_buffers) */
 	/* startup */
 	char *client_user, *client_db;
 	char **fwd_keys, **fwd_vals;
@@ -351,6 +352,7 @@ struct colinfo {
 
 static struct pg_session *sessions_of(struct sl_worker *w);
 static void process_client(struct pg_session *s);
+static void charge_buffers(struct pg_session *s);
 static void process_upstream(struct pg_session *s);
 static void up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_t len);
 static void session_close(struct pg_session *s, const char *why);
@@ -1285,6 +1287,8 @@ session_free(struct pg_session *s)
 	if (s->logging_in)
 		sl_gw_login_done(s->gw, &s->login_key);
 	cancel_unregister(s);
+	if (s->charged)
+		atomic_fetch_sub(&s->gw->buffered, s->charged);
 	sl_buf_fini(&s->cin);
 	free(s->client_user);
 	free(s->client_db);
@@ -3335,6 +3339,7 @@ up_read_cb(struct sl_stream *st, size_t n)
 
 	s->in_process = 1;
 	process_upstream(s);
+	charge_buffers(s);
 	s->in_process = 0;
 	maybe_free(s);
 }
@@ -4475,6 +4480,62 @@ copy_done_exec(struct pg_session *s)
 	}
 }
 
+#define BIG_BUFFER ((size_t)1 << 20)
+
+/* An empty buffer that grew past BIG_BUFFER (one large statement or row)
+ * gives its memory back: kept, every session that ever saw a large message
+ * would hold it for good. */
+static void
+trim_buffer(struct sl_buf *b)
+{
+	size_t max = b->max;
+
+	if (b->cap > BIG_BUFFER && sl_buf_unread(b) == 0) {
+		sl_buf_fini(b);
+		sl_buf_init(b, max);
+	}
+}
+
+/* Counts the session's message buffers past BIG_BUFFER in gw->buffered.
+ * Each message is bounded (max_message_bytes), but many sessions each
+ * receiving one, or each holding a large row for masking, would not be:
+ * past gateway.max_buffered_bytes over all sessions, the session whose
+ * buffer grew is ended (FATAL 53200) instead of the gateway running out of
+ * memory with every session in it. */
+static void
+charge_buffers(struct pg_session *s)
+{
+	size_t want = 0, total;
+
+	if (s->state == PG_ST_CLOSING)
+		return;
+	trim_buffer(&s->cin);
+	if (s->cin.cap > BIG_BUFFER)
+		want += s->cin.cap;
+	if (s->up_open) {
+		trim_buffer(&s->upc->in);
+		if (s->upc->in.cap > BIG_BUFFER)
+			want += s->upc->in.cap;
+	}
+	if (want == s->charged)
+		return;
+	if (want < s->charged) {
+		atomic_fetch_sub(&s->gw->buffered, s->charged - want);
+		s->charged = want;
+		return;
+	}
+	total = atomic_fetch_add(&s->gw->buffered, want - s->charged) + (want - s->charged);
+	s->charged = want;
+	if (total > s->gw->max_buffered) {
+		sl_warn("session %s: large messages of all sessions hold %zu MiB, over "
+			"gateway.max_buffered_bytes; ending this one",
+			s->pl.id, total >> 20);
+		fatal(s, "53200",
+		      "sluice: out of memory for messages (gateway.max_buffered_bytes is reached "
+		      "across sessions); retry later");
+	}
+}
+
 static void
 process_client(struct pg_session *s)
 {
@@ -5023,6 +5084,7 @@ cli_read_cb(struct sl_stream *st, size_t n)
 		break;
 	case PG_ST_READY:
 		process_client(s);
+		charge_buffers(s);
 		break;
 	default:
 		/* Input while logging in upstream waits; bounded by the buffer max. */

@@ -475,6 +475,8 @@ sl_gateway_run(struct sl_config *cfg)
 	gw->login_map = calloc(SL_LOGIN_BUCKETS, sizeof(*gw->login_map)); /* NULL: no limit */
 	gw->max_message =
 		cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes : 16u << 20;
+	gw->max_buffered =
+		cfg->gateway.max_buffered_bytes ? cfg->gateway.max_buffered_bytes : 512u << 20;
 	if (cfg->gateway.shutdown_timeout)
 		sl_parse_duration_ms(cfg->gateway.shutdown_timeout, &drain_ms);
 	gw->login_timeout_ms = 15000;
