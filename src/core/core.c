@@ -259,11 +259,49 @@ sl_log_set_level(enum sl_log_level lvl)
 	log_level = lvl;
 }
 
+/* Copies a log message into out (cap bytes, NUL-terminated), escaping what
+ * a terminal or a log viewer would act on: C0 controls and DEL as \xNN,
+ * C1 controls, line/paragraph separators and bidi controls as \uNNNN.
+ * Messages carry what clients and servers sent (names, errors): a line
+ * must not clear a screen, forge another line or reverse itself. Returns
+ * the length written. */
+static size_t
+log_escape(const char *in, char *out, size_t cap)
+{
+	const unsigned char *p = (const unsigned char *)in;
+	size_t o = 0;
+
+	while (*p != '\0' && o + 7 < cap) {
+		unsigned cp = 0, len = 0;
+
+		if (p[0] < 0x20 || p[0] == 0x7f) {
+			o += (size_t)snprintf(out + o, cap - o, "\\x%02x", p[0]);
+			p++;
+			continue;
+		}
+		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			cp = p[1], len = 2;
+		else if (p[0] == 0xe2 && p[1] == 0x80 &&
+			 ((p[2] >= 0x8e && p[2] <= 0x8f) || (p[2] >= 0xa8 && p[2] <= 0xae)))
+			cp = 0x2000u | (p[2] & 0x3f), len = 3;
+		else if (p[0] == 0xe2 && p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)
+			cp = 0x2040u | (p[2] & 0x3f), len = 3;
+		if (len) {
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", cp);
+			p += len;
+			continue;
+		}
+		out[o++] = (char)*p++;
+	}
+	out[o] = '\0';
+	return o;
+}
+
 void
 sl_log(enum sl_log_level lvl, const char *fmt, ...)
 {
 	static const char *names[] = {"debug", "info", "warn", "error"};
-	char line[2048];
+	char line[2048], msg[1536];
 	struct timespec ts;
 	struct tm tm;
 	va_list ap;
@@ -278,9 +316,9 @@ sl_log(enum sl_log_level lvl, const char *fmt, ...)
 		     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
 		     ts.tv_nsec / 1000000, (int)getpid(), names[lvl]);
 	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	n = (int)strlen(line);
+	n += (int)log_escape(msg, line + n, sizeof(line) - (size_t)n - 1);
 	line[n++] = '\n';
 	/* One write() per line keeps lines from several threads whole. */
 	if (write(STDERR_FILENO, line, (size_t)n) < 0) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -193,6 +194,35 @@ test_fput_safe(void **state)
 }
 
 /* Decimals as printf writes them, at every digit count and both ends. */
+/* What clients and servers sent reaches the log escaped: no terminal
+ * control, no second line, no bidi reversal; other text as it is. */
+static void
+test_log_escapes_controls(void **state)
+{
+	char path[] = "/tmp/sluice-log-test.XXXXXX", buf[1024];
+	int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+	ssize_t n;
+
+	assert_true(fd >= 0 && saved >= 0);
+	assert_int_not_equal(dup2(fd, STDERR_FILENO), -1);
+	sl_log(SL_LOG_ERROR, "sub %s end",
+	       "a\x1b[2Jb\nforged: line\x7f \xc2\x9b"
+	       "2J \xe2\x80\xae"
+	       "evil \xe2\x81\xa6x "
+	       "\xe2\x80\xa8y Jos\xc3\xa9 \xc2\xa0nbsp");
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	unlink(path);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	assert_non_null(strstr(buf,
+			       "sub a\\x1b[2Jb\\x0aforged: line\\x7f \\u009b2J "
+			       "\\u202eevil \\u2066x \\u2028y Jos\xc3\xa9 \xc2\xa0nbsp end\n"));
+	assert_ptr_equal(strchr(buf, '\n'), buf + n - 1); /* one line */
+}
+
 static void
 test_fmt_decimal(void **state)
 {
@@ -226,6 +256,7 @@ main(void)
 		cmocka_unit_test(test_strmap_grows_and_empties),
 		cmocka_unit_test(test_fput_safe),
 		cmocka_unit_test(test_fmt_decimal),
+		cmocka_unit_test(test_log_escapes_controls),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
