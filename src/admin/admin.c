@@ -1,7 +1,10 @@
 /*
  * admin.c - the admin API: HTTP/1.1 + JSON on gateway.admin.listen, on a
  * thread of its own (never a data-path loop). Requests are parsed with
- * llhttp, one request per connection, with size limits and a read timeout.
+ * llhttp, one request per connection, with size limits and a deadline:
+ * each connection has a thread of its own (at most MAX_CONNS at once) and
+ * 5 s in all to send its request, so one slow client cannot hold up the
+ * approvers.
  * Every call is authenticated with the caller's own OIDC bearer token,
  * checked by the same identity code as the data path.
  *
@@ -33,6 +36,8 @@
 
 #define MAX_HEADERS_BYTES (16u << 10)
 #define MAX_BODY	  (64u << 10)
+#define MAX_CONNS	  128
+#define REQUEST_MS	  5000 /* to send the whole request, however slowly */
 
 struct sl_admin {
 	int fd;
@@ -40,6 +45,14 @@ struct sl_admin {
 	pthread_t thread;
 	struct sl_idp *idp;
 	struct sl_review_mgr *m;
+	pthread_mutex_t mu;
+	pthread_cond_t idle; /* nconns reached 0 */
+	unsigned nconns;     /* connection threads running */
+};
+
+struct conn {
+	struct sl_admin *a;
+	int fd;
 };
 
 struct req {
@@ -331,17 +344,26 @@ serve_conn(struct sl_admin *a, int fd)
 	struct req *r = calloc(1, sizeof(*r));
 	char buf[8192];
 	struct timeval tv = {5, 0};
+	int64_t deadline = sl_mono_us() + (int64_t)REQUEST_MS * 1000;
 
 	if (r == NULL)
 		return;
 	sl_buf_init(&r->body, MAX_BODY);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	req_parser_init(&p, &st, r);
 	while (!r->done) {
-		ssize_t n = read(fd, buf, sizeof(buf));
+		struct pollfd pf = {fd, POLLIN, 0};
+		int64_t left = deadline - sl_mono_us();
+		ssize_t n;
 		llhttp_errno_t e;
 
+		/* one deadline for the whole request: a byte every few
+		 * seconds does not keep the connection */
+		if (left <= 0 || poll(&pf, 1, (int)(left / 1000) + 1) <= 0) {
+			reply(fd, 408, error_json("request not received in time"));
+			goto out;
+		}
+		n = read(fd, buf, sizeof(buf));
 		if (n <= 0)
 			goto out;
 		e = llhttp_execute(&p, buf, (size_t)n);
@@ -366,6 +388,55 @@ out:
 	OPENSSL_cleanse(r->auth, sizeof(r->auth));
 	sl_buf_fini(&r->body);
 	free(r);
+}
+
+static void *
+conn_main(void *arg)
+{
+	struct conn *c = arg;
+	struct sl_admin *a = c->a;
+
+	serve_conn(a, c->fd);
+	close(c->fd);
+	free(c);
+	pthread_mutex_lock(&a->mu);
+	if (--a->nconns == 0)
+		pthread_cond_signal(&a->idle);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* Serves c on a thread of its own, or answers 503 when MAX_CONNS are
+ * already being served. */
+static void
+dispatch(struct sl_admin *a, int fd)
+{
+	struct conn *c = malloc(sizeof(*c));
+	pthread_attr_t at;
+	pthread_t t;
+	int ok = 0;
+
+	pthread_mutex_lock(&a->mu);
+	if (c != NULL && a->nconns < MAX_CONNS) {
+		c->a = a;
+		c->fd = fd;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&at, 256u << 10);
+		ok = pthread_create(&t, &at, conn_main, c) == 0;
+		pthread_attr_destroy(&at);
+		if (ok)
+			a->nconns++;
+	}
+	pthread_mutex_unlock(&a->mu);
+	if (!ok) {
+		struct timeval tv = {1, 0};
+
+		free(c);
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		reply(fd, 503, error_json("too many admin connections at once; retry"));
+		close(fd);
+	}
 }
 
 static void *
@@ -394,8 +465,7 @@ admin_main(void *arg)
 				poll(&pf[1], 1, 250);
 			continue;
 		}
-		serve_conn(a, c);
-		close(c);
+		dispatch(a, c);
 	}
 	return NULL;
 }
@@ -438,6 +508,8 @@ sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review
 		return SL_ENOMEM;
 	a->idp = idp;
 	a->m = m;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->idle, NULL);
 	a->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (a->fd < 0 || pipe2(a->stop_pipe, O_CLOEXEC) != 0) {
 		free(a);
@@ -469,6 +541,11 @@ sl_admin_stop(struct sl_admin *a)
 		/* the thread also exits when the socket closes */
 	}
 	pthread_join(a->thread, NULL);
+	/* connection threads end by their deadline (or their reply) */
+	pthread_mutex_lock(&a->mu);
+	while (a->nconns > 0)
+		pthread_cond_wait(&a->idle, &a->mu);
+	pthread_mutex_unlock(&a->mu);
 	close(a->fd);
 	close(a->stop_pipe[0]);
 	close(a->stop_pipe[1]);

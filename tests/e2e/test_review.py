@@ -427,6 +427,49 @@ def test_admin_abuse(rgw, data, code):
     assert raw_admin(rgw, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
 
 
+def test_slow_admin_clients_never_hold_up_approvers(rgw):
+    # Clients that send their request a byte at a time (no token needed)
+    # each get a thread and 5 s in all, then 408: approvers are served at
+    # once meanwhile, and held statements are not left to time out.
+    import socket
+    slow = [socket.create_connection(("127.0.0.1", rgw.admin_port), 10) for _ in range(20)]
+    stop = threading.Event()
+
+    def drip():
+        for i in range(40):
+            if stop.is_set():
+                return
+            for s in slow:
+                try:
+                    s.send(b"GET /api/reviews HTTP/1.1\r\nX-Slow: "[i:i + 1] or b"a")
+                except OSError:
+                    pass
+            time.sleep(0.5)
+
+    t = threading.Thread(target=drip)
+    t.start()
+    try:
+        time.sleep(1)
+        for _ in range(3):
+            t0 = time.time()
+            r = requests.get("http://127.0.0.1:%d/healthz" % rgw.admin_port, timeout=10)
+            assert r.status_code == 200 and time.time() - t0 < 2, time.time() - t0
+        slow[0].settimeout(10)
+        got = b""
+        t0 = time.time()
+        while True:
+            d = slow[0].recv(4096)
+            if not d:
+                break
+            got += d
+        assert got.split(b" ")[1] == b"408" and time.time() - t0 < 7, (got[:80], time.time() - t0)
+    finally:
+        stop.set()
+        t.join()
+        for s in slow:
+            s.close()
+
+
 def test_admin_malformed_json_and_methods(rgw):
     dba = rgw.mint(sub="dba-1", groups="dba")
     code, body = api(rgw, dba, "GET", "/api/reviews/deadbeef/approve")
