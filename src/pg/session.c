@@ -222,7 +222,7 @@ struct pg_session {
 	 * statement, so its gate lifts at the CopyDone/CopyFail already (the
 	 * server keeps its CommandComplete until the client's next Sync or
 	 * Flush); a Query's may start another COPY and lifts at its end. */
-	unsigned copy_gate : 1, copy_in : 1, copy_resume : 1;
+	unsigned copy_gate : 1, copy_in : 1, copy_resume : 1, copy_data : 1;
 	unsigned pending; /* async work that still points at this session */
 	size_t charged;	  /* buffer bytes counted in gw->buffered (charge_buffers) */
 	/* startup */
@@ -506,7 +506,7 @@ ent_pop(struct pg_session *s)
 	if (s->ents_len == 0)
 		return;
 	if (s->ents[s->ents_head].copy_gate) {
-		s->copy_gate = s->copy_in = 0;
+		s->copy_gate = s->copy_in = s->copy_data = 0;
 		s->copy_resume = 1; /* process_upstream resumes the client */
 	}
 	s->ents_head = (s->ents_head + 1) % s->ents_cap;
@@ -2506,6 +2506,21 @@ on_ready(struct pg_session *s, const uint8_t *msg, size_t len)
 	struct entry *e;
 	uint64_t grp;
 
+	{
+		size_t i = 0;
+
+		while (i < s->ents_len &&
+		       s->ents[(s->ents_head + i) % s->ents_cap].kind == ENT_EXEC)
+			i++;
+		if (i == s->ents_len) {
+			/* nothing it could answer: sluice and the server are out
+			 * of step, and every answer after would be paired with
+			 * the wrong statement */
+			fatal(s, "08P01",
+			      "sluice: unexpected ReadyForQuery from the upstream server");
+			return;
+		}
+	}
 	if (len >= 6)
 		s->txstatus = (char)msg[5];
 	grp = s->grp_done;
@@ -3291,6 +3306,7 @@ process_upstream(struct pg_session *s)
 				return;
 			}
 			s->copy_in = 1;
+			s->copy_data = 0;
 			s->copy_resume = 1;
 			cli_send(s, msg, total);
 			break;
@@ -4364,7 +4380,10 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		return -1;
 	}
 	e->rfmt = p != NULL ? p->rfmt : RFMT_MIXED; /* unknown: assume binary */
-	if (p != NULL && (p->st->kinds & SL_SQL_COPY_FROM))
+	/* (not when the server already failed this sync group: it skips
+	 * the Execute and answers nothing until the Sync, which must pass) */
+	if (p != NULL && (p->st->kinds & SL_SQL_COPY_FROM) &&
+	    !(s->grp_failed && s->grp_done == s->grp_sent))
 		e->copy_gate = s->copy_gate = 1;
 	/* an unknown portal: a cursor declared in SQL, whose query is not here */
 	if (p != NULL) {
@@ -4565,9 +4584,21 @@ process_client(struct pg_session *s)
 		if (s->copy_in) {
 			/* what the server reads in COPY IN mode, nothing else */
 			if (type == 'c' || type == 'f') {
-				s->copy_in = 0;
+				s->copy_in = s->copy_data = 0;
 				copy_done_exec(s);
-			} else if (type != 'd' && type != 'S' && type != 'H') {
+			} else if (type == 'd') {
+				s->copy_data = 1;
+			} else if (type == 'S' && s->copy_data) {
+				/* A bad row ends the COPY where the server reads it:
+				 * a Sync after data may come before that point
+				 * (ignored) or after it (answered). sluice cannot
+				 * tell which, so it is not allowed (libpq sends Sync
+				 * before any data or after CopyDone). */
+				fatal(s, "08P01",
+				      "sluice: Sync between COPY data messages; send CopyDone or "
+				      "CopyFail first");
+				return;
+			} else if (type != 'S' && type != 'H') {
 				fatal(s, "08P01",
 				      "sluice: unexpected message during COPY FROM STDIN (only "
 				      "CopyData, CopyDone, CopyFail, Sync and Flush)");

@@ -239,3 +239,61 @@ def test_large_messages_across_sessions_are_bounded(gateway_factory):
             break
         time.sleep(0.5)
     assert (b"C", b"SELECT 1\x00") in got, [t for t, _ in got]
+
+
+def test_sync_between_copy_data_ends_the_session(rgw):
+    """A bad row ends the COPY where the server reads it, so a Sync sent
+    after data may be ignored or answered: sluice cannot tell which, and
+    ends the session instead of guessing (the answers would shift)."""
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.query("COPY ci FROM STDIN"))
+    assert cn.read_msg()[0] == b"G"
+    cn.send(pgwire.msg(b"d", b"notanint\n") + pgwire.SYNC)
+    got = until_ready(cn)
+    errs = pgwire.errors(got)
+    assert errs and errs[-1]["C"] == "08P01" and "Sync between COPY data" in errs[-1]["M"], got
+
+
+def test_copy_with_a_bad_row_as_libpq_sends_it(rgw):
+    """Extended protocol, a row the server rejects: the error, one
+    ReadyForQuery for the client's closing Sync, and the session goes on."""
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.parse("", "COPY ci FROM STDIN") + pgwire.bind("", "") +
+            pgwire.execute() + pgwire.SYNC)
+    while True:
+        m = cn.read_msg()
+        if m[0] in (b"G", b"E", b"Z"):
+            break
+    assert m[0] == b"G", m
+    cn.send(pgwire.msg(b"d", b"1\n") + pgwire.msg(b"d", b"notanint\n") + pgwire.msg(b"c") +
+            pgwire.SYNC)
+    got = until_ready(cn)
+    assert pgwire.errors(got)[0]["C"] == "22P02" and got[-1] == (b"Z", b"I"), got
+    cn.send(pgwire.query("SELECT count(*) FROM ci"))
+    got = until_ready(cn)
+    assert (b"D", b"\x00\x01\x00\x00\x00\x010") in got, got
+    cn.close()
+
+
+def test_copy_execute_skipped_by_a_failed_batch_does_not_hang(rgw):
+    """The server skips an Execute after an error in its batch and answers
+    nothing until the Sync: sluice must pass that Sync on, not hold it for
+    a COPY that will never start."""
+    cn = session(rgw)
+    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
+    until_ready(cn)
+    cn.send(pgwire.parse("cp", "COPY ci FROM STDIN") + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.execute("no_such_portal") + pgwire.SYNC)
+    assert pgwire.errors(until_ready(cn))
+    cn.send(pgwire.execute("no_such_portal") + pgwire.bind("", "cp") + pgwire.execute() +
+            pgwire.SYNC)
+    got = until_ready(cn)
+    assert pgwire.errors(got) and got[-1][0] == b"Z", got
+    cn.send(pgwire.query("SELECT 'still here'"))
+    assert (b"C", b"SELECT 1\x00") in until_ready(cn)
+    cn.close()
