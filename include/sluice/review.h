@@ -62,6 +62,8 @@ int sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *r, sl_
 		     void *arg, char id[40]);
 /* The client went away: the review ends as cancelled (callback still runs). */
 void sl_review_cancel(struct sl_review_mgr *m, const char *id);
+/* The same, with the reason recorded and told to the requester. */
+void sl_review_cancel_why(struct sl_review_mgr *m, const char *id, const char *why);
 /* An approver's vote. 0 ok; SL_ENOENT no such review; SL_ESTATE already
  * decided; SL_EPOLICY self-approval, not an approver, or voted already;
  * SL_EINVAL expect_hash does not match. why gets a client-safe reason. */

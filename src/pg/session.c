@@ -353,6 +353,7 @@ struct colinfo {
 static struct pg_session *sessions_of(struct sl_worker *w);
 static void process_client(struct pg_session *s);
 static void charge_buffers(struct pg_session *s);
+static void cancel_review_set(struct pg_session *s);
 static void process_upstream(struct pg_session *s);
 static void up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_t len);
 static void session_close(struct pg_session *s, const char *why);
@@ -1009,8 +1010,9 @@ struct cancel_ent {
 	uint32_t pid, key;
 	uint32_t up_pid, up_key;
 	struct sockaddr_storage addr;
-	SSL_CTX *tls;	/* the connection's upstream TLS (NULL: plain) */
-	char host[256]; /* tls: verify-full: the name its certificate must carry */
+	SSL_CTX *tls;	 /* the connection's upstream TLS (NULL: plain) */
+	char host[256];	 /* tls: verify-full: the name its certificate must carry */
+	char review[40]; /* the review its held statement waits for, if any */
 	struct cancel_ent *next, **pprev;
 };
 
@@ -1240,6 +1242,12 @@ cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 		}
 	}
 	pthread_mutex_unlock(&gw->cancel_mu);
+	/* A statement held for approval has not reached the server: the
+	 * cancel withdraws its review (the client gave up on it; approved
+	 * later it would still run). */
+	if (have && found.review[0] != '\0' && gw->review != NULL)
+		sl_review_cancel_why(gw->review, found.review,
+				     "the client cancelled the statement");
 	if (!have || (cc = calloc(1, sizeof(*cc))) == NULL)
 		return;
 	sl_buf_init(&b, 0);
@@ -3485,6 +3493,7 @@ review_done_loop(struct sl_completion *c)
 
 	s->pending--;
 	s->review_id[0] = '\0';
+	cancel_review_set(s);
 	if (s->state == PG_ST_CLOSING) {
 		maybe_free(s);
 		return;
@@ -3507,6 +3516,21 @@ review_done_loop(struct sl_completion *c)
 		r.textlen = len;
 	}
 	s->in_process = 1;
+	if (st == SL_REV_APPROVED && sl_pl_check_expiry(s->gw, &s->pl) != 0) {
+		/* The token ran out while the statement waited: approved or
+		 * not, nothing runs on an expired identity. */
+		if (e)
+			e->blocked = 1;
+		s->rdec.action = SL_ACT_BLOCK;
+		s->rdec.message = "token expired while the statement waited for approval";
+		sl_pl_record(s->gw, s->w, &s->pl, &r, &s->rdec, NULL);
+		fatal(s, "28000",
+		      "sluice: token expired while the statement waited for approval; it did not "
+		      "run; reconnect with a fresh token");
+		s->in_process = 0;
+		maybe_free(s);
+		return;
+	}
 	if (st == SL_REV_APPROVED) {
 		int rc;
 
@@ -3535,6 +3559,8 @@ review_done_loop(struct sl_completion *c)
 			 st == SL_REV_EXPIRED  ? "approval timed out"
 			 : st == SL_REV_DENIED ? c->text
 					       : "approval cancelled");
+		if (st == SL_REV_CANCELLED && c->text[0] != '\0')
+			snprintf(m, sizeof(m), "sluice: approval cancelled: %s", c->text);
 		if (st == SL_REV_DENIED && strncmp(c->text, "denied", 6) != 0)
 			snprintf(m, sizeof(m), "sluice: approval denied: %s", c->text);
 		if (e)
@@ -3550,6 +3576,18 @@ review_done_loop(struct sl_completion *c)
 	process_client(s);
 	s->in_process = 0;
 	maybe_free(s);
+}
+
+/* Tells the session's cancel entry which review its held statement waits
+ * for (none: review_id empty), for cancel_forward on any worker. */
+static void
+cancel_review_set(struct pg_session *s)
+{
+	if (s->cancel == NULL)
+		return;
+	pthread_mutex_lock(&s->gw->cancel_mu);
+	snprintf(s->cancel->review, sizeof(s->cancel->review), "%s", s->review_id);
+	pthread_mutex_unlock(&s->gw->cancel_mu);
 }
 
 /* Runs on the review or admin thread (or this one, on cancel). */
@@ -3632,6 +3670,7 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 		s->pending--;
 		s->review_id[0] = '\0';
 	}
+	cancel_review_set(s);
 	sl_buf_fini(&t);
 	return r;
 }

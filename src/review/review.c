@@ -611,13 +611,19 @@ sl_review_submit(struct sl_review_mgr *m, const struct sl_review_req *q, sl_revi
 void
 sl_review_cancel(struct sl_review_mgr *m, const char *id)
 {
+	sl_review_cancel_why(m, id, "client disconnected");
+}
+
+void
+sl_review_cancel_why(struct sl_review_mgr *m, const char *id, const char *why)
+{
 	struct review *r;
 
 	pthread_mutex_lock(&m->mu);
 	r = unlink_pending(m, id);
 	pthread_mutex_unlock(&m->mu);
 	if (r)
-		finish(m, r, SL_REV_CANCELLED, NULL, "client disconnected");
+		finish(m, r, SL_REV_CANCELLED, NULL, why);
 }
 
 int

@@ -427,6 +427,58 @@ def test_admin_abuse(rgw, data, code):
     assert raw_admin(rgw, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
 
 
+def test_cancel_request_withdraws_a_held_statement(rgw, pg):
+    # The client gave up on it (psql's Ctrl-C, a driver's timeout): approved
+    # later, it must not run. The cancel withdraws the review.
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (77001, 1, 1)")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    c = rgw.connect()
+    c.autocommit = True
+    res = {}
+
+    def go():
+        try:
+            c.cursor().execute("DELETE FROM orders WHERE id = 77001")
+        except psycopg2.Error as e:
+            res["error"] = e
+    t = threading.Thread(target=go)
+    t.start()
+    rev = pending(rgw, dba)[0]
+    c.cancel()
+    t.join(10)
+    assert not t.is_alive()
+    e = res.get("error")
+    assert e is not None and e.pgcode == "42501" and "client cancelled" in str(e), e
+    code, body = api(rgw, dba, "GET", "/api/reviews/%s" % rev["id"])
+    assert body["status"] == "cancelled", body
+    assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 409
+    assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE id = 77001") == "1"
+    c.close()
+
+
+def test_token_expiring_during_the_wait_runs_nothing(rgw, pg):
+    # Valid when held (within the 60 s leeway), expired when approved: the
+    # approved statement does not run, the session ends (28000).
+    import pgwire
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (88002, 1, 1)")
+    agent = rgw.mint(sub="agent-1", groups="ai-agents", ttl="-57s")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    dba2 = rgw.mint(sub="dba-2", groups="dba")
+    cn = pgwire.Conn(rgw.port)
+    assert cn.login("orders", agent)[-1] == (b"Z", b"I")
+    cn.send(pgwire.query("UPDATE orders SET amount = 5 WHERE id = 88002"))
+    rev = pending(rgw, dba)[0]  # the updates rule: two approvals, 30 s
+    time.sleep(max(0, rev["created_us"] / 1e6 + 4.5 - time.time()))
+    api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])
+    api(rgw, dba2, "POST", "/api/reviews/%s/approve" % rev["id"])
+    cn.s.settimeout(10)
+    errs = pgwire.errors(cn.until_ready())
+    assert errs and errs[0]["C"] == "28000", errs
+    assert "token expired while the statement waited" in errs[0]["M"], errs
+    cn.close()
+    assert pg.scalar("orders", "SELECT amount FROM orders WHERE id = 88002") == "1"
+
+
 def test_slow_admin_clients_never_hold_up_approvers(rgw):
     # Clients that send their request a byte at a time (no token needed)
     # each get a thread and 5 s in all, then 408: approvers are served at
