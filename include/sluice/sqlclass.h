@@ -74,6 +74,11 @@ struct sl_sql_class {
 	char **result_cols;
 	size_t nresult_cols;
 	int result_star;
+	/* relation aliases (FROM t AS a), and whether a column list renames a
+	 * relation's or a CTE's columns (FROM t AS a(x, y), WITH c(x) AS) */
+	char **aliases;
+	size_t naliases;
+	int col_renames;
 	int indirect; /* FETCH or EXECUTE: its rows come from a statement run earlier */
 	/* asks for read-write transactions: SET (or set_config) of
 	 * default_transaction_read_only or transaction_read_only to anything

@@ -363,6 +363,7 @@ static int ents_errtainted(const struct pg_session *s);
 static void withheld_text(const uint8_t *msg, size_t total, char *buf, size_t len);
 static uint8_t errtaint_of(struct pg_session *s, const struct sl_sql_class *c);
 static uint8_t taint_of(struct pg_session *s, const struct sl_sql_class *c);
+static int result_rowref(const struct sl_sql_class *c);
 static const struct mtable *masked_table_read(const struct pg_session *s,
 					      const struct sl_sql_class *c);
 static int catalog_ask(struct pg_session *s);
@@ -3771,6 +3772,27 @@ calls_storing_function(const struct sl_sql_class *c)
 	return 0;
 }
 
+/* The function the statement calls that returns a table's, a schema's, a
+ * database's, a query's or a cursor's rows as one XML document (no column
+ * names a value there), or NULL. */
+static const char *
+calls_document_function(const struct sl_sql_class *c)
+{
+	static const char *const fns[] = {
+		"table_to_xml",	       "table_to_xml_and_xmlschema",
+		"query_to_xml",	       "query_to_xml_and_xmlschema",
+		"cursor_to_xml",       "schema_to_xml",
+		"schema_to_xml_and_xmlschema", "database_to_xml",
+		"database_to_xml_and_xmlschema",
+	};
+
+	for (size_t i = 0; i < c->nfunctions; i++)
+		for (size_t k = 0; k < sizeof(fns) / sizeof(fns[0]); k++)
+			if (strcmp(c->functions[i], fns[k]) == 0)
+				return fns[k];
+	return NULL;
+}
+
 /* Whether the statement's result lists hold a rule's column, plain or in
  * an expression, or a * over a table that has one: what a CREATE TABLE AS,
  * a view or an INSERT ... SELECT would copy. */
@@ -3819,7 +3841,7 @@ copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decis
 		}
 	}
 	if (!(cls->kinds & SL_SQL_COPY_TO))
-		return;
+		goto more;
 	if (s->catalog_failed) {
 		snprintf(d->reason, sizeof(d->reason), "%s",
 			 "sluice: COPY ... TO is refused while column rules apply and the "
@@ -3829,6 +3851,27 @@ copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decis
 	if ((m = masked_table_read(s, cls)) != NULL) {
 		snprintf(d->reason, sizeof(d->reason),
 			 "sluice: COPY ... TO of %s.%s would pass masked column %s; use SELECT",
+			 m->nsp, m->rel, m->col);
+		goto block;
+	}
+more:
+	if (calls_document_function(cls) != NULL &&
+	    (s->catalog_failed || masked_table_read(s, cls) != NULL ||
+	     strstr(calls_document_function(cls), "table_") == NULL)) {
+		snprintf(d->reason, sizeof(d->reason),
+			 "sluice: %s returns rows as one document, where column rules cannot "
+			 "follow a masked column; use SELECT",
+			 calls_document_function(cls));
+		goto block;
+	}
+	if ((cls->kinds & SL_SQL_DDL) && !(cls->kinds & SL_SQL_SELECT) &&
+	    (m = masked_table_read(s, cls)) != NULL) {
+		/* ALTER TABLE ... RENAME COLUMN, a generated column, a rule or
+		 * a trigger copying NEW.col: the column out of the rules' reach
+		 * for every later session */
+		snprintf(d->reason, sizeof(d->reason),
+			 "sluice: DDL on %.40s.%.40s (masked column %.40s) is refused while "
+			 "column rules apply",
 			 m->nsp, m->rel, m->col);
 		goto block;
 	}
@@ -3957,7 +4000,34 @@ taint_of(struct pg_session *s, const struct sl_sql_class *c)
 	for (size_t i = 0; i < c->ntarget_cols; i++)
 		if (sl_mask_plan_column(s->mplan, c->target_cols[i], &st))
 			return (uint8_t)(st + 1);
-	return c->indirect ? (uint8_t)(SL_MASK_FULL + 1) : 0;
+	if (c->indirect)
+		return (uint8_t)(SL_MASK_FULL + 1);
+	/* A rule's column under a name the statement gives it (FROM t AS
+	 * a(x, y), WITH c(x) AS ...) or inside a whole row (a::text,
+	 * to_jsonb(a)): its name is nowhere in the result lists. Over a
+	 * table with a rule's column, computed columns are masked in full. */
+	if ((c->col_renames || result_rowref(c)) && masked_table_read(s, c) != NULL)
+		return (uint8_t)(SL_MASK_FULL + 1);
+	return 0;
+}
+
+/* A result list names a relation (its alias or its table name) as a
+ * column: that relation's whole row. */
+static int
+result_rowref(const struct sl_sql_class *c)
+{
+	for (size_t i = 0; i < c->nresult_cols; i++) {
+		for (size_t j = 0; j < c->naliases; j++)
+			if (strcmp(c->result_cols[i], c->aliases[j]) == 0)
+				return 1;
+		for (size_t j = 0; j < c->ntables; j++) {
+			const char *t = c->tables[j], *dot = strrchr(t, '.');
+
+			if (strcmp(c->result_cols[i], dot ? dot + 1 : t) == 0)
+				return 1;
+		}
+	}
+	return 0;
 }
 
 /* The table with a rule's column the statement reads (by name, as a block

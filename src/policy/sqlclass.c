@@ -1064,6 +1064,19 @@ walk_object(struct walker *w, const char *node)
 		memcpy(pending, key, strlen(key) + 1); /* key is shorter than pending */
 		before = w->rowrefs;
 		w->tf = TF_T | TF_F;
+		/* (an Alias is written without its node name: its keys tell) */
+		if (w->p < w->end && *w->p == '"' && strcmp(key, "aliasname") == 0) {
+			/* a relation's alias: a result column of that name is
+			 * its whole row (masking: result_rowref) */
+			if (read_string(w, name, sizeof(name)) != 0) {
+				w->bad = 1;
+				return k;
+			}
+			add_str(w, &w->c->aliases, &w->c->naliases, name);
+			continue;
+		}
+		if (strcmp(key, "colnames") == 0 || strcmp(key, "aliascolnames") == 0)
+			w->c->col_renames = 1;
 		if (w->p < w->end && *w->p == '"' &&
 		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
@@ -1244,8 +1257,13 @@ walk_object(struct walker *w, const char *node)
 		}
 		{
 			const char *vstart = w->p;
-			int list =
-				strcmp(key, "targetList") == 0 || strcmp(key, "returningList") == 0;
+			/* result lists, and what a FROM item makes rows of
+			 * (VALUES, a function: LATERAL (VALUES (c)), unnest(c)) */
+			int list = strcmp(key, "targetList") == 0 ||
+				   strcmp(key, "returningList") == 0 ||
+				   strcmp(key, "valuesLists") == 0 ||
+				   (node != NULL && strcmp(node, "RangeFunction") == 0 &&
+				    strcmp(key, "functions") == 0);
 			int cnt = is_count && strcmp(key, "args") == 0;
 			/* a plain column as a result column of the statement's
 			 * own SELECT: RowDescription names its table column,
@@ -1870,6 +1888,7 @@ sl_sql_class_fini(struct sl_sql_class *c)
 	free_list(c->set_params, c->nset_params);
 	free_list(c->target_cols, c->ntarget_cols);
 	free_list(c->result_cols, c->nresult_cols);
+	free_list(c->aliases, c->naliases);
 	free(c->error);
 	memset(c, 0, sizeof(*c));
 }
