@@ -92,19 +92,23 @@ struct walker {
 	struct sl_sql_class *c;
 	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
-	int insert_source;   /* the next SelectStmt is an INSERT's source */
-	uint32_t target;     /* DML kind of the relation being walked (its "relation") */
-	unsigned rowrefs;    /* ColumnRef / CurrentOfExpr nodes seen so far */
-	unsigned tf;	     /* the value just walked: TF_* (object) or TA_* (array) */
-	unsigned setcfg_col; /* set_config(name, ...) calls: grant unless settings_pinned() */
-	int in_target;	     /* inside a SELECT list or RETURNING list */
-	int in_count;	     /* inside count()'s arguments */
-	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
-	int direct_val;	     /* walking a column that is a statement's own result column */
-	int locking;	     /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
-	int last_target;     /* index in tables of the last statement target added, or -1 */
-	int upsert;	     /* an ON CONFLICT DO UPDATE was walked */
-	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
+	int insert_source;	   /* the next SelectStmt is an INSERT's source */
+	uint32_t target;	   /* DML kind of the relation being walked (its "relation") */
+	unsigned rowrefs;	   /* ColumnRef / CurrentOfExpr nodes seen so far */
+	unsigned tf;		   /* the value just walked: TF_* (object) or TA_* (array) */
+	unsigned setcfg_col;	   /* set_config(name, ...) calls: grant unless settings_pinned() */
+	int in_target;		   /* inside a SELECT list or RETURNING list */
+	int in_count;		   /* inside count()'s arguments */
+	int sel_depth;		   /* SELECTs being walked (1: a statement's own) */
+	int direct_val;		   /* walking a column that is a statement's own result column */
+	int locking;		   /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
+	int last_target;	   /* index in tables of the last statement target added, or -1 */
+	int upsert;		   /* an ON CONFLICT DO UPDATE was walked */
+	char lastsval[128];	   /* the last String node's value (a ColumnRef's last field) */
+	const struct scope *scope; /* the FROM items of the DML condition being walked */
+	int in_fields;		   /* walking a ColumnRef's fields, noted in colf */
+	unsigned ncolf;		   /* fields seen, the first three kept ("*" for t.*) */
+	char colf[3][256];
 };
 
 /* Whether a WHERE bounds anything is read from its shape, never from
@@ -257,6 +261,203 @@ tf_same_column(const char *kind, const char *l, const char *le, const char *r, c
 		    memcmp(op, ops[i].name, (size_t)(ope - op)) == 0)
 			return ops[i].tf;
 	return 0;
+}
+
+/* The FROM items a DML statement's condition can name its columns by: the
+ * target's and the others' (UPDATE's FROM, DELETE's USING), each by its
+ * alias, else by its relation's name (schema too) or its function's. A
+ * condition naming only the others' columns is the same for every row of
+ * the target, so it bounds none (DELETE FROM t USING u WHERE u.id = 1). */
+struct scope_item {
+	const char *schema; /* NULL when aliased or not a relation */
+	const char *name;   /* NULL when it cannot be named */
+};
+
+struct scope {
+	json_t *rel, *from; /* the target's and the items' JSON (owned) */
+	struct scope_item target;
+	struct scope_item *other;
+	size_t nother;
+	int overflow; /* more items than MAX_LIST: every name but the target's is another's */
+};
+
+/* An item's name from its object (a RangeVar's, or another FROM node's). */
+static struct scope_item
+scope_item_of(json_t *o, const char *node)
+{
+	struct scope_item it = {NULL, NULL};
+	json_t *fn;
+
+	it.name = json_string_value(json_object_get(json_object_get(o, "alias"), "aliasname"));
+	if (it.name != NULL)
+		return it;
+	if (node == NULL || strcmp(node, "RangeVar") == 0) {
+		it.schema = json_string_value(json_object_get(o, "schemaname"));
+		it.name = json_string_value(json_object_get(o, "relname"));
+		return it;
+	}
+	/* an unaliased function in FROM is named by its (first) function */
+	fn = json_array_get(json_object_get(o, "functions"), 0);
+	fn = json_array_get(json_object_get(json_object_get(fn, "List"), "items"), 0);
+	fn = json_object_get(json_object_get(fn, "FuncCall"), "funcname");
+	fn = json_array_get(fn, json_array_size(fn) - 1);
+	it.name = json_string_value(json_object_get(json_object_get(fn, "String"), "sval"));
+	return it;
+}
+
+/* Adds the items of a FROM list (or one item, {"Node":{...}}) to sc: a
+ * join's own alias and both its sides, a TABLESAMPLE's relation. Names a
+ * join's alias hides are kept too: that only ever counts a column as
+ * another item's. Returns 0, or SL_ENOMEM. */
+static int
+scope_add(struct scope *sc, json_t *v)
+{
+	struct scope_item it, *no;
+	const char *node;
+	json_t *o;
+
+	if (json_is_array(v)) {
+		for (size_t i = 0; i < json_array_size(v); i++)
+			if (scope_add(sc, json_array_get(v, i)) != 0)
+				return SL_ENOMEM;
+		return 0;
+	}
+	if (!json_is_object(v) || json_object_size(v) != 1)
+		return 0;
+	node = json_object_iter_key(json_object_iter(v));
+	o = json_object_iter_value(json_object_iter(v));
+	if (strcmp(node, "RangeTableSample") == 0)
+		return scope_add(sc, json_object_get(o, "relation"));
+	if (strcmp(node, "JoinExpr") == 0 && (scope_add(sc, json_object_get(o, "larg")) != 0 ||
+					      scope_add(sc, json_object_get(o, "rarg")) != 0))
+		return SL_ENOMEM;
+	it = scope_item_of(o, node);
+	if (it.name == NULL)
+		return 0;
+	if (sc->nother >= MAX_LIST) {
+		sc->overflow = 1;
+		return 0;
+	}
+	no = realloc(sc->other, (sc->nother + 1) * sizeof(*no));
+	if (no == NULL)
+		return SL_ENOMEM;
+	sc->other = no;
+	no[sc->nother++] = it;
+	return 0;
+}
+
+static void
+scope_fini(struct scope *sc)
+{
+	free(sc->other);
+	json_decref(sc->rel);
+	json_decref(sc->from);
+}
+
+/* The end of the JSON value (or key) that starts at p and runs on to at
+ * most end; NULL if it does not end there. */
+static const char *
+json_skip(const char *p, const char *end)
+{
+	int depth = 0;
+
+	if (p < end && *p != '"' && *p != '{' && *p != '[') {
+		/* a number, true, false or null */
+		while (p < end && *p != ',' && *p != '}' && *p != ']')
+			p++;
+		return p < end ? p : NULL;
+	}
+	while (p < end) {
+		if (*p == '"') {
+			for (p++; p < end && *p != '"'; p++)
+				if (*p == '\\')
+					p++;
+			if (p >= end)
+				return NULL;
+		} else if (*p == '{' || *p == '[') {
+			depth++;
+		} else if (*p == '}' || *p == ']') {
+			depth--;
+		}
+		p++;
+		if (depth == 0)
+			return p;
+	}
+	return NULL;
+}
+
+/* Reads the scope of the DML statement whose object starts at obj (its
+ * '{', the text running on to end, without whitespace as libpg_query
+ * writes it): the target ("relation") and the items under from_key. Only
+ * those two values are parsed. Returns 0, or SL_ENOMEM / SL_EPROTO, with
+ * nothing to release then. */
+static int
+scope_init(struct scope *sc, const char *obj, const char *end, const char *from_key)
+{
+	const char *p = obj + 1;
+	int r = 0;
+
+	memset(sc, 0, sizeof(*sc));
+	while (r == 0 && p < end && *p != '}') {
+		const char *k = *p == ',' ? p + 1 : p, *v = json_skip(k, end), *ve = NULL;
+		json_t **dst = NULL;
+		size_t kl;
+
+		if (v == NULL || v >= end || *k != '"' || *v != ':' ||
+		    (ve = json_skip(v + 1, end)) == NULL) {
+			r = SL_EPROTO;
+			break;
+		}
+		kl = (size_t)(v - k) - 2;
+		if (kl == 8 && memcmp(k + 1, "relation", 8) == 0)
+			dst = &sc->rel;
+		else if (kl == strlen(from_key) && memcmp(k + 1, from_key, kl) == 0)
+			dst = &sc->from;
+		if (dst != NULL && *dst == NULL &&
+		    (*dst = json_loadb(v + 1, (size_t)(ve - v - 1), 0, NULL)) == NULL)
+			r = SL_EPROTO;
+		p = ve;
+	}
+	if (r == 0 && (p >= end || sc->rel == NULL))
+		r = SL_EPROTO;
+	if (r == 0) {
+		sc->target = scope_item_of(sc->rel, NULL);
+		r = scope_add(sc, sc->from);
+	}
+	if (r != 0)
+		scope_fini(sc);
+	return r;
+}
+
+/* Whether a ColumnRef's fields f[0..n-1] name item it: "it.col" or, when
+ * it is unaliased, "schema.rel.col". */
+static int
+scope_names(const struct scope_item *it, const char *const *f, size_t n)
+{
+	if (it->name == NULL || n < 2)
+		return 0;
+	if (strcmp(f[0], it->name) == 0)
+		return 1;
+	return n >= 3 && it->schema != NULL && strcmp(f[0], it->schema) == 0 &&
+	       strcmp(f[1], it->name) == 0;
+}
+
+/* Whether a ColumnRef with fields f[0..n-1] (its first ones, at most 3) is
+ * a column of one of sc's other items: qualified by its name, not by the
+ * target's. An unqualified column, or one whose qualifier names no item (a
+ * composite column's field, a subquery's own FROM item), counts as the
+ * target's. */
+static int
+scope_other_column(const struct scope *sc, const char *const *f, size_t n)
+{
+	int r = 0;
+
+	if (n >= 2 && !scope_names(&sc->target, f, n)) {
+		r = sc->overflow;
+		for (size_t i = 0; !r && i < sc->nother; i++)
+			r = scope_names(&sc->other[i], f, n);
+	}
+	return r;
 }
 
 /* Adds s to the list unless it is there; returns its index, or < 0 (and
@@ -1004,6 +1205,7 @@ walk_object(struct walker *w, const char *node)
 	int is_count = 0;
 	const char *lx = NULL, *lxe = NULL, *rx = NULL, *rxe = NULL, *opn = NULL, *opne = NULL;
 	unsigned seen = w->rowrefs, before = 0;
+	const char *obj = w->p; /* this object's '{' */
 	struct tfacc acc = {0};
 	char pending[128] = ""; /* the last key walked, not yet noted in acc */
 	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
@@ -1083,8 +1285,12 @@ walk_object(struct walker *w, const char *node)
 				w->bad = 1;
 				return k;
 			}
-			if (dst == name && node != NULL && strcmp(node, "String") == 0)
+			if (dst == name && node != NULL && strcmp(node, "String") == 0) {
 				snprintf(w->lastsval, sizeof(w->lastsval), "%s", name);
+				if (w->in_fields && w->ncolf < 3)
+					memcpy(w->colf[w->ncolf], name, sizeof(name));
+				w->ncolf += w->in_fields;
+			}
 			continue;
 		}
 		if (strcmp(key, "whereClause") == 0 && node != NULL &&
@@ -1092,8 +1298,24 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(node, "OnConflictClause") == 0)) {
 			/* A condition that may hold for every row (WHERE true,
 			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
-			 * nothing, so it counts as no WHERE (see TF_T). */
+			 * nothing, so it counts as no WHERE (see TF_T); nor do
+			 * the columns of a FROM / USING item (see scope). */
+			const struct scope *outer = w->scope;
+			int dml = strcmp(node, "OnConflictClause") != 0;
+			struct scope sc;
+
+			if (dml &&
+			    scope_init(&sc, obj, w->end,
+				       strcmp(node, "UpdateStmt") == 0 ? "fromClause"
+								       : "usingClause") != 0) {
+				w->bad = 1;
+				return k;
+			}
+			w->scope = dml ? &sc : NULL;
 			k |= walk_value(w, key, NULL);
+			w->scope = outer;
+			if (dml)
+				scope_fini(&sc);
 			if (w->bad)
 				return k;
 			has_where = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
@@ -1179,9 +1401,20 @@ walk_object(struct walker *w, const char *node)
 			unsigned nf = 0;
 
 			w->lastsval[0] = '\0';
+			w->in_fields = 1;
+			w->ncolf = 0;
 			k |= walk_value(w, key, NULL);
+			w->in_fields = 0;
 			if (w->bad)
 				return k;
+			/* another FROM item's column tells no target row
+			 * from another: for the bounds, no column at all */
+			if (w->scope != NULL) {
+				const char *f[3] = {w->colf[0], w->colf[1], w->colf[2]};
+
+				if (scope_other_column(w->scope, f, w->ncolf < 3 ? w->ncolf : 3))
+					w->rowrefs = seen;
+			}
 			for (const char *q = start;
 			     (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL; q++)
 				nf++;
@@ -1283,6 +1516,9 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (node != NULL && strcmp(node, "A_Star") == 0) {
 		w->lastsval[0] = '\0'; /* t.* names no column */
+		if (w->in_fields && w->ncolf < 3)
+			memcpy(w->colf[w->ncolf], "*", 2);
+		w->ncolf += w->in_fields;
 		if (w->in_target > 0 && !w->in_count)
 			w->c->result_star = 1;
 	}

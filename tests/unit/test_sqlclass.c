@@ -989,6 +989,43 @@ test_many_names_do_not_hide_a_blocked_one(void **state)
 	sl_config_free(cfg);
 }
 
+/* Another USING item's column does not bound a DELETE's target, also past
+ * the number of items the scope lists one by one (then every qualifier but
+ * the target's is another item's); the target's own column still does. */
+static void
+test_many_using_items(void **state)
+{
+	static const int counts[] = {300, 1100};
+	struct sl_sql_class c;
+	char tail[64];
+
+	(void)state;
+	for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+		struct sl_buf b;
+		size_t keep;
+
+		/* DELETE FROM orders USING t a0, ..., t aN WHERE ... */
+		sl_buf_init(&b, 0);
+		assert_int_equal(sl_buf_append(&b, "DELETE FROM orders USING ", 25), 0);
+		put_series(&b, "t a", "", ", ", counts[k]);
+		keep = b.len;
+		for (int own = 0; own < 2; own++) {
+			int len = own ? snprintf(tail, sizeof(tail), " WHERE orders.id = 1")
+				      : snprintf(tail, sizeof(tail), " WHERE a%d.id = 1",
+						 counts[k] - 1);
+
+			b.len = keep;
+			assert_int_equal(sl_buf_append(&b, tail, (size_t)len), 0);
+			assert_int_equal(sl_sql_classify((const char *)b.data, b.len, &c), 0);
+			assert_false(c.kinds & SL_SQL_UNPARSEABLE);
+			assert_true(c.kinds & SL_SQL_DELETE);
+			assert_int_equal(!(c.kinds & SL_SQL_DELETE_ALL), own);
+			sl_sql_class_fini(&c);
+		}
+		sl_buf_fini(&b);
+	}
+}
+
 /* DROP, COMMENT ON and SECURITY LABEL name relations as string lists, not
  * as the usual relation nodes, and some statements act on a whole schema: a
  * block rule on a table must see them too. */
@@ -1081,6 +1118,7 @@ main(void)
 		cmocka_unit_test(test_policy_read_only),
 		cmocka_unit_test(test_policy_qualified_names),
 		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
+		cmocka_unit_test(test_many_using_items),
 		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
 		cmocka_unit_test(test_policy_compile_errors),
 	};
