@@ -85,6 +85,13 @@ sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
 
 /* ------------------------------------------------------------ JSON walker */
 
+/* A MERGE, for its WHEN clauses. */
+struct merge_ctx {
+	const struct scope *scope; /* its target and source; NULL outside a MERGE */
+	int target;		   /* its target's index in tables, or -1 */
+	int on;			   /* its ON condition bounds the target's rows */
+};
+
 struct walker {
 	const char *p, *end;
 	int depth;
@@ -106,6 +113,7 @@ struct walker {
 	int upsert;		   /* an ON CONFLICT DO UPDATE was walked */
 	char lastsval[128];	   /* the last String node's value (a ColumnRef's last field) */
 	const struct scope *scope; /* the FROM items of the DML condition being walked */
+	struct merge_ctx merge;	   /* the MERGE whose WHEN clauses are being walked */
 	int in_fields;		   /* walking a ColumnRef's fields, noted in colf */
 	unsigned ncolf;		   /* fields seen, the first three kept ("*" for t.*) */
 	char colf[3][256];
@@ -1191,6 +1199,78 @@ alter_table_cmd_kind(const char *subtype)
 	return 0;
 }
 
+/* The key under which a DML statement (node) lists its FROM items other
+ * than the target, when key is its condition: "" when it names none of its
+ * own (ON CONFLICT's WHERE; a MERGE's WHEN clause, which has its
+ * statement's); NULL when key is no such condition. */
+static const char *
+condition_scope(const char *node, const char *key)
+{
+	int where = strcmp(key, "whereClause") == 0;
+
+	if (node == NULL)
+		return NULL;
+	if (where && strcmp(node, "UpdateStmt") == 0)
+		return "fromClause";
+	if (where && strcmp(node, "DeleteStmt") == 0)
+		return "usingClause";
+	if (strcmp(key, "joinCondition") == 0 && strcmp(node, "MergeStmt") == 0)
+		return "sourceRelation";
+	if ((where && strcmp(node, "OnConflictClause") == 0) ||
+	    (strcmp(key, "condition") == 0 && strcmp(node, "MergeWhenClause") == 0))
+		return "";
+	return NULL;
+}
+
+/* Walks the condition (key, at w->p) of node, whose object starts at obj,
+ * with its FROM items in force (from_key: see condition_scope()). Returns
+ * its kinds; *bounds says whether it bounds the target's rows. */
+static uint32_t
+walk_condition(struct walker *w, const char *key, const char *node, const char *obj,
+	       const char *from_key, int *bounds)
+{
+	const struct scope *outer = w->scope;
+	unsigned before = w->rowrefs;
+	struct scope sc;
+	uint32_t k;
+
+	if (from_key[0] && scope_init(&sc, obj, w->end, from_key) != 0) {
+		w->bad = 1;
+		return 0;
+	}
+	w->scope = from_key[0] ? &sc : strcmp(node, "MergeWhenClause") == 0 ? w->merge.scope : NULL;
+	k = walk_value(w, key, NULL);
+	w->scope = outer;
+	if (from_key[0])
+		scope_fini(&sc);
+	*bounds = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
+	return k;
+}
+
+/* What a MERGE's WHEN clause (its commandType cmd) does to the target,
+ * also noted on the target's table: an update or a delete of every row
+ * unless its own condition bounds them (cond), or the MERGE's ON does and
+ * the clause is WHEN MATCHED (a row that matches nothing is not bounded by
+ * the ON; libpg_query for PostgreSQL 15 writes "matched"). */
+static uint32_t
+merge_action(struct walker *w, const char *cmd, int matched, int cond)
+{
+	uint32_t k = 0, all = 0;
+
+	if (strcmp(cmd, "CMD_UPDATE") == 0) {
+		k = SL_SQL_UPDATE;
+		all = SL_SQL_UPDATE_ALL;
+	} else if (strcmp(cmd, "CMD_DELETE") == 0) {
+		k = SL_SQL_DELETE;
+		all = SL_SQL_DELETE_ALL;
+	} else if (strcmp(cmd, "CMD_INSERT") == 0) {
+		k = SL_SQL_INSERT;
+	}
+	if (w->merge.scope != NULL && w->merge.target >= 0)
+		w->c->table_kinds[w->merge.target] |= k;
+	return k | (cond || (matched && w->merge.on) ? 0 : all);
+}
+
 static uint32_t
 walk_object(struct walker *w, const char *node)
 {
@@ -1199,7 +1279,8 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_locking = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
-	int byarg = 0, target = -1;
+	int byarg = 0, target = -1, matched = 0;
+	const char *from_key;
 	int first = 1;
 	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
 	int is_count = 0;
@@ -1271,10 +1352,11 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
 		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
 		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
-		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0)) {
+		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0 ||
+		     strcmp(key, "commandType") == 0)) {
 			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
 				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
-				 strcmp(key, "subtype") == 0;
+				 strcmp(key, "subtype") == 0 || strcmp(key, "commandType") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
 				    : op			     ? kindval
@@ -1293,34 +1375,40 @@ walk_object(struct walker *w, const char *node)
 			}
 			continue;
 		}
-		if (strcmp(key, "whereClause") == 0 && node != NULL &&
-		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0 ||
-		     strcmp(node, "OnConflictClause") == 0)) {
+		if ((from_key = condition_scope(node, key)) != NULL) {
 			/* A condition that may hold for every row (WHERE true,
 			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
 			 * nothing, so it counts as no WHERE (see TF_T); nor do
 			 * the columns of a FROM / USING item (see scope). */
-			const struct scope *outer = w->scope;
-			int dml = strcmp(node, "OnConflictClause") != 0;
+			k |= walk_condition(w, key, node, obj, from_key, &has_where);
+			if (w->bad)
+				return k;
+			continue;
+		}
+		if (node != NULL && strcmp(node, "MergeStmt") == 0 &&
+		    strcmp(key, "mergeWhenClauses") == 0) {
+			/* its WHEN clauses act on the target, as bounded by
+			 * their own conditions (and the ON, here in has_where) */
+			struct merge_ctx outer = w->merge;
 			struct scope sc;
 
-			if (dml &&
-			    scope_init(&sc, obj, w->end,
-				       strcmp(node, "UpdateStmt") == 0 ? "fromClause"
-								       : "usingClause") != 0) {
+			if (scope_init(&sc, obj, w->end, "sourceRelation") != 0) {
 				w->bad = 1;
 				return k;
 			}
-			w->scope = dml ? &sc : NULL;
+			w->merge.scope = &sc;
+			w->merge.target = target;
+			w->merge.on = has_where;
 			k |= walk_value(w, key, NULL);
-			w->scope = outer;
-			if (dml)
-				scope_fini(&sc);
+			w->merge = outer;
+			scope_fini(&sc);
 			if (w->bad)
 				return k;
-			has_where = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
 			continue;
 		}
+		if (strcmp(key, "matched") == 0 && w->end - w->p >= 4 &&
+		    memcmp(w->p, "true", 4) == 0)
+			matched = 1;
 		if (strcmp(key, "whereClause") == 0)
 			has_where = 1;
 		if (strcmp(key, "intoClause") == 0)
@@ -1567,6 +1655,8 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (strcmp(node, "AlterTableCmd") == 0)
 		k |= alter_table_cmd_kind(kindval);
+	if (strcmp(node, "MergeWhenClause") == 0)
+		k |= merge_action(w, kindval, matched, has_where);
 	if (!ends_with(node, "Stmt"))
 		return k;
 	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES
