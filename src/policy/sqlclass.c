@@ -85,6 +85,13 @@ sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
 
 /* ------------------------------------------------------------ JSON walker */
 
+/* A MERGE, for its WHEN clauses. */
+struct merge_ctx {
+	const struct scope *scope; /* its target and source; NULL outside a MERGE */
+	int target;		   /* its target's index in tables, or -1 */
+	int on;			   /* its ON condition bounds the target's rows */
+};
+
 struct walker {
 	const char *p, *end;
 	int depth;
@@ -92,19 +99,24 @@ struct walker {
 	struct sl_sql_class *c;
 	char *collect; /* FuncCall name being assembled */
 	size_t collect_len;
-	int insert_source;   /* the next SelectStmt is an INSERT's source */
-	uint32_t target;     /* DML kind of the relation being walked (its "relation") */
-	unsigned rowrefs;    /* ColumnRef / CurrentOfExpr nodes seen so far */
-	unsigned tf;	     /* the value just walked: TF_* (object) or TA_* (array) */
-	unsigned setcfg_col; /* set_config(name, ...) calls: grant unless settings_pinned() */
-	int in_target;	     /* inside a SELECT list or RETURNING list */
-	int in_count;	     /* inside count()'s arguments */
-	int sel_depth;	     /* SELECTs being walked (1: a statement's own) */
-	int direct_val;	     /* walking a column that is a statement's own result column */
-	int locking;	     /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
-	int last_target;     /* index in tables of the last statement target added, or -1 */
-	int upsert;	     /* an ON CONFLICT DO UPDATE was walked */
-	char lastsval[128];  /* the last String node's value (a ColumnRef's last field) */
+	int insert_source;	   /* the next SelectStmt is an INSERT's source */
+	uint32_t target;	   /* DML kind of the relation being walked (its "relation") */
+	unsigned rowrefs;	   /* ColumnRef / CurrentOfExpr nodes seen so far */
+	unsigned tf;		   /* the value just walked: TF_* (object) or TA_* (array) */
+	unsigned setcfg_col;	   /* set_config(name, ...) calls: grant unless settings_pinned() */
+	int in_target;		   /* inside a SELECT list or RETURNING list */
+	int in_count;		   /* inside count()'s arguments */
+	int sel_depth;		   /* SELECTs being walked (1: a statement's own) */
+	int direct_val;		   /* walking a column that is a statement's own result column */
+	int locking;		   /* a SELECT ... FOR UPDATE / SHARE (a lockingClause) was seen */
+	int last_target;	   /* index in tables of the last statement target added, or -1 */
+	int upsert;		   /* an ON CONFLICT DO UPDATE was walked */
+	char lastsval[128];	   /* the last String node's value (a ColumnRef's last field) */
+	const struct scope *scope; /* the FROM items of the DML condition being walked */
+	struct merge_ctx merge;	   /* the MERGE whose WHEN clauses are being walked */
+	int in_fields;		   /* walking a ColumnRef's fields, noted in colf */
+	unsigned ncolf;		   /* fields seen, the first three kept ("*" for t.*) */
+	char colf[3][256];
 };
 
 /* Whether a WHERE bounds anything is read from its shape, never from
@@ -257,6 +269,203 @@ tf_same_column(const char *kind, const char *l, const char *le, const char *r, c
 		    memcmp(op, ops[i].name, (size_t)(ope - op)) == 0)
 			return ops[i].tf;
 	return 0;
+}
+
+/* The FROM items a DML statement's condition can name its columns by: the
+ * target's and the others' (UPDATE's FROM, DELETE's USING), each by its
+ * alias, else by its relation's name (schema too) or its function's. A
+ * condition naming only the others' columns is the same for every row of
+ * the target, so it bounds none (DELETE FROM t USING u WHERE u.id = 1). */
+struct scope_item {
+	const char *schema; /* NULL when aliased or not a relation */
+	const char *name;   /* NULL when it cannot be named */
+};
+
+struct scope {
+	json_t *rel, *from; /* the target's and the items' JSON (owned) */
+	struct scope_item target;
+	struct scope_item *other;
+	size_t nother;
+	int overflow; /* more items than MAX_LIST: every name but the target's is another's */
+};
+
+/* An item's name from its object (a RangeVar's, or another FROM node's). */
+static struct scope_item
+scope_item_of(json_t *o, const char *node)
+{
+	struct scope_item it = {NULL, NULL};
+	json_t *fn;
+
+	it.name = json_string_value(json_object_get(json_object_get(o, "alias"), "aliasname"));
+	if (it.name != NULL)
+		return it;
+	if (node == NULL || strcmp(node, "RangeVar") == 0) {
+		it.schema = json_string_value(json_object_get(o, "schemaname"));
+		it.name = json_string_value(json_object_get(o, "relname"));
+		return it;
+	}
+	/* an unaliased function in FROM is named by its (first) function */
+	fn = json_array_get(json_object_get(o, "functions"), 0);
+	fn = json_array_get(json_object_get(json_object_get(fn, "List"), "items"), 0);
+	fn = json_object_get(json_object_get(fn, "FuncCall"), "funcname");
+	fn = json_array_get(fn, json_array_size(fn) - 1);
+	it.name = json_string_value(json_object_get(json_object_get(fn, "String"), "sval"));
+	return it;
+}
+
+/* Adds the items of a FROM list (or one item, {"Node":{...}}) to sc: a
+ * join's own alias and both its sides, a TABLESAMPLE's relation. Names a
+ * join's alias hides are kept too: that only ever counts a column as
+ * another item's. Returns 0, or SL_ENOMEM. */
+static int
+scope_add(struct scope *sc, json_t *v)
+{
+	struct scope_item it, *no;
+	const char *node;
+	json_t *o;
+
+	if (json_is_array(v)) {
+		for (size_t i = 0; i < json_array_size(v); i++)
+			if (scope_add(sc, json_array_get(v, i)) != 0)
+				return SL_ENOMEM;
+		return 0;
+	}
+	if (!json_is_object(v) || json_object_size(v) != 1)
+		return 0;
+	node = json_object_iter_key(json_object_iter(v));
+	o = json_object_iter_value(json_object_iter(v));
+	if (strcmp(node, "RangeTableSample") == 0)
+		return scope_add(sc, json_object_get(o, "relation"));
+	if (strcmp(node, "JoinExpr") == 0 && (scope_add(sc, json_object_get(o, "larg")) != 0 ||
+					      scope_add(sc, json_object_get(o, "rarg")) != 0))
+		return SL_ENOMEM;
+	it = scope_item_of(o, node);
+	if (it.name == NULL)
+		return 0;
+	if (sc->nother >= MAX_LIST) {
+		sc->overflow = 1;
+		return 0;
+	}
+	no = realloc(sc->other, (sc->nother + 1) * sizeof(*no));
+	if (no == NULL)
+		return SL_ENOMEM;
+	sc->other = no;
+	no[sc->nother++] = it;
+	return 0;
+}
+
+static void
+scope_fini(struct scope *sc)
+{
+	free(sc->other);
+	json_decref(sc->rel);
+	json_decref(sc->from);
+}
+
+/* The end of the JSON value (or key) that starts at p and runs on to at
+ * most end; NULL if it does not end there. */
+static const char *
+json_skip(const char *p, const char *end)
+{
+	int depth = 0;
+
+	if (p < end && *p != '"' && *p != '{' && *p != '[') {
+		/* a number, true, false or null */
+		while (p < end && *p != ',' && *p != '}' && *p != ']')
+			p++;
+		return p < end ? p : NULL;
+	}
+	while (p < end) {
+		if (*p == '"') {
+			for (p++; p < end && *p != '"'; p++)
+				if (*p == '\\')
+					p++;
+			if (p >= end)
+				return NULL;
+		} else if (*p == '{' || *p == '[') {
+			depth++;
+		} else if (*p == '}' || *p == ']') {
+			depth--;
+		}
+		p++;
+		if (depth == 0)
+			return p;
+	}
+	return NULL;
+}
+
+/* Reads the scope of the DML statement whose object starts at obj (its
+ * '{', the text running on to end, without whitespace as libpg_query
+ * writes it): the target ("relation") and the items under from_key. Only
+ * those two values are parsed. Returns 0, or SL_ENOMEM / SL_EPROTO, with
+ * nothing to release then. */
+static int
+scope_init(struct scope *sc, const char *obj, const char *end, const char *from_key)
+{
+	const char *p = obj + 1;
+	int r = 0;
+
+	memset(sc, 0, sizeof(*sc));
+	while (r == 0 && p < end && *p != '}') {
+		const char *k = *p == ',' ? p + 1 : p, *v = json_skip(k, end), *ve = NULL;
+		json_t **dst = NULL;
+		size_t kl;
+
+		if (v == NULL || v >= end || *k != '"' || *v != ':' ||
+		    (ve = json_skip(v + 1, end)) == NULL) {
+			r = SL_EPROTO;
+			break;
+		}
+		kl = (size_t)(v - k) - 2;
+		if (kl == 8 && memcmp(k + 1, "relation", 8) == 0)
+			dst = &sc->rel;
+		else if (kl == strlen(from_key) && memcmp(k + 1, from_key, kl) == 0)
+			dst = &sc->from;
+		if (dst != NULL && *dst == NULL &&
+		    (*dst = json_loadb(v + 1, (size_t)(ve - v - 1), 0, NULL)) == NULL)
+			r = SL_EPROTO;
+		p = ve;
+	}
+	if (r == 0 && (p >= end || sc->rel == NULL))
+		r = SL_EPROTO;
+	if (r == 0) {
+		sc->target = scope_item_of(sc->rel, NULL);
+		r = scope_add(sc, sc->from);
+	}
+	if (r != 0)
+		scope_fini(sc);
+	return r;
+}
+
+/* Whether a ColumnRef's fields f[0..n-1] name item it: "it.col" or, when
+ * it is unaliased, "schema.rel.col". */
+static int
+scope_names(const struct scope_item *it, const char *const *f, size_t n)
+{
+	if (it->name == NULL || n < 2)
+		return 0;
+	if (strcmp(f[0], it->name) == 0)
+		return 1;
+	return n >= 3 && it->schema != NULL && strcmp(f[0], it->schema) == 0 &&
+	       strcmp(f[1], it->name) == 0;
+}
+
+/* Whether a ColumnRef with fields f[0..n-1] (its first ones, at most 3) is
+ * a column of one of sc's other items: qualified by its name, not by the
+ * target's. An unqualified column, or one whose qualifier names no item (a
+ * composite column's field, a subquery's own FROM item), counts as the
+ * target's. */
+static int
+scope_other_column(const struct scope *sc, const char *const *f, size_t n)
+{
+	int r = 0;
+
+	if (n >= 2 && !scope_names(&sc->target, f, n)) {
+		r = sc->overflow;
+		for (size_t i = 0; !r && i < sc->nother; i++)
+			r = scope_names(&sc->other[i], f, n);
+	}
+	return r;
 }
 
 /* Adds s to the list unless it is there; returns its index, or < 0 (and
@@ -990,6 +1199,78 @@ alter_table_cmd_kind(const char *subtype)
 	return 0;
 }
 
+/* The key under which a DML statement (node) lists its FROM items other
+ * than the target, when key is its condition: "" when it names none of its
+ * own (ON CONFLICT's WHERE; a MERGE's WHEN clause, which has its
+ * statement's); NULL when key is no such condition. */
+static const char *
+condition_scope(const char *node, const char *key)
+{
+	int where = strcmp(key, "whereClause") == 0;
+
+	if (node == NULL)
+		return NULL;
+	if (where && strcmp(node, "UpdateStmt") == 0)
+		return "fromClause";
+	if (where && strcmp(node, "DeleteStmt") == 0)
+		return "usingClause";
+	if (strcmp(key, "joinCondition") == 0 && strcmp(node, "MergeStmt") == 0)
+		return "sourceRelation";
+	if ((where && strcmp(node, "OnConflictClause") == 0) ||
+	    (strcmp(key, "condition") == 0 && strcmp(node, "MergeWhenClause") == 0))
+		return "";
+	return NULL;
+}
+
+/* Walks the condition (key, at w->p) of node, whose object starts at obj,
+ * with its FROM items in force (from_key: see condition_scope()). Returns
+ * its kinds; *bounds says whether it bounds the target's rows. */
+static uint32_t
+walk_condition(struct walker *w, const char *key, const char *node, const char *obj,
+	       const char *from_key, int *bounds)
+{
+	const struct scope *outer = w->scope;
+	unsigned before = w->rowrefs;
+	struct scope sc;
+	uint32_t k;
+
+	if (from_key[0] && scope_init(&sc, obj, w->end, from_key) != 0) {
+		w->bad = 1;
+		return 0;
+	}
+	w->scope = from_key[0] ? &sc : strcmp(node, "MergeWhenClause") == 0 ? w->merge.scope : NULL;
+	k = walk_value(w, key, NULL);
+	w->scope = outer;
+	if (from_key[0])
+		scope_fini(&sc);
+	*bounds = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
+	return k;
+}
+
+/* What a MERGE's WHEN clause (its commandType cmd) does to the target,
+ * also noted on the target's table: an update or a delete of every row
+ * unless its own condition bounds them (cond), or the MERGE's ON does and
+ * the clause is WHEN MATCHED (a row that matches nothing is not bounded by
+ * the ON; libpg_query for PostgreSQL 15 writes "matched"). */
+static uint32_t
+merge_action(struct walker *w, const char *cmd, int matched, int cond)
+{
+	uint32_t k = 0, all = 0;
+
+	if (strcmp(cmd, "CMD_UPDATE") == 0) {
+		k = SL_SQL_UPDATE;
+		all = SL_SQL_UPDATE_ALL;
+	} else if (strcmp(cmd, "CMD_DELETE") == 0) {
+		k = SL_SQL_DELETE;
+		all = SL_SQL_DELETE_ALL;
+	} else if (strcmp(cmd, "CMD_INSERT") == 0) {
+		k = SL_SQL_INSERT;
+	}
+	if (w->merge.scope != NULL && w->merge.target >= 0)
+		w->c->table_kinds[w->merge.target] |= k;
+	return k | (cond || (matched && w->merge.on) ? 0 : all);
+}
+
 static uint32_t
 walk_object(struct walker *w, const char *node)
 {
@@ -998,12 +1279,14 @@ walk_object(struct walker *w, const char *node)
 	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
 	int has_locking = 0;
 	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
-	int byarg = 0, target = -1;
+	int byarg = 0, target = -1, matched = 0;
+	const char *from_key;
 	int first = 1;
 	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
 	int is_count = 0;
 	const char *lx = NULL, *lxe = NULL, *rx = NULL, *rxe = NULL, *opn = NULL, *opne = NULL;
 	unsigned seen = w->rowrefs, before = 0;
+	const char *obj = w->p; /* this object's '{' */
 	struct tfacc acc = {0};
 	char pending[128] = ""; /* the last key walked, not yet noted in acc */
 	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
@@ -1082,10 +1365,11 @@ walk_object(struct walker *w, const char *node)
 		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
 		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
 		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
-		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0)) {
+		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0 ||
+		     strcmp(key, "commandType") == 0)) {
 			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
 				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
-				 strcmp(key, "subtype") == 0;
+				 strcmp(key, "subtype") == 0 || strcmp(key, "commandType") == 0;
 			char *dst = strcmp(key, "relname") == 0	     ? relname
 				    : strcmp(key, "schemaname") == 0 ? schemaname
 				    : op			     ? kindval
@@ -1096,22 +1380,48 @@ walk_object(struct walker *w, const char *node)
 				w->bad = 1;
 				return k;
 			}
-			if (dst == name && node != NULL && strcmp(node, "String") == 0)
+			if (dst == name && node != NULL && strcmp(node, "String") == 0) {
 				snprintf(w->lastsval, sizeof(w->lastsval), "%s", name);
+				if (w->in_fields && w->ncolf < 3)
+					memcpy(w->colf[w->ncolf], name, sizeof(name));
+				w->ncolf += w->in_fields;
+			}
 			continue;
 		}
-		if (strcmp(key, "whereClause") == 0 && node != NULL &&
-		    (strcmp(node, "UpdateStmt") == 0 || strcmp(node, "DeleteStmt") == 0 ||
-		     strcmp(node, "OnConflictClause") == 0)) {
+		if ((from_key = condition_scope(node, key)) != NULL) {
 			/* A condition that may hold for every row (WHERE true,
 			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
-			 * nothing, so it counts as no WHERE (see TF_T). */
-			k |= walk_value(w, key, NULL);
+			 * nothing, so it counts as no WHERE (see TF_T); nor do
+			 * the columns of a FROM / USING item (see scope). */
+			k |= walk_condition(w, key, node, obj, from_key, &has_where);
 			if (w->bad)
 				return k;
-			has_where = !(tf_of(w->tf, w->rowrefs != before) & TF_T);
 			continue;
 		}
+		if (node != NULL && strcmp(node, "MergeStmt") == 0 &&
+		    strcmp(key, "mergeWhenClauses") == 0) {
+			/* its WHEN clauses act on the target, as bounded by
+			 * their own conditions (and the ON, here in has_where) */
+			struct merge_ctx outer = w->merge;
+			struct scope sc;
+
+			if (scope_init(&sc, obj, w->end, "sourceRelation") != 0) {
+				w->bad = 1;
+				return k;
+			}
+			w->merge.scope = &sc;
+			w->merge.target = target;
+			w->merge.on = has_where;
+			k |= walk_value(w, key, NULL);
+			w->merge = outer;
+			scope_fini(&sc);
+			if (w->bad)
+				return k;
+			continue;
+		}
+		if (strcmp(key, "matched") == 0 && w->end - w->p >= 4 &&
+		    memcmp(w->p, "true", 4) == 0)
+			matched = 1;
 		if (strcmp(key, "whereClause") == 0)
 			has_where = 1;
 		if (strcmp(key, "intoClause") == 0)
@@ -1192,9 +1502,20 @@ walk_object(struct walker *w, const char *node)
 			unsigned nf = 0;
 
 			w->lastsval[0] = '\0';
+			w->in_fields = 1;
+			w->ncolf = 0;
 			k |= walk_value(w, key, NULL);
+			w->in_fields = 0;
 			if (w->bad)
 				return k;
+			/* another FROM item's column tells no target row
+			 * from another: for the bounds, no column at all */
+			if (w->scope != NULL) {
+				const char *f[3] = {w->colf[0], w->colf[1], w->colf[2]};
+
+				if (scope_other_column(w->scope, f, w->ncolf < 3 ? w->ncolf : 3))
+					w->rowrefs = seen;
+			}
 			for (const char *q = start;
 			     (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL; q++)
 				nf++;
@@ -1301,6 +1622,9 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (node != NULL && strcmp(node, "A_Star") == 0) {
 		w->lastsval[0] = '\0'; /* t.* names no column */
+		if (w->in_fields && w->ncolf < 3)
+			memcpy(w->colf[w->ncolf], "*", 2);
+		w->ncolf += w->in_fields;
 		if (w->in_target > 0 && !w->in_count)
 			w->c->result_star = 1;
 	}
@@ -1349,6 +1673,8 @@ walk_object(struct walker *w, const char *node)
 	}
 	if (strcmp(node, "AlterTableCmd") == 0)
 		k |= alter_table_cmd_kind(kindval);
+	if (strcmp(node, "MergeWhenClause") == 0)
+		k |= merge_action(w, kindval, matched, has_where);
 	if (!ends_with(node, "Stmt"))
 		return k;
 	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES

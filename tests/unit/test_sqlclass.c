@@ -126,6 +126,20 @@ test_functions_tables_names(void **state)
 				 tgt ? SL_SQL_INSERT | SL_SQL_UPDATE : SL_SQL_SELECT);
 	}
 	sl_sql_class_fini(&c);
+	/* MERGE: the target is merged into and written as its clauses say */
+	q = "MERGE INTO hr.t o USING src s ON o.id = s.id WHEN MATCHED THEN DELETE "
+	    "WHEN NOT MATCHED THEN INSERT VALUES (s.id)";
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 2);
+	for (size_t i = 0; i < c.ntables; i++) {
+		int tgt = strcmp(c.tables[i], "hr.t") == 0;
+
+		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
+		assert_int_equal(c.table_kinds[i],
+				 tgt ? SL_SQL_MERGE | SL_SQL_INSERT | SL_SQL_DELETE
+				     : SL_SQL_SELECT);
+	}
+	sl_sql_class_fini(&c);
 	q = "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING";
 	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
 	assert_int_equal(c.ntables, 1);
@@ -849,6 +863,44 @@ check_decisions(const char *yaml, const struct decision_case *cases, size_t n)
 	sl_config_free(cfg);
 }
 
+/* MERGE's actions and another item's columns reach the rules on delete,
+ * update and their _all kinds, and an allow rule's tables. */
+static void
+test_policy_merge_and_using(void **state)
+{
+	static const char yaml[] =
+		"connections:\n"
+		"  - { name: orders, type: postgres, target: '127.0.0.1:5432' }\n"
+		"policies:\n"
+		"  - name: agents\n"
+		"    match: { groups: [ai-agents] }\n"
+		"    rules:\n"
+		"      - { action: review, sql: [delete_all, update_all], approvers: [dba] }\n"
+		"      - { action: allow, sql: [update, delete], tables: [scratch] }\n"
+		"      - { action: allow, sql: [select, insert, merge] }\n";
+	static const struct decision_case cases[] = {
+		{"MERGE INTO orders o USING t s ON o.id = s.id WHEN MATCHED THEN DELETE",
+		 SL_ACT_BLOCK},
+		{"MERGE INTO orders o USING t s ON o.id = s.id WHEN MATCHED THEN UPDATE SET a = 1",
+		 SL_ACT_BLOCK},
+		{"MERGE INTO scratch o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
+		 SL_ACT_ALLOW},
+		{"MERGE INTO scratch o USING orders s ON true WHEN MATCHED THEN DELETE",
+		 SL_ACT_REVIEW},
+		{"MERGE INTO scratch USING orders s ON s.id = 1 WHEN MATCHED THEN UPDATE SET a = 1",
+		 SL_ACT_REVIEW},
+		{"MERGE INTO orders o USING scratch s ON o.id = s.id "
+		 "WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+		 SL_ACT_ALLOW},
+		{"DELETE FROM scratch USING orders WHERE orders.id = 1", SL_ACT_REVIEW},
+		{"UPDATE scratch SET a = 1 FROM orders o WHERE o.id = 1", SL_ACT_REVIEW},
+		{"DELETE FROM scratch USING orders WHERE orders.id = scratch.id", SL_ACT_ALLOW},
+	};
+
+	(void)state;
+	check_decisions(yaml, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
 static void
 test_policy_qualified_names(void **state)
 {
@@ -989,6 +1041,43 @@ test_many_names_do_not_hide_a_blocked_one(void **state)
 	sl_config_free(cfg);
 }
 
+/* Another USING item's column does not bound a DELETE's target, also past
+ * the number of items the scope lists one by one (then every qualifier but
+ * the target's is another item's); the target's own column still does. */
+static void
+test_many_using_items(void **state)
+{
+	static const int counts[] = {300, 1100};
+	struct sl_sql_class c;
+	char tail[64];
+
+	(void)state;
+	for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+		struct sl_buf b;
+		size_t keep;
+
+		/* DELETE FROM orders USING t a0, ..., t aN WHERE ... */
+		sl_buf_init(&b, 0);
+		assert_int_equal(sl_buf_append(&b, "DELETE FROM orders USING ", 25), 0);
+		put_series(&b, "t a", "", ", ", counts[k]);
+		keep = b.len;
+		for (int own = 0; own < 2; own++) {
+			int len = own ? snprintf(tail, sizeof(tail), " WHERE orders.id = 1")
+				      : snprintf(tail, sizeof(tail), " WHERE a%d.id = 1",
+						 counts[k] - 1);
+
+			b.len = keep;
+			assert_int_equal(sl_buf_append(&b, tail, (size_t)len), 0);
+			assert_int_equal(sl_sql_classify((const char *)b.data, b.len, &c), 0);
+			assert_false(c.kinds & SL_SQL_UNPARSEABLE);
+			assert_true(c.kinds & SL_SQL_DELETE);
+			assert_int_equal(!(c.kinds & SL_SQL_DELETE_ALL), own);
+			sl_sql_class_fini(&c);
+		}
+		sl_buf_fini(&b);
+	}
+}
+
 /* DROP, COMMENT ON and SECURITY LABEL name relations as string lists, not
  * as the usual relation nodes, and some statements act on a whole schema: a
  * block rule on a table must see them too. */
@@ -1080,7 +1169,9 @@ main(void)
 		cmocka_unit_test(test_policy_review_beats_allow),
 		cmocka_unit_test(test_policy_read_only),
 		cmocka_unit_test(test_policy_qualified_names),
+		cmocka_unit_test(test_policy_merge_and_using),
 		cmocka_unit_test(test_many_names_do_not_hide_a_blocked_one),
+		cmocka_unit_test(test_many_using_items),
 		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
 		cmocka_unit_test(test_policy_compile_errors),
 	};
