@@ -1355,7 +1355,12 @@ walk_object(struct walker *w, const char *node)
 				w->bad = 1;
 				return k;
 			}
-			add_str(w, &w->c->aliases, &w->c->naliases, name);
+			/* past the list's bound: assume a renaming (masking
+			 * then treats the statement as carrying rule columns) */
+			if (w->c->naliases < MAX_LIST)
+				add_str(w, &w->c->aliases, &w->c->naliases, name);
+			else
+				w->c->col_renames = 1;
 			continue;
 		}
 		if (strcmp(key, "colnames") == 0 || strcmp(key, "aliascolnames") == 0)
@@ -1629,8 +1634,12 @@ walk_object(struct walker *w, const char *node)
 			w->c->result_star = 1;
 	}
 	if (node != NULL && strcmp(node, "ColumnRef") == 0 && w->in_target > 0 && !w->in_count &&
-	    w->lastsval[0])
-		add_str(w, &w->c->result_cols, &w->c->nresult_cols, w->lastsval);
+	    w->lastsval[0]) {
+		if (w->c->nresult_cols < MAX_LIST)
+			add_str(w, &w->c->result_cols, &w->c->nresult_cols, w->lastsval);
+		else
+			w->c->result_star = 1; /* as many as a * (masking: fail closed) */
+	}
 	if (node != NULL && (strcmp(node, "FetchStmt") == 0 || strcmp(node, "ExecuteStmt") == 0))
 		w->c->indirect = 1;
 	if (node != NULL && strcmp(node, "ColumnRef") == 0 && w->in_target > 0 && !w->in_count &&
