@@ -91,6 +91,25 @@ sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char 
 				snprintf(cr->name, sizeof(cr->name), "%s", r->name);
 			else
 				snprintf(cr->name, sizeof(cr->name), "%s#%u", pname, j + 1);
+			/* Decisions, reviews and grants name the rule: a time-bound
+			 * grant from one rule must not cover another that shares
+			 * its name (of any policy). */
+			for (unsigned pi = 0; pi < ps->npols; pi++) {
+				const struct cpolicy *op = &ps->pols[pi];
+
+				for (unsigned rj = 0; rj < op->nrules; rj++) {
+					if (&op->rules[rj] == cr ||
+					    strcmp(op->rules[rj].name, cr->name) != 0)
+						continue;
+					snprintf(
+						err, errlen,
+						"policies[%u].rules[%u]: rule name \"%s\" is used "
+						"twice; rule names must be unique (reviews, grants "
+						"and the audit trail name rules)",
+						i, j, cr->name);
+					goto fail;
+				}
+			}
 			if (parse_action(r->action, &cr->action) != 0) {
 				snprintf(err, errlen,
 					 "policies[%u].rules[%u]: unknown action \"%s\" (allow, "

@@ -611,6 +611,41 @@ decide(struct sl_policy_set *ps, const char *sub, const char *group, const char 
 	return d->action;
 }
 
+/* Rule names are unique over all policies (explicit or the policy#N a
+ * rule gets): reviews and time-bound grants are keyed by them. */
+static void
+test_rule_names_are_unique(void **state)
+{
+	static const char *const bad[] = {
+		"connections: [{name: orders, type: postgres, target: 'h:5432'}]\n"
+		"policies:\n"
+		"  - name: a\n    match: {groups: [x]}\n    rules:\n"
+		"      - {action: review, sql: [delete], approvers: [dba], name: r}\n"
+		"      - {action: review, sql: [update], approvers: [sec], name: r}\n",
+		"connections: [{name: orders, type: postgres, target: 'h:5432'}]\n"
+		"policies:\n"
+		"  - name: a\n    match: {groups: [x]}\n    rules:\n"
+		"      - {action: allow, sql: [select]}\n"
+		"  - name: b\n    match: {groups: [y]}\n    rules:\n"
+		"      - {action: review, sql: [delete], approvers: [dba], name: 'a#1'}\n",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct sl_config *cfg;
+		struct sl_policy_set *ps = NULL;
+		char err[512];
+
+		assert_int_equal(
+			sl_config_load_data("t", bad[i], strlen(bad[i]), &cfg, err, sizeof(err)),
+			0);
+		assert_int_not_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
+		assert_non_null(strstr(err, "is used twice"));
+		assert_null(ps);
+		sl_config_free(cfg);
+	}
+}
+
 static void
 test_policy_semantics(void **state)
 {
@@ -1166,6 +1201,7 @@ main(void)
 		cmocka_unit_test(test_cache_differential),
 		cmocka_unit_test(test_read_write),
 		cmocka_unit_test(test_policy_semantics),
+		cmocka_unit_test(test_rule_names_are_unique),
 		cmocka_unit_test(test_policy_review_beats_allow),
 		cmocka_unit_test(test_policy_read_only),
 		cmocka_unit_test(test_policy_qualified_names),
