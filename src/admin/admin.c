@@ -161,10 +161,12 @@ reply(int fd, int code, json_t *body)
 		     {403, "Forbidden"},
 		     {404, "Not Found"},
 		     {405, "Method Not Allowed"},
+		     {408, "Request Timeout"},
 		     {409, "Conflict"},
 		     {413, "Payload Too Large"},
 		     {431, "Request Header Fields Too Large"},
-		     {500, "Internal Server Error"}};
+		     {500, "Internal Server Error"},
+		     {503, "Service Unavailable"}};
 	const char *t = "Error";
 	char head[256], *s;
 	size_t n;
@@ -191,6 +193,26 @@ static json_t *
 error_json(const char *msg)
 {
 	return json_pack("{s:s}", "error", msg);
+}
+
+/* A review is shown to its requester and to its approvers only: others
+ * (another agent, a token of no approver group) would read what other
+ * agents ask to run. */
+static int
+may_see(const struct sl_identity *who, json_t *rev)
+{
+	const char *sub = json_string_value(json_object_get(rev, "subject"));
+	json_t *apr = json_object_get(rev, "approvers"), *g;
+	size_t i;
+
+	if (sub != NULL && who->subject != NULL && strcmp(sub, who->subject) == 0)
+		return 1;
+	json_array_foreach(apr, i, g)
+	{
+		if (json_is_string(g) && sl_identity_in_group(who, json_string_value(g)))
+			return 1;
+	}
+	return 0;
 }
 
 static void
@@ -237,9 +259,27 @@ handle(struct sl_admin *a, int fd, struct req *r, const char *method)
 			reply(fd, 405, error_json("use GET"));
 			goto out;
 		}
-		if (q && strncmp(q, "status=", 7) == 0)
-			status = q + 7;
-		reply(fd, 200, json_pack("{s:o}", "reviews", sl_review_list_json(a->m, status)));
+		for (char *p = q; p != NULL && *p != '\0';) {
+			char *amp = strchr(p, '&');
+
+			if (amp)
+				*amp = '\0';
+			if (strncmp(p, "status=", 7) == 0)
+				status = p + 7;
+			p = amp ? amp + 1 : NULL;
+		}
+		{
+			json_t *all = sl_review_list_json(a->m, status), *mine = json_array(), *v;
+			size_t i;
+
+			json_array_foreach(all, i, v)
+			{
+				if (may_see(&who, v))
+					json_array_append(mine, v);
+			}
+			json_decref(all);
+			reply(fd, 200, json_pack("{s:o}", "reviews", mine));
+		}
 		goto out;
 	}
 	if (strncmp(r->url, "/api/reviews/", 13) == 0) {
@@ -253,8 +293,17 @@ handle(struct sl_admin *a, int fd, struct req *r, const char *method)
 		memcpy(id, rest, idlen);
 		id[idlen] = '\0';
 		if (slash == NULL) {
-			json_t *o = sl_review_get_json(a->m, id);
+			json_t *o;
 
+			if (strcmp(method, "GET") != 0) {
+				reply(fd, 405, error_json("use GET"));
+				goto out;
+			}
+			o = sl_review_get_json(a->m, id);
+			if (o != NULL && !may_see(&who, o)) {
+				json_decref(o);
+				o = NULL; /* as if there were none: ids are not confirmed */
+			}
 			reply(fd, o ? 200 : 404, o ? o : error_json("no such review"));
 			goto out;
 		}
@@ -276,6 +325,15 @@ handle(struct sl_admin *a, int fd, struct req *r, const char *method)
 				}
 				reason = json_string_value(json_object_get(b, "reason"));
 				expect = json_string_value(json_object_get(b, "expect_hash"));
+				if ((json_object_get(b, "expect_hash") != NULL && expect == NULL) ||
+				    (json_object_get(b, "reason") != NULL && reason == NULL)) {
+					/* a hash the approver meant to bind must not be
+					 * dropped for its type */
+					json_decref(b);
+					reply(fd, 400,
+					      error_json("expect_hash and reason must be strings"));
+					goto out;
+				}
 			}
 			rc = sl_review_decide(a->m, id, strcmp(slash, "/approve") == 0, &who,
 					      reason, expect, why, sizeof(why));

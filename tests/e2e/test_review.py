@@ -108,6 +108,14 @@ def test_held_approved_denied_selfapproval_nonapprover(rgw, pg):
     assert api(rgw, other, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 403
     assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"],
                {"expect_hash": "0" * 64})[0] == 409
+    # a hash of another type is refused, not ignored (the vote does not count)
+    assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"],
+               {"expect_hash": 12345})[0] == 400
+    # only its requester and its approvers see it
+    assert api(rgw, other, "GET", "/api/reviews/%s" % rev["id"])[0] == 404
+    assert api(rgw, other, "GET", "/api/reviews")[1]["reviews"] == []
+    assert api(rgw, agent, "GET", "/api/reviews/%s" % rev["id"])[0] == 200
+    assert api(rgw, dba, "PUT", "/api/reviews/%s" % rev["id"])[0] == 405
     # the CLI, as a dba
     out = cli(rgw, dba, "approve", rev["id"], "--reason", "cleanup ok")
     assert out.returncode == 0, out.stderr
