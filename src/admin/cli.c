@@ -38,11 +38,19 @@ cleartext_off_host(const char *url)
 {
 	char host[256];
 	struct in_addr a;
-	size_t n;
+	size_t n, alen;
+	const char *at;
 
-	if (strncasecmp(url, "http://", 7) != 0)
+	if (strncasecmp(url, "https://", 8) == 0)
 		return 0;
+	if (strncasecmp(url, "http://", 7) != 0)
+		return 1; /* no scheme: curl would take it as http:// */
 	url += 7;
+	/* the host is after any user info (user:pass@), before the path */
+	alen = strcspn(url, "/?#");
+	for (at = url + alen; at > url && at[-1] != '@'; at--)
+		;
+	url = at;
 	n = url[0] == '[' ? strcspn(url, "]") + 1 : strcspn(url, ":/?#");
 	if (n >= sizeof(host) || (url[0] == '[' && url[n - 1] != ']'))
 		return 1;
@@ -192,9 +200,10 @@ sl_review_cli(int argc, char **argv, const struct sl_config *cfg)
 		url = base;
 	} else if (cleartext_off_host(url)) {
 		fprintf(stderr,
-			"sluice review: %s is plain HTTP to another host: your token would cross "
-			"the network in the clear; use https:// (the TLS proxy in front of the "
-			"admin API, --cacert FILE for its CA)\n",
+			"sluice review: %s is not https:// nor plain HTTP to this host: your token "
+			"would cross the network in the clear; use https:// (the TLS proxy in "
+			"front "
+			"of the admin API, --cacert FILE for its CA)\n",
 			url);
 		return 2;
 	}

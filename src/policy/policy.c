@@ -149,6 +149,16 @@ sl_policy_compile(const struct sl_config *cfg, struct sl_policy_set **out, char 
 				goto fail;
 			}
 			cr->min_approvals = r->min_approvals ? r->min_approvals : 1;
+			if (cr->min_approvals > 16) {
+				/* the review queue counts at most 16 votes: a larger
+				 * quorum would be lowered to 16 without a word */
+				snprintf(
+					err, errlen,
+					"policies[%u].rules[%u]: min_approvals %u is more than the "
+					"16 votes a review counts",
+					i, j, cr->min_approvals);
+				goto fail;
+			}
 			if (r->http && r->http->path == NULL && r->http->method == NULL) {
 				snprintf(err, errlen,
 					 "policies[%u].rules[%u]: http needs method or path", i, j);

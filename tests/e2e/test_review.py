@@ -606,7 +606,10 @@ http {
         assert out.returncode == 0 and rev["id"] in out.stdout, out
         out = cli(rgw, dba, "list", "--url", url)  # the proxy's certificate is not trusted
         assert out.returncode != 0 and rev["id"] not in out.stdout, out
-        for off_host in ("http://192.0.2.10:8080", "http://127.evil.example:8080"):
+        for off_host in ("http://192.0.2.10:8080", "http://127.evil.example:8080",
+                         # user info before the real host, or no scheme (curl: http)
+                         "http://localhost:1@192.0.2.10:8080", "http://127.0.0.1:1@192.0.2.10",
+                         "192.0.2.10:8080", "HTTP://user@192.0.2.10/x@y"):
             out = cli(rgw, dba, "deny", rev["id"], "--url", off_host, "--reason", "x")
             assert out.returncode == 2 and "in the clear" in out.stderr, out
         out = cli(rgw, dba, "deny", rev["id"], "--url", url, "--cacert", crt,

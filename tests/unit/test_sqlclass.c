@@ -628,6 +628,10 @@ test_rule_names_are_unique(void **state)
 		"      - {action: allow, sql: [select]}\n"
 		"  - name: b\n    match: {groups: [y]}\n    rules:\n"
 		"      - {action: review, sql: [delete], approvers: [dba], name: 'a#1'}\n",
+		"connections: [{name: orders, type: postgres, target: 'h:5432'}]\n"
+		"policies:\n"
+		"  - name: a\n    match: {groups: [x]}\n    rules:\n"
+		"      - {action: review, sql: [delete], approvers: [dba], min_approvals: 17}\n",
 	};
 
 	(void)state;
@@ -640,7 +644,7 @@ test_rule_names_are_unique(void **state)
 			sl_config_load_data("t", bad[i], strlen(bad[i]), &cfg, err, sizeof(err)),
 			0);
 		assert_int_not_equal(sl_policy_compile(cfg, &ps, err, sizeof(err)), 0);
-		assert_non_null(strstr(err, "is used twice"));
+		assert_non_null(strstr(err, i < 2 ? "is used twice" : "more than the 16 votes"));
 		assert_null(ps);
 		sl_config_free(cfg);
 	}
