@@ -3779,10 +3779,14 @@ static const char *
 calls_document_function(const struct sl_sql_class *c)
 {
 	static const char *const fns[] = {
-		"table_to_xml",	       "table_to_xml_and_xmlschema",
-		"query_to_xml",	       "query_to_xml_and_xmlschema",
-		"cursor_to_xml",       "schema_to_xml",
-		"schema_to_xml_and_xmlschema", "database_to_xml",
+		"table_to_xml",
+		"table_to_xml_and_xmlschema",
+		"query_to_xml",
+		"query_to_xml_and_xmlschema",
+		"cursor_to_xml",
+		"schema_to_xml",
+		"schema_to_xml_and_xmlschema",
+		"database_to_xml",
 		"database_to_xml_and_xmlschema",
 	};
 
@@ -4460,6 +4464,68 @@ up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_
 	up_send(s, msg, len);
 }
 
+/* The statement as approvers see it: its text, then its Bind parameters
+ * in a comment ($1 = '0', $2 = NULL, a value that is not text as hex; each
+ * shown up to 1 KiB). params: the Bind message's parameter values (each an
+ * int32 length, -1 for NULL, then the bytes). */
+static int
+params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen)
+{
+	struct sl_rd r;
+	unsigned i = 0;
+
+	sl_buf_append(out, sql, len);
+	if (plen == 0)
+		return out->data == NULL && len > 0 ? SL_ENOMEM : 0;
+	sl_buf_append_cstr(out, "\n/* parameters:");
+	out->len--; /* no NUL yet */
+	sl_rd_init(&r, params, plen);
+	while (sl_rd_left(&r) >= 4) {
+		uint32_t n;
+		const uint8_t *v;
+		char head[32];
+		int text = 1;
+
+		sl_rd_u32be(&r, &n);
+		snprintf(head, sizeof(head), "%s $%u = ", i > 0 ? "," : "", i + 1);
+		i++;
+		sl_buf_append(out, head, strlen(head));
+		if (n == 0xffffffffu) {
+			sl_buf_append(out, "NULL", 4);
+			continue;
+		}
+		if (sl_rd_bytes(&r, n, &v) != 0)
+			break;
+		for (uint32_t k = 0; k < n && text; k++)
+			text = v[k] >= 0x20 && v[k] != 0x7f &&
+			       !(v[k] == '*' && k + 1 < n && v[k + 1] == '/');
+		if (text) {
+			sl_buf_append_u8(out, '\'');
+			for (uint32_t k = 0; k < n && k < 1024; k++) {
+				if (v[k] == '\'')
+					sl_buf_append_u8(out, '\'');
+				sl_buf_append_u8(out, v[k]);
+			}
+			sl_buf_append_u8(out, '\'');
+		} else {
+			static const char hex[] = "0123456789abcdef";
+
+			sl_buf_append(out, "'\\x", 3);
+			for (uint32_t k = 0; k < n && k < 512; k++) {
+				sl_buf_append_u8(out, (uint8_t)hex[v[k] >> 4]);
+				sl_buf_append_u8(out, (uint8_t)hex[v[k] & 15]);
+			}
+			sl_buf_append_u8(out, '\'');
+		}
+		if (n > (text ? 1024u : 512u)) {
+			snprintf(head, sizeof(head), " (%u bytes)", n);
+			sl_buf_append(out, head, strlen(head));
+		}
+	}
+	sl_buf_append(out, " */", 3);
+	return out->data == NULL ? SL_ENOMEM : 0;
+}
+
 static int
 handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 {
@@ -4556,8 +4622,24 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		sl_buf_append(&bound, msg, total);
 		s->rtext = p->st->sql;
 		s->rtextlen = p->st->sqllen;
-		hr = hold_for_review_bytes(s, p->st->sql, p->st->sqllen, bound.data, bound.len,
-					   p->st->kinds, &p->st->dec, rq.trace_id, rq.span_id);
+		{
+			/* approvers see the parameters too: `id > $1` with $1
+			 * = 0 is every row */
+			struct sl_buf shown;
+
+			sl_buf_init(&shown, 0);
+			if (params_display(&shown, p->st->sql, p->st->sqllen, p->params, p->plen) !=
+			    0) {
+				sl_buf_fini(&shown);
+				sl_buf_fini(&bound);
+				fatal(s, "53200", "sluice: out of memory");
+				return -1;
+			}
+			hr = hold_for_review_bytes(s, (const char *)shown.data, shown.len,
+						   bound.data, bound.len, p->st->kinds, &p->st->dec,
+						   rq.trace_id, rq.span_id);
+			sl_buf_fini(&shown);
+		}
 		sl_buf_fini(&bound);
 		if (hr == 0) {
 			s->held_len = total;

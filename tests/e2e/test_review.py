@@ -219,6 +219,8 @@ def test_extended_protocol_review_binds_parameters(rgw, pg):
             pgwire.bind("", "del", ["9201"]) + pgwire.execute() + pgwire.SYNC)
     rev = pending(rgw, dba)[0]
     assert "DELETE FROM orders WHERE id = $1" in rev["text"]
+    # the approver sees what $1 is (id > $1 with $1 = 0 would be every row)
+    assert "/* parameters: $1 = '9201' */" in rev["text"], rev["text"]
     assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 200
     got = cn.until_ready()
     assert not pgwire.errors(got), got
@@ -227,6 +229,7 @@ def test_extended_protocol_review_binds_parameters(rgw, pg):
     cn.send(pgwire.bind("", "del", ["9202"]) + pgwire.execute() + pgwire.SYNC)
     rev2 = pending(rgw, dba)[0]
     assert rev2["id"] != rev["id"] and rev2["request_hash"] != rev["request_hash"]
+    assert "$1 = '9202'" in rev2["text"], rev2["text"]
     assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev2["id"], {"reason": "no"})[0] == 200
     errs = pgwire.errors(cn.until_ready())
     assert errs and errs[0]["C"] == "42501" and "no" in errs[0]["M"]
