@@ -471,10 +471,13 @@ static int
 fetch_claim(struct sl_idp *idp, struct sl_issuer *is, int64_t asked_us, int on_demand, int *r)
 {
 	int64_t age = sl_mono_us() - is->last_fetch_us;
-	int have = is->keys != NULL && is->keys->n > 0;
+	int have;
 
 	if (is->fetching)
 		return FETCH_BUSY;
+	/* read only now: while is is being fetched, its claimer may replace
+	 * and free the key set (install_keys does not take fetch_mu) */
+	have = is->keys != NULL && is->keys->n > 0;
 	if (is->last_fetch_us > asked_us) {
 		*r = is->fetch_failed ? SL_EIO : 0;
 		return FETCH_SERVED;
