@@ -626,6 +626,21 @@ sl_review_cancel_why(struct sl_review_mgr *m, const char *id, const char *why)
 		finish(m, r, SL_REV_CANCELLED, NULL, why);
 }
 
+/* A refused vote on a pending review is audited (who tried, why it was
+ * refused: a requester approving their own statement, an outsider), then
+ * reported. Called with m->mu held; releases it. */
+static int
+vote_refused(struct sl_review_mgr *m, struct review *r, const struct sl_identity *who, int approve,
+	     const char *msg, int rc, char *why, size_t whylen)
+{
+	audit_event(m, "review_vote_refused", r,
+		    json_pack("{s:s, s:s, s:s}", "voter", who->subject ? who->subject : "", "vote",
+			      approve ? "approve" : "deny", "refusal", msg));
+	pthread_mutex_unlock(&m->mu);
+	snprintf(why, whylen, "%s", msg);
+	return rc;
+}
+
 int
 sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 		 const struct sl_identity *who, const char *reason, const char *expect_hash,
@@ -649,31 +664,34 @@ sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 		snprintf(why, whylen, decided ? "review already decided" : "no such review");
 		return decided ? SL_ESTATE : SL_ENOENT;
 	}
-	if (strcmp(who->subject, r->subject) == 0) {
+	if (r->expires_us <= sl_now_us()) {
+		/* its deadline passed and the expiry sweep has not run yet: a
+		 * vote now would run what the requester was told timed out */
+		unlink_pending(m, id);
 		pthread_mutex_unlock(&m->mu);
-		snprintf(why, whylen, "the requester cannot decide their own request");
-		return SL_EPOLICY;
+		finish(m, r, SL_REV_EXPIRED, NULL, "approval timed out");
+		snprintf(why, whylen, "review expired");
+		return SL_ESTATE;
 	}
+	if (strcmp(who->subject, r->subject) == 0)
+		return vote_refused(m, r, who, approve,
+				    "the requester cannot decide their own request", SL_EPOLICY,
+				    why, whylen);
 	for (size_t i = 0; i < r->napprovers; i++)
 		if (sl_identity_in_group(who, r->approvers[i]))
 			in_group = 1;
-	if (!in_group) {
-		pthread_mutex_unlock(&m->mu);
-		snprintf(why, whylen, "not a member of an approver group for this rule");
-		return SL_EPOLICY;
-	}
-	if (expect_hash != NULL && strcmp(expect_hash, r->hash) != 0) {
-		pthread_mutex_unlock(&m->mu);
-		snprintf(why, whylen, "request hash does not match the held request");
-		return SL_EINVAL;
-	}
-	for (size_t i = 0; i < r->nvotes; i++) {
-		if (strcmp(r->voters[i], who->subject) == 0) {
-			pthread_mutex_unlock(&m->mu);
-			snprintf(why, whylen, "already voted on this review");
-			return SL_EPOLICY;
-		}
-	}
+	if (!in_group)
+		return vote_refused(m, r, who, approve,
+				    "not a member of an approver group for this rule", SL_EPOLICY,
+				    why, whylen);
+	if (expect_hash != NULL && strcmp(expect_hash, r->hash) != 0)
+		return vote_refused(m, r, who, approve,
+				    "request hash does not match the held request", SL_EINVAL, why,
+				    whylen);
+	for (size_t i = 0; i < r->nvotes; i++)
+		if (strcmp(r->voters[i], who->subject) == 0)
+			return vote_refused(m, r, who, approve, "already voted on this review",
+					    SL_EPOLICY, why, whylen);
 	if (!approve) {
 		unlink_pending(m, id);
 		pthread_mutex_unlock(&m->mu);

@@ -137,6 +137,12 @@ def test_held_approved_denied_selfapproval_nonapprover(rgw, pg):
     types = [r["type"] for r in recs]
     for t_ in ("review_created", "review_approval", "review_approved", "review_denied"):
         assert t_ in types, types
+    # refused votes are on the record too: who tried, and why not
+    refused = [(r["data"]["voter"], r["data"]["refusal"]) for r in recs
+               if r["type"] == "review_vote_refused"]
+    assert ("agent-1", "the requester cannot decide their own request") in refused, refused
+    assert any(v == "agent-2" and "approver group" in why for v, why in refused), refused
+    assert any(v == "dba-1" and "hash does not match" in why for v, why in refused), refused
     assert rgw.verify().returncode == 0
 
 
