@@ -17,9 +17,10 @@
 
 #include "sluice/audit.h"
 
-#define MAX_PENDING 10000
-#define MAX_DECIDED 1000
-#define MAX_VOTES   16
+#define MAX_PENDING  10000
+#define MAX_DECIDED  1000
+#define DECIDED_TEXT 4096 /* bytes of a decided review's text kept */
+#define MAX_VOTES    16
 
 struct review {
 	struct review *next;
@@ -282,6 +283,24 @@ audit_event(struct sl_review_mgr *m, const char *type, const struct review *r, j
 static void
 retire(struct sl_review_mgr *m, struct review *r)
 {
+	/* A decided review is kept for the API (the last MAX_DECIDED) with
+	 * the start of its text: the whole of it is in the audit trail, and
+	 * a thousand 1 MiB statements would hold a gigabyte here. */
+	size_t tl = r->text ? strlen(r->text) : 0;
+
+	if (tl > DECIDED_TEXT) {
+		char *t = malloc(DECIDED_TEXT + 64);
+		size_t cut = DECIDED_TEXT;
+
+		while (cut > 0 && ((unsigned char)r->text[cut] & 0xc0) == 0x80)
+			cut--; /* not inside a UTF-8 character */
+		if (t != NULL) {
+			memcpy(t, r->text, cut);
+			snprintf(t + cut, 64, "... (%zu bytes; all of it in the audit trail)", tl);
+			free(r->text);
+			r->text = t;
+		}
+	}
 	r->next = m->decided;
 	m->decided = r;
 	if (++m->ndecided > MAX_DECIDED) {

@@ -496,6 +496,23 @@ def test_token_expiring_during_the_wait_runs_nothing(rgw, pg):
     assert pg.scalar("orders", "SELECT amount FROM orders WHERE id = 88002") == "1"
 
 
+def test_decided_reviews_keep_the_start_of_their_text(rgw, pg):
+    # Pending: all of it (approvers read what they approve). Decided: the
+    # first 4 KiB, the rest in the audit trail (1,000 decided 1 MiB texts
+    # would otherwise hold a gigabyte).
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    sql = "DELETE FROM orders WHERE id = 424242 /* %s */" % ("é" * 6000)
+    t, res = run_held(rgw, sql)
+    rev = pending(rgw, dba)[0]
+    assert rev["text"] == sql
+    assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev["id"], {"reason": "no"})[0] == 200
+    t.join(10)
+    body = api(rgw, dba, "GET", "/api/reviews/%s" % rev["id"])[1]
+    assert body["status"] == "denied"
+    assert body["text"].startswith(sql[:1000]) and len(body["text"].encode()) < 4200, body["text"][-80:]
+    assert body["text"].endswith("(%d bytes; all of it in the audit trail)" % len(sql.encode()))
+
+
 def test_slow_admin_clients_never_hold_up_approvers(rgw):
     # Clients that send their request a byte at a time (no token needed)
     # each get a thread and 5 s in all, then 408: approvers are served at
