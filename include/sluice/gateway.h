@@ -200,7 +200,8 @@ struct sl_pl_request {
 	const char *trace_id, *span_id; /* per-request trace context, else the session's */
 	const uint8_t *params;		/* exact parameter bytes, for review binding */
 	size_t params_len;
-	uint64_t seq; /* per-session request number */
+	uint64_t seq;	       /* per-session request number */
+	const char *review_id; /* the review that decided it (approved or not), if any */
 };
 
 void sl_pl_session_init(struct sl_gw *gw, struct sl_pl_session *s, const char *protocol);

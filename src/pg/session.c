@@ -3492,7 +3492,10 @@ review_done_loop(struct sl_completion *c)
 	const char *sql;
 	size_t len;
 
+	char rid[sizeof(s->review_id)];
+
 	s->pending--;
+	memcpy(rid, s->review_id, sizeof(rid));
 	s->review_id[0] = '\0';
 	cancel_review_set(s);
 	if (s->state == PG_ST_CLOSING) {
@@ -3504,6 +3507,7 @@ review_done_loop(struct sl_completion *c)
 	memset(&kc, 0, sizeof(kc));
 	kc.kinds = s->rkinds;
 	memset(&r, 0, sizeof(r));
+	r.review_id = rid[0] ? rid : NULL;
 	r.proto = SL_PROTO_PG;
 	r.sql = &kc;
 	r.seq = e ? e->seq : ++s->reqseq;

@@ -455,6 +455,8 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 		jcstr(b, "rule", d->rule);
 	if (d->action != SL_ACT_ALLOW && d->message)
 		jcstr(b, "message", d->message);
+	if (r->review_id != NULL)
+		jcstr(b, "review", r->review_id);
 	if (jend(b) != 0) {
 		jdone(b);
 		return SL_ENOMEM;

@@ -124,6 +124,7 @@ def test_held_approved_denied_selfapproval_nonapprover(rgw, pg):
     assert "9001" not in pg.psql("orders", "SELECT id FROM orders WHERE id = 9001")
     assert api(rgw, dba, "POST", "/api/reviews/%s/approve" % rev["id"])[0] == 409
     # denied: error with the reason, session still usable
+    approved_id = rev["id"]
     t, res = run_held(rgw, "DELETE FROM orders WHERE id = 9002", token=agent)
     rev = pending(rgw, dba)[0]
     out = cli(rgw, dba, "deny", rev["id"], "--reason", "not during business hours")
@@ -137,6 +138,11 @@ def test_held_approved_denied_selfapproval_nonapprover(rgw, pg):
     types = [r["type"] for r in recs]
     for t_ in ("review_created", "review_approval", "review_approved", "review_denied"):
         assert t_ in types, types
+    # the statement's own record names the review that decided it
+    reqs = {r["data"]["text"]: r["data"] for r in recs if r["type"] == "request"
+            and r["data"].get("text", "").startswith("DELETE FROM orders WHERE id = 900")}
+    assert reqs["DELETE FROM orders WHERE id = 9001"].get("review") == approved_id, reqs
+    assert reqs["DELETE FROM orders WHERE id = 9002"].get("review") == rev["id"], reqs
     # refused votes are on the record too: who tried, and why not
     refused = [(r["data"]["voter"], r["data"]["refusal"]) for r in recs
                if r["type"] == "review_vote_refused"]
