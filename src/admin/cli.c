@@ -17,6 +17,7 @@
 
 struct resp {
 	struct sl_buf b;
+	int too_big; /* the answer did not fit the buffer's bound */
 };
 
 static size_t
@@ -24,7 +25,10 @@ collect(char *p, size_t sz, size_t n, void *arg)
 {
 	struct resp *r = arg;
 
-	return sl_buf_append(&r->b, p, sz * n) == 0 ? sz * n : 0;
+	if (sl_buf_append(&r->b, p, sz * n) == 0)
+		return sz * n;
+	r->too_big = 1;
+	return 0;
 }
 
 static const char *cacert; /* --cacert: the CA of an https:// admin URL */
@@ -161,7 +165,7 @@ sl_review_cli(int argc, char **argv, const struct sl_config *cfg)
 	const char *id = NULL, *sub = argv[0];
 	char base[512], u[1024], *token;
 	int64_t wait_ms = 300000;
-	struct resp r;
+	struct resp r = {0};
 	long code;
 	int rc = 1;
 
@@ -289,8 +293,11 @@ sl_review_cli(int argc, char **argv, const struct sl_config *cfg)
 		json_t *o = json_loadb((const char *)r.b.data, r.b.len, 0, NULL);
 
 		fprintf(stderr, "sluice review %s: HTTP %ld: %s\n", sub, code,
-			o ? json_string_value(json_object_get(o, "error"))
-			  : (code ? "unexpected answer" : "cannot reach the admin API"));
+			o	    ? json_string_value(json_object_get(o, "error"))
+			: r.too_big ? "the answer is larger than 16 MiB (many large held "
+				      "statements?); use --status pending, or show one by id"
+			: code	    ? "unexpected answer"
+				    : "cannot reach the admin API");
 		json_decref(o);
 	}
 	OPENSSL_cleanse(token, strlen(token));
