@@ -103,12 +103,10 @@ def test_long_names_still_work_for_honest_clients(rgw):
 
 # ----------------------------------------------------------- COPY FROM STDIN
 
-def test_copy_in_through_the_extended_protocol_as_libpq_sends_it(rgw):
-    """libpq (PQexecParams of a COPY): Parse/Bind/Execute/Sync, then the
-    data, CopyDone and another Sync: the server ignores the first Sync, so
-    two Syncs get one ReadyForQuery. Later statements, including ones that
-    need settled settings (a non-ASCII byte), are answered and audited."""
-    cn = session(rgw)
+def copy_in_extended(gw):
+    """A session in COPY IN mode as libpq starts it: Parse/Bind/Execute/Sync
+    of a COPY, up to the server's CopyInResponse."""
+    cn = session(gw)
     cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
     until_ready(cn)
     cn.send(pgwire.parse("", "COPY ci FROM STDIN") + pgwire.bind("", "") +
@@ -118,6 +116,15 @@ def test_copy_in_through_the_extended_protocol_as_libpq_sends_it(rgw):
         if m[0] in (b"G", b"E", b"Z"):
             break
     assert m[0] == b"G", m
+    return cn
+
+
+def test_copy_in_through_the_extended_protocol_as_libpq_sends_it(rgw):
+    """libpq (PQexecParams of a COPY): Parse/Bind/Execute/Sync, then the
+    data, CopyDone and another Sync: the server ignores the first Sync, so
+    two Syncs get one ReadyForQuery. Later statements, including ones that
+    need settled settings (a non-ASCII byte), are answered and audited."""
+    cn = copy_in_extended(rgw)
     cn.send(pgwire.msg(b"d", b"1\n2\n") + pgwire.msg(b"c") + pgwire.SYNC)
     got = until_ready(cn)
     assert (b"C", b"COPY 2\x00") in got, got
@@ -259,16 +266,7 @@ def test_sync_between_copy_data_ends_the_session(rgw):
 def test_copy_with_a_bad_row_as_libpq_sends_it(rgw):
     """Extended protocol, a row the server rejects: the error, one
     ReadyForQuery for the client's closing Sync, and the session goes on."""
-    cn = session(rgw)
-    cn.send(pgwire.query("CREATE TEMP TABLE ci (a int)"))
-    until_ready(cn)
-    cn.send(pgwire.parse("", "COPY ci FROM STDIN") + pgwire.bind("", "") +
-            pgwire.execute() + pgwire.SYNC)
-    while True:
-        m = cn.read_msg()
-        if m[0] in (b"G", b"E", b"Z"):
-            break
-    assert m[0] == b"G", m
+    cn = copy_in_extended(rgw)
     cn.send(pgwire.msg(b"d", b"1\n") + pgwire.msg(b"d", b"notanint\n") + pgwire.msg(b"c") +
             pgwire.SYNC)
     got = until_ready(cn)
