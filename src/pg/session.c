@@ -131,6 +131,8 @@ struct portal {
 	struct stmt *st;
 	uint8_t *params; /* exact Bind parameter bytes, kept for review binding */
 	size_t plen;
+	uint8_t *pbin; /* per parameter: 1 if sent in binary (for approvers' display) */
+	uint16_t npbin;
 	uint8_t rfmt;		    /* RFMT_* */
 	struct portal *prev, *next; /* in Bind order */
 	size_t *held, cost;	    /* charged to its session's held_bytes */
@@ -923,6 +925,7 @@ portal_destroy(struct portal *p)
 	*p->held -= p->cost;
 	stmt_unref(p->st);
 	free(p->params);
+	free(p->pbin);
 	free(p->name);
 	free(p);
 }
@@ -4428,6 +4431,20 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			p->plen = b.params_len;
 			p->cost += b.params_len;
 			s->held_bytes += b.params_len;
+			/* each parameter's format: a binary int4 of four printable
+			 * bytes must not be shown to approvers as that text */
+			if (b.nparams > 0 && (p->pbin = malloc(b.nparams)) == NULL) {
+				portal_destroy(p);
+				fatal(s, "53200", "sluice: out of memory");
+				return -1;
+			}
+			for (uint16_t i = 0; i < b.nparams; i++)
+				p->pbin[i] = b.nformats == 0   ? 0
+					     : b.nformats == 1 ? b.formats[1]
+							       : b.formats[2 * i + 1];
+			p->npbin = b.nparams;
+			p->cost += b.nparams;
+			s->held_bytes += b.nparams;
 		}
 		/* it counts once the server answers BindComplete */
 		if (op_push(s, OP_BIND, NULL, NULL, p, s->grp_sent, 0) != 0) {
@@ -4468,61 +4485,99 @@ up_send_request(struct pg_session *s, struct entry *e, const uint8_t *msg, size_
 	up_send(s, msg, len);
 }
 
-/* The statement as approvers see it: its text, then its Bind parameters
- * in a comment ($1 = '0', $2 = NULL, a value that is not text as hex; each
- * shown up to 1 KiB). params: the Bind message's parameter values (each an
- * int32 length, -1 for NULL, then the bytes). */
-static int
-params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen)
+/* Length of the longest prefix of v[0..n) (at most max bytes) that is
+ * plain text to show an approver: valid UTF-8 with no control character
+ * (C0, DEL, C1), line separator or bidi control, and no end of comment;
+ * *all is 1 if that is all of v. -1 if some byte before max is not. */
+static long
+shown_text(const uint8_t *v, size_t n, size_t max, int *all)
 {
+	size_t i = 0;
+
+	while (i < n && i < max) {
+		unsigned c = v[i], len = c < 0x80	      ? 1
+					 : (c & 0xe0) == 0xc0 ? 2
+					 : (c & 0xf0) == 0xe0 ? 3
+					 : (c & 0xf8) == 0xf0 ? 4
+							      : 0;
+
+		if (len == 0 || i + len > n)
+			return -1;
+		for (unsigned k = 1; k < len; k++)
+			if ((v[i + k] & 0xc0) != 0x80)
+				return -1;
+		if (c < 0x20 || c == 0x7f || (c == 0xc2 && v[i + 1] <= 0x9f) ||
+		    (c == 0xe2 && v[i + 1] == 0x80 &&
+		     ((v[i + 2] >= 0x8e && v[i + 2] <= 0x8f) ||
+		      (v[i + 2] >= 0xa8 && v[i + 2] <= 0xae))) ||
+		    (c == 0xe2 && v[i + 1] == 0x81 && v[i + 2] >= 0xa6 && v[i + 2] <= 0xa9) ||
+		    (c == 0xd8 && v[i + 1] == 0x9c) || (c == '*' && i + 1 < n && v[i + 1] == '/'))
+			return -1;
+		if (i + len > max)
+			break; /* a character cut by max: shown up to before it */
+		i += len;
+	}
+	*all = i == n;
+	return (long)i;
+}
+
+/* The statement as approvers see it: its text, then its Bind parameters
+ * in a comment: $1 = '0' (text), $2 = NULL, $3 = binary '\x00000001' (sent
+ * in binary, or text that is not plain: shown as hex), each up to 1 KiB with
+ * its length when longer. params: the Bind's parameter values (each an int32
+ * length, -1 for NULL, then the bytes); bin[i]: parameter i was sent in
+ * binary. */
+static int
+params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen,
+	       const uint8_t *bin, uint16_t nbin)
+{
+	static const char hex[] = "0123456789abcdef";
 	struct sl_rd r;
 	unsigned i = 0;
 
 	sl_buf_append(out, sql, len);
 	if (plen == 0)
 		return out->data == NULL && len > 0 ? SL_ENOMEM : 0;
-	sl_buf_append_cstr(out, "\n/* parameters:");
-	out->len--; /* no NUL yet */
+	sl_buf_append(out, "\n/* parameters:", sizeof("\n/* parameters:") - 1);
 	sl_rd_init(&r, params, plen);
 	while (sl_rd_left(&r) >= 4) {
 		uint32_t n;
 		const uint8_t *v;
-		char head[32];
-		int text = 1;
+		char head[48];
+		long t = -1;
+		int all = 0, binary = i < nbin && bin[i];
 
 		sl_rd_u32be(&r, &n);
 		snprintf(head, sizeof(head), "%s $%u = ", i > 0 ? "," : "", i + 1);
-		i++;
 		sl_buf_append(out, head, strlen(head));
+		i++;
 		if (n == 0xffffffffu) {
 			sl_buf_append(out, "NULL", 4);
 			continue;
 		}
 		if (sl_rd_bytes(&r, n, &v) != 0)
 			break;
-		for (uint32_t k = 0; k < n && text; k++)
-			text = v[k] >= 0x20 && v[k] != 0x7f &&
-			       !(v[k] == '*' && k + 1 < n && v[k + 1] == '/');
-		if (text) {
+		if (!binary)
+			t = shown_text(v, n, 1024, &all);
+		if (t >= 0) {
 			sl_buf_append_u8(out, '\'');
-			for (uint32_t k = 0; k < n && k < 1024; k++) {
+			for (long k = 0; k < t; k++) {
 				if (v[k] == '\'')
 					sl_buf_append_u8(out, '\'');
 				sl_buf_append_u8(out, v[k]);
 			}
 			sl_buf_append_u8(out, '\'');
 		} else {
-			static const char hex[] = "0123456789abcdef";
-
-			sl_buf_append(out, "'\\x", 3);
+			all = n <= 512;
+			sl_buf_append(out, binary ? "binary '\\x" : "'\\x", binary ? 10 : 3);
 			for (uint32_t k = 0; k < n && k < 512; k++) {
 				sl_buf_append_u8(out, (uint8_t)hex[v[k] >> 4]);
 				sl_buf_append_u8(out, (uint8_t)hex[v[k] & 15]);
 			}
 			sl_buf_append_u8(out, '\'');
 		}
-		if (n > (text ? 1024u : 512u)) {
-			snprintf(head, sizeof(head), " (%u bytes)", n);
+		if (!all) {
+			snprintf(head, sizeof(head), "... (%u bytes)", n);
 			sl_buf_append(out, head, strlen(head));
 		}
 	}
@@ -4632,8 +4687,8 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 			struct sl_buf shown;
 
 			sl_buf_init(&shown, 0);
-			if (params_display(&shown, p->st->sql, p->st->sqllen, p->params, p->plen) !=
-			    0) {
+			if (params_display(&shown, p->st->sql, p->st->sqllen, p->params, p->plen,
+					   p->pbin, p->npbin) != 0) {
 				sl_buf_fini(&shown);
 				sl_buf_fini(&bound);
 				fatal(s, "53200", "sluice: out of memory");

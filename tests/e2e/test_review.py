@@ -250,6 +250,36 @@ def test_extended_protocol_review_binds_parameters(rgw, pg):
     assert "9201" not in pg.psql("orders", "SELECT id FROM orders WHERE id = 9201")
 
 
+def test_approvers_see_parameters_as_the_server_reads_them(rgw, pg):
+    # A binary int4 of four printable bytes is shown as binary hex, not as
+    # the text '0000' (id < 808464432 is every row); text that is not
+    # plain (controls, bidi, cut mid-character) is hex or cut whole.
+    import pgwire
+    import struct
+    agent = rgw.mint(sub="agent-1", groups="ai-agents")
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    cn = pgwire.Conn(rgw.port)
+    cn.login("orders", agent)
+    vals = [b"0000", "x\u202ey".encode(), ("é" * 700).encode(), None]
+    body = pgwire.cstr("") + pgwire.cstr("del") + struct.pack("!HHHHH", 4, 1, 0, 0, 0)
+    body += struct.pack("!H", len(vals))
+    for v in vals:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    body += struct.pack("!H", 0)
+    cn.send(pgwire.parse("del", "DELETE FROM orders WHERE id < $1::int4 AND $2::text <> $3::text "
+                         "AND $4::text IS NULL") + pgwire.msg(b"B", body) + pgwire.execute() +
+            pgwire.SYNC)
+    rev = pending(rgw, dba)[0]
+    text = rev["text"]
+    assert "$1 = binary '\\x30303030'" in text, text
+    assert "$2 = '\\x78e280ae79'" in text, text
+    assert "$3 = '" + "é" * 512 + "'... (1400 bytes)" in text, text[-200:]
+    assert "$4 = NULL */" in text, text
+    assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev["id"])[0] == 200
+    cn.until_ready()
+    cn.close()
+
+
 SECRET_POLICIES = """
 policies:
   - name: agents
