@@ -70,8 +70,11 @@ void sl_review_cancel_why(struct sl_review_mgr *m, const char *id, const char *w
 int sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 		     const struct sl_identity *who, const char *reason, const char *expect_hash,
 		     char *why, size_t whylen);
-json_t *sl_review_list_json(struct sl_review_mgr *m, const char *status);
-json_t *sl_review_get_json(struct sl_review_mgr *m, const char *id);
+/* Reviews (one, or all with status) who may see: its requester, one of its
+ * approvers (who NULL: all). A review who may not see is not found. */
+json_t *sl_review_list_json(struct sl_review_mgr *m, const char *status,
+			    const struct sl_identity *who);
+json_t *sl_review_get_json(struct sl_review_mgr *m, const char *id, const struct sl_identity *who);
 
 /* The admin API (HTTP/JSON on gateway.admin.listen), its own thread. */
 struct sl_admin;

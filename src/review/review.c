@@ -652,9 +652,16 @@ static int
 vote_refused(struct sl_review_mgr *m, struct review *r, const struct sl_identity *who, int approve,
 	     const char *msg, int rc, char *why, size_t whylen)
 {
-	audit_event(m, "review_vote_refused", r,
-		    json_pack("{s:s, s:s, s:s}", "voter", who->subject ? who->subject : "", "vote",
-			      approve ? "approve" : "deny", "refusal", msg));
+	/* a small record (not the review's text again): anyone with a token
+	 * can be refused any number of times */
+	json_t *d =
+		json_pack("{s:s, s:s, s:s, s:s, s:s}", "id", r->id, "voter",
+			  who->subject ? who->subject : "", "vote", approve ? "approve" : "deny",
+			  "refusal", msg, "rule", r->rule ? r->rule : "");
+
+	if (d == NULL || sl_audit_append(m->audit, "review_vote_refused", r->session, NULL, NULL, d,
+					 NULL, NULL) != 0)
+		sl_error("review %s: could not record a refused vote in the audit trail", r->id);
 	pthread_mutex_unlock(&m->mu);
 	snprintf(why, whylen, "%s", msg);
 	return rc;
@@ -735,30 +742,49 @@ sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 	return 0;
 }
 
+/* Whether who may see r: its requester or one of its approvers. */
+static int
+may_see(const struct review *r, const struct sl_identity *who)
+{
+	if (who == NULL)
+		return 1;
+	if (who->subject != NULL && strcmp(who->subject, r->subject) == 0)
+		return 1;
+	for (size_t i = 0; i < r->napprovers; i++)
+		if (sl_identity_in_group(who, r->approvers[i]))
+			return 1;
+	return 0;
+}
+
 json_t *
-sl_review_list_json(struct sl_review_mgr *m, const char *status)
+sl_review_list_json(struct sl_review_mgr *m, const char *status, const struct sl_identity *who)
 {
 	json_t *a = json_array();
 
 	pthread_mutex_lock(&m->mu);
 	for (int i = 0; i < 3; i++)
 		for (struct review *r = list_at(m, i); r; r = r->next)
-			if (status == NULL || strcmp(status, state_names[r->st]) == 0)
+			if ((status == NULL || strcmp(status, state_names[r->st]) == 0) &&
+			    may_see(r, who))
 				json_array_append_new(a, review_json(r));
 	pthread_mutex_unlock(&m->mu);
 	return a;
 }
 
 json_t *
-sl_review_get_json(struct sl_review_mgr *m, const char *id)
+sl_review_get_json(struct sl_review_mgr *m, const char *id, const struct sl_identity *who)
 {
 	json_t *o = NULL;
+	int found = 0;
 
 	pthread_mutex_lock(&m->mu);
-	for (int i = 0; i < 3 && o == NULL; i++)
-		for (struct review *r = list_at(m, i); r && o == NULL; r = r->next)
-			if (strcmp(r->id, id) == 0)
-				o = review_json(r);
+	for (int i = 0; i < 3 && !found; i++)
+		for (struct review *r = list_at(m, i); r && !found; r = r->next)
+			if (strcmp(r->id, id) == 0) {
+				found = 1;
+				if (may_see(r, who))
+					o = review_json(r);
+			}
 	pthread_mutex_unlock(&m->mu);
 	return o;
 }
