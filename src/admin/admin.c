@@ -36,7 +36,7 @@
 
 #define MAX_HEADERS_BYTES (16u << 10)
 #define MAX_BODY	  (64u << 10)
-#define MAX_CONNS	  128
+#define MAX_CONNS	  512
 #define REQUEST_MS	  5000 /* to send the whole request, however slowly */
 
 struct sl_admin {
@@ -457,7 +457,16 @@ dispatch(struct sl_admin *a, int fd)
 	pthread_mutex_unlock(&a->mu);
 	if (!ok) {
 		struct timeval tv = {1, 0};
+		static int64_t warned_us;
+		int64_t now = sl_mono_us();
 
+		if (now - warned_us > 10 * 1000000) { /* this thread only */
+			warned_us = now;
+			sl_warn("admin API: %d connections at once, each given 5 s to send its "
+				"request; answering 503 to more (a client holding connections "
+				"open?)",
+				MAX_CONNS);
+		}
 		free(c);
 		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 		reply(fd, 503, error_json("too many admin connections at once; retry"));

@@ -3393,6 +3393,8 @@ up_drain_cb(struct sl_stream *st)
 	/* Upstream caught up: read the client again. */
 	if (s->state == PG_ST_READY && !s->hold)
 		sl_stream_read_start(&s->cli);
+	if (s->state == PG_ST_READY)
+		charge_buffers(s); /* its backlog may have counted */
 }
 
 static void
@@ -3402,6 +3404,8 @@ cli_drain_cb(struct sl_stream *st)
 
 	if (s->up_open && s->state == PG_ST_READY)
 		sl_stream_read_start(&s->upc->st);
+	if (s->state == PG_ST_READY)
+		charge_buffers(s); /* its backlog may have counted */
 }
 
 /* ------------------------------------------------------------ relay: client -> server */
@@ -4781,10 +4785,16 @@ charge_buffers(struct pg_session *s)
 	trim_buffer(&s->cin);
 	if (s->cin.cap > BIG_BUFFER)
 		want += s->cin.cap;
+	/* what waits to be written counts too: a large row for a client that
+	 * does not read, a large Bind behind a busy server */
+	if (s->cli_open && sl_stream_backlog(&s->cli) > BIG_BUFFER)
+		want += sl_stream_backlog(&s->cli);
 	if (s->up_open) {
 		trim_buffer(&s->upc->in);
 		if (s->upc->in.cap > BIG_BUFFER)
 			want += s->upc->in.cap;
+		if (sl_stream_backlog(&s->upc->st) > BIG_BUFFER)
+			want += sl_stream_backlog(&s->upc->st);
 	}
 	if (want == s->charged)
 		return;

@@ -295,3 +295,26 @@ def test_copy_execute_skipped_by_a_failed_batch_does_not_hang(rgw):
     cn.send(pgwire.query("SELECT 'still here'"))
     assert (b"C", b"SELECT 1\x00") in until_ready(cn)
     cn.close()
+
+
+def test_rows_waiting_for_slow_clients_count_against_the_budget(gateway_factory):
+    """Large rows held for clients that do not read count too: past the
+    budget a session is ended (53200) instead of the gateway holding them
+    all."""
+    gw = gateway_factory(policies=POLICIES,
+                         gateway_extra="  max_buffered_bytes: 41943040\n")
+    conns = []
+    for _ in range(6):
+        cn = session(gw)
+        cn.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        cn.send(pgwire.query("SELECT repeat('x', 15 << 20)"))
+        conns.append(cn)
+    time.sleep(3)
+    codes = []
+    for cn in conns:
+        cn.s.settimeout(20)
+        got = cn.until_ready()
+        errs = pgwire.errors(got)
+        codes.append(errs[0]["C"] if errs else "ok")
+        cn.close()
+    assert "53200" in codes and "ok" in codes, codes
