@@ -279,8 +279,26 @@ log_escape(const char *in, char *out, size_t cap)
 			p++;
 			continue;
 		}
+		if (p[0] >= 0x80) {
+			/* not UTF-8 (a lone 0x9b is CSI to an 8-bit terminal): \xNN */
+			unsigned need = (p[0] & 0xe0) == 0xc0	? 2
+					: (p[0] & 0xf0) == 0xe0 ? 3
+					: (p[0] & 0xf8) == 0xf0 ? 4
+								: 0;
+			unsigned k = 1;
+
+			while (k < need && (p[k] & 0xc0) == 0x80)
+				k++;
+			if (need == 0 || k < need) {
+				o += (size_t)snprintf(out + o, cap - o, "\\x%02x", p[0]);
+				p++;
+				continue;
+			}
+		}
 		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
 			cp = p[1], len = 2;
+		else if (p[0] == 0xd8 && p[1] == 0x9c)
+			cp = 0x061c, len = 2; /* ARABIC LETTER MARK, a bidi control */
 		else if (p[0] == 0xe2 && p[1] == 0x80 &&
 			 ((p[2] >= 0x8e && p[2] <= 0x8f) || (p[2] >= 0xa8 && p[2] <= 0xae)))
 			cp = 0x2000u | (p[2] & 0x3f), len = 3;
@@ -291,7 +309,12 @@ log_escape(const char *in, char *out, size_t cap)
 			p += len;
 			continue;
 		}
-		out[o++] = (char)*p++;
+		/* one whole character (checked above when not ASCII) */
+		len = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : 4;
+		if (o + len >= cap)
+			break;
+		while (len--)
+			out[o++] = (char)*p++;
 	}
 	out[o] = '\0';
 	return o;

@@ -209,7 +209,7 @@ test_log_escapes_controls(void **state)
 	       "a\x1b[2Jb\nforged: line\x7f \xc2\x9b"
 	       "2J \xe2\x80\xae"
 	       "evil \xe2\x81\xa6x "
-	       "\xe2\x80\xa8y Jos\xc3\xa9 \xc2\xa0nbsp");
+	       "\xe2\x80\xa8y Jos\xc3\xa9 \xc2\xa0nbsp \x9b\xd8\x9c\xe2\x80");
 	dup2(saved, STDERR_FILENO);
 	close(saved);
 	n = pread(fd, buf, sizeof(buf) - 1, 0);
@@ -217,9 +217,9 @@ test_log_escapes_controls(void **state)
 	unlink(path);
 	assert_true(n > 0);
 	buf[n] = '\0';
-	assert_non_null(strstr(buf,
-			       "sub a\\x1b[2Jb\\x0aforged: line\\x7f \\u009b2J "
-			       "\\u202eevil \\u2066x \\u2028y Jos\xc3\xa9 \xc2\xa0nbsp end\n"));
+	assert_non_null(strstr(buf, "sub a\\x1b[2Jb\\x0aforged: line\\x7f \\u009b2J "
+				    "\\u202eevil \\u2066x \\u2028y Jos\xc3\xa9 \xc2\xa0nbsp "
+				    "\\x9b\\u061c\\xe2\\x80 end\n"));
 	assert_ptr_equal(strchr(buf, '\n'), buf + n - 1); /* one line */
 }
 
