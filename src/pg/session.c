@@ -4531,6 +4531,8 @@ shown_text(const uint8_t *v, size_t n, size_t max, int *all)
  * its length when longer. params: the Bind's parameter values (each an int32
  * length, -1 for NULL, then the bytes); bin[i]: parameter i was sent in
  * binary. */
+#define PARAMS_SHOWN (64u << 10) /* bytes of parameters shown to approvers */
+
 static int
 params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen,
 	       const uint8_t *bin, uint16_t nbin)
@@ -4550,6 +4552,14 @@ params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *p
 		char head[48];
 		long t = -1;
 		int all = 0, binary = i < nbin && bin[i];
+
+		if (out->len > len + PARAMS_SHOWN) {
+			/* thousands of parameters would make a text of megabytes,
+			 * copied into every record and answer about the review */
+			snprintf(head, sizeof(head), ", ... (%u parameters in all)", nbin);
+			sl_buf_append(out, head, strlen(head));
+			break;
+		}
 
 		sl_rd_u32be(&r, &n);
 		snprintf(head, sizeof(head), "%s $%u = ", i > 0 ? "," : "", i + 1);

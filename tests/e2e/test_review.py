@@ -277,6 +277,17 @@ def test_approvers_see_parameters_as_the_server_reads_them(rgw, pg):
     assert "$4 = NULL */" in text, text
     assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev["id"])[0] == 200
     cn.until_ready()
+    # thousands of long parameters: the first 64 KiB of them, and a count
+    n = 200
+    sql = "DELETE FROM orders WHERE id = 0 AND " + " AND ".join(
+        "$%d::text <> ''" % (i + 1) for i in range(n))
+    cn.send(pgwire.parse("many", sql) + pgwire.bind("", "many", ["'" * 1000] * n) +
+            pgwire.execute() + pgwire.SYNC)
+    rev = pending(rgw, dba)[0]
+    assert rev["text"].endswith(", ... (200 parameters in all) */"), rev["text"][-100:]
+    assert len(rev["text"]) < len(sql) + 70000
+    assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev["id"])[0] == 200
+    cn.until_ready()
     cn.close()
 
 
