@@ -3743,68 +3743,46 @@ lexing_guard(struct pg_session *s, const char *sql, size_t len, const char **why
  * returns 1 with msg filled. Audits the request: for an allowed request in
  * strict mode the caller must wait (returns 2 with the completion armed).
  */
-/*
- * COPY ... TO sends rows as CopyData, which name no column: column rules
- * cannot follow them there (detectors still run). A COPY whose source is a
- * table with a rule's column (COPY t, COPY t (cols), a query reading t, or
- * one acting on t's whole schema like schema_to_xml) is refused instead of
- * letting the column's values pass unmasked; SELECT masks them. The table
- * is matched as a block rule's "schema.table" would be (an unqualified name
- * matches it in any schema). If the catalog could not be read, every COPY
- * ... TO is refused.
- */
 /* Functions that keep or send a value beyond the statement's result, where
  * no column rule follows it: a setting (set_config; current_setting reads
  * it back), a notification's payload, another server, a large object. */
-static int
-calls_storing_function(const struct sl_sql_class *c)
-{
-	static const char *const fns[] = {
-		"set_config",
-		"pg_notify",
-		"dblink",
-		"dblink_exec",
-		"dblink_send_query",
-		"dblink_open",
-		"lo_from_bytea",
-		"lo_put",
-		"pg_logical_emit_message",
-	};
+static const char *const storing_fns[] = {
+	"set_config",
+	"pg_notify",
+	"dblink",
+	"dblink_exec",
+	"dblink_send_query",
+	"dblink_open",
+	"lo_from_bytea",
+	"lo_put",
+	"pg_logical_emit_message",
+	NULL,
+};
 
-	for (size_t i = 0; i < c->nfunctions; i++) {
-		const char *f = c->functions[i], *dot = strrchr(f, '.');
+/* Functions that return a table's, a schema's, a database's, a query's or a
+ * cursor's rows as one XML document (no column names a value there). */
+static const char *const document_fns[] = {
+	"table_to_xml",
+	"table_to_xml_and_xmlschema",
+	"query_to_xml",
+	"query_to_xml_and_xmlschema",
+	"cursor_to_xml",
+	"schema_to_xml",
+	"schema_to_xml_and_xmlschema",
+	"database_to_xml",
+	"database_to_xml_and_xmlschema",
+	NULL,
+};
 
-		if (dot != NULL)
-			continue; /* each call is also there unqualified */
-		for (size_t k = 0; k < sizeof(fns) / sizeof(fns[0]); k++)
-			if (strcmp(f, fns[k]) == 0)
-				return 1;
-	}
-	return 0;
-}
-
-/* The function the statement calls that returns a table's, a schema's, a
- * database's, a query's or a cursor's rows as one XML document (no column
- * names a value there), or NULL. */
+/* The first of fns (NULL-terminated, unqualified names) the statement
+ * calls, or NULL. Each call is in functions unqualified too. */
 static const char *
-calls_document_function(const struct sl_sql_class *c)
+calls_one_of(const struct sl_sql_class *c, const char *const *fns)
 {
-	static const char *const fns[] = {
-		"table_to_xml",
-		"table_to_xml_and_xmlschema",
-		"query_to_xml",
-		"query_to_xml_and_xmlschema",
-		"cursor_to_xml",
-		"schema_to_xml",
-		"schema_to_xml_and_xmlschema",
-		"database_to_xml",
-		"database_to_xml_and_xmlschema",
-	};
-
 	for (size_t i = 0; i < c->nfunctions; i++)
-		for (size_t k = 0; k < sizeof(fns) / sizeof(fns[0]); k++)
-			if (strcmp(c->functions[i], fns[k]) == 0)
-				return fns[k];
+		for (const char *const *f = fns; *f != NULL; f++)
+			if (strcmp(c->functions[i], *f) == 0)
+				return *f;
 	return NULL;
 }
 
@@ -3841,11 +3819,12 @@ static void
 copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d)
 {
 	const struct mtable *m;
+	const char *doc;
 
 	if (d->action == SL_ACT_BLOCK || !column_rules(s))
 		return;
 	if ((cls->kinds & (SL_SQL_INSERT | SL_SQL_UPDATE | SL_SQL_MERGE | SL_SQL_DDL)) ||
-	    calls_storing_function(cls)) {
+	    calls_one_of(cls, storing_fns) != NULL) {
 		if (copies_rule_column(s, cls)) {
 			snprintf(d->reason, sizeof(d->reason), "%s",
 				 "sluice: this statement would store or send a masked column's "
@@ -3870,13 +3849,13 @@ copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decis
 		goto block;
 	}
 more:
-	if (calls_document_function(cls) != NULL &&
-	    (s->catalog_failed || masked_table_read(s, cls) != NULL ||
-	     strstr(calls_document_function(cls), "table_") == NULL)) {
+	if ((doc = calls_one_of(cls, document_fns)) != NULL &&
+	    (s->catalog_failed || strncmp(doc, "table_", 6) != 0 ||
+	     masked_table_read(s, cls) != NULL)) {
 		snprintf(d->reason, sizeof(d->reason),
 			 "sluice: %s returns rows as one document, where column rules cannot "
 			 "follow a masked column; use SELECT",
-			 calls_document_function(cls));
+			 doc);
 		goto block;
 	}
 	if ((cls->kinds & SL_SQL_DDL) && !(cls->kinds & SL_SQL_SELECT) &&
