@@ -536,6 +536,19 @@ def test_error_text_of_statements_reading_masked_columns_is_withheld(mgw):
     assert errors and not any("tok_" in e for e in errors), errors
 
 
+def refused_with_notes(gw, pg, sql):
+    """Runs sql in an autocommit session, with a notes table to write to;
+    sluice must refuse it (42501). Returns the session and the error."""
+    pg.psql("orders", "CREATE TABLE IF NOT EXISTS notes (body text); "
+                      "GRANT ALL ON notes TO app")
+    c = gw.connect()
+    c.autocommit = True
+    with pytest.raises(psycopg2.Error) as ei:
+        c.cursor().execute(sql)
+    assert ei.value.pgcode == "42501", (sql, ei.value)
+    return c, ei.value
+
+
 @pytest.mark.parametrize("sql", [
     "CREATE TEMP TABLE cp AS SELECT id, api_token AS t FROM customers",
     "SELECT id, api_token AS t INTO TEMP cp2 FROM customers",
@@ -549,14 +562,9 @@ def test_error_text_of_statements_reading_masked_columns_is_withheld(mgw):
 def test_statements_that_would_store_masked_values_are_refused(mgw, pg, sql):
     # A copy under another name (a table, a view, a setting, a notification)
     # would be read back later with no rule's column in it: unmasked.
-    pg.psql("orders", "CREATE TABLE IF NOT EXISTS notes (body text); "
-                      "GRANT ALL ON notes TO app")
-    c = mgw.connect()
-    c.autocommit = True
+    c, e = refused_with_notes(mgw, pg, sql)
+    assert "store or send a masked column" in str(e)
     cur = c.cursor()
-    with pytest.raises(psycopg2.Error) as ei:
-        cur.execute(sql)
-    assert ei.value.pgcode == "42501" and "store or send a masked column" in str(ei.value)
     # copies of other columns are fine
     cur.execute("CREATE TEMP TABLE ok AS SELECT id, name FROM customers")
     cur.execute("SELECT count(*) FROM ok")
@@ -599,13 +607,7 @@ def test_documents_ddl_and_renamed_copies_of_rule_columns_are_refused(mgw, pg, s
     # Rows as one XML document name no column; DDL on the table (a rename, a
     # generated column, a rule) takes the column out of the rules for every
     # later session; a renamed copy would be read back unmasked.
-    pg.psql("orders", "CREATE TABLE IF NOT EXISTS notes (body text); "
-                      "GRANT ALL ON notes TO app")
-    c = mgw.connect()
-    c.autocommit = True
-    with pytest.raises(psycopg2.Error) as ei:
-        c.cursor().execute(sql)
-    assert ei.value.pgcode == "42501", (sql, ei.value)
+    c, _ = refused_with_notes(mgw, pg, sql)
     c.close()
     assert "api_token" in pg.psql("orders", "SELECT attname FROM pg_attribute WHERE "
                                             "attrelid = 'customers'::regclass")

@@ -57,6 +57,24 @@ test_fixture_cases(void **state)
 	assert_int_equal(bad, 0);
 }
 
+/* q names two tables: hr.t, written with exactly the kinds want, and src,
+ * only read. */
+static void
+check_target_kinds(const char *q, uint32_t want)
+{
+	struct sl_sql_class c;
+
+	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
+	assert_int_equal(c.ntables, 2);
+	for (size_t i = 0; i < c.ntables; i++) {
+		int tgt = strcmp(c.tables[i], "hr.t") == 0;
+
+		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
+		assert_int_equal(c.table_kinds[i], tgt ? want : SL_SQL_SELECT);
+	}
+	sl_sql_class_fini(&c);
+}
+
 static void
 test_functions_tables_names(void **state)
 {
@@ -115,31 +133,13 @@ test_functions_tables_names(void **state)
 	assert_true(c.kinds & SL_SQL_COPY_PROGRAM);
 	sl_sql_class_fini(&c);
 	/* ON CONFLICT DO UPDATE: the target is updated, its source only read */
-	q = "INSERT INTO hr.t SELECT * FROM src ON CONFLICT (id) DO UPDATE SET a = 0";
-	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
-	assert_int_equal(c.ntables, 2);
-	for (size_t i = 0; i < c.ntables; i++) {
-		int tgt = strcmp(c.tables[i], "hr.t") == 0;
-
-		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
-		assert_int_equal(c.table_kinds[i],
-				 tgt ? SL_SQL_INSERT | SL_SQL_UPDATE : SL_SQL_SELECT);
-	}
-	sl_sql_class_fini(&c);
+	check_target_kinds(
+		"INSERT INTO hr.t SELECT * FROM src ON CONFLICT (id) DO UPDATE SET a = 0",
+		SL_SQL_INSERT | SL_SQL_UPDATE);
 	/* MERGE: the target is merged into and written as its clauses say */
-	q = "MERGE INTO hr.t o USING src s ON o.id = s.id WHEN MATCHED THEN DELETE "
-	    "WHEN NOT MATCHED THEN INSERT VALUES (s.id)";
-	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
-	assert_int_equal(c.ntables, 2);
-	for (size_t i = 0; i < c.ntables; i++) {
-		int tgt = strcmp(c.tables[i], "hr.t") == 0;
-
-		assert_true(tgt || strcmp(c.tables[i], "src") == 0);
-		assert_int_equal(c.table_kinds[i],
-				 tgt ? SL_SQL_MERGE | SL_SQL_INSERT | SL_SQL_DELETE
-				     : SL_SQL_SELECT);
-	}
-	sl_sql_class_fini(&c);
+	check_target_kinds("MERGE INTO hr.t o USING src s ON o.id = s.id WHEN MATCHED THEN DELETE "
+			   "WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+			   SL_SQL_MERGE | SL_SQL_INSERT | SL_SQL_DELETE);
 	q = "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING";
 	assert_int_equal(sl_sql_classify(q, strlen(q), &c), 0);
 	assert_int_equal(c.ntables, 1);
