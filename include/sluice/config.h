@@ -29,6 +29,7 @@ struct sl_cfg_gateway {
 	unsigned max_message_bytes; /* hard cap on one protocol message; default 16 MiB */
 	char *shutdown_timeout;	    /* drain time on SIGTERM; default "10s" */
 	char *login_timeout;	    /* startup + authentication must finish within; default "15s" */
+	char *message_timeout;	    /* a client message past 1 MiB must be whole within; "60s" */
 	unsigned max_connections;   /* client sessions at once; default 0 = what the file
 				       descriptor limit allows */
 	/* connections from one client address not logged in yet (before their

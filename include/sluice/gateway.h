@@ -121,6 +121,7 @@ struct sl_gw {
 	size_t max_buffered;
 	int64_t leeway_s;
 	int64_t login_timeout_ms;
+	int64_t message_timeout_ms; /* gateway.message_timeout */
 	/* client sessions: admitted ones count against max_clients; past it a
 	 * few more (max_over) are let in to be told so (53300), the rest are
 	 * closed at once */
@@ -200,6 +201,8 @@ struct sl_pl_request {
 	const char *trace_id, *span_id; /* per-request trace context, else the session's */
 	const uint8_t *params;		/* exact parameter bytes, for review binding */
 	size_t params_len;
+	const char *params_shown; /* the parameters as text, for the record (NULL: none) */
+	size_t params_shown_len;
 	uint64_t seq;	       /* per-session request number */
 	const char *review_id; /* the review that decided it (approved or not), if any */
 };

@@ -708,6 +708,10 @@ replay_request(FILE *out, json_t *d)
 		fputs("\n" REPLAY_INDENT, out);
 		sl_fput_safe(out, text, strlen(text), REPLAY_INDENT);
 	}
+	if (jstr(d, "params")) {
+		fputs("\n" REPLAY_INDENT "parameters: ", out);
+		sl_fput_safe(out, jstr(d, "params"), strlen(jstr(d, "params")), REPLAY_INDENT);
+	}
 	fputc('\n', out);
 }
 

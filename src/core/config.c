@@ -64,6 +64,7 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	UINT("max_message_bytes", struct sl_cfg_gateway, max_message_bytes),
 	STR("shutdown_timeout", struct sl_cfg_gateway, shutdown_timeout),
 	STR("login_timeout", struct sl_cfg_gateway, login_timeout),
+	STR("message_timeout", struct sl_cfg_gateway, message_timeout),
 	UINT("max_connections", struct sl_cfg_gateway, max_connections),
 	UINT("max_logins_per_address", struct sl_cfg_gateway, max_logins_per_address),
 	UINT("max_buffered_bytes", struct sl_cfg_gateway, max_buffered_bytes),
@@ -384,6 +385,8 @@ validate(struct sl_config *c, char *err, size_t errlen)
 				errlen)) != 0 ||
 	    (r = check_duration("gateway.login_timeout", c->gateway.login_timeout, err, errlen)) !=
 		    0 ||
+	    (r = check_duration("gateway.message_timeout", c->gateway.message_timeout, err,
+				errlen)) != 0 ||
 	    (r = check_duration("audit.checkpoint_interval", c->audit.checkpoint_interval, err,
 				errlen)) != 0)
 		return r;
@@ -506,6 +509,7 @@ fill_defaults(struct sl_config *c)
 	r |= set_default(&c->gateway.log_level, "info");
 	r |= set_default(&c->gateway.shutdown_timeout, "10s");
 	r |= set_default(&c->gateway.login_timeout, "15s");
+	r |= set_default(&c->gateway.message_timeout, "60s");
 	if (c->gateway.workers == 0) {
 		n = sysconf(_SC_NPROCESSORS_ONLN);
 		c->gateway.workers = n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,6 +92,7 @@ struct stmt {
 	int review;		/* executing it needs approval (decided at Parse) */
 	struct sl_decision dec; /* that decision (pointers into the policy set) */
 	unsigned unknown : 1;	/* the server may hold another definition: refused */
+	unsigned secret : 1;	/* its text names a secret: parameters not recorded */
 	uint8_t taint;		/* as entry.taint, for its executions */
 	uint8_t errtaint;	/* as entry.errtaint */
 	size_t *held, cost;	/* charged to its session's held_bytes */
@@ -129,7 +131,7 @@ struct portal {
 	char *name;
 	uint64_t grp; /* sync group of its Bind */
 	struct stmt *st;
-	uint8_t *params; /* exact Bind parameter bytes, kept for review binding */
+	uint8_t *params; /* exact Bind parameter bytes (review binding, audit) */
 	size_t plen;
 	uint8_t *pbin; /* per parameter: 1 if sent in binary (for approvers' display) */
 	uint16_t npbin;
@@ -320,13 +322,18 @@ struct pg_session {
 	struct sl_mask_stats mstats;
 	int mstats_any;
 	struct sl_buf mout, mval;
-	uv_timer_t
-		login_timer; /* startup + login must finish in time (slow clients hold sockets) */
+	/* startup + login must finish in time (slow clients hold sockets);
+	 * once logged in, the deadline of a large incomplete message */
+	uv_timer_t login_timer;
+	unsigned msg_timer_on : 1;
 	/* a statement held for approval */
 	char review_id[40];
 	uint32_t rkinds;
 	const char *rtext; /* statement text of a held Execute (owned by its stmt) */
 	size_t rtextlen;
+	char *rparams; /* its Bind parameters as the audit shows them (owned) */
+	size_t rparamslen;
+	struct sl_buf pshown; /* an Execute's parameters for its record (exec_params) */
 	struct sl_completion rcomp;
 	struct sl_decision rdec;
 	char rtrace[33], rspan[17];
@@ -649,6 +656,41 @@ held_ok(struct pg_session *s, size_t n)
 	return 0;
 }
 
+/* Whether a statement text names a secret: a word (letters, digits, _ and
+ * $; in a name, a quoted name, a literal or a comment alike) that ends in
+ * password, passwd, passphrase, secret or token, or their plural. The
+ * audit trail records the Bind parameters of a statement, and the value
+ * bound by `SET password = $1` is the secret itself: such a statement's
+ * parameters are not recorded. The test is over the whole text on purpose
+ * (`WHERE api_token = $1`, `VALUES ($1)` into a column listed earlier):
+ * it withholds more than needed, never less. */
+static int
+names_secret(const char *sql, size_t len)
+{
+	static const char *const ends[] = {"password", "passwd", "passphrase", "secret", "token"};
+	size_t i = 0;
+
+	while (i < len) {
+		size_t w = i, n;
+
+		while (i < len && (isalnum((unsigned char)sql[i]) || sql[i] == '_' ||
+				   sql[i] == '$' || (unsigned char)sql[i] >= 0x80))
+			i++;
+		n = i - w;
+		if (n > 0 && (sql[i - 1] == 's' || sql[i - 1] == 'S'))
+			n--; /* tokens, secrets */
+		for (size_t k = 0; k < sizeof(ends) / sizeof(ends[0]) && n > 0; k++) {
+			size_t el = strlen(ends[k]);
+
+			if (n >= el && strncasecmp(sql + w + n - el, ends[k], el) == 0)
+				return 1;
+		}
+		if (i == w)
+			i++;
+	}
+	return 0;
+}
+
 /* Returns a new statement (one reference), or NULL without memory. */
 static struct stmt *
 stmt_new(struct pg_session *s, const char *name, const char *sql, size_t len, uint32_t kinds)
@@ -673,6 +715,7 @@ stmt_new(struct pg_session *s, const char *name, const char *sql, size_t len, ui
 	t->sql[len] = '\0';
 	t->sqllen = len;
 	t->kinds = kinds;
+	t->secret = names_secret(sql, len);
 	return t;
 }
 
@@ -1341,6 +1384,8 @@ session_free(struct pg_session *s)
 	free(s->offs);
 	free(s->lens);
 	sl_buf_fini(&s->mout);
+	sl_buf_fini(&s->pshown);
+	free(s->rparams);
 	sl_buf_fini(&s->mval);
 	sl_pl_session_fini(&s->pl);
 	free(s);
@@ -2392,7 +2437,7 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 							       : "off"));
 		sl_pl_session_opened(s->gw, &s->pl, details);
 		set_state(s, PG_ST_READY);
-		stop_login_timer(s);
+		uv_timer_stop(&s->login_timer); /* kept for message deadlines */
 		return 0;
 	}
 	default:
@@ -3523,6 +3568,8 @@ review_done_loop(struct sl_completion *c)
 	if (s->rtext != NULL) {
 		r.text = s->rtext;
 		r.textlen = s->rtextlen;
+		r.params_shown = s->rparams;
+		r.params_shown_len = s->rparamslen;
 	} else if (sl_pg_parse_query(msg, s->held_len, &sql, &len) == 0) {
 		r.text = sql;
 		r.textlen = len;
@@ -4382,7 +4429,7 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		return 0;
 	}
 	{
-		if (!held_ok(s, strlen(b.portal) + (st->review ? b.params_len : 0)))
+		if (!held_ok(s, strlen(b.portal) + b.params_len + b.nparams))
 			return -1;
 		p = calloc(1, sizeof(*p));
 		if (p == NULL || (p->name = strdup(b.portal)) == NULL) {
@@ -4403,7 +4450,8 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			else if (bin != (p->rfmt == RFMT_BINARY))
 				p->rfmt = RFMT_MIXED;
 		}
-		if (st->review && b.params_len > 0) {
+		/* kept for the approvers and the audit trail (what $1 was) */
+		if (b.params_len > 0) {
 			p->params = malloc(b.params_len);
 			if (p->params == NULL) {
 				portal_destroy(p);
@@ -4504,26 +4552,23 @@ shown_text(const uint8_t *v, size_t n, size_t max, int *all)
 	return (long)i;
 }
 
-/* The statement as approvers see it: its text, then its Bind parameters
- * in a comment: $1 = '0' (text), $2 = NULL, $3 = binary '\x00000001' (sent
- * in binary, or text that is not plain: shown as hex), each up to 1 KiB with
- * its length when longer. params: the Bind's parameter values (each an int32
- * length, -1 for NULL, then the bytes); bin[i]: parameter i was sent in
- * binary. */
-#define PARAMS_SHOWN (64u << 10) /* bytes of parameters shown to approvers */
+/* A Bind's parameters as approvers and the audit trail see them: $1 = '0'
+ * (text), $2 = NULL, $3 = binary '\x00000001' (sent in binary, or text
+ * that is not plain: shown as hex), each up to 1 KiB with its length when
+ * longer, at most PARAMS_SHOWN bytes in all and then their count. params:
+ * the Bind's parameter values (each an int32 length, -1 for NULL, then the
+ * bytes); bin[i]: parameter i was sent in binary. */
+#define PARAMS_SHOWN (64u << 10)
 
 static int
-params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen,
-	       const uint8_t *bin, uint16_t nbin)
+params_list(struct sl_buf *out, const uint8_t *params, size_t plen, const uint8_t *bin,
+	    uint16_t nbin)
 {
 	static const char hex[] = "0123456789abcdef";
+	size_t start = out->len;
 	struct sl_rd r;
 	unsigned i = 0;
 
-	sl_buf_append(out, sql, len);
-	if (plen == 0)
-		return out->data == NULL && len > 0 ? SL_ENOMEM : 0;
-	sl_buf_append(out, "\n/* parameters:", sizeof("\n/* parameters:") - 1);
 	sl_rd_init(&r, params, plen);
 	while (sl_rd_left(&r) >= 4) {
 		uint32_t n;
@@ -4532,7 +4577,7 @@ params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *p
 		long t = -1;
 		int all = 0, binary = i < nbin && bin[i];
 
-		if (out->len > len + PARAMS_SHOWN) {
+		if (out->len > start + PARAMS_SHOWN) {
 			/* thousands of parameters would make a text of megabytes,
 			 * copied into every record and answer about the review */
 			snprintf(head, sizeof(head), ", ... (%u parameters in all)", nbin);
@@ -4541,7 +4586,7 @@ params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *p
 		}
 
 		sl_rd_u32be(&r, &n);
-		snprintf(head, sizeof(head), "%s $%u = ", i > 0 ? "," : "", i + 1);
+		snprintf(head, sizeof(head), "%s$%u = ", i > 0 ? ", " : "", i + 1);
 		sl_buf_append(out, head, strlen(head));
 		i++;
 		if (n == 0xffffffffu) {
@@ -4574,8 +4619,49 @@ params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *p
 			sl_buf_append(out, head, strlen(head));
 		}
 	}
+	return out->data == NULL ? SL_ENOMEM : 0;
+}
+
+/* The statement as approvers see it: its text, then its Bind parameters
+ * (params_list) in a comment. */
+static int
+params_display(struct sl_buf *out, const char *sql, size_t len, const uint8_t *params, size_t plen,
+	       const uint8_t *bin, uint16_t nbin)
+{
+	sl_buf_append(out, sql, len);
+	if (plen == 0)
+		return out->data == NULL && len > 0 ? SL_ENOMEM : 0;
+	sl_buf_append(out, "\n/* parameters: ", sizeof("\n/* parameters: ") - 1);
+	params_list(out, params, plen, bin, nbin);
 	sl_buf_append(out, " */", 3);
 	return out->data == NULL ? SL_ENOMEM : 0;
+}
+
+/* An Execute's parameters for its audit record, into s->pshown (reused):
+ * NULL when its portal has none. A statement that names a secret
+ * (names_secret) or a session with column rules (a value bound for a masked
+ * column is as sensitive as the column) gets a note instead of the values;
+ * the rest goes through the audit's detectors like the text does. */
+static const char *
+exec_params(struct pg_session *s, const struct portal *p, size_t *len)
+{
+	static const char secret[] = "<withheld: the statement names a secret>";
+	static const char masked[] = "<withheld: column masking applies to this session>";
+	struct sl_buf *b = &s->pshown;
+
+	if (p == NULL || p->plen == 0)
+		return NULL;
+	b->len = b->off = 0;
+	if (p->st->secret)
+		sl_buf_append(b, secret, sizeof(secret) - 1);
+	else if (column_rules(s))
+		sl_buf_append(b, masked, sizeof(masked) - 1);
+	else
+		params_list(b, p->params, p->plen, p->pbin, p->npbin);
+	if (b->data == NULL)
+		return NULL;
+	*len = b->len;
+	return (const char *)b->data;
 }
 
 static int
@@ -4631,6 +4717,7 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 	if (p != NULL) {
 		rq.text = p->st->sql;
 		rq.textlen = p->st->sqllen;
+		rq.params_shown = exec_params(s, p, &rq.params_shown_len);
 		cls.kinds = p->st->kinds;
 		if (sl_pl_trace_from_text(p->st->sql, p->st->sqllen, trace, span)) {
 			rq.trace_id = trace;
@@ -4674,6 +4761,13 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		sl_buf_append(&bound, msg, total);
 		s->rtext = p->st->sql;
 		s->rtextlen = p->st->sqllen;
+		free(s->rparams);
+		s->rparams = NULL;
+		if (rq.params_shown != NULL &&
+		    (s->rparams = malloc(rq.params_shown_len + 1)) != NULL) {
+			memcpy(s->rparams, rq.params_shown, rq.params_shown_len);
+			s->rparamslen = rq.params_shown_len;
+		}
 		{
 			/* approvers see the parameters too: `id > $1` with $1
 			 * = 0 is every row */
@@ -4805,6 +4899,46 @@ charge_buffers(struct pg_session *s)
 }
 
 static void
+message_timeout(uv_timer_t *t)
+{
+	struct pg_session *s = t->data;
+	char m[160];
+
+	if (s->state != PG_ST_READY || !s->msg_timer_on)
+		return;
+	s->in_process = 1;
+	sl_warn("session %s: a message was not completed within gateway.message_timeout (%zu "
+		"bytes of it buffered); ending the session",
+		s->pl.id, sl_buf_unread(&s->cin));
+	snprintf(m, sizeof(m),
+		 "sluice: a message of more than 1 MiB was not completed within %lld s "
+		 "(gateway.message_timeout)",
+		 (long long)(s->gw->message_timeout_ms / 1000));
+	fatal(s, "08P01", m);
+	s->in_process = 0;
+	maybe_free(s);
+}
+
+/* Starts (on) or stops the deadline of an incomplete client message that
+ * holds more than BIG_BUFFER: such bytes count against
+ * gateway.max_buffered_bytes, so a client that sends most of a large
+ * message and stalls would hold that budget for as long as it liked. */
+static void
+message_deadline(struct pg_session *s, int on)
+{
+	s->msg_timer_on = on != 0;
+	if (!s->timer_open || uv_is_closing((uv_handle_t *)&s->login_timer))
+		return;
+	if (on)
+		uv_timer_start(
+			&s->login_timer, message_timeout,
+			(uint64_t)(s->gw->message_timeout_ms > 0 ? s->gw->message_timeout_ms : 1),
+			0);
+	else
+		uv_timer_stop(&s->login_timer);
+}
+
+static void
 process_client(struct pg_session *s)
 {
 	struct sl_buf *in = &s->cin;
@@ -4820,8 +4954,13 @@ process_client(struct pg_session *s)
 
 		r = sl_pg_frame(sl_buf_head(in), sl_buf_unread(in), s->gw->max_message, &type,
 				&total);
-		if (r == SL_AGAIN)
+		if (r == SL_AGAIN) {
+			if (sl_buf_unread(in) > BIG_BUFFER && !s->msg_timer_on)
+				message_deadline(s, 1);
 			break;
+		}
+		if (s->msg_timer_on)
+			message_deadline(s, 0);
 		if (r != 0) {
 			fatal(s, r == SL_ETOOBIG ? "54000" : "08P01",
 			      r == SL_ETOOBIG ? "sluice: message exceeds gateway.max_message_bytes"
@@ -5481,6 +5620,7 @@ session_start(struct sl_worker *w, int fd, const struct sockaddr *peer)
 	sl_pl_session_init(s->gw, &s->pl, "postgres");
 	s->pl.scratch = w->mscratch;
 	sl_buf_init(&s->mout, 0);
+	sl_buf_init(&s->pshown, 0);
 	sl_buf_init(&s->mval, 0);
 	if (sl_stream_init(&s->cli, &w->loop, &cli_ops, s, &s->cin) != 0) {
 		sl_pl_session_fini(&s->pl);

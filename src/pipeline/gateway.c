@@ -482,6 +482,9 @@ sl_gateway_run(struct sl_config *cfg)
 	gw->login_timeout_ms = 15000;
 	if (cfg->gateway.login_timeout)
 		sl_parse_duration_ms(cfg->gateway.login_timeout, &gw->login_timeout_ms);
+	gw->message_timeout_ms = 60000;
+	if (cfg->gateway.message_timeout)
+		sl_parse_duration_ms(cfg->gateway.message_timeout, &gw->message_timeout_ms);
 	if (cfg->identity.issuers_count > 0 && cfg->identity.issuers[0].leeway)
 		sl_parse_duration_ms(cfg->identity.issuers[0].leeway, &leeway_ms);
 	gw->leeway_s = leeway_ms / 1000;

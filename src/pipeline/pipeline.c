@@ -435,6 +435,13 @@ sl_pl_record(struct sl_gw *gw, struct sl_worker *w, struct sl_pl_session *s,
 		jtext(b, "text", gw, NULL, &t, r->text, r->textlen, r->proto == SL_PROTO_PG);
 		sl_buf_fini(&t);
 	}
+	/* the Bind parameters: `id > $1` says little without $1; the same
+	 * detectors as the text's apply */
+	if (r->params_shown != NULL && w != NULL)
+		jtext(b, "params", gw, w->mscratch, &w->rtext, r->params_shown, r->params_shown_len,
+		      0);
+	else if (r->params_shown != NULL)
+		jcstr(b, "params", withheld); /* no detectors here */
 	if (r->sql != NULL) {
 		jcstr(b, "kind", kinds_names(r->sql->kinds));
 		if (r->sql->ntables)

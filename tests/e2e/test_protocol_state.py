@@ -3,12 +3,14 @@ statement and portal names as the server keys them (63 bytes), and COPY FROM
 STDIN, during which the server ignores Sync and Flush. A difference would
 pair answers with the wrong statements: a reviewed statement run under
 another's decision, results recorded against the wrong request."""
+import os
 import socket
 import time
 
 import pytest
 
 import pgwire
+from conftest import wait_for
 from test_attacks import count, session
 
 POLICIES = """
@@ -248,6 +250,48 @@ def test_large_messages_across_sessions_are_bounded(gateway_factory):
     assert (b"C", b"SELECT 1\x00") in got, [t for t, _ in got]
 
 
+def test_stalled_large_message_is_ended_at_message_timeout(gateway_factory):
+    """Past 1 MiB an incomplete message holds buffer budget that every
+    session shares: a client that sends most of one and stalls is ended at
+    gateway.message_timeout (08P01, logged); one that completes its large
+    message in time is served, and so is everyone else meanwhile."""
+    gw = gateway_factory(policies=POLICIES, gateway_extra="  message_timeout: 3s\n")
+    big = 4 << 20
+    stalled = session(gw)
+    stalled.send(b"Q" + (big + 4).to_bytes(4, "big") + b"SELECT '" + b"x" * (big - 16))
+    # a slow but steady client: its 4 MiB statement arrives in pieces within the deadline
+    slow = session(gw)
+    body = b"SELECT length('" + b"y" * (big - 40) + b"')\0"
+    slow.send(b"Q" + (len(body) + 4).to_bytes(4, "big") + body[:2 << 20])
+    time.sleep(0.5)
+    slow.send(body[2 << 20:])
+    slow.s.settimeout(10)
+    got = slow.until_ready()
+    assert got[-1] == (b"Z", b"I"), got  # answered (refused by size or run; not cut)
+    assert not any(e["C"] == "08P01" for e in pgwire.errors(got)), got
+    # meanwhile others are served
+    other = session(gw)
+    other.send(pgwire.query("SELECT 1"))
+    assert until_ready(other)[-1] == (b"Z", b"I")
+    other.close()
+    stalled.s.settimeout(10)
+    m = stalled.read_msg()
+    errs = pgwire.errors([m])
+    assert errs and errs[0]["C"] == "08P01" and "message_timeout" in errs[0]["M"], m
+    assert stalled.closed()
+    slow.close()
+    assert wait_for(lambda: "was not completed within gateway.message_timeout" in gw.logtext())
+
+
+def test_message_timeout_is_checked(gateway_factory, tmp_path):
+    """A bad duration is a config error naming the key."""
+    gw = gateway_factory(policies=POLICIES)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(gw.config).read().replace("gateway:\n", "gateway:\n  message_timeout: soon\n", 1))
+    r = gw.run("config", "check", str(bad), check=False)
+    assert r.returncode != 0 and "message_timeout" in (r.stderr + r.stdout), r
+
+
 def test_sync_between_copy_data_ends_the_session(rgw):
     """A bad row ends the COPY where the server reads it, so a Sync sent
     after data may be ignored or answered: sluice cannot tell which, and
@@ -318,3 +362,50 @@ def test_rows_waiting_for_slow_clients_count_against_the_budget(gateway_factory)
         codes.append(errs[0]["C"] if errs else "ok")
         cn.close()
     assert "53200" in codes and "ok" in codes, codes
+
+
+# ------------------------------------------------- Bind parameters in the trail
+
+def test_execute_record_names_its_bind_parameters(rgw, pg):
+    """`DELETE ... WHERE id = $1` says nothing without $1: an Execute's
+    request record carries its parameters (text, NULL, binary as hex), an
+    SSN among them masked like the text's would be, and none at all when the
+    statement names a secret (the value bound to `password = $1` is it)."""
+    cn = session(rgw)
+    cn.send(pgwire.parse("q", "SELECT id FROM orders WHERE id = $1 OR customer::text = $2 "
+                              "OR $3::text IS NULL") +
+            pgwire.bind("", "q", ["7", "123-45-6789", None]) + pgwire.execute() +
+            pgwire.parse("s", "SELECT count(*) FROM orders WHERE $1::text <> 'x' "
+                              "/* api_token */") +
+            pgwire.bind("", "s", ["tok_live_5ecretvalue"]) + pgwire.execute() +
+            pgwire.bind("", "q", ["8", "it's", "x"]) + pgwire.execute() + pgwire.SYNC)
+    got = until_ready(cn)
+    assert not pgwire.errors(got), got
+    cn.close()
+    recs = [d for d in statements(rgw) if "FROM orders" in d.get("text", "")]
+    params = [d.get("params") for d in recs]
+    assert params == ["$1 = '7', $2 = '***********', $3 = NULL",
+                      "<withheld: the statement names a secret>",
+                      "$1 = '8', $2 = 'it''s', $3 = 'x'"], recs
+    # nowhere in the store, its WAL or its journals
+    for f in os.listdir(rgw.dir):
+        if f.startswith("audit.db"):
+            data = open(os.path.join(rgw.dir, f), "rb").read()
+            assert b"5ecretvalue" not in data and b"123-45-6789" not in data, f
+    # the transcript shows them under the statement
+    sid = [r["session"] for r in rgw.export() if r["type"] == "request"][0]
+    out = rgw.run("audit", "replay", "--session", sid).stdout
+    assert "parameters: $1 = '7', $2 = '***********', $3 = NULL" in out, out
+
+
+def test_simple_protocol_records_have_no_params(rgw):
+    """Only an Execute of a Bind with parameters carries them."""
+    cn = session(rgw)
+    cn.send(pgwire.query("SELECT 1"))
+    until_ready(cn)
+    cn.send(pgwire.parse("", "SELECT 2") + pgwire.bind("", "") + pgwire.execute() +
+            pgwire.SYNC)
+    until_ready(cn)
+    cn.close()
+    recs = [d for d in statements(rgw) if d.get("text") in ("SELECT 1", "SELECT 2")]
+    assert len(recs) == 2 and all("params" not in d for d in recs), recs
