@@ -109,6 +109,7 @@ struct sl_audit {
 	struct sl_buf jline; /* journal lines being built (under wmu), kept */
 	int jfailed;	     /* the last journal write failed (under wmu) */
 	char store_err[160]; /* why the last store failed (under imu) */
+	char cp_line[600];   /* the sidecar line of a checkpoint not committed yet */
 };
 
 char *
@@ -397,18 +398,12 @@ checkpoint(struct sl_audit *a)
 	sqlite3_bind_text(a->ins_cp, 5, sig64, -1, SQLITE_STATIC);
 	if (sqlite3_step(a->ins_cp) != SQLITE_DONE)
 		goto out;
-	{
-		FILE *f = fopen(a->sidecar, "a");
-
-		if (f != NULL) {
-			fprintf(f,
-				"{\"node\":\"%s\",\"seq\":%llu,\"hash\":\"%s\",\"ts\":%lld,"
-				"\"sig\":\"%s\"}\n",
-				a->node, (unsigned long long)a->stored_seq, hex, (long long)ts,
-				sig64);
-			fclose(f);
-		}
-	}
+	/* the sidecar gets it once the transaction is committed (store_batch):
+	 * a verifier that reads the sidecar first and then the store never
+	 * finds a checkpoint there that the store does not hold yet */
+	snprintf(a->cp_line, sizeof(a->cp_line),
+		 "{\"node\":\"%s\",\"seq\":%llu,\"hash\":\"%s\",\"ts\":%lld,\"sig\":\"%s\"}\n",
+		 a->node, (unsigned long long)a->stored_seq, hex, (long long)ts, sig64);
 	a->last_cp_seq = a->stored_seq;
 	a->last_cp_us = sl_mono_us();
 	a->since_cp = 0;
@@ -485,7 +480,7 @@ bind_id(sqlite3_stmt *st, int col, const char *v, size_t n, uint32_t *mask, uint
 static int
 store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 {
-	uint64_t seq0 = a->stored_seq, cp0 = a->since_cp;
+	uint64_t seq0 = a->stored_seq, cp0 = a->since_cp, lcp0 = a->last_cp_seq;
 	uint8_t h0[32];
 	struct rec *r, *last = NULL;
 
@@ -533,11 +528,20 @@ store_batch(struct sl_audit *a, struct rec *batch, int force_cp)
 		memcpy(a->stored_hash, last->hbin, 32);
 		a->since_cp += (uint64_t)n;
 	}
+	a->cp_line[0] = '\0';
 	if ((force_cp || checkpoint_due(a)) && checkpoint(a) != 0)
 		goto fail;
 	sqlite3_reset(a->commit);
 	if (sqlite3_step(a->commit) != SQLITE_DONE)
 		goto fail;
+	if (a->cp_line[0] != '\0') {
+		FILE *f = fopen(a->sidecar, "a");
+
+		if (f != NULL) {
+			fputs(a->cp_line, f);
+			fclose(f);
+		}
+	}
 	return 0;
 fail:
 	/* the reason, before the rollback's own result replaces it */
@@ -546,6 +550,7 @@ fail:
 	sqlite3_step(a->rollback);
 	a->stored_seq = seq0;
 	a->since_cp = cp0;
+	a->last_cp_seq = lcp0; /* its checkpoint is not stored either */
 	memcpy(a->stored_hash, h0, 32);
 	return SL_EIO;
 }

@@ -235,16 +235,18 @@ check_checkpoint(sqlite3 *db, EVP_PKEY *pub, const char *node, uint64_t seq, con
 }
 
 /* The sidecar at given (which must exist) or else <path>.checkpoints (if it
- * exists). */
-static int
-verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, const char *given, uint64_t last_seq,
-	       unsigned *ncp, char *msg, size_t msglen)
+ * exists), opened before the store is read: its first *len bytes (the
+ * lines a gateway still writing had appended then, each after its
+ * checkpoint was committed) are checked against the store's snapshot. */
+static FILE *
+open_sidecar(const char *path, const char *given, off_t *len, char *msg, size_t msglen, int *r)
 {
-	char buf[4200], line[1024];
+	char buf[4200];
 	const char *sidecar = given;
+	struct stat sb;
 	FILE *f;
-	int r = 0;
 
+	*r = 0;
 	if (sidecar == NULL) {
 		snprintf(buf, sizeof(buf), "%s.checkpoints", path);
 		sidecar = buf;
@@ -252,11 +254,25 @@ verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, const char *given, 
 	f = fopen(sidecar, "r");
 	if (f == NULL && given != NULL) {
 		snprintf(msg, msglen, "cannot read checkpoint file %s", given);
-		return SL_EIO;
+		*r = SL_EIO;
 	}
+	*len = f != NULL && fstat(fileno(f), &sb) == 0 ? sb.st_size : 0;
+	return f;
+}
+
+static int
+verify_sidecar(sqlite3 *db, EVP_PKEY *pub, FILE *f, off_t len, const char *sidecar,
+	       uint64_t last_seq, unsigned *ncp, char *msg, size_t msglen)
+{
+	char line[1024];
+	int r = 0;
+
 	if (f == NULL)
 		return 0;
-	while (r == 0 && fgets(line, sizeof(line), f) != NULL) {
+	/* lines past len were appended after the store's snapshot was taken */
+	while (r == 0 && ftello(f) < len && fgets(line, sizeof(line), f) != NULL) {
+		if (ftello(f) > len)
+			break;
 		json_t *o = json_loads(line, 0, NULL);
 		const char *node, *hash, *sig;
 		json_int_t seq, ts;
@@ -272,7 +288,6 @@ verify_sidecar(sqlite3 *db, EVP_PKEY *pub, const char *path, const char *given, 
 		}
 		json_decref(o);
 	}
-	fclose(f);
 	return r;
 }
 
@@ -295,12 +310,21 @@ sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
 	uint64_t expect = 1, n = 0;
 	unsigned ncp = 0;
 	int r = 0, step;
+	FILE *sidef;
+	off_t sidelen;
+	char sidename[4200];
 
 	if (nrecords)
 		*nrecords = 0;
+	sidef = open_sidecar(store_path, sidecar_path, &sidelen, msg, msglen, &r);
+	if (r != 0)
+		return r;
+	snprintf(sidename, sizeof(sidename), "%s%s", sidecar_path ? sidecar_path : store_path,
+		 sidecar_path ? "" : ".checkpoints");
 	if (access(store_path, R_OK) != 0) {
 		snprintf(msg, msglen, "cannot read audit store %s", store_path);
-		return SL_EIO;
+		r = SL_EIO;
+		goto out;
 	}
 	if (pubkey_path != NULL) {
 		FILE *f = fopen(pubkey_path, "r");
@@ -309,11 +333,15 @@ sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
 			if (f)
 				fclose(f);
 			snprintf(msg, msglen, "cannot read public key %s", pubkey_path);
-			return SL_EIO;
+			r = SL_EIO;
+			goto out;
 		}
 		fclose(f);
 	}
+	/* One read transaction: records and checkpoints from one snapshot (a
+	 * gateway that writes meanwhile adds both, in one transaction). */
 	if (sqlite3_open_v2(store_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(db,
 			       "SELECT seq, ts, node, type, session, trace_id, span_id, data, "
 			       "prev_hash, hash FROM records ORDER BY seq",
@@ -402,7 +430,7 @@ sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
 		if (r != 0)
 			goto out;
 	}
-	if ((r = verify_sidecar(db, pub, store_path, sidecar_path, n, &ncp, msg, msglen)) != 0)
+	if ((r = verify_sidecar(db, pub, sidef, sidelen, sidename, n, &ncp, msg, msglen)) != 0)
 		goto out;
 	if (n > 0 && ncp == 0) {
 		/* The writer stores its first records with a checkpoint, in
@@ -421,8 +449,10 @@ sl_audit_verify_store_with(const char *store_path, const char *pubkey_path,
 		*nrecords = n;
 out:
 	sqlite3_finalize(st);
-	sqlite3_close(db);
+	sqlite3_close(db); /* ends the read transaction */
 	EVP_PKEY_free(pub);
+	if (sidef != NULL)
+		fclose(sidef);
 	return r;
 }
 

@@ -1060,6 +1060,10 @@ struct cancel_ent {
 	SSL_CTX *tls;	 /* the connection's upstream TLS (NULL: plain) */
 	char host[256];	 /* tls: verify-full: the name its certificate must carry */
 	char review[40]; /* the review its held statement waits for, if any */
+	/* with review: nothing of the session runs on the server (the held
+	 * statement is all it waits for): a cancel is not forwarded */
+	int review_alone;
+	int forwarded; /* a cancel was forwarded to the session's upstream */
 	struct cancel_ent *next, **pprev;
 };
 
@@ -1067,7 +1071,7 @@ struct cancel_ent {
  * pids are random): a CancelRequest, which needs no login, never walks
  * every session while holding the lock that logins and closes take, and a
  * session leaves the map in O(1). */
-static void cancel_unregister(struct pg_session *s);
+static int cancel_unregister(struct pg_session *s);
 
 static struct cancel_ent **
 cancel_bucket(struct sl_gw *gw, uint32_t pid)
@@ -1115,21 +1119,26 @@ cancel_register(struct pg_session *s)
 	pthread_mutex_unlock(&gw->cancel_mu);
 }
 
-static void
+/* Takes the session out of the cancel map. Returns whether a cancel was
+ * forwarded to its upstream meanwhile: one may still be on its way. */
+static int
 cancel_unregister(struct pg_session *s)
 {
 	struct sl_gw *gw = s->gw;
 	struct cancel_ent *c = s->cancel;
+	int fwd;
 
 	if (c == NULL)
-		return;
+		return 0;
 	pthread_mutex_lock(&gw->cancel_mu);
 	*c->pprev = c->next;
 	if (c->next)
 		c->next->pprev = c->pprev;
+	fwd = c->forwarded;
 	pthread_mutex_unlock(&gw->cancel_mu);
 	s->cancel = NULL;
 	free(c);
+	return fwd;
 }
 
 /*
@@ -1285,6 +1294,7 @@ cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 		if (c->pid == pid && sl_memeq_ct(&c->key, &key, sizeof(key))) {
 			found = *c;
 			have = 1;
+			c->forwarded |= !(c->review[0] != '\0' && c->review_alone);
 			break;
 		}
 	}
@@ -1295,6 +1305,12 @@ cancel_forward(struct sl_worker *w, uint32_t pid, uint32_t key)
 	if (have && found.review[0] != '\0' && gw->review != NULL)
 		sl_review_cancel_why(gw->review, found.review,
 				     "the client cancelled the statement");
+	/* Forwarded, it would reach the server after the client has its
+	 * "approval cancelled" and has sent its next statement (or, the
+	 * session over, after another session took the connection): it would
+	 * cancel that one. */
+	if (have && found.review[0] != '\0' && found.review_alone)
+		return;
 	if (!have || (cc = calloc(1, sizeof(*cc))) == NULL)
 		return;
 	sl_buf_init(&b, 0);
@@ -1468,6 +1484,11 @@ session_close(struct pg_session *s, const char *why)
 		sl_stream_flush(&s->cli);
 		sl_stream_close(&s->cli);
 	}
+	/* Out of the cancel map before the upstream may go to the pool: a
+	 * cancel forwarded before could reach the server once another session
+	 * runs there, so that connection is closed instead. */
+	if (cancel_unregister(s))
+		s->reusable = 0;
 	if (s->up_open && pool_put(s, was_ready) == 0)
 		s->up_open = 0; /* the pool has it now */
 	if (s->up_open)
@@ -2377,10 +2398,24 @@ upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 	if (s->catalog == 1 && catalog_msg(s, type, msg, len) == 0)
 		return 0; /* the catalog answer is ours, never the client's */
 	if (type == 'Z' && s->catalog == 0) {
+		int r;
+
 		s->mplan = sl_pl_session_mask(s->gw, &s->pl, &s->mask_exempt);
-		if (catalog_ask(s))
+		if ((r = catalog_ask(s)) > 0)
 			return 0;
+		if (r < 0)
+			s->catalog_failed = 1;
 		s->catalog = 2;
+	}
+	if (type == 'Z' && s->catalog_failed) {
+		sl_warn("pg session %s: cannot read the catalog for the column masking rules; "
+			"session refused",
+			s->pl.id);
+		fatal(s, "58000",
+		      "sluice: cannot read the upstream catalog for this session's column masking "
+		      "rules; the session is refused (check the connection's settings and the "
+		      "server log)");
+		return -1;
 	}
 	switch (type) {
 	case 'K':
@@ -2685,16 +2720,24 @@ catalog_ask(struct pg_session *s)
 	if (!column_rules(s))
 		return 0;
 	sl_buf_init(&q, 0);
-	sl_buf_append_cstr(&q, "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
-			       "a.attname::pg_catalog.text, c.reltype::pg_catalog.int8, "
-			       "coalesce(t.typarray, 0)::pg_catalog.int8, "
-			       "n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
-			       "FROM pg_catalog.pg_attribute a "
-			       "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-			       "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-			       "LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype "
-			       "WHERE a.attnum > 0 AND NOT a.attisdropped "
-			       "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
+	/* In a transaction of its own, with settings of its own: the client's
+	 * startup parameters (statement_timeout=1, lock_timeout, a search_path
+	 * that puts its own operators first) must not make the lookup fail or
+	 * lie. SET LOCAL ends with it; a failure refuses the session
+	 * (catalog_msg), so nothing is left half set. */
+	sl_buf_append_cstr(&q,
+			   "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+			   "SET LOCAL search_path = pg_catalog; "
+			   "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
+			   "a.attname::pg_catalog.text, c.reltype::pg_catalog.int8, "
+			   "coalesce(t.typarray, 0)::pg_catalog.int8, "
+			   "n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
+			   "FROM pg_catalog.pg_attribute a "
+			   "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+			   "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+			   "LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype "
+			   "WHERE a.attnum > 0 AND NOT a.attisdropped "
+			   "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
 	q.len--; /* no NUL yet */
 	for (size_t i = 0; (g = sl_mask_plan_column_glob(s->mplan, i)) != NULL; i++) {
 		sl_buf_append(&q, " OR a.attname::pg_catalog.text ILIKE '", 38);
@@ -2718,12 +2761,12 @@ catalog_ask(struct pg_session *s)
 		sl_buf_append(&q, "' ESCAPE '!'", 12);
 	}
 	/* by table: catalog_msg() keeps one name per table */
-	sl_buf_append_cstr(&q, ") ORDER BY 6, 7");
+	sl_buf_append_cstr(&q, ") ORDER BY 6, 7; COMMIT");
 	sl_buf_init(&m, 0);
 	if (sl_pg_put_query(&m, (const char *)q.data) != 0) {
 		sl_buf_fini(&m);
 		sl_buf_fini(&q);
-		return 0; /* no lookup: rules match result names only */
+		return -1; /* without it a renamed column would pass: refused */
 	}
 	up_send(s, m.data, m.len);
 	up_flush(s);
@@ -2772,10 +2815,8 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		return 1;
 	}
 	if (type == 'E') {
-		/* Column rules then match result names only, as without it. */
-		sl_warn("pg session %s: cannot read the catalog for column rules; they match "
-			"result column names only",
-			s->pl.id);
+		/* Without it `SELECT ssn AS x` would pass: the session is
+		 * refused at the ReadyForQuery that follows (fail closed). */
 		s->catalog_failed = 1;
 		return 0;
 	}
@@ -3642,10 +3683,21 @@ review_done_loop(struct sl_completion *c)
 static void
 cancel_review_set(struct pg_session *s)
 {
+	int alone = 1;
+
 	if (s->cancel == NULL)
 		return;
+	/* the held statement is the last entry; any statement before it that
+	 * is not answered yet may be running on the server */
+	for (size_t i = 0; s->review_id[0] != '\0' && i + 1 < s->ents_len; i++) {
+		const struct entry *e = &s->ents[(s->ents_head + i) % s->ents_cap];
+
+		if (!e->blocked && e->kind != ENT_SYNC)
+			alone = 0;
+	}
 	pthread_mutex_lock(&s->gw->cancel_mu);
 	snprintf(s->cancel->review, sizeof(s->cancel->review), "%s", s->review_id);
+	s->cancel->review_alone = alone;
 	pthread_mutex_unlock(&s->gw->cancel_mu);
 }
 

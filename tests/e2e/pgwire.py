@@ -78,8 +78,8 @@ class Conn:
         self.buf = self.buf[n + 1:]
         return t, body
 
-    def login(self, user, token, database=None):
-        self.send(startup(user, database or user))
+    def login(self, user, token, database=None, extra=None):
+        self.send(startup(user, database or user, extra))
         t, body = self.read_msg()
         if t == b"E":
             return [(t, body)]

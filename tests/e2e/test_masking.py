@@ -611,3 +611,54 @@ def test_documents_ddl_and_renamed_copies_of_rule_columns_are_refused(mgw, pg, s
     c.close()
     assert "api_token" in pg.psql("orders", "SELECT attname FROM pg_attribute WHERE "
                                             "attrelid = 'customers'::regclass")
+
+
+def raw_rows(cn, sql):
+    cn.send(pgwire.query(sql))
+    out = []
+    for t, b in cn.until_ready():
+        if t == b"D":
+            n, off, row = struct.unpack("!H", b[:2])[0], 2, []
+            for _ in range(n):
+                ln = struct.unpack("!i", b[off:off + 4])[0]
+                off += 4
+                row.append(None if ln < 0 else b[off:off + ln].decode())
+                off += max(ln, 0)
+            out.append(tuple(row))
+    return out
+
+
+def test_client_settings_cannot_switch_off_column_rules(mgw, pg):
+    """At login sluice reads the catalog to follow rule columns under other
+    names. The client's startup parameters must not make that lookup fail
+    (statement_timeout=1 cancelled it) or lie (a search_path that puts an
+    agent's own ILIKE operator before pg_catalog's): the lookup runs with
+    settings of its own, and a lookup that fails refuses the session (58000)
+    instead of leaving `SELECT ssn AS x` unmasked."""
+    pg.psql("orders", "CREATE SCHEMA evil; "
+                      "CREATE FUNCTION evil.never(text, text) RETURNS bool "
+                      "LANGUAGE sql AS 'SELECT false'; "
+                      "CREATE OPERATOR evil.~~* (LEFTARG = text, RIGHTARG = text, "
+                      "FUNCTION = evil.never)")
+    try:
+        token = mgw.mint()
+        served = 0
+        for extra in [{"statement_timeout": "1"}, {"lock_timeout": "1"},
+                      {"search_path": "evil, pg_catalog, public"}] * 3:
+            cn = pgwire.Conn(mgw.port)
+            got = cn.login("orders", token, extra=extra)
+            errs = pgwire.errors(got)
+            if errs:  # refused, never served unmasked
+                assert errs[0]["C"] == "58000" and "catalog" in errs[0]["M"], errs
+                cn.close()
+                continue
+            cn.send(pgwire.query("SET statement_timeout = 0"))
+            cn.until_ready()
+            got = raw_rows(cn, "SELECT api_token AS x, ssn AS y FROM customers ORDER BY id")
+            cn.close()
+            assert got and got[0] == ("************", "***-**-6789"), (extra, got)
+            served += 1
+        # the lookup's own settings make these sessions work, masked
+        assert served >= 3, served
+    finally:
+        pg.psql("orders", "DROP SCHEMA evil CASCADE")

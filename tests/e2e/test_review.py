@@ -520,6 +520,76 @@ def test_cancel_request_withdraws_a_held_statement(rgw, pg):
     c.close()
 
 
+def test_cancel_of_a_held_statement_reaches_nothing_else(rgw, pg):
+    """The held statement never reached the server: a cancel forwarded for
+    it would arrive after the client had its answer and sent its next
+    statement, and cancel that one (psql's Ctrl-C on a held DELETE, then
+    the next command failing 57014). Nothing runs for the session on the
+    server then, so the cancel only withdraws the review."""
+    dba = rgw.mint(sub="dba-1", groups="dba")
+    c = rgw.connect()
+    c.autocommit = True
+    for i in range(6):
+        res = {}
+
+        def go():
+            try:
+                c.cursor().execute("DELETE FROM orders WHERE id = %d" % (88000 + i))
+            except psycopg2.Error as e:
+                res["error"] = e
+        t = threading.Thread(target=go)
+        t.start()
+        pending(rgw, dba)
+        c.cancel()
+        t.join(10)
+        assert "client cancelled" in str(res.get("error")), res
+        cur = c.cursor()
+        cur.execute("SELECT pg_sleep(0.3), 1")  # at once: a late cancel would hit it
+        assert cur.fetchone()[1] == 1
+    c.close()
+
+
+def test_a_session_that_forwarded_a_cancel_does_not_pass_its_connection_on(gateway_factory):
+    """A cancel forwarded to the server may still be on its way when the
+    session ends: its upstream connection is closed, not reused by the
+    next session, where the cancel would hit someone else's statement."""
+    rgw = gateway_factory(policies=REVIEW_POLICIES, workers=1)  # one pool
+    c = rgw.connect()
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    first = cur.fetchone()[0]
+    t = threading.Thread(target=lambda: _ignore(lambda: c.cursor().execute("SELECT pg_sleep(5)")))
+    t.start()
+    time.sleep(0.3)
+    c.cancel()
+    t.join(10)
+    c.close()
+    time.sleep(0.5)  # a connection handed on is reset (DISCARD ALL) before reuse
+    # a clean session without a cancel hands its connection on
+    d = rgw.connect()
+    d.autocommit = True
+    cur = d.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    second = cur.fetchone()[0]
+    d.close()
+    time.sleep(0.5)
+    e = rgw.connect()
+    cur = e.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    third = cur.fetchone()[0]
+    e.close()
+    assert second != first, (first, second)
+    assert third == second, (second, third)
+
+
+def _ignore(fn):
+    try:
+        fn()
+    except psycopg2.Error:
+        pass
+
+
 def test_token_expiring_during_the_wait_runs_nothing(rgw, pg):
     # Valid when held (within the 60 s leeway), expired when approved: the
     # approved statement does not run, the session ends (28000).
