@@ -337,6 +337,7 @@ struct pg_session {
 	struct sl_completion rcomp;
 	struct sl_decision rdec;
 	char rtrace[33], rspan[17];
+	const struct sl_policy_gen *rgen; /* the policies it was held under */
 	unsigned timer_open : 1;
 };
 
@@ -3574,11 +3575,42 @@ audit_done(struct sl_completion *c)
 
 /* ------------------------------------------------------------ review holds */
 
+static int classify(struct pg_session *s, const char *sql, size_t len, struct sl_sql_class *tmp,
+		    const struct sl_sql_class **out);
+static void copy_check(struct pg_session *s, const struct sl_sql_class *cls, struct sl_decision *d);
+
+/* The decision for an approved statement under the policies now in force
+ * (they were reloaded while it waited). Returns 1, with d, if they block it
+ * or it cannot be decided again (fail closed); 0 if it may run. */
+static int
+redecide(struct pg_session *s, const struct sl_pl_request *held, struct sl_decision *d)
+{
+	struct sl_sql_class tmp;
+	const struct sl_sql_class *cls;
+	struct sl_pl_request q = *held;
+
+	memset(d, 0, sizeof(*d));
+	d->action = SL_ACT_BLOCK;
+	d->message = "it could not be decided again";
+	if (held->text == NULL || classify(s, held->text, held->textlen, &tmp, &cls) != 0)
+		return 1;
+	q.sql = cls;
+	if (sl_pl_decide(s->gw, &s->pl, &q, d) != 0) {
+		d->action = SL_ACT_BLOCK;
+		d->message = "it could not be decided again";
+		return 1;
+	}
+	copy_check(s, cls, d);
+	return d->action == SL_ACT_BLOCK;
+}
+
 static void
 review_done_loop(struct sl_completion *c)
 {
 	struct pg_session *s = c->arg;
 	enum sl_review_state st = (enum sl_review_state)c->state;
+	struct sl_decision d2;
+	int reblocked = 0;
 	struct sl_pl_request r;
 	struct entry *e = ent_last(s);
 	const uint8_t *msg = sl_buf_head(&s->cin);
@@ -3631,7 +3663,9 @@ review_done_loop(struct sl_completion *c)
 		maybe_free(s);
 		return;
 	}
-	if (st == SL_REV_APPROVED) {
+	if (st == SL_REV_APPROVED && s->rgen != sl_gw_policies(s->gw) && redecide(s, &r, &d2) != 0)
+		reblocked = 1; /* a block added while it waited applies to it too */
+	if (st == SL_REV_APPROVED && !reblocked) {
 		int rc;
 
 		/* Exactly the bytes that were held are forwarded: the message
@@ -3659,6 +3693,14 @@ review_done_loop(struct sl_completion *c)
 			 st == SL_REV_EXPIRED  ? "approval timed out"
 			 : st == SL_REV_DENIED ? c->text
 					       : "approval cancelled");
+		if (reblocked) {
+			snprintf(
+				m, sizeof(m),
+				"sluice: the policies were reloaded while the statement waited for "
+				"approval and now block it: %s",
+				d2.message ? d2.message : "blocked");
+			s->rdec = d2;
+		}
 		if (st == SL_REV_CANCELLED && c->text[0] != '\0')
 			snprintf(m, sizeof(m), "sluice: approval cancelled: %s", c->text);
 		if (st == SL_REV_DENIED && strncmp(c->text, "denied", 6) != 0)
@@ -3771,6 +3813,7 @@ hold_for_review_bytes(struct pg_session *s, const char *sql, size_t len, const u
 	q.grant_for_ms = d->grant_for_ms;
 	s->rdec = *d;
 	s->rkinds = kinds;
+	s->rgen = sl_gw_policies(s->gw);
 	if (d->message == d->reason)
 		s->rdec.message = s->rdec.reason;
 	snprintf(s->rtrace, sizeof(s->rtrace), "%s", trace ? trace : "");

@@ -590,6 +590,49 @@ def _ignore(fn):
         pass
 
 
+def test_a_block_added_while_a_statement_waits_applies_to_it(gateway_factory, pg):
+    """A block added for an incident (SIGHUP) applies to agents already
+    connected, also to a statement that waited for approval under the old
+    policies: approved afterwards, it is decided again and refused, and its
+    record names the rule that blocks it. One the new policies still allow
+    runs."""
+    import signal
+    from conftest import wait_for
+    gw = gateway_factory(policies=REVIEW_POLICIES, workers=1)
+    pg.psql("orders", "INSERT INTO orders (id, customer, amount) VALUES (77701, 1, 1), "
+                      "(77702, 1, 1)")
+    dba = gw.mint(sub="dba-1", groups="dba")
+    t1, res1 = run_held(gw, "DELETE FROM orders WHERE id = 77701")
+    t2, res2 = run_held(gw, "UPDATE orders SET amount = 2 WHERE id = 77702")
+    revs = pending(gw, dba, n=2)
+    blocking = REVIEW_POLICIES.replace(
+        "- { action: block, sql: [drop, truncate] }",
+        "- { action: block, sql: [drop, truncate, delete], message: incident-block, "
+        "name: incident }")
+    text = open(gw.config).read()
+    assert REVIEW_POLICIES.strip() in text
+    open(gw.config, "w").write(text.replace(REVIEW_POLICIES.strip(), blocking.strip()))
+    n = gw.logtext().count("SIGHUP")
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: gw.logtext().count("SIGHUP") > n)
+    time.sleep(0.3)
+    dba2 = gw.mint(sub="dba-2", groups="dba")
+    for rev in revs:
+        assert api(gw, dba, "POST", "/api/reviews/%s/approve" % rev["id"], {"reason": "ok"})[0] == 200
+    upd = [r for r in revs if r["text"].startswith("UPDATE")][0]
+    assert api(gw, dba2, "POST", "/api/reviews/%s/approve" % upd["id"], {"reason": "ok"})[0] == 200
+    t1.join(10)
+    t2.join(10)
+    e = res1.get("error")
+    assert e is not None and e.pgcode == "42501" and "incident-block" in str(e), res1
+    assert pg.scalar("orders", "SELECT count(*) FROM orders WHERE id = 77701") == "1"
+    assert "error" not in res2, res2
+    assert pg.scalar("orders", "SELECT amount FROM orders WHERE id = 77702") == "2"
+    recs = [r["data"] for r in gw.export() if r["type"] == "request"
+            and "77701" in r["data"].get("text", "")]
+    assert recs[-1]["decision"] == "block" and recs[-1]["rule"] == "incident", recs[-1]
+
+
 def test_token_expiring_during_the_wait_runs_nothing(rgw, pg):
     # Valid when held (within the 60 s leeway), expired when approved: the
     # approved statement does not run, the session ends (28000).
