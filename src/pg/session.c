@@ -135,6 +135,8 @@ struct portal {
 	size_t plen;
 	uint8_t *pbin; /* per parameter: 1 if sent in binary (for approvers' display) */
 	uint16_t npbin;
+	/* params and pbin of a small Bind (most are): no allocation */
+	uint8_t params_in[48], pbin_in[8];
 	uint8_t rfmt;		    /* RFMT_* */
 	struct portal *prev, *next; /* in Bind order */
 	size_t *held, cost;	    /* charged to its session's held_bytes */
@@ -334,6 +336,9 @@ struct pg_session {
 	char *rparams; /* its Bind parameters as the audit shows them (owned) */
 	size_t rparamslen;
 	struct sl_buf pshown; /* an Execute's parameters for its record (exec_params) */
+	char *secret_text;    /* the last text secret_cached() looked at, and its answer */
+	size_t secret_len;
+	int secret_was;
 	struct sl_completion rcomp;
 	struct sl_decision rdec;
 	char rtrace[33], rspan[17];
@@ -657,6 +662,20 @@ held_ok(struct pg_session *s, size_t n)
 	return 0;
 }
 
+/* Whether the n bytes at w end in suf (lowercase letters), in any case. */
+static int
+ends_with(const uint8_t *w, size_t n, const char *suf)
+{
+	size_t k = strlen(suf);
+
+	if (n < k)
+		return 0;
+	for (w += n - k; *suf; w++, suf++)
+		if ((*w | 0x20) != (uint8_t)*suf)
+			return 0;
+	return 1;
+}
+
 /* Whether a statement text names a secret: a word (letters, digits, _ and
  * $; in a name, a quoted name, a literal or a comment alike) that ends in
  * password, passwd, passphrase, secret or token, or their plural. The
@@ -668,28 +687,58 @@ held_ok(struct pg_session *s, size_t n)
 static int
 names_secret(const char *sql, size_t len)
 {
-	static const char *const ends[] = {"password", "passwd", "passphrase", "secret", "token"};
+	/* word bytes: letters, digits, _, $ and every byte of a multibyte
+	 * character */
+	static const uint8_t word[256] = {
+		['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
+		['_'] = 1,	   ['$'] = 1,	      [0x80 ... 0xff] = 1,
+	};
+	const uint8_t *p = (const uint8_t *)sql;
 	size_t i = 0;
 
 	while (i < len) {
-		size_t w = i, n;
+		size_t w, n;
+		int last;
 
-		while (i < len && (isalnum((unsigned char)sql[i]) || sql[i] == '_' ||
-				   sql[i] == '$' || (unsigned char)sql[i] >= 0x80))
+		while (i < len && !word[p[i]])
+			i++;
+		w = i;
+		while (i < len && word[p[i]])
 			i++;
 		n = i - w;
-		if (n > 0 && (sql[i - 1] == 's' || sql[i - 1] == 'S'))
+		if (n > 0 && (p[w + n - 1] | 0x20) == 's')
 			n--; /* tokens, secrets */
-		for (size_t k = 0; k < sizeof(ends) / sizeof(ends[0]) && n > 0; k++) {
-			size_t el = strlen(ends[k]);
-
-			if (n >= el && strncasecmp(sql + w + n - el, ends[k], el) == 0)
-				return 1;
-		}
-		if (i == w)
-			i++;
+		if (n < 5)
+			continue;
+		/* by the last letter: most words go no further */
+		last = p[w + n - 1] | 0x20;
+		if ((last == 'd' &&
+		     (ends_with(p + w, n, "password") || ends_with(p + w, n, "passwd"))) ||
+		    (last == 'e' && ends_with(p + w, n, "passphrase")) ||
+		    (last == 't' && ends_with(p + w, n, "secret")) ||
+		    (last == 'n' && ends_with(p + w, n, "token")))
+			return 1;
 	}
 	return 0;
+}
+
+/* names_secret, remembered for the last text: a client that parses the
+ * same unnamed statement before each execution asks it every time. */
+static int
+secret_cached(struct pg_session *s, const char *sql, size_t len)
+{
+	if (s->secret_text == NULL || s->secret_len != len ||
+	    memcmp(s->secret_text, sql, len) != 0) {
+		char *t = len <= 4096 ? malloc(len + 1) : NULL;
+
+		free(s->secret_text);
+		s->secret_text = t;
+		s->secret_len = len;
+		s->secret_was = names_secret(sql, len);
+		if (t != NULL)
+			memcpy(t, sql, len);
+	}
+	return s->secret_was;
 }
 
 /* Returns a new statement (one reference), or NULL without memory. */
@@ -716,7 +765,7 @@ stmt_new(struct pg_session *s, const char *name, const char *sql, size_t len, ui
 	t->sql[len] = '\0';
 	t->sqllen = len;
 	t->kinds = kinds;
-	t->secret = names_secret(sql, len);
+	t->secret = secret_cached(s, sql, len);
 	return t;
 }
 
@@ -968,8 +1017,10 @@ portal_destroy(struct portal *p)
 		return;
 	*p->held -= p->cost;
 	stmt_unref(p->st);
-	free(p->params);
-	free(p->pbin);
+	if (p->params != p->params_in)
+		free(p->params);
+	if (p->pbin != p->pbin_in)
+		free(p->pbin);
 	free(p->name);
 	free(p);
 }
@@ -1403,6 +1454,7 @@ session_free(struct pg_session *s)
 	sl_buf_fini(&s->mout);
 	sl_buf_fini(&s->pshown);
 	free(s->rparams);
+	free(s->secret_text);
 	sl_buf_fini(&s->mval);
 	sl_pl_session_fini(&s->pl);
 	free(s);
@@ -4547,7 +4599,8 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 		}
 		/* kept for the approvers and the audit trail (what $1 was) */
 		if (b.params_len > 0) {
-			p->params = malloc(b.params_len);
+			p->params = b.params_len <= sizeof(p->params_in) ? p->params_in
+									 : malloc(b.params_len);
 			if (p->params == NULL) {
 				portal_destroy(p);
 				fatal(s, "53200", "sluice: out of memory");
@@ -4559,7 +4612,9 @@ handle_bind(struct pg_session *s, const uint8_t *msg, size_t total)
 			s->held_bytes += b.params_len;
 			/* each parameter's format: a binary int4 of four printable
 			 * bytes must not be shown to approvers as that text */
-			if (b.nparams > 0 && (p->pbin = malloc(b.nparams)) == NULL) {
+			if (b.nparams > 0 && (p->pbin = b.nparams <= sizeof(p->pbin_in)
+								? p->pbin_in
+								: malloc(b.nparams)) == NULL) {
 				portal_destroy(p);
 				fatal(s, "53200", "sluice: out of memory");
 				return -1;
@@ -4681,8 +4736,19 @@ params_list(struct sl_buf *out, const uint8_t *params, size_t plen, const uint8_
 		}
 
 		sl_rd_u32be(&r, &n);
-		snprintf(head, sizeof(head), "%s$%u = ", i > 0 ? ", " : "", i + 1);
-		sl_buf_append(out, head, strlen(head));
+		{
+			/* ", $N = " (snprintf costs more than the rest) */
+			char *o = head;
+
+			if (i > 0) {
+				*o++ = ',';
+				*o++ = ' ';
+			}
+			*o++ = '$';
+			o = sl_fmt_u64(o, i + 1);
+			memcpy(o, " = ", 3);
+			sl_buf_append(out, head, (size_t)(o + 3 - head));
+		}
 		i++;
 		if (n == 0xffffffffu) {
 			sl_buf_append(out, "NULL", 4);
