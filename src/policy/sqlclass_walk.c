@@ -476,363 +476,469 @@ merge_action(struct walker *w, const char *cmd, int matched, int cond)
 	return k | (cond || (matched && w->merge.on) ? 0 : all);
 }
 
-/* Walks an object. node: the node type this object is the body of (or NULL). */
-static uint32_t
-walk_object(struct walker *w, const char *node)
+/* One object being walked (walk_object()): what its keys said so far. */
+struct objwalk {
+	const char *node; /* the node type this object is the body of, or NULL */
+	uint32_t k;	  /* the kinds found so far */
+	char relname[256], schemaname[256], name[256], kindval[64];
+	int has_where, is_from, is_program, has_into, has_relation;
+	int has_locking;
+	int has_values, has_from, setcfg, has_file, insert_source;
+	int byarg, target, matched;
+	int aexpr;
+	int is_count;
+	/* an A_Expr's operands and operator: their JSON spans */
+	const char *lx, *lxe, *rx, *rxe, *opn, *opne;
+	unsigned seen, before;
+	const char *obj; /* this object's '{' */
+	struct tfacc acc;
+	char pending[128]; /* the last key walked, not yet noted in acc */
+	/* this object's '{' when it names objects by lists of strings
+	 * (sl_sql__object_names()), else NULL */
+	const char *objstart;
+};
+
+/* Starts the walk of an object of type node (or NULL) at w->p (its '{',
+ * not consumed). */
+static void
+obj_begin(struct walker *w, struct objwalk *o, const char *node)
 {
-	uint32_t k = 0;
-	char relname[256] = "", schemaname[256] = "", name[256] = "", kindval[64] = "";
-	int has_where = 0, is_from = 0, is_program = 0, has_into = 0, has_relation = 0;
-	int has_locking = 0;
-	int has_values = 0, has_from = 0, setcfg = 0, has_file = 0, insert_source = 0;
-	int byarg = 0, target = -1, matched = 0;
-	const char *from_key;
-	int first = 1;
-	int aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
-	int is_count = 0;
-	const char *lx = NULL, *lxe = NULL, *rx = NULL, *rxe = NULL, *opn = NULL, *opne = NULL;
-	unsigned seen = w->rowrefs, before = 0;
-	const char *obj = w->p; /* this object's '{' */
-	struct tfacc acc = {0};
-	char pending[128] = ""; /* the last key walked, not yet noted in acc */
-	const char *objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
-						strcmp(node, "CommentStmt") == 0 ||
-						strcmp(node, "SecLabelStmt") == 0 ||
-						strcmp(node, "RenameStmt") == 0 ||
-						strcmp(node, "AlterOwnerStmt") == 0 ||
-						strcmp(node, "GrantStmt") == 0 ||
-						strcmp(node, "DropOwnedStmt") == 0 ||
-						strcmp(node, "ReassignOwnedStmt") == 0)
-				       ? w->p
-				       : NULL;
+	memset(o, 0, sizeof(*o));
+	o->node = node;
+	o->target = -1;
+	o->aexpr = node != NULL && strcmp(node, "A_Expr") == 0;
+	o->seen = w->rowrefs;
+	o->obj = w->p;
+	o->objstart = node != NULL && (strcmp(node, "DropStmt") == 0 ||
+				       strcmp(node, "CommentStmt") == 0 ||
+				       strcmp(node, "SecLabelStmt") == 0 ||
+				       strcmp(node, "RenameStmt") == 0 ||
+				       strcmp(node, "AlterOwnerStmt") == 0 ||
+				       strcmp(node, "GrantStmt") == 0 ||
+				       strcmp(node, "DropOwnedStmt") == 0 ||
+				       strcmp(node, "ReassignOwnedStmt") == 0)
+			      ? w->p
+			      : NULL;
 
 	if (node != NULL && strcmp(node, "SelectStmt") == 0) {
-		insert_source = w->insert_source;
+		o->insert_source = w->insert_source;
 		w->insert_source = 0;
 		w->sel_depth++;
 	}
 	if (node != NULL && (strcmp(node, "ColumnRef") == 0 || strcmp(node, "CurrentOfExpr") == 0))
 		w->rowrefs++;
-	w->p++; /* '{' */
-	for (;;) {
-		char key[128];
+}
 
-		if (pending[0]) {
-			tf_note(&acc, pending, w->tf, w->rowrefs != before);
-			pending[0] = '\0';
-		}
-		ws(w);
-		if (w->p >= w->end) {
-			w->bad = 1;
-			return k;
-		}
-		if (*w->p == '}') {
-			w->p++;
-			break;
-		}
-		if (!first) {
-			if (*w->p != ',') {
-				w->bad = 1;
-				return k;
-			}
-			w->p++;
-			ws(w);
-		}
-		first = 0;
-		if (read_string(w, key, sizeof(key)) != 0) {
-			w->bad = 1;
-			return k;
-		}
-		ws(w);
-		if (w->p >= w->end || *w->p != ':') {
-			w->bad = 1;
-			return k;
-		}
+/* Reads the next key of an object into key (len bytes), leaving w->p at
+ * its value; *first says no key was read before. Returns 1, 0 at the
+ * object's end (its '}' consumed), or -1 on malformed JSON. */
+static int
+next_key(struct walker *w, int *first, char *key, size_t len)
+{
+	ws(w);
+	if (w->p >= w->end)
+		return -1;
+	if (*w->p == '}') {
+		w->p++;
+		return 0;
+	}
+	if (!*first) {
+		if (*w->p != ',')
+			return -1;
 		w->p++;
 		ws(w);
-		memcpy(pending, key, strlen(key) + 1); /* key is shorter than pending */
-		before = w->rowrefs;
-		w->tf = TF_T | TF_F;
-		/* (an Alias is written without its node name: its keys tell) */
-		if (w->p < w->end && *w->p == '"' && strcmp(key, "aliasname") == 0) {
-			/* a relation's alias: a result column of that name is
-			 * its whole row (masking: result_rowref) */
-			if (read_string(w, name, sizeof(name)) != 0) {
-				w->bad = 1;
-				return k;
-			}
-			/* past the list's bound: assume a renaming (masking
-			 * then treats the statement as carrying rule columns) */
-			if (w->c->naliases < MAX_LIST)
-				sl_sql__add_str(w, &w->c->aliases, &w->c->naliases, name);
-			else
-				w->c->col_renames = 1;
-			continue;
-		}
-		if (strcmp(key, "colnames") == 0 || strcmp(key, "aliascolnames") == 0)
-			w->c->col_renames = 1;
-		if (w->p < w->end && *w->p == '"' &&
-		    (strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
-		     strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 ||
-		     strcmp(key, "str") == 0 || strcmp(key, "kind") == 0 ||
-		     strcmp(key, "boolop") == 0 || strcmp(key, "booltesttype") == 0 ||
-		     strcmp(key, "action") == 0 || strcmp(key, "subtype") == 0 ||
-		     strcmp(key, "commandType") == 0)) {
-			int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
-				 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
-				 strcmp(key, "subtype") == 0 || strcmp(key, "commandType") == 0;
-			char *dst = strcmp(key, "relname") == 0	     ? relname
-				    : strcmp(key, "schemaname") == 0 ? schemaname
-				    : op			     ? kindval
-								     : name;
-			size_t dl = op ? sizeof(kindval) : sizeof(name);
-
-			if (read_string(w, dst, dl) != 0) {
-				w->bad = 1;
-				return k;
-			}
-			if (dst == name && node != NULL && strcmp(node, "String") == 0) {
-				snprintf(w->lastsval, sizeof(w->lastsval), "%s", name);
-				if (w->in_fields && w->ncolf < 3)
-					memcpy(w->colf[w->ncolf], name, sizeof(name));
-				w->ncolf += w->in_fields;
-			}
-			continue;
-		}
-		if ((from_key = condition_scope(node, key)) != NULL) {
-			/* A condition that may hold for every row (WHERE true,
-			 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
-			 * nothing, so it counts as no WHERE (see TF_T); nor do
-			 * the columns of a FROM / USING item (see scope). */
-			k |= walk_condition(w, key, node, obj, from_key, &has_where);
-			if (w->bad)
-				return k;
-			continue;
-		}
-		if (node != NULL && strcmp(node, "MergeStmt") == 0 &&
-		    strcmp(key, "mergeWhenClauses") == 0) {
-			/* its WHEN clauses act on the target, as bounded by
-			 * their own conditions (and the ON, here in has_where) */
-			struct merge_ctx outer = w->merge;
-			struct scope sc;
-
-			if (sl_sql__scope_init(&sc, obj, w->end, "sourceRelation") != 0) {
-				w->bad = 1;
-				return k;
-			}
-			w->merge.scope = &sc;
-			w->merge.target = target;
-			w->merge.on = has_where;
-			k |= walk_value(w, key, NULL);
-			w->merge = outer;
-			sl_sql__scope_fini(&sc);
-			if (w->bad)
-				return k;
-			continue;
-		}
-		if (strcmp(key, "matched") == 0 && w->end - w->p >= 4 &&
-		    memcmp(w->p, "true", 4) == 0)
-			matched = 1;
-		if (strcmp(key, "whereClause") == 0)
-			has_where = 1;
-		if (strcmp(key, "intoClause") == 0)
-			has_into = 1;
-		if (strcmp(key, "lockingClause") == 0)
-			has_locking = w->locking = 1;
-		if (strcmp(key, "valuesLists") == 0)
-			has_values = 1;
-		if (strcmp(key, "fromClause") == 0)
-			has_from = 1;
-		if (strcmp(key, "relation") == 0)
-			has_relation = 1;
-		if (strcmp(key, "filename") == 0)
-			has_file = 1;
-		if (node != NULL && strcmp(node, "InsertStmt") == 0 &&
-		    strcmp(key, "selectStmt") == 0)
-			w->insert_source = 1;
-		if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 &&
-		    memcmp(w->p, "true", 4) == 0)
-			is_from = 1;
-		if (strcmp(key, "is_program") == 0 && w->end - w->p >= 4 &&
-		    memcmp(w->p, "true", 4) == 0)
-			is_program = 1;
-		if (node != NULL && strcmp(node, "PrepareStmt") == 0 && strcmp(key, "query") == 0) {
-			uint32_t inner = walk_value(w, key, NULL);
-			size_t i = w->c->nprepared;
-
-			k |= inner;
-			if (name[0] &&
-			    sl_sql__add_str(w, &w->c->prepared, &w->c->nprepared, name) >= 0 &&
-			    w->c->nprepared > i) {
-				uint32_t *pk = realloc(w->c->prepared_kinds,
-						       w->c->nprepared * sizeof(uint32_t));
-
-				if (pk == NULL) {
-					w->bad = 1;
-					return k;
-				}
-				w->c->prepared_kinds = pk;
-				pk[i] = inner;
-			}
-			continue;
-		}
-		if (node != NULL && strcmp(node, "FuncCall") == 0 && strcmp(key, "funcname") == 0) {
-			char fname[512] = "";
-
-			w->collect = fname;
-			w->collect_len = sizeof(fname);
-			k |= walk_value(w, key, NULL);
-			w->collect = NULL;
-			if (fname[0]) {
-				const char *dot = strrchr(fname, '.');
-
-				k |= sl_sql__note_call(w, fname, 1);
-				if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
-					setcfg = 1;
-					k |= SL_SQL_SET;
-				}
-				byarg = sl_sql__names_by_argument(dot ? dot + 1 : fname);
-				is_count = strcmp(dot ? dot + 1 : fname, "count") == 0;
-			}
-			continue;
-		}
-		if (node != NULL && strcmp(node, "A_Indirection") == 0 &&
-		    strcmp(key, "indirection") == 0) {
-			/* (expr).f is f(expr) for any one-argument function */
-			const char *start = w->p;
-
-			k |= walk_value(w, key, NULL);
-			if (w->bad)
-				return k;
-			k |= sl_sql__field_calls(w, start, (size_t)(w->p - start));
-			continue;
-		}
-		if (node != NULL && strcmp(node, "ColumnRef") == 0 && strcmp(key, "fields") == 0) {
-			/* t.f, where t is a FROM item, is f(t) when t has no
-			 * column f: the last field may be a call on the row */
-			const char *start = w->p;
-			unsigned nf = 0;
-
-			w->lastsval[0] = '\0';
-			w->in_fields = 1;
-			w->ncolf = 0;
-			k |= walk_value(w, key, NULL);
-			w->in_fields = 0;
-			if (w->bad)
-				return k;
-			/* another FROM item's column tells no target row
-			 * from another: for the bounds, no column at all */
-			if (w->scope != NULL) {
-				const char *f[3] = {w->colf[0], w->colf[1], w->colf[2]};
-
-				if (sl_sql__scope_other_column(w->scope, f,
-							       w->ncolf < 3 ? w->ncolf : 3))
-					w->rowrefs = seen;
-			}
-			for (const char *q = start;
-			     (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL; q++)
-				nf++;
-			if (nf >= 2 && w->lastsval[0]) {
-				char fname[sizeof(w->lastsval)];
-
-				memcpy(fname, w->lastsval, sizeof(fname));
-				k |= sl_sql__note_call(w, fname, 0);
-			}
-			continue;
-		}
-		if (setcfg && strcmp(key, "args") == 0)
-			k |= sl_sql__set_config_kind(w);
-		if (byarg && strcmp(key, "args") == 0) {
-			const char *start = w->p;
-
-			k |= walk_value(w, key, NULL);
-			if (w->bad)
-				return k;
-			k |= sl_sql__argument_names(w, byarg, start, (size_t)(w->p - start));
-			continue;
-		}
-		if (node != NULL && strcmp(key, "relation") == 0 &&
-		    (strcmp(node, "InsertStmt") == 0 || strcmp(node, "UpdateStmt") == 0 ||
-		     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0)) {
-			/* the statement's target: the table it writes */
-			w->target = stmt_kind(node);
-			w->last_target = -1;
-			k |= walk_value(w, key, NULL);
-			w->target = 0;
-			target = w->last_target;
-			if (w->bad)
-				return k;
-			continue;
-		}
-		if (node != NULL && strcmp(node, "InsertStmt") == 0 &&
-		    strcmp(key, "onConflictClause") == 0) {
-			/* ON CONFLICT DO UPDATE updates the target's rows */
-			w->upsert = 0;
-			k |= walk_value(w, key, "OnConflictClause");
-			if (w->bad)
-				return k;
-			if (w->upsert && target >= 0)
-				w->c->table_kinds[target] |= SL_SQL_UPDATE;
-			w->upsert = 0;
-			continue;
-		}
-		if (node != NULL && strcmp(node, "SelectStmt") == 0 &&
-		    (strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0)) {
-			/* the arms of a set operation are SELECTs of their own
-			 * (unwrapped): the leftmost arm's INTO makes the whole
-			 * statement a CREATE TABLE AS; the arms name no table
-			 * column of the result */
-			w->sel_depth++;
-			k |= walk_value(w, key, "SelectStmt");
-			w->sel_depth--;
-			if (w->bad)
-				return k;
-			continue;
-		}
-		{
-			const char *vstart = w->p;
-			/* result lists, and what a FROM item makes rows of
-			 * (VALUES, a function: LATERAL (VALUES (c)), unnest(c)) */
-			int list = strcmp(key, "targetList") == 0 ||
-				   strcmp(key, "returningList") == 0 ||
-				   strcmp(key, "valuesLists") == 0 ||
-				   (node != NULL && strcmp(node, "RangeFunction") == 0 &&
-				    strcmp(key, "functions") == 0);
-			int cnt = is_count && strcmp(key, "args") == 0;
-			/* a plain column as a result column of the statement's
-			 * own SELECT: RowDescription names its table column,
-			 * and the rules see it there (not so for RETURNING) */
-			int direct = node != NULL && strcmp(node, "ResTarget") == 0 &&
-				     strcmp(key, "val") == 0 && w->sel_depth == 1 &&
-				     (size_t)(w->end - w->p) > 13 &&
-				     memcmp(w->p, "{\"ColumnRef\":", 13) == 0;
-
-			/* the arms of a UNION / INTERSECT / EXCEPT: results
-			 * of a set operation name no table column */
-			int arm = strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0;
-
-			w->in_target += list;
-			w->in_count += cnt;
-			w->direct_val += direct;
-			w->sel_depth += arm;
-			if (is_node_name(key))
-				k |= walk_value(w, key, key);
-			else
-				k |= walk_value(w, key, NULL);
-			w->in_target -= list;
-			w->in_count -= cnt;
-			w->direct_val -= direct;
-			w->sel_depth -= arm;
-			if (w->bad)
-				return k;
-			if (aexpr && strcmp(key, "lexpr") == 0)
-				lx = vstart, lxe = w->p;
-			else if (aexpr && strcmp(key, "rexpr") == 0)
-				rx = vstart, rxe = w->p;
-			else if (aexpr && strcmp(key, "name") == 0)
-				opn = vstart, opne = w->p;
-		}
 	}
+	*first = 0;
+	if (read_string(w, key, len) != 0)
+		return -1;
+	ws(w);
+	if (w->p >= w->end || *w->p != ':')
+		return -1;
+	w->p++;
+	ws(w);
+	return 1;
+}
+
+/* The handlers below walk the value of one key of the object o (at w->p).
+ * Each returns 0 to go on with the next key, or -1 (w->bad set) when
+ * walk_object() must stop there. */
+
+/* "aliasname": a relation's alias; a result column of that name is its
+ * whole row (masking: result_rowref). */
+static int
+walk_alias(struct walker *w, struct objwalk *o)
+{
+	if (read_string(w, o->name, sizeof(o->name)) != 0) {
+		w->bad = 1;
+		return -1;
+	}
+	/* past the list's bound: assume a renaming (masking
+	 * then treats the statement as carrying rule columns) */
+	if (w->c->naliases < MAX_LIST)
+		sl_sql__add_str(w, &w->c->aliases, &w->c->naliases, o->name);
+	else
+		w->c->col_renames = 1;
+	return 0;
+}
+
+/* Whether a string under key is kept by read_field(). */
+static int
+kept_string(const char *key)
+{
+	return strcmp(key, "relname") == 0 || strcmp(key, "schemaname") == 0 ||
+	       strcmp(key, "name") == 0 || strcmp(key, "sval") == 0 || strcmp(key, "str") == 0 ||
+	       strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
+	       strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
+	       strcmp(key, "subtype") == 0 || strcmp(key, "commandType") == 0;
+}
+
+/* A string kept_string() names: into relname, schemaname, kindval (the
+ * operators and kinds) or name; a String node's also into w->lastsval and
+ * the ColumnRef fields being collected. */
+static int
+read_field(struct walker *w, struct objwalk *o, const char *key)
+{
+	int op = strcmp(key, "kind") == 0 || strcmp(key, "boolop") == 0 ||
+		 strcmp(key, "booltesttype") == 0 || strcmp(key, "action") == 0 ||
+		 strcmp(key, "subtype") == 0 || strcmp(key, "commandType") == 0;
+	char *dst = strcmp(key, "relname") == 0	     ? o->relname
+		    : strcmp(key, "schemaname") == 0 ? o->schemaname
+		    : op			     ? o->kindval
+						     : o->name;
+	size_t dl = op ? sizeof(o->kindval) : sizeof(o->name);
+
+	if (read_string(w, dst, dl) != 0) {
+		w->bad = 1;
+		return -1;
+	}
+	if (dst == o->name && o->node != NULL && strcmp(o->node, "String") == 0) {
+		/* cut to 127 bytes as before; the precision says so to the compiler */
+		snprintf(w->lastsval, sizeof(w->lastsval), "%.*s", (int)sizeof(w->lastsval) - 1,
+			 o->name);
+		if (w->in_fields && w->ncolf < 3)
+			memcpy(w->colf[w->ncolf], o->name, sizeof(o->name));
+		w->ncolf += w->in_fields;
+	}
+	return 0;
+}
+
+/* A MERGE's "mergeWhenClauses": its WHEN clauses act on the target, as
+ * bounded by their own conditions (and the ON, here in has_where). */
+static int
+walk_merge_clauses(struct walker *w, struct objwalk *o, const char *key)
+{
+	struct merge_ctx outer = w->merge;
+	struct scope sc;
+
+	if (sl_sql__scope_init(&sc, o->obj, w->end, "sourceRelation") != 0) {
+		w->bad = 1;
+		return -1;
+	}
+	w->merge.scope = &sc;
+	w->merge.target = o->target;
+	w->merge.on = o->has_where;
+	o->k |= walk_value(w, key, NULL);
+	w->merge = outer;
+	sl_sql__scope_fini(&sc);
+	if (w->bad)
+		return -1;
+	return 0;
+}
+
+/* Notes in o (and w) what the presence of key, or its true value, says. */
+static void
+note_key(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *node = o->node;
+
+	if (strcmp(key, "matched") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
+		o->matched = 1;
+	if (strcmp(key, "whereClause") == 0)
+		o->has_where = 1;
+	if (strcmp(key, "intoClause") == 0)
+		o->has_into = 1;
+	if (strcmp(key, "lockingClause") == 0)
+		o->has_locking = w->locking = 1;
+	if (strcmp(key, "valuesLists") == 0)
+		o->has_values = 1;
+	if (strcmp(key, "fromClause") == 0)
+		o->has_from = 1;
+	if (strcmp(key, "relation") == 0)
+		o->has_relation = 1;
+	if (strcmp(key, "filename") == 0)
+		o->has_file = 1;
+	if (node != NULL && strcmp(node, "InsertStmt") == 0 && strcmp(key, "selectStmt") == 0)
+		w->insert_source = 1;
+	if (strcmp(key, "is_from") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
+		o->is_from = 1;
+	if (strcmp(key, "is_program") == 0 && w->end - w->p >= 4 && memcmp(w->p, "true", 4) == 0)
+		o->is_program = 1;
+}
+
+/* A PrepareStmt's "query": the name PREPAREd, with the kinds of its body. */
+static int
+walk_prepare_query(struct walker *w, struct objwalk *o, const char *key)
+{
+	uint32_t inner = walk_value(w, key, NULL);
+	size_t i = w->c->nprepared;
+
+	o->k |= inner;
+	if (o->name[0] && sl_sql__add_str(w, &w->c->prepared, &w->c->nprepared, o->name) >= 0 &&
+	    w->c->nprepared > i) {
+		uint32_t *pk = realloc(w->c->prepared_kinds, w->c->nprepared * sizeof(uint32_t));
+
+		if (pk == NULL) {
+			w->bad = 1;
+			return -1;
+		}
+		w->c->prepared_kinds = pk;
+		pk[i] = inner;
+	}
+	return 0;
+}
+
+/* A FuncCall's "funcname": the call, and what its name says of its
+ * arguments (set_config, names_by_argument(), count). */
+static int
+walk_funcname(struct walker *w, struct objwalk *o, const char *key)
+{
+	char fname[512] = "";
+
+	w->collect = fname;
+	w->collect_len = sizeof(fname);
+	o->k |= walk_value(w, key, NULL);
+	w->collect = NULL;
+	if (fname[0]) {
+		const char *dot = strrchr(fname, '.');
+
+		o->k |= sl_sql__note_call(w, fname, 1);
+		if (strcmp(dot ? dot + 1 : fname, "set_config") == 0) {
+			o->setcfg = 1;
+			o->k |= SL_SQL_SET;
+		}
+		o->byarg = sl_sql__names_by_argument(dot ? dot + 1 : fname);
+		o->is_count = strcmp(dot ? dot + 1 : fname, "count") == 0;
+	}
+	return 0;
+}
+
+/* An A_Indirection's "indirection": (expr).f is f(expr) for any
+ * one-argument function. */
+static int
+walk_indirection(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *start = w->p;
+
+	o->k |= walk_value(w, key, NULL);
+	if (w->bad)
+		return -1;
+	o->k |= sl_sql__field_calls(w, start, (size_t)(w->p - start));
+	return 0;
+}
+
+/* A ColumnRef's "fields": t.f, where t is a FROM item, is f(t) when t has
+ * no column f: the last field may be a call on the row. */
+static int
+walk_colref_fields(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *start = w->p;
+	unsigned nf = 0;
+
+	w->lastsval[0] = '\0';
+	w->in_fields = 1;
+	w->ncolf = 0;
+	o->k |= walk_value(w, key, NULL);
+	w->in_fields = 0;
+	if (w->bad)
+		return -1;
+	/* another FROM item's column tells no target row
+	 * from another: for the bounds, no column at all */
+	if (w->scope != NULL) {
+		const char *f[3] = {w->colf[0], w->colf[1], w->colf[2]};
+
+		if (sl_sql__scope_other_column(w->scope, f, w->ncolf < 3 ? w->ncolf : 3))
+			w->rowrefs = o->seen;
+	}
+	for (const char *q = start; (q = memmem(q, (size_t)(w->p - q), "{\"String\":", 10)) != NULL;
+	     q++)
+		nf++;
+	if (nf >= 2 && w->lastsval[0]) {
+		char fname[sizeof(w->lastsval)];
+
+		memcpy(fname, w->lastsval, sizeof(fname));
+		o->k |= sl_sql__note_call(w, fname, 0);
+	}
+	return 0;
+}
+
+/* The "args" of a call that reads a table or schema named by its first
+ * argument (sl_sql__names_by_argument()). */
+static int
+walk_byarg_args(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *start = w->p;
+
+	o->k |= walk_value(w, key, NULL);
+	if (w->bad)
+		return -1;
+	o->k |= sl_sql__argument_names(w, o->byarg, start, (size_t)(w->p - start));
+	return 0;
+}
+
+/* The "relation" of an INSERT, UPDATE, DELETE or MERGE: the statement's
+ * target, the table it writes. */
+static int
+walk_target_relation(struct walker *w, struct objwalk *o, const char *key)
+{
+	w->target = stmt_kind(o->node);
+	w->last_target = -1;
+	o->k |= walk_value(w, key, NULL);
+	w->target = 0;
+	o->target = w->last_target;
+	if (w->bad)
+		return -1;
+	return 0;
+}
+
+/* An INSERT's "onConflictClause": ON CONFLICT DO UPDATE updates the
+ * target's rows. */
+static int
+walk_on_conflict(struct walker *w, struct objwalk *o, const char *key)
+{
+	w->upsert = 0;
+	o->k |= walk_value(w, key, "OnConflictClause");
+	if (w->bad)
+		return -1;
+	if (w->upsert && o->target >= 0)
+		w->c->table_kinds[o->target] |= SL_SQL_UPDATE;
+	w->upsert = 0;
+	return 0;
+}
+
+/* A SelectStmt's "larg" or "rarg": the arms of a set operation are
+ * SELECTs of their own (unwrapped): the leftmost arm's INTO makes the
+ * whole statement a CREATE TABLE AS; the arms name no table column of the
+ * result. */
+static int
+walk_set_arm(struct walker *w, struct objwalk *o, const char *key)
+{
+	w->sel_depth++;
+	o->k |= walk_value(w, key, "SelectStmt");
+	w->sel_depth--;
+	if (w->bad)
+		return -1;
+	return 0;
+}
+
+/* Any other key: its value walked in the context the key gives it (a
+ * result list, count()'s arguments, a statement's own result column, a
+ * set operation's arm), an A_Expr's operands and operator kept. */
+static int
+walk_plain(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *node = o->node;
+	const char *vstart = w->p;
+	/* result lists, and what a FROM item makes rows of
+	 * (VALUES, a function: LATERAL (VALUES (c)), unnest(c)) */
+	int list = strcmp(key, "targetList") == 0 || strcmp(key, "returningList") == 0 ||
+		   strcmp(key, "valuesLists") == 0 ||
+		   (node != NULL && strcmp(node, "RangeFunction") == 0 &&
+		    strcmp(key, "functions") == 0);
+	int cnt = o->is_count && strcmp(key, "args") == 0;
+	/* a plain column as a result column of the statement's
+	 * own SELECT: RowDescription names its table column,
+	 * and the rules see it there (not so for RETURNING) */
+	int direct = node != NULL && strcmp(node, "ResTarget") == 0 && strcmp(key, "val") == 0 &&
+		     w->sel_depth == 1 && (size_t)(w->end - w->p) > 13 &&
+		     memcmp(w->p, "{\"ColumnRef\":", 13) == 0;
+
+	/* the arms of a UNION / INTERSECT / EXCEPT: results
+	 * of a set operation name no table column */
+	int arm = strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0;
+
+	w->in_target += list;
+	w->in_count += cnt;
+	w->direct_val += direct;
+	w->sel_depth += arm;
+	if (is_node_name(key))
+		o->k |= walk_value(w, key, key);
+	else
+		o->k |= walk_value(w, key, NULL);
+	w->in_target -= list;
+	w->in_count -= cnt;
+	w->direct_val -= direct;
+	w->sel_depth -= arm;
+	if (w->bad)
+		return -1;
+	if (o->aexpr && strcmp(key, "lexpr") == 0)
+		o->lx = vstart, o->lxe = w->p;
+	else if (o->aexpr && strcmp(key, "rexpr") == 0)
+		o->rx = vstart, o->rxe = w->p;
+	else if (o->aexpr && strcmp(key, "name") == 0)
+		o->opn = vstart, o->opne = w->p;
+	return 0;
+}
+
+/* Walks the value of key (at w->p) in the object o: the handler the key
+ * and o's node call for. Returns 0, or -1 when walk_object() must stop. */
+static int
+walk_key(struct walker *w, struct objwalk *o, const char *key)
+{
+	const char *node = o->node;
+	const char *from_key;
+
+	/* (an Alias is written without its node name: its keys tell) */
+	if (w->p < w->end && *w->p == '"' && strcmp(key, "aliasname") == 0)
+		return walk_alias(w, o);
+	if (strcmp(key, "colnames") == 0 || strcmp(key, "aliascolnames") == 0)
+		w->c->col_renames = 1;
+	if (w->p < w->end && *w->p == '"' && kept_string(key))
+		return read_field(w, o, key);
+	if ((from_key = condition_scope(node, key)) != NULL) {
+		/* A condition that may hold for every row (WHERE true,
+		 * WHERE 1=1, WHERE $1, WHERE id = 1 OR true) bounds
+		 * nothing, so it counts as no WHERE (see TF_T); nor do
+		 * the columns of a FROM / USING item (see scope). */
+		o->k |= walk_condition(w, key, node, o->obj, from_key, &o->has_where);
+		if (w->bad)
+			return -1;
+		return 0;
+	}
+	if (node != NULL && strcmp(node, "MergeStmt") == 0 && strcmp(key, "mergeWhenClauses") == 0)
+		return walk_merge_clauses(w, o, key);
+	note_key(w, o, key);
+	if (node != NULL && strcmp(node, "PrepareStmt") == 0 && strcmp(key, "query") == 0)
+		return walk_prepare_query(w, o, key);
+	if (node != NULL && strcmp(node, "FuncCall") == 0 && strcmp(key, "funcname") == 0)
+		return walk_funcname(w, o, key);
+	if (node != NULL && strcmp(node, "A_Indirection") == 0 && strcmp(key, "indirection") == 0)
+		return walk_indirection(w, o, key);
+	if (node != NULL && strcmp(node, "ColumnRef") == 0 && strcmp(key, "fields") == 0)
+		return walk_colref_fields(w, o, key);
+	if (o->setcfg && strcmp(key, "args") == 0)
+		o->k |= sl_sql__set_config_kind(w);
+	if (o->byarg && strcmp(key, "args") == 0)
+		return walk_byarg_args(w, o, key);
+	if (node != NULL && strcmp(key, "relation") == 0 &&
+	    (strcmp(node, "InsertStmt") == 0 || strcmp(node, "UpdateStmt") == 0 ||
+	     strcmp(node, "DeleteStmt") == 0 || strcmp(node, "MergeStmt") == 0))
+		return walk_target_relation(w, o, key);
+	if (node != NULL && strcmp(node, "InsertStmt") == 0 && strcmp(key, "onConflictClause") == 0)
+		return walk_on_conflict(w, o, key);
+	if (node != NULL && strcmp(node, "SelectStmt") == 0 &&
+	    (strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0))
+		return walk_set_arm(w, o, key);
+	return walk_plain(w, o, key);
+}
+
+/* What the object o, walked to its '}', says of itself: result columns
+ * (a * or a column in a result list), its TF_* flags in w->tf, the
+ * objects it names by lists of strings and the relation it names. */
+static void
+obj_end(struct walker *w, struct objwalk *o)
+{
+	const char *node = o->node;
+
 	if (node != NULL && strcmp(node, "A_Star") == 0) {
 		w->lastsval[0] = '\0'; /* t.* names no column */
 		if (w->in_fields && w->ncolf < 3)
@@ -855,96 +961,160 @@ walk_object(struct walker *w, const char *node)
 		sl_sql__add_str(w, &w->c->target_cols, &w->c->ntarget_cols, w->lastsval);
 	if (node != NULL && strcmp(node, "SelectStmt") == 0)
 		w->sel_depth--;
-	w->tf = w->rowrefs == seen ? TF_T | TF_F : tf_node(node, kindval, &acc);
-	if (aexpr) {
-		unsigned same = tf_same_column(kindval, lx, lxe, rx, rxe, opn, opne);
+	w->tf = w->rowrefs == o->seen ? TF_T | TF_F : tf_node(node, o->kindval, &o->acc);
+	if (o->aexpr) {
+		unsigned same =
+			tf_same_column(o->kindval, o->lx, o->lxe, o->rx, o->rxe, o->opn, o->opne);
 
 		if (same)
 			w->tf = same;
 	}
-	if (objstart != NULL)
-		sl_sql__object_names(w, node, objstart, (size_t)(w->p - objstart));
-	if (relname[0]) {
+	if (o->objstart != NULL)
+		sl_sql__object_names(w, node, o->objstart, (size_t)(w->p - o->objstart));
+	if (o->relname[0]) {
 		char t[520];
 
-		if (schemaname[0])
-			snprintf(t, sizeof(t), "%s.%s", schemaname, relname);
+		if (o->schemaname[0])
+			snprintf(t, sizeof(t), "%s.%s", o->schemaname, o->relname);
 		else
-			snprintf(t, sizeof(t), "%s", relname);
+			snprintf(t, sizeof(t), "%s", o->relname);
 		sl_sql__add_table(w, t, w->target ? w->target : SL_SQL_SELECT);
 	}
-	if (node == NULL)
-		return k;
-	if (strcmp(node, "String") == 0 && w->collect != NULL && name[0]) {
-		size_t l = strlen(w->collect);
+}
 
-		snprintf(w->collect + l, w->collect_len - l, "%s%s", l ? "." : "", name);
-		return k;
-	}
-	if (strcmp(node, "OnConflictClause") == 0 && strcmp(kindval, "ONCONFLICT_UPDATE") == 0) {
+/* The kinds of a clause (an object of type o->node, not a statement) that
+ * acts on the statement's target: ON CONFLICT DO UPDATE, an ALTER TABLE
+ * subcommand, a MERGE's WHEN clause. */
+static void
+clause_kinds(struct walker *w, struct objwalk *o)
+{
+	const char *node = o->node;
+
+	if (strcmp(node, "OnConflictClause") == 0 && strcmp(o->kindval, "ONCONFLICT_UPDATE") == 0) {
 		/* an upsert updates every conflicting row: with no WHERE
 		 * (or one that bounds nothing) that may be every row, since
 		 * the rows inserted may come from the table itself */
 		w->upsert = 1;
-		k |= SL_SQL_UPDATE | (has_where ? 0 : SL_SQL_UPDATE_ALL);
+		o->k |= SL_SQL_UPDATE | (o->has_where ? 0 : SL_SQL_UPDATE_ALL);
 	}
 	if (strcmp(node, "AlterTableCmd") == 0)
-		k |= alter_table_cmd_kind(kindval);
+		o->k |= alter_table_cmd_kind(o->kindval);
 	if (strcmp(node, "MergeWhenClause") == 0)
-		k |= merge_action(w, kindval, matched, has_where);
-	if (!ends_with(node, "Stmt"))
-		return k;
+		o->k |= merge_action(w, o->kindval, o->matched, o->has_where);
+}
+
+/* A VariableSetStmt: the parameter SET or RESET; SET ROLE / SESSION
+ * AUTHORIZATION change privileges. */
+static void
+variable_set(struct walker *w, struct objwalk *o)
+{
+	char lname[256];
+	size_t i;
+
+	for (i = 0; o->name[i] && i + 1 < sizeof(lname); i++)
+		lname[i] = (char)tolower((unsigned char)o->name[i]);
+	lname[i] = '\0';
+	if (strcmp(o->kindval, "VAR_RESET_ALL") == 0)
+		sl_sql__add_str(w, &w->c->set_params, &w->c->nset_params, "all");
+	else if (lname[0])
+		sl_sql__add_str(w, &w->c->set_params, &w->c->nset_params, lname);
+	/* SET ROLE / SESSION AUTHORIZATION change privileges. */
+	if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
+		o->k |= SL_SQL_GRANT;
+}
+
+/* The kinds of a statement (o->node ends in "Stmt") from what its keys
+ * said: its own kind, and what its WHERE, INTO, locking, COPY options,
+ * transaction kind, EXECUTE or SET add. */
+static void
+stmt_kinds(struct walker *w, struct objwalk *o)
+{
+	const char *node = o->node;
+
 	/* The VALUES list of INSERT ... VALUES reads nothing; a VALUES
 	 * statement of its own is a query (it runs whatever it calls). */
-	if (!(strcmp(node, "SelectStmt") == 0 && has_values && !has_from && insert_source))
-		k |= stmt_kind(node);
-	if (strcmp(node, "UpdateStmt") == 0 && !has_where)
-		k |= SL_SQL_UPDATE_ALL;
-	if (strcmp(node, "DeleteStmt") == 0 && !has_where)
-		k |= SL_SQL_DELETE_ALL;
-	if (strcmp(node, "SelectStmt") == 0 && has_into)
-		k |= SL_SQL_DDL;
+	if (!(strcmp(node, "SelectStmt") == 0 && o->has_values && !o->has_from && o->insert_source))
+		o->k |= stmt_kind(node);
+	if (strcmp(node, "UpdateStmt") == 0 && !o->has_where)
+		o->k |= SL_SQL_UPDATE_ALL;
+	if (strcmp(node, "DeleteStmt") == 0 && !o->has_where)
+		o->k |= SL_SQL_DELETE_ALL;
+	if (strcmp(node, "SelectStmt") == 0 && o->has_into)
+		o->k |= SL_SQL_DDL;
 	/* SELECT ... FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE locks
 	 * rows until the transaction ends (writers wait), and PostgreSQL asks
 	 * UPDATE privilege for it: an update (here, so that a PREPARE keeps it
 	 * for its EXECUTE; the tables are marked at the end) */
-	if (strcmp(node, "SelectStmt") == 0 && has_locking)
-		k |= SL_SQL_UPDATE;
+	if (strcmp(node, "SelectStmt") == 0 && o->has_locking)
+		o->k |= SL_SQL_UPDATE;
 	if (strcmp(node, "CopyStmt") == 0) {
-		k &= ~SL_SQL_UTILITY;
-		k |= is_from ? SL_SQL_COPY_FROM : SL_SQL_COPY_TO;
+		o->k &= ~SL_SQL_UTILITY;
+		o->k |= o->is_from ? SL_SQL_COPY_FROM : SL_SQL_COPY_TO;
 		/* A file is read or written by the server itself, like a
 		 * program it runs: the same danger, the same kind. */
-		if (is_program || has_file)
-			k |= SL_SQL_COPY_PROGRAM;
-		(void)has_relation;
+		if (o->is_program || o->has_file)
+			o->k |= SL_SQL_COPY_PROGRAM;
+		(void)o->has_relation;
 	}
 	/* two-phase commit: PREPARE TRANSACTION keeps locks across
 	 * disconnects and restarts; COMMIT / ROLLBACK PREPARED end any
 	 * session's prepared work (one vaulted role serves many agents) */
 	if (strcmp(node, "TransactionStmt") == 0 &&
-	    (strcmp(kindval, "TRANS_STMT_PREPARE") == 0 ||
-	     strcmp(kindval, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
-	     strcmp(kindval, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
-		k |= SL_SQL_UTILITY;
-	if (strcmp(node, "ExecuteStmt") == 0 && name[0])
-		sl_sql__add_str(w, &w->c->executed, &w->c->nexecuted, name);
-	if (strcmp(node, "VariableSetStmt") == 0) {
-		char lname[256];
-		size_t i;
+	    (strcmp(o->kindval, "TRANS_STMT_PREPARE") == 0 ||
+	     strcmp(o->kindval, "TRANS_STMT_COMMIT_PREPARED") == 0 ||
+	     strcmp(o->kindval, "TRANS_STMT_ROLLBACK_PREPARED") == 0))
+		o->k |= SL_SQL_UTILITY;
+	if (strcmp(node, "ExecuteStmt") == 0 && o->name[0])
+		sl_sql__add_str(w, &w->c->executed, &w->c->nexecuted, o->name);
+	if (strcmp(node, "VariableSetStmt") == 0)
+		variable_set(w, o);
+}
 
-		for (i = 0; name[i] && i + 1 < sizeof(lname); i++)
-			lname[i] = (char)tolower((unsigned char)name[i]);
-		lname[i] = '\0';
-		if (strcmp(kindval, "VAR_RESET_ALL") == 0)
-			sl_sql__add_str(w, &w->c->set_params, &w->c->nset_params, "all");
-		else if (lname[0])
-			sl_sql__add_str(w, &w->c->set_params, &w->c->nset_params, lname);
-		/* SET ROLE / SESSION AUTHORIZATION change privileges. */
-		if (strcmp(lname, "role") == 0 || strcmp(lname, "session_authorization") == 0)
-			k |= SL_SQL_GRANT;
+/* Walks an object. node: the node type this object is the body of (or
+ * NULL). Returns the kinds found in it; malformed JSON sets w->bad. */
+static uint32_t
+walk_object(struct walker *w, const char *node)
+{
+	struct objwalk o;
+	int first = 1;
+
+	obj_begin(w, &o, node);
+	w->p++; /* '{' */
+	for (;;) {
+		char key[128];
+		int r;
+
+		if (o.pending[0]) {
+			tf_note(&o.acc, o.pending, w->tf, w->rowrefs != o.before);
+			o.pending[0] = '\0';
+		}
+		r = next_key(w, &first, key, sizeof(key));
+		if (r < 0) {
+			w->bad = 1;
+			return o.k;
+		}
+		if (r == 0)
+			break;
+		memcpy(o.pending, key, strlen(key) + 1); /* key is shorter than pending */
+		o.before = w->rowrefs;
+		w->tf = TF_T | TF_F;
+		if (walk_key(w, &o, key) != 0)
+			return o.k;
 	}
-	return k;
+	obj_end(w, &o);
+	if (node == NULL)
+		return o.k;
+	if (strcmp(node, "String") == 0 && w->collect != NULL && o.name[0]) {
+		size_t l = strlen(w->collect);
+
+		snprintf(w->collect + l, w->collect_len - l, "%s%s", l ? "." : "", o.name);
+		return o.k;
+	}
+	clause_kinds(w, &o);
+	if (!ends_with(node, "Stmt"))
+		return o.k;
+	stmt_kinds(w, &o);
+	return o.k;
 }
 
 static uint32_t
