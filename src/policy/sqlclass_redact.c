@@ -164,232 +164,291 @@ in_secret_arg(const struct secret_call *call, int ncall)
 	return 0;
 }
 
+/* Where an INSERT ... (cols) VALUES (...) stands, for its secret columns. */
+enum ins_state { INS_NONE, INS_SEEN, INS_COLS, INS_AFTER, INS_VALUES };
+
+/* One lexing of s (redact_pass()): where it is and what the last tokens
+ * said. */
+struct redactor {
+	const char *s;
+	char *out; /* s itself, or a copy of it being redacted */
+	size_t len;
+	int bs_plain;  /* backslashes escape in plain literals too */
+	size_t i;      /* the next byte to read */
+	size_t n;      /* literals redacted */
+	int armed;     /* the last token was a secret's name (or '=' after one) */
+	int redacting; /* a redacted literal may continue ('a'<newline>'b') */
+	int uident;    /* the last token was a U&"..." name (UESCAPE may follow) */
+	int uesc;      /* the next literal is that name's UESCAPE character */
+	/* calls of secret_args() functions being read */
+	struct secret_call call[SECRET_CALLS];
+	int ncall, depth;
+	unsigned fn; /* the last token was such a function's name */
+	/* INSERT ... (cols) VALUES (...): which columns name a secret (bit
+	 * i: the i-th of the first 64), and where in a VALUES row we are */
+	enum ins_state ins;
+	uint64_t ins_secret;
+	unsigned ins_col;
+	int ins_depth; /* depth of the column list, then of a VALUES row */
+	int ins_base;  /* depth the word VALUES stood at */
+};
+
+/* A string literal at r->i (its first byte ch): plain and N'' (backslashes
+ * as standard_conforming_strings says), E'' (backslash escapes), B''/X''
+ * (digits), U&'' (a quote always ends it; not allowed with
+ * standard_conforming_strings off). Starred when it gives a secret (vsecret:
+ * a VALUES row's value for a secret column), else its URLs' passwords.
+ * Returns 1 when one was read, 0 when none starts at r->i. */
+static int
+lex_literal(struct redactor *r, unsigned char ch, int vsecret)
+{
+	const char *s = r->s;
+	size_t len = r->len, i = r->i;
+	size_t q = i, pre = 0;
+	int esc = 0, plain = 0;
+	int open;
+	size_t end;
+
+	if ((ch == 'E' || ch == 'e') && i + 1 < len && s[i + 1] == '\'')
+		esc = 1, pre = 1;
+	else if (ch == '\'')
+		plain = 1;
+	else if ((ch == 'N' || ch == 'n') && i + 1 < len && s[i + 1] == '\'')
+		plain = 1, pre = 1;
+	else if ((ch == 'B' || ch == 'b' || ch == 'X' || ch == 'x') && i + 1 < len &&
+		 s[i + 1] == '\'')
+		pre = 1;
+	else if ((ch == 'U' || ch == 'u') && i + 2 < len && s[i + 1] == '&' && s[i + 2] == '\'')
+		pre = 2;
+	q = i + pre;
+	if (plain)
+		esc = r->bs_plain;
+	if (s[q] != '\'')
+		return 0;
+	end = quoted_end(s, len, q, '\'', esc, &open);
+	if (r->uesc) { /* U&"..." UESCAPE '!': still armed */
+		r->uesc = r->uident = 0;
+		r->i = end;
+		return 1;
+	}
+	r->uident = 0;
+	r->fn = 0;
+	if (r->armed || r->redacting || vsecret || in_secret_arg(r->call, r->ncall)) {
+		/* Unterminated, or a backslash in a plain
+		 * literal (where it ends depends on
+		 * standard_conforming_strings): to the end. */
+		if (open || (plain && !esc && memchr(s + q, '\\', end - q) != NULL)) {
+			stars(r->out, q + 1, len);
+			end = len;
+		} else {
+			stars(r->out, q + 1, end - 1);
+		}
+		r->n++;
+		r->redacting = 1;
+	} else {
+		r->n += url_passwords(s, r->out, q + 1, open ? len : end - 1);
+	}
+	r->armed = 0;
+	r->i = end;
+	return 1;
+}
+
+/* A dollar-quoted literal at r->i ('$'): starred like lex_literal()'s.
+ * Returns 1 when one was read, 0 when the '$' opens none. */
+static int
+lex_dollar(struct redactor *r, int vsecret)
+{
+	const char *s = r->s, *close = NULL;
+	size_t len = r->len, i = r->i;
+	size_t tl = dollar_tag(s, len, i);
+
+	if (tl == 0)
+		return 0;
+	for (size_t j = i + tl; j + tl <= len; j++)
+		if (s[j] == '$' && memcmp(s + j, s + i, tl) == 0) {
+			close = s + j;
+			break;
+		}
+	if (r->armed || vsecret || in_secret_arg(r->call, r->ncall)) {
+		stars(r->out, i + tl, close ? (size_t)(close - s) : len);
+		r->n++;
+	} else {
+		r->n += url_passwords(s, r->out, i + tl, close ? (size_t)(close - s) : len);
+	}
+	r->armed = r->uident = r->uesc = 0;
+	r->fn = 0;
+	r->i = close ? (size_t)(close - s) + tl : len;
+	return 1;
+}
+
+/* A quoted name at r->i ("..." or U&"...", its first byte ch). */
+static void
+lex_quoted_name(struct redactor *r, unsigned char ch)
+{
+	const char *s = r->s;
+	size_t i = r->i;
+	int open;
+	size_t q = ch == '"' ? i : i + 2, end = quoted_end(s, r->len, q, '"', 0, &open);
+
+	/* a U&"..." name can spell any word with escapes:
+	 * taken as a secret's name (over-redaction only) */
+	r->uident = ch != '"';
+	r->armed = r->uident || secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
+	r->fn = ch == '"' ? secret_args(s + q + 1, end - q - 1 - (open ? 0 : 1)) : 0;
+	if (r->ins == INS_COLS && r->depth == r->ins_depth && r->ins_col < 64 && r->armed)
+		r->ins_secret |= (uint64_t)1 << r->ins_col;
+	r->uesc = 0;
+	r->i = end;
+}
+
+/* A word at r->i (a keyword or a name): UESCAPE, TO after a secret's
+ * name, a secret's name, a secret_args() function, and the words of an
+ * INSERT ... VALUES. */
+static void
+lex_word(struct redactor *r)
+{
+	const char *s = r->s;
+	size_t len = r->len, i = r->i, j = i;
+
+	while (j < len && (isalnum((unsigned char)s[j]) || s[j] == '_' || s[j] == '$' ||
+			   (unsigned char)s[j] >= 0x80))
+		j++;
+	if (r->uident && j - i == 7 && strncasecmp(s + i, "uescape", 7) == 0) {
+		r->uesc = 1;
+		r->i = j;
+		return;
+	}
+	r->uident = r->uesc = 0;
+	if (r->armed && j - i == 2 && strncasecmp(s + i, "to", 2) == 0) {
+		r->i = j; /* SET x.password TO '...', like '=' */
+		return;
+	}
+	r->armed = secret_word(s + i, j - i);
+	r->fn = secret_args(s + i, j - i);
+	if (j - i == 6 && strncasecmp(s + i, "insert", 6) == 0) {
+		r->ins = INS_SEEN;
+		r->ins_secret = 0;
+	} else if (j - i == 6 && strncasecmp(s + i, "values", 6) == 0 &&
+		   (r->ins == INS_AFTER || r->ins == INS_SEEN)) {
+		r->ins = r->ins == INS_AFTER && r->ins_secret ? INS_VALUES : INS_NONE;
+		r->ins_depth = 0;
+		r->ins_base = r->depth;
+	} else if (r->ins == INS_VALUES && r->ins_depth == 0 &&
+		   ((j - i == 2 && strncasecmp(s + i, "on", 2) == 0) ||
+		    (j - i == 9 && strncasecmp(s + i, "returning", 9) == 0))) {
+		r->ins = INS_NONE; /* past the rows */
+	} else if (r->ins == INS_COLS && r->depth == r->ins_depth && r->ins_col < 64 && r->armed) {
+		r->ins_secret |= (uint64_t)1 << r->ins_col;
+	}
+	r->i = j;
+}
+
+/* Parentheses, brackets and commas (ch): the depth, the arguments of
+ * secret_args() calls, and an INSERT's column list and VALUES rows. */
+static void
+lex_punct(struct redactor *r, unsigned char ch)
+{
+	if (ch == '(' || ch == '[') {
+		r->depth++;
+		if (ch == '(' && r->ins == INS_SEEN) { /* INSERT INTO t (a, b, ...) */
+			r->ins = INS_COLS;
+			r->ins_depth = r->depth;
+			r->ins_col = 0;
+		} else if (ch == '(' && r->ins == INS_VALUES && r->ins_depth == 0 &&
+			   r->depth == r->ins_base + 1) {
+			r->ins_depth = r->depth; /* a VALUES row */
+			r->ins_col = 0;
+		}
+		if (ch == '(' && r->fn != 0 && r->ncall < SECRET_CALLS) {
+			r->call[r->ncall].depth = r->depth;
+			r->call[r->ncall].args = r->fn;
+			r->call[r->ncall].argi = 0;
+			r->ncall++;
+		}
+	} else if (ch == ')' || ch == ']') {
+		if (r->ncall > 0 && r->call[r->ncall - 1].depth == r->depth)
+			r->ncall--;
+		if (r->ins == INS_COLS && ch == ')' && r->depth == r->ins_depth)
+			r->ins = INS_AFTER;
+		else if (r->ins == INS_VALUES && ch == ')' && r->depth == r->ins_depth)
+			r->ins_depth = 0; /* the row ends; another may follow */
+		if (r->depth > 0)
+			r->depth--;
+	} else if (ch == ',') {
+		if (r->ncall > 0 && r->call[r->ncall - 1].depth == r->depth)
+			r->call[r->ncall - 1].argi++;
+		if ((r->ins == INS_COLS || r->ins == INS_VALUES) && r->depth == r->ins_depth)
+			r->ins_col++;
+	}
+}
+
 /* One lexing of s (with backslashes escaping in plain literals too when
  * bs_plain, as with standard_conforming_strings off), redacting into out
  * (s itself, or a copy of it being redacted). */
 static size_t
 redact_pass(const char *s, char *out, size_t len, int bs_plain)
 {
-	size_t i = 0, n = 0;
-	int armed = 0;	   /* the last token was a secret's name (or '=' after one) */
-	int redacting = 0; /* a redacted literal may continue ('a'<newline>'b') */
-	int uident = 0;	   /* the last token was a U&"..." name (UESCAPE may follow) */
-	int uesc = 0;	   /* the next literal is that name's UESCAPE character */
-	/* calls of secret_args() functions being read */
-	struct secret_call call[SECRET_CALLS];
-	int ncall = 0, depth = 0;
-	unsigned fn = 0; /* the last token was such a function's name */
-	/* INSERT ... (cols) VALUES (...): which columns name a secret (bit
-	 * i: the i-th of the first 64), and where in a VALUES row we are */
-	enum { INS_NONE, INS_SEEN, INS_COLS, INS_AFTER, INS_VALUES } ins = INS_NONE;
-	uint64_t ins_secret = 0;
-	unsigned ins_col = 0;
-	int ins_depth = 0; /* depth of the column list, then of a VALUES row */
-	int ins_base = 0;  /* depth the word VALUES stood at */
+	struct redactor r;
 	int vsecret;
 
-	while (i < len) {
-		unsigned char ch = (unsigned char)s[i];
+	memset(&r, 0, sizeof(r));
+	r.s = s;
+	r.out = out;
+	r.len = len;
+	r.bs_plain = bs_plain;
+	r.ins = INS_NONE;
+	while (r.i < len) {
+		unsigned char ch = (unsigned char)s[r.i];
 
 		if (isspace(ch)) {
-			i++;
+			r.i++;
 			continue;
 		}
-		if (ch == '-' && i + 1 < len && s[i + 1] == '-') {
-			while (i < len && s[i] != '\n')
-				i++;
+		if (ch == '-' && r.i + 1 < len && s[r.i + 1] == '-') {
+			while (r.i < len && s[r.i] != '\n')
+				r.i++;
 			continue;
 		}
-		if (ch == '/' && i + 1 < len && s[i + 1] == '*') {
+		if (ch == '/' && r.i + 1 < len && s[r.i + 1] == '*') {
 			int nest = 1; /* comments nest */
 
-			for (i += 2; i < len && nest > 0; i++) {
-				if (s[i] == '/' && i + 1 < len && s[i + 1] == '*')
-					nest++, i++;
-				else if (s[i] == '*' && i + 1 < len && s[i + 1] == '/')
-					nest--, i++;
+			for (r.i += 2; r.i < len && nest > 0; r.i++) {
+				if (s[r.i] == '/' && r.i + 1 < len && s[r.i + 1] == '*')
+					nest++, r.i++;
+				else if (s[r.i] == '*' && r.i + 1 < len && s[r.i + 1] == '/')
+					nest--, r.i++;
 			}
 			continue;
 		}
 		/* a value of a VALUES row for a column named like a secret */
-		vsecret = ins == INS_VALUES && ins_depth > 0 && depth >= ins_depth &&
-			  ins_col < 64 && (ins_secret >> ins_col) & 1u;
-		{
-			/* a string literal: plain and N'' (backslashes as
-			 * standard_conforming_strings says), E'' (backslash
-			 * escapes), B''/X'' (digits), U&'' (a quote always ends
-			 * it; not allowed with standard_conforming_strings off) */
-			size_t q = i, pre = 0;
-			int esc = 0, plain = 0;
-
-			if ((ch == 'E' || ch == 'e') && i + 1 < len && s[i + 1] == '\'')
-				esc = 1, pre = 1;
-			else if (ch == '\'')
-				plain = 1;
-			else if ((ch == 'N' || ch == 'n') && i + 1 < len && s[i + 1] == '\'')
-				plain = 1, pre = 1;
-			else if ((ch == 'B' || ch == 'b' || ch == 'X' || ch == 'x') &&
-				 i + 1 < len && s[i + 1] == '\'')
-				pre = 1;
-			else if ((ch == 'U' || ch == 'u') && i + 2 < len && s[i + 1] == '&' &&
-				 s[i + 2] == '\'')
-				pre = 2;
-			q = i + pre;
-			if (plain)
-				esc = bs_plain;
-			if (s[q] == '\'') {
-				int open;
-				size_t end = quoted_end(s, len, q, '\'', esc, &open);
-
-				if (uesc) { /* U&"..." UESCAPE '!': still armed */
-					uesc = uident = 0;
-					i = end;
-					continue;
-				}
-				uident = 0;
-				fn = 0;
-				if (armed || redacting || vsecret || in_secret_arg(call, ncall)) {
-					/* Unterminated, or a backslash in a plain
-					 * literal (where it ends depends on
-					 * standard_conforming_strings): to the end. */
-					if (open || (plain && !esc &&
-						     memchr(s + q, '\\', end - q) != NULL)) {
-						stars(out, q + 1, len);
-						end = len;
-					} else {
-						stars(out, q + 1, end - 1);
-					}
-					n++;
-					redacting = 1;
-				} else {
-					n += url_passwords(s, out, q + 1, open ? len : end - 1);
-				}
-				armed = 0;
-				i = end;
-				continue;
-			}
-		}
-		redacting = 0;
-		if (ch == '$') {
-			size_t tl = dollar_tag(s, len, i);
-
-			if (tl > 0) {
-				const char *close = NULL;
-
-				for (size_t j = i + tl; j + tl <= len; j++)
-					if (s[j] == '$' && memcmp(s + j, s + i, tl) == 0) {
-						close = s + j;
-						break;
-					}
-				if (armed || vsecret || in_secret_arg(call, ncall)) {
-					stars(out, i + tl, close ? (size_t)(close - s) : len);
-					n++;
-				} else {
-					n += url_passwords(s, out, i + tl,
-							   close ? (size_t)(close - s) : len);
-				}
-				armed = uident = uesc = 0;
-				fn = 0;
-				i = close ? (size_t)(close - s) + tl : len;
-				continue;
-			}
-		}
-		if (ch == '"' || ((ch == 'U' || ch == 'u') && i + 2 < len && s[i + 1] == '&' &&
-				  s[i + 2] == '"')) {
-			int open;
-			size_t q = ch == '"' ? i : i + 2,
-			       end = quoted_end(s, len, q, '"', 0, &open);
-
-			/* a U&"..." name can spell any word with escapes:
-			 * taken as a secret's name (over-redaction only) */
-			uident = ch != '"';
-			armed = uident || secret_word(s + q + 1, end - q - 1 - (open ? 0 : 1));
-			fn = ch == '"' ? secret_args(s + q + 1, end - q - 1 - (open ? 0 : 1)) : 0;
-			if (ins == INS_COLS && depth == ins_depth && ins_col < 64 && armed)
-				ins_secret |= (uint64_t)1 << ins_col;
-			uesc = 0;
-			i = end;
+		vsecret = r.ins == INS_VALUES && r.ins_depth > 0 && r.depth >= r.ins_depth &&
+			  r.ins_col < 64 && (r.ins_secret >> r.ins_col) & 1u;
+		if (lex_literal(&r, ch, vsecret))
+			continue;
+		r.redacting = 0;
+		if (ch == '$' && lex_dollar(&r, vsecret))
+			continue;
+		if (ch == '"' || ((ch == 'U' || ch == 'u') && r.i + 2 < len && s[r.i + 1] == '&' &&
+				  s[r.i + 2] == '"')) {
+			lex_quoted_name(&r, ch);
 			continue;
 		}
 		if (word_start(ch)) {
-			size_t j = i;
-
-			while (j < len && (isalnum((unsigned char)s[j]) || s[j] == '_' ||
-					   s[j] == '$' || (unsigned char)s[j] >= 0x80))
-				j++;
-			if (uident && j - i == 7 && strncasecmp(s + i, "uescape", 7) == 0) {
-				uesc = 1;
-				i = j;
-				continue;
-			}
-			uident = uesc = 0;
-			if (armed && j - i == 2 && strncasecmp(s + i, "to", 2) == 0) {
-				i = j; /* SET x.password TO '...', like '=' */
-				continue;
-			}
-			armed = secret_word(s + i, j - i);
-			fn = secret_args(s + i, j - i);
-			if (j - i == 6 && strncasecmp(s + i, "insert", 6) == 0) {
-				ins = INS_SEEN;
-				ins_secret = 0;
-			} else if (j - i == 6 && strncasecmp(s + i, "values", 6) == 0 &&
-				   (ins == INS_AFTER || ins == INS_SEEN)) {
-				ins = ins == INS_AFTER && ins_secret ? INS_VALUES : INS_NONE;
-				ins_depth = 0;
-				ins_base = depth;
-			} else if (ins == INS_VALUES && ins_depth == 0 &&
-				   ((j - i == 2 && strncasecmp(s + i, "on", 2) == 0) ||
-				    (j - i == 9 && strncasecmp(s + i, "returning", 9) == 0))) {
-				ins = INS_NONE; /* past the rows */
-			} else if (ins == INS_COLS && depth == ins_depth && ins_col < 64 && armed) {
-				ins_secret |= (uint64_t)1 << ins_col;
-			}
-			i = j;
+			lex_word(&r);
 			continue;
 		}
-		if (ch == '=' && armed) {
-			i++; /* password = '...' */
+		if (ch == '=' && r.armed) {
+			r.i++; /* password = '...' */
 			continue;
 		}
 		if (ch == ';')
-			ins = INS_NONE;
-		if (ch == '(' || ch == '[') {
-			depth++;
-			if (ch == '(' && ins == INS_SEEN) { /* INSERT INTO t (a, b, ...) */
-				ins = INS_COLS;
-				ins_depth = depth;
-				ins_col = 0;
-			} else if (ch == '(' && ins == INS_VALUES && ins_depth == 0 &&
-				   depth == ins_base + 1) {
-				ins_depth = depth; /* a VALUES row */
-				ins_col = 0;
-			}
-			if (ch == '(' && fn != 0 && ncall < SECRET_CALLS) {
-				call[ncall].depth = depth;
-				call[ncall].args = fn;
-				call[ncall].argi = 0;
-				ncall++;
-			}
-		} else if (ch == ')' || ch == ']') {
-			if (ncall > 0 && call[ncall - 1].depth == depth)
-				ncall--;
-			if (ins == INS_COLS && ch == ')' && depth == ins_depth)
-				ins = INS_AFTER;
-			else if (ins == INS_VALUES && ch == ')' && depth == ins_depth)
-				ins_depth = 0; /* the row ends; another may follow */
-			if (depth > 0)
-				depth--;
-		} else if (ch == ',') {
-			if (ncall > 0 && call[ncall - 1].depth == depth)
-				call[ncall - 1].argi++;
-			if ((ins == INS_COLS || ins == INS_VALUES) && depth == ins_depth)
-				ins_col++;
-		}
-		armed = uident = uesc = 0;
-		fn = 0;
-		i++;
+			r.ins = INS_NONE;
+		lex_punct(&r, ch);
+		r.armed = r.uident = r.uesc = 0;
+		r.fn = 0;
+		r.i++;
 	}
-	return n;
+	return r.n;
 }
 
 /* Whether the text may name a secret at all: every name secret_word()
