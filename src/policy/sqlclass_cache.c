@@ -57,159 +57,250 @@ static const uint8_t shape_plain[256] = {
 	['x'] = 1, ['y'] = 1,  ['z'] = 1,
 };
 
+/* The shape lexer (shape_into()): sql[i] is read next, o[n] written next.
+ * Each shape_* step below copies or folds one token starting at i and
+ * returns 0, or -1 when the text is to be kept exact. */
+struct shaper {
+	const char *sql;
+	size_t len, i, n;
+	char *o;
+	int folded; /* a literal was folded */
+};
+
+/* A -- comment, up to its newline. */
+static int
+shape_line_comment(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	while (i < len && sql[i] != '\n') {
+		if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
+			return -1;
+		o[n++] = sql[i++];
+	}
+	sh->i = i;
+	sh->n = n;
+	return 0;
+}
+
+/* A slash-star comment; a nested or unterminated one is kept exact. */
+static int
+shape_block_comment(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	o[n++] = sql[i++];
+	o[n++] = sql[i++];
+	for (;;) {
+		if (i >= len)
+			return -1; /* unterminated */
+		if (sql[i] == '/' && i + 1 < len && sql[i + 1] == '*')
+			return -1; /* nested */
+		if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
+			return -1;
+		if (sql[i] == '*' && i + 1 < len && sql[i + 1] == '/') {
+			o[n++] = sql[i++];
+			o[n++] = sql[i++];
+			break;
+		}
+		o[n++] = sql[i++];
+	}
+	sh->i = i;
+	sh->n = n;
+	return 0;
+}
+
+/* A quoted name. */
+static int
+shape_quoted_name(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	if (n > 0 && o[n - 1] == '&')
+		return -1; /* U&"..." may spell any name with escapes */
+	o[n++] = sql[i++];
+	while (i < len && sql[i] != '"')
+		o[n++] = sql[i++];
+	if (i >= len)
+		return -1;
+	o[n++] = sql[i++];
+	sh->i = i;
+	sh->n = n;
+	return 0;
+}
+
+/* A '$': $1 parameters are fine; anything else may open a dollar quote. */
+static int
+shape_dollar(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	if (i + 1 < len && isdigit((unsigned char)sql[i + 1]) &&
+	    !(n > 0 && ident_char((unsigned char)o[n - 1]))) {
+		o[n++] = sql[i++];
+		while (i < len && isdigit((unsigned char)sql[i]))
+			o[n++] = sql[i++];
+		if (i < len && ident_char((unsigned char)sql[i]))
+			return -1;
+		sh->i = i;
+		sh->n = n;
+		return 0;
+	}
+	if (n > 0 && ident_char((unsigned char)o[n - 1])) {
+		o[n++] = sql[i++]; /* inside an identifier */
+		sh->i = i;
+		sh->n = n;
+		return 0;
+	}
+	return -1;
+}
+
+/* A plain string literal, folded to "?s". */
+static int
+shape_string(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	if (n > 0 && ident_char((unsigned char)o[n - 1]))
+		return -1; /* E'', B'', X'', U&'' ... */
+	if (n > 0 && o[n - 1] == '&')
+		return -1;
+	i++;
+	for (;;) {
+		if (i >= len || (unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
+			return -1;
+		if (sql[i] == '\'') {
+			if (i + 1 < len && sql[i + 1] == '\'') {
+				i += 2;
+				continue;
+			}
+			i++;
+			break;
+		}
+		i++;
+	}
+	/* 'a' 'b' with a newline between is one literal: keep
+	 * the exact text rather than reason about it. */
+	if (i < len && (sql[i] == '\'' || sql[i] == '\n' || sql[i] == '\r'))
+		return -1;
+	o[n++] = '?';
+	o[n++] = 's';
+	sh->folded = 1;
+	sh->i = i;
+	sh->n = n;
+	return 0;
+}
+
+/* A number, folded to "?i" or "?f" (digits inside an identifier or after
+ * a dot are copied). */
+static int
+shape_number(struct shaper *sh)
+{
+	const char *sql = sh->sql;
+	size_t len = sh->len, i = sh->i, n = sh->n;
+	char *o = sh->o;
+
+	if (n > 0 && (ident_char((unsigned char)o[n - 1]) || o[n - 1] == '.')) {
+		/* Digits inside an identifier (t1) or after a dot. */
+		o[n++] = sql[i++];
+		sh->i = i;
+		sh->n = n;
+		return 0;
+	}
+	size_t start = i;
+	int isfloat = 0;
+
+	while (i < len && isdigit((unsigned char)sql[i]))
+		i++;
+	if (i - start > 9)
+		isfloat = 1; /* the lexer makes big integers FCONST */
+	if (i < len && sql[i] == '.') {
+		isfloat = 1;
+		i++;
+		while (i < len && isdigit((unsigned char)sql[i]))
+			i++;
+	}
+	if (i < len && (sql[i] == 'e' || sql[i] == 'E')) {
+		size_t j = i + 1;
+
+		if (j < len && (sql[j] == '+' || sql[j] == '-'))
+			j++;
+		if (j >= len || !isdigit((unsigned char)sql[j]))
+			return -1;
+		i = j;
+		isfloat = 1;
+		while (i < len && isdigit((unsigned char)sql[i]))
+			i++;
+	}
+	if (i < len && (ident_char((unsigned char)sql[i]) || sql[i] == '.'))
+		return -1;
+	o[n++] = '?';
+	o[n++] = isfloat ? 'f' : 'i';
+	sh->folded = 1;
+	sh->i = i;
+	sh->n = n;
+	return 0;
+}
+
 /* The shape of sql written to o (room for 2 * len + 1 bytes: '1' becomes
  * '?i'); returns whether a literal was folded. */
 static int
 shape_into(const char *sql, size_t len, char *o, size_t *outlen)
 {
-	size_t i = 0, n = 0;
-	int folded = 0;
+	struct shaper sh = {.sql = sql, .len = len, .i = 0, .n = 0, .o = o, .folded = 0};
 
 	if (memchr(sql, '\0', len) != NULL || names_literal_dependent(sql, len))
 		goto exact;
-	while (i < len) {
-		unsigned char ch = (unsigned char)sql[i];
+	while (sh.i < len) {
+		unsigned char ch = (unsigned char)sql[sh.i];
+		int r;
 
 		if (shape_plain[ch]) {
 			/* what the last branch below does, a run at a time */
 			do
-				o[n++] = sql[i++];
-			while (i < len && shape_plain[(unsigned char)sql[i]]);
+				o[sh.n++] = sql[sh.i++];
+			while (sh.i < len && shape_plain[(unsigned char)sql[sh.i]]);
 			continue;
 		}
 		if (ch == '\\' || ch >= 0x80 || ch == '\0')
 			goto exact;
-		if (ch == '-' && i + 1 < len && sql[i + 1] == '-') {
-			while (i < len && sql[i] != '\n') {
-				if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
-					goto exact;
-				o[n++] = sql[i++];
-			}
-			continue;
+		if (ch == '-' && sh.i + 1 < len && sql[sh.i + 1] == '-') {
+			r = shape_line_comment(&sh);
+		} else if (ch == '/' && sh.i + 1 < len && sql[sh.i + 1] == '*') {
+			r = shape_block_comment(&sh);
+		} else if (ch == '"') {
+			r = shape_quoted_name(&sh);
+		} else if (ch == '$') {
+			r = shape_dollar(&sh);
+		} else if (ch == '\'') {
+			r = shape_string(&sh);
+		} else if (isdigit(ch) ||
+			   (ch == '.' && sh.i + 1 < len && isdigit((unsigned char)sql[sh.i + 1]))) {
+			r = shape_number(&sh);
+		} else {
+			/* "??": a '?' of the text never reads as a folded "?i" */
+			if (ch == '?')
+				o[sh.n++] = '?';
+			o[sh.n++] = (char)ch;
+			sh.i++;
+			r = 0;
 		}
-		if (ch == '/' && i + 1 < len && sql[i + 1] == '*') {
-			o[n++] = sql[i++];
-			o[n++] = sql[i++];
-			for (;;) {
-				if (i >= len)
-					goto exact; /* unterminated */
-				if (sql[i] == '/' && i + 1 < len && sql[i + 1] == '*')
-					goto exact; /* nested */
-				if ((unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
-					goto exact;
-				if (sql[i] == '*' && i + 1 < len && sql[i + 1] == '/') {
-					o[n++] = sql[i++];
-					o[n++] = sql[i++];
-					break;
-				}
-				o[n++] = sql[i++];
-			}
-			continue;
-		}
-		if (ch == '"') {
-			if (n > 0 && o[n - 1] == '&')
-				goto exact; /* U&"..." may spell any name with escapes */
-			o[n++] = sql[i++];
-			while (i < len && sql[i] != '"')
-				o[n++] = sql[i++];
-			if (i >= len)
-				goto exact;
-			o[n++] = sql[i++];
-			continue;
-		}
-		if (ch == '$') {
-			/* $1 parameters are fine; anything else may open a
-			 * dollar quote. */
-			if (i + 1 < len && isdigit((unsigned char)sql[i + 1]) &&
-			    !(n > 0 && ident_char((unsigned char)o[n - 1]))) {
-				o[n++] = sql[i++];
-				while (i < len && isdigit((unsigned char)sql[i]))
-					o[n++] = sql[i++];
-				if (i < len && ident_char((unsigned char)sql[i]))
-					goto exact;
-				continue;
-			}
-			if (n > 0 && ident_char((unsigned char)o[n - 1])) {
-				o[n++] = sql[i++]; /* inside an identifier */
-				continue;
-			}
+		if (r != 0)
 			goto exact;
-		}
-		if (ch == '\'') {
-			if (n > 0 && ident_char((unsigned char)o[n - 1]))
-				goto exact; /* E'', B'', X'', U&'' ... */
-			if (n > 0 && o[n - 1] == '&')
-				goto exact;
-			i++;
-			for (;;) {
-				if (i >= len || (unsigned char)sql[i] >= 0x80 || sql[i] == '\\')
-					goto exact;
-				if (sql[i] == '\'') {
-					if (i + 1 < len && sql[i + 1] == '\'') {
-						i += 2;
-						continue;
-					}
-					i++;
-					break;
-				}
-				i++;
-			}
-			/* 'a' 'b' with a newline between is one literal: keep
-			 * the exact text rather than reason about it. */
-			if (i < len && (sql[i] == '\'' || sql[i] == '\n' || sql[i] == '\r'))
-				goto exact;
-			o[n++] = '?';
-			o[n++] = 's';
-			folded = 1;
-			continue;
-		}
-		if (isdigit(ch) ||
-		    (ch == '.' && i + 1 < len && isdigit((unsigned char)sql[i + 1]))) {
-			if (n > 0 && (ident_char((unsigned char)o[n - 1]) || o[n - 1] == '.')) {
-				/* Digits inside an identifier (t1) or after a dot. */
-				o[n++] = sql[i++];
-				continue;
-			}
-			size_t start = i;
-			int isfloat = 0;
-
-			while (i < len && isdigit((unsigned char)sql[i]))
-				i++;
-			if (i - start > 9)
-				isfloat = 1; /* the lexer makes big integers FCONST */
-			if (i < len && sql[i] == '.') {
-				isfloat = 1;
-				i++;
-				while (i < len && isdigit((unsigned char)sql[i]))
-					i++;
-			}
-			if (i < len && (sql[i] == 'e' || sql[i] == 'E')) {
-				size_t j = i + 1;
-
-				if (j < len && (sql[j] == '+' || sql[j] == '-'))
-					j++;
-				if (j >= len || !isdigit((unsigned char)sql[j]))
-					goto exact;
-				i = j;
-				isfloat = 1;
-				while (i < len && isdigit((unsigned char)sql[i]))
-					i++;
-			}
-			if (i < len && (ident_char((unsigned char)sql[i]) || sql[i] == '.'))
-				goto exact;
-			o[n++] = '?';
-			o[n++] = isfloat ? 'f' : 'i';
-			folded = 1;
-			continue;
-		}
-		if (ch == '?')
-			o[n++] = '?'; /* "??": a '?' of the text never reads as a folded "?i" */
-		o[n++] = (char)ch;
-		i++;
 	}
-	o[n] = '\0';
-	*outlen = n;
-	return folded;
+	o[sh.n] = '\0';
+	*outlen = sh.n;
+	return sh.folded;
 exact:
 	memcpy(o, sql, len);
 	o[len] = '\0';
