@@ -163,12 +163,20 @@ int sl_parse_duration_ms(const char *s, int64_t *out_ms);
  * names, reasons) can carry escape sequences that move the cursor, clear
  * the screen, retitle the window or hide the lines before them, and bidi
  * controls that reorder what is shown: an approver could be shown a
- * harmless statement while approving another. C0 controls but tab, DEL,
- * C1 controls (as UTF-8) and the bidi embedding/override/isolate marks are
- * shown escaped (\x1b, \u009b, \u202e); a newline is "\n" (indent NULL)
- * or continues on a new line that starts with indent.
+ * harmless statement while approving another. Control characters
+ * (sl_utf8_control) but tab and newline are shown escaped (\x1b, \u009b,
+ * \u2028, \u202e); a newline is "\n" (indent NULL) or continues on a new
+ * line that starts with indent.
  */
 void sl_fput_safe(FILE *out, const char *s, size_t n, const char *indent);
+/* The length of the control character at s (n bytes left), 0 if there is
+ * none: C0 and DEL (1 byte), C1 U+0080..U+009F and U+061C ARABIC LETTER
+ * MARK (2), U+200E/U+200F, U+2028..U+202E (line and paragraph separators,
+ * bidi embeddings and overrides) and U+2066..U+2069 (bidi isolates) (3).
+ * What a terminal, a log viewer or an approver's screen would act on or
+ * reorder instead of showing. *cp (if not NULL) gets the code point. One
+ * definition for logs, audit tools, identities and approvers' displays. */
+size_t sl_utf8_control(const unsigned char *s, size_t n, unsigned *cp);
 /* The same for a NUL-terminated s cut to at most max bytes (at a character
  * boundary, "..." when cut); NULL prints as "-". */
 void sl_fput_safe_cut(FILE *out, const char *s, size_t max);

@@ -295,15 +295,8 @@ log_escape(const char *in, char *out, size_t cap)
 				continue;
 			}
 		}
-		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
-			cp = p[1], len = 2;
-		else if (p[0] == 0xd8 && p[1] == 0x9c)
-			cp = 0x061c, len = 2; /* ARABIC LETTER MARK, a bidi control */
-		else if (p[0] == 0xe2 && p[1] == 0x80 &&
-			 ((p[2] >= 0x8e && p[2] <= 0x8f) || (p[2] >= 0xa8 && p[2] <= 0xae)))
-			cp = 0x2000u | (p[2] & 0x3f), len = 3;
-		else if (p[0] == 0xe2 && p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)
-			cp = 0x2040u | (p[2] & 0x3f), len = 3;
+		/* a whole character here: at most 4 bytes are read (strnlen) */
+		len = (unsigned)sl_utf8_control(p, strnlen((const char *)p, 4), &cp);
 		if (len) {
 			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", cp);
 			p += len;
@@ -400,30 +393,51 @@ sl_parse_duration_ms(const char *s, int64_t *out_ms)
 	return 0;
 }
 
+size_t
+sl_utf8_control(const unsigned char *s, size_t n, unsigned *cp)
+{
+	unsigned c = 0;
+	size_t len = 0;
+
+	if (n == 0)
+		return 0;
+	if (s[0] < 0x20 || s[0] == 0x7f)
+		c = s[0], len = 1;
+	else if (n >= 2 && s[0] == 0xc2 && s[1] >= 0x80 && s[1] <= 0x9f)
+		c = s[1], len = 2;
+	else if (n >= 2 && s[0] == 0xd8 && s[1] == 0x9c)
+		c = 0x061c, len = 2;
+	else if (n >= 3 && s[0] == 0xe2 && s[1] == 0x80 &&
+		 (s[2] == 0x8e || s[2] == 0x8f || (s[2] >= 0xa8 && s[2] <= 0xae)))
+		c = 0x2000u | (s[2] & 0x3f), len = 3;
+	else if (n >= 3 && s[0] == 0xe2 && s[1] == 0x81 && s[2] >= 0xa6 && s[2] <= 0xa9)
+		c = 0x2040u | (s[2] & 0x3f), len = 3;
+	if (cp != NULL)
+		*cp = c;
+	return len;
+}
+
 void
 sl_fput_safe(FILE *out, const char *s, size_t n, const char *indent)
 {
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		unsigned char c1 = i + 1 < n ? (unsigned char)s[i + 1] : 0;
-		unsigned char c2 = i + 2 < n ? (unsigned char)s[i + 2] : 0;
+		unsigned cp;
+		size_t k;
 
 		if (c == '\n' && indent != NULL) {
 			fputc('\n', out);
 			fputs(indent, out);
 		} else if (c == '\n') {
 			fputs("\\n", out);
-		} else if ((c < 0x20 && c != '\t') || c == 0x7f) {
-			fprintf(out, "\\x%02x", c);
-		} else if (c == 0xc2 && c1 >= 0x80 && c1 <= 0x9f) {
-			fprintf(out, "\\u%04x", c1); /* C1: U+0080..U+009F */
-			i++;
-		} else if (c == 0xe2 && ((c1 == 0x80 && ((c2 >= 0xaa && c2 <= 0xae) || c2 == 0x8e ||
-							 c2 == 0x8f)) ||
-					 (c1 == 0x81 && c2 >= 0xa6 && c2 <= 0xa9))) {
-			/* U+202A..U+202E, U+200E/F, U+2066..U+2069 */
-			fprintf(out, "\\u%04x", 0x2000 | ((c1 & 0x3f) << 6) | (c2 & 0x3f));
-			i += 2;
+		} else if (c == '\t') {
+			fputc(c, out);
+		} else if ((k = sl_utf8_control((const unsigned char *)s + i, n - i, &cp)) != 0) {
+			if (k == 1)
+				fprintf(out, "\\x%02x", cp);
+			else
+				fprintf(out, "\\u%04x", cp);
+			i += k - 1;
 		} else {
 			fputc(c, out);
 		}

@@ -549,15 +549,7 @@ num_claim(json_t *v, int round_up, int64_t *out)
 static int
 is_control(const unsigned char *s, size_t n)
 {
-	if (s[0] < 0x20 || s[0] == 0x7f)
-		return 1;
-	if (s[0] == 0xc2 && n >= 2)
-		return s[1] >= 0x80 && s[1] <= 0x9f;
-	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x80)
-		return s[2] == 0x8e || s[2] == 0x8f || (s[2] >= 0xa8 && s[2] <= 0xae);
-	if (s[0] == 0xe2 && n >= 3 && s[1] == 0x81)
-		return s[2] >= 0xa6 && s[2] <= 0xa9;
-	return 0;
+	return sl_utf8_control(s, n, NULL) != 0;
 }
 
 /* Subjects and groups reach policy, logs and the audit trail: no control

@@ -4687,12 +4687,8 @@ shown_text(const uint8_t *v, size_t n, size_t max, int *all)
 		for (unsigned k = 1; k < len; k++)
 			if ((v[i + k] & 0xc0) != 0x80)
 				return -1;
-		if (c < 0x20 || c == 0x7f || (c == 0xc2 && v[i + 1] <= 0x9f) ||
-		    (c == 0xe2 && v[i + 1] == 0x80 &&
-		     ((v[i + 2] >= 0x8e && v[i + 2] <= 0x8f) ||
-		      (v[i + 2] >= 0xa8 && v[i + 2] <= 0xae))) ||
-		    (c == 0xe2 && v[i + 1] == 0x81 && v[i + 2] >= 0xa6 && v[i + 2] <= 0xa9) ||
-		    (c == 0xd8 && v[i + 1] == 0x9c) || (c == '*' && i + 1 < n && v[i + 1] == '/'))
+		if (sl_utf8_control(v + i, n - i, NULL) != 0 ||
+		    (c == '*' && i + 1 < n && v[i + 1] == '/'))
 			return -1;
 		if (i + len > max)
 			break; /* a character cut by max: shown up to before it */

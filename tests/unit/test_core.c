@@ -168,6 +168,13 @@ test_fput_safe(void **state)
 		{"\xe2\x80\x94 \xe2\x80\x99", NULL,
 		 "\xe2\x80\x94 \xe2\x80\x99"}, /* dash, quote kept */
 		{"\xc2", NULL, "\xc2"},	       /* a lone lead byte at the end */
+		{"a\xe2\x80\xa8"
+		 "b\xe2\x80\xa9",
+		 NULL, "a\\u2028b\\u2029"}, /* line and paragraph separators */
+		{"\xd8\x9c"
+		 "x",
+		 NULL, "\\u061cx"},		/* ARABIC LETTER MARK */
+		{"\xd8\xa7", NULL, "\xd8\xa7"}, /* ARABIC LETTER ALEF kept */
 	};
 
 	(void)state;
@@ -191,6 +198,46 @@ test_fput_safe(void **state)
 		assert_string_equal(got, "abc");
 		free(got);
 	}
+}
+
+/* One definition of a control character for logs, audit tools, identities
+ * and approvers: lengths and code points, never past n. */
+static void
+test_utf8_control(void **state)
+{
+	static const struct {
+		const char *s;
+		size_t n, len;
+		unsigned cp;
+	} cases[] = {
+		{"\x1b", 1, 1, 0x1b},
+		{"\x7f", 1, 1, 0x7f},
+		{"\t", 1, 1, 0x09},
+		{"a", 1, 0, 0},
+		{"\xc2\x85", 2, 2, 0x85},
+		{"\xc2\xa0", 2, 0, 0},
+		{"\xc2\x85", 1, 0, 0},
+		{"\xd8\x9c", 2, 2, 0x061c},
+		{"\xe2\x80\x8e", 3, 3, 0x200e},
+		{"\xe2\x80\xa8", 3, 3, 0x2028},
+		{"\xe2\x80\xae", 3, 3, 0x202e},
+		{"\xe2\x80\xaf", 3, 0, 0},
+		{"\xe2\x81\xa6", 3, 3, 0x2066},
+		{"\xe2\x81\xa9", 3, 3, 0x2069},
+		{"\xe2\x81\xa9", 2, 0, 0},
+		{"\xe2\x80\x94", 3, 0, 0},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		unsigned cp = 12345;
+		size_t len = sl_utf8_control((const unsigned char *)cases[i].s, cases[i].n, &cp);
+
+		assert_int_equal(len, cases[i].len);
+		if (len)
+			assert_int_equal(cp, cases[i].cp);
+	}
+	assert_int_equal(sl_utf8_control((const unsigned char *)"", 0, NULL), 0);
 }
 
 /* Decimals as printf writes them, at every digit count and both ends. */
@@ -255,6 +302,7 @@ main(void)
 		cmocka_unit_test(test_strmap_matches_model),
 		cmocka_unit_test(test_strmap_grows_and_empties),
 		cmocka_unit_test(test_fput_safe),
+		cmocka_unit_test(test_utf8_control),
 		cmocka_unit_test(test_fmt_decimal),
 		cmocka_unit_test(test_log_escapes_controls),
 	};

@@ -526,6 +526,7 @@ test_groups(void **state)
 				     "a\xe2\x81\xa6",
 				     "a\xe2\x81\xa9",
 				     "a\xe2\x80\x8f",
+				     "a\xd8\x9c",
 				     "\x7f"};
 
 		for (size_t i = 0; i < sizeof(ctl) / sizeof(ctl[0]); i++) {
