@@ -657,6 +657,10 @@ sec_advance(struct eng *e)
 	if (k < e->hi || e->eof) {
 		close_region(e, &e->sec, k);
 		e->sec_open = 0;
+		e->sec_last = 1;
+		e->sec_last_from = e->sec_start;
+		e->sec_last_end = k;
+		e->sec_last_kind = e->sec_kind;
 	}
 }
 
@@ -681,9 +685,18 @@ r_secret(struct eng *e, uint64_t end, unsigned kind)
 			return 0;
 		}
 	}
+	if (e->sec_last && v >= e->sec_last_from && v < e->sec_last_end &&
+	    (kind == K_BEARER || e->sec_last_kind == K_SECRET)) {
+		/* inside a value already masked to its end (the same class
+		 * or a wider one): the same end again */
+		if (e->st != NULL)
+			e->st->hits[SL_DET_SECRET]++;
+		return 0;
+	}
 	e->sec = region(e, SL_DET_SECRET, v, F_ALL);
 	e->sec_open = 1;
 	e->sec_kind = (uint8_t)kind;
+	e->sec_start = v;
 	e->sec_cur = v;
 	sec_advance(e);
 	return 0;

@@ -469,14 +469,41 @@ prefilter_at(const uint8_t *v, size_t len, size_t i)
 
 /* ------------------------------------------------------------ regex windows */
 
+/* The first byte at or after p that is in a set (index, or len). One value's
+ * anchors come in order and most lie in one run without such a byte (a
+ * long "+1+1+1" or "key=key=key"): the last answer, remembered in m, stands
+ * for every p up to it, so finding the ends of all windows of a value is
+ * linear in its length, not quadratic. */
+struct run_memo {
+	size_t from, at; /* [from, at]: the answer is at */
+	int valid;
+};
+
 static size_t
-after_ws(const uint8_t *v, size_t len, size_t p)
+next_in(const uint8_t *v, size_t len, size_t p, int all_ws, struct run_memo *m)
 {
-	for (; p < len; p++)
-		if (v[p] == ' ' || v[p] == '\t' || v[p] == '\n' || v[p] == '\r' || v[p] == '\v' ||
-		    v[p] == '\f')
-			return p + 1; /* the whitespace is the pattern's trailing context */
-	return len;
+	size_t q;
+
+	if (m->valid && p >= m->from && p <= m->at)
+		return m->at;
+	for (q = p; q < len; q++)
+		if (v[q] == ' ' || v[q] == '\t' || v[q] == '\n' || v[q] == '\r' ||
+		    (all_ws && (v[q] == '\v' || v[q] == '\f')))
+			break;
+	m->from = p;
+	m->at = q;
+	m->valid = 1;
+	return q;
+}
+
+/* Past the first whitespace at or after p (the pattern's trailing
+ * context), or len. */
+static size_t
+after_ws(const uint8_t *v, size_t len, size_t p, struct run_memo *m)
+{
+	size_t q = next_in(v, len, p, 1, m);
+
+	return q < len ? q + 1 : len;
 }
 
 /* Bytes a PEM marker can span from its first dash: "-----BEGIN " + 40 +
@@ -486,7 +513,8 @@ after_ws(const uint8_t *v, size_t len, size_t p)
 #define SECRET_KEY_MAX 13
 
 static void
-anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
+anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to,
+	      struct run_memo *memo)
 {
 	size_t s = i, t, k, j;
 
@@ -494,11 +522,11 @@ anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
 	case '@': /* email: the domain follows; the resolver walks back itself */
 	case '+': /* phone */
 	case 'A': /* AWS key id */
-		t = after_ws(v, len, i);
+		t = after_ws(v, len, i, &memo[0]);
 		break;
 	case 'y': /* "eyJ" */
 		s = i > 0 ? i - 1 : 0;
-		t = after_ws(v, len, i);
+		t = after_ws(v, len, i, &memo[0]);
 		break;
 	case '-': /* a PEM marker's dashes */
 		while (s > 0 && v[s - 1] == '-')
@@ -515,11 +543,10 @@ anchor_window(const uint8_t *v, size_t len, size_t i, size_t *from, size_t *to)
 		j = i + 1;
 		while (j < len && (v[j] == ' ' || v[j] == '\t' || v[j] == '"' || v[j] == '\''))
 			j++;
-		while (j < len && v[j] != ' ' && v[j] != '\t' && v[j] != '\n' && v[j] != '\r')
-			j++;
+		j = next_in(v, len, j, 0, &memo[1]);
 		while (j < len && (v[j] == ' ' || v[j] == '\t'))
 			j++;
-		t = after_ws(v, len, j);
+		t = after_ws(v, len, j, &memo[0]);
 		break;
 	}
 	*from = s;
@@ -680,6 +707,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 	struct m64 m, pm = {0, 0, 0, 0};
 	uint8_t tmp[128];
 	int need = mode == SL_MASK_CLS_ALWAYS ? 1 : 0;
+	struct run_memo memo[2] = {{0, 0, 0}, {0, 0, 0}}; /* anchor_window's */
 
 	c->nw = 0;
 	c->nev = 0;
@@ -753,7 +781,7 @@ classify(const uint8_t *v, size_t len, int mode, struct sl_mask_cls *c, classify
 				}
 				if (c->nw < 0)
 					continue;
-				anchor_window(v, len, i, &s, &t);
+				anchor_window(v, len, i, &s, &t, memo);
 				if (add_window(c->w, &c->nw, SL_MASK_MAX_WINDOWS, s, t) != 0)
 					c->nw = -1;
 			}

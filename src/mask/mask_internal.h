@@ -108,6 +108,12 @@ struct eng {
 	int pem_open, sec_open;
 	uint8_t sec_kind;
 	uint64_t sec_cur;
+	/* the secret value opened at sec_start; once closed, [last_from,
+	 * last_end) of kind last_kind (sec_last set): a later key=value inside
+	 * it is that value again, not scanned anew to its end (in block mode
+	 * "password=password=..." made every '=' rescan the rest: quadratic) */
+	uint64_t sec_start, sec_last_from, sec_last_end;
+	uint8_t sec_last_kind, sec_last;
 	struct sl_mask_stats *st;
 	int need_null; /* a hit with style null (block mode) */
 	int nhash;     /* spans with style hash */

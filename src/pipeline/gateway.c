@@ -211,7 +211,8 @@ level_of(const char *s)
 /* Descriptors kept aside for everything that is not a client session: the
  * audit store and journal, pooled upstreams beyond one per session, TLS
  * and JWKS fetches, the admin API, logs. */
-#define FD_RESERVE 128
+#define FD_RESERVE   128
+#define WORKER_STACK ((size_t)256 << 20)
 
 /* Raises the soft descriptor limit to the hard one (a service manager's
  * default soft limit, often 1024, would cap a gateway at a few hundred
@@ -586,8 +587,18 @@ sl_gateway_run(struct sl_config *cfg)
 			goto stop;
 		}
 	}
-	for (unsigned i = 0; i < gw->nworkers; i++)
-		uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
+	for (unsigned i = 0; i < gw->nworkers; i++) {
+		/* A large stack (address space; only what is used is memory):
+		 * libpg_query writes a parse tree out recursively, and a 1 MiB
+		 * statement of 1+1+...+1 is 500,000 levels deep (see
+		 * sl_sql_classify, which refuses what the stack cannot take). */
+		uv_thread_options_t big = {.flags = UV_THREAD_HAS_STACK_SIZE,
+					   .stack_size = WORKER_STACK};
+
+		if (uv_thread_create_ex(&gw->workers[i].thread, &big, worker_main,
+					&gw->workers[i]) != 0)
+			uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
+	}
 	sl_info("sluice serving: postgres %s, %u workers, up to %u sessions (%u logging in "
 		"at once per client address), audit %s (%s)",
 		cfg->gateway.postgres.listen ? cfg->gateway.postgres.listen : "off", gw->nworkers,

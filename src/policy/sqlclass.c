@@ -8,6 +8,9 @@
  */
 #include "sluice/sqlclass.h"
 
+#include <ctype.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +80,115 @@ sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
 	}
 }
 
+/* Comments nested deeper than this are refused before the parser sees
+ * them: PostgreSQL's scanner takes time quadratic in the depth (a 20 KB
+ * text of nested comments took seconds, a 1 MiB one would take many
+ * minutes), on a worker thread every session on it shares. Nobody nests
+ * comments this deep; SQL generators do not nest them at all. */
+#define COMMENT_DEPTH_MAX 32
+
+/* The deepest comment nesting in sql, lexed as the server does: quoted
+ * names and string literals ('...', E'...' with backslashes,
+ * $tag$...$tag$) and -- comments hold no comment. Stops counting past
+ * COMMENT_DEPTH_MAX. */
+static int
+comment_depth(const char *s, size_t n)
+{
+	int depth = 0, max = 0;
+	size_t i = 0;
+
+	while (i < n && max <= COMMENT_DEPTH_MAX) {
+		char c = s[i];
+
+		if (depth > 0) {
+			if (c == '/' && i + 1 < n && s[i + 1] == '*') {
+				if (++depth > max)
+					max = depth;
+				i += 2;
+			} else if (c == '*' && i + 1 < n && s[i + 1] == '/') {
+				depth--;
+				i += 2;
+			} else {
+				i++;
+			}
+		} else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
+			depth = 1;
+			if (max < 1)
+				max = 1;
+			i += 2;
+		} else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
+			while (i < n && s[i] != '\n')
+				i++;
+		} else if (c == '\'' || c == '"') {
+			/* E'...' takes backslash escapes (the E was passed over) */
+			int bs = c == '\'' && i > 0 && (s[i - 1] == 'E' || s[i - 1] == 'e');
+
+			for (i++; i < n; i++) {
+				if (bs && s[i] == '\\') {
+					i++;
+				} else if (s[i] == c) {
+					if (i + 1 < n && s[i + 1] == c)
+						i++; /* doubled: part of it */
+					else
+						break;
+				}
+			}
+			i++;
+		} else if (c == '$' && (i == 0 || !(isalnum((unsigned char)s[i - 1]) ||
+						    s[i - 1] == '_' || s[i - 1] == '$'))) {
+			/* $tag$ ... $tag$ (a $1 parameter has no closing $) */
+			size_t t = i + 1;
+			const char *end;
+
+			while (t < n && (isalnum((unsigned char)s[t]) || s[t] == '_' ||
+					 (unsigned char)s[t] >= 0x80))
+				t++;
+			if (t < n && s[t] == '$' &&
+			    !(t > i + 1 && isdigit((unsigned char)s[i + 1]))) {
+				size_t tl = t + 1 - i;
+
+				end = memmem(s + t + 1, n - t - 1, s + i, tl);
+				i = end != NULL ? (size_t)(end - s) + tl : n;
+			} else {
+				i = t;
+			}
+		} else {
+			i++;
+		}
+	}
+	return max;
+}
+
+/* Whether this thread's stack can take the parse of len bytes: libpg_query
+ * writes its tree out recursively, up to len/2 levels deep (1+1+...+1) of
+ * at most ~256 bytes each (measured). Workers have a large stack
+ * (gateway.c); a thread with a small one refuses long statements instead
+ * of crashing the gateway. Short ones (most) are not asked. */
+static int
+stack_room(size_t len)
+{
+	static _Thread_local uintptr_t lo;
+	static _Thread_local int known;
+	volatile char here;
+
+	if (len <= 16384)
+		return 1;
+	if (!known) {
+		pthread_attr_t at;
+		void *addr;
+		size_t size;
+
+		known = 1;
+		if (pthread_getattr_np(pthread_self(), &at) == 0) {
+			if (pthread_attr_getstack(&at, &addr, &size) == 0)
+				lo = (uintptr_t)addr;
+			pthread_attr_destroy(&at);
+		}
+	}
+	return lo != 0 && (uintptr_t)&here > lo &&
+	       (uintptr_t)&here - lo > (len / 2) * 320 + ((size_t)1 << 20);
+}
+
 int
 sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 {
@@ -94,6 +206,16 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 	if (memchr(sql, '\0', len) != NULL) {
 		out->kinds = SL_SQL_UNPARSEABLE;
 		out->error = strdup("statement contains a NUL byte");
+		return 0;
+	}
+	if (comment_depth(sql, len) > COMMENT_DEPTH_MAX) {
+		out->kinds = SL_SQL_UNPARSEABLE;
+		out->error = strdup("comments nested more than 32 deep");
+		return 0;
+	}
+	if (!stack_room(len)) {
+		out->kinds = SL_SQL_UNPARSEABLE;
+		out->error = strdup("statement too long to classify on this thread");
 		return 0;
 	}
 	text = malloc(len + 1);

@@ -2,6 +2,7 @@
 bypasses, identity tricks, protocol abuse and audit tampering."""
 import os
 import struct
+import time
 
 import pytest
 
@@ -994,3 +995,31 @@ def test_read_only_connection_refuses_writes_even_through_functions(gateway_fact
     assert any("read-only" in r["data"].get("reason", "") for r in recs
                if r["type"] == "session_close"), "no session_close names the reason"
     assert gw.verify().returncode == 0
+
+
+def test_costly_statements_cannot_crash_or_stall_the_gateway(gateway_factory):
+    """Classification runs before any policy, for any agent with a token:
+    1+1+...+1 of 1 MiB (a parse tree 500,000 levels deep, written out
+    recursively by libpg_query) crashed the gateway from a worker's stack;
+    comments nested 40,000 deep took the server's scanner minutes on the
+    worker every session shares. Both are refused (42501) at once; another
+    agent is served meanwhile and the gateway lives on."""
+    gw = gateway_factory(policies=SELECT_ONLY, workers=1)
+    other = session(gw)
+    for sql in ["SELECT 1" + "+1" * 500000,
+                "SELECT 1" + "::int" * 150000,
+                "SELECT 1 " + "/*" * 40000 + "*/" * 40000]:
+        cn = session(gw)
+        t0 = time.time()
+        cn.send(pgwire.query(sql))
+        cn.s.settimeout(60)
+        got = cn.until_ready()
+        took = time.time() - t0
+        errs = pgwire.errors(got)
+        assert errs and errs[0]["C"] == "42501" and got[-1] == (b"Z", b"I"), got[:2]
+        cn.close()
+        other.send(pgwire.query("SELECT 1"))
+        assert other.until_ready()[-1] == (b"Z", b"I")
+        assert gw.proc.poll() is None, "the gateway died"
+        print("%d bytes refused in %.2f s" % (len(sql), took))
+    other.close()

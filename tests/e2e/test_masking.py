@@ -662,3 +662,21 @@ def test_client_settings_cannot_switch_off_column_rules(mgw, pg):
         assert served >= 3, served
     finally:
         pg.psql("orders", "DROP SCHEMA evil CASCADE")
+
+
+def test_repeated_secret_keys_are_masked_in_one_pass(mgw):
+    """A value of key=key=key=... (any agent can make one with repeat())
+    was rescanned to its end at every '=': one row of a few MB held the
+    worker, and every session on it, for minutes. Masked whole, at once
+    (the socket timeout is the bound: a hang, not a speed test)."""
+    c = mgw.connect(token=mgw.mint(groups="ai-agents"))
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("SET statement_timeout = 0")
+    for word in ("password=", "token=", "+1"):
+        cur.execute("SELECT repeat(%s, 200000)", (word,))
+        v = cur.fetchone()[0]
+        assert len(v) == 200000 * len(word)
+        if word != "+1":
+            assert set(v[len(word):]) == {"*"}, v[:40]
+    c.close()

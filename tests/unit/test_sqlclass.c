@@ -1165,6 +1165,64 @@ test_policy_compile_errors(void **state)
 	}
 }
 
+/* Texts that cost the parser far more than their size: nested comments
+ * (quadratic in PostgreSQL's scanner) are refused past 32 levels, counted
+ * as the server lexes them; a long operator chain (a parse tree as deep as
+ * the text is long, written out recursively) is refused on a thread whose
+ * stack could not take it, never a crash. */
+static void
+test_costly_shapes_are_refused(void **state)
+{
+	struct sl_sql_class c;
+	struct sl_buf b;
+	static const struct {
+		const char *head, *unit, *tail;
+		int n, refused;
+	} cases[] = {
+		{"SELECT 1 ", "/*", "", 32, 0}, /* closed by as many */
+		{"SELECT 1 ", "/*", "", 33, 1},
+		{"SELECT 1 ", "/*", "", 40000, 1},
+		/* not comments: in a literal, a quoted name, a dollar quote, after -- */
+		{"SELECT '", "/*", "'", 4000, 0},
+		{"SELECT E'\\'", "/*", "'", 100, 0},
+		{"SELECT 1 AS \"", "/*", "\"", 100, 0},
+		{"SELECT $q$", "/*", "$q$", 100, 0},
+		{"SELECT 1 -- ", "/*", "\n", 100, 0},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		sl_buf_init(&b, 0);
+		sl_buf_append(&b, cases[i].head, strlen(cases[i].head));
+		for (int k = 0; k < cases[i].n; k++)
+			sl_buf_append(&b, cases[i].unit, strlen(cases[i].unit));
+		if (strcmp(cases[i].unit, "/*") == 0 && cases[i].tail[0] == '\0')
+			for (int k = 0; k < cases[i].n; k++)
+				sl_buf_append(&b, "*/", 2);
+		sl_buf_append(&b, cases[i].tail, strlen(cases[i].tail));
+		assert_int_equal(sl_sql_classify((const char *)b.data, b.len, &c), 0);
+		if (cases[i].refused) {
+			assert_true(c.kinds & SL_SQL_UNPARSEABLE);
+			assert_string_equal(c.error, "comments nested more than 32 deep");
+		} else {
+			if (c.kinds & SL_SQL_UNPARSEABLE)
+				fail_msg("case %zu: %s", i, c.error ? c.error : "?");
+		}
+		sl_sql_class_fini(&c);
+		sl_buf_fini(&b);
+	}
+	/* 1+1+...+1 of 1 MiB on this (8 MiB) stack: refused, not a crash */
+	sl_buf_init(&b, 0);
+	sl_buf_append(&b, "SELECT 1", 8);
+	while (b.len < SL_SQL_MAX_TEXT - 2)
+		sl_buf_append(&b, "+1", 2);
+	assert_int_equal(sl_sql_classify((const char *)b.data, b.len, &c), 0);
+	assert_true(c.kinds & SL_SQL_UNPARSEABLE);
+	assert_string_equal(c.error, "statement too long to classify on this thread");
+	sl_sql_class_fini(&c);
+	sl_buf_fini(&b);
+}
+
 int
 main(void)
 {
@@ -1186,6 +1244,7 @@ main(void)
 		cmocka_unit_test(test_many_using_items),
 		cmocka_unit_test(test_block_rules_see_dropped_and_commented_tables),
 		cmocka_unit_test(test_policy_compile_errors),
+		cmocka_unit_test(test_costly_shapes_are_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
