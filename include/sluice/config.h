@@ -39,6 +39,7 @@ struct sl_cfg_gateway {
 	 * large statement being received, a large row being masked); default
 	 * 512 MiB */
 	unsigned max_buffered_bytes;
+	unsigned max_held_bytes; /* prepared statements, portals: all sessions; 1 GiB */
 };
 
 struct sl_cfg_issuer {

@@ -119,6 +119,8 @@ struct sl_gw {
 	 * at most max_buffered */
 	atomic_size_t buffered;
 	size_t max_buffered;
+	atomic_size_t held; /* sessions' held_bytes as last charged (pg/session.c held_ok) */
+	size_t max_held;
 	int64_t leeway_s;
 	int64_t login_timeout_ms;
 	int64_t message_timeout_ms; /* gateway.message_timeout */

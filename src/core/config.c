@@ -68,6 +68,7 @@ static const cyaml_schema_field_t gateway_fields[] = {
 	UINT("max_connections", struct sl_cfg_gateway, max_connections),
 	UINT("max_logins_per_address", struct sl_cfg_gateway, max_logins_per_address),
 	UINT("max_buffered_bytes", struct sl_cfg_gateway, max_buffered_bytes),
+	UINT("max_held_bytes", struct sl_cfg_gateway, max_held_bytes),
 	CYAML_FIELD_END,
 };
 
@@ -518,6 +519,8 @@ fill_defaults(struct sl_config *c)
 		c->gateway.max_message_bytes = 16u << 20;
 	if (c->gateway.max_buffered_bytes == 0)
 		c->gateway.max_buffered_bytes = 512u << 20;
+	if (c->gateway.max_held_bytes == 0)
+		c->gateway.max_held_bytes = 1u << 30;
 	snprintf(buf, sizeof(buf), "sqlite:%s/audit.db", c->gateway.data_dir);
 	r |= set_default(&c->audit.store, buf);
 	r |= set_default(&c->audit.mode, "strict");

@@ -229,8 +229,9 @@ struct pg_session {
 	 * server keeps its CommandComplete until the client's next Sync or
 	 * Flush); a Query's may start another COPY and lifts at its end. */
 	unsigned copy_gate : 1, copy_in : 1, copy_resume : 1, copy_data : 1;
-	unsigned pending; /* async work that still points at this session */
-	size_t charged;	  /* buffer bytes counted in gw->buffered (charge_buffers) */
+	unsigned pending;    /* async work that still points at this session */
+	size_t charged;	     /* buffer bytes counted in gw->buffered (charge_buffers) */
+	size_t held_charged; /* held_bytes counted in gw->held (held_sync) */
 	/* startup */
 	char *client_user, *client_db;
 	char **fwd_keys, **fwd_vals;
@@ -650,15 +651,43 @@ stmt_remove(struct pg_session *s, const char *name)
 	stmt_unref(sl_strmap_del(&s->stmts, name));
 }
 
-/* Whether the session may keep n more bytes; if not, ends it. */
+/* Brings the session's share of gw->held up to date with held_bytes (which
+ * statements and portals change as they come and go). */
+static void
+held_sync(struct pg_session *s)
+{
+	if (s->held_bytes > s->held_charged)
+		atomic_fetch_add(&s->gw->held, s->held_bytes - s->held_charged);
+	else if (s->held_bytes < s->held_charged)
+		atomic_fetch_sub(&s->gw->held, s->held_charged - s->held_bytes);
+	s->held_charged = s->held_bytes;
+}
+
+/* Whether the session may keep n more bytes; if not, ends it. Bounded per
+ * session (SESSION_HELD_MAX) and over all sessions (gateway.max_held_bytes):
+ * one token opening many sessions, each holding most of its share, would
+ * otherwise hold the gateway's memory. */
 static int
 held_ok(struct pg_session *s, size_t n)
 {
-	if (s->held_bytes <= SESSION_HELD_MAX && n <= SESSION_HELD_MAX - s->held_bytes)
+	size_t all;
+
+	if (s->held_bytes > SESSION_HELD_MAX || n > SESSION_HELD_MAX - s->held_bytes) {
+		fatal(s, "54000",
+		      "sluice: this session's prepared statements and portals exceed 64 MiB; "
+		      "close some or reconnect");
+		return 0;
+	}
+	held_sync(s);
+	all = atomic_load(&s->gw->held);
+	if (all <= s->gw->max_held && n <= s->gw->max_held - all)
 		return 1;
-	fatal(s, "54000",
-	      "sluice: this session's prepared statements and portals exceed 64 MiB; close some "
-	      "or reconnect");
+	sl_warn("session %s: prepared statements and portals of all sessions hold %zu MiB, "
+		"gateway.max_held_bytes; ending this one",
+		s->pl.id, all >> 20);
+	fatal(s, "53200",
+	      "sluice: out of memory for prepared statements (gateway.max_held_bytes is reached "
+	      "across sessions); close some or retry later");
 	return 0;
 }
 
@@ -1412,6 +1441,8 @@ session_free(struct pg_session *s)
 	cancel_unregister(s);
 	if (s->charged)
 		atomic_fetch_sub(&s->gw->buffered, s->charged);
+	if (s->held_charged)
+		atomic_fetch_sub(&s->gw->held, s->held_charged);
 	sl_buf_fini(&s->cin);
 	free(s->client_user);
 	free(s->client_db);

@@ -478,6 +478,7 @@ sl_gateway_run(struct sl_config *cfg)
 		cfg->gateway.max_message_bytes ? cfg->gateway.max_message_bytes : 16u << 20;
 	gw->max_buffered =
 		cfg->gateway.max_buffered_bytes ? cfg->gateway.max_buffered_bytes : 512u << 20;
+	gw->max_held = cfg->gateway.max_held_bytes ? cfg->gateway.max_held_bytes : 1u << 30;
 	if (cfg->gateway.shutdown_timeout)
 		sl_parse_duration_ms(cfg->gateway.shutdown_timeout, &drain_ms);
 	gw->login_timeout_ms = 15000;
