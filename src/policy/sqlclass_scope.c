@@ -172,16 +172,21 @@ scope_names(const struct scope_item *it, const char *const *f, size_t n)
 	       strcmp(f[1], it->name) == 0;
 }
 
-/* Whether a ColumnRef with fields f[0..n-1] (its first ones, at most 3) is
- * a column of one of sc's other items: qualified by its name, not by the
- * target's. An unqualified column, or one whose qualifier names no item (a
- * composite column's field, a subquery's own FROM item), counts as the
- * target's. */
+/* Whether a ColumnRef with fields f[0..n-1] (its first ones, at most 3)
+ * may be a column of one of sc's other items: qualified by its name, not by
+ * the target's, or unqualified while there are other items (which of them
+ * has a column of that name only the catalog knows: `DELETE FROM orders
+ * USING customers WHERE vip` would delete every order if vip is a column of
+ * customers; counted as another item's, the statement counts as unbounded).
+ * One whose qualifier names no item (a composite column's field, a
+ * subquery's own FROM item) counts as the target's. */
 int
 sl_sql__scope_other_column(const struct scope *sc, const char *const *f, size_t n)
 {
 	int r = 0;
 
+	if (n == 1)
+		return sc->nother > 0 || sc->overflow;
 	if (n >= 2 && !scope_names(&sc->target, f, n)) {
 		r = sc->overflow;
 		for (size_t i = 0; !r && i < sc->nother; i++)

@@ -234,6 +234,28 @@ def test_tautology_beside_a_column_does_not_bound_a_delete(gateway_factory, pg, 
     c.close()
 
 
+def test_a_column_of_another_using_item_does_not_bound_a_delete(gateway_factory, pg):
+    """`DELETE FROM orders USING customers WHERE name = 'Ada'`: name is a
+    column of customers, so every order goes (the USING join matches each
+    order with Ada). Without the catalog sluice cannot tell whose an
+    unqualified column is: next to other items it does not bound the
+    target's rows, and a rule against whole-table writes holds."""
+    gw = gateway_factory(policies=BOUNDED_DELETES)
+    c = autocommit(gw)
+    cur = c.cursor()
+    before = pg.scalar("orders", "SELECT count(*) FROM orders")
+    for sql in ["DELETE FROM orders USING customers WHERE name = 'Ada'",
+                "UPDATE orders SET amount = 0 FROM customers WHERE name = 'Ada'"]:
+        refused(cur, sql, "whole-table writes")
+    assert pg.scalar("orders", "SELECT count(*) FROM orders") == before
+    # qualified by the target, it bounds as before
+    cur.execute("INSERT INTO orders (customer, amount) VALUES (1, 939393)")
+    cur.execute("DELETE FROM orders USING customers WHERE orders.customer = customers.id "
+                "AND customers.name = 'Ada' AND orders.amount = 939393")
+    assert count(pg, 939393) == "0"
+    c.close()
+
+
 # ------------------------------------------------- audit tampering
 
 def _rehash_chain(db):
