@@ -2775,6 +2775,32 @@ catcol_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* How much a style hides: of two rules for one column (a view column that
+ * reads several, a table's row type), the one that hides more applies. */
+static int
+style_rank(int st)
+{
+	return st == SL_MASK_NULL ? 3 : st == SL_MASK_FULL ? 2 : st == SL_MASK_HASH ? 1 : 0;
+}
+
+/* Folds the sorted catalog's entries of one key into one, with the style
+ * that hides most. */
+static void
+catalog_merge(struct pg_session *s)
+{
+	size_t w = 0;
+
+	for (size_t i = 0; i < s->ncatcols; i++) {
+		if (w > 0 && s->catcols[w - 1].key == s->catcols[i].key) {
+			if (style_rank(s->catcols[i].style) > style_rank(s->catcols[w - 1].style))
+				s->catcols[w - 1].style = s->catcols[i].style;
+			continue;
+		}
+		s->catcols[w++] = s->catcols[i];
+	}
+	s->ncatcols = w;
+}
+
 static int
 catalog_find(const struct pg_session *s, uint32_t oid, uint16_t attnum, enum sl_mask_style *st)
 {
@@ -2812,19 +2838,10 @@ catalog_ask(struct pg_session *s)
 	sl_buf_append_cstr(&q,
 			   "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
 			   "SET LOCAL search_path = pg_catalog; "
-			   "SELECT a.attrelid::pg_catalog.int8, a.attnum::pg_catalog.int4, "
-			   "a.attname::pg_catalog.text, c.reltype::pg_catalog.int8, "
-			   "coalesce(t.typarray, 0)::pg_catalog.int8, "
-			   "n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
-			   "FROM pg_catalog.pg_attribute a "
-			   "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-			   "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-			   "LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype "
-			   "WHERE a.attnum > 0 AND NOT a.attisdropped "
-			   "AND c.relkind IN ('r', 'v', 'm', 'f', 'p') AND (false");
+			   "WITH RECURSIVE rules(p) AS (VALUES (NULL::pg_catalog.text)");
 	q.len--; /* no NUL yet */
 	for (size_t i = 0; (g = sl_mask_plan_column_glob(s->mplan, i)) != NULL; i++) {
-		sl_buf_append(&q, " OR a.attname::pg_catalog.text ILIKE '", 38);
+		sl_buf_append(&q, ", ('", 4);
 		for (; *g; g++) {
 			/* '!' escapes (no backslash: standard_conforming_strings may
 			 * be off); a glob class matches like '%' here */
@@ -2842,10 +2859,50 @@ catalog_ask(struct pg_session *s)
 				while (g[1] != '\0' && g[1] != ']')
 					g++;
 		}
-		sl_buf_append(&q, "' ESCAPE '!'", 12);
+		sl_buf_append(&q, "')", 2);
 	}
-	/* by table: catalog_msg() keeps one name per table */
-	sl_buf_append_cstr(&q, ") ORDER BY 6, 7; COMMIT");
+	/* d: which view (rewrite rule) reads which column. m: the columns a
+	 * rule matches by name, and the columns of views that read one of
+	 * them, but for a view column named like a column the view reads from
+	 * a table that no rule matches (`SELECT id, ssn AS tax_id FROM
+	 * customers`: tax_id is masked as ssn, id is not; a view over that
+	 * view has all its columns masked). By table: catalog_msg() keeps one
+	 * name per table. */
+	sl_buf_append_cstr(
+		&q,
+		"), d AS (SELECT r.oid AS rw, r.ev_class AS view, dp.refobjid AS relid, "
+		"dp.refobjsubid AS attnum FROM pg_catalog.pg_depend dp "
+		"JOIN pg_catalog.pg_rewrite r ON r.oid = dp.objid "
+		"WHERE dp.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+		"AND dp.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+		"AND dp.refobjsubid > 0 AND r.ev_class <> dp.refobjid), "
+		"m(relid, attnum, rule) AS (SELECT a.attrelid, a.attnum, "
+		"a.attname::pg_catalog.text "
+		"FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+		"WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'f', "
+		"'p') "
+		"AND EXISTS (SELECT 1 FROM rules WHERE a.attname::pg_catalog.text ILIKE rules.p "
+		"ESCAPE '!') "
+		"UNION SELECT v.attrelid, v.attnum, m.rule FROM m "
+		"JOIN d ON d.relid = m.relid AND d.attnum = m.attnum "
+		"JOIN pg_catalog.pg_attribute v ON v.attrelid = d.view AND v.attnum > 0 "
+		"AND NOT v.attisdropped "
+		"WHERE NOT EXISTS (SELECT 1 FROM d d2 JOIN pg_catalog.pg_attribute s "
+		"ON s.attrelid = d2.relid AND s.attnum = d2.attnum "
+		"JOIN pg_catalog.pg_class sc ON sc.oid = s.attrelid "
+		"WHERE d2.rw = d.rw AND s.attname = v.attname AND sc.relkind IN ('r', 'p', 'f') "
+		"AND NOT EXISTS (SELECT 1 FROM rules WHERE s.attname::pg_catalog.text ILIKE "
+		"rules.p "
+		"ESCAPE '!'))) "
+		"SELECT DISTINCT a.attrelid::pg_catalog.int8, "
+		"a.attnum::pg_catalog.int4, "
+		"m.rule, c.reltype::pg_catalog.int8, coalesce(t.typarray, 0)::pg_catalog.int8, "
+		"n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
+		"FROM m JOIN pg_catalog.pg_attribute a ON a.attrelid = m.relid AND a.attnum = "
+		"m.attnum "
+		"JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+		"LEFT JOIN pg_catalog.pg_type t ON t.oid = c.reltype ORDER BY 6, 7, 2; COMMIT");
 	sl_buf_init(&m, 0);
 	if (sl_pg_put_query(&m, (const char *)q.data) != 0) {
 		sl_buf_fini(&m);
@@ -2896,6 +2953,7 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		s->catalog = 2;
 		if (s->ncatcols > 1)
 			qsort(s->catcols, s->ncatcols, sizeof(*s->catcols), catcol_cmp);
+		catalog_merge(s);
 		return 1;
 	}
 	if (type == 'E') {
@@ -2925,8 +2983,10 @@ catalog_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len)
 		if (catalog_add(s,
 				(uint64_t)strtoull(f[0], NULL, 10) << 16 |
 					(uint64_t)(strtoul(f[1], NULL, 10) & 0xffff),
-				st) != 0)
+				st) != 0) {
+			s->catalog_failed = 1; /* a column left out would pass: refused */
 			return 0;
+		}
 		/* attnum 0: a type (no table column has attnum 0) */
 		if ((rowtype = strtoull(f[3], NULL, 10)) != 0)
 			catalog_add(s, rowtype << 16, st);

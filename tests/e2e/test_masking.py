@@ -680,3 +680,30 @@ def test_repeated_secret_keys_are_masked_in_one_pass(mgw):
         if word != "+1":
             assert set(v[len(word):]) == {"*"}, v[:40]
     c.close()
+
+
+def test_views_that_rename_rule_columns_are_followed(mgw, pg):
+    """A view a DBA made that renames a rule's column (ssn AS tax_id) is
+    followed at login through the catalog's dependencies: its renamed
+    columns are masked, while columns named like the table columns they
+    read (id, name) stay readable; a view over such a view masks all it
+    shows (which of its columns came from where is not in the catalog)."""
+    pg.psql("orders", "CREATE VIEW v_tax AS SELECT id, name, ssn AS tax_id, "
+                      "api_token AS k FROM customers; "
+                      "CREATE VIEW v_over AS SELECT tax_id AS t2, name FROM v_tax; "
+                      "CREATE MATERIALIZED VIEW mv_tax AS SELECT id, ssn AS s FROM customers; "
+                      "GRANT SELECT ON v_tax, v_over, mv_tax TO app")
+    try:
+        # (a view column masked gets the style that hides most of the rule
+        # columns the view reads: which one fed it is not in the catalog)
+        got = rows(mgw, "SELECT id, name, tax_id, k FROM v_tax ORDER BY id")
+        assert got[0] == (1, "Ada", "*" * 11, "*" * 12), got
+        got = rows(mgw, "SELECT t2, name FROM v_over ORDER BY 1")
+        assert "123-45-6789" not in str(got) and "Ada" not in str(got), got
+        got = rows(mgw, "SELECT s FROM mv_tax ORDER BY id")
+        assert got[0] == ("***-**-6789",), got
+        # the auditors' exempt group still sees them whole
+        got = rows(mgw, "SELECT tax_id FROM v_tax ORDER BY id", groups="auditors")
+        assert got[0] == ("123-45-6789",), got
+    finally:
+        pg.psql("orders", "DROP VIEW v_over; DROP VIEW v_tax; DROP MATERIALIZED VIEW mv_tax")
