@@ -705,14 +705,55 @@ ends_with(const uint8_t *w, size_t n, const char *suf)
 	return 1;
 }
 
+/* Whether the n bytes at w hold key (lowercase letters), in any case. */
+static int
+holds(const uint8_t *w, size_t n, const char *key)
+{
+	size_t k = strlen(key);
+
+	for (size_t i = 0; i + k <= n; i++)
+		if ((w[i] | 0x20) == (uint8_t)key[0] && ends_with(w, i + k, key))
+			return 1;
+	return 0;
+}
+
+/* A word that holds a key no ordinary word holds: password_hash,
+ * x_api_token_v2, client_credentials. */
+static int
+names_strong_key(const uint8_t *w, size_t n)
+{
+	static const char *const keys[] = {"passw", "passphrase", "pwd",	  "secret",
+					   "token", "credential", "authorization"};
+
+	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+		if (holds(w, n, keys[k]))
+			return 1;
+	return 0;
+}
+
+/* A word that ends in a key that ordinary words also hold (passenger,
+ * keyboard): only at its end, or before a plural s (api_key, apikeys,
+ * db_pass). */
+static int
+names_weak_key(const uint8_t *w, size_t n)
+{
+	if ((w[n - 1] | 0x20) == 's' && ends_with(w, n, "pass"))
+		return 1;
+	if ((w[n - 1] | 0x20) == 's')
+		n--;
+	return n >= 3 && ends_with(w, n, "key");
+}
+
 /* Whether a statement text names a secret: a word (letters, digits, _ and
- * $; in a name, a quoted name, a literal or a comment alike) that ends in
- * password, passwd, passphrase, secret or token, or their plural. The
+ * $; in a name, a quoted name, a literal or a comment alike) that holds one
+ * of the keys the secret detector knows — password (passw), passphrase,
+ * pwd, secret, token, credential, authorization — or ends in pass or key
+ * (or keys), or a U&"..." name (its escapes can spell any of them). The
  * audit trail records the Bind parameters of a statement, and the value
  * bound by `SET password = $1` is the secret itself: such a statement's
  * parameters are not recorded. The test is over the whole text on purpose
  * (`WHERE api_token = $1`, `VALUES ($1)` into a column listed earlier):
- * it withholds more than needed, never less. */
+ * it withholds more than needed (`WHERE key = $1`), never less. */
 static int
 names_secret(const char *sql, size_t len)
 {
@@ -727,7 +768,6 @@ names_secret(const char *sql, size_t len)
 
 	while (i < len) {
 		size_t w, n;
-		int last;
 
 		while (i < len && !word[p[i]])
 			i++;
@@ -735,17 +775,10 @@ names_secret(const char *sql, size_t len)
 		while (i < len && word[p[i]])
 			i++;
 		n = i - w;
-		if (n > 0 && (p[w + n - 1] | 0x20) == 's')
-			n--; /* tokens, secrets */
-		if (n < 5)
-			continue;
-		/* by the last letter: most words go no further */
-		last = p[w + n - 1] | 0x20;
-		if ((last == 'd' &&
-		     (ends_with(p + w, n, "password") || ends_with(p + w, n, "passwd"))) ||
-		    (last == 'e' && ends_with(p + w, n, "passphrase")) ||
-		    (last == 't' && ends_with(p + w, n, "secret")) ||
-		    (last == 'n' && ends_with(p + w, n, "token")))
+		if (n == 1 && (p[w] | 0x20) == 'u' && i + 1 < len && p[i] == '&' &&
+		    (p[i + 1] == '"' || p[i + 1] == '\''))
+			return 1; /* U&"..." or U&'...' */
+		if (n >= 3 && (names_strong_key(p + w, n) || names_weak_key(p + w, n)))
 			return 1;
 	}
 	return 0;

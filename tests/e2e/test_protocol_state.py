@@ -453,3 +453,27 @@ def test_simple_protocol_records_have_no_params(rgw):
     cn.close()
     recs = [d for d in statements(rgw) if d.get("text") in ("SELECT 1", "SELECT 2")]
     assert len(recs) == 2 and all("params" not in d for d in recs), recs
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT $1::text AS pwd",
+    "SELECT $1::text AS \"Api_Keys\"",
+    "SELECT $1::text AS U&\"x\\0041\"",
+    "SELECT $1::text /* credentials */",
+    "SELECT $1::text AS authorization_",
+])
+def test_parameters_of_statements_naming_secret_keys_are_withheld(rgw, sql):
+    """The keys the secret detector knows (pwd, key, credential,
+    authorization, ...) and U&"..." names, whose escapes can spell any of
+    them, withhold an Execute's parameters from the trail."""
+    cn = session(rgw)
+    cn.send(pgwire.parse("", sql) + pgwire.bind("", "", ["hunter2-zz9"]) + pgwire.execute() +
+            pgwire.SYNC)
+    got = until_ready(cn)
+    cn.close()
+    assert got[-1] == (b"Z", b"I"), got
+    recs = [d for d in statements(rgw) if d.get("text") == sql]
+    assert recs and recs[-1].get("params") == "<withheld: the statement names a secret>", recs
+    for f in os.listdir(rgw.dir):
+        if f.startswith("audit.db"):
+            assert b"hunter2-zz9" not in open(os.path.join(rgw.dir, f), "rb").read(), f
