@@ -273,6 +273,10 @@ struct pg_session {
 	size_t nops;
 	uint64_t grp_sent, grp_done; /* Query/Sync/FunctionCall sent, answered (Z) */
 	int grp_failed;		     /* the group being answered had an error */
+	/* sluice refused a message of the extended-protocol batch the client
+	 * is sending (its substitute fails there): the server skips the rest
+	 * of it, up to the client's Sync */
+	int grp_refused;
 	/* Extended-protocol messages were sent since the last Sync. A simple
 	 * Query (or FunctionCall) now would be skipped by the server if one
 	 * of them fails, and sluice could no longer tell which answer is
@@ -390,6 +394,7 @@ column_rules(const struct pg_session *s)
 {
 	return s->mplan != NULL && sl_mask_plan_column_glob(s->mplan, 0) != NULL;
 }
+static void message_deadline_check(struct pg_session *s);
 static int upauth_result(struct pg_session *s, int r, struct sl_buf *out, const char *err);
 static int scram_offload(struct pg_session *s, const uint8_t *msg, size_t len);
 static int upinit_msg(struct pg_session *s, uint8_t type, const uint8_t *msg, size_t len);
@@ -3656,8 +3661,10 @@ up_drain_cb(struct sl_stream *st)
 	/* Upstream caught up: read the client again. */
 	if (s->state == PG_ST_READY && !s->hold)
 		sl_stream_read_start(&s->cli);
-	if (s->state == PG_ST_READY)
+	if (s->state == PG_ST_READY) {
 		charge_buffers(s); /* its backlog may have counted */
+		message_deadline_check(s);
+	}
 }
 
 static void
@@ -3701,6 +3708,9 @@ substitute(struct pg_session *s, uint8_t type, const char *stmt_name, const char
 	}
 	make_nonce(b->nonce, sizeof(b->nonce));
 	snprintf(b->message, sizeof(b->message), "%s", message);
+	/* the server fails it, and skips the batch's messages up to its Sync */
+	if (type != 'Q')
+		s->grp_refused = 1;
 	b->outage = outage;
 	b->next = s->blocked;
 	s->blocked = b;
@@ -4830,11 +4840,70 @@ shown_text(const uint8_t *v, size_t n, size_t max, int *all)
  * bytes); bin[i]: parameter i was sent in binary. */
 #define PARAMS_SHOWN (64u << 10)
 
+/* A parameter that is not plain text (sent in binary; or text with control,
+ * line-separator or bidi characters, a comment end, bytes that are not
+ * UTF-8), labelled binary or escaped: its characters as they are where
+ * they are printable, so the detectors see them (an SSN sent in binary is
+ * masked like one sent as text; hex would carry it past them), every other
+ * byte as \xNN (a control character as \uNNNN), a backslash doubled, a
+ * comment end as *\/ — a binary int4 of four printable bytes is shown as
+ * binary '0000', its bytes, not the number. Up to 1 KiB of the value;
+ * returns whether all of it was shown. */
+static int
+escaped_value(struct sl_buf *out, const uint8_t *v, size_t n, int binary)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t i = 0, max = n < 1024 ? n : 1024;
+	char esc[16];
+
+	sl_buf_append(out, binary ? "binary '" : "escaped '", binary ? 8 : 9);
+	while (i < max) {
+		unsigned cp, c = v[i];
+		size_t k = sl_utf8_control(v + i, n - i, &cp), len;
+
+		if (k > 1) {
+			snprintf(esc, sizeof(esc), "\\u%04x", cp);
+			sl_buf_append(out, esc, strlen(esc));
+			i += k;
+			continue;
+		}
+		len = c < 0x80		   ? 1
+		      : (c & 0xe0) == 0xc0 ? 2
+		      : (c & 0xf0) == 0xe0 ? 3
+		      : (c & 0xf8) == 0xf0 ? 4
+					   : 0;
+		for (size_t j = 1; j < len; j++)
+			if (i + j >= n || (v[i + j] & 0xc0) != 0x80)
+				len = 0;
+		if (k == 1 || len == 0 || i + len > max) {
+			/* a control, a byte that starts no character, or a
+			 * character cut by the 1 KiB: as bytes */
+			esc[0] = '\\';
+			esc[1] = 'x';
+			esc[2] = hex[c >> 4];
+			esc[3] = hex[c & 15];
+			sl_buf_append(out, esc, 4);
+			i++;
+			continue;
+		}
+		if (c == '\'' || c == '\\')
+			sl_buf_append_u8(out, (uint8_t)c); /* doubled */
+		if (c == '*' && i + 1 < n && v[i + 1] == '/') {
+			sl_buf_append(out, "*\\/", 3);
+			i += 2;
+			continue;
+		}
+		sl_buf_append(out, v + i, len);
+		i += len;
+	}
+	sl_buf_append_u8(out, '\'');
+	return i >= n;
+}
+
 static int
 params_list(struct sl_buf *out, const uint8_t *params, size_t plen, const uint8_t *bin,
 	    uint16_t nbin)
 {
-	static const char hex[] = "0123456789abcdef";
 	size_t start = out->len;
 	struct sl_rd r;
 	unsigned i = 0;
@@ -4887,13 +4956,7 @@ params_list(struct sl_buf *out, const uint8_t *params, size_t plen, const uint8_
 			}
 			sl_buf_append_u8(out, '\'');
 		} else {
-			all = n <= 512;
-			sl_buf_append(out, binary ? "binary '\\x" : "'\\x", binary ? 10 : 3);
-			for (uint32_t k = 0; k < n && k < 512; k++) {
-				sl_buf_append_u8(out, (uint8_t)hex[v[k] >> 4]);
-				sl_buf_append_u8(out, (uint8_t)hex[v[k] & 15]);
-			}
-			sl_buf_append_u8(out, '\'');
+			all = escaped_value(out, v, n, binary);
 		}
 		if (!all) {
 			snprintf(head, sizeof(head), "... (%u bytes)", n);
@@ -4928,12 +4991,16 @@ exec_params(struct pg_session *s, const struct portal *p, size_t *len)
 {
 	static const char secret[] = "<withheld: the statement names a secret>";
 	static const char masked[] = "<withheld: column masking applies to this session>";
+	static const char skipped[] = "<not recorded: an earlier message of this batch was "
+				      "refused, so the server skips this Execute>";
 	struct sl_buf *b = &s->pshown;
 
 	if (p == NULL || p->plen == 0)
 		return NULL;
 	b->len = b->off = 0;
-	if (p->st->secret)
+	if (s->grp_refused) /* the portal may be an older one: not these values */
+		sl_buf_append(b, skipped, sizeof(skipped) - 1);
+	else if (p->st->secret)
 		sl_buf_append(b, secret, sizeof(secret) - 1);
 	else if (column_rules(s))
 		sl_buf_append(b, masked, sizeof(masked) - 1);
@@ -5025,7 +5092,8 @@ handle_execute(struct pg_session *s, const uint8_t *msg, size_t total)
 		substitute(s, 'E', "", d.message, 0);
 		return 0;
 	}
-	if (p != NULL && p->st->review) {
+	/* (a review for an Execute the server skips would ask for nothing) */
+	if (p != NULL && p->st->review && !s->grp_refused) {
 		struct sl_buf bound;
 		int hr;
 
@@ -5219,6 +5287,24 @@ message_deadline(struct pg_session *s, int on)
 		uv_timer_stop(&s->login_timer);
 }
 
+/* The deadline runs while the client owes the rest of a message past
+ * BIG_BUFFER and sluice is reading it: not while sluice itself waits (a
+ * held review, a COPY gate, a server that does not take what it has) —
+ * then the deadline starts anew once it reads again. */
+static void
+message_deadline_check(struct pg_session *s)
+{
+	uint8_t type;
+	size_t total;
+	int owed = s->state == PG_ST_READY && s->cli.reading && !s->hold &&
+		   !(s->copy_gate && !s->copy_in) && sl_buf_unread(&s->cin) > BIG_BUFFER &&
+		   sl_pg_frame(sl_buf_head(&s->cin), sl_buf_unread(&s->cin), s->gw->max_message,
+			       &type, &total) == SL_AGAIN;
+
+	if (owed != (int)s->msg_timer_on)
+		message_deadline(s, owed);
+}
+
 static void
 process_client(struct pg_session *s)
 {
@@ -5235,11 +5321,8 @@ process_client(struct pg_session *s)
 
 		r = sl_pg_frame(sl_buf_head(in), sl_buf_unread(in), s->gw->max_message, &type,
 				&total);
-		if (r == SL_AGAIN) {
-			if (sl_buf_unread(in) > BIG_BUFFER && !s->msg_timer_on)
-				message_deadline(s, 1);
+		if (r == SL_AGAIN)
 			break;
-		}
 		if (s->msg_timer_on)
 			message_deadline(s, 0);
 		if (r != 0) {
@@ -5307,6 +5390,7 @@ process_client(struct pg_session *s)
 				fatal(s, "54000", "sluice: too many statements in flight");
 				return;
 			}
+			s->grp_refused = 0;
 			up_send(s, msg, total);
 			break;
 		case 'C': {
@@ -5394,6 +5478,7 @@ process_client(struct pg_session *s)
 		sl_stream_read_stop(&s->cli);
 	else if (s->state == PG_ST_READY)
 		sl_stream_read_start(&s->cli);
+	message_deadline_check(s);
 }
 
 /* ------------------------------------------------------------ client login */

@@ -327,6 +327,33 @@ def test_stalled_large_message_is_ended_at_message_timeout(gateway_factory):
     assert wait_for(lambda: "was not completed within gateway.message_timeout" in gw.logtext())
 
 
+def test_message_timeout_does_not_run_while_sluice_is_not_reading(gateway_factory, pg):
+    """Large Binds pipelined behind a slow statement: the server does not
+    take them while it sleeps, so sluice stops reading the client, half of
+    a Bind in its buffer. That wait is sluice's, not the client's: the
+    deadline does not run then, and the batch completes."""
+    import threading
+    pg.psql("orders", "CREATE TABLE IF NOT EXISTS blobs (b text); GRANT ALL ON blobs TO app")
+    gw = gateway_factory(policies=POLICIES, gateway_extra="  message_timeout: 2s\n")
+    cn = pgwire.Conn(gw.port, timeout=60)
+    assert cn.login("orders", gw.mint())[-1] == (b"Z", b"I")
+    cn.send(pgwire.parse("ins", "INSERT INTO blobs VALUES ($1)") + pgwire.SYNC)
+    until_ready(cn)
+    big = "x" * (8 << 20)
+    data = pgwire.parse("", "SELECT pg_sleep(5)") + pgwire.bind("", "") + pgwire.execute()
+    for _ in range(3):
+        data += pgwire.bind("", "ins", [big]) + pgwire.execute()
+    data += pgwire.SYNC
+    sent = threading.Thread(target=cn.send, args=(data,))
+    sent.start()
+    got = until_ready(cn, timeout=60)
+    sent.join(60)
+    assert not pgwire.errors(got), pgwire.errors(got)
+    assert sum(t == b"C" and b.startswith(b"INSERT") for t, b in got) == 3, got[-3:]
+    cn.close()
+    pg.psql("orders", "DROP TABLE blobs")
+
+
 def test_message_timeout_is_checked(gateway_factory, tmp_path):
     """A bad duration is a config error naming the key."""
     gw = gateway_factory(policies=POLICIES)
@@ -410,6 +437,16 @@ def test_rows_waiting_for_slow_clients_count_against_the_budget(gateway_factory)
 
 # ------------------------------------------------- Bind parameters in the trail
 
+def assert_not_stored(gw, *values):
+    """None of values in the audit store, its WAL, journals or sidecar."""
+    files = [f for f in os.listdir(gw.data) if f.startswith("audit.db")]
+    assert "audit.db" in files, files
+    for f in files:
+        data = open(os.path.join(gw.data, f), "rb").read()
+        for v in values:
+            assert v not in data, (f, v)
+
+
 def test_execute_record_names_its_bind_parameters(rgw, pg):
     """`DELETE ... WHERE id = $1` says nothing without $1: an Execute's
     request record carries its parameters (text, NULL, binary as hex), an
@@ -432,10 +469,7 @@ def test_execute_record_names_its_bind_parameters(rgw, pg):
                       "<withheld: the statement names a secret>",
                       "$1 = '8', $2 = 'it''s', $3 = 'x'"], recs
     # nowhere in the store, its WAL or its journals
-    for f in os.listdir(rgw.dir):
-        if f.startswith("audit.db"):
-            data = open(os.path.join(rgw.dir, f), "rb").read()
-            assert b"5ecretvalue" not in data and b"123-45-6789" not in data, f
+    assert_not_stored(rgw, b"5ecretvalue", b"123-45-6789")
     # the transcript shows them under the statement
     sid = [r["session"] for r in rgw.export() if r["type"] == "request"][0]
     out = rgw.run("audit", "replay", "--session", sid).stdout
@@ -474,6 +508,47 @@ def test_parameters_of_statements_naming_secret_keys_are_withheld(rgw, sql):
     assert got[-1] == (b"Z", b"I"), got
     recs = [d for d in statements(rgw) if d.get("text") == sql]
     assert recs and recs[-1].get("params") == "<withheld: the statement names a secret>", recs
-    for f in os.listdir(rgw.dir):
-        if f.startswith("audit.db"):
-            assert b"hunter2-zz9" not in open(os.path.join(rgw.dir, f), "rb").read(), f
+    assert_not_stored(rgw, b"hunter2-zz9")
+
+
+def test_parameters_in_binary_or_with_controls_meet_the_detectors(rgw):
+    """An SSN sent in binary, a card number followed by a newline: shown as
+    hex they passed the detectors; their printable characters are shown as
+    they are, so they are masked like text."""
+    import struct
+    cn = session(rgw)
+    vals = [b"123-45-6789", b"4111 1111 1111 1111\n"]
+    body = pgwire.cstr("") + pgwire.cstr("") + struct.pack("!HHH", 2, 1, 0)
+    body += struct.pack("!H", len(vals))
+    for v in vals:
+        body += struct.pack("!i", len(v)) + v
+    body += struct.pack("!H", 0)
+    cn.send(pgwire.parse("", "SELECT $1::text, $2::text") + pgwire.msg(b"B", body) +
+            pgwire.execute() + pgwire.SYNC)
+    got = until_ready(cn)
+    cn.close()
+    assert got[-1] == (b"Z", b"I"), got
+    rec = [d for d in statements(rgw) if d.get("text") == "SELECT $1::text, $2::text"][-1]
+    assert rec["params"].startswith("$1 = binary '"), rec
+    assert "escaped '" in rec["params"] and "\\x0a" in rec["params"], rec
+    assert "6789" not in rec["params"].split("$2")[0] or "***" in rec["params"], rec
+    assert_not_stored(rgw, b"123-45-6789", b"3132332d", b"4111 1111 1111 1111")
+
+
+def test_parameters_after_a_refused_parse_are_not_recorded(rgw, pg):
+    """A driver sends Parse/Bind/Execute/Sync at once; sluice refuses the
+    Parse, the server skips the rest. The Execute names the unnamed portal,
+    which is an older one to sluice: its new parameters were recorded under
+    the older statement's text, in clear."""
+    cn = session(rgw)
+    cn.send(pgwire.parse("", "SELECT $1::int") + pgwire.bind("", "", ["1"]) +
+            pgwire.execute() + pgwire.SYNC)
+    until_ready(cn)
+    cn.send(pgwire.parse("", "DROP TABLE orders") + pgwire.bind("", "", ["zz-q1w2e3-secret"]) +
+            pgwire.execute() + pgwire.SYNC)
+    got = until_ready(cn)
+    cn.close()
+    assert pgwire.errors(got)[0]["C"] == "42501", got
+    recs = [d for d in statements(rgw) if "params" in d]
+    assert all("zz-q1w2e3" not in d["params"] for d in recs), recs
+    assert_not_stored(rgw, b"zz-q1w2e3-secret")

@@ -251,9 +251,9 @@ def test_extended_protocol_review_binds_parameters(rgw, pg):
 
 
 def test_approvers_see_parameters_as_the_server_reads_them(rgw, pg):
-    # A binary int4 of four printable bytes is shown as binary hex, not as
-    # the text '0000' (id < 808464432 is every row); text that is not
-    # plain (controls, bidi, cut mid-character) is hex or cut whole.
+    # A binary int4 of four printable bytes is labelled binary, not shown
+    # as the text '0000' (id < 808464432 is every row); text that is not
+    # plain (controls, bidi) is escaped, text cut mid-character is cut whole.
     import pgwire
     import struct
     agent = rgw.mint(sub="agent-1", groups="ai-agents")
@@ -271,8 +271,8 @@ def test_approvers_see_parameters_as_the_server_reads_them(rgw, pg):
             pgwire.SYNC)
     rev = pending(rgw, dba)[0]
     text = rev["text"]
-    assert "$1 = binary '\\x30303030'" in text, text
-    assert "$2 = '\\x78e280ae79'" in text, text
+    assert "$1 = binary '0000'" in text, text  # labelled: its bytes, not the number
+    assert "$2 = escaped 'x\\u202ey'" in text, text
     assert "$3 = '" + "é" * 512 + "'... (1400 bytes)" in text, text[-200:]
     assert "$4 = NULL */" in text, text
     assert api(rgw, dba, "POST", "/api/reviews/%s/deny" % rev["id"])[0] == 200
