@@ -52,7 +52,14 @@ struct sl_review_mgr;
  * retries, timeout; a failed notification never releases a request). */
 int sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit,
 		      struct sl_review_mgr **out);
-/* Pending reviews are cancelled (callbacks run) before it returns. */
+/* Stops the manager: pending reviews are cancelled (callbacks run, events
+ * recorded and queued), then the webhook thread delivers what is queued
+ * until deadline_us (sl_mono_us() clock; a request in flight is cut off
+ * there), drops the rest with a log line giving its count, and ends.
+ * Returns once both threads have ended. Idempotent. */
+void sl_review_mgr_stop(struct sl_review_mgr *m, int64_t deadline_us);
+/* Stops it (if not yet: webhooks get SL_REVIEW_STOP_GRACE_MS) and frees it. */
+#define SL_REVIEW_STOP_GRACE_MS 2000
 void sl_review_mgr_free(struct sl_review_mgr *m);
 /* Returns 0 (pending; id filled), SL_REVIEW_GRANTED (an approved grant_for
  * window covers subject+connection+rule: proceed, no callback; audited),
@@ -75,6 +82,44 @@ int sl_review_decide(struct sl_review_mgr *m, const char *id, int approve,
 json_t *sl_review_list_json(struct sl_review_mgr *m, const char *status,
 			    const struct sl_identity *who);
 json_t *sl_review_get_json(struct sl_review_mgr *m, const char *id, const struct sl_identity *who);
+
+/*
+ * The webhook queue (a pure core: no threads, clocks or logging). Two lanes:
+ * "created" events of reviews still pending go out first; every other event
+ * after them. A final event (approved, denied, expired, cancelled) for a
+ * review whose "created" is still queued replaces it (one message telling
+ * both). At most max_per_subject messages per requester (JWT subject) are
+ * queued, max in all; past that a message is dropped and counted, except
+ * that a "created" for a pending review evicts the oldest other-lane message
+ * to get in. Memory: at most max messages.
+ */
+struct sl_review_hook {
+	struct sl_review_hook *next;
+	char id[40];
+	int created; /* a "created" event (the priority lane) */
+	char *subject, *body, *text;
+};
+struct sl_review_hookq;
+struct sl_review_hookq *sl_review_hookq_new(size_t max, size_t max_per_subject);
+/* Frees it with all it holds (NULL: no-op). */
+void sl_review_hookq_free(struct sl_review_hookq *q);
+/* Queues an event of review id by subject; takes body and text (owned, may
+ * not be NULL; freed when dropped). Returns 0 queued, SL_REVIEW_HOOK_FOLDED
+ * (replaced the review's queued "created"), SL_ETOOBIG (dropped: the
+ * subject's bound or the queue's) or SL_ENOMEM. */
+#define SL_REVIEW_HOOK_FOLDED 1
+int sl_review_hookq_push(struct sl_review_hookq *q, const char *id, const char *subject,
+			 int created, char *body, char *text);
+/* The next message to send (returns owned; free with sl_review_hook_free),
+ * or NULL when empty. */
+struct sl_review_hook *sl_review_hookq_pop(struct sl_review_hookq *q);
+void sl_review_hook_free(struct sl_review_hook *h);
+/* Drops everything queued (counted as dropped); returns how many. */
+size_t sl_review_hookq_clear(struct sl_review_hookq *q);
+/* Messages queued (all, or of one subject). */
+size_t sl_review_hookq_len(const struct sl_review_hookq *q, const char *subject);
+/* Messages dropped since it was made (over a bound, evicted or cleared). */
+uint64_t sl_review_hookq_dropped(const struct sl_review_hookq *q);
 
 /* The admin API (HTTP/JSON on gateway.admin.listen), its own thread. */
 struct sl_admin;

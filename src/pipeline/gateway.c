@@ -211,8 +211,9 @@ level_of(const char *s)
 /* Descriptors kept aside for everything that is not a client session: the
  * audit store and journal, pooled upstreams beyond one per session, TLS
  * and JWKS fetches, the admin API, logs. */
-#define FD_RESERVE   128
-#define WORKER_STACK ((size_t)256 << 20)
+#define FD_RESERVE	      128
+#define WORKER_STACK	      ((size_t)256 << 20)
+#define WEBHOOK_STOP_GRACE_MS 500 /* webhooks at shutdown, when the drain used it all */
 
 /* Raises the soft descriptor limit to the hard one (a service manager's
  * default soft limit, often 1024, would cap a gateway at a few hundred
@@ -454,7 +455,7 @@ sl_gateway_run(struct sl_config *cfg)
 	char err[512] = "";
 	sigset_t set;
 	int sig = 0, rc = 1;
-	int64_t drain_ms = 10000, leeway_ms = 60000;
+	int64_t drain_ms = 10000, leeway_ms = 60000, stop_deadline = 0;
 
 	sl_log_set_level(level_of(cfg->gateway.log_level));
 	signal(SIGPIPE, SIG_IGN);
@@ -615,6 +616,8 @@ stop:
 		struct stop_msg *msgs = calloc(gw->nworkers ? gw->nworkers : 1, sizeof(*msgs));
 		int64_t deadline = sl_mono_us() + drain_ms * 1000;
 
+		stop_deadline = deadline;
+
 		for (unsigned i = 0; i < gw->nworkers; i++) {
 			if (msgs == NULL)
 				abort(); /* cannot stop workers without it */
@@ -646,11 +649,21 @@ stop:
 			sl_buf_fini(&gw->workers[i].rtext);
 		}
 		free(msgs);
+		if (atomic_load(&gw->stopping) == 2)
+			stop_deadline = 0; /* a second signal: no waiting for webhooks either */
 	}
 out:
 	/* Sessions cancelled their reviews when they closed; nothing pending
 	 * can call back into a stopped worker. */
 	sl_admin_stop(gw->admin);
+	{
+		/* Webhooks get what is left of shutdown_timeout (at least a
+		 * moment, to announce the cancellations): a receiver that never
+		 * answers does not keep the gateway from stopping. */
+		int64_t least = sl_mono_us() + WEBHOOK_STOP_GRACE_MS * 1000;
+
+		sl_review_mgr_stop(gw->review, stop_deadline > least ? stop_deadline : least);
+	}
 	sl_review_mgr_free(gw->review);
 	sl_audit_close(gw->audit);
 	sl_pl_gen_free(atomic_load(&gw->gen)); /* every generation; before the detector db */

@@ -6,6 +6,7 @@
 #include "sluice/review.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,11 @@
 #define MAX_DECIDED  1000
 #define DECIDED_TEXT 4096 /* bytes of a decided review's text kept */
 #define MAX_VOTES    16
+/* Webhook queue: in all, and per requester (one token creating and
+ * abandoning reviews in a loop must not crowd out everyone else's). */
+#define HOOK_MAX	     1000
+#define HOOK_MAX_PER_SUBJECT 32
+#define HOOK_WARN_EVERY_US   (10 * 1000000LL) /* at most one drop warning per 10 s */
 
 struct review {
 	struct review *next;
@@ -46,21 +52,20 @@ struct grant {
 	int64_t until_us;
 };
 
-struct hook_msg {
-	struct hook_msg *next;
-	char *body, *text;
-};
-
 struct sl_review_mgr {
 	const struct sl_config *cfg;
 	struct grant *grants;
 	/* webhook delivery */
 	pthread_t hook_thread;
 	pthread_mutex_t hmu;
-	pthread_cond_t hcv;
-	struct hook_msg *hhead, *htail;
-	size_t hqueued;
+	pthread_cond_t hcv; /* CLOCK_MONOTONIC */
+	struct sl_review_hookq *hq;
 	int hstop;
+	_Atomic int64_t hdeadline; /* sl_mono_us(); 0 until stopping */
+	uint64_t hreported;	   /* drops already in a warning */
+	int64_t hwarned_us;	   /* when the last one was logged */
+	char hdrop_subject[128];   /* whose notification was dropped last */
+	int stopped;		   /* sl_review_mgr_stop ran */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	pthread_t thread;
@@ -143,14 +148,36 @@ review_json(const struct review *r)
 	return o;
 }
 
-/* Queues a webhook notification (bounded; dropped with a log line when the
- * receiver is far behind: notifications never hold up decisions). */
+/* Logs drops not yet reported, at most once per HOOK_WARN_EVERY_US unless
+ * force (hmu held). */
+static void
+hook_warn(struct sl_review_mgr *m, int force)
+{
+	uint64_t d = sl_review_hookq_dropped(m->hq);
+	int64_t now = sl_mono_us();
+
+	if (d == m->hreported ||
+	    (!force && m->hwarned_us != 0 && now - m->hwarned_us < HOOK_WARN_EVERY_US))
+		return;
+	sl_warn("review webhook: %llu notification(s) dropped (%llu since the last report; "
+		"%zu queued, at most %d per requester and %d in all); latest from subject %s",
+		(unsigned long long)d, (unsigned long long)(d - m->hreported),
+		sl_review_hookq_len(m->hq, NULL), HOOK_MAX_PER_SUBJECT, HOOK_MAX,
+		m->hdrop_subject[0] ? m->hdrop_subject : "? (older news evicted)");
+	m->hreported = d;
+	m->hwarned_us = now;
+}
+
+/* Queues a webhook notification (bounded in all and per requester; a
+ * "created" of a pending review goes out before other events, and a final
+ * event replaces a "created" not sent yet; what is dropped is counted and
+ * logged, rate-limited: notifications never hold up decisions). */
 static void
 notify(struct sl_review_mgr *m, const char *event, const struct review *r)
 {
-	struct hook_msg *h;
 	json_t *o;
-	char text[512];
+	char text[512], *body, *t;
+	int rc;
 
 	if (m->cfg == NULL || m->cfg->review.webhooks_count == 0)
 		return;
@@ -159,45 +186,58 @@ notify(struct sl_review_mgr *m, const char *event, const struct review *r)
 	snprintf(text, sizeof(text), "sluice review %s: %s on %s wants to run [%s] — %s%s%s", event,
 		 r->subject, r->connection, r->kinds, r->id, r->reason ? ", " : "",
 		 r->reason ? r->reason : "");
-	h = calloc(1, sizeof(*h));
-	if (h == NULL) {
-		json_decref(o);
-		return;
-	}
-	h->text = strdup(text);
-	h->body = json_dumps(o, JSON_COMPACT);
+	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
-	pthread_mutex_lock(&m->hmu);
-	if (m->hqueued >= 1000 || h->body == NULL) {
-		pthread_mutex_unlock(&m->hmu);
-		sl_warn("review %s: webhook queue full, notification dropped", r->id);
-		free(h->body);
-		free(h->text);
-		free(h);
+	t = strdup(text);
+	if (body == NULL || t == NULL) {
+		free(body);
+		free(t);
+		sl_warn("review %s: out of memory, notification dropped", r->id);
 		return;
 	}
-	if (m->htail)
-		m->htail->next = h;
+	pthread_mutex_lock(&m->hmu);
+	rc = sl_review_hookq_push(m->hq, r->id, r->subject, strcmp(event, "created") == 0, body, t);
+	if (rc >= 0)
+		pthread_cond_signal(&m->hcv);
 	else
-		m->hhead = h;
-	m->htail = h;
-	m->hqueued++;
-	pthread_cond_signal(&m->hcv);
+		snprintf(m->hdrop_subject, sizeof(m->hdrop_subject), "%s", r->subject);
+	hook_warn(m, 0);
 	pthread_mutex_unlock(&m->hmu);
 }
 
+/* Aborts a transfer once the stop deadline has passed (libcurl calls it at
+ * least once a second, also while waiting for an answer). */
 static int
-post(const struct sl_cfg_webhook *wh, const char *body)
+post_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
-	CURL *c = curl_easy_init();
+	struct sl_review_mgr *m = arg;
+	int64_t dl = atomic_load(&m->hdeadline);
+
+	(void)dt, (void)dn, (void)ut, (void)un;
+	return dl != 0 && sl_mono_us() >= dl;
+}
+
+static int
+post(struct sl_review_mgr *m, const struct sl_cfg_webhook *wh, const char *body)
+{
+	CURL *c;
 	struct curl_slist *hd = NULL;
-	int64_t ms = 5000;
+	int64_t ms = 5000, dl = atomic_load(&m->hdeadline);
 	long code = 0;
 
-	if (c == NULL)
-		return -1;
 	if (wh->timeout)
 		sl_parse_duration_ms(wh->timeout, &ms);
+	if (dl != 0) { /* stopping: no request outlives the deadline */
+		int64_t left = (dl - sl_mono_us()) / 1000;
+
+		if (left <= 0)
+			return -1;
+		if (left < ms)
+			ms = left;
+	}
+	c = curl_easy_init();
+	if (c == NULL)
+		return -1;
 	hd = curl_slist_append(hd, "Content-Type: application/json");
 	curl_easy_setopt(c, CURLOPT_URL, wh->url);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -206,11 +246,77 @@ post(const struct sl_cfg_webhook *wh, const char *body)
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)ms);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, post_progress);
+	curl_easy_setopt(c, CURLOPT_XFERINFODATA, m);
+	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	if (curl_easy_perform(c) == CURLE_OK)
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	curl_slist_free_all(hd);
 	curl_easy_cleanup(c);
 	return code >= 200 && code < 300 ? 0 : -1;
+}
+
+/* Whether the stop deadline has passed (delivery gives up then). */
+static int
+hook_late(struct sl_review_mgr *m)
+{
+	int64_t dl = atomic_load(&m->hdeadline);
+
+	return dl != 0 && sl_mono_us() >= dl;
+}
+
+/* Waits us microseconds between retries, less if the stop deadline comes
+ * first. */
+static void
+hook_backoff(struct sl_review_mgr *m, int64_t us)
+{
+	int64_t until = sl_mono_us() + us;
+
+	pthread_mutex_lock(&m->hmu);
+	for (;;) {
+		int64_t dl = atomic_load(&m->hdeadline), end = until;
+		struct timespec ts;
+
+		if (dl != 0 && dl < end)
+			end = dl;
+		if (sl_mono_us() >= end)
+			break;
+		ts.tv_sec = (time_t)(end / 1000000);
+		ts.tv_nsec = (long)(end % 1000000) * 1000;
+		pthread_cond_timedwait(&m->hcv, &m->hmu, &ts);
+	}
+	pthread_mutex_unlock(&m->hmu);
+}
+
+/* Sends h to every webhook, with retries (never past the stop deadline). */
+static void
+deliver(struct sl_review_mgr *m, const struct sl_review_hook *h)
+{
+	for (unsigned i = 0; i < m->cfg->review.webhooks_count; i++) {
+		const struct sl_cfg_webhook *wh = &m->cfg->review.webhooks[i];
+		unsigned tries = wh->retries ? wh->retries : 3;
+		char *body = h->body;
+		json_t *o = NULL;
+
+		if (wh->format && strcmp(wh->format, "slack") == 0) {
+			o = json_loads(h->body, 0, NULL);
+			if (o)
+				json_object_set_new(o, "text", json_string(h->text));
+			body = o ? json_dumps(o, JSON_COMPACT) : h->body;
+		}
+		for (unsigned t = 0; t <= tries && !hook_late(m); t++) {
+			if (post(m, wh, body) == 0)
+				break;
+			if (t == tries)
+				sl_warn("review webhook %s: delivery failed", wh->url);
+			else
+				hook_backoff(m, (int64_t)(200000u << (t < 4 ? t : 4)));
+		}
+		if (o) {
+			free(body);
+			json_decref(o);
+		}
+	}
 }
 
 static void *
@@ -219,49 +325,30 @@ hook_main(void *arg)
 	struct sl_review_mgr *m = arg;
 
 	for (;;) {
-		struct hook_msg *h;
+		struct sl_review_hook *h;
 
 		pthread_mutex_lock(&m->hmu);
-		while (m->hhead == NULL && !m->hstop)
+		while (sl_review_hookq_len(m->hq, NULL) == 0 && !m->hstop)
 			pthread_cond_wait(&m->hcv, &m->hmu);
-		h = m->hhead;
-		if (h == NULL) {
+		if (m->hstop && (sl_review_hookq_len(m->hq, NULL) == 0 || hook_late(m))) {
+			size_t n = sl_review_hookq_clear(m->hq);
+
+			if (n > 0) {
+				m->hreported = sl_review_hookq_dropped(m->hq);
+				sl_warn("review webhook: shutdown deadline reached, %zu queued "
+					"notification(s) dropped (%llu dropped in all)",
+					n, (unsigned long long)m->hreported);
+			} else {
+				hook_warn(m, 1);
+			}
 			pthread_mutex_unlock(&m->hmu);
 			break;
 		}
-		m->hhead = h->next;
-		if (m->hhead == NULL)
-			m->htail = NULL;
-		m->hqueued--;
+		h = sl_review_hookq_pop(m->hq);
+		hook_warn(m, 0); /* the tail of a burst of drops, too */
 		pthread_mutex_unlock(&m->hmu);
-		for (unsigned i = 0; i < m->cfg->review.webhooks_count; i++) {
-			const struct sl_cfg_webhook *wh = &m->cfg->review.webhooks[i];
-			unsigned tries = wh->retries ? wh->retries : 3;
-			char *body = h->body;
-			json_t *o = NULL;
-
-			if (wh->format && strcmp(wh->format, "slack") == 0) {
-				o = json_loads(h->body, 0, NULL);
-				if (o)
-					json_object_set_new(o, "text", json_string(h->text));
-				body = o ? json_dumps(o, JSON_COMPACT) : h->body;
-			}
-			for (unsigned t = 0; t <= tries; t++) {
-				if (post(wh, body) == 0)
-					break;
-				if (t == tries)
-					sl_warn("review webhook %s: delivery failed", wh->url);
-				else
-					usleep((useconds_t)(200000u << (t < 4 ? t : 4)));
-			}
-			if (o) {
-				free(body);
-				json_decref(o);
-			}
-		}
-		free(h->body);
-		free(h->text);
-		free(h);
+		deliver(m, h);
+		sl_review_hook_free(h);
 	}
 	return NULL;
 }
@@ -444,8 +531,21 @@ sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit, struct sl
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
 	pthread_mutex_init(&m->hmu, NULL);
-	pthread_cond_init(&m->hcv, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&m->hcv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	m->hq = sl_review_hookq_new(HOOK_MAX, HOOK_MAX_PER_SUBJECT);
+	if (m->hq == NULL) {
+		free(m);
+		return SL_ENOMEM;
+	}
 	if (pthread_create(&m->thread, NULL, timer_main, m) != 0) {
+		sl_review_hookq_free(m->hq);
 		free(m);
 		return SL_EIO;
 	}
@@ -455,6 +555,7 @@ sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit, struct sl
 		pthread_cond_signal(&m->cv);
 		pthread_mutex_unlock(&m->mu);
 		pthread_join(m->thread, NULL);
+		sl_review_hookq_free(m->hq);
 		free(m);
 		return SL_EIO;
 	}
@@ -463,10 +564,11 @@ sl_review_mgr_new(const struct sl_config *cfg, struct sl_audit *audit, struct sl
 }
 
 void
-sl_review_mgr_free(struct sl_review_mgr *m)
+sl_review_mgr_stop(struct sl_review_mgr *m, int64_t deadline_us)
 {
-	if (m == NULL)
+	if (m == NULL || m->stopped)
 		return;
+	m->stopped = 1;
 	pthread_mutex_lock(&m->mu);
 	m->stop = 1;
 	pthread_cond_signal(&m->cv);
@@ -484,17 +586,29 @@ sl_review_mgr_free(struct sl_review_mgr *m)
 			break;
 		finish(m, r, SL_REV_CANCELLED, NULL, "gateway shutting down");
 	}
+	pthread_mutex_lock(&m->hmu);
+	m->hstop = 1;
+	/* what is queued goes out until the deadline, then is dropped; a
+	 * request in flight is cut off there (post_progress) */
+	atomic_store(&m->hdeadline, deadline_us > 0 ? deadline_us : 1);
+	pthread_cond_signal(&m->hcv);
+	pthread_mutex_unlock(&m->hmu);
+	pthread_join(m->hook_thread, NULL);
+}
+
+void
+sl_review_mgr_free(struct sl_review_mgr *m)
+{
+	if (m == NULL)
+		return;
+	sl_review_mgr_stop(m, sl_mono_us() + SL_REVIEW_STOP_GRACE_MS * 1000LL);
 	while (m->decided) {
 		struct review *r = m->decided;
 
 		m->decided = r->next;
 		review_free(r);
 	}
-	pthread_mutex_lock(&m->hmu);
-	m->hstop = 1;
-	pthread_cond_signal(&m->hcv);
-	pthread_mutex_unlock(&m->hmu);
-	pthread_join(m->hook_thread, NULL); /* delivers what is queued, then stops */
+	sl_review_hookq_free(m->hq);
 	while (m->grants) {
 		struct grant *g = m->grants;
 
@@ -504,6 +618,10 @@ sl_review_mgr_free(struct sl_review_mgr *m)
 		free(g->rule);
 		free(g);
 	}
+	pthread_mutex_destroy(&m->hmu);
+	pthread_cond_destroy(&m->hcv);
+	pthread_mutex_destroy(&m->mu);
+	pthread_cond_destroy(&m->cv);
 	free(m);
 }
 

@@ -806,3 +806,169 @@ http {
     finally:
         nginx.terminate()
         nginx.wait(10)
+
+
+FLOOD_POLICIES = """
+policies:
+  - name: agents
+    match: { groups: [ai-agents] }
+    rules:
+      - { action: review, sql: [delete], approvers: [dba], timeout: 5m, name: deletes }
+      - { action: allow, sql: [select] }
+"""
+
+
+def _abandon_reviews(gw, token, stop, count):
+    """Creates and abandons held reviews in a loop (log in, send a DELETE,
+    disconnect) until stop is set."""
+    import pgwire
+    n = 0
+    while not stop.is_set():
+        try:
+            c = pgwire.Conn(gw.port)
+            c.login("orders", token)
+            c.send(pgwire.query("DELETE FROM orders WHERE id = -%d" % n))
+            time.sleep(0.005)
+            c.close()
+        except OSError:
+            time.sleep(0.05)
+        n += 1
+        count[0] = n
+
+
+def test_a_flood_of_abandoned_reviews_does_not_silence_another_requester(gateway_factory):
+    """One token creating and abandoning reviews as fast as it can must not
+    crowd the webhook queue: another agent's held statement is announced."""
+    import http.server
+    import pgwire
+    got = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(n))
+            time.sleep(0.2)  # a receiver with some latency (Slack-like)
+            got.append((body.get("event"), body.get("subject")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    flood = None
+    try:
+        gw = gateway_factory(policies=FLOOD_POLICIES, extra="""review:
+  webhooks:
+    - { url: "http://127.0.0.1:%d/hook", timeout: 2s, retries: 1 }
+""" % srv.server_address[1])
+        count = [0]
+        flood = threading.Thread(target=_abandon_reviews,
+                                 args=(gw, gw.mint(sub="flooder"), stop, count))
+        flood.start()
+        # flood until notifications are being dropped (the queue is as
+        # full as the flooder can make it), 60 s at most
+        end = time.time() + 60
+        while time.time() < end and "dropped" not in gw.logtext():
+            time.sleep(0.2)
+        assert "dropped" in gw.logtext(), "no drops after %d abandoned reviews" % count[0]
+        time.sleep(1)
+        # another agent's statement, held while the flood goes on
+        dba = gw.mint(sub="dba-1", groups="dba")
+        vic = pgwire.Conn(gw.port, timeout=120)
+        vic.login("orders", gw.mint(sub="honest-agent"))
+        vic.send(pgwire.query("DELETE FROM orders WHERE id = 424242"))
+        end = time.time() + 60
+        while time.time() < end and ("created", "honest-agent") not in got:
+            time.sleep(0.2)
+        announced = ("created", "honest-agent") in got
+        stop.set()
+        flood.join(30)
+        honest = [r for r in api(gw, dba, "GET", "/api/reviews?status=pending")[1]["reviews"]
+                  if r["subject"] == "honest-agent"]
+        vic.close()
+        assert announced, "the honest agent's review was never announced (%d abandoned " \
+            "reviews, %d deliveries)" % (count[0], len(got))
+        assert len(honest) == 1, honest
+        # the drops are on the record, naming the requester, rate-limited
+        log = gw.logtext()
+        warns = [line for line in log.splitlines() if "review webhook:" in line and "dropped" in line]
+        assert any("subject flooder" in w for w in warns), warns[:5]
+        assert len(warns) < 20, len(warns)
+    finally:
+        stop.set()
+        if flood is not None:
+            flood.join(30)
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_sigterm_is_not_held_up_by_a_webhook_that_never_answers(gateway_factory):
+    """A receiver that accepts and never answers (10 s timeout, 3 retries per
+    notification, a queue of them): SIGTERM still ends the gateway within
+    shutdown_timeout (5 s) and a margin, cleanly, with the trail intact."""
+    import pgwire
+    import signal
+    import socket
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1024)
+    held = []
+    done = threading.Event()
+
+    def accept():
+        ls.settimeout(0.2)
+        while not done.is_set():
+            try:
+                held.append(ls.accept()[0])
+            except OSError:
+                pass
+    acc = threading.Thread(target=accept, daemon=True)
+    acc.start()
+    stop = threading.Event()
+    try:
+        gw = gateway_factory(policies=FLOOD_POLICIES, extra="""review:
+  webhooks:
+    - { url: "http://127.0.0.1:%d/hook", timeout: 10s, retries: 3 }
+""" % ls.getsockname()[1])
+        count = [0]
+        flood = threading.Thread(target=_abandon_reviews,
+                                 args=(gw, gw.mint(sub="flooder"), stop, count))
+        flood.start()
+        time.sleep(3)
+        stop.set()
+        flood.join(30)
+        assert count[0] > 5, count
+        # and one statement still held when the signal comes
+        cn = pgwire.Conn(gw.port, timeout=60)
+        cn.login("orders", gw.mint(sub="agent-1"))
+        cn.send(pgwire.query("DELETE FROM orders WHERE id = 1"))
+        dba = gw.mint(sub="dba-1", groups="dba")
+        pending(gw, dba, n=1, timeout=10)
+        t0 = time.time()
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = gw.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            gw.proc.wait()
+            raise AssertionError("still running 60 s after SIGTERM (shutdown_timeout 5s)")
+        took = time.time() - t0
+        cn.close()
+        log = gw.logtext()
+        assert rc == 0, log[-3000:]
+        assert took < 5 + 10, "SIGTERM took %.1f s (shutdown_timeout 5s)" % took
+        assert "sluice stopped cleanly" in log, log[-3000:]
+        assert "shutdown deadline reached" in log, log[-3000:]
+        assert gw.verify().returncode == 0
+        types = [r["type"] for r in gw.export()]
+        assert "review_cancelled" in types
+    finally:
+        stop.set()
+        done.set()
+        acc.join(5)
+        for c in held:
+            c.close()
+        ls.close()
