@@ -79,7 +79,8 @@ struct sl_sql_class {
 	char **aliases;
 	size_t naliases;
 	int col_renames;
-	int indirect; /* FETCH or EXECUTE: its rows come from a statement run earlier */
+	int indirect;	  /* FETCH or EXECUTE: its rows come from a statement run earlier */
+	int creates_view; /* CREATE VIEW or CREATE MATERIALIZED VIEW */
 	/* asks for read-write transactions: SET (or set_config) of
 	 * default_transaction_read_only or transaction_read_only to anything
 	 * but on/true/yes/1, READ WRITE in BEGIN, START TRANSACTION, SET

@@ -4186,6 +4186,16 @@ more:
 			 doc);
 		goto block;
 	}
+	if (cls->creates_view && (m = masked_table_read(s, cls)) != NULL) {
+		/* Every view over such a table is followed at login (catalog_ask):
+		 * an agent's views would be its to multiply (thousands of
+		 * columns each, every session's login reads them). */
+		snprintf(d->reason, sizeof(d->reason),
+			 "sluice: a view over %.40s.%.40s (masked column %.40s) is refused while "
+			 "column rules apply",
+			 m->nsp, m->rel, m->col);
+		goto block;
+	}
 	if ((cls->kinds & SL_SQL_DDL) && !(cls->kinds & SL_SQL_SELECT) &&
 	    (m = masked_table_read(s, cls)) != NULL) {
 		/* ALTER TABLE ... RENAME COLUMN, a generated column, a rule or

@@ -892,6 +892,12 @@ walk_key(struct walker *w, struct objwalk *o, const char *key)
 		return walk_alias(w, o);
 	if (strcmp(key, "colnames") == 0 || strcmp(key, "aliascolnames") == 0)
 		w->c->col_renames = 1;
+	/* CREATE VIEW, CREATE MATERIALIZED VIEW */
+	if (node != NULL &&
+	    (strcmp(node, "ViewStmt") == 0 ||
+	     (strcmp(node, "CreateTableAsStmt") == 0 && strcmp(key, "objtype") == 0 &&
+	      w->end - w->p >= 16 && memcmp(w->p, "\"OBJECT_MATVIEW\"", 16) == 0)))
+		w->c->creates_view = 1;
 	if (w->p < w->end && *w->p == '"' && kept_string(key))
 		return read_field(w, o, key);
 	if ((from_key = condition_scope(node, key)) != NULL) {

@@ -707,3 +707,18 @@ def test_views_that_rename_rule_columns_are_followed(mgw, pg):
         assert got[0] == ("123-45-6789",), got
     finally:
         pg.psql("orders", "DROP VIEW v_over; DROP VIEW v_tax; DROP MATERIALIZED VIEW mv_tax")
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE VIEW agent_v AS SELECT id AS c0, id AS c1 FROM customers "
+    "WHERE api_token IS NOT NULL",
+    "CREATE TEMP VIEW agent_tv AS SELECT id FROM customers",
+    "CREATE MATERIALIZED VIEW agent_mv AS SELECT id FROM customers",
+])
+def test_agents_under_column_rules_make_no_views_over_masked_tables(mgw, pg, sql):
+    """Every view over a table with a rule's column is followed at each
+    login; an agent making thousands of them (each thousands of columns)
+    refused every masked session's login. It makes none: 42501."""
+    c, e = refused_with_notes(mgw, pg, sql)
+    assert "a view over" in str(e), e
+    c.close()
