@@ -86,24 +86,37 @@ sl_sql_kinds_str(uint32_t kinds, char *buf, size_t len)
  * minutes), on a worker thread every session on it shares. Nobody nests
  * comments this deep; SQL generators do not nest them at all. */
 #define COMMENT_DEPTH_MAX 32
+/* The same for a run of operator characters: the scanner takes the run,
+ * gives back all but one trailing + or - and reads the rest again, so
+ * -+-+...-+1 is quadratic too (a minute for 1 MiB). An operator is at most
+ * 63 characters; a longer run is a chain of one-character prefix operators
+ * nobody writes. */
+#define OP_RUN_MAX 256
 
-/* The deepest comment nesting in sql, lexed as the server does: quoted
- * names and string literals ('...', E'...' with backslashes,
- * $tag$...$tag$) and -- comments hold no comment. Stops counting past
- * COMMENT_DEPTH_MAX. */
+/* PostgreSQL's operator characters. */
 static int
-comment_depth(const char *s, size_t n)
+op_char(char c)
 {
-	int depth = 0, max = 0;
-	size_t i = 0;
+	return c != '\0' && strchr("~!@#^&|`?+-*/%<>=", c) != NULL;
+}
 
-	while (i < n && max <= COMMENT_DEPTH_MAX) {
+/* Lexes sql as the server does (quoted names and string literals '...',
+ * E'...' with backslashes, $tag$...$tag$; -- and nested slash-star
+ * comments) far enough to tell the two shapes above: returns why the text
+ * is refused, or NULL. */
+static const char *
+costly_shape(const char *s, size_t n)
+{
+	int depth = 0;
+	size_t i = 0, run = 0;
+
+	while (i < n) {
 		char c = s[i];
 
 		if (depth > 0) {
 			if (c == '/' && i + 1 < n && s[i + 1] == '*') {
-				if (++depth > max)
-					max = depth;
+				if (++depth > COMMENT_DEPTH_MAX)
+					return "comments nested more than 32 deep";
 				i += 2;
 			} else if (c == '*' && i + 1 < n && s[i + 1] == '/') {
 				depth--;
@@ -111,14 +124,15 @@ comment_depth(const char *s, size_t n)
 			} else {
 				i++;
 			}
+			run = 0;
 		} else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
 			depth = 1;
-			if (max < 1)
-				max = 1;
 			i += 2;
+			run = 0;
 		} else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
 			while (i < n && s[i] != '\n')
 				i++;
+			run = 0;
 		} else if (c == '\'' || c == '"') {
 			/* E'...' takes backslash escapes (the E was passed over) */
 			int bs = c == '\'' && i > 0 && (s[i - 1] == 'E' || s[i - 1] == 'e');
@@ -134,6 +148,7 @@ comment_depth(const char *s, size_t n)
 				}
 			}
 			i++;
+			run = 0;
 		} else if (c == '$' && (i == 0 || !(isalnum((unsigned char)s[i - 1]) ||
 						    s[i - 1] == '_' || s[i - 1] == '$'))) {
 			/* $tag$ ... $tag$ (a $1 parameter has no closing $) */
@@ -152,11 +167,16 @@ comment_depth(const char *s, size_t n)
 			} else {
 				i = t;
 			}
+			run = 0;
 		} else {
+			if (!op_char(c))
+				run = 0;
+			else if (++run > OP_RUN_MAX)
+				return "a run of more than 256 operator characters";
 			i++;
 		}
 	}
-	return max;
+	return NULL;
 }
 
 /* Whether this thread's stack can take the parse of len bytes: libpg_query
@@ -194,6 +214,7 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 {
 	PgQueryParseResult res;
 	struct walker w;
+	const char *why;
 	char *text;
 	int pinned = 0;
 
@@ -208,9 +229,9 @@ sl_sql_classify(const char *sql, size_t len, struct sl_sql_class *out)
 		out->error = strdup("statement contains a NUL byte");
 		return 0;
 	}
-	if (comment_depth(sql, len) > COMMENT_DEPTH_MAX) {
+	if ((why = costly_shape(sql, len)) != NULL) {
 		out->kinds = SL_SQL_UNPARSEABLE;
-		out->error = strdup("comments nested more than 32 deep");
+		out->error = strdup(why);
 		return 0;
 	}
 	if (!stack_room(len)) {

@@ -1023,14 +1023,15 @@ def test_costly_statements_cannot_crash_or_stall_the_gateway(gateway_factory):
     """Classification runs before any policy, for any agent with a token:
     1+1+...+1 of 1 MiB (a parse tree 500,000 levels deep, written out
     recursively by libpg_query) crashed the gateway from a worker's stack;
-    comments nested 40,000 deep took the server's scanner minutes on the
-    worker every session shares. Both are refused (42501) at once; another
+    comments nested 40,000 deep, or -+-+...1, took the server's scanner
+    minutes on the worker every session shares. Both are refused (42501) at once; another
     agent is served meanwhile and the gateway lives on."""
     gw = gateway_factory(policies=SELECT_ONLY, workers=1)
     other = session(gw)
     for sql in ["SELECT 1" + "+1" * 500000,
                 "SELECT 1" + "::int" * 150000,
-                "SELECT 1 " + "/*" * 40000 + "*/" * 40000]:
+                "SELECT 1 " + "/*" * 40000 + "*/" * 40000,
+                "SELECT " + "-+" * 300000 + "1"]:
         cn = session(gw)
         t0 = time.time()
         cn.send(pgwire.query(sql))

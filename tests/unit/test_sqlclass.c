@@ -1211,6 +1211,34 @@ test_costly_shapes_are_refused(void **state)
 		sl_sql_class_fini(&c);
 		sl_buf_fini(&b);
 	}
+	/* a run of operator characters (quadratic in the scanner): refused past
+	 * 256, unless in a literal or a comment */
+	{
+		static const struct {
+			const char *head, *unit, *tail;
+			int n, refused;
+		} ops[] = {
+			{"SELECT ", "-+", "1", 200, 1},	       {"SELECT ", "-+", "1", 100, 0},
+			{"SELECT '", "-+", "'", 2000, 0},      {"SELECT 1 -- ", "-", "\n", 2000, 0},
+			{"SELECT 1 /* ", "=", " */", 2000, 0},
+		};
+
+		for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+			sl_buf_init(&b, 0);
+			sl_buf_append(&b, ops[i].head, strlen(ops[i].head));
+			for (int k = 0; k < ops[i].n; k++)
+				sl_buf_append(&b, ops[i].unit, strlen(ops[i].unit));
+			sl_buf_append(&b, ops[i].tail, strlen(ops[i].tail));
+			assert_int_equal(sl_sql_classify((const char *)b.data, b.len, &c), 0);
+			if (ops[i].refused)
+				assert_string_equal(c.error,
+						    "a run of more than 256 operator characters");
+			else if (c.error != NULL)
+				assert_null(strstr(c.error, "operator characters"));
+			sl_sql_class_fini(&c);
+			sl_buf_fini(&b);
+		}
+	}
 	/* 1+1+...+1 of 1 MiB on this (8 MiB) stack: refused, not a crash */
 	sl_buf_init(&b, 0);
 	sl_buf_append(&b, "SELECT 1", 8);
