@@ -60,6 +60,7 @@
 #define CONNS_MIN	  64		      /* but at least this many */
 #define CONNS_MAX	  4096		      /* and at most this many */
 #define ADDR_SHARE	  2		      /* one address: half of them still sending */
+#define HELD_MAX	  ((size_t)32 << 20)  /* bodies of requests still being sent */
 #define ADDR_BUCKETS	  1024
 #define ACCEPT_BATCH	  16 /* per loop pass: reads are not left behind */
 #define READS_PER_PASS	  4  /* of sizeof(rbuf), per connection and pass */
@@ -111,6 +112,7 @@ struct conn {
 	struct peer *peer;	  /* while ST_READING */
 	llhttp_t p;
 	struct req r;
+	size_t held;	   /* body buffer counted in a->held (ST_READING) */
 	struct sl_buf out; /* the answer; [off, len) not written yet */
 };
 
@@ -132,6 +134,7 @@ struct sl_admin {
 	/* the loop thread's alone */
 	struct conn_list reading, writing, closed;
 	unsigned nconns; /* with a descriptor open, in any state */
+	size_t held;	 /* body bytes buffered by connections still sending */
 	unsigned max_conns, max_per_addr;
 	int64_t accept_paused_until; /* out of descriptors: 0 when accepting */
 	int64_t warned_us;
@@ -505,6 +508,22 @@ list_del(struct conn_list *l, struct conn *c)
 	c->prev = c->next = NULL;
 }
 
+static struct conn *
+list_pop(struct conn_list *l)
+{
+	struct conn *c = l->head;
+
+	if (c != NULL) {
+		l->head = c->next;
+		if (l->head != NULL)
+			l->head->prev = NULL;
+		else
+			l->tail = NULL;
+		c->next = NULL;
+	}
+	return c;
+}
+
 /* The key counting an address's connections: an IPv4 address (also
  * v4-mapped), or an IPv6 address's /64, which one host has all of. */
 static void
@@ -595,6 +614,8 @@ set_state(struct sl_admin *a, struct conn *c, enum conn_state st)
 		c->peer->nreading--;
 		peer_release(a, c->peer);
 		c->peer = NULL;
+		a->held -= c->held;
+		c->held = 0;
 	} else if (c->state == ST_WRITING) {
 		list_del(&a->writing, c);
 	}
@@ -702,12 +723,7 @@ serve(struct sl_admin *a, struct conn *c)
 {
 	struct req *r = &c->r;
 
-	if (r->too_big)
-		reply(&c->out, r->body.len >= MAX_BODY ? 413 : 431,
-		      error_json("request too large"));
-	else
-		handle(a, &c->out, r,
-		       llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->p)));
+	handle(a, &c->out, r, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->p)));
 	req_fini(r); /* the token is not kept a moment longer */
 }
 
@@ -788,6 +804,25 @@ collect_answers(struct sl_admin *a)
 
 /* ------------------------------------------------------------ the loop */
 
+/* Counts the body c has buffered so far; past HELD_MAX for all the requests
+ * still being sent, the oldest of them are closed (so a flood of bodies
+ * sent but never finished cannot take the memory: 64 KiB each). Returns -1
+ * if c itself was. */
+static int
+hold(struct sl_admin *a, struct conn *c)
+{
+	a->held += c->r.body.cap - c->held;
+	c->held = c->r.body.cap;
+	if (a->held > HELD_MAX && warn_due(a))
+		sl_warn("admin API: %zu MiB of request bodies being sent at once; closing the "
+			"oldest requests",
+			a->held >> 20);
+	while (a->held > HELD_MAX && evict_oldest(a, NULL))
+		if (c->state != ST_READING)
+			return -1;
+	return 0;
+}
+
 /* Reads what c's peer sent, as far as there is some now, and parses it;
  * hands a complete request to the handlers, answers a bad one. */
 static void
@@ -806,12 +841,18 @@ on_readable(struct sl_admin *a, struct conn *c)
 			return;
 		}
 		e = llhttp_execute(&c->p, a->rbuf, (size_t)n);
-		if (r->done) {
+		if (r->done && r->too_big)
+			respond(a, c, r->body.len >= MAX_BODY ? 413 : 431,
+				error_json("request too large"));
+		else if (r->done)
 			to_handlers(a, c);
+		if (r->done)
 			return;
-		}
-		if (e == HPE_OK)
+		if (e == HPE_OK) {
+			if (hold(a, c) != 0)
+				return;
 			continue;
+		}
 		if (r->oom)
 			respond(a, c, 503, error_json("out of memory; retry"));
 		else if (r->body_big)
@@ -824,10 +865,11 @@ on_readable(struct sl_admin *a, struct conn *c)
 	}
 }
 
-/* Makes room for a new connection from p (counted in p->nreading): at the limit, the oldest one
- * still sending its request goes (the new one is likely an approver's,
- * whose request comes whole at once; a flood's is the oldest). Returns 0 if
- * there is room, -1 if every connection is being answered. */
+/* Makes room for a new connection from p (counted in p->nreading): at
+ * the limit, the oldest one still sending its request goes (the new one is
+ * likely an approver's, whose request comes whole at once; a flood's is the
+ * oldest). Returns 0 if there is room, -1 if every connection is being
+ * answered. */
 static int
 make_room(struct sl_admin *a, struct peer *p)
 {
@@ -991,12 +1033,8 @@ admin_main(void *arg)
 				flush(a, c);
 		}
 		timeout = expire(a);
-		while (a->closed.head != NULL) { /* no event refers to them now */
-			struct conn *c = a->closed.head;
-
-			list_del(&a->closed, c);
-			conn_free(c);
-		}
+		for (struct conn *c; (c = list_pop(&a->closed)) != NULL;)
+			conn_free(c); /* no event refers to them now */
 	}
 	return NULL;
 }
@@ -1023,10 +1061,8 @@ drop_all(struct sl_admin *a)
 	struct conn *c;
 
 	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
-		while ((c = lists[i]->head) != NULL) {
-			list_del(lists[i], c);
+		while ((c = list_pop(lists[i])) != NULL)
 			conn_free(c);
-		}
 	for (int i = 0; i < 2; i++)
 		for (c = i == 0 ? a->queue : a->answered; c != NULL;) {
 			struct conn *next = c->qnext;
