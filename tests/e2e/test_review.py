@@ -716,6 +716,77 @@ def test_slow_admin_clients_never_hold_up_approvers(rgw):
             s.close()
 
 
+@pytest.mark.parametrize("nofile", [None, 1024], ids=["fd-limit", "small-fd-limit"])
+def test_stalled_admin_connections_never_lock_out_approvers(gateway_factory, nofile):
+    """One client (no token needed) opens 700 admin connections that send
+    part of a request and stall, and keeps opening more: approvers' requests
+    are all answered meanwhile. One event loop reads every connection (no
+    thread each); at the connection limit (an eighth of the descriptors:
+    128 with 1024) the oldest still sending is closed (503) for a new one.
+    Then every stalled connection has had 408 or 503, or was closed, within
+    its 5 s deadline."""
+    import resource
+    import selectors
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1500:
+        pytest.skip("needs 1500 descriptors in the test process")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1500), hard))
+    held = []
+    try:
+        gw = gateway_factory(policies=REVIEW_POLICIES, nofile=nofile)
+        dba = gw.mint(sub="dba-1", groups="dba")
+        assert api(gw, dba, "GET", "/api/reviews?status=pending")[0] == 200
+
+        def stall(n):
+            for _ in range(n):
+                s = socket.create_connection(("127.0.0.1", gw.admin_port), 10)
+                s.sendall(b"GET /api/reviews HTTP/1.1\r\nHost: x\r\n")  # never finished
+                held.append(s)
+        stall(700)
+        codes = []
+        for _ in range(10):
+            try:
+                codes.append(requests.get("http://127.0.0.1:%d/api/reviews?status=pending"
+                                          % gw.admin_port,
+                                          headers={"Authorization": "Bearer " + dba},
+                                          timeout=15).status_code)
+            except requests.RequestException as e:
+                codes.append(type(e).__name__)
+            stall(30)  # the flood goes on: newer stalled connections than the approver's
+        last = time.time()
+        assert codes == [200] * 10, codes
+        # every stalled connection ends within its deadline (5 s from its
+        # accept; generous here): 408, or 503 when a newer one needed room
+        sel = selectors.DefaultSelector()
+        got = {}
+        for s in held:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            got[s] = b""
+        while sel.get_map() and time.time() < last + 30:
+            for key, _ in sel.select(1):
+                try:
+                    d = key.fileobj.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    d = b""
+                if d:
+                    got[key.fileobj] += d
+                else:
+                    sel.unregister(key.fileobj)
+        left = len(sel.get_map())
+        assert left == 0, "%d stalled connections still open 30 s after the last" % left
+        seen = {(v.split(b" ")[1] if v else b"closed") for v in got.values()}
+        assert seen <= {b"408", b"503", b"closed"}, seen
+        assert b"408" in seen, seen
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_admin_malformed_json_and_methods(rgw):
     dba = rgw.mint(sub="dba-1", groups="dba")
     code, body = api(rgw, dba, "GET", "/api/reviews/deadbeef/approve")
