@@ -121,7 +121,8 @@ size_t sl_review_hookq_len(const struct sl_review_hookq *q, const char *subject)
 /* Messages dropped since it was made (over a bound, evicted or cleared). */
 uint64_t sl_review_hookq_dropped(const struct sl_review_hookq *q);
 
-/* The admin API (HTTP/JSON on gateway.admin.listen), its own thread. */
+/* The admin API (HTTP/JSON on gateway.admin.listen): an event-loop thread of
+ * its own and a few handler threads (admin.c), never a data-path loop. */
 struct sl_admin;
 int sl_admin_start(const struct sl_config *cfg, struct sl_idp *idp, struct sl_review_mgr *m,
 		   struct sl_admin **out, char *err, size_t errlen);
