@@ -285,6 +285,9 @@ class Gateway:
                                          preexec_fn=limit_nofile(nofile))
             try:
                 wait_port(self.port, self.proc)
+                # listening comes before the workers start and the
+                # "sluice serving" line (slower under ASan): wait for it
+                wait_for(lambda: "sluice serving" in self.logtext(), timeout=15)
                 return
             except RuntimeError:
                 if self.proc.poll() is None:  # alive but not listening: never leave it behind
