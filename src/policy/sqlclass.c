@@ -135,37 +135,21 @@ costly_shape(const char *s, size_t n)
 			run = 0;
 		} else if (c == '\'' || c == '"') {
 			/* E'...' takes backslash escapes (the E was passed over) */
-			int bs = c == '\'' && i > 0 && (s[i - 1] == 'E' || s[i - 1] == 'e');
+			int bs = c == '\'' && i > 0 && (s[i - 1] == 'E' || s[i - 1] == 'e'), open;
 
-			for (i++; i < n; i++) {
-				if (bs && s[i] == '\\') {
-					i++;
-				} else if (s[i] == c) {
-					if (i + 1 < n && s[i + 1] == c)
-						i++; /* doubled: part of it */
-					else
-						break;
-				}
-			}
-			i++;
+			i = sl_sql__quoted_end(s, n, i, c, bs, &open);
 			run = 0;
 		} else if (c == '$' && (i == 0 || !(isalnum((unsigned char)s[i - 1]) ||
 						    s[i - 1] == '_' || s[i - 1] == '$'))) {
 			/* $tag$ ... $tag$ (a $1 parameter has no closing $) */
-			size_t t = i + 1;
+			size_t tl = sl_sql__dollar_tag(s, n, i);
 			const char *end;
 
-			while (t < n && (isalnum((unsigned char)s[t]) || s[t] == '_' ||
-					 (unsigned char)s[t] >= 0x80))
-				t++;
-			if (t < n && s[t] == '$' &&
-			    !(t > i + 1 && isdigit((unsigned char)s[i + 1]))) {
-				size_t tl = t + 1 - i;
-
-				end = memmem(s + t + 1, n - t - 1, s + i, tl);
+			if (tl > 0) {
+				end = memmem(s + i + tl, n - i - tl, s + i, tl);
 				i = end != NULL ? (size_t)(end - s) + tl : n;
 			} else {
-				i = t;
+				i++;
 			}
 			run = 0;
 		} else {

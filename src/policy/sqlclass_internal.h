@@ -79,6 +79,14 @@ void sl_sql__add_table(struct walker *w, const char *name, uint32_t how);
 /* Walks the parse tree (JSON) at w->p; returns the kinds of every node. */
 uint32_t sl_sql__walk(struct walker *w);
 
+/* sqlclass_redact.c: lexing as the server does, for the pre-checks too.
+ * End (index past the closing quote) of the literal or quoted name at i
+ * with quote q (doubled quotes inside; backslash escapes when esc;
+ * unterminated: len, *open set), and the length of the dollar-quote tag
+ * at i ("$$" or "$name$"), else 0. */
+size_t sl_sql__quoted_end(const char *s, size_t len, size_t i, char q, int esc, int *open);
+size_t sl_sql__dollar_tag(const char *s, size_t len, size_t i);
+
 /* sqlclass_scope.c */
 int sl_sql__scope_init(struct scope *sc, const char *obj, const char *end, const char *from_key);
 void sl_sql__scope_fini(struct scope *sc);

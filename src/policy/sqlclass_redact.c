@@ -38,8 +38,8 @@ word_start(unsigned char ch)
 /* End (index past the closing quote) of the literal or quoted name
  * starting at i with quote q: doubled quotes stay inside, and so do
  * backslash escapes when esc. Unterminated: len, and *open set. */
-static size_t
-quoted_end(const char *s, size_t len, size_t i, char q, int esc, int *open)
+size_t
+sl_sql__quoted_end(const char *s, size_t len, size_t i, char q, int esc, int *open)
 {
 	*open = 0;
 	for (i++; i < len; i++) {
@@ -60,8 +60,8 @@ quoted_end(const char *s, size_t len, size_t i, char q, int esc, int *open)
 }
 
 /* The dollar-quote tag starting at i ("$$" or "$name$"), its length, else 0. */
-static size_t
-dollar_tag(const char *s, size_t len, size_t i)
+size_t
+sl_sql__dollar_tag(const char *s, size_t len, size_t i)
 {
 	size_t j = i + 1;
 
@@ -225,7 +225,7 @@ lex_literal(struct redactor *r, unsigned char ch, int vsecret)
 		esc = r->bs_plain;
 	if (s[q] != '\'')
 		return 0;
-	end = quoted_end(s, len, q, '\'', esc, &open);
+	end = sl_sql__quoted_end(s, len, q, '\'', esc, &open);
 	if (r->uesc) { /* U&"..." UESCAPE '!': still armed */
 		r->uesc = r->uident = 0;
 		r->i = end;
@@ -260,7 +260,7 @@ lex_dollar(struct redactor *r, int vsecret)
 {
 	const char *s = r->s, *close = NULL;
 	size_t len = r->len, i = r->i;
-	size_t tl = dollar_tag(s, len, i);
+	size_t tl = sl_sql__dollar_tag(s, len, i);
 
 	if (tl == 0)
 		return 0;
@@ -288,7 +288,7 @@ lex_quoted_name(struct redactor *r, unsigned char ch)
 	const char *s = r->s;
 	size_t i = r->i;
 	int open;
-	size_t q = ch == '"' ? i : i + 2, end = quoted_end(s, r->len, q, '"', 0, &open);
+	size_t q = ch == '"' ? i : i + 2, end = sl_sql__quoted_end(s, r->len, q, '"', 0, &open);
 
 	/* a U&"..." name can spell any word with escapes:
 	 * taken as a secret's name (over-redaction only) */
